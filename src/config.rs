@@ -1,0 +1,278 @@
+//! Channel configuration. `Default` is Tomcat's default wherever Tomcat has one; each field names
+//! the Tomcat attribute it stands for. docs/configuration.md lists them all.
+
+use crate::error::ConfigError;
+use crate::member::MemberId;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Everything a [`GroupChannel`](crate::GroupChannel) needs.
+#[derive(Clone, Debug)]
+pub struct ChannelConfig {
+    /// Name every member of this cluster shares; a peer with another name is refused at the
+    /// handshake. (Tomcat: `SimpleTcpCluster.clusterName`.)
+    pub cluster_name: String,
+    /// This member's name, shown in logs and to other members (the jvmRoute in a web cluster).
+    pub local_name: String,
+    /// This member's 16-byte id (Tomcat: `LocalMember uniqueId`); random when `None`.
+    pub unique_id: Option<MemberId>,
+    /// Membership domain (Tomcat: `McastService.domain`); empty for none.
+    pub domain: String,
+    /// Largest frame body accepted or sent, in bytes (Tribes has no limit). Default 4 MiB.
+    pub max_frame_size: u32,
+    /// Period of the channel heartbeat that runs interceptors' periodic work
+    /// (Tomcat: `GroupChannel.heartbeatSleeptime`, 5000 ms).
+    pub heartbeat_interval: Duration,
+    pub receiver: ReceiverConfig,
+    pub sender: SenderConfig,
+    pub dispatch: DispatchConfig,
+    /// Statically listed members (Tomcat: `StaticMembershipInterceptor` `<Member>` elements).
+    pub static_members: Vec<StaticMember>,
+}
+
+/// The NIO receiver (Tomcat: `NioReceiver`).
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    /// Address to bind and to advertise (Tomcat: `address`, default `auto`). Default 127.0.0.1:
+    /// set the address other members reach this one on.
+    pub address: IpAddr,
+    /// First port to try (Tomcat: `port`, 4000). 0 lets the OS choose.
+    pub port: u16,
+    /// How many ports to try from `port` on (Tomcat: `autoBind`, 100).
+    pub auto_bind: u16,
+    /// Longest wait of the event loop before it runs its periodic checks
+    /// (Tomcat: `selectorTimeout`, 5000 ms).
+    pub selector_timeout: Duration,
+    /// Worker threads that run listeners (Tomcat: `maxThreads`, 15; the reference server.xml
+    /// uses 6).
+    pub max_threads: usize,
+    /// Most connections accepted at once; further ones are closed at accept. Default 1024.
+    pub max_connections: usize,
+    /// Bytes read and not yet processed, per connection, above which the connection is not read
+    /// until workers catch up. Default 8 MiB (at least one max frame).
+    pub max_queued_bytes_per_connection: usize,
+}
+
+/// The sender (Tomcat: `ReplicationTransmitter` + `PooledParallelSender`).
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    /// Deadline of one send, connect and ack included (Tomcat: `timeout`, 3000 ms).
+    pub timeout: Duration,
+    /// Connections kept per member for concurrent synchronous sends (Tomcat: `poolSize`, 25).
+    pub pool_size: usize,
+    /// Retries after an I/O error (Tomcat: `maxRetryAttempts`, 1). The receiver drops the
+    /// duplicate a retry may cause.
+    pub max_retry_attempts: u32,
+    /// Bytes of queued asynchronous frames coalesced into one write. Default 256 KiB.
+    pub coalesce_bytes: usize,
+}
+
+/// What an asynchronous send does when the dispatch queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueFullPolicy {
+    /// Wait for room until the send timeout, then fail with `QueueFull`. Order is kept.
+    Block,
+    /// Fail at once with `QueueFull`.
+    Fail,
+}
+
+/// The asynchronous queue (Tomcat: `MessageDispatchInterceptor`).
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// Bytes the queue may hold (Tomcat: `maxQueueSize`, 64 MiB).
+    pub max_queue_size: usize,
+    /// When the queue is full. Tomcat (`alwaysSend=true`) sends on the caller's thread instead,
+    /// which reorders; we wait by default.
+    pub full_policy: QueueFullPolicy,
+}
+
+/// One statically listed member (Tomcat: `StaticMember` host, port, uniqueId).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticMember {
+    /// Its receiver's address (host and port).
+    pub addr: SocketAddr,
+    /// Its id, when known; checked against what the member says at the handshake.
+    pub unique_id: Option<MemberId>,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            cluster_name: "tribecast".into(),
+            local_name: String::new(),
+            unique_id: None,
+            domain: String::new(),
+            max_frame_size: 4 * 1024 * 1024,
+            heartbeat_interval: Duration::from_millis(5000),
+            receiver: ReceiverConfig::default(),
+            sender: SenderConfig::default(),
+            dispatch: DispatchConfig::default(),
+            static_members: Vec::new(),
+        }
+    }
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 4000,
+            auto_bind: 100,
+            selector_timeout: Duration::from_millis(5000),
+            max_threads: 15,
+            max_connections: 1024,
+            max_queued_bytes_per_connection: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            timeout: Duration::from_millis(3000),
+            pool_size: 25,
+            max_retry_attempts: 1,
+            coalesce_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_queue_size: 64 * 1024 * 1024,
+            full_policy: QueueFullPolicy::Block,
+        }
+    }
+}
+
+fn check(ok: bool, key: &'static str, reason: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            key,
+            reason: reason(),
+        })
+    }
+}
+
+impl ChannelConfig {
+    /// A config for tests and examples: loopback, an OS-chosen port, short timeouts kept at
+    /// Tomcat's defaults otherwise.
+    pub fn loopback(name: &str) -> ChannelConfig {
+        let mut c = ChannelConfig {
+            local_name: name.into(),
+            ..ChannelConfig::default()
+        };
+        c.receiver.port = 0;
+        c.receiver.auto_bind = 1;
+        c.receiver.max_threads = 6;
+        c
+    }
+
+    /// Checks every value; the error names the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.cluster_name.len();
+        check(n > 0 && n <= 255, "cluster_name", || {
+            format!("must be 1 to 255 bytes, got {n}")
+        })?;
+        check(self.local_name.len() <= 255, "local_name", || {
+            "longer than 255 bytes".into()
+        })?;
+        check(self.domain.len() <= 255, "domain", || {
+            "longer than 255 bytes".into()
+        })?;
+        let m = self.max_frame_size;
+        check((4096..=1 << 30).contains(&m), "max_frame_size", || {
+            format!("must be 4096 to 1073741824 bytes, got {m}")
+        })?;
+        check(
+            !self.heartbeat_interval.is_zero(),
+            "heartbeat_interval",
+            || "must be > 0".into(),
+        )?;
+        let r = &self.receiver;
+        check(r.auto_bind >= 1, "receiver.auto_bind", || {
+            "must be >= 1".into()
+        })?;
+        check(
+            !r.selector_timeout.is_zero(),
+            "receiver.selector_timeout",
+            || "must be > 0".into(),
+        )?;
+        check(
+            (1..=1024).contains(&r.max_threads),
+            "receiver.max_threads",
+            || format!("must be 1 to 1024, got {}", r.max_threads),
+        )?;
+        check(r.max_connections >= 1, "receiver.max_connections", || {
+            "must be >= 1".into()
+        })?;
+        check(
+            r.max_queued_bytes_per_connection >= m as usize,
+            "receiver.max_queued_bytes_per_connection",
+            || format!("must be at least max_frame_size ({m})"),
+        )?;
+        let s = &self.sender;
+        check(!s.timeout.is_zero(), "sender.timeout", || {
+            "must be > 0".into()
+        })?;
+        check(
+            (1..=1024).contains(&s.pool_size),
+            "sender.pool_size",
+            || format!("must be 1 to 1024, got {}", s.pool_size),
+        )?;
+        check(
+            s.max_retry_attempts <= 10,
+            "sender.max_retry_attempts",
+            || "must be 0 to 10".into(),
+        )?;
+        check(s.coalesce_bytes >= 1024, "sender.coalesce_bytes", || {
+            "must be >= 1024".into()
+        })?;
+        check(
+            self.dispatch.max_queue_size >= m as usize,
+            "dispatch.max_queue_size",
+            || format!("must be at least max_frame_size ({m})"),
+        )?;
+        for sm in &self.static_members {
+            check(sm.addr.port() != 0, "static_members.addr", || {
+                format!("{} has port 0", sm.addr)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_tomcats() {
+        let c = ChannelConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.receiver.port, 4000);
+        assert_eq!(c.receiver.auto_bind, 100);
+        assert_eq!(c.receiver.selector_timeout, Duration::from_millis(5000));
+        assert_eq!(c.sender.timeout, Duration::from_millis(3000));
+        assert_eq!(c.dispatch.max_queue_size, 64 << 20);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = ChannelConfig::default();
+        c.receiver.max_threads = 0;
+        assert_eq!(c.validate().unwrap_err().key, "receiver.max_threads");
+        let mut c = ChannelConfig::default();
+        c.cluster_name.clear();
+        assert_eq!(c.validate().unwrap_err().key, "cluster_name");
+        let mut c = ChannelConfig::default();
+        c.max_frame_size = 10;
+        assert_eq!(c.validate().unwrap_err().key, "max_frame_size");
+        let mut c = ChannelConfig::default();
+        c.dispatch.max_queue_size = 100;
+        assert_eq!(c.validate().unwrap_err().key, "dispatch.max_queue_size");
+    }
+}

@@ -1,0 +1,19 @@
+//! tribecast: in-memory HTTP session replication for synchronous Rust servers, after Tomcat's
+//! Tribes clustering. See README.md and docs/.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod member;
+pub mod options;
+#[doc(hidden)]
+pub mod transport;
+#[doc(hidden)]
+pub mod wire;
+
+pub use config::{
+    ChannelConfig, DispatchConfig, QueueFullPolicy, ReceiverConfig, SenderConfig, StaticMember,
+};
+pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
+pub use member::{Member, MemberId};
+pub use options::SendOptions;

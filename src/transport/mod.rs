@@ -1,0 +1,4 @@
+//! Transport: the NIO receiver and the pooled parallel sender, around pure per-connection logic.
+
+pub mod dedup;
+pub mod rx_session;

@@ -1,0 +1,7 @@
+//! The wire format: frames and their bodies (docs/wire-format.md).
+
+pub mod envelope;
+pub mod frame;
+
+pub use envelope::{decode_body, encode_body, Envelope, Handshake, HandshakeAccept, Reason};
+pub use frame::{parse_frame, Frame, FrameError, FrameHeader, FrameKind};
