@@ -17,3 +17,5 @@ pub use config::{
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
 pub use member::{Member, MemberId};
 pub use options::SendOptions;
+#[cfg(test)]
+mod sim;

@@ -1,0 +1,1 @@
+//! Deterministic cluster simulation (being written).
