@@ -2,19 +2,27 @@
 //! Tribes clustering. See README.md and docs/.
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod config;
 pub mod error;
+pub mod interceptor;
 pub mod member;
+pub(crate) mod membership;
 pub mod options;
 #[doc(hidden)]
 pub mod transport;
 #[doc(hidden)]
 pub mod wire;
 
+pub use channel::{ChannelBuilder, ChannelListener, GroupChannel, MembershipListener};
 pub use config::{
     ChannelConfig, DispatchConfig, QueueFullPolicy, ReceiverConfig, SenderConfig, StaticMember,
 };
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
+pub use interceptor::{
+    ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, OutMessage, PeerEvent,
+    StaticMembershipInterceptor,
+};
 pub use member::{Member, MemberId};
 pub use options::SendOptions;
 #[cfg(test)]

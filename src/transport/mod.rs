@@ -1,4 +1,7 @@
 //! Transport: the NIO receiver and the pooled parallel sender, around pure per-connection logic.
 
 pub mod dedup;
+pub mod lane;
+pub mod receiver;
 pub mod rx_session;
+pub mod sender;

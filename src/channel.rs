@@ -1,0 +1,543 @@
+//! The channel (Tribes' `GroupChannel` + `ChannelCoordinator`): the interceptor stack on top of
+//! the receiver, the sender and the member list.
+
+use crate::config::ChannelConfig;
+use crate::error::{ChannelError, FaultyMember, SendFailure};
+use crate::interceptor::{
+    ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, Next, OutMessage, PeerEvent,
+    StackHandle, StaticMembershipInterceptor, Up,
+};
+use crate::member::{Member, MemberId};
+use crate::membership::{Change, Membership};
+use crate::options::SendOptions;
+use crate::transport::lane::Identity;
+use crate::transport::receiver::{self, NioReceiver, ReceiverHandler, ReceiverStats};
+use crate::transport::sender::{PooledParallelSender, SenderStats};
+use crate::wire::{encode_body, Envelope};
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use log::{info, warn};
+use parking_lot::{Mutex, RwLock};
+use std::borrow::Cow;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Receives the messages that reach the top of the stack (Tribes' `ChannelListener`).
+pub trait ChannelListener: Send + Sync + 'static {
+    /// Whether this listener wants the message; every accepting listener gets it.
+    fn accept(&self, _msg: &ChannelMessage<'_>) -> bool {
+        true
+    }
+    /// `Err` fails a synchronized-ack send for this member, with the text as reason.
+    fn message_received(&self, msg: &ChannelMessage<'_>) -> Result<(), String>;
+}
+
+impl<F> ChannelListener for F
+where
+    F: Fn(&ChannelMessage<'_>) -> Result<(), String> + Send + Sync + 'static,
+{
+    fn message_received(&self, msg: &ChannelMessage<'_>) -> Result<(), String> {
+        self(msg)
+    }
+}
+
+/// Hears members come and go (Tribes' `MembershipListener`). Called on the channel's threads:
+/// return quickly.
+pub trait MembershipListener: Send + Sync + 'static {
+    fn member_added(&self, member: &Member);
+    fn member_disappeared(&self, member: &Member);
+}
+
+/// Largest envelope overhead around a payload (id, varints), for the size check before queueing.
+const ENVELOPE_OVERHEAD: usize = 48;
+
+/// Parts that exist while the channel runs.
+struct Runtime {
+    local: Member,
+    sender: PooledParallelSender,
+}
+
+pub(crate) struct ChannelInner {
+    config: ChannelConfig,
+    pub(crate) interceptors: Vec<Arc<dyn ChannelInterceptor>>,
+    listeners: RwLock<Vec<Arc<dyn ChannelListener>>>,
+    membership_listeners: RwLock<Vec<Arc<dyn MembershipListener>>>,
+    membership: Mutex<Membership>,
+    runtime: RwLock<Option<Arc<Runtime>>>,
+    next_msg_id: AtomicU64,
+}
+
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+impl ChannelInner {
+    fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.read().clone()
+    }
+
+    fn up(&self) -> Up<'_> {
+        Up {
+            rest: &self.interceptors,
+            inner: self,
+        }
+    }
+
+    fn peer_event(&self, ev: PeerEvent) {
+        for i in &self.interceptors {
+            i.peer_event(&ev);
+        }
+    }
+
+    /// Bottom of the send path: encode the envelope and hand it to the sender.
+    pub(crate) fn transport_send(
+        &self,
+        dests: &Arc<[Member]>,
+        msg: OutMessage,
+    ) -> Result<(), ChannelError> {
+        let rt = self.runtime().ok_or(ChannelError::NotRunning)?;
+        if dests.is_empty() {
+            return Ok(());
+        }
+        let env = Envelope {
+            sender: rt.local.id,
+            msg_id: msg.msg_id,
+            options: msg.options.0,
+            payload: &msg.payload,
+        };
+        let body = encode_body(&env);
+        let max = self.config.max_frame_size as usize;
+        if body.len() > max {
+            return Err(ChannelError::TooLarge {
+                len: body.len(),
+                max,
+            });
+        }
+        if msg.options.is_async() {
+            let mut failures = rt.sender.queue_async(dests, &body, msg.options);
+            if !msg.batched {
+                failures.extend(rt.sender.flush_async());
+            }
+            self.async_failures(failures);
+            return Ok(());
+        }
+        rt.sender.send(dests, &body, msg.options).map_err(|faulty| {
+            for f in &faulty {
+                self.report_send_failure(f);
+            }
+            ChannelError::Faulty(faulty)
+        })
+    }
+
+    pub(crate) fn transport_flush(&self) {
+        if let Some(rt) = self.runtime() {
+            let failures = rt.sender.flush_async();
+            self.async_failures(failures);
+        }
+    }
+
+    fn async_failures(&self, failures: Vec<crate::transport::sender::AsyncFailure>) {
+        for f in failures {
+            warn!(
+                "Asynchronous send of {} message(s) failed for {}",
+                f.messages, f.faulty
+            );
+            self.report_send_failure(&f.faulty);
+        }
+    }
+
+    fn report_send_failure(&self, f: &FaultyMember) {
+        if let Some(m) = &f.member {
+            self.peer_event(PeerEvent::SendFailed(m.clone(), f.reason.clone()));
+        }
+    }
+
+    pub(crate) fn deliver_to_listeners(&self, msg: &ChannelMessage<'_>) -> Result<(), String> {
+        let listeners = self.listeners.read();
+        let mut result = Ok(());
+        for l in listeners.iter().filter(|l| l.accept(msg)) {
+            if let Err(e) = l.message_received(msg) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    pub(crate) fn notify_member_added(&self, m: &Member) {
+        for l in self.membership_listeners.read().iter() {
+            l.member_added(m);
+        }
+    }
+
+    pub(crate) fn notify_member_disappeared(&self, m: &Member) {
+        for l in self.membership_listeners.read().iter() {
+            l.member_disappeared(m);
+        }
+    }
+
+    pub(crate) fn member_seen(&self, m: &Member) {
+        if self.runtime().is_some_and(|rt| rt.local.id == m.id) {
+            return;
+        }
+        let change = self.membership.lock().seen(m);
+        match change {
+            Change::Added(m) => {
+                info!("Added member [{m}]");
+                self.up().member_added(&m);
+            }
+            Change::Updated(m) => info!("Member updated [{m}]"),
+            Change::Unchanged => {}
+        }
+    }
+
+    pub(crate) fn member_gone(&self, m: &Member, why: &str) {
+        let removed = self.membership.lock().remove(&m.id);
+        if let Some(m) = removed {
+            info!("Member disappeared [{m}]: {why}");
+            if let Some(rt) = self.runtime() {
+                rt.sender.forget(&m.id);
+            }
+            self.up().member_disappeared(&m);
+        }
+    }
+
+    pub(crate) fn members(&self) -> Arc<[Member]> {
+        self.membership.lock().snapshot()
+    }
+
+    pub(crate) fn probe(&self, addr: std::net::SocketAddr) -> Result<Member, SendFailure> {
+        let rt = self.runtime().ok_or(SendFailure::NotAMember)?;
+        rt.sender.probe(addr, self.config.sender.timeout)
+    }
+}
+
+impl ReceiverHandler for ChannelInner {
+    fn message_received(&self, from: &Member, env: Envelope<'_>) -> Result<(), String> {
+        let msg = ChannelMessage {
+            from,
+            msg_id: env.msg_id,
+            options: SendOptions(env.options),
+            payload: Cow::Borrowed(env.payload),
+        };
+        self.up().message_received(&msg)
+    }
+
+    fn peer_hello(&self, member: &Member) {
+        self.peer_event(PeerEvent::Hello(member.clone()));
+    }
+
+    fn peer_left(&self, member: &Member) {
+        self.peer_event(PeerEvent::Left(member.clone()));
+    }
+}
+
+/// The threads of a running channel.
+struct Running {
+    receiver: NioReceiver,
+    heartbeat_stop: Sender<()>,
+    heartbeat: JoinHandle<()>,
+    receiver_stats: Arc<ReceiverStats>,
+}
+
+/// A group channel: start it, send to members, hear messages and membership changes, stop it.
+pub struct GroupChannel {
+    inner: Arc<ChannelInner>,
+    running: Mutex<Option<Running>>,
+}
+
+/// Assembles a channel: interceptors in order, top first.
+pub struct ChannelBuilder {
+    config: ChannelConfig,
+    interceptors: Vec<Arc<dyn ChannelInterceptor>>,
+    defaults: bool,
+}
+
+impl ChannelBuilder {
+    /// Adds an interceptor below those already added.
+    pub fn interceptor(mut self, i: Arc<dyn ChannelInterceptor>) -> Self {
+        self.interceptors.push(i);
+        self
+    }
+
+    /// Do not add the default interceptors (see [`ChannelBuilder::build`]).
+    pub fn without_defaults(mut self) -> Self {
+        self.defaults = false;
+        self
+    }
+
+    /// Validates the config and builds the channel. Unless told otherwise it adds, as Tomcat
+    /// does, a `MessageDispatchInterceptor` on top when none was given, and at the bottom a
+    /// `StaticMembershipInterceptor` for the configured static members (the list may be empty:
+    /// members that connect are still added).
+    pub fn build(mut self) -> Result<GroupChannel, ChannelError> {
+        self.config.validate()?;
+        if self.defaults {
+            if !self
+                .interceptors
+                .iter()
+                .any(|i| i.name() == "MessageDispatchInterceptor")
+            {
+                self.interceptors.insert(
+                    0,
+                    Arc::new(MessageDispatchInterceptor::new(
+                        self.config.dispatch.clone(),
+                        self.config.sender.timeout,
+                    )),
+                );
+            }
+            if !self
+                .interceptors
+                .iter()
+                .any(|i| i.name() == "StaticMembershipInterceptor")
+            {
+                self.interceptors
+                    .push(Arc::new(StaticMembershipInterceptor::new(
+                        self.config.static_members.clone(),
+                    )));
+            }
+        }
+        Ok(GroupChannel {
+            inner: Arc::new(ChannelInner {
+                config: self.config,
+                interceptors: self.interceptors,
+                listeners: RwLock::new(Vec::new()),
+                membership_listeners: RwLock::new(Vec::new()),
+                membership: Mutex::new(Membership::default()),
+                runtime: RwLock::new(None),
+                next_msg_id: AtomicU64::new(1),
+            }),
+            running: Mutex::new(None),
+        })
+    }
+}
+
+impl GroupChannel {
+    pub fn builder(config: ChannelConfig) -> ChannelBuilder {
+        ChannelBuilder {
+            config,
+            interceptors: Vec::new(),
+            defaults: true,
+        }
+    }
+
+    /// A channel with the default interceptors.
+    pub fn new(config: ChannelConfig) -> Result<GroupChannel, ChannelError> {
+        Self::builder(config).build()
+    }
+
+    pub fn config(&self) -> &ChannelConfig {
+        &self.inner.config
+    }
+
+    pub fn add_channel_listener(&self, l: Arc<dyn ChannelListener>) {
+        self.inner.listeners.write().push(l);
+    }
+
+    pub fn add_membership_listener(&self, l: Arc<dyn MembershipListener>) {
+        self.inner.membership_listeners.write().push(l);
+    }
+
+    /// Binds the receiver, starts the sender, the interceptors and the heartbeat. Calling it on
+    /// a running channel does nothing.
+    pub fn start(&self) -> Result<(), ChannelError> {
+        let mut running = self.running.lock();
+        if running.is_some() {
+            return Ok(());
+        }
+        let cfg = &self.inner.config;
+        let listener = receiver::bind(&cfg.receiver)?;
+        let addr = listener.local_addr().map_err(ChannelError::Io)?;
+        let local = Member {
+            id: cfg.unique_id.unwrap_or_else(MemberId::random),
+            name: if cfg.local_name.is_empty() {
+                addr.to_string()
+            } else {
+                cfg.local_name.clone()
+            },
+            addr,
+            domain: cfg.domain.clone(),
+        };
+        let identity = Arc::new(Identity {
+            cluster: cfg.cluster_name.clone(),
+            local: local.clone(),
+            incarnation: random_u64(),
+            max_frame_size: cfg.max_frame_size,
+            next_seq: AtomicU64::new(0),
+        });
+        let sender = PooledParallelSender::new(identity, cfg.sender.clone());
+        *self.inner.runtime.write() = Some(Arc::new(Runtime {
+            local: local.clone(),
+            sender,
+        }));
+        let started = (|| {
+            let receiver = NioReceiver::start(listener, local.clone(), cfg, self.inner.clone())?;
+            for (index, i) in self.inner.interceptors.iter().enumerate() {
+                i.start(StackHandle {
+                    inner: Arc::downgrade(&self.inner),
+                    index,
+                })?;
+            }
+            let (heartbeat_stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+            let inner = Arc::downgrade(&self.inner);
+            let period = cfg.heartbeat_interval;
+            let heartbeat = std::thread::Builder::new()
+                .name("tribecast-heartbeat".into())
+                .spawn(move || loop {
+                    // First beat at once: static members are probed as soon as we start.
+                    match inner.upgrade() {
+                        Some(inner) => {
+                            let now = Instant::now();
+                            for i in &inner.interceptors {
+                                i.heartbeat(now);
+                            }
+                        }
+                        None => return,
+                    }
+                    match stop_rx.recv_timeout(period) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                })
+                .map_err(ChannelError::Io)?;
+            let receiver_stats = receiver.stats.clone();
+            Ok(Running {
+                receiver,
+                heartbeat_stop,
+                heartbeat,
+                receiver_stats,
+            })
+        })();
+        match started {
+            Ok(r) => {
+                info!(
+                    "Channel started: local member [{local}], cluster '{}'",
+                    cfg.cluster_name
+                );
+                *running = Some(r);
+                Ok(())
+            }
+            Err(e) => {
+                for i in &self.inner.interceptors {
+                    i.stop();
+                }
+                *self.inner.runtime.write() = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends queued messages, tells the members we leave, and joins every thread. Safe to call
+    /// twice; the channel can be started again.
+    pub fn stop(&self) {
+        let Some(r) = self.running.lock().take() else {
+            return;
+        };
+        let _ = r.heartbeat_stop.send(());
+        if r.heartbeat.join().is_err() {
+            warn!("Heartbeat thread panicked");
+        }
+        for i in &self.inner.interceptors {
+            i.stop();
+        }
+        let members = self.inner.members();
+        if let Some(rt) = self.inner.runtime() {
+            rt.sender.leave(&members);
+        }
+        let mut receiver = r.receiver;
+        receiver.stop();
+        *self.inner.runtime.write() = None;
+        let gone: Vec<Member> = members.to_vec();
+        for m in &gone {
+            self.inner.membership.lock().remove(&m.id);
+        }
+        info!("Channel stopped");
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.lock().is_some()
+    }
+
+    /// This node as the others see it, while running.
+    pub fn local_member(&self) -> Option<Member> {
+        self.inner.runtime().map(|rt| rt.local.clone())
+    }
+
+    /// Current members (other than this node).
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.members().to_vec()
+    }
+
+    /// Sends `payload` to `dests` with `options` (Tribes' `Channel.send`). With asynchronous
+    /// options it returns once queued; with use-ack once every destination read it; with
+    /// synchronized ack once every destination's listeners processed it. A failure names each
+    /// member that did not get it.
+    pub fn send(
+        &self,
+        dests: &[Member],
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<(), ChannelError> {
+        self.send_to(&Arc::from(dests), payload, options)
+    }
+
+    /// Sends to every current member.
+    pub fn send_to_all(&self, payload: Vec<u8>, options: SendOptions) -> Result<(), ChannelError> {
+        self.send_to(&self.inner.members(), payload, options)
+    }
+
+    fn send_to(
+        &self,
+        dests: &Arc<[Member]>,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<(), ChannelError> {
+        let max = self.inner.config.max_frame_size as usize;
+        if payload.len() + ENVELOPE_OVERHEAD > max {
+            return Err(ChannelError::TooLarge {
+                len: payload.len(),
+                max: max - ENVELOPE_OVERHEAD,
+            });
+        }
+        if self.inner.runtime.read().is_none() {
+            return Err(ChannelError::NotRunning);
+        }
+        let msg = OutMessage {
+            msg_id: self.inner.next_msg_id.fetch_add(1, Ordering::Relaxed),
+            options: options.normalized(),
+            payload,
+            batched: false,
+        };
+        Next {
+            rest: &self.inner.interceptors,
+            inner: &self.inner,
+        }
+        .send_message(dests, msg)
+    }
+
+    /// Receiver counters.
+    pub fn receiver_stats(&self) -> Option<Arc<ReceiverStats>> {
+        self.running
+            .lock()
+            .as_ref()
+            .map(|r| r.receiver_stats.clone())
+    }
+
+    /// Sender counters, while running.
+    pub fn with_sender_stats<R>(&self, f: impl FnOnce(&SenderStats) -> R) -> Option<R> {
+        self.inner.runtime().map(|rt| f(&rt.sender.stats))
+    }
+}
+
+impl Drop for GroupChannel {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,337 @@
+//! The asynchronous queue (Tribes' `MessageDispatchInterceptor`).
+//!
+//! Asynchronous sends are queued and the caller returns. One dispatch thread drains the queue
+//! in order and passes the messages down, then flushes, so the transport writes each member's
+//! frames coalesced and in queue order. Tribes uses a pool of dispatch threads, which reorders
+//! messages to the same member.
+//!
+//! The queue is bounded by payload bytes (`max_queue_size`). When a message does not fit, the
+//! `full_policy` decides: `Block` waits for room until the send timeout and then fails with
+//! `QueueFull`; `Fail` fails at once. Either way nothing already queued is dropped and order is
+//! kept. (Tribes' default sends on the caller's thread instead, overtaking the queue.)
+
+use super::{ChannelInterceptor, Next, OutMessage, StackHandle};
+use crate::config::{DispatchConfig, QueueFullPolicy};
+use crate::error::ChannelError;
+use crate::member::Member;
+use log::warn;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Messages taken from the queue in one go: bounded so a full queue is released in steps.
+const MAX_BATCH: usize = 4096;
+
+struct Queued {
+    dests: Arc<[Member]>,
+    msg: OutMessage,
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Queued>,
+    /// Payload bytes queued or being sent.
+    bytes: usize,
+    closed: bool,
+    consumer_waiting: bool,
+    producers_waiting: usize,
+}
+
+/// A FIFO bounded by bytes, with one consumer.
+struct ByteQueue {
+    state: Mutex<State>,
+    not_empty: Condvar,
+    not_full: Condvar,
+    max: usize,
+}
+
+impl ByteQueue {
+    fn push(
+        &self,
+        item: Queued,
+        policy: QueueFullPolicy,
+        deadline: Instant,
+    ) -> Result<(), ChannelError> {
+        let size = item.msg.payload.len();
+        let mut st = self.state.lock();
+        // A message alone larger than the queue is let in when the queue is empty, so it can
+        // always be sent (config validation keeps max_queue_size >= max_frame_size anyway).
+        while !st.closed && st.bytes > 0 && st.bytes + size > self.max {
+            if policy == QueueFullPolicy::Fail {
+                return Err(ChannelError::QueueFull {
+                    queued_bytes: st.bytes,
+                    max_bytes: self.max,
+                });
+            }
+            st.producers_waiting += 1;
+            let timed_out = self.not_full.wait_until(&mut st, deadline).timed_out();
+            st.producers_waiting -= 1;
+            if timed_out && st.bytes > 0 && st.bytes + size > self.max {
+                return Err(ChannelError::QueueFull {
+                    queued_bytes: st.bytes,
+                    max_bytes: self.max,
+                });
+            }
+        }
+        if st.closed {
+            return Err(ChannelError::NotRunning);
+        }
+        st.bytes += size;
+        st.items.push_back(item);
+        if st.consumer_waiting {
+            self.not_empty.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits for messages and moves up to `MAX_BATCH` of them into `out`. Returns false once the
+    /// queue is closed and empty.
+    fn pop_batch(&self, out: &mut Vec<Queued>) -> bool {
+        let mut st = self.state.lock();
+        while st.items.is_empty() {
+            if st.closed {
+                return false;
+            }
+            st.consumer_waiting = true;
+            self.not_empty.wait(&mut st);
+            st.consumer_waiting = false;
+        }
+        let n = st.items.len().min(MAX_BATCH);
+        out.extend(st.items.drain(..n));
+        true
+    }
+
+    fn release(&self, bytes: usize) {
+        let mut st = self.state.lock();
+        st.bytes -= bytes;
+        if st.producers_waiting > 0 {
+            self.not_full.notify_all();
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.not_empty.notify_all();
+        self.not_full.notify_all();
+    }
+
+    fn reopen(&self) {
+        let mut st = self.state.lock();
+        st.closed = false;
+    }
+}
+
+/// Counters of the dispatch queue.
+#[derive(Default, Debug)]
+pub struct DispatchStats {
+    pub queued: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+pub struct MessageDispatchInterceptor {
+    cfg: DispatchConfig,
+    timeout: Duration,
+    queue: Arc<ByteQueue>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pub stats: Arc<DispatchStats>,
+}
+
+impl MessageDispatchInterceptor {
+    /// `timeout` bounds how long a `Block` policy waits for room (the sender timeout).
+    pub fn new(cfg: DispatchConfig, timeout: Duration) -> MessageDispatchInterceptor {
+        let queue = Arc::new(ByteQueue {
+            state: Mutex::new(State {
+                closed: true,
+                ..State::default()
+            }),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+            max: cfg.max_queue_size,
+        });
+        MessageDispatchInterceptor {
+            cfg,
+            timeout,
+            queue,
+            thread: Mutex::new(None),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Payload bytes queued or in flight.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.state.lock().bytes
+    }
+}
+
+fn dispatch_loop(queue: Arc<ByteQueue>, handle: StackHandle, stats: Arc<DispatchStats>) {
+    let mut batch = Vec::new();
+    while queue.pop_batch(&mut batch) {
+        let mut bytes = 0;
+        for Queued { dests, mut msg } in batch.drain(..) {
+            bytes += msg.payload.len();
+            msg.batched = true;
+            if let Err(e) = handle.send_below(&dests, msg) {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                warn!("Asynchronous send failed: {e}");
+            }
+        }
+        handle.flush_below();
+        queue.release(bytes);
+    }
+}
+
+impl ChannelInterceptor for MessageDispatchInterceptor {
+    fn name(&self) -> &'static str {
+        "MessageDispatchInterceptor"
+    }
+
+    fn start(&self, handle: StackHandle) -> Result<(), ChannelError> {
+        let mut t = self.thread.lock();
+        if t.is_some() {
+            return Ok(());
+        }
+        self.queue.reopen();
+        let (queue, stats) = (self.queue.clone(), self.stats.clone());
+        *t = Some(
+            std::thread::Builder::new()
+                .name("tribecast-dispatch".into())
+                .spawn(move || dispatch_loop(queue, handle, stats))
+                .map_err(ChannelError::Io)?,
+        );
+        Ok(())
+    }
+
+    /// Sends what is queued, then joins the dispatch thread.
+    fn stop(&self) {
+        self.queue.close();
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                warn!("Dispatch thread panicked");
+            }
+        }
+    }
+
+    fn send_message(
+        &self,
+        dests: &Arc<[Member]>,
+        msg: OutMessage,
+        next: Next<'_>,
+    ) -> Result<(), ChannelError> {
+        if !msg.options.is_async() || msg.batched {
+            return next.send_message(dests, msg);
+        }
+        let deadline = Instant::now() + self.timeout;
+        match self.queue.push(
+            Queued {
+                dests: dests.clone(),
+                msg,
+            },
+            self.cfg.full_policy,
+            deadline,
+        ) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, ChannelError::QueueFull { .. }) {
+                    self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::SendOptions;
+
+    fn item(size: usize) -> Queued {
+        Queued {
+            dests: Arc::from(Vec::new()),
+            msg: OutMessage {
+                msg_id: 0,
+                options: SendOptions::ASYNCHRONOUS,
+                payload: vec![0; size],
+                batched: false,
+            },
+        }
+    }
+
+    fn queue(max: usize) -> ByteQueue {
+        ByteQueue {
+            state: Mutex::new(State::default()),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+            max,
+        }
+    }
+
+    #[test]
+    fn fail_policy_refuses_when_full_and_keeps_what_is_queued() {
+        let q = queue(100);
+        let soon = Instant::now() + Duration::from_secs(5);
+        q.push(item(60), QueueFullPolicy::Fail, soon).unwrap();
+        let e = q.push(item(60), QueueFullPolicy::Fail, soon).unwrap_err();
+        assert!(matches!(
+            e,
+            ChannelError::QueueFull {
+                queued_bytes: 60,
+                max_bytes: 100
+            }
+        ));
+        q.push(item(40), QueueFullPolicy::Fail, soon).unwrap();
+        let mut out = Vec::new();
+        assert!(q.pop_batch(&mut out));
+        assert_eq!(
+            out.iter().map(|q| q.msg.payload.len()).collect::<Vec<_>>(),
+            [60, 40]
+        );
+    }
+
+    #[test]
+    fn block_policy_times_out_then_succeeds_after_release() {
+        let q = Arc::new(queue(100));
+        q.push(item(80), QueueFullPolicy::Block, Instant::now())
+            .unwrap();
+        let e = q.push(
+            item(80),
+            QueueFullPolicy::Block,
+            Instant::now() + Duration::from_millis(20),
+        );
+        assert!(matches!(e, Err(ChannelError::QueueFull { .. })));
+        let q2 = q.clone();
+        let waiter = std::thread::spawn(move || {
+            q2.push(
+                item(80),
+                QueueFullPolicy::Block,
+                Instant::now() + Duration::from_secs(30),
+            )
+        });
+        // Wait until the producer is actually blocked, then make room.
+        let until = Instant::now() + Duration::from_secs(30);
+        while q.state.lock().producers_waiting == 0 {
+            assert!(Instant::now() < until, "producer never blocked");
+            std::thread::yield_now();
+        }
+        let mut out = Vec::new();
+        assert!(q.pop_batch(&mut out));
+        q.release(80);
+        waiter.join().unwrap().unwrap();
+        assert_eq!(q.state.lock().bytes, 80);
+    }
+
+    #[test]
+    fn close_wakes_consumer() {
+        let q = queue(100);
+        q.close();
+        let mut out = Vec::new();
+        assert!(!q.pop_batch(&mut out));
+    }
+}

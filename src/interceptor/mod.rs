@@ -1,0 +1,238 @@
+//! The interceptor stack (Tribes' `ChannelInterceptor` chain).
+//!
+//! Interceptors are listed top (next to the application) to bottom (next to the transport).
+//! A send walks down: each interceptor gets the message and a [`Next`] to pass it on (or not).
+//! A received message and membership events walk up with an [`Up`]. Calls are plain function
+//! calls on the caller's thread; an interceptor that needs a thread of its own (the dispatch
+//! queue) keeps the [`StackHandle`] it gets at start.
+
+pub mod dispatch;
+pub mod static_membership;
+
+use crate::channel::ChannelInner;
+use crate::error::{ChannelError, SendFailure};
+use crate::member::Member;
+use crate::options::SendOptions;
+use std::borrow::Cow;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+pub use dispatch::MessageDispatchInterceptor;
+pub use static_membership::StaticMembershipInterceptor;
+
+/// A message on its way down the stack.
+#[derive(Clone, Debug)]
+pub struct OutMessage {
+    /// Unique per sender and channel start (Tribes' `ChannelData.uniqueId`).
+    pub msg_id: u64,
+    pub options: SendOptions,
+    pub payload: Vec<u8>,
+    /// Set by the dispatch thread: the transport may hold the frame until `flush`.
+    pub(crate) batched: bool,
+}
+
+/// A message delivered up the stack to the listeners.
+#[derive(Clone, Debug)]
+pub struct ChannelMessage<'a> {
+    /// The member that sent it, as it introduced itself on its connection.
+    pub from: &'a Member,
+    pub msg_id: u64,
+    pub options: SendOptions,
+    pub payload: Cow<'a, [u8]>,
+}
+
+/// What the transport tells interceptors about a peer, for membership decisions.
+#[derive(Clone, Debug)]
+pub enum PeerEvent {
+    /// A member connected to us and shook hands.
+    Hello(Member),
+    /// A member said it leaves the group.
+    Left(Member),
+    /// A send to this member failed.
+    SendFailed(Member, SendFailure),
+}
+
+/// One layer of the channel.
+pub trait ChannelInterceptor: Send + Sync + 'static {
+    /// Shown in logs.
+    fn name(&self) -> &'static str;
+
+    /// Called when the channel starts, top to bottom, with a handle for later calls.
+    fn start(&self, _handle: StackHandle) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    /// Called when the channel stops, top to bottom. Must return once its threads are joined.
+    fn stop(&self) {}
+
+    fn send_message(
+        &self,
+        dests: &Arc<[Member]>,
+        msg: OutMessage,
+        next: Next<'_>,
+    ) -> Result<(), ChannelError> {
+        next.send_message(dests, msg)
+    }
+
+    /// Pushes out anything held back for batching.
+    fn flush(&self, next: Next<'_>) {
+        next.flush()
+    }
+
+    /// `Err` is the failure reported to a synchronized-ack sender.
+    fn message_received(&self, msg: &ChannelMessage<'_>, up: Up<'_>) -> Result<(), String> {
+        up.message_received(msg)
+    }
+
+    fn member_added(&self, member: &Member, up: Up<'_>) {
+        up.member_added(member)
+    }
+
+    fn member_disappeared(&self, member: &Member, up: Up<'_>) {
+        up.member_disappeared(member)
+    }
+
+    /// Transport news about a peer; every interceptor hears every event.
+    fn peer_event(&self, _event: &PeerEvent) {}
+
+    /// Periodic work, every `heartbeat_interval`, with the time passed in.
+    fn heartbeat(&self, _now: Instant) {}
+}
+
+/// The rest of the stack below an interceptor.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    pub(crate) rest: &'a [Arc<dyn ChannelInterceptor>],
+    pub(crate) inner: &'a ChannelInner,
+}
+
+impl Next<'_> {
+    pub fn send_message(self, dests: &Arc<[Member]>, msg: OutMessage) -> Result<(), ChannelError> {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.send_message(
+                dests,
+                msg,
+                Next {
+                    rest,
+                    inner: self.inner,
+                },
+            ),
+            None => self.inner.transport_send(dests, msg),
+        }
+    }
+
+    pub fn flush(self) {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.flush(Next {
+                rest,
+                inner: self.inner,
+            }),
+            None => self.inner.transport_flush(),
+        }
+    }
+}
+
+/// The rest of the stack above an interceptor, up to the listeners.
+#[derive(Clone, Copy)]
+pub struct Up<'a> {
+    pub(crate) rest: &'a [Arc<dyn ChannelInterceptor>],
+    pub(crate) inner: &'a ChannelInner,
+}
+
+impl Up<'_> {
+    pub fn message_received(self, msg: &ChannelMessage<'_>) -> Result<(), String> {
+        match self.rest.split_last() {
+            Some((last, rest)) => last.message_received(
+                msg,
+                Up {
+                    rest,
+                    inner: self.inner,
+                },
+            ),
+            None => self.inner.deliver_to_listeners(msg),
+        }
+    }
+
+    pub fn member_added(self, m: &Member) {
+        match self.rest.split_last() {
+            Some((last, rest)) => last.member_added(
+                m,
+                Up {
+                    rest,
+                    inner: self.inner,
+                },
+            ),
+            None => self.inner.notify_member_added(m),
+        }
+    }
+
+    pub fn member_disappeared(self, m: &Member) {
+        match self.rest.split_last() {
+            Some((last, rest)) => last.member_disappeared(
+                m,
+                Up {
+                    rest,
+                    inner: self.inner,
+                },
+            ),
+            None => self.inner.notify_member_disappeared(m),
+        }
+    }
+}
+
+/// An interceptor's way back into the channel from its own threads.
+#[derive(Clone)]
+pub struct StackHandle {
+    pub(crate) inner: Weak<ChannelInner>,
+    pub(crate) index: usize,
+}
+
+impl StackHandle {
+    fn with<R>(&self, f: impl FnOnce(&ChannelInner) -> R) -> Option<R> {
+        self.inner.upgrade().map(|i| f(&i))
+    }
+
+    /// Sends through the interceptors below this one.
+    pub fn send_below(&self, dests: &Arc<[Member]>, msg: OutMessage) -> Result<(), ChannelError> {
+        self.with(|i| {
+            Next {
+                rest: &i.interceptors[self.index + 1..],
+                inner: i,
+            }
+            .send_message(dests, msg)
+        })
+        .unwrap_or(Err(ChannelError::NotRunning))
+    }
+
+    pub fn flush_below(&self) {
+        self.with(|i| {
+            Next {
+                rest: &i.interceptors[self.index + 1..],
+                inner: i,
+            }
+            .flush()
+        });
+    }
+
+    /// Reports a member as present; the channel announces it up the stack if it is new.
+    pub fn member_seen(&self, m: &Member) {
+        self.with(|i| i.member_seen(m));
+    }
+
+    /// Reports a member as gone; the channel announces it up the stack if it was present.
+    pub fn member_gone(&self, m: &Member, why: &str) {
+        self.with(|i| i.member_gone(m, why));
+    }
+
+    /// Current members.
+    pub fn members(&self) -> Arc<[Member]> {
+        self.with(|i| i.members())
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// Connects to a receiver and returns the member that answers.
+    pub fn probe(&self, addr: std::net::SocketAddr) -> Result<Member, SendFailure> {
+        self.with(|i| i.probe(addr))
+            .unwrap_or(Err(SendFailure::NotAMember))
+    }
+}

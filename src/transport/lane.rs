@@ -1,0 +1,253 @@
+//! One outgoing connection ("lane") to a member, on a blocking socket: connect, handshake,
+//! numbered data frames, acks. Tribes' `NioSender`, minus the selector: a lane is used by one
+//! thread at a time (taken from the member's pool), so blocking I/O with deadlines is simplest
+//! and costs no extra thread wake-up per message.
+
+use crate::error::SendFailure;
+use crate::member::Member;
+use crate::wire::frame::{self, FrameHeader, FrameKind};
+use crate::wire::{decode_body, encode_body, parse_frame, Handshake, HandshakeAccept, Reason};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Replies (handshake answers, acks) are small; anything bigger is a protocol error.
+const MAX_REPLY_LEN: u32 = 64 * 1024;
+
+/// Who this node is, as told in every handshake.
+pub struct Identity {
+    pub cluster: String,
+    pub local: Member,
+    pub incarnation: u64,
+    pub max_frame_size: u32,
+    /// Source of sequence numbers for every lane of this node. One counter (not one per lane)
+    /// keeps numbers rising on a lane even after it is dropped and made again, so a receiver's
+    /// duplicate filter never mistakes new frames for old ones.
+    pub next_seq: AtomicU64,
+}
+
+/// A reply frame read from a lane.
+pub enum Reply {
+    Ack(u64),
+    FailAck(u64, String),
+}
+
+pub struct Lane {
+    pub lane: u32,
+    stream: Option<TcpStream>,
+    rbuf: Vec<u8>,
+    rfilled: usize,
+    pub wbuf: Vec<u8>,
+}
+
+fn remaining(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+}
+
+fn io_failure(e: &io::Error, timeout: Duration) -> SendFailure {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => SendFailure::Timeout(timeout),
+        _ => SendFailure::Io(e.to_string()),
+    }
+}
+
+impl Lane {
+    pub fn new(lane: u32) -> Lane {
+        Lane {
+            lane,
+            stream: None,
+            rbuf: Vec::new(),
+            rfilled: 0,
+            wbuf: Vec::new(),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    pub fn disconnect(&mut self) {
+        self.stream = None;
+        self.rfilled = 0;
+    }
+
+    /// Connects and shakes hands; returns the member record the peer answered with.
+    pub fn connect(
+        &mut self,
+        to: &Member,
+        id: &Identity,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Member, SendFailure> {
+        self.disconnect();
+        let left = remaining(deadline).ok_or(SendFailure::Timeout(timeout))?;
+        let stream = TcpStream::connect_timeout(&to.addr, left)
+            .map_err(|e| SendFailure::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        self.stream = Some(stream);
+        let hs = Handshake {
+            cluster: id.cluster.clone(),
+            protocol_version: frame::PROTOCOL_VERSION,
+            member: id.local.clone(),
+            incarnation: id.incarnation,
+            lane: self.lane,
+        };
+        // Not through `wbuf`: it may hold queued frames waiting for this connection.
+        let mut hello = Vec::new();
+        frame::encode_frame(&mut hello, FrameKind::Handshake, 0, 0, &encode_body(&hs));
+        let result = self.write_all(&hello, deadline, timeout).and_then(|()| {
+            let (h, body) = self.read_frame(deadline, timeout)?;
+            match h.kind {
+                FrameKind::HandshakeAccept => decode_body::<HandshakeAccept>(&body)
+                    .map(|a| a.member)
+                    .map_err(|e| {
+                        SendFailure::Protocol(format!("undecodable handshake answer: {e}"))
+                    }),
+                FrameKind::HandshakeRefuse => Err(SendFailure::Refused(
+                    decode_body::<Reason>(&body)
+                        .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason),
+                )),
+                k => Err(SendFailure::Protocol(format!(
+                    "{k:?} frame instead of a handshake answer"
+                ))),
+            }
+        });
+        if result.is_err() {
+            self.disconnect();
+        }
+        result
+    }
+
+    /// Writes `wbuf` whole, within the deadline.
+    pub fn flush_wbuf(&mut self, deadline: Instant, timeout: Duration) -> Result<(), SendFailure> {
+        let buf = std::mem::take(&mut self.wbuf);
+        let r = self.write_all(&buf, deadline, timeout);
+        self.wbuf = buf;
+        r
+    }
+
+    fn write_all(
+        &mut self,
+        bytes: &[u8],
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), SendFailure> {
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| SendFailure::Io("not connected".into()))?;
+        let left = remaining(deadline).ok_or(SendFailure::Timeout(timeout))?;
+        let r = stream
+            .set_write_timeout(Some(left))
+            .and_then(|()| stream.write_all(bytes))
+            .map_err(|e| io_failure(&e, timeout));
+        if r.is_err() {
+            self.disconnect();
+        }
+        r
+    }
+
+    /// Appends a data frame to `wbuf` with a new sequence number, or with `seq` when resending
+    /// (the receiver then drops it if the first copy arrived).
+    pub fn stamp(
+        &mut self,
+        id: &Identity,
+        seq: Option<u64>,
+        flags: u16,
+        body: &[u8],
+        body_crc: &crc32fast::Hasher,
+    ) -> u64 {
+        let seq = seq.unwrap_or_else(|| id.next_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        let header = frame::encode_header(FrameKind::Data, flags, seq, body.len(), body_crc);
+        self.wbuf.extend_from_slice(&header);
+        self.wbuf.extend_from_slice(body);
+        seq
+    }
+
+    /// Reads the next frame the peer sends on this lane.
+    pub fn read_frame(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(FrameHeader, Vec<u8>), SendFailure> {
+        loop {
+            match parse_frame(&self.rbuf[..self.rfilled], MAX_REPLY_LEN) {
+                Ok(Some((f, used))) => {
+                    let out = (f.header, f.body.to_vec());
+                    self.rbuf.copy_within(used..self.rfilled, 0);
+                    self.rfilled -= used;
+                    return Ok(out);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.disconnect();
+                    return Err(SendFailure::Protocol(e.to_string()));
+                }
+            }
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| SendFailure::Io("not connected".into()))?;
+            let Some(left) = remaining(deadline) else {
+                self.disconnect();
+                return Err(SendFailure::Timeout(timeout));
+            };
+            if let Err(e) = stream.set_read_timeout(Some(left)) {
+                self.disconnect();
+                return Err(SendFailure::Io(e.to_string()));
+            }
+            if self.rbuf.len() < self.rfilled + 4096 {
+                self.rbuf.resize(self.rfilled + 16 * 1024, 0);
+            }
+            match stream.read(&mut self.rbuf[self.rfilled..]) {
+                Ok(0) => {
+                    self.disconnect();
+                    return Err(SendFailure::Io("connection closed by member".into()));
+                }
+                Ok(n) => self.rfilled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.disconnect();
+                    return Err(io_failure(&e, timeout));
+                }
+            }
+        }
+    }
+
+    /// Reads the next ack or fail-ack.
+    pub fn read_reply(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Reply, SendFailure> {
+        let (h, body) = self.read_frame(deadline, timeout)?;
+        match h.kind {
+            FrameKind::Ack => Ok(Reply::Ack(h.seq)),
+            FrameKind::FailAck => Ok(Reply::FailAck(
+                h.seq,
+                decode_body::<Reason>(&body)
+                    .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason),
+            )),
+            k => {
+                self.disconnect();
+                Err(SendFailure::Protocol(format!(
+                    "unexpected {k:?} frame from receiver"
+                )))
+            }
+        }
+    }
+
+    /// Best-effort: tells the member we leave, then closes.
+    pub fn send_leave(&mut self, deadline: Instant, timeout: Duration) {
+        if self.stream.is_none() {
+            return;
+        }
+        let mut bye = Vec::new();
+        frame::encode_frame(&mut bye, FrameKind::Leave, 0, 0, &[]);
+        let _ = self.write_all(&bye, deadline, timeout);
+        self.disconnect();
+    }
+}

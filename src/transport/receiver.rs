@@ -1,0 +1,731 @@
+//! The NIO receiver (Tribes' `NioReceiver`): one mio event loop thread accepts and reads, and a
+//! fixed pool of `max_threads` workers runs the listeners.
+//!
+//! Each connection has a mailbox. The loop appends the frames it read to the mailbox and hands the
+//! connection (not the frame) to the pool when it is not already scheduled, so one worker at a
+//! time drains one connection: frames of a connection are processed in order, different
+//! connections in parallel, and the loop never waits for a worker. A connection whose mailbox
+//! holds more than `max_queued_bytes_per_connection` is not read until workers catch up; TCP
+//! flow control then slows its sender. Tribes instead blocks the whole selector.
+
+use super::dedup::DedupTable;
+use super::rx_session::{Delivery, RxClose, RxOutput, RxSession, RxSettings};
+use crate::config::{ChannelConfig, ReceiverConfig};
+use crate::error::ChannelError;
+use crate::member::Member;
+use crate::wire::frame::{encode_frame, FrameKind};
+use crate::wire::{decode_body, encode_body, Envelope, Reason};
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Reads per connection per wake-up before the loop turns to others (fairness).
+const READS_PER_TURN: usize = 16;
+const INITIAL_BUF: usize = 64 * 1024;
+/// Read buffers grow while reads fill them, up to this (or one max frame, if larger).
+const MAX_READ_BUF: usize = 1024 * 1024;
+/// Unsent ack bytes a peer may leave unread before its connection is closed.
+const MAX_PENDING_REPLY: usize = 1024 * 1024;
+/// Lanes remembered by the duplicate filter.
+const DEDUP_LANES: usize = 65536;
+
+/// What the receiver hands upward. Runs on worker threads.
+pub trait ReceiverHandler: Send + Sync + 'static {
+    /// A message arrived; `Err` is the reason given back to a synchronized-ack sender.
+    fn message_received(&self, from: &Member, env: Envelope<'_>) -> Result<(), String>;
+    /// A member opened a connection to us and shook hands.
+    fn peer_hello(&self, member: &Member);
+    /// A member said it is leaving the group.
+    fn peer_left(&self, member: &Member);
+}
+
+/// Counters of the receiver, readable while it runs.
+#[derive(Default, Debug)]
+pub struct ReceiverStats {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connections_closed_on_error: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub messages_delivered: AtomicU64,
+}
+
+/// Binds the first free port of `[port, port + auto_bind)`, as Tribes' `autoBind` does.
+pub fn bind(cfg: &ReceiverConfig) -> Result<std::net::TcpListener, ChannelError> {
+    let mut last_err = None;
+    for i in 0..cfg.auto_bind {
+        let Some(port) = cfg.port.checked_add(i) else {
+            break;
+        };
+        let addr = SocketAddr::new(cfg.address, port);
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                debug!("Receiver port {addr} unavailable: {e}");
+                last_err = Some(e);
+            } // Port 0 means "any": one attempt is all there is.
+        }
+        if cfg.port == 0 {
+            break;
+        }
+    }
+    Err(ChannelError::Bind {
+        address: SocketAddr::new(cfg.address, cfg.port),
+        auto_bind: cfg.auto_bind,
+        source: last_err
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no port left")),
+    })
+}
+
+/// A running receiver. `stop` (or drop) ends its threads.
+pub struct NioReceiver {
+    local_addr: SocketAddr,
+    waker: Arc<Waker>,
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub stats: Arc<ReceiverStats>,
+}
+
+impl NioReceiver {
+    /// Starts the loop and the workers on a bound listener.
+    pub fn start(
+        listener: std::net::TcpListener,
+        local: Member,
+        cfg: &ChannelConfig,
+        handler: Arc<dyn ReceiverHandler>,
+    ) -> Result<NioReceiver, ChannelError> {
+        let local_addr = listener.local_addr().map_err(ChannelError::Io)?;
+        listener.set_nonblocking(true).map_err(ChannelError::Io)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new().map_err(ChannelError::Io)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(ChannelError::Io)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ChannelError::Io)?);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ReceiverStats::default());
+        let rc = &cfg.receiver;
+        // Each connection is in this queue at most once, so it never holds more than
+        // max_connections entries and the loop never blocks on it.
+        let (work_tx, work_rx) = crossbeam_channel::bounded::<Arc<ConnShared>>(rc.max_connections);
+        let (resume_tx, resume_rx) = crossbeam_channel::bounded::<usize>(rc.max_connections);
+        let ctl = Arc::new(LoopCtl {
+            waker: waker.clone(),
+            resume_tx,
+            stats: stats.clone(),
+        });
+        let low_water = rc.max_queued_bytes_per_connection / 2;
+        let mut threads = Vec::with_capacity(rc.max_threads + 1);
+        for i in 0..rc.max_threads {
+            let (rx, handler, ctl) = (work_rx.clone(), handler.clone(), ctl.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("tribecast-rx-worker-{i}"))
+                .spawn(move || worker(rx, handler, ctl, low_water))
+                .map_err(ChannelError::Io)?;
+            threads.push(t);
+        }
+        let mut el = EventLoop {
+            poll,
+            listener,
+            conns: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            dedup: DedupTable::new(DEDUP_LANES),
+            out: RxOutput::default(),
+            ready_again: VecDeque::new(),
+            work_tx,
+            resume_rx,
+            stopping: stopping.clone(),
+            local,
+            cluster: cfg.cluster_name.clone(),
+            max_frame_size: cfg.max_frame_size,
+            selector_timeout: rc.selector_timeout,
+            max_connections: rc.max_connections,
+            max_queued: rc.max_queued_bytes_per_connection,
+            ctl,
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("tribecast-rx-{local_addr}"))
+            .spawn(move || el.run())
+            .map_err(ChannelError::Io)?;
+        threads.push(t);
+        info!(
+            "Receiver listening on {local_addr} with {} worker threads",
+            rc.max_threads
+        );
+        Ok(NioReceiver {
+            local_addr,
+            waker,
+            stopping,
+            threads,
+            stats,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and reading, closes every connection and joins all threads. Messages
+    /// already read are processed first. Safe to call twice.
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!(
+                "Receiver {}: cannot wake event loop to stop: {e}",
+                self.local_addr
+            );
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                warn!("Receiver {}: a thread panicked", self.local_addr);
+            }
+        }
+    }
+}
+
+impl Drop for NioReceiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What workers use to talk back to the loop.
+struct LoopCtl {
+    waker: Arc<Waker>,
+    resume_tx: Sender<usize>,
+    stats: Arc<ReceiverStats>,
+}
+
+enum Item {
+    Hello(Arc<Member>),
+    Batch(Batch),
+    Leave(Arc<Member>),
+}
+
+/// Complete data frames read from one connection in one go; `deliveries` index into `data`.
+struct Batch {
+    data: Vec<u8>,
+    deliveries: Vec<Delivery>,
+}
+
+#[derive(Default)]
+struct Mailbox {
+    items: VecDeque<Item>,
+    scheduled: bool,
+    bytes: usize,
+    paused: bool,
+    peer: Option<Arc<Member>>,
+}
+
+/// Replies (handshake answers, acks) written from the loop and from workers.
+struct ReplyWriter {
+    stream: std::net::TcpStream,
+    pending: Vec<u8>,
+    broken: bool,
+}
+
+impl ReplyWriter {
+    fn write(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
+        if self.pending.is_empty() {
+            match self.stream.write(bytes) {
+                Ok(n) if n == bytes.len() => return,
+                Ok(n) => self.pending.extend_from_slice(&bytes[n..]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.pending.extend_from_slice(bytes)
+                }
+                Err(_) => self.broken = true, // the loop sees the error on its side and closes
+            }
+        } else {
+            self.pending.extend_from_slice(bytes);
+        }
+        if self.pending.len() > MAX_PENDING_REPLY {
+            warn!(
+                "Closing connection: peer does not read its acks ({} bytes pending)",
+                self.pending.len()
+            );
+            self.broken = true;
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Called by the loop when the socket became writable again.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() && !self.broken {
+            match self.stream.write(&self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.broken = true,
+            }
+        }
+    }
+}
+
+struct ConnShared {
+    token: usize,
+    peer_addr: SocketAddr,
+    mailbox: Mutex<Mailbox>,
+    writer: Mutex<ReplyWriter>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    filled: usize,
+    session: RxSession,
+    shared: Arc<ConnShared>,
+    paused: bool,
+}
+
+struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    open: usize,
+    dedup: DedupTable,
+    out: RxOutput,
+    ready_again: VecDeque<usize>,
+    work_tx: Sender<Arc<ConnShared>>,
+    resume_rx: Receiver<usize>,
+    stopping: Arc<AtomicBool>,
+    local: Member,
+    cluster: String,
+    max_frame_size: u32,
+    selector_timeout: std::time::Duration,
+    max_connections: usize,
+    max_queued: usize,
+    ctl: Arc<LoopCtl>,
+}
+
+impl EventLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        while !self.stopping.load(Ordering::SeqCst) {
+            let timeout = if self.ready_again.is_empty() {
+                Some(self.selector_timeout)
+            } else {
+                Some(Default::default())
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                warn!("Receiver event loop failed: {e}; stopping it");
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {
+                        while let Ok(idx) = self.resume_rx.try_recv() {
+                            self.resume(idx);
+                        }
+                    }
+                    Token(t) => {
+                        let idx = t - FIRST_CONN;
+                        if ev.is_writable() {
+                            if let Some(Some(c)) = self.conns.get(idx) {
+                                c.shared.writer.lock().flush();
+                            }
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(idx);
+                        }
+                    }
+                }
+            }
+            for _ in 0..self.ready_again.len() {
+                if let Some(idx) = self.ready_again.pop_front() {
+                    self.read(idx);
+                }
+            }
+        }
+        for idx in 0..self.conns.len() {
+            self.close(idx, None);
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => self.add_conn(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and the like: leave the rest queued in the backlog for next time.
+                    warn!("Receiver accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, stream: TcpStream, addr: SocketAddr) {
+        if self.open >= self.max_connections {
+            warn!(
+                "Refusing connection from {addr}: max_connections ({}) reached",
+                self.max_connections
+            );
+            self.ctl
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let std_stream: std::net::TcpStream = stream.into();
+        let _ = std_stream.set_nodelay(true);
+        let writer = match std_stream.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("Refusing connection from {addr}: cannot clone socket: {e}");
+                return;
+            }
+        };
+        let mut stream = TcpStream::from_std(std_stream);
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(idx + FIRST_CONN),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("Refusing connection from {addr}: cannot register: {e}");
+            self.free.push(idx);
+            return;
+        }
+        let shared = Arc::new(ConnShared {
+            token: idx,
+            peer_addr: addr,
+            mailbox: Mutex::new(Mailbox::default()),
+            writer: Mutex::new(ReplyWriter {
+                stream: writer,
+                pending: Vec::new(),
+                broken: false,
+            }),
+        });
+        self.conns[idx] = Some(Conn {
+            stream,
+            buf: vec![0; INITIAL_BUF],
+            filled: 0,
+            session: RxSession::default(),
+            shared,
+            paused: false,
+        });
+        self.open += 1;
+        self.ctl
+            .stats
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        debug!("Accepted connection from {addr}");
+        // Bytes may have arrived before registration; edge-triggered readiness would not repeat.
+        self.read(idx);
+    }
+
+    fn resume(&mut self, idx: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(idx) {
+            if c.paused {
+                c.paused = false;
+                self.read(idx);
+            }
+        }
+    }
+
+    /// Reads what the connection has, up to a fair share, and processes the frames.
+    fn read(&mut self, idx: usize) {
+        let max_buf =
+            MAX_READ_BUF.max(crate::wire::frame::HEADER_LEN + self.max_frame_size as usize);
+        for _ in 0..READS_PER_TURN {
+            let Some(Some(c)) = self.conns.get_mut(idx) else {
+                return;
+            };
+            if c.paused {
+                return;
+            }
+            if c.filled == c.buf.len() {
+                // Only reached while a frame is incomplete and larger than the buffer: the
+                // session has already checked its length against max_frame_size.
+                let len = (c.buf.len() * 2).min(max_buf);
+                c.buf.resize(len, 0);
+            }
+            let free = c.buf.len() - c.filled;
+            match c.stream.read(&mut c.buf[c.filled..]) {
+                Ok(0) => {
+                    let reason = if c.session.peer().is_some() {
+                        None
+                    } else {
+                        Some("closed before handshake".into())
+                    };
+                    self.close(idx, reason.map(|r: String| (r, false)));
+                    return;
+                }
+                Ok(n) => {
+                    c.filled += n;
+                    if n == free && c.buf.len() < MAX_READ_BUF {
+                        let len = (c.buf.len() * 2).min(MAX_READ_BUF);
+                        c.buf.resize(len, 0);
+                    }
+                    self.ctl
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    if !self.process(idx) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close(idx, Some((format!("read error: {e}"), false)));
+                    return;
+                }
+            }
+        }
+        self.ready_again.push_back(idx);
+    }
+
+    /// Runs the session over the buffered bytes; returns false if the connection was closed.
+    fn process(&mut self, idx: usize) -> bool {
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return false;
+        };
+        let settings = RxSettings {
+            cluster: &self.cluster,
+            local: &self.local,
+            max_frame_size: self.max_frame_size,
+        };
+        self.out.clear();
+        let result = c.session.on_bytes(
+            &c.buf[..c.filled],
+            &settings,
+            &mut self.dedup,
+            &mut self.out,
+        );
+        let out = &self.out;
+        let stats = &self.ctl.stats;
+        stats
+            .duplicates_dropped
+            .fetch_add(out.duplicates, Ordering::Relaxed);
+        stats.frames_received.fetch_add(
+            out.deliveries.len() as u64 + out.duplicates,
+            Ordering::Relaxed,
+        );
+        if !out.reply.is_empty() {
+            c.shared.writer.lock().write(&out.reply);
+        }
+        let mut schedule = false;
+        {
+            let mut mb = c.shared.mailbox.lock();
+            if let Some(m) = &out.hello {
+                let m = Arc::new(m.clone());
+                info!("Connection from {} is member [{m}]", c.shared.peer_addr);
+                mb.peer = Some(m.clone());
+                mb.items.push_back(Item::Hello(m));
+                schedule = true;
+            }
+            if let (Some(first), Some(last)) = (out.deliveries.first(), out.deliveries.last()) {
+                let base = first.start;
+                let data = c.buf[base..last.end].to_vec();
+                let deliveries = out
+                    .deliveries
+                    .iter()
+                    .map(|d| Delivery {
+                        start: d.start - base,
+                        end: d.end - base,
+                        ..*d
+                    })
+                    .collect();
+                mb.bytes += data.len();
+                mb.items.push_back(Item::Batch(Batch { data, deliveries }));
+                schedule = true;
+                if mb.bytes > self.max_queued {
+                    mb.paused = true;
+                    c.paused = true;
+                }
+            }
+            if out.leave {
+                if let Some(p) = mb.peer.clone() {
+                    mb.items.push_back(Item::Leave(p));
+                    schedule = true;
+                }
+            }
+            if schedule && !mb.scheduled {
+                mb.scheduled = true;
+            } else {
+                schedule = false;
+            }
+        }
+        if schedule {
+            // Never blocks: see the channel's capacity.
+            let _ = self.work_tx.send(c.shared.clone());
+        }
+        match result {
+            Ok(used) => {
+                c.buf.copy_within(used..c.filled, 0);
+                c.filled -= used;
+                true
+            }
+            Err(RxClose::Leave) => {
+                self.close(idx, None);
+                false
+            }
+            Err(reason) => {
+                let refused = matches!(reason, RxClose::Refused(_));
+                self.close(idx, Some((reason.to_string(), refused)));
+                false
+            }
+        }
+    }
+
+    /// Closes a connection; `why` is logged (with whether it was a refused handshake).
+    fn close(&mut self, idx: usize, why: Option<(String, bool)>) {
+        let Some(slot) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let Some(mut c) = slot.take() else { return };
+        let peer = c
+            .session
+            .peer()
+            .map_or_else(|| "unknown member".to_string(), |m| format!("member [{m}]"));
+        match why {
+            Some((reason, refused)) => {
+                warn!(
+                    "Closing connection from {} ({peer}): {reason}",
+                    c.shared.peer_addr
+                );
+                let stats = &self.ctl.stats;
+                if refused {
+                    stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats
+                        .connections_closed_on_error
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => debug!("Connection from {} ({peer}) closed", c.shared.peer_addr),
+        }
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        {
+            // Give a refusal or the last acks a chance to leave before the socket goes.
+            let mut w = c.shared.writer.lock();
+            w.flush();
+        }
+        let _ = c.stream.shutdown(Shutdown::Both);
+        self.free.push(idx);
+        self.open -= 1;
+    }
+}
+
+fn worker(
+    rx: Receiver<Arc<ConnShared>>,
+    handler: Arc<dyn ReceiverHandler>,
+    ctl: Arc<LoopCtl>,
+    low_water: usize,
+) {
+    let mut reply = Vec::new();
+    while let Ok(conn) = rx.recv() {
+        loop {
+            let (item, peer) = {
+                let mut mb = conn.mailbox.lock();
+                match mb.items.pop_front() {
+                    Some(item) => (item, mb.peer.clone()),
+                    None => {
+                        mb.scheduled = false;
+                        break;
+                    }
+                }
+            };
+            match item {
+                Item::Hello(m) => handler.peer_hello(&m),
+                Item::Leave(m) => handler.peer_left(&m),
+                Item::Batch(batch) => {
+                    if let Some(peer) = peer {
+                        deliver(
+                            &conn,
+                            &peer,
+                            &batch,
+                            handler.as_ref(),
+                            &ctl.stats,
+                            &mut reply,
+                        );
+                    }
+                    let mut mb = conn.mailbox.lock();
+                    mb.bytes -= batch.data.len();
+                    if mb.paused && mb.bytes <= low_water {
+                        mb.paused = false;
+                        if ctl.resume_tx.try_send(conn.token).is_ok() {
+                            let _ = ctl.waker.wake();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deliver(
+    conn: &ConnShared,
+    peer: &Member,
+    batch: &Batch,
+    handler: &dyn ReceiverHandler,
+    stats: &ReceiverStats,
+    reply: &mut Vec<u8>,
+) {
+    for d in &batch.deliveries {
+        let result = match decode_body::<Envelope>(&batch.data[d.start..d.end]) {
+            Ok(env) => {
+                stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                handler.message_received(peer, env)
+            }
+            Err(e) => {
+                warn!(
+                    "Closing connection from {} (member [{peer}]): undecodable envelope: {e}",
+                    conn.peer_addr
+                );
+                stats
+                    .connections_closed_on_error
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = conn.writer.lock().stream.shutdown(Shutdown::Both);
+                return;
+            }
+        };
+        if d.sync_ack {
+            reply.clear();
+            match result {
+                Ok(()) => encode_frame(reply, FrameKind::Ack, 0, d.seq, &[]),
+                Err(reason) => {
+                    encode_frame(
+                        reply,
+                        FrameKind::FailAck,
+                        0,
+                        d.seq,
+                        &encode_body(&Reason { reason }),
+                    );
+                }
+            }
+            conn.writer.lock().write(reply);
+        } else if let Err(reason) = result {
+            debug!("Listener failed on a message from [{peer}] (no ack requested): {reason}");
+        }
+    }
+}

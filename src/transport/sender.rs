@@ -1,0 +1,458 @@
+//! The sender (Tribes' `ReplicationTransmitter` + `PooledParallelSender`).
+//!
+//! Synchronous sends take one pooled lane per destination, write the frame to all of them, then
+//! collect the acks: the destinations work in parallel while the caller waits once. Asynchronous
+//! frames (from the dispatch thread) go to one dedicated lane per member, lane 0, where they are
+//! coalesced into large writes: per-destination order is the queue's order.
+
+use super::lane::{Identity, Lane, Reply};
+use crate::config::SenderConfig;
+use crate::error::{FaultyMember, SendFailure};
+use crate::member::{Member, MemberId};
+use crate::options::SendOptions;
+use crate::wire::frame::{body_hasher, FLAG_ACK, FLAG_SYNC_ACK};
+use log::{debug, warn};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counters of the sender.
+#[derive(Default, Debug)]
+pub struct SenderStats {
+    pub messages_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+pub fn frame_flags(opts: SendOptions) -> u16 {
+    let mut f = 0;
+    if opts.wants_ack() {
+        f |= FLAG_ACK;
+    }
+    if opts.wants_sync_ack() {
+        f |= FLAG_SYNC_ACK;
+    }
+    f
+}
+
+struct Pool {
+    idle: Vec<Lane>,
+    /// Lanes handed out or idle; at most `pool_size`.
+    created: u32,
+}
+
+struct MemberLink {
+    member: Member,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+}
+
+/// A send in progress to one destination.
+struct InFlight {
+    link: Arc<MemberLink>,
+    lane: Option<Lane>,
+    seq: u64,
+    retries_left: u32,
+    result: Option<SendFailure>,
+}
+
+/// Frames queued for one member's asynchronous lane, and the acks they wait for.
+struct AsyncLane {
+    member: Member,
+    lane: Lane,
+    /// (sequence, message id) of frames in `lane.wbuf`; only those asking for an ack are waited on.
+    frames: Vec<(u64, bool)>,
+}
+
+pub struct PooledParallelSender {
+    id: Arc<Identity>,
+    cfg: SenderConfig,
+    links: RwLock<HashMap<MemberId, Arc<MemberLink>>>,
+    async_lanes: Mutex<HashMap<MemberId, AsyncLane>>,
+    pub stats: SenderStats,
+}
+
+/// Outcome of a failed asynchronous flush for one member.
+pub struct AsyncFailure {
+    pub faulty: FaultyMember,
+    pub messages: usize,
+}
+
+impl PooledParallelSender {
+    pub fn new(id: Arc<Identity>, cfg: SenderConfig) -> PooledParallelSender {
+        PooledParallelSender {
+            id,
+            cfg,
+            links: RwLock::new(HashMap::new()),
+            async_lanes: Mutex::new(HashMap::new()),
+            stats: SenderStats::default(),
+        }
+    }
+
+    fn link(&self, m: &Member) -> Arc<MemberLink> {
+        if let Some(l) = self.links.read().get(&m.id) {
+            if l.member.addr == m.addr {
+                return l.clone();
+            }
+        }
+        let mut links = self.links.write();
+        let l = links.entry(m.id).or_insert_with(|| {
+            Arc::new(MemberLink {
+                member: m.clone(),
+                pool: Mutex::new(Pool {
+                    idle: Vec::new(),
+                    created: 0,
+                }),
+                freed: Condvar::new(),
+            })
+        });
+        if l.member.addr != m.addr {
+            // Same id, new address: a restarted member. Start over with fresh connections.
+            *l = Arc::new(MemberLink {
+                member: m.clone(),
+                pool: Mutex::new(Pool {
+                    idle: Vec::new(),
+                    created: 0,
+                }),
+                freed: Condvar::new(),
+            });
+        }
+        l.clone()
+    }
+
+    fn checkout(&self, link: &MemberLink, deadline: Instant) -> Option<Lane> {
+        let mut pool = link.pool.lock();
+        loop {
+            if let Some(lane) = pool.idle.pop() {
+                return Some(lane);
+            }
+            if (pool.created as usize) < self.cfg.pool_size {
+                pool.created += 1;
+                // Lane 0 is the asynchronous lane.
+                return Some(Lane::new(pool.created));
+            }
+            if link.freed.wait_until(&mut pool, deadline).timed_out() {
+                return None;
+            }
+        }
+    }
+
+    fn checkin(link: &MemberLink, lane: Lane) {
+        link.pool.lock().idle.push(lane);
+        link.freed.notify_one();
+    }
+
+    /// Connects to `addr`, shakes hands and returns who answered, then closes. Membership uses
+    /// it to learn a static member's id and to check that it is up.
+    pub fn probe(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<Member, SendFailure> {
+        let placeholder = Member {
+            id: MemberId([0; 16]),
+            name: String::new(),
+            addr,
+            domain: String::new(),
+        };
+        let mut lane = Lane::new(u32::MAX);
+        let deadline = Instant::now() + timeout;
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        lane.connect(&placeholder, &self.id, deadline, timeout)
+    }
+
+    /// Sends one message to every destination and waits as `opts` asks. Returns the members
+    /// that failed and why; the others got it.
+    pub fn send(
+        &self,
+        dests: &[Member],
+        body: &[u8],
+        opts: SendOptions,
+    ) -> Result<(), Vec<FaultyMember>> {
+        let timeout = self.cfg.timeout;
+        let deadline = Instant::now() + timeout;
+        let flags = frame_flags(opts);
+        let crc = body_hasher(body);
+        let mut flights: Vec<InFlight> = Vec::with_capacity(dests.len());
+        // Phase 1: write to every destination.
+        for m in dests {
+            let link = self.link(m);
+            let mut f = InFlight {
+                link,
+                lane: None,
+                seq: 0,
+                retries_left: self.cfg.max_retry_attempts,
+                result: None,
+            };
+            match self.checkout(&f.link, deadline) {
+                Some(lane) => {
+                    f.lane = Some(lane);
+                    if let Err(e) = self.write_with_retry(&mut f, None, flags, body, &crc, deadline)
+                    {
+                        f.result = Some(e);
+                    }
+                }
+                None => f.result = Some(SendFailure::Timeout(timeout)),
+            }
+            flights.push(f);
+        }
+        // Phase 2: collect the acks.
+        if flags & FLAG_ACK != 0 {
+            for f in flights.iter_mut().filter(|f| f.result.is_none()) {
+                if let Err(e) = self.await_ack(f, flags, body, &crc, deadline) {
+                    f.result = Some(e);
+                }
+            }
+        }
+        let mut faulty = Vec::new();
+        for f in flights {
+            if let Some(lane) = f.lane {
+                Self::checkin(&f.link, lane);
+            }
+            match f.result {
+                None => {
+                    self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .bytes_sent
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                }
+                Some(reason) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    faulty.push(FaultyMember {
+                        id: f.link.member.id,
+                        member: Some(f.link.member.clone()),
+                        reason,
+                    });
+                }
+            }
+        }
+        if faulty.is_empty() {
+            Ok(())
+        } else {
+            Err(faulty)
+        }
+    }
+
+    /// Writes the frame (resending `seq` if given), reconnecting and retrying on I/O errors.
+    fn write_with_retry(
+        &self,
+        f: &mut InFlight,
+        seq: Option<u64>,
+        flags: u16,
+        body: &[u8],
+        crc: &crc32fast::Hasher,
+        deadline: Instant,
+    ) -> Result<(), SendFailure> {
+        let timeout = self.cfg.timeout;
+        let Some(lane) = f.lane.as_mut() else {
+            return Err(SendFailure::Io("no lane".into()));
+        };
+        let mut seq = seq;
+        loop {
+            let attempt = (|| {
+                if !lane.is_connected() {
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    lane.connect(&f.link.member, &self.id, deadline, timeout)?;
+                }
+                lane.wbuf.clear();
+                let s = lane.stamp(&self.id, seq, flags, body, crc);
+                seq = Some(s);
+                f.seq = s;
+                lane.flush_wbuf(deadline, timeout)
+            })();
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e @ (SendFailure::Refused(_) | SendFailure::Timeout(_))) => return Err(e),
+                Err(e) if f.retries_left == 0 => return Err(e),
+                Err(e) => {
+                    f.retries_left -= 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    debug!("Retrying send to [{}] after: {e}", f.link.member);
+                }
+            }
+        }
+    }
+
+    fn await_ack(
+        &self,
+        f: &mut InFlight,
+        flags: u16,
+        body: &[u8],
+        crc: &crc32fast::Hasher,
+        deadline: Instant,
+    ) -> Result<(), SendFailure> {
+        let timeout = self.cfg.timeout;
+        loop {
+            let Some(lane) = f.lane.as_mut() else {
+                return Err(SendFailure::Io("no lane".into()));
+            };
+            match lane.read_reply(deadline, timeout) {
+                Ok(Reply::Ack(s)) if s == f.seq => return Ok(()),
+                Ok(Reply::FailAck(s, reason)) if s == f.seq => {
+                    return Err(SendFailure::Remote(reason))
+                }
+                Ok(_) => {} // an answer to an earlier frame on this lane: not ours
+                Err(e @ (SendFailure::Timeout(_) | SendFailure::Protocol(_))) => return Err(e),
+                Err(e) if f.retries_left == 0 => return Err(e),
+                Err(e) => {
+                    // The connection broke before the ack: resend the same sequence number on a
+                    // new connection; if the first copy arrived the receiver drops this one and
+                    // acks again.
+                    f.retries_left -= 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    debug!("Resending to [{}] after: {e}", f.link.member);
+                    let seq = f.seq;
+                    self.write_with_retry(f, Some(seq), flags, body, crc, deadline)?;
+                }
+            }
+        }
+    }
+
+    /// Appends an asynchronous frame for each destination to its lane-0 buffer, writing a
+    /// buffer out when it passes `coalesce_bytes`.
+    pub fn queue_async(
+        &self,
+        dests: &[Member],
+        body: &[u8],
+        opts: SendOptions,
+    ) -> Vec<AsyncFailure> {
+        let flags = frame_flags(opts);
+        let crc = body_hasher(body);
+        let mut lanes = self.async_lanes.lock();
+        let mut failures = Vec::new();
+        for m in dests {
+            let al = lanes.entry(m.id).or_insert_with(|| AsyncLane {
+                member: m.clone(),
+                lane: Lane::new(0),
+                frames: Vec::new(),
+            });
+            if al.member.addr != m.addr {
+                al.member = m.clone();
+                al.lane.disconnect();
+            }
+            let seq = al.lane.stamp(&self.id, None, flags, body, &crc);
+            al.frames.push((seq, flags & FLAG_ACK != 0));
+            self.stats
+                .bytes_sent
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
+            if al.lane.wbuf.len() >= self.cfg.coalesce_bytes {
+                if let Some(f) = self.flush_lane(al) {
+                    failures.push(f);
+                }
+            }
+        }
+        failures
+    }
+
+    /// Writes every member's queued asynchronous frames and waits for the acks they asked for.
+    pub fn flush_async(&self) -> Vec<AsyncFailure> {
+        let mut lanes = self.async_lanes.lock();
+        lanes
+            .values_mut()
+            .filter(|al| !al.frames.is_empty())
+            .filter_map(|al| self.flush_lane(al))
+            .collect()
+    }
+
+    /// Returns the failure, if the frames could not be delivered.
+    fn flush_lane(&self, al: &mut AsyncLane) -> Option<AsyncFailure> {
+        let timeout = self.cfg.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut retries = self.cfg.max_retry_attempts;
+        let messages = al.frames.len();
+        let mut acked = 0usize;
+        let mut waiting: Vec<u64> = al
+            .frames
+            .iter()
+            .filter(|(_, ack)| *ack)
+            .map(|(s, _)| *s)
+            .collect();
+        let result = loop {
+            let attempt = (|| {
+                if !al.lane.is_connected() {
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    al.lane.connect(&al.member, &self.id, deadline, timeout)?;
+                }
+                al.lane.flush_wbuf(deadline, timeout)?;
+                // Acks come in frame order per connection; anything else is a stale answer.
+                while acked < waiting.len() {
+                    match al.lane.read_reply(deadline, timeout)? {
+                        Reply::Ack(s) if s == waiting[acked] => acked += 1,
+                        Reply::FailAck(s, reason) if s == waiting[acked] => {
+                            acked += 1;
+                            warn!(
+                                "Asynchronous message to [{}] failed in its listener: {reason}",
+                                al.member
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            })();
+            match attempt {
+                Ok(()) => break Ok(()),
+                Err(e @ (SendFailure::Refused(_) | SendFailure::Timeout(_))) => break Err(e),
+                Err(e) if retries == 0 => break Err(e),
+                Err(e) => {
+                    // Resend the whole buffer on a new connection: the receiver drops the
+                    // frames it already had. Frames written by earlier flushes are not kept
+                    // (no ack was asked for them), so a reset can lose those.
+                    retries -= 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    debug!("Retrying asynchronous send to [{}] after: {e}", al.member);
+                    waiting.drain(..acked);
+                    acked = 0;
+                }
+            }
+        };
+        al.lane.wbuf.clear();
+        al.frames.clear();
+        match result {
+            Ok(()) => {
+                self.stats
+                    .messages_sent
+                    .fetch_add(messages as u64, Ordering::Relaxed);
+                None
+            }
+            Err(reason) => {
+                al.lane.disconnect();
+                self.stats
+                    .failures
+                    .fetch_add(messages as u64, Ordering::Relaxed);
+                Some(AsyncFailure {
+                    faulty: FaultyMember {
+                        id: al.member.id,
+                        member: Some(al.member.clone()),
+                        reason,
+                    },
+                    messages,
+                })
+            }
+        }
+    }
+
+    /// Says goodbye on one connection to each member (best effort), then closes them all.
+    pub fn leave(&self, members: &[Member]) {
+        let timeout = Duration::from_millis(500).min(self.cfg.timeout);
+        for m in members {
+            let mut lane = Lane::new(u32::MAX - 1);
+            let deadline = Instant::now() + timeout;
+            if lane.connect(m, &self.id, deadline, timeout).is_ok() {
+                lane.send_leave(deadline, timeout);
+            }
+        }
+        self.links.write().clear();
+        self.async_lanes.lock().clear();
+    }
+
+    /// Closes the connections to a member that left.
+    pub fn forget(&self, id: &MemberId) {
+        self.links.write().remove(id);
+        self.async_lanes.lock().remove(id);
+    }
+}
