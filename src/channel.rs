@@ -13,7 +13,7 @@ use crate::options::SendOptions;
 use crate::transport::lane::Identity;
 use crate::transport::receiver::{self, NioReceiver, ReceiverHandler, ReceiverStats};
 use crate::transport::sender::{PooledParallelSender, SenderStats};
-use crate::wire::{encode_body, Envelope};
+use crate::wire::{DataBody, Envelope};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use log::{info, warn};
 use parking_lot::{Mutex, RwLock};
@@ -107,13 +107,7 @@ impl ChannelInner {
         if dests.is_empty() {
             return Ok(());
         }
-        let env = Envelope {
-            sender: rt.local.id,
-            msg_id: msg.msg_id,
-            options: msg.options.0,
-            payload: &msg.payload,
-        };
-        let body = encode_body(&env);
+        let body = DataBody::new(rt.local.id, msg.msg_id, msg.options.0, &msg.payload);
         let max = self.config.max_frame_size as usize;
         if body.len() > max {
             return Err(ChannelError::TooLarge {

@@ -6,7 +6,9 @@
 use crate::error::SendFailure;
 use crate::member::Member;
 use crate::wire::frame::{self, FrameHeader, FrameKind};
-use crate::wire::{decode_body, encode_body, parse_frame, Handshake, HandshakeAccept, Reason};
+use crate::wire::{
+    decode_body, encode_body, parse_frame, DataBody, Handshake, HandshakeAccept, Reason,
+};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,13 +159,14 @@ impl Lane {
         id: &Identity,
         seq: Option<u64>,
         flags: u16,
-        body: &[u8],
+        body: &DataBody<'_>,
         body_crc: &crc32fast::Hasher,
     ) -> u64 {
         let seq = seq.unwrap_or_else(|| id.next_seq.fetch_add(1, Ordering::Relaxed) + 1);
         let header = frame::encode_header(FrameKind::Data, flags, seq, body.len(), body_crc);
         self.wbuf.extend_from_slice(&header);
-        self.wbuf.extend_from_slice(body);
+        self.wbuf.extend_from_slice(body.head());
+        self.wbuf.extend_from_slice(body.payload);
         seq
     }
 

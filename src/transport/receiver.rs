@@ -37,6 +37,10 @@ const INITIAL_BUF: usize = 64 * 1024;
 const MAX_READ_BUF: usize = 1024 * 1024;
 /// Unsent ack bytes a peer may leave unread before its connection is closed.
 const MAX_PENDING_REPLY: usize = 1024 * 1024;
+/// Batches spanning at least this many bytes take the read buffer with them instead of a copy.
+const HANDOFF_MIN: usize = 32 * 1024;
+/// Read buffers kept for reuse once workers are done with them.
+const RECYCLED_BUFFERS: usize = 32;
 /// Lanes remembered by the duplicate filter.
 const DEDUP_LANES: usize = 65536;
 
@@ -121,9 +125,11 @@ impl NioReceiver {
         // max_connections entries and the loop never blocks on it.
         let (work_tx, work_rx) = crossbeam_channel::bounded::<Arc<ConnShared>>(rc.max_connections);
         let (resume_tx, resume_rx) = crossbeam_channel::bounded::<usize>(rc.max_connections);
+        let (recycle_tx, recycled) = crossbeam_channel::bounded::<Vec<u8>>(RECYCLED_BUFFERS);
         let ctl = Arc::new(LoopCtl {
             waker: waker.clone(),
             resume_tx,
+            recycle_tx,
             stats: stats.clone(),
         });
         let low_water = rc.max_queued_bytes_per_connection / 2;
@@ -147,6 +153,7 @@ impl NioReceiver {
             ready_again: VecDeque::new(),
             work_tx,
             resume_rx,
+            recycled,
             stopping: stopping.clone(),
             local,
             cluster: cfg.cluster_name.clone(),
@@ -206,6 +213,7 @@ impl Drop for NioReceiver {
 struct LoopCtl {
     waker: Arc<Waker>,
     resume_tx: Sender<usize>,
+    recycle_tx: Sender<Vec<u8>>,
     stats: Arc<ReceiverStats>,
 }
 
@@ -306,6 +314,7 @@ struct EventLoop {
     ready_again: VecDeque<usize>,
     work_tx: Sender<Arc<ConnShared>>,
     resume_rx: Receiver<usize>,
+    recycled: Receiver<Vec<u8>>,
     stopping: Arc<AtomicBool>,
     local: Member,
     cluster: String,
@@ -534,6 +543,7 @@ impl EventLoop {
             c.shared.writer.lock().write(&out.reply);
         }
         let mut schedule = false;
+        let mut handed_off = false;
         {
             let mut mb = c.shared.mailbox.lock();
             if let Some(m) = &out.hello {
@@ -544,8 +554,22 @@ impl EventLoop {
                 schedule = true;
             }
             if let (Some(first), Some(last)) = (out.deliveries.first(), out.deliveries.last()) {
-                let base = first.start;
-                let data = c.buf[base..last.end].to_vec();
+                let (data, base) = if last.end - first.start < HANDOFF_MIN {
+                    (c.buf[first.start..last.end].to_vec(), first.start)
+                } else {
+                    // Many bytes: give the worker the read buffer itself and go on in a
+                    // recycled one holding the unparsed tail. Saves a copy and fresh pages.
+                    let used = *result.as_ref().unwrap_or(&c.filled);
+                    let tail = c.filled - used;
+                    let mut next = self.recycled.try_recv().unwrap_or_default();
+                    if next.len() < INITIAL_BUF.max(tail) {
+                        next.resize(INITIAL_BUF.max(tail), 0);
+                    }
+                    next[..tail].copy_from_slice(&c.buf[used..c.filled]);
+                    c.filled = tail;
+                    handed_off = true;
+                    (std::mem::replace(&mut c.buf, next), 0)
+                };
                 let deliveries = out
                     .deliveries
                     .iter()
@@ -581,8 +605,12 @@ impl EventLoop {
         }
         match result {
             Ok(used) => {
-                c.buf.copy_within(used..c.filled, 0);
-                c.filled -= used;
+                if handed_off {
+                    // The tail already moved with the buffer swap.
+                } else {
+                    c.buf.copy_within(used..c.filled, 0);
+                    c.filled -= used;
+                }
                 true
             }
             Err(RxClose::Leave) => {
@@ -669,8 +697,13 @@ fn worker(
                             &mut reply,
                         );
                     }
+                    let len = batch.data.len();
+                    if len >= HANDOFF_MIN && len <= MAX_READ_BUF {
+                        // Full means enough spares already: this one is freed.
+                        let _ = ctl.recycle_tx.try_send(batch.data);
+                    }
                     let mut mb = conn.mailbox.lock();
-                    mb.bytes -= batch.data.len();
+                    mb.bytes -= len;
                     if mb.paused && mb.bytes <= low_water {
                         mb.paused = false;
                         if ctl.resume_tx.try_send(conn.token).is_ok() {

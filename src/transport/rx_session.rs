@@ -115,6 +115,23 @@ impl RxSession {
         dedup: &mut DedupTable,
         out: &mut RxOutput,
     ) -> Result<usize, RxClose> {
+        // The lane's last sequence number, looked up once per call rather than once per frame.
+        let mut last: Option<u64> = None;
+        let result = self.frames(buf, s, dedup, &mut last, out);
+        if let (Some(last), State::Ready { key, .. }) = (last, &self.state) {
+            dedup.accept(key, last);
+        }
+        result
+    }
+
+    fn frames(
+        &mut self,
+        buf: &[u8],
+        s: &RxSettings<'_>,
+        dedup: &DedupTable,
+        last: &mut Option<u64>,
+        out: &mut RxOutput,
+    ) -> Result<usize, RxClose> {
         let mut used = 0;
         loop {
             let limit = match self.state {
@@ -169,7 +186,9 @@ impl RxSession {
                     let flags = f.header.flags;
                     let seq = f.header.seq;
                     let sync_ack = flags & FLAG_SYNC_ACK != 0;
-                    if dedup.accept(key, seq) {
+                    let seen = *last.get_or_insert_with(|| dedup.last(key));
+                    if seq > seen {
+                        *last = Some(seq);
                         if flags & FLAG_ACK != 0 && !sync_ack {
                             // use-ack: the frame has been read; say so now, before processing.
                             frame::encode_frame(&mut out.reply, FrameKind::Ack, 0, seq, &[]);

@@ -10,7 +10,8 @@ use crate::config::SenderConfig;
 use crate::error::{FaultyMember, SendFailure};
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
-use crate::wire::frame::{body_hasher, FLAG_ACK, FLAG_SYNC_ACK};
+use crate::wire::frame::{FLAG_ACK, FLAG_SYNC_ACK};
+use crate::wire::DataBody;
 use log::{debug, warn};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -72,7 +73,8 @@ pub struct PooledParallelSender {
     id: Arc<Identity>,
     cfg: SenderConfig,
     links: RwLock<HashMap<MemberId, Arc<MemberLink>>>,
-    async_lanes: Mutex<HashMap<MemberId, AsyncLane>>,
+    /// One per member; a short list searched linearly (no hashing per frame).
+    async_lanes: Mutex<Vec<AsyncLane>>,
     pub stats: SenderStats,
 }
 
@@ -88,7 +90,7 @@ impl PooledParallelSender {
             id,
             cfg,
             links: RwLock::new(HashMap::new()),
-            async_lanes: Mutex::new(HashMap::new()),
+            async_lanes: Mutex::new(Vec::new()),
             stats: SenderStats::default(),
         }
     }
@@ -170,13 +172,13 @@ impl PooledParallelSender {
     pub fn send(
         &self,
         dests: &[Member],
-        body: &[u8],
+        body: &DataBody<'_>,
         opts: SendOptions,
     ) -> Result<(), Vec<FaultyMember>> {
         let timeout = self.cfg.timeout;
         let deadline = Instant::now() + timeout;
         let flags = frame_flags(opts);
-        let crc = body_hasher(body);
+        let crc = body.hasher();
         let mut flights: Vec<InFlight> = Vec::with_capacity(dests.len());
         // Phase 1: write to every destination.
         for m in dests {
@@ -243,7 +245,7 @@ impl PooledParallelSender {
         f: &mut InFlight,
         seq: Option<u64>,
         flags: u16,
-        body: &[u8],
+        body: &DataBody<'_>,
         crc: &crc32fast::Hasher,
         deadline: Instant,
     ) -> Result<(), SendFailure> {
@@ -281,7 +283,7 @@ impl PooledParallelSender {
         &self,
         f: &mut InFlight,
         flags: u16,
-        body: &[u8],
+        body: &DataBody<'_>,
         crc: &crc32fast::Hasher,
         deadline: Instant,
     ) -> Result<(), SendFailure> {
@@ -317,19 +319,26 @@ impl PooledParallelSender {
     pub fn queue_async(
         &self,
         dests: &[Member],
-        body: &[u8],
+        body: &DataBody<'_>,
         opts: SendOptions,
     ) -> Vec<AsyncFailure> {
         let flags = frame_flags(opts);
-        let crc = body_hasher(body);
+        let crc = body.hasher();
         let mut lanes = self.async_lanes.lock();
         let mut failures = Vec::new();
         for m in dests {
-            let al = lanes.entry(m.id).or_insert_with(|| AsyncLane {
-                member: m.clone(),
-                lane: Lane::new(0),
-                frames: Vec::new(),
-            });
+            let i = match lanes.iter().position(|al| al.member.id == m.id) {
+                Some(i) => i,
+                None => {
+                    lanes.push(AsyncLane {
+                        member: m.clone(),
+                        lane: Lane::new(0),
+                        frames: Vec::new(),
+                    });
+                    lanes.len() - 1
+                }
+            };
+            let al = &mut lanes[i];
             if al.member.addr != m.addr {
                 al.member = m.clone();
                 al.lane.disconnect();
@@ -352,7 +361,7 @@ impl PooledParallelSender {
     pub fn flush_async(&self) -> Vec<AsyncFailure> {
         let mut lanes = self.async_lanes.lock();
         lanes
-            .values_mut()
+            .iter_mut()
             .filter(|al| !al.frames.is_empty())
             .filter_map(|al| self.flush_lane(al))
             .collect()
@@ -453,6 +462,6 @@ impl PooledParallelSender {
     /// Closes the connections to a member that left.
     pub fn forget(&self, id: &MemberId) {
         self.links.write().remove(id);
-        self.async_lanes.lock().remove(id);
+        self.async_lanes.lock().retain(|al| al.member.id != *id);
     }
 }

@@ -3,5 +3,7 @@
 pub mod envelope;
 pub mod frame;
 
-pub use envelope::{decode_body, encode_body, Envelope, Handshake, HandshakeAccept, Reason};
+pub use envelope::{
+    decode_body, encode_body, DataBody, Envelope, Handshake, HandshakeAccept, Reason,
+};
 pub use frame::{parse_frame, Frame, FrameError, FrameHeader, FrameKind};
