@@ -548,7 +548,7 @@ impl EventLoop {
             let mut mb = c.shared.mailbox.lock();
             if let Some(m) = &out.hello {
                 let m = Arc::new(m.clone());
-                info!("Connection from {} is member [{m}]", c.shared.peer_addr);
+                debug!("Connection from {} is member [{m}]", c.shared.peer_addr);
                 mb.peer = Some(m.clone());
                 mb.items.push_back(Item::Hello(m));
                 schedule = true;
