@@ -268,8 +268,10 @@ mod tests {
         let mut c = ChannelConfig::default();
         c.cluster_name.clear();
         assert_eq!(c.validate().unwrap_err().key, "cluster_name");
-        let mut c = ChannelConfig::default();
-        c.max_frame_size = 10;
+        let c = ChannelConfig {
+            max_frame_size: 10,
+            ..ChannelConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "max_frame_size");
         let mut c = ChannelConfig::default();
         c.dispatch.max_queue_size = 100;

@@ -698,7 +698,7 @@ fn worker(
                         );
                     }
                     let len = batch.data.len();
-                    if len >= HANDOFF_MIN && len <= MAX_READ_BUF {
+                    if (HANDOFF_MIN..=MAX_READ_BUF).contains(&len) {
                         // Full means enough spares already: this one is freed.
                         let _ = ctl.recycle_tx.try_send(batch.data);
                     }
