@@ -9,7 +9,7 @@
 use super::net::ConnId;
 use super::Ctx;
 use crate::member::{Member, MemberId};
-use crate::transport::dedup::DedupTable;
+use crate::transport::dedup::{DedupTable, Outcome, SyncOutcomes};
 use crate::transport::rx_session::{RxClose, RxOutput, RxSession, RxSettings};
 use crate::wire::frame::{self, FrameKind};
 use crate::wire::{decode_body, encode_body, Envelope, Reason};
@@ -74,6 +74,7 @@ pub struct RxSide {
     cfg: RxConfig,
     member: Member,
     dedup: DedupTable,
+    outcomes: SyncOutcomes,
     conns: BTreeMap<ConnId, RxConn>,
     out: RxOutput,
     /// Message ids the listener fails on.
@@ -85,6 +86,7 @@ impl RxSide {
     pub fn new(cfg: RxConfig, member: Member) -> RxSide {
         RxSide {
             dedup: DedupTable::new(cfg.dedup_capacity),
+            outcomes: SyncOutcomes::new(cfg.dedup_capacity),
             cfg,
             member,
             conns: BTreeMap::new(),
@@ -156,15 +158,28 @@ impl RxSide {
                 listener_ok: ok,
             });
             if d.sync_ack {
-                if ok {
-                    frame::encode_frame(&mut reply, FrameKind::Ack, 0, d.seq, &[]);
+                let result = if ok {
+                    Ok(())
                 } else {
                     j.fail_acks += 1;
-                    let reason = encode_body(&Reason {
-                        reason: format!("listener failed on message {}", env.msg_id),
-                    });
-                    frame::encode_frame(&mut reply, FrameKind::FailAck, 0, d.seq, &reason);
+                    Err(format!("listener failed on message {}", env.msg_id))
+                };
+                if let Some(key) = c.session.lane_key() {
+                    // The listener runs at once here, so begin and finish come together.
+                    self.outcomes.begin(key, d.seq);
+                    self.outcomes.finish(key, d.seq, &result);
                 }
+                sync_answer(&mut reply, d.seq, &result);
+            }
+        }
+        // Retries of synchronized-ack frames get the original's outcome.
+        if let Some(key) = c.session.lane_key() {
+            for &seq in &self.out.reacks {
+                let result = match self.outcomes.lookup(&key, seq) {
+                    Outcome::Done(r) => r,
+                    Outcome::Pending | Outcome::Unknown => Err("outcome unknown".into()),
+                };
+                sync_answer(&mut reply, seq, &result);
             }
         }
         ctx.send(conn, reply);
@@ -181,6 +196,18 @@ impl RxSide {
                 ctx.close(conn);
                 self.conns.remove(&conn);
             }
+        }
+    }
+}
+
+fn sync_answer(reply: &mut Vec<u8>, seq: u64, result: &Result<(), String>) {
+    match result {
+        Ok(()) => frame::encode_frame(reply, FrameKind::Ack, 0, seq, &[]),
+        Err(reason) => {
+            let body = encode_body(&Reason {
+                reason: reason.clone(),
+            });
+            frame::encode_frame(reply, FrameKind::FailAck, 0, seq, &body);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! holds more than `max_queued_bytes_per_connection` is not read until workers catch up; TCP
 //! flow control then slows its sender. Tribes instead blocks the whole selector.
 
-use super::dedup::DedupTable;
+use super::dedup::{DedupTable, LaneKey, Outcome, SyncOutcomes};
 use super::rx_session::{Delivery, RxClose, RxOutput, RxSession, RxSettings};
 use crate::config::{ChannelConfig, ReceiverConfig};
 use crate::error::ChannelError;
@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -41,6 +41,10 @@ const MAX_PENDING_REPLY: usize = 1024 * 1024;
 const HANDOFF_MIN: usize = 32 * 1024;
 /// Read buffers kept for reuse once workers are done with them.
 const RECYCLED_BUFFERS: usize = 32;
+/// Synchronized-ack outcomes remembered for retries.
+const SYNC_OUTCOMES: usize = 16 * 1024;
+/// Longest a retried synchronized-ack frame waits for its original to be processed.
+const REACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Lanes remembered by the duplicate filter.
 const DEDUP_LANES: usize = 65536;
 
@@ -131,6 +135,10 @@ impl NioReceiver {
             resume_tx,
             recycle_tx,
             stats: stats.clone(),
+            board: OutcomeBoard {
+                outcomes: Mutex::new(SyncOutcomes::new(SYNC_OUTCOMES)),
+                done: Condvar::new(),
+            },
         });
         let low_water = rc.max_queued_bytes_per_connection / 2;
         let mut threads = Vec::with_capacity(rc.max_threads + 1);
@@ -215,11 +223,48 @@ struct LoopCtl {
     resume_tx: Sender<usize>,
     recycle_tx: Sender<Vec<u8>>,
     stats: Arc<ReceiverStats>,
+    board: OutcomeBoard,
+}
+
+/// Outcomes of synchronized-ack frames: the loop records a frame as pending when it accepts it,
+/// the worker that ran the listeners records the result, and a worker answering a retry of that
+/// frame (which may have come on another connection) waits for it.
+struct OutcomeBoard {
+    outcomes: Mutex<SyncOutcomes>,
+    done: Condvar,
+}
+
+impl OutcomeBoard {
+    fn finish(&self, key: LaneKey, seq: u64, result: &Result<(), String>) {
+        self.outcomes.lock().finish(key, seq, result);
+        self.done.notify_all();
+    }
+
+    /// The original's outcome, waiting while it is still being processed.
+    fn wait(&self, key: &LaneKey, seq: u64) -> Option<Result<(), String>> {
+        let deadline = std::time::Instant::now() + REACK_WAIT;
+        let mut o = self.outcomes.lock();
+        loop {
+            match o.lookup(key, seq) {
+                Outcome::Done(r) => return Some(r),
+                Outcome::Unknown => {
+                    return Some(Err("outcome of the original unknown (too old)".into()))
+                }
+                Outcome::Pending => {
+                    if self.done.wait_until(&mut o, deadline).timed_out() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
 }
 
 enum Item {
     Hello(Arc<Member>),
     Batch(Batch),
+    /// Retries of synchronized-ack frames, to answer with their originals' outcomes.
+    ReAck(Vec<u64>),
     Leave(Arc<Member>),
 }
 
@@ -236,6 +281,7 @@ struct Mailbox {
     bytes: usize,
     paused: bool,
     peer: Option<Arc<Member>>,
+    key: Option<LaneKey>,
 }
 
 /// Replies (handshake answers, acks) written from the loop and from workers.
@@ -542,6 +588,15 @@ impl EventLoop {
         if !out.reply.is_empty() {
             c.shared.writer.lock().write(&out.reply);
         }
+        let key = c.session.lane_key();
+        if let Some(key) = key {
+            if out.deliveries.iter().any(|d| d.sync_ack) {
+                let mut o = self.ctl.board.outcomes.lock();
+                for d in out.deliveries.iter().filter(|d| d.sync_ack) {
+                    o.begin(key, d.seq);
+                }
+            }
+        }
         let mut schedule = false;
         let mut handed_off = false;
         {
@@ -550,6 +605,7 @@ impl EventLoop {
                 let m = Arc::new(m.clone());
                 debug!("Connection from {} is member [{m}]", c.shared.peer_addr);
                 mb.peer = Some(m.clone());
+                mb.key = key;
                 mb.items.push_back(Item::Hello(m));
                 schedule = true;
             }
@@ -586,6 +642,10 @@ impl EventLoop {
                     mb.paused = true;
                     c.paused = true;
                 }
+            }
+            if !out.reacks.is_empty() {
+                mb.items.push_back(Item::ReAck(out.reacks.clone()));
+                schedule = true;
             }
             if out.leave {
                 if let Some(p) = mb.peer.clone() {
@@ -673,10 +733,10 @@ fn worker(
     let mut reply = Vec::new();
     while let Ok(conn) = rx.recv() {
         loop {
-            let (item, peer) = {
+            let (item, peer, key) = {
                 let mut mb = conn.mailbox.lock();
                 match mb.items.pop_front() {
-                    Some(item) => (item, mb.peer.clone()),
+                    Some(item) => (item, mb.peer.clone(), mb.key),
                     None => {
                         mb.scheduled = false;
                         break;
@@ -686,14 +746,27 @@ fn worker(
             match item {
                 Item::Hello(m) => handler.peer_hello(&m),
                 Item::Leave(m) => handler.peer_left(&m),
+                Item::ReAck(seqs) => {
+                    let Some(key) = key else { continue };
+                    for seq in seqs {
+                        match ctl.board.wait(&key, seq) {
+                            Some(result) => sync_answer(&conn, seq, result, &mut reply),
+                            None => warn!(
+                                "Retried message {seq} from {}: original still not processed after {REACK_WAIT:?}; not answered",
+                                conn.peer_addr
+                            ),
+                        }
+                    }
+                }
                 Item::Batch(batch) => {
-                    if let Some(peer) = peer {
+                    if let (Some(peer), Some(key)) = (peer, key) {
                         deliver(
                             &conn,
                             &peer,
+                            key,
                             &batch,
                             handler.as_ref(),
-                            &ctl.stats,
+                            &ctl,
                             &mut reply,
                         );
                     }
@@ -719,15 +792,16 @@ fn worker(
 fn deliver(
     conn: &ConnShared,
     peer: &Member,
+    key: LaneKey,
     batch: &Batch,
     handler: &dyn ReceiverHandler,
-    stats: &ReceiverStats,
+    ctl: &LoopCtl,
     reply: &mut Vec<u8>,
 ) {
-    for d in &batch.deliveries {
+    for (i, d) in batch.deliveries.iter().enumerate() {
         let result = match decode_body::<Envelope>(&batch.data[d.start..d.end]) {
             Ok(env) => {
-                stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                ctl.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
                 handler.message_received(peer, env)
             }
             Err(e) => {
@@ -735,30 +809,39 @@ fn deliver(
                     "Closing connection from {} (member [{peer}]): undecodable envelope: {e}",
                     conn.peer_addr
                 );
-                stats
+                ctl.stats
                     .connections_closed_on_error
                     .fetch_add(1, Ordering::Relaxed);
                 let _ = conn.writer.lock().stream.shutdown(Shutdown::Both);
+                // Settle what this batch left pending so no retry waits for it.
+                for d in batch.deliveries[i..].iter().filter(|d| d.sync_ack) {
+                    ctl.board
+                        .finish(key, d.seq, &Err(format!("undecodable envelope: {e}")));
+                }
                 return;
             }
         };
         if d.sync_ack {
-            reply.clear();
-            match result {
-                Ok(()) => encode_frame(reply, FrameKind::Ack, 0, d.seq, &[]),
-                Err(reason) => {
-                    encode_frame(
-                        reply,
-                        FrameKind::FailAck,
-                        0,
-                        d.seq,
-                        &encode_body(&Reason { reason }),
-                    );
-                }
-            }
-            conn.writer.lock().write(reply);
+            ctl.board.finish(key, d.seq, &result);
+            sync_answer(conn, d.seq, result, reply);
         } else if let Err(reason) = result {
             debug!("Listener failed on a message from [{peer}] (no ack requested): {reason}");
         }
     }
+}
+
+/// Writes the synchronized ack (or fail-ack) of frame `seq`.
+fn sync_answer(conn: &ConnShared, seq: u64, result: Result<(), String>, reply: &mut Vec<u8>) {
+    reply.clear();
+    match result {
+        Ok(()) => encode_frame(reply, FrameKind::Ack, 0, seq, &[]),
+        Err(reason) => encode_frame(
+            reply,
+            FrameKind::FailAck,
+            0,
+            seq,
+            &encode_body(&Reason { reason }),
+        ),
+    }
+    conn.writer.lock().write(reply);
 }

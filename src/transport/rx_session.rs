@@ -42,6 +42,9 @@ pub struct RxOutput {
     pub leave: bool,
     /// Duplicate data frames dropped.
     pub duplicates: u64,
+    /// Sequence numbers of dropped duplicates that asked for a synchronized ack: each must be
+    /// answered with the outcome of the original (see `dedup::SyncOutcomes`), once known.
+    pub reacks: Vec<u64>,
 }
 
 impl RxOutput {
@@ -51,6 +54,7 @@ impl RxOutput {
         self.hello = None;
         self.leave = false;
         self.duplicates = 0;
+        self.reacks.clear();
     }
 }
 
@@ -97,6 +101,14 @@ impl Default for RxSession {
 }
 
 impl RxSession {
+    /// The lane this connection carries, once the peer has shaken hands.
+    pub fn lane_key(&self) -> Option<LaneKey> {
+        match &self.state {
+            State::Ready { key, .. } => Some(*key),
+            State::AwaitHandshake => None,
+        }
+    }
+
     /// The member on the other end, once it has shaken hands.
     pub fn peer(&self) -> Option<&Member> {
         match &self.state {
@@ -201,9 +213,12 @@ impl RxSession {
                         });
                     } else {
                         // A retry of a frame already delivered: drop it, but answer so the
-                        // retrying sender is not left waiting.
+                        // retrying sender is not left waiting: use-ack at once (it was read),
+                        // synchronized ack with the original's outcome.
                         out.duplicates += 1;
-                        if flags & (FLAG_ACK | FLAG_SYNC_ACK) != 0 {
+                        if sync_ack {
+                            out.reacks.push(seq);
+                        } else if flags & FLAG_ACK != 0 {
                             frame::encode_frame(&mut out.reply, FrameKind::Ack, 0, seq, &[]);
                         }
                     }
