@@ -5,25 +5,33 @@
 //! Prints one line:
 //! `channel mode=M size=S receivers=R count=N msgs_per_s=X mb_per_s=Y p50_us=A p99_us=B`
 //! where msgs_per_s counts messages delivered to each receiver (first send to last delivery) and
-//! the latencies are those of the send call (for ack modes: until every receiver acked).
-//! Every receiver checks each message's sequence number (per-sender order) and bytes.
-//! With `--spawn` every receiver runs in a process of its own (this example re-run with
-//! `--role receiver`), as separate servers would.
+//! the latencies are those of the send call (ack modes: until every receiver acked; async: one
+//! send in 64 is timed, timing each would cost more than the send). Every receiver checks each
+//! message's bytes and, where the mode promises it, per-sender-thread order.
+//!
+//! Flags: `--size BYTES --count N --receivers R --mode async|ack|sync-ack`, `--threads T`
+//! (T application threads share the sender channel, as request threads of a server do; default
+//! 1; `threads=T` is then added to the line), `--spawn` (each receiver in a process of its own,
+//! this example re-run with `--role receiver`, as separate servers would).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tribecast::{ChannelConfig, ChannelMessage, GroupChannel, SendOptions, StaticMember};
 
 /// No run may take longer than this.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// A message's tag: sending thread in the high bits, its sequence number in the low ones.
+const SEQ_BITS: u32 = 40;
 
+#[derive(Clone)]
 struct Args {
     size: usize,
     count: u64,
     receivers: usize,
+    threads: u64,
     mode: String,
     spawn: bool,
     role_receiver: bool,
@@ -34,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         size: 1024,
         count: 100_000,
         receivers: 2,
+        threads: 1,
         mode: "async".into(),
         spawn: false,
         role_receiver: false,
@@ -41,22 +50,12 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let num = |v: String, name: &str| v.parse::<u64>().map_err(|e| format!("{name}: {e}"));
         match flag.as_str() {
-            "--size" => {
-                a.size = value("--size")?
-                    .parse()
-                    .map_err(|e| format!("--size: {e}"))?
-            }
-            "--count" => {
-                a.count = value("--count")?
-                    .parse()
-                    .map_err(|e| format!("--count: {e}"))?
-            }
-            "--receivers" => {
-                a.receivers = value("--receivers")?
-                    .parse()
-                    .map_err(|e| format!("--receivers: {e}"))?
-            }
+            "--size" => a.size = num(value("--size")?, "--size")? as usize,
+            "--count" => a.count = num(value("--count")?, "--count")?,
+            "--receivers" => a.receivers = num(value("--receivers")?, "--receivers")? as usize,
+            "--threads" => a.threads = num(value("--threads")?, "--threads")?,
             "--mode" => a.mode = value("--mode")?,
             "--spawn" => a.spawn = true,
             "--role" => a.role_receiver = value("--role")? == "receiver",
@@ -64,10 +63,10 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if a.size < 8 {
-        return Err("--size must be at least 8 (the sequence number)".into());
+        return Err("--size must be at least 8 (the message tag)".into());
     }
-    if a.receivers == 0 {
-        return Err("--receivers must be at least 1".into());
+    if a.receivers == 0 || a.threads == 0 || a.threads > 1024 {
+        return Err("--receivers must be >= 1 and --threads 1..=1024".into());
     }
     Ok(a)
 }
@@ -81,74 +80,93 @@ fn options(mode: &str) -> Result<SendOptions, String> {
     }
 }
 
-/// Payload of message `seq`: its number, then a byte pattern derived from it.
-fn fill(buf: &mut [u8], seq: u64) {
-    buf[..8].copy_from_slice(&seq.to_le_bytes());
-    buf[8..].fill((seq % 251) as u8);
+/// Payload of a message: its tag, then a byte pattern derived from it.
+fn fill(buf: &mut [u8], tag: u64) {
+    buf[..8].copy_from_slice(&tag.to_le_bytes());
+    buf[8..].fill((tag % 251) as u8);
 }
 
 /// Counts and checks what one receiver gets.
 struct Checker {
     size: usize,
-    next: AtomicU64,
+    total: u64,
+    /// Next sequence number expected from each sending thread.
+    next: Vec<AtomicU64>,
+    /// Whether the mode promises per-thread order: asynchronous sends share one ordered lane,
+    /// a synchronized ack returns after processing; a use-ack returns once the frame is read,
+    /// so two sends of one thread on two pooled connections may be processed in either order.
+    ordered: bool,
+    received: AtomicU64,
     errors: AtomicU64,
     done_at: parking_lot::Mutex<Option<Instant>>,
-    count: u64,
 }
 
 impl Checker {
-    fn new(size: usize, count: u64) -> Arc<Checker> {
+    fn new(a: &Args) -> Arc<Checker> {
         Arc::new(Checker {
-            size,
-            next: AtomicU64::new(0),
+            size: a.size,
+            total: a.count,
+            next: (0..a.threads).map(|_| AtomicU64::new(0)).collect(),
+            ordered: a.threads == 1 || a.mode != "ack",
+            received: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             done_at: Default::default(),
-            count,
         })
     }
 
     fn check(&self, msg: &ChannelMessage<'_>) -> Result<(), String> {
         let p = &msg.payload;
-        let expected = self.next.load(Ordering::Relaxed);
-        let ok = p.len() == self.size
-            && u64::from_le_bytes(p[..8].try_into().unwrap_or_default()) == expected
-            // A fold, not `all`: no early exit, so it vectorises and the check stays cheap.
-            && p[8..].iter().fold(0u8, |acc, &b| acc | (b ^ (expected % 251) as u8)) == 0;
+        let tag = p.get(..8).map_or(u64::MAX, |b| {
+            u64::from_le_bytes(b.try_into().unwrap_or_default())
+        });
+        let (thread, seq) = ((tag >> SEQ_BITS) as usize, tag & ((1 << SEQ_BITS) - 1));
+        // A fold, not `all`: no early exit, so it vectorises and the check stays cheap.
+        let mut ok = p.len() == self.size
+            && thread < self.next.len()
+            && p[8..]
+                .iter()
+                .fold(0u8, |acc, &b| acc | (b ^ (tag % 251) as u8))
+                == 0;
+        if ok && self.ordered {
+            ok = self.next[thread].swap(seq + 1, Ordering::Relaxed) == seq;
+        }
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        // One connection is drained by one worker at a time, so this is never raced.
-        self.next.store(expected + 1, Ordering::Relaxed);
-        if expected + 1 == self.count {
+        if self.received.fetch_add(1, Ordering::Relaxed) + 1 == self.total {
             *self.done_at.lock() = Some(Instant::now());
         }
         Ok(())
     }
 }
 
-fn receiver_config(name: &str) -> ChannelConfig {
+fn bench_config(name: &str) -> ChannelConfig {
     let mut cfg = ChannelConfig::loopback(name);
     cfg.cluster_name = "channel-bench".into();
     cfg
 }
 
-/// `--role receiver`: print our address, count until done, print the result.
-fn run_receiver(a: &Args) -> Result<(), String> {
-    let ch = GroupChannel::new(receiver_config("receiver")).map_err(|e| e.to_string())?;
-    let checker = Checker::new(a.size, a.count);
+fn receiver(name: &str, a: &Args) -> Result<(GroupChannel, Arc<Checker>), String> {
+    let ch = GroupChannel::new(bench_config(name)).map_err(|e| e.to_string())?;
+    let checker = Checker::new(a);
     let c = checker.clone();
     ch.add_channel_listener(Arc::new(move |m: &ChannelMessage<'_>| c.check(m)));
     ch.start().map_err(|e| e.to_string())?;
-    let addr = ch.local_member().ok_or("not running")?.addr;
-    println!("listening {addr}");
+    Ok((ch, checker))
+}
+
+/// `--role receiver`: print our address, count until done, print the result.
+fn run_receiver(a: &Args) -> Result<(), String> {
+    let (ch, checker) = receiver("receiver", a)?;
+    println!("listening {}", ch.local_member().ok_or("not running")?.addr);
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     let deadline = Instant::now() + RUN_LIMIT;
-    while checker.next.load(Ordering::Relaxed) < a.count && Instant::now() < deadline {
+    while checker.done_at.lock().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
+    let got = checker.received.load(Ordering::Relaxed);
     println!(
-        "received {} errors {}",
-        checker.next.load(Ordering::Relaxed),
+        "received {got} errors {}",
         checker.errors.load(Ordering::Relaxed)
     );
     ch.stop();
@@ -170,6 +188,34 @@ fn main() {
     }
 }
 
+/// One sending thread's share: returns the send latencies it measured, in µs.
+fn send_share(
+    sender: &GroupChannel,
+    a: &Args,
+    opts: SendOptions,
+    thread: u64,
+    start: Instant,
+) -> Result<Vec<u32>, String> {
+    let n = a.count / a.threads + u64::from(thread < a.count % a.threads);
+    let mut lat = Vec::with_capacity(n as usize);
+    let mut buf = vec![0u8; a.size];
+    for seq in 0..n {
+        fill(&mut buf, (thread << SEQ_BITS) | seq);
+        let timed = !opts.is_async() || seq % 64 == 0;
+        let t = timed.then(Instant::now);
+        sender
+            .send_to_all(buf.clone(), opts)
+            .map_err(|e| format!("send {seq}: {e}"))?;
+        if let Some(t) = t {
+            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+        if seq % 1024 == 0 && start.elapsed() > RUN_LIMIT {
+            return Err(format!("sending took longer than {RUN_LIMIT:?}"));
+        }
+    }
+    Ok(lat)
+}
+
 fn run() -> Result<(), String> {
     let a = parse_args()?;
     let opts = options(&a.mode)?;
@@ -184,14 +230,14 @@ fn run() -> Result<(), String> {
         if a.spawn {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let mut child = Command::new(exe)
+                .args(["--role", "receiver", "--mode", &a.mode])
                 .args([
-                    "--role",
-                    "receiver",
                     "--size",
                     &a.size.to_string(),
                     "--count",
                     &a.count.to_string(),
                 ])
+                .args(["--threads", &a.threads.to_string()])
                 .stdout(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("spawn receiver: {e}"))?;
@@ -205,17 +251,12 @@ fn run() -> Result<(), String> {
             addrs.push(addr.parse().map_err(|e| format!("{e}"))?);
             children.push((child, out));
         } else {
-            let ch = GroupChannel::new(receiver_config(&format!("receiver-{i}")))
-                .map_err(|e| e.to_string())?;
-            let checker = Checker::new(a.size, a.count);
-            let c = checker.clone();
-            ch.add_channel_listener(Arc::new(move |m: &ChannelMessage<'_>| c.check(m)));
-            ch.start().map_err(|e| e.to_string())?;
+            let (ch, checker) = receiver(&format!("receiver-{i}"), &a)?;
             addrs.push(ch.local_member().ok_or("not running")?.addr);
             local.push((ch, checker));
         }
     }
-    let mut cfg = receiver_config("sender");
+    let mut cfg = bench_config("sender");
     cfg.static_members = addrs
         .iter()
         .map(|&addr| StaticMember {
@@ -233,26 +274,23 @@ fn run() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(1));
     }
 
-    let mut lat = Vec::with_capacity(a.count as usize);
-    let mut buf = vec![0u8; a.size];
-    let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    for seq in 0..a.count {
-        fill(&mut buf, seq);
-        // Asynchronous sends take well under a microsecond: timing each one would cost more
-        // than the send, so one in 64 is timed. Ack modes time every send.
-        let timed = !opts.is_async() || seq % 64 == 0;
-        let t = timed.then(Instant::now);
-        sender
-            .send_to_all(buf.clone(), opts)
-            .map_err(|e| format!("send {seq}: {e}"))?;
-        if let Some(t) = t {
-            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+    let mut lat: Vec<u32> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..a.threads)
+            .map(|t| {
+                let (sender, a) = (&sender, &a);
+                s.spawn(move || send_share(sender, a, opts, t, start))
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| "a sending thread panicked".to_string())??,
+            );
         }
-        if seq % 1024 == 0 && start.elapsed() > RUN_LIMIT {
-            return Err(format!("sending took longer than {RUN_LIMIT:?}"));
-        }
-    }
+        Ok::<_, String>(all)
+    })?;
     // Wait for every receiver to have everything.
     let mut errors = 0;
     let mut end = start;
@@ -260,8 +298,8 @@ fn run() -> Result<(), String> {
         while checker.done_at.lock().is_none() {
             if start.elapsed() > RUN_LIMIT {
                 return Err(format!(
-                    "receiver got {} of {}",
-                    checker.next.load(Ordering::Relaxed),
+                    "a receiver got {} of {}",
+                    checker.received.load(Ordering::Relaxed),
                     a.count
                 ));
             }
@@ -274,22 +312,21 @@ fn run() -> Result<(), String> {
         let mut line = String::new();
         out.read_line(&mut line).map_err(|e| e.to_string())?;
         end = end.max(Instant::now());
-        let mut words = line.split_whitespace();
-        let got: u64 = words
-            .nth(1)
-            .and_then(|w| w.parse().ok())
-            .ok_or(format!("bad receiver line {line:?}"))?;
-        let errs: u64 = words
-            .nth(1)
-            .and_then(|w| w.parse().ok())
-            .ok_or(format!("bad receiver line {line:?}"))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (got, errs) = match words.as_slice() {
+            ["received", got, "errors", errs] => (got.parse::<u64>(), errs.parse::<u64>()),
+            _ => return Err(format!("bad receiver line {line:?}")),
+        };
+        let (got, errs) = (
+            got.map_err(|e| e.to_string())?,
+            errs.map_err(|e| e.to_string())?,
+        );
         if got != a.count {
             return Err(format!("a receiver got {got} of {}", a.count));
         }
         errors += errs;
         let _ = child.wait();
     }
-    stop.store(true, Ordering::Relaxed);
     if errors > 0 {
         return Err(format!(
             "{errors} message(s) arrived corrupted or out of order"
@@ -298,8 +335,13 @@ fn run() -> Result<(), String> {
     let secs = (end - start).as_secs_f64();
     lat.sort_unstable();
     let rate = a.count as f64 / secs;
+    let threads = if a.threads > 1 {
+        format!(" threads={}", a.threads)
+    } else {
+        String::new()
+    };
     println!(
-        "channel mode={} size={} receivers={} count={} msgs_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={}",
+        "channel mode={} size={} receivers={} count={}{threads} msgs_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={}",
         a.mode,
         a.size,
         a.receivers,

@@ -38,6 +38,9 @@ pub enum Reply {
 pub struct Lane {
     pub lane: u32,
     stream: Option<TcpStream>,
+    /// Socket timeouts last set, so that back-to-back sends do not pay two `setsockopt` calls.
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
     rbuf: Vec<u8>,
     rfilled: usize,
     pub wbuf: Vec<u8>,
@@ -47,6 +50,15 @@ fn remaining(deadline: Instant) -> Option<Duration> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
+}
+
+/// How far a socket timeout may be from the time left before it is set again: a read may
+/// overshoot its deadline by this much.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(20);
+
+/// Whether the socket timeout `current` must be changed to `left`.
+fn needs_timeout(current: Option<Duration>, left: Duration) -> bool {
+    current.is_none_or(|c| c.abs_diff(left) > TIMEOUT_SLACK)
 }
 
 fn io_failure(e: &io::Error, timeout: Duration) -> SendFailure {
@@ -61,6 +73,8 @@ impl Lane {
         Lane {
             lane,
             stream: None,
+            read_timeout: None,
+            write_timeout: None,
             rbuf: Vec::new(),
             rfilled: 0,
             wbuf: Vec::new(),
@@ -74,6 +88,8 @@ impl Lane {
     pub fn disconnect(&mut self) {
         self.stream = None;
         self.rfilled = 0;
+        self.read_timeout = None;
+        self.write_timeout = None;
     }
 
     /// Connects and shakes hands; returns the member record the peer answered with.
@@ -142,8 +158,12 @@ impl Lane {
             .as_mut()
             .ok_or_else(|| SendFailure::Io("not connected".into()))?;
         let left = remaining(deadline).ok_or(SendFailure::Timeout(timeout))?;
-        let r = stream
-            .set_write_timeout(Some(left))
+        let mut r = Ok(());
+        if needs_timeout(self.write_timeout, left) {
+            r = stream.set_write_timeout(Some(left));
+            self.write_timeout = Some(left);
+        }
+        let r = r
             .and_then(|()| stream.write_all(bytes))
             .map_err(|e| io_failure(&e, timeout));
         if r.is_err() {
@@ -198,9 +218,12 @@ impl Lane {
                 self.disconnect();
                 return Err(SendFailure::Timeout(timeout));
             };
-            if let Err(e) = stream.set_read_timeout(Some(left)) {
-                self.disconnect();
-                return Err(SendFailure::Io(e.to_string()));
+            if needs_timeout(self.read_timeout, left) {
+                self.read_timeout = Some(left);
+                if let Err(e) = stream.set_read_timeout(Some(left)) {
+                    self.disconnect();
+                    return Err(SendFailure::Io(e.to_string()));
+                }
             }
             if self.rbuf.len() < self.rfilled + 4096 {
                 self.rbuf.resize(self.rfilled + 16 * 1024, 0);
@@ -211,7 +234,14 @@ impl Lane {
                     return Err(SendFailure::Io("connection closed by member".into()));
                 }
                 Ok(n) => self.rfilled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A socket timeout within TIMEOUT_SLACK of the deadline: the loop decides.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => {
                     self.disconnect();
                     return Err(io_failure(&e, timeout));
