@@ -118,7 +118,7 @@ impl ChannelInner {
         if msg.options.is_async() {
             let mut failures = rt.sender.queue_async(dests, &body, msg.options);
             if !msg.batched {
-                failures.extend(rt.sender.flush_async());
+                failures.extend(rt.sender.flush_async().0);
             }
             self.async_failures(failures);
             return Ok(());
@@ -131,19 +131,25 @@ impl ChannelInner {
         })
     }
 
-    pub(crate) fn transport_flush(&self) {
-        if let Some(rt) = self.runtime() {
-            let failures = rt.sender.flush_async();
-            self.async_failures(failures);
-        }
+    /// True if frames are still waiting for a member that does not read.
+    pub(crate) fn transport_flush(&self) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        let (failures, pending) = rt.sender.flush_async();
+        self.async_failures(failures);
+        pending
     }
 
     fn async_failures(&self, failures: Vec<crate::transport::sender::AsyncFailure>) {
         for f in failures {
-            warn!(
-                "Asynchronous send of {} message(s) failed for {}",
-                f.messages, f.faulty
-            );
+            // A stall (nothing lost yet) is logged by the lane itself.
+            if f.messages > 0 {
+                warn!(
+                    "Asynchronous send of {} message(s) failed for {}",
+                    f.messages, f.faulty
+                );
+            }
             self.report_send_failure(&f.faulty);
         }
     }

@@ -65,6 +65,10 @@ pub struct SenderConfig {
     pub max_retry_attempts: u32,
     /// Bytes of queued asynchronous frames coalesced into one write. Default 256 KiB.
     pub coalesce_bytes: usize,
+    /// Bytes of asynchronous frames that may wait for one member that does not read (plus
+    /// those waiting for an ack); past this, further messages to it are dropped and counted.
+    /// Default 16 MiB, at least `max_frame_size`.
+    pub max_queued_bytes_per_member: usize,
 }
 
 /// What an asynchronous send does when the dispatch queue is full.
@@ -133,6 +137,7 @@ impl Default for SenderConfig {
             pool_size: 25,
             max_retry_attempts: 1,
             coalesce_bytes: 256 * 1024,
+            max_queued_bytes_per_member: 16 * 1024 * 1024,
         }
     }
 }
@@ -231,6 +236,11 @@ impl ChannelConfig {
         check(s.coalesce_bytes >= 1024, "sender.coalesce_bytes", || {
             "must be >= 1024".into()
         })?;
+        check(
+            s.max_queued_bytes_per_member >= m as usize,
+            "sender.max_queued_bytes_per_member",
+            || format!("must be at least max_frame_size ({m})"),
+        )?;
         check(
             self.dispatch.max_queue_size >= m as usize,
             "dispatch.max_queue_size",

@@ -39,7 +39,8 @@ pub enum SendFailure {
     Protocol(String),
     /// The destination is not a current member.
     NotAMember,
-    /// The asynchronous queue was full (see `QueueFullPolicy`).
+    /// The member does not read and `max_queued_bytes_per_member` of asynchronous frames
+    /// already wait for it: the message was dropped.
     QueueFull,
 }
 
@@ -53,7 +54,12 @@ impl fmt::Display for SendFailure {
             SendFailure::Remote(e) => write!(f, "member's listener failed: {e}"),
             SendFailure::Protocol(e) => write!(f, "protocol error: {e}"),
             SendFailure::NotAMember => write!(f, "not a member of the group"),
-            SendFailure::QueueFull => write!(f, "asynchronous queue full"),
+            SendFailure::QueueFull => {
+                write!(
+                    f,
+                    "dropped: the member is not reading and its asynchronous queue is full"
+                )
+            }
         }
     }
 }

@@ -87,17 +87,27 @@ impl ByteQueue {
         Ok(())
     }
 
-    /// Waits for messages and moves up to `MAX_BATCH` of them into `out`. Returns false once the
-    /// queue is closed and empty.
-    fn pop_batch(&self, out: &mut Vec<Queued>) -> bool {
+    /// Waits for messages (at most `wait`, if given) and moves up to `MAX_BATCH` of them into
+    /// `out`. Returns false once the queue is closed and empty.
+    fn pop_batch(&self, out: &mut Vec<Queued>, wait: Option<Duration>) -> bool {
         let mut st = self.state.lock();
+        let deadline = wait.map(|w| Instant::now() + w);
         while st.items.is_empty() {
             if st.closed {
                 return false;
             }
             st.consumer_waiting = true;
-            self.not_empty.wait(&mut st);
+            let timed_out = match deadline {
+                Some(d) => self.not_empty.wait_until(&mut st, d).timed_out(),
+                None => {
+                    self.not_empty.wait(&mut st);
+                    false
+                }
+            };
             st.consumer_waiting = false;
+            if timed_out {
+                return true;
+            }
         }
         let n = st.items.len().min(MAX_BATCH);
         out.extend(st.items.drain(..n));
@@ -167,9 +177,13 @@ impl MessageDispatchInterceptor {
     }
 }
 
+/// How soon the dispatch thread tries again to write to a member that was not reading.
+const STALLED_RETRY: Duration = Duration::from_millis(10);
+
 fn dispatch_loop(queue: Arc<ByteQueue>, handle: StackHandle, stats: Arc<DispatchStats>) {
     let mut batch = Vec::new();
-    while queue.pop_batch(&mut batch) {
+    let mut pending = false;
+    while queue.pop_batch(&mut batch, pending.then_some(STALLED_RETRY)) {
         let mut bytes = 0;
         for Queued { dests, mut msg } in batch.drain(..) {
             bytes += msg.payload.len();
@@ -179,9 +193,11 @@ fn dispatch_loop(queue: Arc<ByteQueue>, handle: StackHandle, stats: Arc<Dispatch
                 warn!("Asynchronous send failed: {e}");
             }
         }
-        handle.flush_below();
+        pending = handle.flush_below();
         queue.release(bytes);
     }
+    // Closed: one last try for frames still waiting on a slow member.
+    handle.flush_below();
 }
 
 impl ChannelInterceptor for MessageDispatchInterceptor {
@@ -288,7 +304,7 @@ mod tests {
         ));
         q.push(item(40), QueueFullPolicy::Fail, soon).unwrap();
         let mut out = Vec::new();
-        assert!(q.pop_batch(&mut out));
+        assert!(q.pop_batch(&mut out, None));
         assert_eq!(
             out.iter().map(|q| q.msg.payload.len()).collect::<Vec<_>>(),
             [60, 40]
@@ -321,7 +337,7 @@ mod tests {
             std::thread::yield_now();
         }
         let mut out = Vec::new();
-        assert!(q.pop_batch(&mut out));
+        assert!(q.pop_batch(&mut out, None));
         q.release(80);
         waiter.join().unwrap().unwrap();
         assert_eq!(q.state.lock().bytes, 80);
@@ -332,6 +348,6 @@ mod tests {
         let q = queue(100);
         q.close();
         let mut out = Vec::new();
-        assert!(!q.pop_batch(&mut out));
+        assert!(!q.pop_batch(&mut out, None));
     }
 }

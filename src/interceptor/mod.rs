@@ -74,8 +74,9 @@ pub trait ChannelInterceptor: Send + Sync + 'static {
         next.send_message(dests, msg)
     }
 
-    /// Pushes out anything held back for batching.
-    fn flush(&self, next: Next<'_>) {
+    /// Pushes out anything held back for batching. Returns true if something is still waiting
+    /// (a member not reading), so the caller flushes again soon.
+    fn flush(&self, next: Next<'_>) -> bool {
         next.flush()
     }
 
@@ -121,7 +122,7 @@ impl Next<'_> {
         }
     }
 
-    pub fn flush(self) {
+    pub fn flush(self) -> bool {
         match self.rest.split_first() {
             Some((first, rest)) => first.flush(Next {
                 rest,
@@ -204,14 +205,16 @@ impl StackHandle {
         .unwrap_or(Err(ChannelError::NotRunning))
     }
 
-    pub fn flush_below(&self) {
+    /// Flushes the interceptors below this one; true if something is still waiting.
+    pub fn flush_below(&self) -> bool {
         self.with(|i| {
             Next {
                 rest: &i.interceptors[self.index + 1..],
                 inner: i,
             }
             .flush()
-        });
+        })
+        .unwrap_or(false)
     }
 
     /// Reports a member as present; the channel announces it up the stack if it is new.

@@ -147,6 +147,50 @@ impl Lane {
         r
     }
 
+    /// Writes `wbuf[*written..]` until it is all written or the deadline passes, advancing
+    /// `*written` as bytes go out, so a caller can stop at the deadline and carry on later on
+    /// the same connection without cutting a frame.
+    pub fn write_from(
+        &mut self,
+        written: &mut usize,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), SendFailure> {
+        while *written < self.wbuf.len() {
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| SendFailure::Io("not connected".into()))?;
+            let left = remaining(deadline).ok_or(SendFailure::Timeout(timeout))?;
+            if needs_timeout(self.write_timeout, left) {
+                self.write_timeout = Some(left);
+                if let Err(e) = stream.set_write_timeout(Some(left)) {
+                    self.disconnect();
+                    return Err(SendFailure::Io(e.to_string()));
+                }
+            }
+            match stream.write(&self.wbuf[*written..]) {
+                Ok(0) => {
+                    self.disconnect();
+                    return Err(SendFailure::Io("connection wrote 0 bytes".into()));
+                }
+                Ok(n) => *written += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    self.disconnect();
+                    return Err(SendFailure::Io(e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write_all(
         &mut self,
         bytes: &[u8],

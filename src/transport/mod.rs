@@ -1,5 +1,6 @@
 //! Transport: the NIO receiver and the pooled parallel sender, around pure per-connection logic.
 
+pub mod async_lane;
 pub mod dedup;
 pub mod lane;
 pub mod receiver;

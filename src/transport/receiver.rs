@@ -526,12 +526,17 @@ impl EventLoop {
             let free = c.buf.len() - c.filled;
             match c.stream.read(&mut c.buf[c.filled..]) {
                 Ok(0) => {
-                    let reason = if c.session.peer().is_some() {
-                        None
-                    } else {
+                    let reason = if c.filled > 0 {
+                        Some(format!(
+                            "closed in the middle of a frame ({} bytes buffered)",
+                            c.filled
+                        ))
+                    } else if c.session.peer().is_none() {
                         Some("closed before handshake".into())
+                    } else {
+                        None
                     };
-                    self.close(idx, reason.map(|r: String| (r, false)));
+                    self.close(idx, reason.map(|r| (r, false)));
                     return;
                 }
                 Ok(n) => {

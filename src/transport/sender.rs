@@ -5,6 +5,7 @@
 //! frames (from the dispatch thread) go to one dedicated lane per member, lane 0, where they are
 //! coalesced into large writes: per-destination order is the queue's order.
 
+use super::async_lane::AsyncLane;
 use super::lane::{Identity, Lane, Reply};
 use crate::config::SenderConfig;
 use crate::error::{FaultyMember, SendFailure};
@@ -12,10 +13,10 @@ use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
 use crate::wire::frame::{FLAG_ACK, FLAG_SYNC_ACK};
 use crate::wire::DataBody;
-use log::{debug, warn};
+use log::debug;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,12 @@ pub struct SenderStats {
     pub retries: AtomicU64,
     pub failures: AtomicU64,
     pub connects: AtomicU64,
+    /// Times an asynchronous lane found its member not reading.
+    pub stalls: AtomicU64,
 }
+
+/// First lane id of asynchronous lanes; pooled lanes count up from 1.
+const ASYNC_LANES: u32 = 1 << 31;
 
 pub fn frame_flags(opts: SendOptions) -> u16 {
     let mut f = 0;
@@ -61,20 +67,15 @@ struct InFlight {
     result: Option<SendFailure>,
 }
 
-/// Frames queued for one member's asynchronous lane, and the acks they wait for.
-struct AsyncLane {
-    member: Member,
-    lane: Lane,
-    /// (sequence, message id) of frames in `lane.wbuf`; only those asking for an ack are waited on.
-    frames: Vec<(u64, bool)>,
-}
-
 pub struct PooledParallelSender {
     id: Arc<Identity>,
     cfg: SenderConfig,
     links: RwLock<HashMap<MemberId, Arc<MemberLink>>>,
     /// One per member; a short list searched linearly (no hashing per frame).
     async_lanes: Mutex<Vec<AsyncLane>>,
+    /// Lane ids of asynchronous lanes: a new one each time a member's lane is made, so a lane
+    /// made after a member left and came back is never confused with the old one.
+    next_async_lane: AtomicU32,
     pub stats: SenderStats,
 }
 
@@ -91,6 +92,7 @@ impl PooledParallelSender {
             cfg,
             links: RwLock::new(HashMap::new()),
             async_lanes: Mutex::new(Vec::new()),
+            next_async_lane: AtomicU32::new(ASYNC_LANES),
             stats: SenderStats::default(),
         }
     }
@@ -314,7 +316,7 @@ impl PooledParallelSender {
         }
     }
 
-    /// Appends an asynchronous frame for each destination to its lane-0 buffer, writing a
+    /// Appends an asynchronous frame for each destination to its lane's buffer, writing a
     /// buffer out when it passes `coalesce_bytes`.
     pub fn queue_async(
         &self,
@@ -330,119 +332,66 @@ impl PooledParallelSender {
             let i = match lanes.iter().position(|al| al.member.id == m.id) {
                 Some(i) => i,
                 None => {
-                    lanes.push(AsyncLane {
-                        member: m.clone(),
-                        lane: Lane::new(0),
-                        frames: Vec::new(),
-                    });
+                    let lane = self.next_async_lane.fetch_add(1, Ordering::Relaxed);
+                    lanes.push(AsyncLane::new(m.clone(), lane));
                     lanes.len() - 1
                 }
             };
             let al = &mut lanes[i];
             if al.member.addr != m.addr {
                 al.member = m.clone();
-                al.lane.disconnect();
+                al.disconnect();
             }
-            let seq = al.lane.stamp(&self.id, None, flags, body, &crc);
-            al.frames.push((seq, flags & FLAG_ACK != 0));
-            self.stats
-                .bytes_sent
-                .fetch_add(body.len() as u64, Ordering::Relaxed);
-            if al.lane.wbuf.len() >= self.cfg.coalesce_bytes {
-                if let Some(f) = self.flush_lane(al) {
-                    failures.push(f);
-                }
+            if al.push(
+                &self.id,
+                flags,
+                body,
+                &crc,
+                self.cfg.max_queued_bytes_per_member,
+            ) {
+                self.stats
+                    .bytes_sent
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            if al.unwritten() >= self.cfg.coalesce_bytes {
+                failures.extend(self.flush_lane(al));
             }
         }
         failures
     }
 
     /// Writes every member's queued asynchronous frames and waits for the acks they asked for.
-    pub fn flush_async(&self) -> Vec<AsyncFailure> {
+    /// Also returns whether frames are still waiting (for a member that is not reading).
+    pub fn flush_async(&self) -> (Vec<AsyncFailure>, bool) {
         let mut lanes = self.async_lanes.lock();
-        lanes
+        let failures = lanes
             .iter_mut()
-            .filter(|al| !al.frames.is_empty())
+            .filter(|al| al.has_work())
             .filter_map(|al| self.flush_lane(al))
-            .collect()
+            .collect();
+        (failures, lanes.iter().any(|al| al.has_work()))
     }
 
-    /// Returns the failure, if the frames could not be delivered.
+    /// Flushes one lane, counts what it settled, and returns what failed.
     fn flush_lane(&self, al: &mut AsyncLane) -> Option<AsyncFailure> {
-        let timeout = self.cfg.timeout;
-        let deadline = Instant::now() + timeout;
-        let mut retries = self.cfg.max_retry_attempts;
-        let messages = al.frames.len();
-        let mut acked = 0usize;
-        let mut waiting: Vec<u64> = al
-            .frames
-            .iter()
-            .filter(|(_, ack)| *ack)
-            .map(|(s, _)| *s)
-            .collect();
-        let result = loop {
-            let attempt = (|| {
-                if !al.lane.is_connected() {
-                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    al.lane.connect(&al.member, &self.id, deadline, timeout)?;
-                }
-                al.lane.flush_wbuf(deadline, timeout)?;
-                // Acks come in frame order per connection; anything else is a stale answer.
-                while acked < waiting.len() {
-                    match al.lane.read_reply(deadline, timeout)? {
-                        Reply::Ack(s) if s == waiting[acked] => acked += 1,
-                        Reply::FailAck(s, reason) if s == waiting[acked] => {
-                            acked += 1;
-                            warn!(
-                                "Asynchronous message to [{}] failed in its listener: {reason}",
-                                al.member
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(())
-            })();
-            match attempt {
-                Ok(()) => break Ok(()),
-                Err(e @ (SendFailure::Refused(_) | SendFailure::Timeout(_))) => break Err(e),
-                Err(e) if retries == 0 => break Err(e),
-                Err(e) => {
-                    // Resend the whole buffer on a new connection: the receiver drops the
-                    // frames it already had. Frames written by earlier flushes are not kept
-                    // (no ack was asked for them), so a reset can lose those.
-                    retries -= 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    debug!("Retrying asynchronous send to [{}] after: {e}", al.member);
-                    waiting.drain(..acked);
-                    acked = 0;
-                }
-            }
-        };
-        al.lane.wbuf.clear();
-        al.frames.clear();
-        match result {
-            Ok(()) => {
-                self.stats
-                    .messages_sent
-                    .fetch_add(messages as u64, Ordering::Relaxed);
-                None
-            }
-            Err(reason) => {
-                al.lane.disconnect();
-                self.stats
-                    .failures
-                    .fetch_add(messages as u64, Ordering::Relaxed);
-                Some(AsyncFailure {
-                    faulty: FaultyMember {
-                        id: al.member.id,
-                        member: Some(al.member.clone()),
-                        reason,
-                    },
-                    messages,
-                })
-            }
+        let r = al.flush(&self.id, self.cfg.timeout, self.cfg.max_retry_attempts);
+        let st = &self.stats;
+        st.messages_sent.fetch_add(r.sent, Ordering::Relaxed);
+        st.retries.fetch_add(r.retries, Ordering::Relaxed);
+        st.connects.fetch_add(r.connects, Ordering::Relaxed);
+        if r.stalled {
+            st.stalls.fetch_add(1, Ordering::Relaxed);
         }
+        let (messages, reason) = match r.failed {
+            Some(f) => f,
+            None if r.stalled => (0, SendFailure::Timeout(self.cfg.timeout)),
+            None => return None,
+        };
+        st.failures.fetch_add(messages, Ordering::Relaxed);
+        Some(AsyncFailure {
+            faulty: al.faulty(reason),
+            messages: messages as usize,
+        })
     }
 
     /// Says goodbye on one connection to each member (best effort), then closes them all.

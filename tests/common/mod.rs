@@ -84,3 +84,56 @@ pub fn started_with_peers(name: &str, peers: &[&GroupChannel]) -> GroupChannel {
     ch.start().expect("start");
     ch
 }
+
+/// A loopback config (port 0) that lists `peers` as static members; build and start it yourself,
+/// e.g. to add listeners before the first heartbeat probes the peers.
+pub fn config_with_peers(name: &str, peers: &[&GroupChannel]) -> ChannelConfig {
+    let mut cfg = ChannelConfig::loopback(name);
+    cfg.static_members = peers
+        .iter()
+        .map(|p| StaticMember {
+            addr: p.local_member().expect("running").addr,
+            unique_id: None,
+        })
+        .collect();
+    cfg
+}
+
+/// A small deterministic PRNG (SplitMix64) for test data: no `rand` crate, same seed same bytes.
+#[derive(Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Appends `n` pseudo-random bytes to `out`.
+    pub fn fill(&mut self, out: &mut Vec<u8>, n: usize) {
+        let end = out.len() + n;
+        while out.len() < end {
+            let w = self.next_u64().to_le_bytes();
+            let take = (end - out.len()).min(8);
+            out.extend_from_slice(&w[..take]);
+        }
+    }
+}
+
+/// Like [`wait_for`], but returns whether `cond` came true within `limit` instead of failing, for
+/// tests that report their own diagnostics.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
