@@ -2,9 +2,6 @@
 //! (through a small TCP proxy), hostile bytes from the network, static membership coming and
 //! going, and the asynchronous queue filling up behind a stalled member.
 //!
-//! Tests named `bug_*` fail on purpose until the bug they describe in src/ is fixed (see the
-//! comment on each).
-//!
 //! Run: `cargo test --release --test faults`.
 
 mod common;
@@ -595,8 +592,8 @@ fn hostile_input_closes_only_that_connection() {
         assert!(reply.is_empty(), "garbage got an answer: {reply:?}");
         check("garbage", before, 1, 0);
 
-        // (b) A valid handshake, then a frame cut short, then close. (Whether this is counted
-        // is checked by `bug_truncated_frame_at_eof_is_counted`.)
+        // (b) A valid handshake, then a frame cut short, then close. (Its counting is checked
+        // by `truncated_frame_at_eof_is_counted`.)
         let mut c = raw_member(addr, &cluster, "raw-truncated");
         let mut frame = Vec::new();
         encode_frame(&mut frame, FrameKind::Data, FLAG_ACK, 1, &[7u8; 1000]);
@@ -639,8 +636,8 @@ fn hostile_input_closes_only_that_connection() {
         assert_eq!(used, reply.len(), "nothing after the refusal");
         check("other cluster", before, 0, 1);
 
-        // (e) Protocol version 2: in a frame header (invalid frame), and in a handshake body
-        // carried by a version-1 frame (refused with a reason).
+        // (e) Protocol version 2: in a frame header, and in a handshake body carried by a
+        // version-1 frame: both refused with a reason.
         let before = counters(&st);
         let mut c = raw(addr);
         let hs = Handshake {
@@ -657,8 +654,17 @@ fn hostile_input_closes_only_that_connection() {
         ))
         .expect("write");
         let reply = expect_closed(&mut c, "version 2 frame");
-        assert!(reply.is_empty(), "a version 2 frame got an answer");
-        check("version 2 frame", before, 1, 0);
+        let (f, _) = parse_frame(&reply, 1 << 20)
+            .expect("a valid frame")
+            .expect("a whole frame before the close");
+        assert_eq!(f.header.kind, FrameKind::HandshakeRefuse);
+        let reason: Reason = decode_body(f.body).expect("a reason");
+        assert!(
+            reason.reason.contains("protocol version 2"),
+            "{}",
+            reason.reason
+        );
+        check("version 2 frame", before, 0, 1);
 
         let before = counters(&st);
         let mut c = raw(addr);
@@ -867,8 +873,8 @@ fn check_all_delivered(got: &Mutex<Vec<u32>>, count: u32) {
 /// accepted before arrives, in order and intact, and sends work again.
 ///
 /// The sender timeout is long (10 s) so that the blocked write does not time out while the test
-/// holds the listener (about 300 ms): see
-/// `bug_async_lane_timeout_loses_frames_the_member_has_not_read` for what happens when it does.
+/// holds the listener (about 300 ms): see `stalled_member_keeps_order_drops_past_its_limit_and_recovers`
+/// for what happens when it does.
 #[test]
 fn async_queue_full_fail_policy_fails_fast_and_loses_nothing() {
     init_logs();
@@ -961,9 +967,8 @@ impl tribecast::ChannelInterceptor for StallAsync {
 /// accepted is kept and, once the stall ends, delivered in order; then sends work again.
 ///
 /// The stall is an interceptor under the queue rather than a stalled member: with a stalled
-/// member the dispatch thread's write times out after the same `sender.timeout`, at the same
-/// moment the Block wait ends, so the outcome would be a race (see
-/// `bug_async_lane_timeout_loses_frames_the_member_has_not_read`).
+/// member the lane takes the frames off the queue and keeps them itself (see
+/// `stalled_member_keeps_order_drops_past_its_limit_and_recovers`), so the queue would not fill.
 #[test]
 fn async_queue_full_block_policy_waits_then_fails_and_loses_nothing() {
     init_logs();

@@ -805,13 +805,20 @@ fn deliver(
 ) {
     for (i, d) in batch.deliveries.iter().enumerate() {
         let result = match decode_body::<Envelope>(&batch.data[d.start..d.end]) {
-            Ok(env) => {
+            Ok(env) if env.sender == peer.id => {
                 ctl.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
                 handler.message_received(peer, env)
             }
-            Err(e) => {
+            decoded => {
+                let e = match decoded {
+                    Ok(env) => format!(
+                        "envelope names sender {}, not the member that shook hands",
+                        env.sender
+                    ),
+                    Err(e) => format!("undecodable envelope: {e}"),
+                };
                 warn!(
-                    "Closing connection from {} (member [{peer}]): undecodable envelope: {e}",
+                    "Closing connection from {} (member [{peer}]): {e}",
                     conn.peer_addr
                 );
                 ctl.stats

@@ -153,6 +153,21 @@ impl RxSession {
             let (f, n) = match parse_frame(&buf[used..], limit) {
                 Ok(Some(x)) => x,
                 Ok(None) => return Ok(used),
+                Err(FrameError::UnsupportedVersion(v))
+                    if matches!(self.state, State::AwaitHandshake) =>
+                {
+                    // A peer of another version: refuse its handshake and say why, in a frame
+                    // of ours (its header already shows the version; its body is not read).
+                    let reason = format!(
+                        "protocol version {v} is not this node's {}",
+                        frame::PROTOCOL_VERSION
+                    );
+                    let body = encode_body(&Reason {
+                        reason: reason.clone(),
+                    });
+                    frame::encode_frame(&mut out.reply, FrameKind::HandshakeRefuse, 0, 0, &body);
+                    return Err(RxClose::Refused(reason));
+                }
                 Err(e) => return Err(RxClose::Frame(e)),
             };
             let body_start = used + frame::HEADER_LEN;

@@ -136,7 +136,7 @@ impl PooledParallelSender {
             }
             if (pool.created as usize) < self.cfg.pool_size {
                 pool.created += 1;
-                // Lane 0 is the asynchronous lane.
+                // Pooled lanes are 1..=pool_size; asynchronous lanes start at ASYNC_LANES.
                 return Some(Lane::new(pool.created));
             }
             if link.freed.wait_until(&mut pool, deadline).timed_out() {

@@ -111,9 +111,13 @@ pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_default()
 }
 
-/// Decodes a body; `Err` names what was wrong with it.
+/// Decodes a body; `Err` names what was wrong with it. The body must be exactly one value:
+/// bytes left over are an error, as a frame that says more than it should is not ours.
 pub fn decode_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
-    postcard::from_bytes(bytes)
+    match postcard::take_from_bytes(bytes)? {
+        (value, []) => Ok(value),
+        _ => Err(postcard::Error::DeserializeBadEncoding),
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +155,16 @@ mod tests {
                 assert_eq!(b.len(), joined.len());
             }
         }
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = encode_body(&Reason {
+            reason: "ab".into(),
+        });
+        assert!(decode_body::<Reason>(&bytes).is_ok());
+        bytes.push(0);
+        assert!(decode_body::<Reason>(&bytes).is_err());
     }
 
     #[test]
