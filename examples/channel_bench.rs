@@ -9,7 +9,11 @@
 //! send in 64 is timed, timing each would cost more than the send). Every receiver checks each
 //! message's bytes and, where the mode promises it, per-sender-thread order.
 //!
-//! Flags: `--size BYTES --count N --receivers R --mode async|ack|sync-ack`, `--threads T`
+//! `--mode raw-ack` is the floor to compare sync-ack with, measured in the same conditions: no
+//! tribecast, one blocking TCP connection per receiver thread, the sender writes the message to
+//! every receiver and waits for an 8-byte answer from each.
+//!
+//! Flags: `--size BYTES --count N --receivers R --mode async|ack|sync-ack|raw-ack`, `--threads T`
 //! (T application threads share the sender channel, as request threads of a server do; default
 //! 1; `threads=T` is then added to the line), `--spawn` (each receiver in a process of its own,
 //! this example re-run with `--role receiver`, as separate servers would).
@@ -216,8 +220,68 @@ fn send_share(
     Ok(lat)
 }
 
+/// `--mode raw-ack`: plain sockets, no tribecast; prints the same line.
+fn run_raw(a: &Args) -> Result<(), String> {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let mut conns = Vec::new();
+    let mut echoes = Vec::new();
+    for _ in 0..a.receivers {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let c = TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        c.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (size, count) = (a.size, a.count);
+        echoes.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; size];
+            for _ in 0..count {
+                if s.read_exact(&mut buf).is_err() || s.write_all(&buf[..8]).is_err() {
+                    return;
+                }
+            }
+        }));
+        conns.push(c);
+    }
+    let mut buf = vec![0u8; a.size];
+    let mut ack = [0u8; 8];
+    let mut lat = Vec::with_capacity(a.count as usize);
+    let start = Instant::now();
+    for seq in 0..a.count {
+        fill(&mut buf, seq);
+        let t = Instant::now();
+        for c in &mut conns {
+            c.write_all(&buf).map_err(|e| e.to_string())?;
+        }
+        for c in &mut conns {
+            c.read_exact(&mut ack).map_err(|e| e.to_string())?;
+        }
+        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for e in echoes {
+        let _ = e.join();
+    }
+    lat.sort_unstable();
+    let rate = a.count as f64 / secs;
+    println!(
+        "channel mode=raw-ack size={} receivers={} count={} msgs_per_s={rate:.0} mb_per_s={:.1} p50_us={} p99_us={}",
+        a.size,
+        a.receivers,
+        a.count,
+        rate * a.size as f64 / 1e6,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let a = parse_args()?;
+    if a.mode == "raw-ack" {
+        return run_raw(&a);
+    }
     let opts = options(&a.mode)?;
     if a.role_receiver {
         return run_receiver(&a);
