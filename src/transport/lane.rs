@@ -61,11 +61,12 @@ fn needs_timeout(current: Option<Duration>, left: Duration) -> bool {
     current.is_none_or(|c| c.abs_diff(left) > TIMEOUT_SLACK)
 }
 
-fn io_failure(e: &io::Error, timeout: Duration) -> SendFailure {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => SendFailure::Timeout(timeout),
-        _ => SendFailure::Io(e.to_string()),
-    }
+/// A read or write that returned without data only because of a signal or the socket timeout.
+fn is_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 impl Lane {
@@ -139,7 +140,8 @@ impl Lane {
         result
     }
 
-    /// Writes `wbuf` whole, within the deadline.
+    /// Writes `wbuf` whole, within the deadline. On any failure the connection is dropped: a
+    /// frame may have been cut.
     pub fn flush_wbuf(&mut self, deadline: Instant, timeout: Duration) -> Result<(), SendFailure> {
         let buf = std::mem::take(&mut self.wbuf);
         let r = self.write_all(&buf, deadline, timeout);
@@ -149,14 +151,40 @@ impl Lane {
 
     /// Writes `wbuf[*written..]` until it is all written or the deadline passes, advancing
     /// `*written` as bytes go out, so a caller can stop at the deadline and carry on later on
-    /// the same connection without cutting a frame.
+    /// the same connection without cutting a frame. Only an I/O error drops the connection.
     pub fn write_from(
         &mut self,
         written: &mut usize,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<(), SendFailure> {
-        while *written < self.wbuf.len() {
+        let buf = std::mem::take(&mut self.wbuf);
+        let r = self.write_bytes(&buf, written, deadline, timeout);
+        self.wbuf = buf;
+        r
+    }
+
+    fn write_all(
+        &mut self,
+        bytes: &[u8],
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), SendFailure> {
+        let r = self.write_bytes(bytes, &mut 0, deadline, timeout);
+        if r.is_err() {
+            self.disconnect();
+        }
+        r
+    }
+
+    fn write_bytes(
+        &mut self,
+        bytes: &[u8],
+        written: &mut usize,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), SendFailure> {
+        while *written < bytes.len() {
             let stream = self
                 .stream
                 .as_mut()
@@ -169,19 +197,14 @@ impl Lane {
                     return Err(SendFailure::Io(e.to_string()));
                 }
             }
-            match stream.write(&self.wbuf[*written..]) {
+            match stream.write(&bytes[*written..]) {
                 Ok(0) => {
                     self.disconnect();
                     return Err(SendFailure::Io("connection wrote 0 bytes".into()));
                 }
                 Ok(n) => *written += n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                    ) => {}
+                // A socket timeout within TIMEOUT_SLACK of the deadline: the loop decides.
+                Err(e) if is_wait(&e) => {}
                 Err(e) => {
                     self.disconnect();
                     return Err(SendFailure::Io(e.to_string()));
@@ -189,31 +212,6 @@ impl Lane {
             }
         }
         Ok(())
-    }
-
-    fn write_all(
-        &mut self,
-        bytes: &[u8],
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<(), SendFailure> {
-        let stream = self
-            .stream
-            .as_mut()
-            .ok_or_else(|| SendFailure::Io("not connected".into()))?;
-        let left = remaining(deadline).ok_or(SendFailure::Timeout(timeout))?;
-        let mut r = Ok(());
-        if needs_timeout(self.write_timeout, left) {
-            r = stream.set_write_timeout(Some(left));
-            self.write_timeout = Some(left);
-        }
-        let r = r
-            .and_then(|()| stream.write_all(bytes))
-            .map_err(|e| io_failure(&e, timeout));
-        if r.is_err() {
-            self.disconnect();
-        }
-        r
     }
 
     /// Appends a data frame to `wbuf` with a new sequence number, or with `seq` when resending
@@ -279,16 +277,10 @@ impl Lane {
                 }
                 Ok(n) => self.rfilled += n,
                 // A socket timeout within TIMEOUT_SLACK of the deadline: the loop decides.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if is_wait(&e) => {}
                 Err(e) => {
                     self.disconnect();
-                    return Err(io_failure(&e, timeout));
+                    return Err(SendFailure::Io(e.to_string()));
                 }
             }
         }
