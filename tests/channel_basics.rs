@@ -63,3 +63,31 @@ fn sync_ack_reports_listener_failure_for_that_member() {
     // use-ack only waits for the read, so the listener error is not reported.
     s.send_to_all(b"y".to_vec(), SendOptions::USE_ACK).unwrap();
 }
+
+#[test]
+fn auto_bind_takes_the_next_free_port_and_reports_when_none_is_left() {
+    init_logs();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut cfg = tribecast::ChannelConfig::loopback("autobind");
+    cfg.receiver.port = port;
+    cfg.receiver.auto_bind = 1;
+    let ch = tribecast::GroupChannel::new(cfg.clone()).unwrap();
+    match ch.start() {
+        Err(tribecast::ChannelError::Bind {
+            address,
+            auto_bind: 1,
+            ..
+        }) => assert_eq!(address.port(), port),
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+    assert!(!ch.is_running());
+    cfg.receiver.auto_bind = 20;
+    let ch = tribecast::GroupChannel::new(cfg).unwrap();
+    ch.start().unwrap();
+    let bound = ch.local_member().unwrap().addr.port();
+    assert!(
+        bound > port && bound < port + 20,
+        "bound {bound}, first tried {port}"
+    );
+}
