@@ -5,9 +5,11 @@ use crate::config::ChannelConfig;
 use crate::error::{ChannelError, FaultyMember, SendFailure};
 use crate::interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, Next, OutMessage, PeerEvent,
-    StackHandle, StaticMembershipInterceptor, Up,
+    StackHandle, Up,
 };
 use crate::member::{Member, MemberId};
+use crate::membership::service::{self, Event, MembershipService, Sink};
+use crate::membership::state::Source;
 use crate::membership::{Change, Membership};
 use crate::options::SendOptions;
 use crate::transport::lane::Identity;
@@ -66,6 +68,8 @@ pub(crate) struct ChannelInner {
     membership_listeners: RwLock<Vec<Arc<dyn MembershipListener>>>,
     membership: Mutex<Membership>,
     runtime: RwLock<Option<Arc<Runtime>>>,
+    /// Where transport news about members goes while running (the membership service).
+    membership_events: RwLock<Option<crossbeam_channel::Sender<Event>>>,
     next_msg_id: AtomicU64,
 }
 
@@ -95,6 +99,17 @@ impl ChannelInner {
         for i in &self.interceptors {
             i.peer_event(&ev);
         }
+        let Some(events) = self.membership_events.read().clone() else {
+            return;
+        };
+        let ev = match ev {
+            PeerEvent::Hello(m) => Event::Heard(m, Source::Direct),
+            PeerEvent::Left(m) => Event::Left(m.id),
+            // A listener's refusal says the member is alive; the rest casts doubt on it.
+            PeerEvent::SendFailed(_, SendFailure::Remote(_)) => return,
+            PeerEvent::SendFailed(m, why) => Event::SendFailed(m.id, why.to_string()),
+        };
+        service::notify(&events, ev, None);
     }
 
     /// Bottom of the send path: encode the envelope and hand it to the sender.
@@ -239,9 +254,52 @@ impl ReceiverHandler for ChannelInner {
     }
 }
 
+/// The channel as the membership service sees it; weak, so the service's threads do not keep
+/// a dropped channel alive.
+struct ChannelSink(std::sync::Weak<ChannelInner>);
+
+impl Sink for ChannelSink {
+    fn added(&self, m: &Member) {
+        if let Some(i) = self.0.upgrade() {
+            i.member_seen(m);
+        }
+    }
+    fn gone(&self, m: &Member, why: &str) {
+        if let Some(i) = self.0.upgrade() {
+            i.member_gone(m, why);
+        }
+    }
+    fn probe(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<Member, SendFailure> {
+        let rt = self
+            .0
+            .upgrade()
+            .and_then(|i| i.runtime())
+            .ok_or(SendFailure::NotAMember)?;
+        rt.sender.probe(addr, timeout)
+    }
+    fn ping(
+        &self,
+        m: &Member,
+        read_test: bool,
+        timeout: std::time::Duration,
+    ) -> Result<(), SendFailure> {
+        let rt = self
+            .0
+            .upgrade()
+            .and_then(|i| i.runtime())
+            .ok_or(SendFailure::NotAMember)?;
+        rt.sender.ping(m, read_test, timeout)
+    }
+}
+
 /// The threads of a running channel.
 struct Running {
     receiver: NioReceiver,
+    membership: MembershipService,
     heartbeat_stop: Sender<()>,
     heartbeat: JoinHandle<()>,
     receiver_stats: Arc<ReceiverStats>,
@@ -274,35 +332,21 @@ impl ChannelBuilder {
     }
 
     /// Validates the config and builds the channel. Unless told otherwise it adds, as Tomcat
-    /// does, a `MessageDispatchInterceptor` on top when none was given, and at the bottom a
-    /// `StaticMembershipInterceptor` for the configured static members (the list may be empty:
-    /// members that connect are still added).
+    /// does, a `MessageDispatchInterceptor` on top when none was given. Membership (static
+    /// members, multicast, failure detection, pings) is configured in `config.membership` and
+    /// `config.static_members`.
     pub fn build(mut self) -> Result<GroupChannel, ChannelError> {
         self.config.validate()?;
-        if self.defaults {
-            if !self
-                .interceptors
-                .iter()
-                .any(|i| i.name() == "MessageDispatchInterceptor")
-            {
-                self.interceptors.insert(
-                    0,
-                    Arc::new(MessageDispatchInterceptor::new(
-                        self.config.dispatch.clone(),
-                        self.config.sender.timeout,
-                    )),
-                );
-            }
-            if !self
-                .interceptors
-                .iter()
-                .any(|i| i.name() == "StaticMembershipInterceptor")
-            {
-                self.interceptors
-                    .push(Arc::new(StaticMembershipInterceptor::new(
-                        self.config.static_members.clone(),
-                    )));
-            }
+        let has_dispatch = self
+            .interceptors
+            .iter()
+            .any(|i| i.name() == "MessageDispatchInterceptor");
+        if self.defaults && !has_dispatch {
+            let mdi = MessageDispatchInterceptor::new(
+                self.config.dispatch.clone(),
+                self.config.sender.timeout,
+            );
+            self.interceptors.insert(0, Arc::new(mdi));
         }
         Ok(GroupChannel {
             inner: Arc::new(ChannelInner {
@@ -312,6 +356,7 @@ impl ChannelBuilder {
                 membership_listeners: RwLock::new(Vec::new()),
                 membership: Mutex::new(Membership::default()),
                 runtime: RwLock::new(None),
+                membership_events: RwLock::new(None),
                 next_msg_id: AtomicU64::new(1),
             }),
             running: Mutex::new(None),
@@ -408,8 +453,12 @@ impl GroupChannel {
                 })
                 .map_err(ChannelError::Io)?;
             let receiver_stats = receiver.stats.clone();
+            let sink = Arc::new(ChannelSink(Arc::downgrade(&self.inner)));
+            let membership = MembershipService::start(cfg, local.clone(), sink)?;
+            *self.inner.membership_events.write() = Some(membership.events());
             Ok(Running {
                 receiver,
+                membership,
                 heartbeat_stop,
                 heartbeat,
                 receiver_stats,
@@ -437,9 +486,12 @@ impl GroupChannel {
     /// Sends queued messages, tells the members we leave, and joins every thread. Safe to call
     /// twice; the channel can be started again.
     pub fn stop(&self) {
-        let Some(r) = self.running.lock().take() else {
+        let Some(mut r) = self.running.lock().take() else {
             return;
         };
+        // Membership first: it says goodbye on multicast and stops probing.
+        self.inner.membership_events.write().take();
+        r.membership.stop();
         let _ = r.heartbeat_stop.send(());
         if r.heartbeat.join().is_err() {
             warn!("Heartbeat thread panicked");
@@ -520,6 +572,14 @@ impl GroupChannel {
             inner: &self.inner,
         }
         .send_message(dests, msg)
+    }
+
+    /// Membership counters (heartbeats, refused datagrams, verifications), while running.
+    pub fn membership_stats(&self) -> Option<Arc<crate::membership::service::MembershipStats>> {
+        self.running
+            .lock()
+            .as_ref()
+            .map(|r| r.membership.stats.clone())
     }
 
     /// Receiver counters.

@@ -28,6 +28,75 @@ pub struct ChannelConfig {
     pub dispatch: DispatchConfig,
     /// Statically listed members (Tomcat: `StaticMembershipInterceptor` `<Member>` elements).
     pub static_members: Vec<StaticMember>,
+    pub membership: MembershipConfig,
+}
+
+/// How members are found and judged alive (Tomcat: `McastService`, `StaticMembershipService`,
+/// `TcpFailureDetector`, `TcpPingInterceptor`).
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// Multicast discovery; `None` (the default) for static members only. Tomcat's default
+    /// cluster uses multicast; here it is opt-in, as multicast must stay off real networks
+    /// unless meant.
+    pub mcast: Option<McastConfig>,
+    /// A member found by ping or connection (static) that has not answered for this long is
+    /// suspected (Tomcat: `StaticMembershipService.expirationTime`, 5000 ms).
+    pub expiration_time: Duration,
+    /// Period of pings to every member over its data connection, which keep connections warm
+    /// and feed the failure detector (Tomcat: `TcpPingInterceptor.interval`, 1000 ms).
+    pub ping_interval: Duration,
+    /// Verify a suspect over TCP before declaring it gone (Tomcat: a `TcpFailureDetector` in the
+    /// stack). Default true.
+    pub failure_detector: bool,
+    /// Connect timeout of a verification and of a ping (Tomcat: `TcpFailureDetector.connectTimeout`,
+    /// 1000 ms).
+    pub connect_timeout: Duration,
+    /// Verification also sends a ping that the member's worker pool must answer, not only its
+    /// event loop (Tomcat: `TcpFailureDetector.performReadTest`, false).
+    pub perform_read_test: bool,
+}
+
+/// Multicast heartbeats (Tomcat: `McastService`).
+#[derive(Clone, Debug)]
+pub struct McastConfig {
+    /// Group address (Tomcat: `address`, 228.0.0.4).
+    pub address: std::net::Ipv4Addr,
+    /// Group port (Tomcat: `port`, 45564).
+    pub port: u16,
+    /// Heartbeat period (Tomcat: `frequency`, 500 ms).
+    pub frequency: Duration,
+    /// A member not heard for this long is suspected (Tomcat: `dropTime`, 3000 ms).
+    pub drop_time: Duration,
+    /// Interface address to send and join on (Tomcat: `bind`); default: the routing table's.
+    pub bind: Option<std::net::Ipv4Addr>,
+    /// Multicast TTL (Tomcat: `ttl`); default: the system's (1).
+    pub ttl: Option<u32>,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            mcast: None,
+            expiration_time: Duration::from_millis(5000),
+            ping_interval: Duration::from_millis(1000),
+            failure_detector: true,
+            connect_timeout: Duration::from_millis(1000),
+            perform_read_test: false,
+        }
+    }
+}
+
+impl Default for McastConfig {
+    fn default() -> Self {
+        McastConfig {
+            address: std::net::Ipv4Addr::new(228, 0, 0, 4),
+            port: 45564,
+            frequency: Duration::from_millis(500),
+            drop_time: Duration::from_millis(3000),
+            bind: None,
+            ttl: None,
+        }
+    }
 }
 
 /// The NIO receiver (Tomcat: `NioReceiver`).
@@ -112,6 +181,7 @@ impl Default for ChannelConfig {
             sender: SenderConfig::default(),
             dispatch: DispatchConfig::default(),
             static_members: Vec::new(),
+            membership: MembershipConfig::default(),
         }
     }
 }
@@ -246,6 +316,42 @@ impl ChannelConfig {
             "dispatch.max_queue_size",
             || format!("must be at least max_frame_size ({m})"),
         )?;
+        let ms = &self.membership;
+        check(
+            !ms.expiration_time.is_zero(),
+            "membership.expiration_time",
+            || "must be > 0".into(),
+        )?;
+        check(
+            !ms.ping_interval.is_zero(),
+            "membership.ping_interval",
+            || "must be > 0".into(),
+        )?;
+        check(
+            !ms.connect_timeout.is_zero(),
+            "membership.connect_timeout",
+            || "must be > 0".into(),
+        )?;
+        if let Some(mc) = &ms.mcast {
+            check(
+                mc.address.is_multicast(),
+                "membership.mcast.address",
+                || format!("{} is not a multicast address", mc.address),
+            )?;
+            check(mc.port != 0, "membership.mcast.port", || {
+                "must not be 0".into()
+            })?;
+            check(
+                !mc.frequency.is_zero(),
+                "membership.mcast.frequency",
+                || "must be > 0".into(),
+            )?;
+            check(
+                mc.drop_time > mc.frequency,
+                "membership.mcast.drop_time",
+                || "must be longer than frequency".into(),
+            )?;
+        }
         for sm in &self.static_members {
             check(sm.addr.port() != 0, "static_members.addr", || {
                 format!("{} has port 0", sm.addr)

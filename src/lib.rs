@@ -7,7 +7,8 @@ pub mod config;
 pub mod error;
 pub mod interceptor;
 pub mod member;
-pub(crate) mod membership;
+#[doc(hidden)]
+pub mod membership;
 pub mod options;
 #[doc(hidden)]
 pub mod transport;
@@ -16,12 +17,12 @@ pub mod wire;
 
 pub use channel::{ChannelBuilder, ChannelListener, GroupChannel, MembershipListener};
 pub use config::{
-    ChannelConfig, DispatchConfig, QueueFullPolicy, ReceiverConfig, SenderConfig, StaticMember,
+    ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
+    SenderConfig, StaticMember,
 };
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
 pub use interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, OutMessage, PeerEvent,
-    StaticMembershipInterceptor,
 };
 pub use member::{Member, MemberId};
 pub use options::SendOptions;

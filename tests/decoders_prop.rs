@@ -27,7 +27,7 @@ use tribecast::{Member, MemberId};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const ALL_KINDS: [FrameKind; 7] = [
+const ALL_KINDS: [FrameKind; 8] = [
     FrameKind::Handshake,
     FrameKind::HandshakeAccept,
     FrameKind::HandshakeRefuse,
@@ -35,6 +35,7 @@ const ALL_KINDS: [FrameKind; 7] = [
     FrameKind::Ack,
     FrameKind::FailAck,
     FrameKind::Leave,
+    FrameKind::Ping,
 ];
 
 fn frame_bytes(kind: FrameKind, flags: u16, seq: u64, body: &[u8]) -> Vec<u8> {
@@ -88,7 +89,7 @@ fn reference_parse(buf: &[u8], max: u32) -> Result<Option<usize>, FrameError> {
     if buf[4] != 1 {
         return Err(FrameError::UnsupportedVersion(buf[4]));
     }
-    if !(1..=7).contains(&buf[5]) {
+    if !(1..=8).contains(&buf[5]) {
         return Err(FrameError::UnknownKind(buf[5]));
     }
     let flags = u16::from_le_bytes([buf[6], buf[7]]);
@@ -781,12 +782,18 @@ fn check_rx_output(
             "deliveries overlap or are out of order"
         );
         last_end = d.end;
-        // Each delivery is the body of a valid data frame found at that place in the input.
+        // Each delivery is the body of a valid data frame found at that place in the input ...
         let (f, used) = parse_frame(&buf[d.start - HEADER_LEN..], u32::MAX)
             .unwrap()
             .unwrap();
         prop_assert_eq!(used, d.end - d.start + HEADER_LEN);
-        prop_assert_eq!(f.header.kind, FrameKind::Data);
+        // ... or of a read-test ping, which a worker answers.
+        let want = if d.ping {
+            FrameKind::Ping
+        } else {
+            FrameKind::Data
+        };
+        prop_assert_eq!(f.header.kind, want);
         prop_assert_eq!(f.header.seq, d.seq);
         prop_assert_eq!(f.header.flags & FLAG_SYNC_ACK != 0, d.sync_ack);
     }
@@ -838,6 +845,11 @@ enum Op {
         body: Vec<u8>,
     },
     Leave,
+    /// A liveness ping, answered at once (flags 0) or by a worker (FLAG_SYNC_ACK).
+    Ping {
+        seq: u64,
+        flags: u16,
+    },
     /// A frame kind the sender never sends on its own connection.
     Stray(FrameKind, Vec<u8>),
 }
@@ -872,6 +884,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         20 => (0u64..12, arb_flags(), arb_body(60))
             .prop_map(|(seq, flags, body)| Op::Data { seq, flags, body }),
         1 => Just(Op::Leave),
+        2 => (0u64..12, arb_flags()).prop_map(|(seq, flags)| Op::Ping { seq, flags }),
         1 => (
             prop::sample::select(vec![
                 FrameKind::Handshake,
@@ -983,6 +996,7 @@ fn encode_conn(c: &Conn) -> (Vec<u8>, Vec<Planned>) {
                 push(&mut buf, FrameKind::Data, *flags, *seq, body, None)
             }
             Op::Leave => push(&mut buf, FrameKind::Leave, 0, 0, &[], None),
+            Op::Ping { seq, flags } => push(&mut buf, FrameKind::Ping, *flags, *seq, &[], None),
             Op::Stray(k, body) => push(&mut buf, *k, 0, 0, body, None),
         }
     }
@@ -1068,6 +1082,7 @@ fn model_conn(
                         end: p.start + HEADER_LEN + p.body_len,
                         seq: p.seq,
                         sync_ack: sync,
+                        ping: false,
                     });
                 } else {
                     m.duplicates += 1;
@@ -1076,6 +1091,20 @@ fn model_conn(
                     } else if ack {
                         m.replies.push((FrameKind::Ack, p.seq));
                     }
+                }
+            }
+            FrameKind::Ping => {
+                // Not numbered for duplicates; answered at once, or by a worker for the read test.
+                if p.flags & FLAG_SYNC_ACK != 0 {
+                    m.deliveries.push(Delivery {
+                        start: p.start + HEADER_LEN,
+                        end: p.start + HEADER_LEN + p.body_len,
+                        seq: p.seq,
+                        sync_ack: true,
+                        ping: true,
+                    });
+                } else {
+                    m.replies.push((FrameKind::Ack, p.seq));
                 }
             }
             FrameKind::Leave => return (m, Expected::Leave),

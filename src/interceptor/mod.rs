@@ -7,7 +7,6 @@
 //! queue) keeps the [`StackHandle`] it gets at start.
 
 pub mod dispatch;
-pub mod static_membership;
 
 use crate::channel::ChannelInner;
 use crate::error::{ChannelError, SendFailure};
@@ -18,7 +17,6 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 pub use dispatch::MessageDispatchInterceptor;
-pub use static_membership::StaticMembershipInterceptor;
 
 /// A message on its way down the stack.
 #[derive(Clone, Debug)]

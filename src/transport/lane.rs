@@ -286,6 +286,32 @@ impl Lane {
         }
     }
 
+    /// Sends a ping and waits for its ack: the member's event loop answers it, or with
+    /// `read_test` one of its workers. Connects first if needed.
+    pub fn ping(
+        &mut self,
+        to: &Member,
+        id: &Identity,
+        read_test: bool,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), SendFailure> {
+        if !self.is_connected() {
+            self.connect(to, id, deadline, timeout)?;
+        }
+        let seq = id.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let flags = if read_test { frame::FLAG_SYNC_ACK } else { 0 };
+        let mut ping = Vec::with_capacity(frame::HEADER_LEN);
+        frame::encode_frame(&mut ping, FrameKind::Ping, flags, seq, &[]);
+        self.write_all(&ping, deadline, timeout)?;
+        loop {
+            match self.read_reply(deadline, timeout)? {
+                Reply::Ack(s) if s == seq => return Ok(()),
+                _ => {} // an answer to an earlier frame on this lane
+            }
+        }
+    }
+
     /// Reads the next ack or fail-ack.
     pub fn read_reply(
         &mut self,

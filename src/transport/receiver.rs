@@ -595,9 +595,9 @@ impl EventLoop {
         }
         let key = c.session.lane_key();
         if let Some(key) = key {
-            if out.deliveries.iter().any(|d| d.sync_ack) {
+            if out.deliveries.iter().any(|d| d.sync_ack && !d.ping) {
                 let mut o = self.ctl.board.outcomes.lock();
-                for d in out.deliveries.iter().filter(|d| d.sync_ack) {
+                for d in out.deliveries.iter().filter(|d| d.sync_ack && !d.ping) {
                     o.begin(key, d.seq);
                 }
             }
@@ -804,6 +804,11 @@ fn deliver(
     reply: &mut Vec<u8>,
 ) {
     for (i, d) in batch.deliveries.iter().enumerate() {
+        if d.ping {
+            // The read test: a worker got this far, which is what the pinger wants to know.
+            sync_answer(conn, d.seq, Ok(()), reply);
+            continue;
+        }
         let result = match decode_body::<Envelope>(&batch.data[d.start..d.end]) {
             Ok(env) if env.sender == peer.id => {
                 ctl.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
@@ -826,7 +831,10 @@ fn deliver(
                     .fetch_add(1, Ordering::Relaxed);
                 let _ = conn.writer.lock().stream.shutdown(Shutdown::Both);
                 // Settle what this batch left pending so no retry waits for it.
-                for d in batch.deliveries[i..].iter().filter(|d| d.sync_ack) {
+                for d in batch.deliveries[i..]
+                    .iter()
+                    .filter(|d| d.sync_ack && !d.ping)
+                {
                     ctl.board
                         .finish(key, d.seq, &Err(format!("undecodable envelope: {e}")));
                 }

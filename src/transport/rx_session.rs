@@ -28,6 +28,8 @@ pub struct Delivery {
     pub end: usize,
     pub seq: u64,
     pub sync_ack: bool,
+    /// A ping for the read test: the worker answers it without calling listeners.
+    pub ping: bool,
 }
 
 /// What one call of [`RxSession::on_bytes`] produced.
@@ -225,6 +227,7 @@ impl RxSession {
                             end: used,
                             seq,
                             sync_ack,
+                            ping: false,
                         });
                     } else {
                         // A retry of a frame already delivered: drop it, but answer so the
@@ -236,6 +239,20 @@ impl RxSession {
                         } else if flags & FLAG_ACK != 0 {
                             frame::encode_frame(&mut out.reply, FrameKind::Ack, 0, seq, &[]);
                         }
+                    }
+                }
+                (State::Ready { .. }, FrameKind::Ping) => {
+                    let seq = f.header.seq;
+                    if f.header.flags & FLAG_SYNC_ACK != 0 {
+                        out.deliveries.push(Delivery {
+                            start: body_start,
+                            end: used,
+                            seq,
+                            sync_ack: true,
+                            ping: true,
+                        });
+                    } else {
+                        frame::encode_frame(&mut out.reply, FrameKind::Ack, 0, seq, &[]);
                     }
                 }
                 (State::Ready { .. }, FrameKind::Leave) => {

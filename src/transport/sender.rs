@@ -169,6 +169,25 @@ impl PooledParallelSender {
         lane.connect(&placeholder, &self.id, deadline, timeout)
     }
 
+    /// Pings a member on one of its pooled connections (keeping it warm): Ok once it answered
+    /// within `timeout`.
+    pub fn ping(&self, m: &Member, read_test: bool, timeout: Duration) -> Result<(), SendFailure> {
+        let deadline = Instant::now() + timeout;
+        let link = self.link(m);
+        let Some(mut lane) = self.checkout(&link, deadline) else {
+            return Err(SendFailure::Timeout(timeout));
+        };
+        if !lane.is_connected() {
+            self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        }
+        let r = lane.ping(m, &self.id, read_test, deadline, timeout);
+        if r.is_err() {
+            lane.disconnect();
+        }
+        Self::checkin(&link, lane);
+        r
+    }
+
     /// Sends one message to every destination and waits as `opts` asks. Returns the members
     /// that failed and why; the others got it.
     pub fn send(

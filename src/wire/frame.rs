@@ -31,6 +31,10 @@ pub enum FrameKind {
     FailAck = 6,
     /// The sending member is leaving the group (graceful stop).
     Leave = 7,
+    /// Liveness check (Tribes' TcpPingInterceptor / TcpFailureDetector probe): answered with an
+    /// `Ack` of the same sequence number, by the event loop, or with `FLAG_SYNC_ACK` by a worker
+    /// (the read test). Not numbered for duplicates: a ping is never delivered to listeners.
+    Ping = 8,
 }
 
 impl FrameKind {
@@ -43,6 +47,7 @@ impl FrameKind {
             5 => FrameKind::Ack,
             6 => FrameKind::FailAck,
             7 => FrameKind::Leave,
+            8 => FrameKind::Ping,
             _ => return None,
         })
     }

@@ -1,0 +1,422 @@
+//! The membership shell: the multicast socket, the timers and the TCP checks around the pure
+//! [`MembershipState`].
+//!
+//! Threads: `tribecast-membership` owns the state, sends heartbeats and runs the timers;
+//! `tribecast-mcast-rx` (with multicast) reads heartbeats; `tribecast-prober` pings members,
+//! probes absent static members and verifies suspects, so that a member that hangs a TCP
+//! connect never delays heartbeats. Events reach the state over one bounded channel.
+
+use super::record::{self, Kind, McastRecord};
+use super::state::{Action, DetectorConfig, MembershipState, Source};
+use crate::config::{ChannelConfig, StaticMember};
+use crate::error::{ChannelError, SendFailure};
+use crate::member::{Member, MemberId};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use log::{debug, info, warn};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Events queued for the membership thread; past this, heartbeats are dropped (the next ones
+/// will do) and counted.
+const EVENT_QUEUE: usize = 4096;
+/// Warnings about bad datagrams: at most one per this period, with the count.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What the membership thread hears.
+pub enum Event {
+    Heard(Member, Source),
+    Left(MemberId),
+    SendFailed(MemberId, String),
+    Verified(MemberId, bool, String),
+    /// The prober finished a round of pings and probes.
+    RoundDone,
+    Stop,
+}
+
+/// What the membership shell needs from the channel.
+pub trait Sink: Send + Sync + 'static {
+    fn added(&self, m: &Member);
+    fn gone(&self, m: &Member, why: &str);
+    /// Connects and shakes hands; returns who answered.
+    fn probe(&self, addr: SocketAddr, timeout: Duration) -> Result<Member, SendFailure>;
+    /// Pings a member on its data connection.
+    fn ping(&self, m: &Member, read_test: bool, timeout: Duration) -> Result<(), SendFailure>;
+}
+
+enum Job {
+    Verify(Member),
+    Round {
+        members: Vec<Member>,
+        absent: Vec<StaticMember>,
+    },
+}
+
+/// Counters of the membership service.
+#[derive(Default, Debug)]
+pub struct MembershipStats {
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_received: AtomicU64,
+    pub datagrams_refused: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub verifications: AtomicU64,
+}
+
+pub struct MembershipService {
+    events: Sender<Event>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Socket and leave datagram, to say goodbye on stop.
+    leave: Option<(UdpSocket, Vec<u8>, SocketAddr)>,
+    pub stats: Arc<MembershipStats>,
+}
+
+impl MembershipService {
+    pub fn start(
+        cfg: &ChannelConfig,
+        local: Member,
+        sink: Arc<dyn Sink>,
+    ) -> Result<MembershipService, ChannelError> {
+        let ms = &cfg.membership;
+        let (events, events_rx) = crossbeam_channel::bounded::<Event>(EVENT_QUEUE);
+        let (jobs, jobs_rx) = crossbeam_channel::bounded::<Job>(EVENT_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(MembershipStats::default());
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(ChannelError::Io)
+        };
+        let mut tick = ms.ping_interval.min(ms.expiration_time / 4);
+        let mut mcast = None;
+        let mut leave = None;
+        if let Some(mc) = &ms.mcast {
+            tick = tick.min(mc.frequency);
+            let sock = super::mcast::open(mc, mc.frequency.min(Duration::from_millis(100)))
+                .map_err(|e| {
+                    ChannelError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("multicast {}:{}: {e}", mc.address, mc.port),
+                    ))
+                })?;
+            let group = super::mcast::group(mc);
+            let rx_sock = sock.try_clone().map_err(ChannelError::Io)?;
+            let (cluster, me) = (cfg.cluster_name.clone(), local.clone());
+            let rec = move |alive_ms| McastRecord {
+                cluster: cluster.clone(),
+                member: me.clone(),
+                alive_ms,
+            };
+            leave = Some((
+                sock.try_clone().map_err(ChannelError::Io)?,
+                record::encode(Kind::Leave, &rec(0)),
+                group,
+            ));
+            let (ev, st, stop2, me, cluster) = (
+                events.clone(),
+                stats.clone(),
+                stop.clone(),
+                local.id,
+                cfg.cluster_name.clone(),
+            );
+            threads.push(spawn(
+                "tribecast-mcast-rx",
+                Box::new(move || mcast_rx(rx_sock, me, cluster, ev, st, stop2)),
+            )?);
+            info!(
+                "Multicast membership on {group} every {} ms, drop time {} ms",
+                mc.frequency.as_millis(),
+                mc.drop_time.as_millis()
+            );
+            mcast = Some((sock, group, mc.frequency, move |alive_ms| {
+                record::encode(Kind::Heartbeat, &rec(alive_ms))
+            }));
+        }
+        let tick = (tick / 5).max(Duration::from_millis(5));
+        let det = DetectorConfig {
+            drop_time: ms.mcast.as_ref().map_or(Duration::MAX, |m| m.drop_time),
+            expiration_time: ms.expiration_time,
+            verify: ms.failure_detector,
+            domain: cfg.domain.clone(),
+        };
+        let mut state = MembershipState::new(det, local.id);
+        let statics = cfg.static_members.clone();
+        let (ping_every, st) = (ms.ping_interval, stats.clone());
+        let sink2 = sink.clone();
+        threads.push(spawn(
+            "tribecast-membership",
+            Box::new(move || {
+                let mut next_beat = Instant::now();
+                let mut next_tick = Instant::now() + tick;
+                let mut next_round = Instant::now();
+                let mut prober_busy = false;
+                loop {
+                    let now = Instant::now();
+                    let mut actions = Vec::new();
+                    if let Some((sock, group, freq, beat)) = &mcast {
+                        if now >= next_beat {
+                            let alive_ms = now.duration_since(started).as_millis() as u64;
+                            match sock.send_to(&beat(alive_ms), *group) {
+                                Ok(_) => {
+                                    st.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => warn!("Multicast heartbeat to {group} failed: {e}"),
+                            }
+                            next_beat = now + *freq;
+                        }
+                    }
+                    if now >= next_tick {
+                        actions.extend(state.tick(now));
+                        next_tick = now + tick;
+                    }
+                    if now >= next_round && !prober_busy {
+                        let members: Vec<Member> = state.members().cloned().collect();
+                        let absent = statics
+                            .iter()
+                            .filter(|s| !members.iter().any(|m| listed(s, m)))
+                            .cloned()
+                            .collect();
+                        prober_busy = jobs.try_send(Job::Round { members, absent }).is_ok();
+                        next_round = now + ping_every;
+                    }
+                    for a in actions.drain(..) {
+                        act(a, &mut state, &sink2, &jobs, &st);
+                    }
+                    let mut wake = next_tick.min(next_round);
+                    if mcast.is_some() {
+                        wake = wake.min(next_beat);
+                    }
+                    let ev = match events_rx
+                        .recv_timeout(wake.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(ev) => ev,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    };
+                    let now = Instant::now();
+                    let action = match ev {
+                        Event::Stop => return,
+                        Event::Heard(m, source) => state.heard(&m, source, now),
+                        Event::Left(id) => state.left(&id),
+                        Event::SendFailed(id, why) => state.send_failed(&id, &why),
+                        Event::Verified(id, alive, why) => state.verified(&id, alive, &why, now),
+                        Event::RoundDone => {
+                            prober_busy = false;
+                            None
+                        }
+                    };
+                    if let Some(a) = action {
+                        act(a, &mut state, &sink2, &jobs, &st);
+                    }
+                }
+            }),
+        )?);
+        let (ev, timeout, read_test) = (events.clone(), ms.connect_timeout, ms.perform_read_test);
+        threads.push(spawn(
+            "tribecast-prober",
+            Box::new(move || prober(jobs_rx, sink, ev, timeout, read_test)),
+        )?);
+        Ok(MembershipService {
+            events,
+            stop,
+            threads,
+            leave,
+            stats,
+        })
+    }
+
+    /// A sender for events from the channel (connections, leaves, failed sends).
+    pub fn events(&self) -> Sender<Event> {
+        self.events.clone()
+    }
+
+    /// Sends the leave datagram and joins the threads. Safe to call twice.
+    pub fn stop(&mut self) {
+        if let Some((sock, bytes, group)) = self.leave.take() {
+            if let Err(e) = sock.send_to(&bytes, group) {
+                warn!("Multicast leave datagram to {group} failed: {e}");
+            }
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self
+            .events
+            .send_timeout(Event::Stop, Duration::from_secs(1));
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                warn!("A membership thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for MembershipService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Queues an event without blocking; a full queue drops it (a later heartbeat or ping repeats
+/// what matters) and counts it.
+pub fn notify(events: &Sender<Event>, ev: Event, stats: Option<&MembershipStats>) {
+    if let Err(TrySendError::Full(_)) = events.try_send(ev) {
+        if let Some(st) = stats {
+            st.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn listed(s: &StaticMember, m: &Member) -> bool {
+    match s.unique_id {
+        Some(id) => id == m.id,
+        None => s.addr == m.addr,
+    }
+}
+
+fn act(
+    a: Action,
+    state: &mut MembershipState,
+    sink: &Arc<dyn Sink>,
+    jobs: &Sender<Job>,
+    st: &MembershipStats,
+) {
+    match a {
+        Action::Added(m) => sink.added(&m),
+        Action::Disappeared(m, why) => sink.gone(&m, &why),
+        Action::StillAlive(m) => info!("Verification complete. Member still alive [{m}]"),
+        Action::Verify(m) => {
+            st.verifications.fetch_add(1, Ordering::Relaxed);
+            debug!("Suspecting member [{m}]: verifying it over TCP");
+            if jobs.try_send(Job::Verify(m.clone())).is_err() {
+                // The prober is swamped: count it as a failed check rather than leave it hanging.
+                if let Some(a) =
+                    state.verified(&m.id, false, "verification queue full", Instant::now())
+                {
+                    act(a, state, sink, jobs, st);
+                }
+            }
+        }
+    }
+}
+
+fn prober(
+    jobs: Receiver<Job>,
+    sink: Arc<dyn Sink>,
+    events: Sender<Event>,
+    timeout: Duration,
+    read_test: bool,
+) {
+    for job in jobs {
+        match job {
+            Job::Verify(m) => {
+                let check = sink.probe(m.addr, timeout).and_then(|answered| {
+                    if answered.id != m.id {
+                        return Err(SendFailure::Protocol(format!(
+                            "another member answers there: {}",
+                            answered.id
+                        )));
+                    }
+                    if read_test {
+                        sink.ping(&m, true, timeout)?;
+                    }
+                    Ok(())
+                });
+                let (alive, why) = match check {
+                    Ok(()) => (true, String::new()),
+                    Err(e) => (false, e.to_string()),
+                };
+                notify(&events, Event::Verified(m.id, alive, why), None);
+            }
+            Job::Round { members, absent } => {
+                for m in members {
+                    match sink.ping(&m, false, timeout) {
+                        Ok(()) => notify(&events, Event::Heard(m, Source::Direct), None),
+                        Err(e) => {
+                            notify(&events, Event::SendFailed(m.id, format!("ping: {e}")), None)
+                        }
+                    }
+                }
+                for s in absent {
+                    match sink.probe(s.addr, timeout) {
+                        Ok(m) if s.unique_id.is_some_and(|id| id != m.id) => warn!(
+                            "Static member {} answered with id {}, not the configured {:?}; ignoring it",
+                            s.addr, m.id, s.unique_id
+                        ),
+                        Ok(m) => notify(&events, Event::Heard(m, Source::Direct), None),
+                        Err(e) => debug!("Static member {} not reachable: {e}", s.addr),
+                    }
+                }
+                notify(&events, Event::RoundDone, None);
+            }
+        }
+    }
+}
+
+fn mcast_rx(
+    sock: UdpSocket,
+    me: MemberId,
+    cluster: String,
+    events: Sender<Event>,
+    st: Arc<MembershipStats>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; record::MAX_DATAGRAM + 1];
+    let mut refused_since_warn = 0u64;
+    let mut last_warn: Option<Instant> = None;
+    let mut refuse = |why: String, from: SocketAddr| {
+        st.datagrams_refused.fetch_add(1, Ordering::Relaxed);
+        refused_since_warn += 1;
+        if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            warn!("Ignoring membership datagram from {from}: {why} ({refused_since_warn} ignored since the last warning)");
+            refused_since_warn = 0;
+            last_warn = Some(Instant::now());
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                warn!("Multicast receive failed: {e}");
+                continue;
+            }
+        };
+        let (kind, rec) = match record::decode(&buf[..n]) {
+            Ok(x) => x,
+            Err(e) => {
+                refuse(e.to_string(), from);
+                continue;
+            }
+        };
+        if rec.cluster != cluster || rec.member.id == me {
+            continue; // another cluster on the same group, or our own heartbeat looped back
+        }
+        // A record is only ever announced by its member: it must come from the member's host.
+        if rec.member.addr.ip() != from.ip() {
+            refuse(
+                format!("record of [{}] sent from another host", rec.member),
+                from,
+            );
+            continue;
+        }
+        st.heartbeats_received.fetch_add(1, Ordering::Relaxed);
+        let ev = match kind {
+            Kind::Heartbeat => Event::Heard(rec.member, Source::Multicast),
+            Kind::Leave => Event::Left(rec.member.id),
+        };
+        notify(&events, ev, Some(&st));
+    }
+}
