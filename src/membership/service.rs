@@ -174,14 +174,17 @@ impl MembershipService {
                         actions.extend(state.tick(now));
                         next_tick = now + tick;
                     }
-                    if now >= next_round && !prober_busy {
-                        let members: Vec<Member> = state.members().cloned().collect();
-                        let absent = statics
-                            .iter()
-                            .filter(|s| !members.iter().any(|m| listed(s, m)))
-                            .cloned()
-                            .collect();
-                        prober_busy = jobs.try_send(Job::Round { members, absent }).is_ok();
+                    if now >= next_round {
+                        // A round still running (a member slow to answer) makes this one skip.
+                        if !prober_busy {
+                            let members: Vec<Member> = state.members().cloned().collect();
+                            let absent = statics
+                                .iter()
+                                .filter(|s| !members.iter().any(|m| listed(s, m)))
+                                .cloned()
+                                .collect();
+                            prober_busy = jobs.try_send(Job::Round { members, absent }).is_ok();
+                        }
                         next_round = now + ping_every;
                     }
                     for a in actions.drain(..) {
