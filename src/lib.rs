@@ -10,6 +10,7 @@ pub mod member;
 #[doc(hidden)]
 pub mod membership;
 pub mod options;
+pub mod session;
 #[doc(hidden)]
 pub mod transport;
 #[doc(hidden)]

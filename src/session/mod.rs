@@ -1,0 +1,8 @@
+//! Sessions (Tomcat's `DeltaSession` and its id): the model the managers replicate. The
+//! managers themselves (DeltaManager, BackupManager) come next.
+
+pub mod id;
+pub mod model;
+
+pub use id::{SessionId, SessionIdError};
+pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};

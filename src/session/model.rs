@@ -1,0 +1,442 @@
+//! The session (Tomcat's `DeltaSession`): attributes as postcard bytes with typed access, the
+//! times that decide expiry, the authenticated principal, and a per-session version that orders
+//! replicated changes.
+//!
+//! The type system plays the role of `java.io.Serializable`: any `T: Serialize` can be stored,
+//! and `#[serde(skip)]` on a field is Java's `transient`. Every change made through this API is
+//! also recorded in the session's pending delta (Tomcat's `DeltaRequest`), which the manager
+//! takes at the end of the request and sends as one message.
+
+use super::id::SessionId;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// Default `max_inactive` (Tomcat's `<session-timeout>` 30 minutes).
+pub const DEFAULT_MAX_INACTIVE: Duration = Duration::from_secs(30 * 60);
+/// Longest attribute name accepted.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Why an attribute could not be stored or read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// The value could not be serialized.
+    Encode { name: String, reason: String },
+    /// The stored bytes are not a `T` (another type was stored under this name).
+    Decode { name: String, reason: String },
+    /// The name is empty or longer than `MAX_NAME_LEN`.
+    BadName(usize),
+    /// The session was invalidated.
+    Invalidated,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Encode { name, reason } => {
+                write!(f, "cannot serialize attribute '{name}': {reason}")
+            }
+            SessionError::Decode { name, reason } => write!(
+                f,
+                "attribute '{name}' is not of the requested type: {reason}"
+            ),
+            SessionError::BadName(n) => write!(
+                f,
+                "attribute name of {n} bytes (must be 1 to {MAX_NAME_LEN})"
+            ),
+            SessionError::Invalidated => write!(f, "session was invalidated"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// One change to a session, as replicated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeltaOp {
+    SetAttribute(String, Vec<u8>),
+    RemoveAttribute(String),
+    MaxInactive(u64),
+    /// Principal name and auth type (login, logout).
+    Principal(Option<String>, Option<String>),
+}
+
+impl DeltaOp {
+    /// Ops on the same key replace each other within one request (Tomcat's
+    /// `recordAllActions=false`): only the last set or remove of a name is sent.
+    fn key(&self) -> (u8, &str) {
+        match self {
+            DeltaOp::SetAttribute(n, _) | DeltaOp::RemoveAttribute(n) => (0, n),
+            DeltaOp::MaxInactive(_) => (1, ""),
+            DeltaOp::Principal(..) => (2, ""),
+        }
+    }
+}
+
+/// Everything replicated about a session (for CREATED and full state transfer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub id: SessionId,
+    pub attributes: BTreeMap<String, Vec<u8>>,
+    pub creation_ms: u64,
+    pub last_accessed_ms: u64,
+    /// 0: never expires.
+    pub max_inactive_ms: u64,
+    pub principal: Option<String>,
+    pub auth_type: Option<String>,
+    /// Changes applied so far; a replica applies a delta only on top of the version it was made
+    /// from.
+    pub version: u64,
+}
+
+/// What became of a replicated delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// Made from an older version than this copy has: a duplicate or an overtaken change.
+    Stale,
+    /// Made from a newer version than this copy has: changes are missing; ask for the session.
+    Gap,
+}
+
+/// A live session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    state: SessionState,
+    is_new: bool,
+    valid: bool,
+    pending: Vec<DeltaOp>,
+}
+
+impl Session {
+    /// A new session, created at `now_ms` (ms since the epoch).
+    pub fn new(id: SessionId, now_ms: u64, max_inactive: Duration) -> Session {
+        Session {
+            state: SessionState {
+                id,
+                attributes: BTreeMap::new(),
+                creation_ms: now_ms,
+                last_accessed_ms: now_ms,
+                max_inactive_ms: max_inactive.as_millis().min(u64::MAX as u128) as u64,
+                principal: None,
+                auth_type: None,
+                version: 0,
+            },
+            is_new: true,
+            valid: true,
+            pending: Vec::new(),
+        }
+    }
+
+    /// A replica made from replicated state.
+    pub fn from_state(state: SessionState) -> Session {
+        Session {
+            state,
+            is_new: false,
+            valid: true,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    pub fn id(&self) -> &SessionId {
+        &self.state.id
+    }
+
+    pub fn version(&self) -> u64 {
+        self.state.version
+    }
+
+    /// True until the client has sent the session's id back once.
+    pub fn is_new(&self) -> bool {
+        self.is_new
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.valid
+    }
+
+    pub fn creation_ms(&self) -> u64 {
+        self.state.creation_ms
+    }
+
+    pub fn last_accessed_ms(&self) -> u64 {
+        self.state.last_accessed_ms
+    }
+
+    pub fn max_inactive(&self) -> Duration {
+        Duration::from_millis(self.state.max_inactive_ms)
+    }
+
+    pub fn principal(&self) -> Option<&str> {
+        self.state.principal.as_deref()
+    }
+
+    pub fn auth_type(&self) -> Option<&str> {
+        self.state.auth_type.as_deref()
+    }
+
+    /// Whether the session has been idle longer than its max inactive interval at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.state.max_inactive_ms > 0
+            && now_ms.saturating_sub(self.state.last_accessed_ms) > self.state.max_inactive_ms
+    }
+
+    /// Records a request's access (not a replicated change by itself).
+    pub fn access(&mut self, now_ms: u64) {
+        self.state.last_accessed_ms = self.state.last_accessed_ms.max(now_ms);
+    }
+
+    /// The client came back with the id: the session is no longer new.
+    pub fn mark_not_new(&mut self) {
+        self.is_new = false;
+    }
+
+    fn check(&self, name: &str) -> Result<(), SessionError> {
+        if !self.valid {
+            return Err(SessionError::Invalidated);
+        }
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(SessionError::BadName(name.len()));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, op: DeltaOp) {
+        let key = op.key();
+        if let Some(i) = self.pending.iter().position(|p| p.key() == key) {
+            self.pending.remove(i);
+        }
+        self.pending.push(op);
+    }
+
+    /// Stores `value` under `name`.
+    pub fn set<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), SessionError> {
+        self.check(name)?;
+        let bytes = postcard::to_stdvec(value).map_err(|e| SessionError::Encode {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
+        self.state
+            .attributes
+            .insert(name.to_string(), bytes.clone());
+        self.record(DeltaOp::SetAttribute(name.to_string(), bytes));
+        Ok(())
+    }
+
+    /// The value under `name`, if any, as a `T`.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, SessionError> {
+        if !self.valid {
+            return Err(SessionError::Invalidated);
+        }
+        self.state
+            .attributes
+            .get(name)
+            .map(|b| {
+                // Exactly one value: bytes left over mean another type was stored. (postcard
+                // is not self-describing, so not every mismatch can be caught.)
+                crate::wire::decode_body(b).map_err(|e| SessionError::Decode {
+                    name: name.into(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<(), SessionError> {
+        self.check(name)?;
+        if self.state.attributes.remove(name).is_some() {
+            self.record(DeltaOp::RemoveAttribute(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
+        self.state.attributes.keys().map(String::as_str)
+    }
+
+    pub fn set_max_inactive(&mut self, d: Duration) {
+        let ms = d.as_millis().min(u64::MAX as u128) as u64;
+        if ms != self.state.max_inactive_ms {
+            self.state.max_inactive_ms = ms;
+            self.record(DeltaOp::MaxInactive(ms));
+        }
+    }
+
+    /// Sets (login) or clears (logout) the authenticated principal.
+    pub fn set_principal(&mut self, principal: Option<&str>, auth_type: Option<&str>) {
+        self.state.principal = principal.map(str::to_string);
+        self.state.auth_type = auth_type.map(str::to_string);
+        self.record(DeltaOp::Principal(
+            self.state.principal.clone(),
+            self.state.auth_type.clone(),
+        ));
+    }
+
+    /// Ends the session: every later use fails with `Invalidated`.
+    pub fn invalidate(&mut self) {
+        self.valid = false;
+        self.pending.clear();
+    }
+
+    /// Whether changes wait to be replicated.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Takes the changes made since the last call, bumping the version: returns the version the
+    /// changes apply to, the new version and the changes. `None` when nothing changed.
+    pub fn take_delta(&mut self) -> Option<(u64, u64, Vec<DeltaOp>)> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let base = self.state.version;
+        self.state.version += 1;
+        Some((base, self.state.version, std::mem::take(&mut self.pending)))
+    }
+
+    /// Applies a replicated delta made from version `base` (giving `version`), if this copy is
+    /// at `base`; a stale or duplicate delta changes nothing.
+    pub fn apply_delta(&mut self, base: u64, version: u64, ops: &[DeltaOp]) -> Applied {
+        if base < self.state.version || version <= self.state.version {
+            return Applied::Stale;
+        }
+        if base > self.state.version {
+            return Applied::Gap;
+        }
+        for op in ops {
+            match op {
+                DeltaOp::SetAttribute(n, v) => {
+                    self.state.attributes.insert(n.clone(), v.clone());
+                }
+                DeltaOp::RemoveAttribute(n) => {
+                    self.state.attributes.remove(n);
+                }
+                DeltaOp::MaxInactive(ms) => self.state.max_inactive_ms = *ms,
+                DeltaOp::Principal(p, a) => {
+                    self.state.principal = p.clone();
+                    self.state.auth_type = a.clone();
+                }
+            }
+        }
+        self.state.version = version;
+        Applied::Applied
+    }
+
+    /// Replaces the id (fixation protection after login); the caller re-keys its map.
+    pub fn change_id(&mut self, new: SessionId) -> SessionId {
+        std::mem::replace(&mut self.state.id, new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct User {
+        id: u64,
+        name: String,
+        #[serde(skip)]
+        cache: Vec<u8>, // transient: not stored, not replicated
+    }
+
+    fn session() -> Session {
+        Session::new(
+            SessionId::generate("n1").unwrap(),
+            1_000,
+            DEFAULT_MAX_INACTIVE,
+        )
+    }
+
+    #[test]
+    fn typed_attributes_round_trip_and_transient_fields_are_not_stored() {
+        let mut s = session();
+        s.set(
+            "user",
+            &User {
+                id: 7,
+                name: "ann".into(),
+                cache: vec![1, 2, 3],
+            },
+        )
+        .unwrap();
+        let u: User = s.get("user").unwrap().unwrap();
+        assert_eq!((u.id, u.name.as_str(), u.cache.len()), (7, "ann", 0));
+        assert_eq!(s.get::<User>("nobody").unwrap(), None);
+        s.set("n", &300u32).unwrap();
+        assert!(matches!(
+            s.get::<String>("n"),
+            Err(SessionError::Decode { .. })
+        ));
+        assert!(
+            matches!(s.get::<u8>("n"), Err(SessionError::Decode { .. })),
+            "bytes left over"
+        );
+        assert_eq!(s.set("", &1u8), Err(SessionError::BadName(0)));
+    }
+
+    #[test]
+    fn a_request_sends_only_the_last_change_per_name_and_bumps_the_version() {
+        let mut s = session();
+        s.set("a", &1u32).unwrap();
+        s.set("a", &2u32).unwrap();
+        s.set("b", &3u32).unwrap();
+        s.remove("b").unwrap();
+        s.set_principal(Some("ann"), Some("FORM"));
+        let (base, version, ops) = s.take_delta().unwrap();
+        assert_eq!((base, version), (0, 1));
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert!(s.take_delta().is_none());
+        let mut replica = Session::from_state(SessionState {
+            version: 0,
+            attributes: BTreeMap::new(),
+            ..s.state().clone()
+        });
+        assert_eq!(replica.apply_delta(base, version, &ops), Applied::Applied);
+        assert_eq!(replica.get::<u32>("a").unwrap(), Some(2));
+        assert_eq!(replica.get::<u32>("b").unwrap(), None);
+        assert_eq!(replica.principal(), Some("ann"));
+        // A duplicate, and an overtaken change, change nothing.
+        assert_eq!(
+            replica.apply_delta(base, version, &[DeltaOp::SetAttribute("a".into(), vec![9])]),
+            Applied::Stale
+        );
+        assert_eq!(replica.get::<u32>("a").unwrap(), Some(2));
+        // A change made on a version this copy has not seen yet is a gap.
+        assert_eq!(replica.apply_delta(5, 6, &[]), Applied::Gap);
+    }
+
+    #[test]
+    fn expiry_and_invalidation() {
+        let mut s = Session::new(SessionId::generate("").unwrap(), 0, Duration::from_secs(10));
+        assert!(!s.is_expired(10_000));
+        assert!(s.is_expired(10_001));
+        s.access(5_000);
+        assert!(!s.is_expired(15_000));
+        s.set_max_inactive(Duration::ZERO);
+        assert!(!s.is_expired(u64::MAX), "0 never expires");
+        s.invalidate();
+        assert_eq!(s.set("a", &1u8), Err(SessionError::Invalidated));
+        assert_eq!(s.get::<u8>("a"), Err(SessionError::Invalidated));
+    }
+
+    #[test]
+    fn change_id_keeps_the_state() {
+        let mut s = session();
+        s.set("k", &1u8).unwrap();
+        let old = s.change_id(SessionId::generate("n2").unwrap());
+        assert_ne!(&old, s.id());
+        assert_eq!(s.get::<u8>("k").unwrap(), Some(1));
+    }
+}
