@@ -3,6 +3,8 @@
 
 pub mod id;
 pub mod model;
+pub mod replica;
 
 pub use id::{SessionId, SessionIdError};
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
+pub use replica::{Outcome, ReplicaStore, SessionMessage};

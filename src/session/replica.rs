@@ -1,0 +1,411 @@
+//! The replicated session store of one application on one node, pure: the messages the
+//! DeltaManager exchanges (Tomcat's `SessionMessage` types) and the rules that apply them, with
+//! per-session versions so a duplicate, a stale or a reordered message never changes a session,
+//! and a missing change makes this node ask for the whole session again.
+//!
+//! Where Tomcat is weak (tribes-inventory §7): its DELTA for an unknown session is dropped
+//! silently and its dispatch threads can reorder CREATED and DELTA; here an unknown or skipped-
+//! over session is asked for again (`Outcome::Resync`), and an expired session leaves a
+//! tombstone so that a late CREATED or DELTA cannot bring it back.
+
+use super::id::SessionId;
+use super::model::{Applied, DeltaOp, Session, SessionState};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// What the managers of one application say to each other (Tomcat's `SessionMessage` events).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionMessage {
+    /// EVT_SESSION_CREATED: the whole new session.
+    Created(SessionState),
+    /// EVT_SESSION_DELTA: a request's changes, made on version `base`, giving `version`.
+    Delta {
+        id: SessionId,
+        base: u64,
+        version: u64,
+        ops: Vec<DeltaOp>,
+        last_accessed_ms: u64,
+    },
+    /// EVT_SESSION_ACCESSED: only the access time moved (sent throttled).
+    Accessed {
+        id: SessionId,
+        last_accessed_ms: u64,
+    },
+    /// EVT_SESSION_EXPIRED: expired or invalidated, everywhere.
+    Expired { id: SessionId },
+    /// EVT_CHANGE_SESSION_ID: the session now has a new id (fixation protection).
+    ChangeId { old: SessionId, new: SessionId },
+    /// Ask the sender for one session's whole state (after a gap).
+    GetSession { id: SessionId },
+    /// The answer to `GetSession`, or a session sent during state transfer.
+    State(SessionState),
+    /// EVT_GET_ALL_SESSIONS: a joining member asks for every session.
+    GetAllSessions,
+    /// EVT_ALL_SESSION_DATA: one bounded chunk of the state transfer (`sendAllSessionsSize`).
+    AllSessions {
+        states: Vec<SessionState>,
+        last: bool,
+    },
+    /// EVT_ALL_SESSION_NOCONTEXTMANAGER: the member has no such application.
+    NoContextManager,
+}
+
+/// What applying a message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Nothing changed: a duplicate, a stale message, or one about a session that has ended.
+    Ignored(&'static str),
+    /// A change is missing for this session: ask the sender for it (`GetSession`).
+    Resync(SessionId),
+}
+
+/// Sessions of one application, as replicated to this node.
+pub struct ReplicaStore {
+    sessions: HashMap<SessionId, Session>,
+    /// Ended sessions, remembered so that a late message cannot bring one back. Bounded: the
+    /// oldest are forgotten first.
+    tombstones: HashMap<SessionId, ()>,
+    tombstone_order: VecDeque<SessionId>,
+    max_tombstones: usize,
+}
+
+impl ReplicaStore {
+    pub fn new(max_tombstones: usize) -> ReplicaStore {
+        ReplicaStore {
+            sessions: HashMap::new(),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
+            max_tombstones: max_tombstones.max(1),
+        }
+    }
+
+    pub fn get(&self, id: &SessionId) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
+        self.sessions.get_mut(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &SessionId> {
+        self.sessions.keys()
+    }
+
+    /// Adds a session made on this node.
+    pub fn insert_local(&mut self, s: Session) {
+        self.sessions.insert(s.id().clone(), s);
+    }
+
+    /// Ends a session on this node (invalidated or expired); returns it if it was here.
+    pub fn end(&mut self, id: &SessionId) -> Option<Session> {
+        let s = self.sessions.remove(id);
+        self.bury(id.clone());
+        s
+    }
+
+    fn bury(&mut self, id: SessionId) {
+        if self.tombstones.insert(id.clone(), ()).is_none() {
+            self.tombstone_order.push_back(id);
+            if self.tombstone_order.len() > self.max_tombstones {
+                if let Some(old) = self.tombstone_order.pop_front() {
+                    self.tombstones.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn is_ended(&self, id: &SessionId) -> bool {
+        self.tombstones.contains_key(id)
+    }
+
+    /// Sessions idle past their max inactive interval at `now_ms` (for the reaper).
+    pub fn expired(&self, now_ms: u64) -> Vec<SessionId> {
+        self.sessions
+            .values()
+            .filter(|s| s.is_expired(now_ms))
+            .map(|s| s.id().clone())
+            .collect()
+    }
+
+    /// Every session's state, in chunks of at most `chunk` (state transfer).
+    pub fn snapshot_chunks(&self, chunk: usize) -> Vec<Vec<SessionState>> {
+        let states: Vec<SessionState> = self.sessions.values().map(|s| s.state().clone()).collect();
+        if states.is_empty() {
+            return vec![Vec::new()];
+        }
+        states
+            .chunks(chunk.max(1))
+            .map(<[SessionState]>::to_vec)
+            .collect()
+    }
+
+    /// Takes a whole session state if it is newer than this copy.
+    fn adopt(&mut self, state: &SessionState) -> Outcome {
+        if self.is_ended(&state.id) {
+            return Outcome::Ignored("session has ended");
+        }
+        match self.sessions.get(&state.id) {
+            Some(s) if s.version() >= state.version => Outcome::Ignored("not newer than this copy"),
+            _ => {
+                self.sessions
+                    .insert(state.id.clone(), Session::from_state(state.clone()));
+                Outcome::Applied
+            }
+        }
+    }
+
+    /// Applies a message from another member.
+    pub fn apply(&mut self, msg: &SessionMessage) -> Outcome {
+        match msg {
+            SessionMessage::Created(state) | SessionMessage::State(state) => self.adopt(state),
+            SessionMessage::AllSessions { states, .. } => {
+                let mut applied = false;
+                for st in states {
+                    applied |= self.adopt(st) == Outcome::Applied;
+                }
+                if applied {
+                    Outcome::Applied
+                } else {
+                    Outcome::Ignored("no newer session in the chunk")
+                }
+            }
+            SessionMessage::Delta {
+                id,
+                base,
+                version,
+                ops,
+                last_accessed_ms,
+            } => {
+                if self.is_ended(id) {
+                    return Outcome::Ignored("session has ended");
+                }
+                let Some(s) = self.sessions.get_mut(id) else {
+                    return Outcome::Resync(id.clone());
+                };
+                match s.apply_delta(*base, *version, ops) {
+                    Applied::Applied => {
+                        s.access(*last_accessed_ms);
+                        Outcome::Applied
+                    }
+                    Applied::Stale => Outcome::Ignored("stale or duplicate change"),
+                    Applied::Gap => Outcome::Resync(id.clone()),
+                }
+            }
+            SessionMessage::Accessed {
+                id,
+                last_accessed_ms,
+            } => match self.sessions.get_mut(id) {
+                // Access times only move forward, so order does not matter.
+                Some(s) => {
+                    s.access(*last_accessed_ms);
+                    Outcome::Applied
+                }
+                None => Outcome::Ignored("unknown session"),
+            },
+            SessionMessage::Expired { id } => {
+                let had = self.sessions.contains_key(id);
+                self.end(id);
+                if had {
+                    Outcome::Applied
+                } else {
+                    Outcome::Ignored("unknown session")
+                }
+            }
+            SessionMessage::ChangeId { old, new } => match self.sessions.remove(old) {
+                Some(mut s) => {
+                    s.change_id(new.clone());
+                    self.bury(old.clone());
+                    self.sessions.insert(new.clone(), s);
+                    Outcome::Applied
+                }
+                None if self.sessions.contains_key(new) => {
+                    Outcome::Ignored("duplicate change of id")
+                }
+                None => Outcome::Resync(new.clone()),
+            },
+            SessionMessage::GetSession { .. }
+            | SessionMessage::GetAllSessions
+            | SessionMessage::NoContextManager => Outcome::Ignored("a request, not a change"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::model::DEFAULT_MAX_INACTIVE;
+
+    /// A primary session and the messages its requests produce.
+    fn primary() -> Session {
+        Session::new(
+            SessionId::generate("n1").unwrap(),
+            1_000,
+            DEFAULT_MAX_INACTIVE,
+        )
+    }
+
+    fn delta(s: &mut Session) -> SessionMessage {
+        let (base, version, ops) = s.take_delta().unwrap();
+        SessionMessage::Delta {
+            id: s.id().clone(),
+            base,
+            version,
+            ops,
+            last_accessed_ms: s.last_accessed_ms(),
+        }
+    }
+
+    #[test]
+    fn created_then_deltas_in_order_apply() {
+        let mut p = primary();
+        let mut r = ReplicaStore::new(100);
+        assert_eq!(
+            r.apply(&SessionMessage::Created(p.state().clone())),
+            Outcome::Applied
+        );
+        p.set("user", &"ann").unwrap();
+        assert_eq!(r.apply(&delta(&mut p)), Outcome::Applied);
+        p.set("count", &2u32).unwrap();
+        assert_eq!(r.apply(&delta(&mut p)), Outcome::Applied);
+        let copy = r.get(p.id()).unwrap();
+        assert_eq!(copy.get::<String>("user").unwrap().as_deref(), Some("ann"));
+        assert_eq!(copy.get::<u32>("count").unwrap(), Some(2));
+        assert_eq!(copy.version(), p.version());
+    }
+
+    #[test]
+    fn reordered_and_duplicated_messages_never_leave_a_stale_attribute() {
+        let mut p = primary();
+        let created = SessionMessage::Created(p.state().clone());
+        p.set("a", &1u32).unwrap();
+        let d1 = delta(&mut p);
+        p.set("a", &2u32).unwrap();
+        let d2 = delta(&mut p);
+        let mut r = ReplicaStore::new(100);
+        // DELTA before CREATED (Tomcat's async reordering): asks for the session.
+        assert_eq!(r.apply(&d1), Outcome::Resync(p.id().clone()));
+        assert_eq!(r.apply(&created), Outcome::Applied);
+        // d2 before d1: a gap, asks again; then the answer brings the latest state.
+        assert_eq!(r.apply(&d2), Outcome::Resync(p.id().clone()));
+        assert_eq!(
+            r.apply(&SessionMessage::State(p.state().clone())),
+            Outcome::Applied
+        );
+        // The late d1 and duplicates of everything change nothing.
+        assert!(matches!(r.apply(&d1), Outcome::Ignored(_)));
+        assert!(matches!(r.apply(&d2), Outcome::Ignored(_)));
+        assert!(matches!(r.apply(&created), Outcome::Ignored(_)));
+        assert_eq!(r.get(p.id()).unwrap().get::<u32>("a").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn an_ended_session_cannot_come_back() {
+        let mut p = primary();
+        let created = SessionMessage::Created(p.state().clone());
+        p.set("a", &1u32).unwrap();
+        let d1 = delta(&mut p);
+        let mut r = ReplicaStore::new(100);
+        r.apply(&created);
+        assert_eq!(
+            r.apply(&SessionMessage::Expired { id: p.id().clone() }),
+            Outcome::Applied
+        );
+        assert!(matches!(r.apply(&created), Outcome::Ignored(_)));
+        assert!(matches!(r.apply(&d1), Outcome::Ignored(_)));
+        assert!(
+            matches!(
+                r.apply(&SessionMessage::Expired { id: p.id().clone() }),
+                Outcome::Ignored(_)
+            ),
+            "expiry happens once"
+        );
+        assert!(r.get(p.id()).is_none());
+    }
+
+    #[test]
+    fn change_of_id_moves_the_session_and_buries_the_old_id() {
+        let mut p = primary();
+        let mut r = ReplicaStore::new(100);
+        r.apply(&SessionMessage::Created(p.state().clone()));
+        let new = SessionId::generate("n1").unwrap();
+        let old = p.change_id(new.clone());
+        let msg = SessionMessage::ChangeId {
+            old: old.clone(),
+            new: new.clone(),
+        };
+        assert_eq!(r.apply(&msg), Outcome::Applied);
+        assert!(r.get(&old).is_none() && r.get(&new).is_some());
+        assert!(matches!(r.apply(&msg), Outcome::Ignored(_)));
+        assert!(matches!(
+            r.apply(&SessionMessage::Created(SessionState {
+                id: old.clone(),
+                ..p.state().clone()
+            })),
+            Outcome::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn state_transfer_chunks_and_tombstones_are_bounded() {
+        let mut src = ReplicaStore::new(100);
+        for _ in 0..2500 {
+            src.insert_local(primary());
+        }
+        let chunks = src.snapshot_chunks(1000);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1000, 1000, 500]
+        );
+        let mut joiner = ReplicaStore::new(100);
+        for (i, states) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            joiner.apply(&SessionMessage::AllSessions {
+                states: states.clone(),
+                last,
+            });
+        }
+        assert_eq!(joiner.len(), 2500);
+        let ids: Vec<SessionId> = joiner.ids().cloned().collect();
+        for id in &ids {
+            joiner.end(id);
+        }
+        assert_eq!(joiner.tombstones.len(), 100);
+        assert_eq!(
+            ReplicaStore::new(5).snapshot_chunks(1000),
+            vec![Vec::<SessionState>::new()]
+        );
+    }
+
+    #[test]
+    fn expiry_and_access() {
+        let mut r = ReplicaStore::new(10);
+        let p = Session::new(
+            SessionId::generate("").unwrap(),
+            0,
+            std::time::Duration::from_secs(1),
+        );
+        r.apply(&SessionMessage::Created(p.state().clone()));
+        assert!(r.expired(1_000).is_empty());
+        assert_eq!(r.expired(1_001), vec![p.id().clone()]);
+        r.apply(&SessionMessage::Accessed {
+            id: p.id().clone(),
+            last_accessed_ms: 900,
+        });
+        assert!(r.expired(1_500).is_empty());
+        // An older access time arriving late does not move it back.
+        r.apply(&SessionMessage::Accessed {
+            id: p.id().clone(),
+            last_accessed_ms: 100,
+        });
+        assert!(r.expired(1_500).is_empty());
+    }
+}
