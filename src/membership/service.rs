@@ -97,13 +97,17 @@ impl MembershipService {
         let mut leave = None;
         if let Some(mc) = &ms.mcast {
             tick = tick.min(mc.frequency);
-            let sock = super::mcast::open(mc, mc.frequency.min(Duration::from_millis(100)))
-                .map_err(|e| {
-                    ChannelError::Io(std::io::Error::new(
-                        e.kind(),
-                        format!("multicast {}:{}: {e}", mc.address, mc.port),
-                    ))
-                })?;
+            let sock = super::mcast::open(
+                mc,
+                local.addr.ip(),
+                mc.frequency.min(Duration::from_millis(100)),
+            )
+            .map_err(|e| {
+                ChannelError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("multicast {}:{}: {e}", mc.address, mc.port),
+                ))
+            })?;
             let group = super::mcast::group(mc);
             let rx_sock = sock.try_clone().map_err(ChannelError::Io)?;
             let (cluster, me) = (cfg.cluster_name.clone(), local.clone());

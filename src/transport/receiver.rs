@@ -611,8 +611,11 @@ impl EventLoop {
                 debug!("Connection from {} is member [{m}]", c.shared.peer_addr);
                 mb.peer = Some(m.clone());
                 mb.key = key;
-                mb.items.push_back(Item::Hello(m));
-                schedule = true;
+                // The goodbye connection of a leaving member must not announce it again.
+                if key.is_some_and(|k| k.lane != super::sender::LEAVE_LANE) {
+                    mb.items.push_back(Item::Hello(m));
+                    schedule = true;
+                }
             }
             if let (Some(first), Some(last)) = (out.deliveries.first(), out.deliveries.last()) {
                 let (data, base) = if last.end - first.start < HANDOFF_MIN {

@@ -34,6 +34,11 @@ pub struct SenderStats {
 
 /// First lane id of asynchronous lanes; pooled lanes count up from 1.
 const ASYNC_LANES: u32 = 1 << 31;
+/// Lane id of a probe connection (handshake only).
+pub const PROBE_LANE: u32 = u32::MAX;
+/// Lane id of the connection that only says goodbye; its handshake does not announce the
+/// member (which is leaving) to the receiver's membership.
+pub const LEAVE_LANE: u32 = u32::MAX - 1;
 
 pub fn frame_flags(opts: SendOptions) -> u16 {
     let mut f = 0;
@@ -163,7 +168,7 @@ impl PooledParallelSender {
             addr,
             domain: String::new(),
         };
-        let mut lane = Lane::new(u32::MAX);
+        let mut lane = Lane::new(PROBE_LANE);
         let deadline = Instant::now() + timeout;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         lane.connect(&placeholder, &self.id, deadline, timeout)
@@ -417,7 +422,7 @@ impl PooledParallelSender {
     pub fn leave(&self, members: &[Member]) {
         let timeout = Duration::from_millis(500).min(self.cfg.timeout);
         for m in members {
-            let mut lane = Lane::new(u32::MAX - 1);
+            let mut lane = Lane::new(LEAVE_LANE);
             let deadline = Instant::now() + timeout;
             if lane.connect(m, &self.id, deadline, timeout).is_ok() {
                 lane.send_leave(deadline, timeout);
