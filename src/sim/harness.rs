@@ -28,6 +28,8 @@ pub trait Node: Sized {
     fn on_closed(&mut self, conn: ConnId, why: CloseReason, ctx: &mut Ctx<'_>);
     /// A timer set with [`Ctx::set_timer`] fired.
     fn on_timer(&mut self, _token: u64, _ctx: &mut Ctx<'_>) {}
+    /// A datagram sent by `from` with [`Ctx::multicast`] arrived.
+    fn on_datagram(&mut self, _from: NodeId, _bytes: &[u8], _ctx: &mut Ctx<'_>) {}
     /// The node as it comes back after a crash: what a real process would find again
     /// (configuration, identity) kept, everything held in memory fresh.
     fn restarted(&self, rng: &mut SimRng) -> Self;
@@ -39,6 +41,7 @@ enum Action {
     Send { conn: ConnId, bytes: Vec<u8> },
     Close { conn: ConnId },
     Timer { after: Duration, token: u64 },
+    Multicast { bytes: Vec<u8> },
 }
 
 /// A node's view of the world during one call.
@@ -92,6 +95,12 @@ impl Ctx<'_> {
     pub fn set_timer(&mut self, after: Duration, token: u64) {
         self.actions.push(Action::Timer { after, token });
     }
+
+    /// Sends a datagram to every other node (multicast). Each copy is lost or delayed on its
+    /// own (see [`Faults`]); nodes that are down or partitioned from this one get nothing.
+    pub fn multicast(&mut self, bytes: Vec<u8>) {
+        self.actions.push(Action::Multicast { bytes });
+    }
 }
 
 /// A fault injected at a chosen time.
@@ -107,7 +116,12 @@ pub enum Fault {
     /// Partitions the node from every other node.
     Isolate(NodeId),
     Heal(NodeId, NodeId),
+    /// Heals every partition and unmutes every node.
     HealAll,
+    /// Every datagram the node sends is lost (its multicast is blocked); its connections, and
+    /// the datagrams it receives, are unaffected.
+    MuteDatagrams(NodeId),
+    UnmuteDatagrams(NodeId),
 }
 
 type Call<N> = Box<dyn FnOnce(&mut N, &mut Ctx<'_>)>;
@@ -138,6 +152,14 @@ enum Event<N> {
         f: Call<N>,
     },
     Fault(Fault),
+    /// `epoch` is the receiver's, when the datagram was sent: a receiver that crashed meanwhile
+    /// does not get it.
+    Datagram {
+        from: NodeId,
+        to: NodeId,
+        epoch: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 struct Scheduled<N> {
@@ -185,6 +207,10 @@ pub struct Sim<N: Node> {
     conns: BTreeMap<ConnId, Conn>,
     /// Pairs `(low, high)` that cannot reach each other.
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes whose datagrams are all lost.
+    muted: BTreeSet<NodeId>,
+    /// Datagram copies lost in a row, per (sender, receiver).
+    lost_in_a_row: BTreeMap<(NodeId, NodeId), u32>,
     queue: BinaryHeap<Scheduled<N>>,
     next_seq: u64,
     next_conn: u64,
@@ -205,6 +231,8 @@ impl<N: Node> Sim<N> {
             nodes: Vec::new(),
             conns: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            muted: BTreeSet::new(),
+            lost_in_a_row: BTreeMap::new(),
             queue: BinaryHeap::new(),
             next_seq: 0,
             next_conn: 0,
@@ -275,6 +303,10 @@ impl<N: Node> Sim<N> {
         self.nodes.get(id.0).is_some_and(|s| s.up)
     }
 
+    /// Whether `a` could connect to `b` now: `b` is up and no partition separates them.
+    pub fn can_reach(&self, a: NodeId, b: NodeId) -> bool {
+        self.is_up(b) && !self.is_blocked(a, b)
+    }
     /// Runs `f` on the node now, as an application call would (nothing happens if it is down).
     pub fn call(&mut self, id: NodeId, f: impl FnOnce(&mut N, &mut Ctx<'_>)) {
         self.with_node(id, f);
@@ -370,6 +402,18 @@ impl<N: Node> Sim<N> {
             Event::Fault(fault) => {
                 self.trace.write_u8(6);
                 self.apply_fault(fault);
+            }
+            Event::Datagram {
+                from,
+                to,
+                epoch,
+                bytes,
+            } => {
+                self.trace.write_u8(7);
+                self.trace.write_usize(from.0);
+                self.trace.write_usize(to.0);
+                self.trace.write(&bytes);
+                self.deliver_datagram(from, to, epoch, &bytes);
             }
         }
         self.check_invariants();
@@ -512,7 +556,62 @@ impl<N: Node> Sim<N> {
                     },
                 );
             }
+            Action::Multicast { bytes } => {
+                let dests: Vec<NodeId> = self.node_ids().filter(|n| *n != me).collect();
+                for to in dests {
+                    self.send_datagram(me, to, &bytes);
+                }
+            }
         }
+    }
+
+    /// One copy of a datagram: dropped by faults, lost at random, or scheduled.
+    fn send_datagram(&mut self, from: NodeId, to: NodeId, bytes: &[u8]) {
+        if to == from || !self.is_up(to) || self.is_blocked(from, to) || self.muted.contains(&from)
+        {
+            self.stats.datagrams_blocked += 1;
+            return;
+        }
+        self.stats.datagrams_sent += 1;
+        let run = self.lost_in_a_row.entry((from, to)).or_default();
+        let may_lose = self
+            .faults
+            .datagram_max_lost_in_a_row
+            .is_none_or(|max| *run < max);
+        if may_lose && self.faults.datagram_loss > 0.0 && self.rng.chance(self.faults.datagram_loss)
+        {
+            *self.lost_in_a_row.entry((from, to)).or_default() += 1;
+            self.stats.datagrams_lost += 1;
+            return;
+        }
+        self.lost_in_a_row.insert((from, to), 0);
+        let (lo, hi) = self.faults.datagram_latency;
+        let delay = self.rng.duration_between(lo, hi);
+        let epoch = self.nodes[to.0].epoch;
+        self.schedule_in(
+            delay,
+            Event::Datagram {
+                from,
+                to,
+                epoch,
+                bytes: bytes.to_vec(),
+            },
+        );
+    }
+
+    /// A datagram arrives, unless its receiver crashed since it was sent or a partition came
+    /// between them meanwhile.
+    fn deliver_datagram(&mut self, from: NodeId, to: NodeId, epoch: u64, bytes: &[u8]) {
+        let alive = self
+            .nodes
+            .get(to.0)
+            .is_some_and(|s| s.up && s.epoch == epoch);
+        if !alive || self.is_blocked(from, to) {
+            self.stats.datagrams_blocked += 1;
+            return;
+        }
+        self.stats.datagrams_delivered += 1;
+        self.with_node(to, |n, ctx| n.on_datagram(from, bytes, ctx));
     }
 
     /// Makes sure a delivery is queued for a pipe that has something to deliver.
@@ -570,6 +669,9 @@ impl<N: Node> Sim<N> {
         if !self.is_up(to) || self.is_blocked(from, to) {
             self.conns.remove(&conn);
             self.stats.connect_failures += 1;
+            if self.is_up(to) && self.faults.partitioned_connects_hang {
+                return; // silence: the connecting node's own timeout must notice
+            }
             self.with_node(from, |n, ctx| {
                 n.on_closed(conn, CloseReason::ConnectFailed, ctx)
             });
@@ -699,7 +801,16 @@ impl<N: Node> Sim<N> {
             Fault::Heal(a, b) => {
                 self.blocked.remove(&(a.min(b), a.max(b)));
             }
-            Fault::HealAll => self.blocked.clear(),
+            Fault::HealAll => {
+                self.blocked.clear();
+                self.muted.clear();
+            }
+            Fault::MuteDatagrams(n) => {
+                self.muted.insert(n);
+            }
+            Fault::UnmuteDatagrams(n) => {
+                self.muted.remove(&n);
+            }
         }
     }
 

@@ -4,9 +4,12 @@
 //!
 //! - [`harness`]: [`Sim`], the [`Node`] trait that protocol cores implement to be simulated, the
 //!   [`Ctx`] they act through, and [`Fault`]s.
-//! - [`net`]: connections (FIFO byte pipes cut into random chunks) and the fault knobs.
+//! - [`net`]: connections (FIFO byte pipes cut into random chunks), datagrams (lost and
+//!   reordered at random) and the fault knobs.
 //! - [`rng`]: the seeded generator.
 //! - `lane_*`: the transport's lanes (sender and receiver of data frames) as a simulated member.
+//! - `membership_*`: the membership detector with heartbeat datagrams, pings and verification
+//!   as a simulated member.
 //!
 //! A failing run prints its seed; `TRIBECAST_SIM_SEED=<seed> cargo test --lib sim` reruns the
 //! seeded tests with that seed only.
@@ -15,6 +18,7 @@ pub mod harness;
 pub mod lane_node;
 pub mod lane_rx;
 pub mod lane_tx;
+pub mod membership_node;
 pub mod net;
 pub mod rng;
 
@@ -22,6 +26,8 @@ pub mod rng;
 mod harness_tests;
 #[cfg(test)]
 mod lane_tests;
+#[cfg(test)]
+mod membership_tests;
 
 pub use harness::{Ctx, Fault, Node, Sim};
 pub use net::{CloseReason, ConnId, Faults, NetStats, NodeId};

@@ -4,6 +4,10 @@
 //! arrive split anywhere, as from a real socket). A reset drops every byte in flight in both
 //! directions, and each end hears of it after a delay. TCP does not lose bytes without breaking
 //! the connection, so "loss" on a connection is a reset.
+//!
+//! Datagrams (multicast heartbeats) are another matter: each copy to each receiver is lost on
+//! its own with probability `datagram_loss`, arrives after its own random delay (so datagrams
+//! can overtake each other), and never breaks anything.
 
 use super::rng::SimRng;
 use std::collections::VecDeque;
@@ -48,6 +52,17 @@ pub struct Faults {
     pub max_chunk: usize,
     /// Probability that a chunk, instead of arriving, resets its connection.
     pub reset_per_chunk: f64,
+    /// Delay of each datagram copy (min, max).
+    pub datagram_latency: (Duration, Duration),
+    /// Probability that one copy of a datagram (one sender, one receiver) is lost.
+    pub datagram_loss: f64,
+    /// At most this many copies in a row from one sender to one receiver are lost at random;
+    /// the next one arrives. `None`: losses are independent, runs of any length.
+    pub datagram_max_lost_in_a_row: Option<u32>,
+    /// A connect across a partition gets no answer at all (a firewall dropping packets)
+    /// instead of failing: the connecting node hears nothing and must time out by itself.
+    /// Connects to a node that is down still fail (the host answers with a reset).
+    pub partitioned_connects_hang: bool,
 }
 
 impl Default for Faults {
@@ -57,6 +72,10 @@ impl Default for Faults {
             connect_delay: (Duration::from_micros(100), Duration::from_millis(1)),
             max_chunk: 64 * 1024,
             reset_per_chunk: 0.0,
+            datagram_latency: (Duration::from_micros(50), Duration::from_millis(1)),
+            datagram_loss: 0.0,
+            datagram_max_lost_in_a_row: None,
+            partitioned_connects_hang: false,
         }
     }
 }
@@ -66,6 +85,14 @@ impl Faults {
     pub fn with_resets(reset_per_chunk: f64) -> Faults {
         Faults {
             reset_per_chunk,
+            ..Faults::default()
+        }
+    }
+
+    /// Default latencies, each datagram copy lost independently with probability `loss`.
+    pub fn with_datagram_loss(loss: f64) -> Faults {
+        Faults {
+            datagram_loss: loss,
             ..Faults::default()
         }
     }
@@ -81,6 +108,13 @@ pub struct NetStats {
     pub resets: u64,
     pub crashes: u64,
     pub restarts: u64,
+    /// Datagram copies handed to the network (one per receiver that was up and reachable).
+    pub datagrams_sent: u64,
+    /// Copies lost at random (`datagram_loss`).
+    pub datagrams_lost: u64,
+    /// Copies dropped by a fault: the sender muted, the receiver down or partitioned away.
+    pub datagrams_blocked: u64,
+    pub datagrams_delivered: u64,
 }
 
 /// One direction of a connection.
