@@ -147,6 +147,7 @@ impl MembershipService {
             expiration_time: ms.expiration_time,
             verify: ms.failure_detector,
             domain: cfg.domain.clone(),
+            leave_grace: ms.connect_timeout,
         };
         let mut state = MembershipState::new(det, local.id);
         let statics = cfg.static_members.clone();
@@ -209,7 +210,7 @@ impl MembershipService {
                     let action = match ev {
                         Event::Stop => return,
                         Event::Heard(m, source) => state.heard(&m, source, now),
-                        Event::Left(id) => state.left(&id),
+                        Event::Left(id) => state.left(&id, now),
                         Event::SendFailed(id, why) => state.send_failed(&id, &why),
                         Event::Verified(id, alive, why) => state.verified(&id, alive, &why, now),
                         Event::RoundDone => {

@@ -43,6 +43,10 @@ pub struct DetectorConfig {
     pub verify: bool,
     /// Members of another domain are ignored (empty: accept any).
     pub domain: String,
+    /// After a member leaves, what is heard of it for this long is ignored: a heartbeat sent
+    /// just before its leave datagram may arrive after it, and a ping may complete while it
+    /// stops. (Tribes re-adds it.) A member restarting with the same id rejoins after this.
+    pub leave_grace: Duration,
 }
 
 struct Entry {
@@ -57,6 +61,8 @@ pub struct MembershipState {
     cfg: DetectorConfig,
     local: MemberId,
     members: BTreeMap<MemberId, Entry>,
+    /// Members that left, and when; forgotten after `leave_grace`.
+    left: BTreeMap<MemberId, Instant>,
 }
 
 impl MembershipState {
@@ -65,6 +71,7 @@ impl MembershipState {
             cfg,
             local,
             members: BTreeMap::new(),
+            left: BTreeMap::new(),
         }
     }
 
@@ -82,6 +89,12 @@ impl MembershipState {
     pub fn heard(&mut self, m: &Member, source: Source, now: Instant) -> Option<Action> {
         if m.id == self.local || (!self.cfg.domain.is_empty() && m.domain != self.cfg.domain) {
             return None;
+        }
+        if let Some(&t) = self.left.get(&m.id) {
+            if now.saturating_duration_since(t) < self.cfg.leave_grace {
+                return None; // an echo of a member that has just left
+            }
+            self.left.remove(&m.id);
         }
         match self.members.get_mut(&m.id) {
             Some(e) => {
@@ -107,8 +120,12 @@ impl MembershipState {
         }
     }
 
-    /// The member said it leaves: gone at once, no verification.
-    pub fn left(&mut self, id: &MemberId) -> Option<Action> {
+    /// The member said it leaves: gone at once, no verification, and deaf to its echoes for
+    /// `leave_grace`.
+    pub fn left(&mut self, id: &MemberId, now: Instant) -> Option<Action> {
+        if *id != self.local {
+            self.left.insert(*id, now);
+        }
         self.members
             .remove(id)
             .map(|e| Action::Disappeared(e.member, "it left the group".into()))
@@ -130,6 +147,9 @@ impl MembershipState {
 
     /// Expiry: members silent past their time are verified (or dropped without verification).
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let grace = self.cfg.leave_grace;
+        self.left
+            .retain(|_, t| now.saturating_duration_since(*t) < grace);
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for (id, e) in self.members.iter_mut() {
@@ -207,6 +227,7 @@ mod tests {
             expiration_time: Duration::from_millis(5000),
             verify,
             domain: String::new(),
+            leave_grace: Duration::from_millis(1000),
         };
         MembershipState::new(cfg, MemberId([0; 16]))
     }
@@ -301,8 +322,26 @@ mod tests {
             "ourselves"
         );
         s.heard(&m(1), Source::Multicast, t0);
-        assert!(matches!(s.left(&m(1).id), Some(Action::Disappeared(..))));
-        assert_eq!(s.left(&m(1).id), None);
+        assert!(matches!(
+            s.left(&m(1).id, t0),
+            Some(Action::Disappeared(..))
+        ));
+        assert_eq!(s.left(&m(1).id, t0), None);
+        // A heartbeat overtaken by the leave, or a late ping answer, does not bring it back ...
+        assert_eq!(
+            s.heard(&m(1), Source::Multicast, t0 + Duration::from_millis(20)),
+            None
+        );
+        assert_eq!(
+            s.heard(&m(1), Source::Direct, t0 + Duration::from_millis(999)),
+            None
+        );
+        // ... but a member that restarts with the same id rejoins after the grace.
+        assert!(s.tick(t0 + Duration::from_millis(1001)).is_empty());
+        assert_eq!(
+            s.heard(&m(1), Source::Multicast, t0 + Duration::from_millis(1001)),
+            Some(Action::Added(m(1)))
+        );
         let mut s = MembershipState::new(
             DetectorConfig {
                 domain: "a".into(),

@@ -102,6 +102,7 @@ impl MembershipSimConfig {
             expiration_time: self.expiration_time,
             verify: self.verify,
             domain: self.domain.clone(),
+            leave_grace: self.connect_timeout,
         }
     }
 }
@@ -718,7 +719,7 @@ impl MembershipNode {
             self.act(a, ctx);
         }
         if let (true, Some(id)) = (out.leave, peer) {
-            let a = self.state.left(&id);
+            let a = self.state.left(&id, now);
             self.act(a, ctx);
         }
     }
@@ -854,7 +855,7 @@ impl Node for MembershipNode {
             }
             Kind::Leave => {
                 self.journal.leaves_received += 1;
-                self.state.left(&rec.member.id)
+                self.state.left(&rec.member.id, now)
             }
         };
         self.act(a, ctx);
