@@ -1,10 +1,12 @@
 //! Sessions (Tomcat's `DeltaSession` and its id): the model the managers replicate. The
 //! managers themselves (DeltaManager, BackupManager) come next.
 
+pub mod delta;
 pub mod id;
 pub mod model;
 pub mod replica;
 
+pub use delta::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
 pub use id::{SessionId, SessionIdError};
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
 pub use replica::{Outcome, ReplicaStore, SessionMessage};

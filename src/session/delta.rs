@@ -1,0 +1,538 @@
+//! The DeltaManager's decisions for one application on one node, pure (Tomcat's
+//! `DeltaManager`, `DeltaRequest` handling, `ClusterSessionListener` for its context): local
+//! requests and messages from other members in, with `now`; messages to send and events for the
+//! application's listeners out.
+//!
+//! Every change goes to every member. A session created and changed in the same request goes
+//! out as one CREATED carrying the changes, so no replica ever sees its attributes missing (the
+//! race Tomcat's asynchronous dispatch has between CREATED and DELTA). Replicas apply changes
+//! by version ([`ReplicaStore`]); a missing change makes them ask the sender for the session.
+
+use super::id::{SessionId, SessionIdError};
+use super::model::{Session, SessionState};
+use super::replica::{Outcome, ReplicaStore, SessionMessage};
+use crate::member::MemberId;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Settings of a DeltaManager (Tomcat's `<Manager className="…DeltaManager">` attributes).
+#[derive(Clone, Debug)]
+pub struct DeltaConfig {
+    /// Default max inactive interval of new sessions (`<session-timeout>`, 30 min).
+    pub max_inactive: Duration,
+    /// Sessions per state-transfer chunk (`sendAllSessionsSize`, 1000).
+    pub send_all_sessions_size: usize,
+    /// Ended session ids remembered so a late message cannot revive one. Default 100,000.
+    pub max_tombstones: usize,
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        DeltaConfig {
+            max_inactive: Duration::from_secs(30 * 60),
+            send_all_sessions_size: 1000,
+            max_tombstones: 100_000,
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dest {
+    All,
+    Member(MemberId),
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Out {
+    pub dest: Dest,
+    pub msg: SessionMessage,
+}
+
+/// What the application's listeners hear (when `notify_listeners_on_replication` allows it for
+/// replicated changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    Created(SessionId),
+    Destroyed(SessionId),
+    IdChanged { old: SessionId, new: SessionId },
+}
+
+struct Meta {
+    /// This node served the session's last request: it expires it on time and tells the others.
+    primary_here: bool,
+    /// Last access time sent to the others.
+    replicated_access_ms: u64,
+}
+
+/// The sessions of one application on this node and the rules that keep them replicated.
+pub struct DeltaCore {
+    cfg: DeltaConfig,
+    route: String,
+    store: ReplicaStore,
+    meta: std::collections::HashMap<SessionId, Meta>,
+    /// Created here and not yet announced: the request that created them has not ended.
+    unannounced: HashSet<SessionId>,
+    /// State transfer done (or not needed).
+    ready: bool,
+}
+
+impl DeltaCore {
+    pub fn new(cfg: DeltaConfig, route: &str) -> DeltaCore {
+        let store = ReplicaStore::new(cfg.max_tombstones);
+        DeltaCore {
+            cfg,
+            route: route.to_string(),
+            store,
+            meta: Default::default(),
+            unannounced: HashSet::new(),
+            ready: true,
+        }
+    }
+
+    pub fn store(&self) -> &ReplicaStore {
+        &self.store
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Asks `donor` for every session (on start, when other members exist).
+    pub fn begin_state_transfer(&mut self, donor: MemberId) -> Out {
+        self.ready = false;
+        Out {
+            dest: Dest::Member(donor),
+            msg: SessionMessage::GetAllSessions,
+        }
+    }
+
+    /// Gives up waiting for the state transfer (timeout, or the donor has no such application).
+    pub fn end_state_transfer(&mut self) {
+        self.ready = true;
+    }
+
+    /// A new session, announced to the others when its request ends.
+    pub fn create(&mut self, now_ms: u64) -> Result<SessionId, SessionIdError> {
+        let id = SessionId::generate(&self.route)?;
+        self.store
+            .insert_local(Session::new(id.clone(), now_ms, self.cfg.max_inactive));
+        self.unannounced.insert(id.clone());
+        self.meta.insert(
+            id.clone(),
+            Meta {
+                primary_here: true,
+                replicated_access_ms: now_ms,
+            },
+        );
+        Ok(id)
+    }
+
+    pub fn session(&self, id: &SessionId) -> Option<&Session> {
+        self.store.get(id).filter(|s| s.is_valid())
+    }
+
+    pub fn session_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
+        self.store.get_mut(id).filter(|s| s.is_valid())
+    }
+
+    /// The end of a request that used session `id`: what to tell the others. A session created
+    /// by this request goes out whole (with what the request stored in it); otherwise its
+    /// changes as one DELTA; otherwise, if the others' access time is getting old (or another
+    /// node served it last), an ACCESSED.
+    pub fn end_request(&mut self, id: &SessionId, now_ms: u64) -> Vec<Out> {
+        let Some(s) = self.store.get_mut(id).filter(|s| s.is_valid()) else {
+            return Vec::new();
+        };
+        s.access(now_ms);
+        s.mark_not_new();
+        let meta = self.meta.entry(id.clone()).or_insert(Meta {
+            primary_here: false,
+            replicated_access_ms: 0,
+        });
+        let was_primary = std::mem::replace(&mut meta.primary_here, true);
+        let msg = if self.unannounced.remove(id) {
+            // Changes made before the announcement are part of the state it carries.
+            let _ = s.take_delta();
+            Some(SessionMessage::Created(s.state().clone()))
+        } else if let Some((base, version, ops)) = s.take_delta() {
+            Some(SessionMessage::Delta {
+                id: id.clone(),
+                base,
+                version,
+                ops,
+                last_accessed_ms: s.last_accessed_ms(),
+            })
+        } else {
+            let throttle = s.max_inactive().as_millis() as u64 / 2;
+            let stale = now_ms.saturating_sub(meta.replicated_access_ms) >= throttle;
+            (!was_primary || stale).then(|| SessionMessage::Accessed {
+                id: id.clone(),
+                last_accessed_ms: s.last_accessed_ms(),
+            })
+        };
+        match msg {
+            Some(msg) => {
+                meta.replicated_access_ms = now_ms;
+                vec![Out {
+                    dest: Dest::All,
+                    msg,
+                }]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Ends a session everywhere (invalidate).
+    pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
+        self.meta.remove(id);
+        let announced = !self.unannounced.remove(id);
+        match self.store.end(id) {
+            Some(_) if announced => (
+                vec![Out {
+                    dest: Dest::All,
+                    msg: SessionMessage::Expired { id: id.clone() },
+                }],
+                vec![SessionEvent::Destroyed(id.clone())],
+            ),
+            Some(_) => (Vec::new(), vec![SessionEvent::Destroyed(id.clone())]),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Gives session `old` a new id (after login), everywhere.
+    pub fn change_id(
+        &mut self,
+        old: &SessionId,
+    ) -> Result<(SessionId, Vec<Out>, Vec<SessionEvent>), SessionIdError> {
+        let new = SessionId::generate(&self.route)?;
+        let Some(mut s) = self.store.end(old) else {
+            return Ok((old.clone(), Vec::new(), Vec::new()));
+        };
+        s.change_id(new.clone());
+        self.store.insert_local(s);
+        if let Some(m) = self.meta.remove(old) {
+            self.meta.insert(new.clone(), m);
+        }
+        let ev = vec![SessionEvent::IdChanged {
+            old: old.clone(),
+            new: new.clone(),
+        }];
+        if self.unannounced.remove(old) {
+            self.unannounced.insert(new.clone());
+            return Ok((new, Vec::new(), ev));
+        }
+        Ok((
+            new.clone(),
+            vec![Out {
+                dest: Dest::All,
+                msg: SessionMessage::ChangeId {
+                    old: old.clone(),
+                    new,
+                },
+            }],
+            ev,
+        ))
+    }
+
+    /// The reaper: sessions this node served last expire at their max inactive interval and
+    /// the others are told; copies served elsewhere expire here only at twice that, in case
+    /// their primary died before telling.
+    pub fn expire(&mut self, now_ms: u64) -> (Vec<Out>, Vec<SessionEvent>) {
+        let mut outs = Vec::new();
+        let mut events = Vec::new();
+        let due: Vec<SessionId> = self
+            .store
+            .ids()
+            .filter(|id| {
+                let Some(s) = self.store.get(id) else {
+                    return false;
+                };
+                let primary = self.meta.get(*id).is_some_and(|m| m.primary_here);
+                let idle = now_ms.saturating_sub(s.last_accessed_ms());
+                let max = s.max_inactive().as_millis() as u64;
+                max > 0
+                    && if primary {
+                        idle > max
+                    } else {
+                        idle > max.saturating_mul(2)
+                    }
+            })
+            .cloned()
+            .collect();
+        for id in due {
+            let (o, e) = self.invalidate(&id);
+            outs.extend(o);
+            events.extend(e);
+        }
+        (outs, events)
+    }
+
+    /// A message from member `from`.
+    pub fn handle(
+        &mut self,
+        from: MemberId,
+        msg: &SessionMessage,
+    ) -> (Vec<Out>, Vec<SessionEvent>) {
+        let reply = |msg| {
+            vec![Out {
+                dest: Dest::Member(from),
+                msg,
+            }]
+        };
+        match msg {
+            SessionMessage::GetSession { id } => {
+                match self.store.get(id).filter(|s| s.is_valid()) {
+                    Some(s) if !self.unannounced.contains(id) => {
+                        (reply(SessionMessage::State(s.state().clone())), Vec::new())
+                    }
+                    _ => (
+                        reply(SessionMessage::Expired { id: id.clone() }),
+                        Vec::new(),
+                    ),
+                }
+            }
+            SessionMessage::GetAllSessions => {
+                let chunks = self.snapshot_chunks();
+                let n = chunks.len();
+                let outs = chunks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, states)| Out {
+                        dest: Dest::Member(from),
+                        msg: SessionMessage::AllSessions {
+                            states,
+                            last: i + 1 == n,
+                        },
+                    })
+                    .collect();
+                (outs, Vec::new())
+            }
+            SessionMessage::NoContextManager => {
+                self.ready = true;
+                (Vec::new(), Vec::new())
+            }
+            _ => self.apply_remote(from, msg),
+        }
+    }
+
+    fn snapshot_chunks(&self) -> Vec<Vec<SessionState>> {
+        let states: Vec<SessionState> = self
+            .store
+            .ids()
+            .filter(|id| !self.unannounced.contains(*id))
+            .filter_map(|id| self.store.get(id))
+            .filter(|s| s.is_valid())
+            .map(|s| s.state().clone())
+            .collect();
+        if states.is_empty() {
+            return vec![Vec::new()];
+        }
+        states
+            .chunks(self.cfg.send_all_sessions_size.max(1))
+            .map(<[SessionState]>::to_vec)
+            .collect()
+    }
+
+    fn apply_remote(
+        &mut self,
+        from: MemberId,
+        msg: &SessionMessage,
+    ) -> (Vec<Out>, Vec<SessionEvent>) {
+        let mut events = Vec::new();
+        let existed = |c: &DeltaCore, id: &SessionId| c.store.get(id).is_some();
+        let before: Vec<(SessionId, bool)> = match msg {
+            SessionMessage::Created(st) | SessionMessage::State(st) => {
+                vec![(st.id.clone(), existed(self, &st.id))]
+            }
+            SessionMessage::AllSessions { states, .. } => states
+                .iter()
+                .map(|st| (st.id.clone(), existed(self, &st.id)))
+                .collect(),
+            SessionMessage::Expired { id } => vec![(id.clone(), existed(self, id))],
+            _ => Vec::new(),
+        };
+        let outcome = self.store.apply(msg);
+        match (&outcome, msg) {
+            (_, SessionMessage::AllSessions { last: true, .. }) => self.ready = true,
+            (Outcome::Applied, SessionMessage::Expired { id }) => {
+                self.meta.remove(id);
+                events.push(SessionEvent::Destroyed(id.clone()));
+            }
+            (Outcome::Applied, SessionMessage::ChangeId { old, new }) => {
+                if let Some(m) = self.meta.remove(old) {
+                    self.meta.insert(new.clone(), m);
+                }
+                events.push(SessionEvent::IdChanged {
+                    old: old.clone(),
+                    new: new.clone(),
+                });
+            }
+            _ => {}
+        }
+        for (id, had) in before {
+            if !had && self.store.get(&id).is_some() {
+                events.push(SessionEvent::Created(id.clone()));
+            }
+        }
+        // Another node served this session: it is no longer primary here.
+        match msg {
+            SessionMessage::Delta { id, .. } | SessionMessage::Accessed { id, .. } => {
+                if let Some(m) = self.meta.get_mut(id) {
+                    m.primary_here = false;
+                }
+            }
+            SessionMessage::Created(st) | SessionMessage::State(st) => {
+                self.meta.entry(st.id.clone()).or_insert(Meta {
+                    primary_here: false,
+                    replicated_access_ms: 0,
+                });
+            }
+            _ => {}
+        }
+        let outs = match outcome {
+            Outcome::Resync(id) => vec![Out {
+                dest: Dest::Member(from),
+                msg: SessionMessage::GetSession { id },
+            }],
+            _ => Vec::new(),
+        };
+        (outs, events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: MemberId = MemberId([1; 16]);
+    const B: MemberId = MemberId([2; 16]);
+
+    fn deliver(outs: Vec<Out>, from: MemberId, to: &mut DeltaCore) -> Vec<Out> {
+        outs.into_iter()
+            .flat_map(|o| to.handle(from, &o.msg).0)
+            .collect()
+    }
+
+    #[test]
+    fn a_session_created_and_changed_in_one_request_arrives_whole() {
+        let (mut a, mut b) = (
+            DeltaCore::new(DeltaConfig::default(), "a"),
+            DeltaCore::new(DeltaConfig::default(), "b"),
+        );
+        let id = a.create(1_000).unwrap();
+        a.session_mut(&id).unwrap().set("user", &"ann").unwrap();
+        let outs = a.end_request(&id, 1_000);
+        assert!(matches!(
+            outs.as_slice(),
+            [Out {
+                dest: Dest::All,
+                msg: SessionMessage::Created(_)
+            }]
+        ));
+        assert!(deliver(outs, A, &mut b).is_empty());
+        assert_eq!(
+            b.session(&id)
+                .unwrap()
+                .get::<String>("user")
+                .unwrap()
+                .as_deref(),
+            Some("ann")
+        );
+        // The next request's change is a delta, applied in order.
+        a.session_mut(&id).unwrap().set("n", &1u32).unwrap();
+        deliver(a.end_request(&id, 2_000), A, &mut b);
+        assert_eq!(b.session(&id).unwrap().get::<u32>("n").unwrap(), Some(1));
+        // Nothing changed, primary here, access fresh: nothing to send.
+        assert!(a.end_request(&id, 3_000).is_empty());
+    }
+
+    #[test]
+    fn a_gap_asks_the_sender_for_the_session() {
+        let (mut a, mut b) = (
+            DeltaCore::new(DeltaConfig::default(), "a"),
+            DeltaCore::new(DeltaConfig::default(), "b"),
+        );
+        let id = a.create(0).unwrap();
+        deliver(a.end_request(&id, 0), A, &mut b);
+        a.session_mut(&id).unwrap().set("x", &1u8).unwrap();
+        let _lost = a.end_request(&id, 1);
+        a.session_mut(&id).unwrap().set("y", &2u8).unwrap();
+        let resync = deliver(a.end_request(&id, 2), A, &mut b);
+        assert_eq!(
+            resync,
+            vec![Out {
+                dest: Dest::Member(A),
+                msg: SessionMessage::GetSession { id: id.clone() }
+            }]
+        );
+        let answer = deliver(resync, B, &mut a);
+        deliver(answer, A, &mut b);
+        let s = b.session(&id).unwrap();
+        assert_eq!(
+            (s.get::<u8>("x").unwrap(), s.get::<u8>("y").unwrap()),
+            (Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn invalidation_and_expiry_happen_once_everywhere() {
+        let (mut a, mut b) = (
+            DeltaCore::new(DeltaConfig::default(), "a"),
+            DeltaCore::new(DeltaConfig::default(), "b"),
+        );
+        let id = a.create(0).unwrap();
+        a.session_mut(&id)
+            .unwrap()
+            .set_max_inactive(Duration::from_secs(10));
+        deliver(a.end_request(&id, 0), A, &mut b);
+        // b holds a copy served elsewhere: it waits twice as long.
+        assert!(b.expire(10_001).0.is_empty());
+        let (outs, events) = a.expire(10_001);
+        assert_eq!(events, vec![SessionEvent::Destroyed(id.clone())]);
+        let (_, b_events) = b.handle(A, &outs[0].msg);
+        assert_eq!(b_events, vec![SessionEvent::Destroyed(id.clone())]);
+        assert!(b.session(&id).is_none());
+        // Again: nothing, on either side.
+        assert!(a.expire(20_002).1.is_empty() && b.handle(A, &outs[0].msg).1.is_empty());
+    }
+
+    #[test]
+    fn state_transfer_in_chunks_makes_a_joiner_ready() {
+        let cfg = DeltaConfig {
+            send_all_sessions_size: 10,
+            ..DeltaConfig::default()
+        };
+        let mut a = DeltaCore::new(cfg.clone(), "a");
+        for i in 0..25 {
+            let id = a.create(i).unwrap();
+            a.end_request(&id, i);
+        }
+        let mut b = DeltaCore::new(cfg, "b");
+        let ask = b.begin_state_transfer(A);
+        assert!(!b.is_ready());
+        let chunks = deliver(vec![ask], B, &mut a);
+        assert_eq!(chunks.len(), 3);
+        for c in chunks {
+            b.handle(A, &c.msg);
+        }
+        assert!(b.is_ready());
+        assert_eq!(b.store().len(), 25);
+    }
+
+    #[test]
+    fn change_of_id_reaches_the_replicas() {
+        let (mut a, mut b) = (
+            DeltaCore::new(DeltaConfig::default(), "a"),
+            DeltaCore::new(DeltaConfig::default(), "b"),
+        );
+        let id = a.create(0).unwrap();
+        a.session_mut(&id).unwrap().set("k", &7u8).unwrap();
+        deliver(a.end_request(&id, 0), A, &mut b);
+        let (new, outs, _) = a.change_id(&id).unwrap();
+        deliver(outs, A, &mut b);
+        assert!(b.session(&id).is_none());
+        assert_eq!(b.session(&new).unwrap().get::<u8>("k").unwrap(), Some(7));
+    }
+}
