@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod interceptor;
@@ -17,6 +18,7 @@ pub mod transport;
 pub mod wire;
 
 pub use channel::{ChannelBuilder, ChannelListener, GroupChannel, MembershipListener};
+pub use cluster::{ClusterConfig, ManagerConfig, SimpleTcpCluster};
 pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
@@ -27,5 +29,6 @@ pub use interceptor::{
 };
 pub use member::{Member, MemberId};
 pub use options::SendOptions;
+pub use session::{DeltaManager, Request, Session, SessionEvent, SessionId, SessionListener};
 #[cfg(test)]
 mod sim;

@@ -9,7 +9,7 @@
 //! by version ([`ReplicaStore`]); a missing change makes them ask the sender for the session.
 
 use super::id::{SessionId, SessionIdError};
-use super::model::{Session, SessionState};
+use super::model::{DeltaOp, Session, SessionState};
 use super::replica::{Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
 use std::collections::HashSet;
@@ -56,7 +56,24 @@ pub struct Out {
 pub enum SessionEvent {
     Created(SessionId),
     Destroyed(SessionId),
-    IdChanged { old: SessionId, new: SessionId },
+    IdChanged {
+        old: SessionId,
+        new: SessionId,
+    },
+    /// An attribute was added, replaced or removed by a change from another member.
+    Attribute {
+        id: SessionId,
+        name: String,
+        change: AttributeChange,
+    },
+}
+
+/// What happened to an attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttributeChange {
+    Added,
+    Replaced,
+    Removed,
 }
 
 struct Meta {
@@ -106,6 +123,11 @@ impl DeltaCore {
             dest: Dest::Member(donor),
             msg: SessionMessage::GetAllSessions,
         }
+    }
+
+    /// Not ready until a member is found and asked, or none is found in time.
+    pub fn expect_members(&mut self) {
+        self.ready = false;
     }
 
     /// Gives up waiting for the state transfer (timeout, or the donor has no such application).
@@ -353,7 +375,35 @@ impl DeltaCore {
             SessionMessage::Expired { id } => vec![(id.clone(), existed(self, id))],
             _ => Vec::new(),
         };
+        // Attribute events of a delta, decided against the copy before it changes.
+        let attr_events: Vec<SessionEvent> = match msg {
+            SessionMessage::Delta { id, ops, .. } => self.store.get(id).map_or(Vec::new(), |s| {
+                ops.iter()
+                    .filter_map(|op| {
+                        let (name, change) = match op {
+                            DeltaOp::SetAttribute(n, _) if s.state().attributes.contains_key(n) => {
+                                (n, AttributeChange::Replaced)
+                            }
+                            DeltaOp::SetAttribute(n, _) => (n, AttributeChange::Added),
+                            DeltaOp::RemoveAttribute(n) if s.state().attributes.contains_key(n) => {
+                                (n, AttributeChange::Removed)
+                            }
+                            _ => return None,
+                        };
+                        Some(SessionEvent::Attribute {
+                            id: id.clone(),
+                            name: name.clone(),
+                            change,
+                        })
+                    })
+                    .collect()
+            }),
+            _ => Vec::new(),
+        };
         let outcome = self.store.apply(msg);
+        if outcome == Outcome::Applied {
+            events.extend(attr_events);
+        }
         match (&outcome, msg) {
             (_, SessionMessage::AllSessions { last: true, .. }) => self.ready = true,
             (Outcome::Applied, SessionMessage::Expired { id }) => {
@@ -442,8 +492,16 @@ mod tests {
         );
         // The next request's change is a delta, applied in order.
         a.session_mut(&id).unwrap().set("n", &1u32).unwrap();
-        deliver(a.end_request(&id, 2_000), A, &mut b);
+        let (_, events) = b.handle(A, &a.end_request(&id, 2_000)[0].msg);
         assert_eq!(b.session(&id).unwrap().get::<u32>("n").unwrap(), Some(1));
+        assert_eq!(
+            events,
+            vec![SessionEvent::Attribute {
+                id: id.clone(),
+                name: "n".into(),
+                change: AttributeChange::Added
+            }]
+        );
         // Nothing changed, primary here, access fresh: nothing to send.
         assert!(a.end_request(&id, 3_000).is_empty());
     }

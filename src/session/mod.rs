@@ -3,10 +3,12 @@
 
 pub mod delta;
 pub mod id;
+pub mod manager;
 pub mod model;
 pub mod replica;
 
-pub use delta::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
+pub use delta::{AttributeChange, DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
 pub use id::{SessionId, SessionIdError};
+pub use manager::{DeltaManager, ManagerError, Request, SessionListener};
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
 pub use replica::{Outcome, ReplicaStore, SessionMessage};

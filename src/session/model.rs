@@ -288,6 +288,33 @@ impl Session {
         self.pending.clear();
     }
 
+    /// Takes the changes recorded since the last call, without touching the version: a
+    /// request's working copy hands them to the stored session this way.
+    pub fn take_pending(&mut self) -> Vec<DeltaOp> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Applies changes made elsewhere on this node (a request's working copy) as local changes:
+    /// the state takes them and they are recorded for replication.
+    pub fn record_ops(&mut self, ops: Vec<DeltaOp>) {
+        for op in ops {
+            match &op {
+                DeltaOp::SetAttribute(n, v) => {
+                    self.state.attributes.insert(n.clone(), v.clone());
+                }
+                DeltaOp::RemoveAttribute(n) => {
+                    self.state.attributes.remove(n);
+                }
+                DeltaOp::MaxInactive(ms) => self.state.max_inactive_ms = *ms,
+                DeltaOp::Principal(p, a) => {
+                    self.state.principal = p.clone();
+                    self.state.auth_type = a.clone();
+                }
+            }
+            self.record(op);
+        }
+    }
+
     /// Whether changes wait to be replicated.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -429,6 +456,18 @@ mod tests {
         s.invalidate();
         assert_eq!(s.set("a", &1u8), Err(SessionError::Invalidated));
         assert_eq!(s.get::<u8>("a"), Err(SessionError::Invalidated));
+    }
+
+    #[test]
+    fn a_working_copy_hands_its_changes_to_the_stored_session() {
+        let mut stored = session();
+        let mut copy = stored.clone();
+        copy.set("a", &1u8).unwrap();
+        copy.remove("missing").unwrap();
+        stored.record_ops(copy.take_pending());
+        assert_eq!(stored.get::<u8>("a").unwrap(), Some(1));
+        let (_, _, ops) = stored.take_delta().unwrap();
+        assert_eq!(ops, vec![DeltaOp::SetAttribute("a".into(), vec![1])]);
     }
 
     #[test]

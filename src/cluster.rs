@@ -1,0 +1,375 @@
+//! The cluster (Tomcat's `SimpleTcpCluster` with its `ClusterSessionListener` and
+//! `ReplicationValve` filter): one object the application starts and stops, owning the channel
+//! and a DeltaManager per distributable application, and routing each session message to the
+//! manager of its application.
+
+use crate::channel::{ChannelListener, GroupChannel, MembershipListener};
+use crate::config::ChannelConfig;
+use crate::error::{ChannelError, ConfigError};
+use crate::interceptor::ChannelMessage;
+use crate::member::{Member, MemberId};
+use crate::options::SendOptions;
+use crate::session::manager::DeltaManager;
+use crate::session::replica::SessionMessage;
+use crate::wire::{decode_body, encode_body};
+use log::{info, warn};
+use parking_lot::{Mutex, RwLock};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Settings of the session managers (Tomcat's `<Manager>` attributes).
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// Max inactive interval of new sessions (`<session-timeout>`, 30 min).
+    pub max_inactive: Duration,
+    /// Period of the expiry check (Tomcat: `processExpiresFrequency` 6 × background delay
+    /// 10 s = 60 s).
+    pub expire_frequency: Duration,
+    /// How long a starting manager waits for the sessions of an existing member
+    /// (`stateTransferTimeout`, 60 s).
+    pub state_transfer_timeout: Duration,
+    /// Sessions per state-transfer chunk (`sendAllSessionsSize`, 1000).
+    pub send_all_sessions_size: usize,
+    /// End every session everywhere when this node stops (`expireSessionsOnShutdown`, false:
+    /// the other members keep them).
+    pub expire_sessions_on_shutdown: bool,
+    /// Tell the application's listeners about changes made on other members
+    /// (`notifyListenersOnReplication`, true).
+    pub notify_listeners_on_replication: bool,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            max_inactive: Duration::from_secs(30 * 60),
+            expire_frequency: Duration::from_secs(60),
+            state_transfer_timeout: Duration::from_secs(60),
+            send_all_sessions_size: 1000,
+            expire_sessions_on_shutdown: false,
+            notify_listeners_on_replication: true,
+        }
+    }
+}
+
+/// Everything a [`SimpleTcpCluster`] needs.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub channel: ChannelConfig,
+    /// This node's jvmRoute: the suffix of the session ids it makes, and its member name.
+    pub jvm_route: String,
+    /// How session changes are sent (Tomcat: `channelSendOptions`, 8 asynchronous).
+    pub channel_send_options: SendOptions,
+    pub manager: ManagerConfig,
+    /// URIs not replicated (Tomcat's `ReplicationValve` `filter`): semicolon-separated regular
+    /// expressions, each matched against the whole URI, e.g. `.*\.gif;.*\.js;.*\.css`.
+    pub valve_filter: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            channel: ChannelConfig::default(),
+            jvm_route: String::new(),
+            channel_send_options: SendOptions::ASYNCHRONOUS,
+            manager: ManagerConfig::default(),
+            valve_filter: String::new(),
+        }
+    }
+}
+
+/// Compiles Tomcat's filter list into one anchored regex (`None` for an empty list).
+pub fn compile_filter(filter: &str) -> Result<Option<Regex>, ConfigError> {
+    let parts: Vec<&str> = filter
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    for p in &parts {
+        Regex::new(p).map_err(|e| ConfigError {
+            key: "valve_filter",
+            reason: format!("'{p}': {e}"),
+        })?;
+    }
+    let joined = format!(
+        "^(?:{})$",
+        parts
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    Regex::new(&joined).map(Some).map_err(|e| ConfigError {
+        key: "valve_filter",
+        reason: e.to_string(),
+    })
+}
+
+/// A session message on the wire: which application it is for, and what.
+#[derive(Serialize, Deserialize)]
+struct ClusterMessage {
+    context: String,
+    msg: SessionMessage,
+}
+
+pub(crate) struct ClusterInner {
+    channel: GroupChannel,
+    cfg: ClusterConfig,
+    filter: Option<Regex>,
+    managers: RwLock<HashMap<String, Arc<DeltaManager>>>,
+}
+
+impl ClusterInner {
+    pub(crate) fn filtered(&self, uri: &str) -> bool {
+        self.filter.as_ref().is_some_and(|f| f.is_match(uri))
+    }
+
+    fn encode(context: &str, msg: &SessionMessage) -> Vec<u8> {
+        encode_body(&ClusterMessage {
+            context: context.to_string(),
+            msg: msg.clone(),
+        })
+    }
+
+    pub(crate) fn send_all(
+        &self,
+        context: &str,
+        msg: &SessionMessage,
+        options: SendOptions,
+    ) -> Result<(), ChannelError> {
+        self.channel
+            .send_to_all(Self::encode(context, msg), options)
+    }
+
+    pub(crate) fn send_to(
+        &self,
+        id: MemberId,
+        context: &str,
+        msg: &SessionMessage,
+        options: SendOptions,
+    ) -> Result<(), ChannelError> {
+        let Some(m) = self.channel.members().into_iter().find(|m| m.id == id) else {
+            return Ok(()); // it left: nothing to answer
+        };
+        self.channel.send(&[m], Self::encode(context, msg), options)
+    }
+
+    /// The ClusterSessionListener: routes a message to its application's manager.
+    fn received(&self, m: &ChannelMessage<'_>) -> Result<(), String> {
+        let cm: ClusterMessage =
+            decode_body(&m.payload).map_err(|e| format!("not a session message: {e}"))?;
+        let mgr = self.managers.read().get(&cm.context).cloned();
+        match mgr {
+            Some(mgr) => mgr.receive(m.from.id, &cm.msg),
+            None => {
+                if !matches!(cm.msg, SessionMessage::NoContextManager) {
+                    // Say so, rather than leave a joining member waiting for state.
+                    let _ = self.send_to(
+                        m.from.id,
+                        &cm.context,
+                        &SessionMessage::NoContextManager,
+                        SendOptions::ASYNCHRONOUS,
+                    );
+                }
+                Err(format!(
+                    "no application '{}' on member {}",
+                    cm.context, self.cfg.jvm_route
+                ))
+            }
+        }
+    }
+}
+
+struct Listener(Weak<ClusterInner>);
+
+impl ChannelListener for Listener {
+    fn message_received(&self, m: &ChannelMessage<'_>) -> Result<(), String> {
+        match self.0.upgrade() {
+            Some(c) => c.received(m),
+            None => Ok(()),
+        }
+    }
+}
+
+impl MembershipListener for Listener {
+    fn member_added(&self, m: &Member) {
+        if let Some(c) = self.0.upgrade() {
+            let managers: Vec<Arc<DeltaManager>> = c.managers.read().values().cloned().collect();
+            for mgr in managers {
+                mgr.member_added(m);
+            }
+        }
+    }
+    fn member_disappeared(&self, _m: &Member) {}
+}
+
+/// The cluster a node runs: a channel and the session managers of its applications.
+pub struct SimpleTcpCluster {
+    inner: Arc<ClusterInner>,
+    reaper: Mutex<Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl SimpleTcpCluster {
+    pub fn new(mut cfg: ClusterConfig) -> Result<SimpleTcpCluster, ChannelError> {
+        let filter = compile_filter(&cfg.valve_filter)?;
+        if cfg.channel.local_name.is_empty() {
+            cfg.channel.local_name = cfg.jvm_route.clone();
+        }
+        let channel = GroupChannel::new(cfg.channel.clone())?;
+        let inner = Arc::new(ClusterInner {
+            channel,
+            cfg,
+            filter,
+            managers: RwLock::new(HashMap::new()),
+        });
+        let l = Arc::new(Listener(Arc::downgrade(&inner)));
+        inner.channel.add_channel_listener(l.clone());
+        inner.channel.add_membership_listener(l);
+        Ok(SimpleTcpCluster {
+            inner,
+            reaper: Mutex::new(None),
+        })
+    }
+
+    /// Registers a distributable application; its sessions are replicated by a DeltaManager.
+    pub fn add_application(&self, context: &str) -> Arc<DeltaManager> {
+        let c = &self.inner.cfg;
+        let mgr = Arc::new(DeltaManager::new(
+            context,
+            &c.jvm_route,
+            &c.manager,
+            c.channel_send_options,
+            Arc::downgrade(&self.inner),
+        ));
+        self.inner
+            .managers
+            .write()
+            .insert(context.to_string(), mgr.clone());
+        mgr
+    }
+
+    pub fn manager(&self, context: &str) -> Option<Arc<DeltaManager>> {
+        self.inner.managers.read().get(context).cloned()
+    }
+
+    pub fn channel(&self) -> &GroupChannel {
+        &self.inner.channel
+    }
+
+    /// Starts the channel and the expiry thread. Managers ask the first member they see for its
+    /// sessions; `DeltaManager::wait_ready` waits for that.
+    pub fn start(&self) -> Result<(), ChannelError> {
+        let mut reaper = self.reaper.lock();
+        if reaper.is_some() {
+            return Ok(());
+        }
+        self.inner.channel.start()?;
+        // With static or multicast membership, managers wait a moment for a first member to ask
+        // for its sessions: long enough for a probe round or two heartbeats.
+        let ch = &self.inner.cfg.channel;
+        let expect = !ch.static_members.is_empty() || ch.membership.mcast.is_some();
+        let settle = expect.then(|| {
+            let beat = ch
+                .membership
+                .mcast
+                .as_ref()
+                .map_or(Duration::ZERO, |m| m.frequency * 2);
+            beat.max(ch.membership.connect_timeout)
+        });
+        for mgr in self.inner.managers.read().values() {
+            mgr.started(settle);
+        }
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let weak = Arc::downgrade(&self.inner);
+        // Expiry at its frequency; state-transfer deadlines checked at least every second.
+        let period = self
+            .inner
+            .cfg
+            .manager
+            .expire_frequency
+            .min(Duration::from_secs(1));
+        let expire_every = self.inner.cfg.manager.expire_frequency;
+        let t = std::thread::Builder::new()
+            .name("tribecast-reaper".into())
+            .spawn(move || {
+                let mut next_expire = Instant::now() + expire_every;
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(period)
+                {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let now = Instant::now();
+                    let managers: Vec<Arc<DeltaManager>> =
+                        inner.managers.read().values().cloned().collect();
+                    for mgr in managers {
+                        if now >= next_expire {
+                            mgr.background(now);
+                        } else {
+                            mgr.background_transfer_only(now);
+                        }
+                    }
+                    if now >= next_expire {
+                        next_expire = now + expire_every;
+                    }
+                }
+            })
+            .map_err(ChannelError::Io)?;
+        *reaper = Some((stop, t));
+        info!(
+            "Cluster started: jvmRoute '{}', send options {:?}",
+            self.inner.cfg.jvm_route, self.inner.cfg.channel_send_options
+        );
+        Ok(())
+    }
+
+    /// Stops the expiry thread and the channel. With `expire_sessions_on_shutdown` every session
+    /// is ended everywhere first; otherwise the other members keep them. Safe to call twice.
+    pub fn stop(&self) {
+        let Some((stop, t)) = self.reaper.lock().take() else {
+            return;
+        };
+        let _ = stop.send(());
+        if t.join().is_err() {
+            warn!("Reaper thread panicked");
+        }
+        let everywhere = self.inner.cfg.manager.expire_sessions_on_shutdown;
+        for mgr in self.inner.managers.read().values() {
+            mgr.expire_all(everywhere);
+        }
+        self.inner.channel.stop();
+    }
+}
+
+impl Drop for SimpleTcpCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tomcat_filter_list_matches_whole_uris() {
+        let f = compile_filter(
+            r".*\.gif;.*\.js;.*\.jpeg;.*\.jpg;.*\.png;.*\.htm;.*\.html;.*\.css;.*\.txt",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(f.is_match("/app/static/site.css"));
+        assert!(f.is_match("/logo.gif"));
+        assert!(!f.is_match("/app/profile"));
+        assert!(
+            !f.is_match("/app/style.css/edit"),
+            "whole-URI match, as Tomcat's matches()"
+        );
+        assert!(compile_filter("").unwrap().is_none());
+        assert_eq!(compile_filter("(").unwrap_err().key, "valve_filter");
+    }
+}

@@ -1,0 +1,458 @@
+//! The DeltaManager (Tomcat's `DeltaManager` with the `ReplicationValve`'s request hook) for one
+//! application: the request API a synchronous server calls, over the pure [`DeltaCore`].
+//!
+//! A request takes a working copy of its session; the application reads and changes it freely;
+//! when the request ends (`finish`, or drop) the copy's changes go into the stored session and,
+//! unless the valve filter matched the URI, out to every member as one message. With the
+//! cluster's send options 8 (asynchronous) `finish` never waits; with 6 (synchronized ack) it
+//! returns once every member applied the change, or an error naming those that did not.
+
+use super::delta::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
+use super::id::{SessionId, SessionIdError};
+use super::model::Session;
+use super::replica::SessionMessage;
+use crate::cluster::ClusterInner;
+use crate::error::ChannelError;
+use crate::member::{Member, MemberId};
+use crate::options::SendOptions;
+use log::{error, info, warn};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Hears sessions come and go and their attributes change (Tomcat's `HttpSessionListener` and
+/// `HttpSessionAttributeListener`). Called for local changes and, with
+/// `notify_listeners_on_replication`, for changes made on other members.
+pub trait SessionListener: Send + Sync + 'static {
+    fn event(&self, context: &str, event: &SessionEvent);
+}
+
+impl<F: Fn(&str, &SessionEvent) + Send + Sync + 'static> SessionListener for F {
+    fn event(&self, context: &str, event: &SessionEvent) {
+        self(context, event)
+    }
+}
+
+/// Why a request could not get its session.
+#[derive(Debug)]
+pub enum ManagerError {
+    Id(SessionIdError),
+    /// The session was replicated but could not be sent.
+    Send(ChannelError),
+}
+
+impl std::fmt::Display for ManagerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManagerError::Id(e) => e.fmt(f),
+            ManagerError::Send(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ManagerError {}
+
+/// Counters of a manager.
+#[derive(Default, Debug)]
+pub struct ManagerStats {
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub state_transfers: AtomicU64,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Transfer {
+    /// No state transfer asked for yet: the first member seen is asked.
+    pending: bool,
+    /// When to stop waiting: for a first member to appear (`None`), or for its sessions.
+    deadline: Option<(Instant, Option<Member>)>,
+}
+
+/// The sessions of one distributable application, replicated to every member.
+pub struct DeltaManager {
+    context: String,
+    core: Mutex<DeltaCore>,
+    ready_changed: Condvar,
+    cluster: Weak<ClusterInner>,
+    options: SendOptions,
+    notify_on_replication: bool,
+    state_transfer_timeout: Duration,
+    listeners: RwLock<Vec<Arc<dyn SessionListener>>>,
+    transfer: Mutex<Transfer>,
+    pub stats: ManagerStats,
+}
+
+impl DeltaManager {
+    pub(crate) fn new(
+        context: &str,
+        route: &str,
+        cfg: &crate::cluster::ManagerConfig,
+        options: SendOptions,
+        cluster: Weak<ClusterInner>,
+    ) -> DeltaManager {
+        let dcfg = DeltaConfig {
+            max_inactive: cfg.max_inactive,
+            send_all_sessions_size: cfg.send_all_sessions_size,
+            ..DeltaConfig::default()
+        };
+        DeltaManager {
+            context: context.to_string(),
+            core: Mutex::new(DeltaCore::new(dcfg, route)),
+            ready_changed: Condvar::new(),
+            cluster,
+            options,
+            notify_on_replication: cfg.notify_listeners_on_replication,
+            state_transfer_timeout: cfg.state_transfer_timeout,
+            listeners: RwLock::new(Vec::new()),
+            transfer: Mutex::new(Transfer {
+                pending: true,
+                deadline: None,
+            }),
+            stats: ManagerStats::default(),
+        }
+    }
+
+    /// The application (context) name.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    pub fn add_listener(&self, l: Arc<dyn SessionListener>) {
+        self.listeners.write().push(l);
+    }
+
+    /// Live sessions held here (own and replicated).
+    pub fn session_count(&self) -> usize {
+        self.core.lock().store().len()
+    }
+
+    /// A copy of a session, for reading outside a request.
+    pub fn find(&self, id: &str) -> Option<Session> {
+        let id = SessionId::parse(id).ok()?;
+        self.core.lock().session(&id).cloned()
+    }
+
+    /// Whether the state transfer from an existing member is done (or was not needed).
+    pub fn is_ready(&self) -> bool {
+        self.core.lock().is_ready()
+    }
+
+    /// Waits until the manager is ready, at most `timeout`; returns whether it is.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut core = self.core.lock();
+        while !core.is_ready() {
+            if self
+                .ready_changed
+                .wait_until(&mut core, deadline)
+                .timed_out()
+            {
+                return core.is_ready();
+            }
+        }
+        true
+    }
+
+    /// Starts a request. `cookie` is the session id the client sent (`JSESSIONID`), if any;
+    /// `uri` is checked against the valve filter.
+    pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> Request {
+        let replicate = self.cluster.upgrade().is_none_or(|c| !c.filtered(uri));
+        let mut copy = None;
+        if let Some(id) = cookie.and_then(|c| SessionId::parse(c).ok()) {
+            copy = self.core.lock().session(&id).cloned();
+        }
+        Request {
+            mgr: self.clone(),
+            copy,
+            replicate,
+            done: false,
+        }
+    }
+
+    fn notify(&self, events: &[SessionEvent], local: bool) {
+        if events.is_empty() || (!local && !self.notify_on_replication) {
+            return;
+        }
+        for l in self.listeners.read().iter() {
+            for e in events {
+                l.event(&self.context, e);
+            }
+        }
+    }
+
+    /// Sends what the core decided. Replies to one member always go asynchronously: they are
+    /// sent from a receiver worker, which must not wait on another member.
+    fn send(&self, outs: Vec<Out>) -> Result<(), ChannelError> {
+        let Some(cluster) = self.cluster.upgrade() else {
+            return Ok(());
+        };
+        let mut faulty = Vec::new();
+        let mut other = None;
+        for out in outs {
+            self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            let r = match out.dest {
+                Dest::All => cluster.send_all(&self.context, &out.msg, self.options),
+                Dest::Member(id) => {
+                    cluster.send_to(id, &self.context, &out.msg, SendOptions::ASYNCHRONOUS)
+                }
+            };
+            match r {
+                Ok(()) => {}
+                Err(ChannelError::Faulty(f)) => faulty.extend(f),
+                Err(e) => other = Some(e),
+            }
+        }
+        match (other, faulty.is_empty()) {
+            (Some(e), _) => Err(e),
+            (None, false) => Err(ChannelError::Faulty(faulty)),
+            (None, true) => Ok(()),
+        }
+    }
+
+    /// A message from another member, on a receiver worker.
+    pub(crate) fn receive(&self, from: MemberId, msg: &SessionMessage) -> Result<(), String> {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        let (outs, events, ready) = {
+            let mut core = self.core.lock();
+            let was_ready = core.is_ready();
+            let (outs, events) = core.handle(from, msg);
+            let ready = !was_ready && core.is_ready();
+            (outs, events, ready)
+        };
+        if outs
+            .iter()
+            .any(|o| matches!(o.msg, SessionMessage::GetSession { .. }))
+        {
+            self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        if matches!(msg, SessionMessage::GetAllSessions) {
+            self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
+        }
+        if ready {
+            self.transfer.lock().deadline = None;
+            info!(
+                "Manager [{}]: session state transfer complete, {} session(s)",
+                self.context,
+                self.session_count()
+            );
+            self.ready_changed.notify_all();
+        }
+        self.notify(&events, false);
+        self.send(outs).map_err(|e| e.to_string())
+    }
+
+    /// A member appeared: a manager that has not yet asked anyone for the sessions asks it.
+    pub(crate) fn member_added(&self, m: &Member) {
+        let mut t = self.transfer.lock();
+        if !t.pending {
+            return;
+        }
+        t.pending = false;
+        t.deadline = Some((
+            Instant::now() + self.state_transfer_timeout,
+            Some(m.clone()),
+        ));
+        drop(t);
+        let out = self.core.lock().begin_state_transfer(m.id);
+        info!("Manager [{}]: asking [{m}] for all sessions", self.context);
+        if let Err(e) = self.send(vec![out]) {
+            warn!(
+                "Manager [{}]: cannot ask [{m}] for sessions: {e}",
+                self.context
+            );
+        }
+    }
+
+    /// The cluster started. With members to expect (static or multicast membership), the
+    /// manager is not ready until the first one is asked for its sessions, or `settle` passes
+    /// without any: then it starts empty, as the first node of a cluster does.
+    pub(crate) fn started(&self, settle: Option<Duration>) {
+        if let Some(settle) = settle {
+            let mut t = self.transfer.lock();
+            if t.pending {
+                t.deadline = Some((Instant::now() + settle, None));
+                drop(t);
+                self.core.lock().expect_members();
+            }
+        }
+        self.ready_changed.notify_all();
+    }
+
+    /// The reaper's periodic work: expire idle sessions, give up on a late state transfer.
+    pub(crate) fn background(&self, now: Instant) {
+        let (outs, events) = self.core.lock().expire(now_ms());
+        if !events.is_empty() {
+            info!(
+                "Manager [{}]: {} session(s) expired",
+                self.context,
+                events.len()
+            );
+        }
+        self.notify(&events, true);
+        if let Err(e) = self.send(outs) {
+            warn!(
+                "Manager [{}]: expiry not replicated to every member: {e}",
+                self.context
+            );
+        }
+        self.check_transfer_deadline(now);
+    }
+
+    fn check_transfer_deadline(&self, now: Instant) {
+        let late = {
+            let mut t = self.transfer.lock();
+            match &t.deadline {
+                Some((d, m)) if now >= *d => {
+                    let m = m.clone();
+                    t.deadline = None;
+                    Some(m)
+                }
+                _ => None,
+            }
+        };
+        match late {
+            Some(Some(m)) => error!(
+                "Manager [{}]: no session state received from [{m}] within {} ms; starting with what arrived",
+                self.context,
+                self.state_transfer_timeout.as_millis()
+            ),
+            Some(None) => info!("Manager [{}]: no other member found; starting with no sessions", self.context),
+            None => return,
+        }
+        self.transfer.lock().pending = false;
+        self.core.lock().end_state_transfer();
+        self.ready_changed.notify_all();
+    }
+
+    /// Only the state-transfer deadline (between expiry runs).
+    pub(crate) fn background_transfer_only(&self, now: Instant) {
+        self.check_transfer_deadline(now);
+    }
+
+    /// On shutdown with `expire_sessions_on_shutdown`: ends every session everywhere.
+    pub(crate) fn expire_all(&self, everywhere: bool) {
+        let ids: Vec<SessionId> = self.core.lock().store().ids().cloned().collect();
+        for id in ids {
+            let (outs, events) = self.core.lock().invalidate(&id);
+            self.notify(&events, true);
+            if everywhere {
+                let _ = self.send(outs);
+            }
+        }
+    }
+}
+
+/// One request's use of its session. Ends when `finish` is called or it is dropped.
+pub struct Request {
+    mgr: Arc<DeltaManager>,
+    copy: Option<Session>,
+    replicate: bool,
+    done: bool,
+}
+
+impl Request {
+    /// The session the client's cookie named, if it exists here.
+    pub fn session(&mut self) -> Option<&mut Session> {
+        self.copy.as_mut()
+    }
+
+    /// The request's session, created if there is none.
+    pub fn session_or_create(&mut self) -> Result<&mut Session, ManagerError> {
+        if self.copy.is_none() {
+            let copy = {
+                let mut core = self.mgr.core.lock();
+                let id = core.create(now_ms()).map_err(ManagerError::Id)?;
+                core.session(&id).cloned()
+            };
+            if let Some(c) = &copy {
+                self.mgr
+                    .notify(&[SessionEvent::Created(c.id().clone())], true);
+            }
+            self.copy = copy;
+        }
+        self.copy
+            .as_mut()
+            .ok_or(ManagerError::Id(SessionIdError::BadRandomPart))
+    }
+
+    /// The id to give the client (`JSESSIONID`).
+    pub fn session_id(&self) -> Option<&SessionId> {
+        self.copy.as_ref().map(Session::id)
+    }
+
+    /// Ends the session everywhere.
+    pub fn invalidate(&mut self) -> Result<(), ChannelError> {
+        let Some(copy) = self.copy.take() else {
+            return Ok(());
+        };
+        let (outs, events) = self.mgr.core.lock().invalidate(copy.id());
+        self.mgr.notify(&events, true);
+        self.mgr.send(outs)
+    }
+
+    /// Gives the session a new id everywhere (after login: fixation protection); returns it.
+    pub fn change_id(&mut self) -> Result<Option<SessionId>, ManagerError> {
+        let Some(copy) = self.copy.as_mut() else {
+            return Ok(None);
+        };
+        let (new, outs, events) = self
+            .mgr
+            .core
+            .lock()
+            .change_id(copy.id())
+            .map_err(ManagerError::Id)?;
+        copy.change_id(new.clone());
+        self.mgr.notify(&events, true);
+        self.mgr.send(outs).map_err(ManagerError::Send)?;
+        Ok(Some(new))
+    }
+
+    /// Ends the request: its changes go into the session and out to the members.
+    pub fn finish(mut self) -> Result<(), ChannelError> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Result<(), ChannelError> {
+        if std::mem::replace(&mut self.done, true) {
+            return Ok(());
+        }
+        let Some(mut copy) = self.copy.take() else {
+            return Ok(());
+        };
+        let ops = copy.take_pending();
+        let now = now_ms();
+        let outs = {
+            let mut core = self.mgr.core.lock();
+            let Some(stored) = core.session_mut(copy.id()) else {
+                return Ok(()); // invalidated or expired meanwhile
+            };
+            stored.record_ops(ops);
+            if self.replicate {
+                core.end_request(copy.id(), now)
+            } else {
+                // A filtered URI (a static file): changes stay pending for the next request.
+                stored.access(now);
+                Vec::new()
+            }
+        };
+        self.mgr.send(outs)
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            warn!(
+                "Manager [{}]: request's session changes not replicated to every member: {e}",
+                self.mgr.context
+            );
+        }
+    }
+}
