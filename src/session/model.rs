@@ -56,7 +56,7 @@ impl std::error::Error for SessionError {}
 /// One change to a session, as replicated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeltaOp {
-    SetAttribute(String, Vec<u8>),
+    SetAttribute(String, #[serde(with = "crate::wire::bytes")] Vec<u8>),
     RemoveAttribute(String),
     MaxInactive(u64),
     /// Principal name and auth type (login, logout).
@@ -79,6 +79,7 @@ impl DeltaOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
     pub id: SessionId,
+    #[serde(with = "crate::wire::bytes::map")]
     pub attributes: BTreeMap<String, Vec<u8>>,
     pub creation_ms: u64,
     pub last_accessed_ms: u64,

@@ -1,5 +1,6 @@
 //! The wire format: frames and their bodies (docs/wire-format.md).
 
+pub mod bytes;
 pub mod envelope;
 pub mod frame;
 

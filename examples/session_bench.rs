@@ -1,0 +1,224 @@
+//! Session replication throughput: N nodes on 127.0.0.1, each a `SimpleTcpCluster` with one
+//! application; node 1 creates `--sessions` sessions, then runs `--updates` requests that each set
+//! one attribute of `--attr-size` bytes on one of them (round robin).
+//!
+//!     cargo run --release --example session_bench -- --nodes 3 --sessions 1000 --updates 200000 --attr-size 1024
+//!
+//! Prints one line:
+//! `session manager=delta nodes=N updates_per_s=X p50_us=A p99_us=B replicated_bytes=Z`
+//! where updates_per_s counts updates applied on every other node (first update to the moment
+//! the last replica applied the last one, counted by a session listener on each replica),
+//! p50/p99 are the request-end (`finish`) latencies on node 1, and replicated_bytes is what
+//! node 1's sender wrote for the updates.
+//! Flags: `--nodes N --sessions S --updates U --attr-size BYTES --manager delta --sync-ack`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tribecast::session::AttributeChange;
+use tribecast::{
+    ChannelConfig, ClusterConfig, SendOptions, SessionEvent, SimpleTcpCluster, StaticMember,
+};
+
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+struct Args {
+    nodes: usize,
+    sessions: usize,
+    updates: u64,
+    attr_size: usize,
+    sync_ack: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        nodes: 3,
+        sessions: 1000,
+        updates: 100_000,
+        attr_size: 1024,
+        sync_ack: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let num = |v: String, name: &str| v.parse::<u64>().map_err(|e| format!("{name}: {e}"));
+        match flag.as_str() {
+            "--nodes" => a.nodes = num(value("--nodes")?, "--nodes")? as usize,
+            "--sessions" => a.sessions = num(value("--sessions")?, "--sessions")? as usize,
+            "--updates" => a.updates = num(value("--updates")?, "--updates")?,
+            "--attr-size" => a.attr_size = num(value("--attr-size")?, "--attr-size")? as usize,
+            "--manager" => {
+                let m = value("--manager")?;
+                if m != "delta" {
+                    return Err(format!("--manager {m}: only delta exists yet"));
+                }
+            }
+            "--sync-ack" => a.sync_ack = true,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.nodes < 2 || a.sessions == 0 {
+        return Err("--nodes must be >= 2 and --sessions >= 1".into());
+    }
+    Ok(a)
+}
+
+fn wait(what: &str, start: Instant, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+    while !cond() {
+        if start.elapsed() > RUN_LIMIT {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Err(e) = run() {
+        eprintln!("session_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let a = parse_args()?;
+    let options = if a.sync_ack {
+        SendOptions::SYNC_ACK
+    } else {
+        SendOptions::ASYNCHRONOUS
+    };
+    let mut nodes: Vec<SimpleTcpCluster> = Vec::new();
+    let mut applied: Vec<Arc<AtomicU64>> = Vec::new();
+    for i in 0..a.nodes {
+        let mut channel = ChannelConfig::loopback(&format!("n{i}"));
+        channel.cluster_name = "session-bench".into();
+        channel.static_members = nodes
+            .iter()
+            .filter_map(|n| n.channel().local_member())
+            .map(|m| StaticMember {
+                addr: m.addr,
+                unique_id: None,
+            })
+            .collect();
+        let cfg = ClusterConfig {
+            channel,
+            jvm_route: format!("n{i}"),
+            channel_send_options: options,
+            ..ClusterConfig::default()
+        };
+        let c = SimpleTcpCluster::new(cfg).map_err(|e| e.to_string())?;
+        let m = c.add_application("/bench");
+        let count = Arc::new(AtomicU64::new(0));
+        let k = count.clone();
+        m.add_listener(Arc::new(move |_: &str, e: &SessionEvent| {
+            if matches!(
+                e,
+                SessionEvent::Attribute {
+                    change: AttributeChange::Replaced,
+                    ..
+                }
+            ) {
+                k.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        c.start().map_err(|e| e.to_string())?;
+        nodes.push(c);
+        applied.push(count);
+    }
+    let start = Instant::now();
+    for n in &nodes {
+        wait("membership", start, || {
+            n.channel().members().len() == a.nodes - 1
+        })?;
+    }
+    let primary = nodes[0].manager("/bench").ok_or("no app")?;
+    // A string attribute (what user records and the like serialize to): postcard writes it as
+    // its length and bytes.
+    let value = "x".repeat(a.attr_size.max(16));
+    let mut ids = Vec::with_capacity(a.sessions);
+    for _ in 0..a.sessions {
+        let mut req = primary.request(None, "/bench/login");
+        req.session_or_create()
+            .map_err(|e| e.to_string())?
+            .set("v", &value)
+            .map_err(|e| e.to_string())?;
+        ids.push(req.session_id().ok_or("no id")?.to_string());
+        req.finish().map_err(|e| e.to_string())?;
+    }
+    for n in &nodes[1..] {
+        let m = n.manager("/bench").ok_or("no app")?;
+        wait("sessions replicated", start, || {
+            m.session_count() == a.sessions
+        })?;
+    }
+    let bytes_before = nodes[0]
+        .channel()
+        .with_sender_stats(|s| s.bytes_sent.load(Ordering::Relaxed))
+        .unwrap_or(0);
+    let mut lat = Vec::with_capacity(a.updates as usize);
+    let mut v = value.clone().into_bytes();
+    let t0 = Instant::now();
+    for u in 0..a.updates {
+        v[..8].copy_from_slice(&u.to_le_bytes());
+        let t = Instant::now();
+        let mut req = primary.request(
+            Some(&ids[(u % a.sessions as u64) as usize]),
+            "/bench/update",
+        );
+        req.session()
+            .ok_or("session gone")?
+            .set("v", &v)
+            .map_err(|e| e.to_string())?;
+        req.finish().map_err(|e| e.to_string())?;
+        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if u % 1024 == 0 && t0.elapsed() > RUN_LIMIT {
+            return Err("updates took too long".into());
+        }
+    }
+    for c in &applied[1..] {
+        wait("updates applied", start, || {
+            c.load(Ordering::Relaxed) >= a.updates
+        })?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let bytes = nodes[0]
+        .channel()
+        .with_sender_stats(|s| s.bytes_sent.load(Ordering::Relaxed))
+        .unwrap_or(0)
+        - bytes_before;
+    // Spot check: every replica ends with the last value of a session.
+    let last = a.updates - 1;
+    let id = &ids[(last % a.sessions as u64) as usize];
+    for n in &nodes[1..] {
+        let s = n
+            .manager("/bench")
+            .and_then(|m| m.find(id))
+            .ok_or("session missing on a replica")?;
+        let got: Vec<u8> = s
+            .get("v")
+            .map_err(|e| e.to_string())?
+            .ok_or("attribute missing")?;
+        if got[..8] != last.to_le_bytes() {
+            return Err("a replica holds a stale value".into());
+        }
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len().saturating_sub(1)) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "session manager=delta nodes={} updates_per_s={:.0} p50_us={} p99_us={} replicated_bytes={bytes}{}",
+        a.nodes,
+        a.updates as f64 / secs,
+        pct(0.5),
+        pct(0.99),
+        if a.sync_ack { " mode=sync-ack" } else { "" }
+    );
+    for n in &nodes {
+        n.stop();
+    }
+    Ok(())
+}
