@@ -261,17 +261,33 @@ fn a_member_without_the_application_answers_clearly() {
     nodes[1].manager("/app").unwrap().add_listener(Arc::new(
         move |_: &str, ev: &tribecast::SessionEvent| e.lock().push(ev.clone()),
     ));
+    let local = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let l = local.clone();
+    nodes[0].manager("/app").unwrap().add_listener(Arc::new(
+        move |_: &str, ev: &tribecast::SessionEvent| l.lock().push(ev.clone()),
+    ));
     let mut req = nodes[0]
         .manager("/app")
         .unwrap()
         .request(None, "/app/login");
     req.session_or_create().unwrap().set("x", &1u8).unwrap();
     req.finish().unwrap();
+    // Synchronized ack: the replica's listener has run before finish() returned.
     assert!(
         matches!(
             events.lock().first(),
             Some(tribecast::SessionEvent::Created(_))
         ),
         "listeners hear replicated sessions"
+    );
+    use tribecast::session::AttributeChange::Added;
+    use tribecast::SessionEvent::{Attribute, Created};
+    let local = local.lock().clone();
+    assert!(
+        matches!(
+            local.as_slice(),
+            [Created(_), Attribute { change: Added, .. }]
+        ),
+        "local listeners hear the session and its attribute: {local:?}"
     );
 }
