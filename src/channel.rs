@@ -227,11 +227,6 @@ impl ChannelInner {
     pub(crate) fn members(&self) -> Arc<[Member]> {
         self.membership.lock().snapshot()
     }
-
-    pub(crate) fn probe(&self, addr: std::net::SocketAddr) -> Result<Member, SendFailure> {
-        let rt = self.runtime().ok_or(SendFailure::NotAMember)?;
-        rt.sender.probe(addr, self.config.sender.timeout)
-    }
 }
 
 impl ReceiverHandler for ChannelInner {

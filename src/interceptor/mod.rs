@@ -215,25 +215,9 @@ impl StackHandle {
         .unwrap_or(false)
     }
 
-    /// Reports a member as present; the channel announces it up the stack if it is new.
-    pub fn member_seen(&self, m: &Member) {
-        self.with(|i| i.member_seen(m));
-    }
-
-    /// Reports a member as gone; the channel announces it up the stack if it was present.
-    pub fn member_gone(&self, m: &Member, why: &str) {
-        self.with(|i| i.member_gone(m, why));
-    }
-
     /// Current members.
     pub fn members(&self) -> Arc<[Member]> {
         self.with(|i| i.members())
             .unwrap_or_else(|| Arc::from(Vec::new()))
-    }
-
-    /// Connects to a receiver and returns the member that answers.
-    pub fn probe(&self, addr: std::net::SocketAddr) -> Result<Member, SendFailure> {
-        self.with(|i| i.probe(addr))
-            .unwrap_or(Err(SendFailure::NotAMember))
     }
 }
