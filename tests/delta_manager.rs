@@ -172,6 +172,28 @@ fn synchronized_ack_returns_once_every_member_applied_it() {
             .unwrap(),
         Some(2)
     );
+    // A session ended outside a request, by id.
+    let mut req = nodes[0]
+        .manager("/app")
+        .unwrap()
+        .request(None, "/app/login");
+    req.session_or_create().unwrap();
+    let other = req.session_id().unwrap().to_string();
+    req.finish().unwrap();
+    assert!(nodes[2]
+        .manager("/app")
+        .unwrap()
+        .invalidate(&other)
+        .unwrap());
+    assert!(nodes[0].manager("/app").unwrap().find(&other).is_none());
+    assert!(
+        !nodes[2]
+            .manager("/app")
+            .unwrap()
+            .invalidate(&other)
+            .unwrap(),
+        "once"
+    );
     // Invalidation reaches everyone before invalidate() returns.
     let mut req = nodes[1]
         .manager("/app")

@@ -139,6 +139,18 @@ impl DeltaManager {
         self.core.lock().session(&id).cloned()
     }
 
+    /// Ends a session everywhere, outside a request (an administrator's logout, say).
+    pub fn invalidate(&self, id: &str) -> Result<bool, ChannelError> {
+        let Ok(id) = SessionId::parse(id) else {
+            return Ok(false);
+        };
+        let (outs, events) = self.core.lock().invalidate(&id);
+        let existed = !events.is_empty();
+        self.notify(&events, true);
+        self.send(outs)?;
+        Ok(existed)
+    }
+
     /// Whether the state transfer from an existing member is done (or was not needed).
     pub fn is_ready(&self) -> bool {
         self.core.lock().is_ready()
