@@ -14,6 +14,7 @@
 //! A failing run prints its seed; `TRIBECAST_SIM_SEED=<seed> cargo test --lib sim` reruns the
 //! seeded tests with that seed only.
 
+pub mod delta_node;
 pub mod harness;
 pub mod lane_node;
 pub mod lane_rx;
@@ -22,6 +23,8 @@ pub mod membership_node;
 pub mod net;
 pub mod rng;
 
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod harness_tests;
 #[cfg(test)]

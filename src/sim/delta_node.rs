@@ -1,0 +1,1086 @@
+//! A simulated member running the DeltaManager's pure core ([`DeltaCore`]) the way a shell
+//! runs it: every [`Out`] goes to its destination(s) as a postcard body in a real data frame,
+//! over one FIFO connection per destination (order is kept per destination, as the channel keeps
+//! it for asynchronous sends, and a reset loses what was in flight, as asynchronous sending
+//! allows), and every message received is applied with [`DeltaCore::handle`] and its answers
+//! sent back.
+//!
+//! Around the core, for the tests:
+//! - Acknowledged changes, modelled on the sync-ack mode: each change a node sends to every
+//!   member carries a request number; a receiver acks it once the change is in its store (at
+//!   the change's version or newer, or the session has a tombstone there), which may be only
+//!   after the resync the message caused; the originator records the change as acknowledged
+//!   when every current member acked. (This is stricter than a transport-level sync ack, which
+//!   is sent once the listener returns, even if it only asked for a resync.)
+//! - A shuffler ([`Chaos`]) that delivers some received messages twice and some late, standing
+//!   in for Tomcat's reordering dispatch threads and for retries that duplicate.
+//! - A reaper timer that calls [`DeltaCore::expire`].
+//! - A shared [`World`]: each node's membership view (set by the test, as the membership layer
+//!   would) and the [`Oracle`] of every state an origin produced, which the invariants read.
+//!
+//! Session ids come from the operating system ([`crate::session::SessionId::generate`]) and
+//! the core lists sessions in `HashMap` order. The node puts snapshots and expiries in a
+//! run-independent order (see `DeltaNode::canonical`), so a replayed seed has the same schedule
+//! and decisions, with other ids (and so another trace hash). Set [`TRACE_ENV`] to print every
+//! message applied.
+
+use super::lane_node::{node_of, sim_member};
+use super::net::{CloseReason, ConnId, NodeId};
+use super::{Ctx, Node, Sim, SimRng};
+use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent, SessionId, SessionMessage};
+use crate::wire::frame::{encode_frame, parse_frame, FrameKind};
+use crate::wire::{decode_body, encode_body};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Set (to anything) to print every message each node applies, with the first six characters
+/// of the session ids (which are random, so they differ between replays of a seed).
+pub const TRACE_ENV: &str = "TRIBECAST_DELTA_TRACE";
+/// Wall-clock milliseconds at virtual time zero (the core takes ms since the epoch).
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
+/// Largest frame a node accepts.
+const MAX_FRAME: u32 = 16 << 20;
+/// Timer token of the reaper; held messages use tokens from `HELD_BASE` on.
+const REAPER: u64 = 1;
+const HELD_BASE: u64 = 1 << 32;
+
+/// The core's clock: virtual time as ms since the epoch.
+pub fn now_ms(ctx: &Ctx<'_>) -> u64 {
+    EPOCH_MS + u64::try_from(ctx.now().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Every attribute value the workload stores: who wrote it and a run-wide counter, so a value
+/// older than another is recognisable anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Val {
+    pub node: u32,
+    pub counter: u64,
+}
+
+impl Val {
+    pub fn decode(bytes: &[u8]) -> Option<Val> {
+        decode_body(bytes).ok()
+    }
+}
+
+/// What travels in a frame body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Wire {
+    /// A manager message; `req` > 0 asks for an ack (the sync-ack mode).
+    Msg {
+        req: u64,
+        msg: SessionMessage,
+    },
+    Ack {
+        req: u64,
+    },
+}
+
+/// Received messages delivered twice or late, at random.
+#[derive(Clone, Debug)]
+pub struct Chaos {
+    /// Probability that a message is applied now and once more later.
+    pub duplicate: f64,
+    /// Probability that a message is held back and applied later instead of now.
+    pub delay: f64,
+    /// Longest hold.
+    pub max_delay: Duration,
+}
+
+/// Settings of a simulated DeltaManager member.
+#[derive(Clone, Debug, Default)]
+pub struct DeltaSimConfig {
+    pub core: DeltaConfig,
+    /// Period of the reaper (Tomcat's `processExpiresFrequency` × background period); `None`:
+    /// no reaper.
+    pub reaper: Option<Duration>,
+    pub chaos: Option<Chaos>,
+}
+
+/// A change whose acknowledgement a node waits for, and what "applied" means for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The session at this version or newer (a later id after a change of id counts).
+    Version(SessionId, u64),
+    /// The session has ended.
+    Ended(SessionId),
+}
+
+/// A change every member acknowledged.
+#[derive(Clone, Debug)]
+pub struct Acked {
+    pub origin: NodeId,
+    pub at: Duration,
+    pub change: Change,
+    /// The members that acked it, with their life (crash count) then.
+    pub by: Vec<(NodeId, u64)>,
+}
+
+/// A session's attributes as made at one version, by a node in one of its lives.
+pub type Made = (BTreeMap<String, Vec<u8>>, NodeId, u64);
+
+/// Every state an origin produced, and what became of its sessions. Written by the nodes as
+/// they serve requests, read by the invariants and the tests.
+#[derive(Default)]
+pub struct Oracle {
+    /// The attributes of each session at each version, as the node that made the version had
+    /// them, and that node with its life.
+    pub states: HashMap<(SessionId, u64), Made>,
+    /// Two different states made for one (id, version) while the first one's maker lives: the
+    /// session's history forked.
+    pub forks: Vec<String>,
+    /// Versions made again after their maker died before anyone else had them (its
+    /// unacknowledged asynchronous change died with it).
+    pub superseded: u64,
+    /// Old id → new id.
+    pub renamed: HashMap<SessionId, SessionId>,
+    /// New id → old id.
+    pub previous: HashMap<SessionId, SessionId>,
+    /// Ids invalidated or expired by a node's own decision.
+    pub ended: HashSet<SessionId>,
+    /// Values handed out so far.
+    pub counter: u64,
+    pub acked: Vec<Acked>,
+    /// Each session's last request: when (ms) and its max inactive interval then (ms).
+    pub last_request: HashMap<SessionId, (u64, u64)>,
+    /// Sessions a reaper ended within their max inactive interval of a request.
+    pub early: Vec<String>,
+}
+
+impl Oracle {
+    /// The attributes made for the session at `version`, under `id` or an id it had before (a
+    /// change of id keeps the version, so a lagging copy moved to the new id is still a state
+    /// its origin made).
+    pub fn state(&self, id: &SessionId, version: u64) -> Option<&BTreeMap<String, Vec<u8>>> {
+        let mut id = id;
+        for _ in 0..=self.previous.len() {
+            if let Some((s, _, _)) = self.states.get(&(id.clone(), version)) {
+                return Some(s);
+            }
+            id = self.previous.get(id)?;
+        }
+        None
+    }
+
+    /// `id` and the ids it was renamed to, in order.
+    pub fn chain(&self, id: &SessionId) -> Vec<SessionId> {
+        let mut out = vec![id.clone()];
+        while let Some(next) = self.renamed.get(out.last().unwrap_or(id)) {
+            if out.contains(next) {
+                break;
+            }
+            out.push(next.clone());
+        }
+        out
+    }
+}
+
+/// Attributes as `name=node:counter`, for messages.
+pub fn show(attrs: &BTreeMap<String, Vec<u8>>) -> String {
+    let parts: Vec<String> = attrs
+        .iter()
+        .map(|(k, v)| match Val::decode(v) {
+            Some(v) => format!("{k}=n{}:{}", v.node, v.counter),
+            None => format!("{k}={v:?}"),
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// What the nodes share: membership views (the test plays the membership layer), the life of
+/// each node, and the oracle.
+#[derive(Default)]
+pub struct World {
+    /// Who each node believes the other members are.
+    pub views: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Each node's current life (1 on first start, +1 per restart).
+    pub lives: BTreeMap<NodeId, u64>,
+    /// Nodes crashed and not restarted (set by the test).
+    pub down: BTreeSet<NodeId>,
+    pub oracle: Oracle,
+}
+
+impl World {
+    /// Records the state `node` made for `id` at `version`. Another state for a known version
+    /// is a fork, unless the node that made the first one has died since (then a survivor that
+    /// held the first one would fail `copy-is-an-origin-state`).
+    fn record(
+        &mut self,
+        node: NodeId,
+        id: &SessionId,
+        version: u64,
+        attrs: &BTreeMap<String, Vec<u8>>,
+    ) {
+        let life = self.lives.get(&node).copied().unwrap_or(0);
+        let key = (id.clone(), version);
+        match self.oracle.states.get(&key) {
+            Some((known, ..)) if known == attrs => return,
+            Some((known, maker, maker_life)) => {
+                let dead = self.down.contains(maker)
+                    || self.lives.get(maker).copied() != Some(*maker_life);
+                if !dead {
+                    let msg = format!(
+                        "{id} version {version}: {} by {maker} and {} by {node}",
+                        show(known),
+                        show(attrs)
+                    );
+                    self.oracle.forks.push(msg);
+                    return;
+                }
+                self.oracle.superseded += 1;
+            }
+            None => {}
+        }
+        self.oracle.states.insert(key, (attrs.clone(), node, life));
+    }
+}
+
+pub type SharedWorld = Rc<RefCell<World>>;
+
+/// What a node did, kept across restarts (it is the test's record, not the node's memory).
+#[derive(Clone, Debug, Default)]
+pub struct Journal {
+    pub life: u64,
+    /// Sessions whose copy may have changed, with the life it happened in.
+    pub touched: Vec<(u64, SessionId)>,
+    /// Listener events, with the life they happened in.
+    pub events: Vec<(u64, SessionEvent)>,
+    pub sent: BTreeMap<&'static str, u64>,
+    pub received: BTreeMap<&'static str, u64>,
+    /// `GetSession` requests this node sent (gaps it noticed).
+    pub resyncs: u64,
+    pub duplicated: u64,
+    pub delayed: u64,
+    /// Acks sent only after a resync brought the change.
+    pub late_acks: u64,
+    /// Changes received while the state transfer was running.
+    pub during_transfer: u64,
+    /// Messages about a session this node had already ended.
+    pub after_end: u64,
+    /// Ids this node held at some point (any life).
+    pub held_ever: BTreeSet<SessionId>,
+    /// Sessions that came in a state-transfer chunk.
+    pub transferred: u64,
+}
+
+impl Journal {
+    pub fn sent(&self, kind: &str) -> u64 {
+        self.sent.get(kind).copied().unwrap_or(0)
+    }
+    pub fn received(&self, kind: &str) -> u64 {
+        self.received.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// One step of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Store a fresh [`Val`] under the name.
+    Set(&'static str),
+    Remove(&'static str),
+    /// Nothing but the access itself.
+    Read,
+    MaxInactive(Duration),
+    /// Fixation protection: a new id, sent at once.
+    ChangeId,
+    Invalidate,
+}
+
+/// What became of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The session lives on under this id.
+    Live(SessionId),
+    /// The request invalidated it, or it had ended here before.
+    Ended,
+    /// This node does not have it.
+    Missing,
+}
+
+struct Waiting {
+    change: Change,
+    pending: BTreeSet<NodeId>,
+    by: Vec<(NodeId, u64)>,
+}
+
+/// An ack owed to `to` once `change` is in the store.
+struct Owed {
+    to: NodeId,
+    req: u64,
+    change: Change,
+    deferred: bool,
+}
+
+/// A simulated member running a [`DeltaCore`].
+pub struct DeltaNode {
+    pub id: NodeId,
+    pub cfg: DeltaSimConfig,
+    world: SharedWorld,
+    pub core: DeltaCore,
+    /// This node's connection to each destination.
+    out: BTreeMap<NodeId, ConnId>,
+    /// Accepted connections: who is at the other end, and bytes not yet a whole frame.
+    inbound: BTreeMap<ConnId, (NodeId, Vec<u8>)>,
+    seq: u64,
+    next_req: u64,
+    waiting: BTreeMap<u64, Waiting>,
+    owed: Vec<Owed>,
+    held: BTreeMap<u64, (NodeId, u64, SessionMessage)>,
+    next_token: u64,
+    /// Print every message applied ([`TRACE_ENV`]).
+    trace: bool,
+    /// When this node first held each session: a run-independent order (ids are random).
+    first_seen: HashMap<SessionId, u64>,
+    pub journal: Journal,
+}
+
+/// The message's kind, for counters.
+pub fn kind(msg: &SessionMessage) -> &'static str {
+    match msg {
+        SessionMessage::Created(_) => "created",
+        SessionMessage::Delta { .. } => "delta",
+        SessionMessage::Accessed { .. } => "accessed",
+        SessionMessage::Expired { .. } => "expired",
+        SessionMessage::ChangeId { .. } => "change-id",
+        SessionMessage::GetSession { .. } => "get-session",
+        SessionMessage::State(_) => "state",
+        SessionMessage::GetAllSessions => "get-all",
+        SessionMessage::AllSessions { .. } => "all-sessions",
+        SessionMessage::NoContextManager => "no-context-manager",
+    }
+}
+
+/// The sessions a message is about.
+fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
+    match msg {
+        SessionMessage::Created(st) | SessionMessage::State(st) => vec![st.id.clone()],
+        SessionMessage::Delta { id, .. }
+        | SessionMessage::Accessed { id, .. }
+        | SessionMessage::Expired { id }
+        | SessionMessage::GetSession { id } => vec![id.clone()],
+        SessionMessage::ChangeId { old, new } => vec![old.clone(), new.clone()],
+        SessionMessage::AllSessions { states, .. } => states.iter().map(|s| s.id.clone()).collect(),
+        SessionMessage::GetAllSessions | SessionMessage::NoContextManager => Vec::new(),
+    }
+}
+
+impl DeltaNode {
+    pub fn new(id: NodeId, cfg: DeltaSimConfig, world: SharedWorld) -> DeltaNode {
+        let core = DeltaCore::new(cfg.core.clone(), &format!("node{}", id.0));
+        DeltaNode {
+            id,
+            cfg,
+            world,
+            core,
+            out: BTreeMap::new(),
+            inbound: BTreeMap::new(),
+            seq: 0,
+            next_req: 0,
+            waiting: BTreeMap::new(),
+            owed: Vec::new(),
+            held: BTreeMap::new(),
+            next_token: HELD_BASE,
+            trace: std::env::var_os(TRACE_ENV).is_some(),
+            first_seen: HashMap::new(),
+            journal: Journal::default(),
+        }
+    }
+
+    /// The other members, as this node sees them.
+    pub fn view(&self) -> BTreeSet<NodeId> {
+        let mut v = self
+            .world
+            .borrow()
+            .views
+            .get(&self.id)
+            .cloned()
+            .unwrap_or_default();
+        v.remove(&self.id);
+        v
+    }
+
+    /// This node's copy of `id`: version and attributes.
+    pub fn copy(&self, id: &SessionId) -> Option<(u64, &BTreeMap<String, Vec<u8>>)> {
+        self.core
+            .session(id)
+            .map(|s| (s.version(), &s.state().attributes))
+    }
+
+    /// A new session, then `ops` on it, in one request.
+    pub fn create(&mut self, ctx: &mut Ctx<'_>, ops: &[Op]) -> Served {
+        let id = match self.core.create(now_ms(ctx)) {
+            Ok(id) => id,
+            Err(e) => panic!("{}: no session id: {e}", self.id),
+        };
+        self.request(ctx, &id, ops)
+    }
+
+    /// One request on session `id`: `ops`, then the request's end (which sends its changes).
+    pub fn request(&mut self, ctx: &mut Ctx<'_>, id: &SessionId, ops: &[Op]) -> Served {
+        if self.core.session(id).is_none() {
+            return if self.core.store().is_ended(id) {
+                Served::Ended
+            } else {
+                Served::Missing
+            };
+        }
+        let mut id = id.clone();
+        for op in ops {
+            match op {
+                Op::Set(name) => {
+                    let val = self.next_val();
+                    if let Some(s) = self.core.session_mut(&id) {
+                        if let Err(e) = s.set(name, &val) {
+                            panic!("{}: set {name} on {id}: {e}", self.id);
+                        }
+                    }
+                }
+                Op::Remove(name) => {
+                    if let Some(s) = self.core.session_mut(&id) {
+                        if let Err(e) = s.remove(name) {
+                            panic!("{}: remove {name} on {id}: {e}", self.id);
+                        }
+                    }
+                }
+                Op::Read => {}
+                Op::MaxInactive(d) => {
+                    if let Some(s) = self.core.session_mut(&id) {
+                        s.set_max_inactive(*d);
+                    }
+                }
+                Op::ChangeId => {
+                    let (new, outs, events) = match self.core.change_id(&id) {
+                        Ok(r) => r,
+                        Err(e) => panic!("{}: change of id of {id}: {e}", self.id),
+                    };
+                    {
+                        let mut w = self.world.borrow_mut();
+                        w.oracle.renamed.insert(id.clone(), new.clone());
+                        w.oracle.previous.insert(new.clone(), id.clone());
+                    }
+                    self.touch(&id);
+                    self.touch(&new);
+                    self.note_events(events);
+                    self.send_outs(outs, true, ctx);
+                    id = new;
+                }
+                Op::Invalidate => {
+                    let (outs, events) = self.core.invalidate(&id);
+                    self.world.borrow_mut().oracle.ended.insert(id.clone());
+                    self.touch(&id);
+                    self.note_events(events);
+                    self.send_outs(outs, true, ctx);
+                    return Served::Ended;
+                }
+            }
+        }
+        let outs = self.core.end_request(&id, now_ms(ctx));
+        if let Some(s) = self.core.session(&id) {
+            let (version, attrs) = (s.version(), s.state().attributes.clone());
+            let max = s.state().max_inactive_ms;
+            let mut w = self.world.borrow_mut();
+            w.record(self.id, &id, version, &attrs);
+            w.oracle.last_request.insert(id.clone(), (now_ms(ctx), max));
+        }
+        self.touch(&id);
+        self.send_outs(outs, true, ctx);
+        Served::Live(id)
+    }
+
+    /// The test changed this node's view (a member joined or left): changes waiting only for
+    /// members that left are now acknowledged.
+    pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
+        self.settle_waiting(ctx.now());
+    }
+
+    fn next_val(&mut self) -> Val {
+        let mut w = self.world.borrow_mut();
+        w.oracle.counter += 1;
+        Val {
+            node: self.id.0 as u32,
+            counter: w.oracle.counter,
+        }
+    }
+
+    fn touch(&mut self, id: &SessionId) {
+        self.journal.touched.push((self.journal.life, id.clone()));
+        if self.core.store().get(id).is_some() {
+            self.journal.held_ever.insert(id.clone());
+            let next = self.first_seen.len() as u64;
+            self.first_seen.entry(id.clone()).or_insert(next);
+        }
+    }
+
+    fn seen(&self, id: &SessionId) -> u64 {
+        self.first_seen.get(id).copied().unwrap_or(u64::MAX)
+    }
+
+    /// The core lists sessions in `HashMap` order, which differs from process to process; the
+    /// simulation puts state-transfer chunks and expiries in the order this node first held
+    /// the sessions, so that a seed replays the same schedule. (Same sessions, same chunk
+    /// sizes; only the order within the snapshot changes, which the protocol leaves open.)
+    fn canonical(&self, mut outs: Vec<Out>) -> Vec<Out> {
+        let chunks: Vec<usize> = outs
+            .iter()
+            .filter_map(|o| match &o.msg {
+                SessionMessage::AllSessions { states, .. } => Some(states.len()),
+                _ => None,
+            })
+            .collect();
+        if chunks.len() == outs.len() && !outs.is_empty() {
+            let mut states: Vec<_> = outs
+                .iter_mut()
+                .flat_map(|o| match &mut o.msg {
+                    SessionMessage::AllSessions { states, .. } => std::mem::take(states),
+                    _ => Vec::new(),
+                })
+                .collect();
+            states.sort_by_key(|s| self.seen(&s.id));
+            let mut rest = states.into_iter();
+            for (o, n) in outs.iter_mut().zip(chunks) {
+                if let SessionMessage::AllSessions { states, .. } = &mut o.msg {
+                    *states = rest.by_ref().take(n).collect();
+                }
+            }
+            return outs;
+        }
+        outs.sort_by_key(|o| match &o.msg {
+            SessionMessage::Expired { id } => self.seen(id),
+            _ => u64::MAX,
+        });
+        outs
+    }
+
+    fn note_events(&mut self, events: Vec<SessionEvent>) {
+        let life = self.journal.life;
+        self.journal
+            .events
+            .extend(events.into_iter().map(|e| (life, e)));
+    }
+
+    /// The change a sent message makes, if it is one the originator waits acks for.
+    fn change_of(&self, msg: &SessionMessage) -> Option<Change> {
+        match msg {
+            SessionMessage::Created(st) => Some(Change::Version(st.id.clone(), st.version)),
+            SessionMessage::Delta { id, version, .. } => {
+                Some(Change::Version(id.clone(), *version))
+            }
+            // Applied once the new id is there (a lagging copy keeps its version when moved).
+            SessionMessage::ChangeId { new, .. } => Some(Change::Version(new.clone(), 0)),
+            SessionMessage::Expired { id } => Some(Change::Ended(id.clone())),
+            _ => None,
+        }
+    }
+
+    /// Whether `change` is in this node's store: the session at that version or newer, or ended.
+    fn has(&self, change: &Change) -> bool {
+        let store = self.core.store();
+        match change {
+            Change::Version(id, v) => {
+                store.get(id).is_some_and(|s| s.version() >= *v) || store.is_ended(id)
+            }
+            Change::Ended(id) => store.get(id).is_none(),
+        }
+    }
+
+    fn send_outs(&mut self, outs: Vec<Out>, track: bool, ctx: &mut Ctx<'_>) {
+        for out in outs {
+            *self.journal.sent.entry(kind(&out.msg)).or_default() += 1;
+            match out.dest {
+                Dest::All => {
+                    let targets = self.view();
+                    let req = match self.change_of(&out.msg).filter(|_| track) {
+                        Some(change) => {
+                            self.next_req += 1;
+                            self.waiting.insert(
+                                self.next_req,
+                                Waiting {
+                                    change,
+                                    pending: targets.clone(),
+                                    by: Vec::new(),
+                                },
+                            );
+                            self.next_req
+                        }
+                        None => 0,
+                    };
+                    let body = encode_body(&Wire::Msg { req, msg: out.msg });
+                    for t in targets {
+                        self.send_body(t, &body, ctx);
+                    }
+                    self.settle_waiting(ctx.now());
+                }
+                Dest::Member(m) => {
+                    let Some(to) = node_of(&m) else {
+                        panic!("{}: message for unknown member {m}", self.id);
+                    };
+                    let body = encode_body(&Wire::Msg {
+                        req: 0,
+                        msg: out.msg,
+                    });
+                    self.send_body(to, &body, ctx);
+                }
+            }
+        }
+    }
+
+    fn send_body(&mut self, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) {
+        if to == self.id {
+            return;
+        }
+        let conn = match self.out.get(&to) {
+            Some(c) => *c,
+            None => {
+                let c = ctx.connect(to);
+                self.out.insert(to, c);
+                c
+            }
+        };
+        self.seq += 1;
+        let mut frame = Vec::with_capacity(body.len() + 24);
+        encode_frame(&mut frame, FrameKind::Data, 0, self.seq, body);
+        ctx.send(conn, frame);
+    }
+
+    /// Records the changes every member (still in the view) has acknowledged.
+    fn settle_waiting(&mut self, now: Duration) {
+        let view = self.view();
+        let done: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.pending.is_disjoint(&view))
+            .map(|(r, _)| *r)
+            .collect();
+        for req in done {
+            if let Some(w) = self.waiting.remove(&req) {
+                self.world.borrow_mut().oracle.acked.push(Acked {
+                    origin: self.id,
+                    at: now,
+                    change: w.change,
+                    by: w.by,
+                });
+            }
+        }
+    }
+
+    fn receive(&mut self, from: NodeId, wire: Wire, ctx: &mut Ctx<'_>) {
+        match wire {
+            Wire::Ack { req } => {
+                let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
+                if let Some(w) = self.waiting.get_mut(&req) {
+                    if w.pending.remove(&from) {
+                        w.by.push((from, life));
+                    }
+                }
+                self.settle_waiting(ctx.now());
+            }
+            Wire::Msg { req, msg } => {
+                if let Some(chaos) = self.cfg.chaos.clone() {
+                    if ctx.rng().chance(chaos.delay) {
+                        self.journal.delayed += 1;
+                        self.hold(from, req, msg, chaos.max_delay, ctx);
+                        return;
+                    }
+                    if ctx.rng().chance(chaos.duplicate) {
+                        self.journal.duplicated += 1;
+                        self.hold(from, req, msg.clone(), chaos.max_delay, ctx);
+                    }
+                }
+                self.apply(from, req, msg, ctx);
+            }
+        }
+    }
+
+    fn hold(
+        &mut self,
+        from: NodeId,
+        req: u64,
+        msg: SessionMessage,
+        max: Duration,
+        ctx: &mut Ctx<'_>,
+    ) {
+        self.next_token += 1;
+        self.held.insert(self.next_token, (from, req, msg));
+        let after = ctx.rng().duration_between(Duration::ZERO, max);
+        ctx.set_timer(after, self.next_token);
+    }
+
+    /// Applies a message from `from` and sends what the core answers, then the acks owed.
+    fn apply(&mut self, from: NodeId, req: u64, msg: SessionMessage, ctx: &mut Ctx<'_>) {
+        let k = kind(&msg);
+        *self.journal.received.entry(k).or_default() += 1;
+        let ids = ids_of(&msg);
+        if ids.iter().any(|id| self.core.store().is_ended(id))
+            && matches!(
+                msg,
+                SessionMessage::Created(_)
+                    | SessionMessage::Delta { .. }
+                    | SessionMessage::State(_)
+            )
+        {
+            self.journal.after_end += 1;
+        }
+        let is_change = matches!(
+            msg,
+            SessionMessage::Created(_)
+                | SessionMessage::Delta { .. }
+                | SessionMessage::Expired { .. }
+                | SessionMessage::ChangeId { .. }
+        );
+        if is_change && !self.core.is_ready() {
+            self.journal.during_transfer += 1;
+        }
+        if let SessionMessage::AllSessions { states, .. } = &msg {
+            self.journal.transferred += states.len() as u64;
+        }
+        if self.trace {
+            let versions = match &msg {
+                SessionMessage::Delta { base, version, .. } => format!(" v{base}->v{version}"),
+                SessionMessage::Created(s) | SessionMessage::State(s) => format!(" v{}", s.version),
+                _ => String::new(),
+            };
+            let short: Vec<&str> = ids.iter().map(|i| &i.as_str()[..6]).collect();
+            eprintln!(
+                "{:?} {} <- {from}: {k} {short:?}{versions} (ready: {})",
+                ctx.now(),
+                self.id,
+                self.core.is_ready()
+            );
+        }
+        let (outs, events) = self.core.handle(sim_member(from).id, &msg);
+        let outs = self.canonical(outs);
+        self.journal.resyncs += outs
+            .iter()
+            .filter(|o| matches!(o.msg, SessionMessage::GetSession { .. }))
+            .count() as u64;
+        for id in &ids {
+            self.touch(id);
+        }
+        self.note_events(events);
+        self.send_outs(outs, false, ctx);
+        if req > 0 {
+            match self.change_of(&msg) {
+                Some(change) => self.owed.push(Owed {
+                    to: from,
+                    req,
+                    change,
+                    deferred: false,
+                }),
+                // Nothing to wait for (an access): acked on receipt.
+                None => self.send_ack(from, req, ctx),
+            }
+        }
+        self.pay_acks(ctx);
+    }
+
+    fn send_ack(&mut self, to: NodeId, req: u64, ctx: &mut Ctx<'_>) {
+        let body = encode_body(&Wire::Ack { req });
+        self.send_body(to, &body, ctx);
+    }
+
+    /// Sends every owed ack whose change is now in the store.
+    fn pay_acks(&mut self, ctx: &mut Ctx<'_>) {
+        let owed = std::mem::take(&mut self.owed);
+        for mut o in owed {
+            if self.has(&o.change) {
+                self.journal.late_acks += u64::from(o.deferred);
+                self.send_ack(o.to, o.req, ctx);
+            } else {
+                o.deferred = true;
+                self.owed.push(o);
+            }
+        }
+    }
+
+    fn reap(&mut self, ctx: &mut Ctx<'_>) {
+        let (outs, mut events) = self.core.expire(now_ms(ctx));
+        let outs = self.canonical(outs);
+        events.sort_by_key(|e| match e {
+            SessionEvent::Destroyed(id) => self.seen(id),
+            _ => u64::MAX,
+        });
+        let now = now_ms(ctx);
+        for e in &events {
+            if let SessionEvent::Destroyed(id) = e {
+                let mut w = self.world.borrow_mut();
+                if let Some(&(at, max)) = w.oracle.last_request.get(id) {
+                    if max > 0 && now.saturating_sub(at) <= max {
+                        let msg = format!(
+                            "{} expired {id} {} ms after a request (max inactive {max} ms)",
+                            self.id,
+                            now - at
+                        );
+                        w.oracle.early.push(msg);
+                    }
+                }
+                w.oracle.ended.insert(id.clone());
+                drop(w);
+                self.touch(id);
+            }
+        }
+        self.note_events(events);
+        self.send_outs(outs, true, ctx);
+    }
+}
+
+impl Node for DeltaNode {
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        self.journal.life += 1;
+        self.world
+            .borrow_mut()
+            .lives
+            .insert(self.id, self.journal.life);
+        if let Some(period) = self.cfg.reaper {
+            ctx.set_timer(period, REAPER);
+        }
+        // Tomcat asks the first member of its view (the oldest); here the lowest id.
+        if let Some(&donor) = self.view().iter().next() {
+            let ask = self.core.begin_state_transfer(sim_member(donor).id);
+            self.send_outs(vec![ask], false, ctx);
+        }
+    }
+
+    fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
+        self.inbound.insert(conn, (from, Vec::new()));
+    }
+
+    fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
+        let Some((from, buf)) = self.inbound.get_mut(&conn) else {
+            return; // nothing is ever sent back on a connection this node opened
+        };
+        let from = *from;
+        buf.extend_from_slice(bytes);
+        let mut wires = Vec::new();
+        loop {
+            let (wire, used) = match parse_frame(buf, MAX_FRAME) {
+                Ok(Some((frame, used))) => match decode_body::<Wire>(frame.body) {
+                    Ok(w) => (w, used),
+                    Err(e) => panic!("{}: undecodable body from {from}: {e}", self.id),
+                },
+                Ok(None) => break,
+                Err(e) => panic!("{}: bad frame from {from}: {e}", self.id),
+            };
+            buf.drain(..used);
+            wires.push(wire);
+        }
+        for wire in wires {
+            self.receive(from, wire, ctx);
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, _why: CloseReason, _ctx: &mut Ctx<'_>) {
+        self.inbound.remove(&conn);
+        self.out.retain(|_, c| *c != conn);
+    }
+
+    fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
+        if token == REAPER {
+            self.reap(ctx);
+            if let Some(period) = self.cfg.reaper {
+                ctx.set_timer(period, REAPER);
+            }
+        } else if let Some((from, req, msg)) = self.held.remove(&token) {
+            self.apply(from, req, msg, ctx);
+        }
+    }
+
+    fn restarted(&self, _rng: &mut SimRng) -> DeltaNode {
+        let mut n = DeltaNode::new(self.id, self.cfg.clone(), self.world.clone());
+        n.journal = self.journal.clone();
+        n
+    }
+}
+
+// ---- invariants ----
+
+/// Per (node, life, id): the last version seen and the newest value counter seen per attribute.
+type Seen = HashMap<(NodeId, u64, SessionId), (u64, BTreeMap<String, u64>)>;
+
+/// Whether node `n` (in its current life) holds `change`: some id of the session's chain at the
+/// version or newer, or the session has ended there (or everywhere, by the oracle).
+pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) -> bool {
+    let node = sim.node(n);
+    match change {
+        Change::Version(id, v) => {
+            let chain = world.oracle.chain(id);
+            chain
+                .iter()
+                .any(|id| node.copy(id).is_some_and(|(have, _)| have >= *v))
+                || chain.last().is_some_and(|last| {
+                    world.oracle.ended.contains(last) || node.core.store().is_ended(last)
+                })
+        }
+        Change::Ended(id) => node.copy(id).is_none(),
+    }
+}
+
+/// Installs the DeltaManager invariants, each checked after every step:
+///
+/// - `history-never-forks`: no two different states were ever made for one (id, version).
+/// - `copy-is-an-origin-state`: a copy at version v has exactly the attributes the node that
+///   made version v had (so no stale, mixed or missing attribute is ever shown).
+/// - `versions-and-values-never-go-back`: on each node, a session's version never decreases and
+///   no attribute shows a value older than one it showed before.
+/// - `copies-vanish-only-when-ended-or-renamed`: a node drops a copy only when the session was
+///   ended (invalidated or expired by some node's decision) or changed id.
+/// - `ended-stays-ended`: a session a node destroyed (or whose old id it moved away from) never
+///   reappears on it, whatever arrives late.
+/// - `destroyed-at-most-once`: a node reports `Destroyed` once per session.
+/// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
+///   is still in the same life) holds it.
+/// - `no-session-expires-while-in-use`: no reaper ends a session within its max inactive
+///   interval of a request to it (on any node).
+pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
+    let w = world.clone();
+    sim.invariant("history-never-forks", move |_| {
+        let w = w.borrow();
+        match w.oracle.forks.first() {
+            Some(f) => Err(format!("two states for one version: {f}")),
+            None => Ok(()),
+        }
+    });
+
+    let w = world.clone();
+    sim.invariant("no-session-expires-while-in-use", move |_| {
+        match w.borrow().oracle.early.first() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    });
+
+    let w = world.clone();
+    let mut cursor: HashMap<NodeId, usize> = HashMap::new();
+    let mut seen: Seen = HashMap::new();
+    let mut ended: HashMap<(NodeId, u64), HashSet<SessionId>> = HashMap::new();
+    let mut destroyed: HashSet<(NodeId, u64, SessionId)> = HashSet::new();
+    let mut ev_cursor: HashMap<NodeId, usize> = HashMap::new();
+    sim.invariant("copies-follow-the-origin", move |sim| {
+        let w = w.borrow();
+        for n in sim.node_ids() {
+            let node = sim.node(n);
+            let j = &node.journal;
+            let from = ev_cursor.insert(n, j.events.len()).unwrap_or(0);
+            for (life, e) in &j.events[from..] {
+                match e {
+                    SessionEvent::Destroyed(id) => {
+                        if !destroyed.insert((n, *life, id.clone())) {
+                            return Err(format!(
+                                "destroyed-at-most-once: {n} reported {id} destroyed twice"
+                            ));
+                        }
+                        ended.entry((n, *life)).or_default().insert(id.clone());
+                    }
+                    SessionEvent::IdChanged { old, .. } => {
+                        ended.entry((n, *life)).or_default().insert(old.clone());
+                    }
+                    _ => {}
+                }
+            }
+            let from = cursor.insert(n, j.touched.len()).unwrap_or(0);
+            if !sim.is_up(n) {
+                continue;
+            }
+            for (life, id) in &j.touched[from..] {
+                if *life != j.life {
+                    continue;
+                }
+                let key = (n, *life, id.clone());
+                match node.copy(id) {
+                    Some((version, attrs)) => {
+                        if ended.get(&(n, *life)).is_some_and(|e| e.contains(id)) {
+                            return Err(format!(
+                                "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
+                            ));
+                        }
+                        match w.oracle.state(id, version) {
+                            None => {
+                                return Err(format!(
+                                    "copy-is-an-origin-state: {n} holds {id} at version {version}, which no origin made"
+                                ))
+                            }
+                            Some(want) if want != attrs => {
+                                return Err(format!(
+                                    "copy-is-an-origin-state: {n} holds {id} v{version} as {}, its origin made {}",
+                                    show(attrs),
+                                    show(want)
+                                ))
+                            }
+                            Some(_) => {}
+                        }
+                        let entry = seen.entry(key).or_insert((version, BTreeMap::new()));
+                        if version < entry.0 {
+                            return Err(format!(
+                                "versions-and-values-never-go-back: {n} holds {id} at version {version} after {}",
+                                entry.0
+                            ));
+                        }
+                        entry.0 = version;
+                        for (name, bytes) in attrs {
+                            let Some(val) = Val::decode(bytes) else {
+                                continue;
+                            };
+                            let newest = entry.1.entry(name.clone()).or_insert(val.counter);
+                            if val.counter < *newest {
+                                return Err(format!(
+                                    "versions-and-values-never-go-back: {n} shows {id}.{name} = value {} after value {}",
+                                    val.counter, newest
+                                ));
+                            }
+                            *newest = val.counter;
+                        }
+                    }
+                    None => {
+                        if seen.remove(&key).is_some()
+                            && !w.oracle.ended.contains(id)
+                            && !w.oracle.renamed.contains_key(id)
+                        {
+                            return Err(format!(
+                                "copies-vanish-only-when-ended-or-renamed: {n} dropped live session {id}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+
+    let w = world.clone();
+    let mut acked_cursor = 0usize;
+    sim.invariant("acked-is-on-every-acker", move |sim| {
+        let w = w.borrow();
+        let from = std::mem::replace(&mut acked_cursor, w.oracle.acked.len());
+        for a in &w.oracle.acked[from.min(w.oracle.acked.len())..] {
+            for &(n, life) in &a.by {
+                let current = w.lives.get(&n).copied() == Some(life) && sim.is_up(n);
+                if current && !holds(sim, &w, n, &a.change) {
+                    let id = match &a.change {
+                        Change::Version(id, _) | Change::Ended(id) => id,
+                    };
+                    let copies: Vec<String> = w
+                        .oracle
+                        .chain(id)
+                        .iter()
+                        .map(|id| {
+                            format!(
+                                "{id}: {:?} ended here {}",
+                                sim.node(n).copy(id).map(|(v, _)| v),
+                                sim.node(n).core.store().is_ended(id)
+                            )
+                        })
+                        .collect();
+                    return Err(format!(
+                        "{n} acked {:?} of {} but does not hold it; its copies: {}",
+                        a.change,
+                        a.origin,
+                        copies.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    });
+}
