@@ -187,7 +187,11 @@ impl DeltaCore {
                 last_accessed_ms: s.last_accessed_ms(),
             })
         } else {
-            let throttle = s.max_inactive().as_millis() as u64 / 2;
+            // Half the max inactive interval; a session that never expires needs no refresh.
+            let throttle = match s.max_inactive().as_millis() as u64 {
+                0 => u64::MAX,
+                max => max / 2,
+            };
             let stale = now_ms.saturating_sub(meta.replicated_access_ms) >= throttle;
             (!was_primary || stale).then(|| SessionMessage::Accessed {
                 id: id.clone(),
@@ -228,12 +232,13 @@ impl DeltaCore {
         &mut self,
         old: &SessionId,
     ) -> Result<(SessionId, Vec<Out>, Vec<SessionEvent>), SessionIdError> {
-        let new = SessionId::generate(&self.route)?;
-        let Some(mut s) = self.store.end(old) else {
+        if self.session(old).is_none() {
+            // Nothing to rename: the id stays (the caller's session ended meanwhile).
             return Ok((old.clone(), Vec::new(), Vec::new()));
-        };
-        s.change_id(new.clone());
-        self.store.insert_local(s);
+        }
+        let new = SessionId::generate(&self.route)?;
+        // Retires the old id here too, so changes from other nodes still in flight for it follow.
+        self.store.rename(old, &new);
         if let Some(m) = self.meta.remove(old) {
             self.meta.insert(new.clone(), m);
         }
@@ -284,8 +289,13 @@ impl DeltaCore {
             .cloned()
             .collect();
         for id in due {
+            let primary = self.meta.get(&id).is_some_and(|m| m.primary_here);
             let (o, e) = self.invalidate(&id);
-            outs.extend(o);
+            // Only the node that served it last tells the others (Tomcat: a backup copy expires
+            // locally): a replica whose access time is stale must not end a session in use.
+            if primary {
+                outs.extend(o);
+            }
             events.extend(e);
         }
         (outs, events)

@@ -63,9 +63,10 @@ pub enum Outcome {
 /// Sessions of one application, as replicated to this node.
 pub struct ReplicaStore {
     sessions: HashMap<SessionId, Session>,
-    /// Ended sessions, remembered so that a late message cannot bring one back. Bounded: the
-    /// oldest are forgotten first.
-    tombstones: HashMap<SessionId, ()>,
+    /// Ended sessions, remembered so that a late message cannot bring one back; a renamed one
+    /// remembers its new id, so that changes still in flight for the old id follow it. Bounded:
+    /// the oldest are forgotten first.
+    tombstones: HashMap<SessionId, Option<SessionId>>,
     tombstone_order: VecDeque<SessionId>,
     max_tombstones: usize,
 }
@@ -108,12 +109,47 @@ impl ReplicaStore {
     /// Ends a session on this node (invalidated or expired); returns it if it was here.
     pub fn end(&mut self, id: &SessionId) -> Option<Session> {
         let s = self.sessions.remove(id);
-        self.bury(id.clone());
+        self.bury(id.clone(), None);
         s
     }
 
-    fn bury(&mut self, id: SessionId) {
-        if self.tombstones.insert(id.clone(), ()).is_none() {
+    /// Gives session `old` the id `new` (change of id): the old id is retired for good, and
+    /// changes still in flight for it are applied to `new`. When a copy of `new` is already here
+    /// (fetched by a resync), the newer of the two is kept.
+    pub fn rename(&mut self, old: &SessionId, new: &SessionId) -> Outcome {
+        self.bury(old.clone(), Some(new.clone()));
+        let Some(mut s) = self.sessions.remove(old) else {
+            return if self.sessions.contains_key(new) {
+                Outcome::Ignored("duplicate change of id")
+            } else {
+                Outcome::Resync(new.clone())
+            };
+        };
+        if self
+            .sessions
+            .get(new)
+            .is_some_and(|n| n.version() >= s.version())
+        {
+            return Outcome::Ignored("a newer copy of the new id is already here");
+        }
+        s.change_id(new.clone());
+        self.sessions.insert(new.clone(), s);
+        Outcome::Applied
+    }
+
+    /// Follows changes of id from `id` to the session's current id (a few hops at most).
+    fn resolve<'a>(&'a self, mut id: &'a SessionId) -> &'a SessionId {
+        for _ in 0..8 {
+            match self.tombstones.get(id) {
+                Some(Some(next)) => id = next,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    fn bury(&mut self, id: SessionId, renamed: Option<SessionId>) {
+        if self.tombstones.insert(id.clone(), renamed).is_none() {
             self.tombstone_order.push_back(id);
             if self.tombstone_order.len() > self.max_tombstones {
                 if let Some(old) = self.tombstone_order.pop_front() {
@@ -185,6 +221,7 @@ impl ReplicaStore {
                 ops,
                 last_accessed_ms,
             } => {
+                let id = &self.resolve(id).clone();
                 if self.is_ended(id) {
                     return Outcome::Ignored("session has ended");
                 }
@@ -203,7 +240,7 @@ impl ReplicaStore {
             SessionMessage::Accessed {
                 id,
                 last_accessed_ms,
-            } => match self.sessions.get_mut(id) {
+            } => match self.sessions.get_mut(&self.resolve(id).clone()) {
                 // Access times only move forward, so order does not matter.
                 Some(s) => {
                     s.access(*last_accessed_ms);
@@ -212,6 +249,8 @@ impl ReplicaStore {
                 None => Outcome::Ignored("unknown session"),
             },
             SessionMessage::Expired { id } => {
+                // Not followed through a change of id: an invalidation that raced the renaming
+                // loses to it everywhere alike (the renamed session lives on).
                 let had = self.sessions.contains_key(id);
                 self.end(id);
                 if had {
@@ -220,18 +259,7 @@ impl ReplicaStore {
                     Outcome::Ignored("unknown session")
                 }
             }
-            SessionMessage::ChangeId { old, new } => match self.sessions.remove(old) {
-                Some(mut s) => {
-                    s.change_id(new.clone());
-                    self.bury(old.clone());
-                    self.sessions.insert(new.clone(), s);
-                    Outcome::Applied
-                }
-                None if self.sessions.contains_key(new) => {
-                    Outcome::Ignored("duplicate change of id")
-                }
-                None => Outcome::Resync(new.clone()),
-            },
+            SessionMessage::ChangeId { old, new } => self.rename(old, new),
             SessionMessage::GetSession { .. }
             | SessionMessage::GetAllSessions
             | SessionMessage::NoContextManager => Outcome::Ignored("a request, not a change"),
