@@ -93,6 +93,8 @@ pub struct DeltaCore {
     unannounced: HashSet<SessionId>,
     /// State transfer done (or not needed).
     ready: bool,
+    /// Chunks of the current state transfer received so far.
+    chunks_seen: HashSet<u32>,
 }
 
 impl DeltaCore {
@@ -105,6 +107,7 @@ impl DeltaCore {
             meta: Default::default(),
             unannounced: HashSet::new(),
             ready: true,
+            chunks_seen: HashSet::new(),
         }
     }
 
@@ -119,6 +122,7 @@ impl DeltaCore {
     /// Asks `donor` for every session (on start, when other members exist).
     pub fn begin_state_transfer(&mut self, donor: MemberId) -> Out {
         self.ready = false;
+        self.chunks_seen.clear();
         Out {
             dest: Dest::Member(donor),
             msg: SessionMessage::GetAllSessions,
@@ -335,7 +339,8 @@ impl DeltaCore {
                         dest: Dest::Member(from),
                         msg: SessionMessage::AllSessions {
                             states,
-                            last: i + 1 == n,
+                            index: i as u32,
+                            count: n as u32,
                         },
                     })
                     .collect();
@@ -415,7 +420,14 @@ impl DeltaCore {
             events.extend(attr_events);
         }
         match (&outcome, msg) {
-            (_, SessionMessage::AllSessions { last: true, .. }) => self.ready = true,
+            (_, SessionMessage::AllSessions { index, count, .. }) => {
+                // Ready once every chunk arrived (one lost on a reset leaves the transfer to
+                // time out rather than pretend it is complete).
+                self.chunks_seen.insert(*index);
+                if self.chunks_seen.len() >= *count as usize {
+                    self.ready = true;
+                }
+            }
             (Outcome::Applied, SessionMessage::Expired { id }) => {
                 self.meta.remove(id);
                 events.push(SessionEvent::Destroyed(id.clone()));

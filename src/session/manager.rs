@@ -180,6 +180,11 @@ impl DeltaManager {
         if let Some(id) = cookie.and_then(|c| SessionId::parse(c).ok()) {
             copy = self.core.lock().session(&id).cloned();
         }
+        // The copy starts with no changes of its own: what the stored session still has pending
+        // (a filtered request's) stays there and is not applied twice.
+        if let Some(c) = copy.as_mut() {
+            c.take_pending();
+        }
         Request {
             mgr: self.clone(),
             copy,
@@ -238,10 +243,11 @@ impl DeltaManager {
             let ready = !was_ready && core.is_ready();
             (outs, events, ready)
         };
-        if outs
-            .iter()
-            .any(|o| matches!(o.msg, SessionMessage::GetSession { .. }))
-        {
+        let resync = outs.iter().find_map(|o| match &o.msg {
+            SessionMessage::GetSession { id } => Some(id.clone()),
+            _ => None,
+        });
+        if resync.is_some() {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
         }
         if matches!(msg, SessionMessage::GetAllSessions) {
@@ -257,7 +263,14 @@ impl DeltaManager {
             self.ready_changed.notify_all();
         }
         self.notify(&events, false);
-        self.send(outs).map_err(|e| e.to_string())
+        self.send(outs).map_err(|e| e.to_string())?;
+        match resync {
+            // Not applied (yet): a synchronized-ack sender must not count this member as done.
+            Some(id) => Err(format!(
+                "session {id} not applied here: an earlier change is missing; asked for the session"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// A member appeared: a manager that has not yet asked anyone for the sessions asks it.
@@ -381,7 +394,10 @@ impl Request {
             let copy = {
                 let mut core = self.mgr.core.lock();
                 let id = core.create(now_ms()).map_err(ManagerError::Id)?;
-                core.session(&id).cloned()
+                core.session(&id).cloned().map(|mut c| {
+                    c.take_pending();
+                    c
+                })
             };
             if let Some(c) = &copy {
                 self.mgr

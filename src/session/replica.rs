@@ -41,10 +41,12 @@ pub enum SessionMessage {
     State(SessionState),
     /// EVT_GET_ALL_SESSIONS: a joining member asks for every session.
     GetAllSessions,
-    /// EVT_ALL_SESSION_DATA: one bounded chunk of the state transfer (`sendAllSessionsSize`).
+    /// EVT_ALL_SESSION_DATA: chunk `index` of `count` of the state transfer, each at most
+    /// `sendAllSessionsSize` sessions. The joiner is ready once it has every index.
     AllSessions {
         states: Vec<SessionState>,
-        last: bool,
+        index: u32,
+        count: u32,
     },
     /// EVT_ALL_SESSION_NOCONTEXTMANAGER: the member has no such application.
     NoContextManager,
@@ -395,10 +397,10 @@ mod tests {
         );
         let mut joiner = ReplicaStore::new(100);
         for (i, states) in chunks.iter().enumerate() {
-            let last = i + 1 == chunks.len();
             joiner.apply(&SessionMessage::AllSessions {
                 states: states.clone(),
-                last,
+                index: i as u32,
+                count: chunks.len() as u32,
             });
         }
         assert_eq!(joiner.len(), 2500);
