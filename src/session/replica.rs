@@ -120,6 +120,12 @@ impl ReplicaStore {
     /// (fetched by a resync), the newer of the two is kept.
     pub fn rename(&mut self, old: &SessionId, new: &SessionId) -> Outcome {
         self.bury(old.clone(), Some(new.clone()));
+        if self.tombstones.contains_key(new) {
+            // The new id is already retired here (the session ended, or moved on to a newer
+            // id): a late rename must not bring it back.
+            self.sessions.remove(old);
+            return Outcome::Ignored("the new id is already retired");
+        }
         let Some(mut s) = self.sessions.remove(old) else {
             return if self.sessions.contains_key(new) {
                 Outcome::Ignored("duplicate change of id")

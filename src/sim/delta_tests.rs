@@ -866,7 +866,6 @@ fn duplicated_and_reordered_messages_never_leave_a_stale_attribute() {
 /// asks for the new id and gets it at version n+1) then arrives and moves the replica's old
 /// copy (version n) over the new one: the version goes back and attributes go stale.
 #[test]
-#[ignore = "open: with duplicated and reordered changes of id an ended id can still come back on a replica (the direct case is fixed; see a_late_change_of_id_does_not_replace_a_newer_copy_of_the_new_id) (fails within 20 seeds)"]
 fn duplicated_and_reordered_messages_with_changes_of_id_never_leave_a_stale_attribute() {
     reorder(20, 1);
 }
