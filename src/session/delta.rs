@@ -15,6 +15,26 @@ use crate::member::MemberId;
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// Attribute events of `ops`, decided against `session` before they apply to it.
+pub fn attribute_events(session: &Session, ops: &[DeltaOp]) -> Vec<SessionEvent> {
+    let had = |n: &str| session.state().attributes.contains_key(n);
+    ops.iter()
+        .filter_map(|op| {
+            let (name, change) = match op {
+                DeltaOp::SetAttribute(n, _) if had(n) => (n, AttributeChange::Replaced),
+                DeltaOp::SetAttribute(n, _) => (n, AttributeChange::Added),
+                DeltaOp::RemoveAttribute(n) if had(n) => (n, AttributeChange::Removed),
+                _ => return None,
+            };
+            Some(SessionEvent::Attribute {
+                id: session.id().clone(),
+                name: name.clone(),
+                change,
+            })
+        })
+        .collect()
+}
+
 /// Settings of a DeltaManager (Tomcat's `<Manager className="…DeltaManager">` attributes).
 #[derive(Clone, Debug)]
 pub struct DeltaConfig {
@@ -391,28 +411,11 @@ impl DeltaCore {
             _ => Vec::new(),
         };
         // Attribute events of a delta, decided against the copy before it changes.
-        let attr_events: Vec<SessionEvent> = match msg {
-            SessionMessage::Delta { id, ops, .. } => self.store.get(id).map_or(Vec::new(), |s| {
-                ops.iter()
-                    .filter_map(|op| {
-                        let (name, change) = match op {
-                            DeltaOp::SetAttribute(n, _) if s.state().attributes.contains_key(n) => {
-                                (n, AttributeChange::Replaced)
-                            }
-                            DeltaOp::SetAttribute(n, _) => (n, AttributeChange::Added),
-                            DeltaOp::RemoveAttribute(n) if s.state().attributes.contains_key(n) => {
-                                (n, AttributeChange::Removed)
-                            }
-                            _ => return None,
-                        };
-                        Some(SessionEvent::Attribute {
-                            id: id.clone(),
-                            name: name.clone(),
-                            change,
-                        })
-                    })
-                    .collect()
-            }),
+        let attr_events = match msg {
+            SessionMessage::Delta { id, ops, .. } => self
+                .store
+                .get(id)
+                .map_or(Vec::new(), |s| attribute_events(s, ops)),
             _ => Vec::new(),
         };
         let outcome = self.store.apply(msg);

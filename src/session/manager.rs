@@ -461,7 +461,7 @@ impl Request {
             let Some(stored) = core.session_mut(copy.id()) else {
                 return Ok(()); // invalidated or expired meanwhile
             };
-            let events = attribute_events(stored, &ops);
+            let events = super::delta::attribute_events(stored, &ops);
             stored.record_ops(ops);
             let outs = if self.replicate {
                 core.end_request(copy.id(), now)
@@ -475,29 +475,6 @@ impl Request {
         self.mgr.notify(&local_events, true);
         self.mgr.send(outs)
     }
-}
-
-/// Attribute events of a request's changes, decided against the stored session before they apply.
-fn attribute_events(stored: &Session, ops: &[super::model::DeltaOp]) -> Vec<SessionEvent> {
-    use super::delta::AttributeChange;
-    use super::model::DeltaOp;
-    let id = stored.id();
-    ops.iter()
-        .filter_map(|op| {
-            let had = |n: &str| stored.state().attributes.contains_key(n);
-            let (name, change) = match op {
-                DeltaOp::SetAttribute(n, _) if had(n) => (n, AttributeChange::Replaced),
-                DeltaOp::SetAttribute(n, _) => (n, AttributeChange::Added),
-                DeltaOp::RemoveAttribute(n) if had(n) => (n, AttributeChange::Removed),
-                _ => return None,
-            };
-            Some(SessionEvent::Attribute {
-                id: id.clone(),
-                name: name.clone(),
-                change,
-            })
-        })
-        .collect()
 }
 
 impl Drop for Request {

@@ -295,23 +295,27 @@ impl Session {
         std::mem::take(&mut self.pending)
     }
 
+    fn apply_op(&mut self, op: &DeltaOp) {
+        match op {
+            DeltaOp::SetAttribute(n, v) => {
+                self.state.attributes.insert(n.clone(), v.clone());
+            }
+            DeltaOp::RemoveAttribute(n) => {
+                self.state.attributes.remove(n);
+            }
+            DeltaOp::MaxInactive(ms) => self.state.max_inactive_ms = *ms,
+            DeltaOp::Principal(p, a) => {
+                self.state.principal = p.clone();
+                self.state.auth_type = a.clone();
+            }
+        }
+    }
+
     /// Applies changes made elsewhere on this node (a request's working copy) as local changes:
     /// the state takes them and they are recorded for replication.
     pub fn record_ops(&mut self, ops: Vec<DeltaOp>) {
         for op in ops {
-            match &op {
-                DeltaOp::SetAttribute(n, v) => {
-                    self.state.attributes.insert(n.clone(), v.clone());
-                }
-                DeltaOp::RemoveAttribute(n) => {
-                    self.state.attributes.remove(n);
-                }
-                DeltaOp::MaxInactive(ms) => self.state.max_inactive_ms = *ms,
-                DeltaOp::Principal(p, a) => {
-                    self.state.principal = p.clone();
-                    self.state.auth_type = a.clone();
-                }
-            }
+            self.apply_op(&op);
             self.record(op);
         }
     }
@@ -342,19 +346,7 @@ impl Session {
             return Applied::Gap;
         }
         for op in ops {
-            match op {
-                DeltaOp::SetAttribute(n, v) => {
-                    self.state.attributes.insert(n.clone(), v.clone());
-                }
-                DeltaOp::RemoveAttribute(n) => {
-                    self.state.attributes.remove(n);
-                }
-                DeltaOp::MaxInactive(ms) => self.state.max_inactive_ms = *ms,
-                DeltaOp::Principal(p, a) => {
-                    self.state.principal = p.clone();
-                    self.state.auth_type = a.clone();
-                }
-            }
+            self.apply_op(op);
         }
         self.state.version = version;
         Applied::Applied
