@@ -219,6 +219,7 @@ impl DeltaCore {
             let stale = now_ms.saturating_sub(meta.replicated_access_ms) >= throttle;
             (!was_primary || stale).then(|| SessionMessage::Accessed {
                 id: id.clone(),
+                version: s.version(),
                 last_accessed_ms: s.last_accessed_ms(),
             })
         };

@@ -26,9 +26,12 @@ pub enum SessionMessage {
         ops: Vec<DeltaOp>,
         last_accessed_ms: u64,
     },
-    /// EVT_SESSION_ACCESSED: only the access time moved (sent throttled).
+    /// EVT_SESSION_ACCESSED: only the access time moved (sent throttled). It carries the
+    /// session's version, so a replica that missed a change (or the whole session) notices and
+    /// asks for it.
     Accessed {
         id: SessionId,
+        version: u64,
         last_accessed_ms: u64,
     },
     /// EVT_SESSION_EXPIRED: expired or invalidated, everywhere.
@@ -247,15 +250,27 @@ impl ReplicaStore {
             }
             SessionMessage::Accessed {
                 id,
+                version,
                 last_accessed_ms,
-            } => match self.sessions.get_mut(&self.resolve(id).clone()) {
-                // Access times only move forward, so order does not matter.
-                Some(s) => {
-                    s.access(*last_accessed_ms);
-                    Outcome::Applied
+            } => {
+                let id = &self.resolve(id).clone();
+                if self.is_ended(id) {
+                    return Outcome::Ignored("session has ended");
                 }
-                None => Outcome::Ignored("unknown session"),
-            },
+                match self.sessions.get_mut(id) {
+                    // Access times only move forward, so order does not matter.
+                    Some(s) if s.version() >= *version => {
+                        s.access(*last_accessed_ms);
+                        Outcome::Applied
+                    }
+                    // Behind, or never got it: a change was lost on the way.
+                    Some(s) => {
+                        s.access(*last_accessed_ms);
+                        Outcome::Resync(id.clone())
+                    }
+                    None => Outcome::Resync(id.clone()),
+                }
+            }
             SessionMessage::Expired { id } => {
                 // Not followed through a change of id: an invalidation that raced the renaming
                 // loses to it everywhere alike (the renamed session lives on).
@@ -434,12 +449,14 @@ mod tests {
         assert_eq!(r.expired(1_001), vec![p.id().clone()]);
         r.apply(&SessionMessage::Accessed {
             id: p.id().clone(),
+            version: 0,
             last_accessed_ms: 900,
         });
         assert!(r.expired(1_500).is_empty());
         // An older access time arriving late does not move it back.
         r.apply(&SessionMessage::Accessed {
             id: p.id().clone(),
+            version: 0,
             last_accessed_ms: 100,
         });
         assert!(r.expired(1_500).is_empty());
