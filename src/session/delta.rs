@@ -63,11 +63,11 @@ pub enum Dest {
     Member(MemberId),
 }
 
-/// A message to send.
+/// A message to send (a `SessionMessage` for the DeltaManager).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Out {
+pub struct Out<M = SessionMessage> {
     pub dest: Dest,
-    pub msg: SessionMessage,
+    pub msg: M,
 }
 
 /// What the application's listeners hear (when `notify_listeners_on_replication` allows it for

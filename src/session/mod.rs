@@ -1,6 +1,7 @@
 //! Sessions (Tomcat's `DeltaSession` and its id): the model the managers replicate. The
 //! managers themselves (DeltaManager, BackupManager) come next.
 
+pub mod backup;
 pub mod delta;
 pub mod id;
 pub mod manager;
