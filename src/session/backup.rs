@@ -520,7 +520,24 @@ impl BackupCore {
                     .entries
                     .get(&state.id)
                     .is_none_or(|e| e.session.version() <= state.version);
-                if newer {
+                if newer && self.is_primary(&state.id) {
+                    // A newer copy reached the primary (it had fetched an older one): take it
+                    // and pass it on to its backups.
+                    let mine = self
+                        .backups_of(&state.id)
+                        .map(<[MemberId]>::to_vec)
+                        .unwrap_or_default();
+                    if let Some(e) = self.entries.get_mut(&state.id) {
+                        e.session = Session::from_state(state.clone());
+                    }
+                    for b in &mine {
+                        let copy = BackupMessage::Copy {
+                            state: state.clone(),
+                            backups: mine.clone(),
+                        };
+                        outs.push(Self::to(*b, copy));
+                    }
+                } else if newer {
                     let had = self.entries.contains_key(&state.id);
                     let role = Role::Backup {
                         primary: from,
@@ -602,12 +619,11 @@ impl BackupCore {
             BackupMessage::ChangeId { old, new } => {
                 self.bury(old);
                 if let Some(mut e) = self.entries.remove(old) {
-                    if !self
+                    let newer_here = self
                         .entries
                         .get(new)
-                        .is_some_and(|n| n.session.version() >= e.session.version())
-                        && !self.ended.contains(new)
-                    {
+                        .is_some_and(|n| n.session.version() >= e.session.version());
+                    if !newer_here && !self.ended.contains(new) {
                         e.session.change_id(new.clone());
                         self.entries.insert(new.clone(), e);
                         events.push(SessionEvent::IdChanged {
