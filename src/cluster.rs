@@ -1,6 +1,7 @@
 //! The cluster (Tomcat's `SimpleTcpCluster` with its `ClusterSessionListener` and
 //! `ReplicationValve` filter): one object the application starts and stops, owning the channel
-//! and a DeltaManager per distributable application, and routing each session message to the
+//! and a session manager (DeltaManager or BackupManager) per distributable application, and
+//! routing each session message to the
 //! manager of its application.
 
 use crate::channel::{ChannelListener, GroupChannel, MembershipListener};
@@ -9,7 +10,8 @@ use crate::error::{ChannelError, ConfigError};
 use crate::interceptor::ChannelMessage;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
-use crate::session::manager::DeltaManager;
+use crate::session::engine::Payload;
+use crate::session::manager::ClusterManager;
 use crate::session::replica::SessionMessage;
 use crate::wire::{decode_body, encode_body};
 use log::{info, warn};
@@ -21,9 +23,29 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Which manager replicates an application's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagerKind {
+    /// Every change to every member (Tomcat's `DeltaManager`): for 2 to 4 servers.
+    Delta,
+    /// One primary and `backups` backups per session (Tomcat's `BackupManager`): the cost of a
+    /// change does not grow with the cluster.
+    Backup,
+}
+
 /// Settings of the session managers (Tomcat's `<Manager>` attributes).
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
+    /// `Delta` (default) or `Backup` (Tomcat: the `<Manager className>`).
+    pub kind: ManagerKind,
+    /// Backup copies per session, with `Backup` (Tomcat: exactly 1). Default 1.
+    pub backups: usize,
+    /// How a BackupManager sends changes to the backups (Tomcat: `mapSendOptions`, 6:
+    /// use-ack and synchronized-ack).
+    pub map_send_options: SendOptions,
+    /// How long a BackupManager waits for a session it fetches from another member (Tomcat:
+    /// `rpcTimeout`, 15 s).
+    pub rpc_timeout: Duration,
     /// Max inactive interval of new sessions (`<session-timeout>`, 30 min).
     pub max_inactive: Duration,
     /// Period of the expiry check (Tomcat: `processExpiresFrequency` 6 × background delay
@@ -45,6 +67,10 @@ pub struct ManagerConfig {
 impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
+            kind: ManagerKind::Delta,
+            backups: 1,
+            map_send_options: SendOptions::SYNC_ACK,
+            rpc_timeout: Duration::from_secs(15),
             max_inactive: Duration::from_secs(30 * 60),
             expire_frequency: Duration::from_secs(60),
             state_transfer_timeout: Duration::from_secs(60),
@@ -115,14 +141,14 @@ pub fn compile_filter(filter: &str) -> Result<Option<Regex>, ConfigError> {
 #[derive(Serialize, Deserialize)]
 struct ClusterMessage {
     context: String,
-    msg: SessionMessage,
+    msg: Payload,
 }
 
 pub(crate) struct ClusterInner {
     channel: GroupChannel,
     cfg: ClusterConfig,
     filter: Option<Regex>,
-    managers: RwLock<HashMap<String, Arc<DeltaManager>>>,
+    managers: RwLock<HashMap<String, Arc<ClusterManager>>>,
 }
 
 impl ClusterInner {
@@ -130,7 +156,7 @@ impl ClusterInner {
         self.filter.as_ref().is_some_and(|f| f.is_match(uri))
     }
 
-    fn encode(context: &str, msg: &SessionMessage) -> Vec<u8> {
+    fn encode(context: &str, msg: &Payload) -> Vec<u8> {
         encode_body(&ClusterMessage {
             context: context.to_string(),
             msg: msg.clone(),
@@ -140,7 +166,7 @@ impl ClusterInner {
     pub(crate) fn send_all(
         &self,
         context: &str,
-        msg: &SessionMessage,
+        msg: &Payload,
         options: SendOptions,
     ) -> Result<(), ChannelError> {
         self.channel
@@ -151,7 +177,7 @@ impl ClusterInner {
         &self,
         id: MemberId,
         context: &str,
-        msg: &SessionMessage,
+        msg: &Payload,
         options: SendOptions,
     ) -> Result<(), ChannelError> {
         let Some(m) = self.channel.members().into_iter().find(|m| m.id == id) else {
@@ -168,12 +194,12 @@ impl ClusterInner {
         match mgr {
             Some(mgr) => mgr.receive(m.from.id, &cm.msg),
             None => {
-                if !matches!(cm.msg, SessionMessage::NoContextManager) {
+                if !matches!(cm.msg, Payload::Delta(SessionMessage::NoContextManager)) {
                     // Say so, rather than leave a joining member waiting for state.
                     let _ = self.send_to(
                         m.from.id,
                         &cm.context,
-                        &SessionMessage::NoContextManager,
+                        &Payload::Delta(SessionMessage::NoContextManager),
                         SendOptions::ASYNCHRONOUS,
                     );
                 }
@@ -200,13 +226,23 @@ impl ChannelListener for Listener {
 impl MembershipListener for Listener {
     fn member_added(&self, m: &Member) {
         if let Some(c) = self.0.upgrade() {
-            let managers: Vec<Arc<DeltaManager>> = c.managers.read().values().cloned().collect();
+            let managers: Vec<Arc<ClusterManager>> = c.managers.read().values().cloned().collect();
+            let members: Vec<MemberId> = c.channel.members().iter().map(|m| m.id).collect();
             for mgr in managers {
                 mgr.member_added(m);
+                mgr.members_changed(members.clone());
             }
         }
     }
-    fn member_disappeared(&self, _m: &Member) {}
+    fn member_disappeared(&self, _m: &Member) {
+        if let Some(c) = self.0.upgrade() {
+            let managers: Vec<Arc<ClusterManager>> = c.managers.read().values().cloned().collect();
+            let members: Vec<MemberId> = c.channel.members().iter().map(|m| m.id).collect();
+            for mgr in managers {
+                mgr.members_changed(members.clone());
+            }
+        }
+    }
 }
 
 /// The cluster a node runs: a channel and the session managers of its applications.
@@ -237,14 +273,19 @@ impl SimpleTcpCluster {
         })
     }
 
-    /// Registers a distributable application; its sessions are replicated by a DeltaManager.
-    pub fn add_application(&self, context: &str) -> Arc<DeltaManager> {
+    /// Registers a distributable application; its sessions are replicated by the manager
+    /// `ManagerConfig::kind` names (a DeltaManager by default).
+    pub fn add_application(&self, context: &str) -> Arc<ClusterManager> {
         let c = &self.inner.cfg;
-        let mgr = Arc::new(DeltaManager::new(
+        let options = match c.manager.kind {
+            ManagerKind::Delta => c.channel_send_options,
+            ManagerKind::Backup => c.manager.map_send_options,
+        };
+        let mgr = Arc::new(ClusterManager::new(
             context,
             &c.jvm_route,
             &c.manager,
-            c.channel_send_options,
+            options,
             Arc::downgrade(&self.inner),
         ));
         self.inner
@@ -254,7 +295,7 @@ impl SimpleTcpCluster {
         mgr
     }
 
-    pub fn manager(&self, context: &str) -> Option<Arc<DeltaManager>> {
+    pub fn manager(&self, context: &str) -> Option<Arc<ClusterManager>> {
         self.inner.managers.read().get(context).cloned()
     }
 
@@ -282,8 +323,13 @@ impl SimpleTcpCluster {
                 .map_or(Duration::ZERO, |m| m.frequency * 2);
             beat.max(ch.membership.connect_timeout)
         });
+        let local = self
+            .inner
+            .channel
+            .local_member()
+            .map_or(MemberId([0; 16]), |m| m.id);
         for mgr in self.inner.managers.read().values() {
-            mgr.started(settle);
+            mgr.started(local, settle);
         }
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let weak = Arc::downgrade(&self.inner);
@@ -304,7 +350,7 @@ impl SimpleTcpCluster {
                 {
                     let Some(inner) = weak.upgrade() else { return };
                     let now = Instant::now();
-                    let managers: Vec<Arc<DeltaManager>> =
+                    let managers: Vec<Arc<ClusterManager>> =
                         inner.managers.read().values().cloned().collect();
                     for mgr in managers {
                         if now >= next_expire {

@@ -18,7 +18,7 @@ pub mod transport;
 pub mod wire;
 
 pub use channel::{ChannelBuilder, ChannelListener, GroupChannel, MembershipListener};
-pub use cluster::{ClusterConfig, ManagerConfig, SimpleTcpCluster};
+pub use cluster::{ClusterConfig, ManagerConfig, ManagerKind, SimpleTcpCluster};
 pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
@@ -29,6 +29,9 @@ pub use interceptor::{
 };
 pub use member::{Member, MemberId};
 pub use options::SendOptions;
-pub use session::{DeltaManager, Request, Session, SessionEvent, SessionId, SessionListener};
+pub use session::{
+    BackupManager, ClusterManager, DeltaManager, Request, Session, SessionEvent, SessionId,
+    SessionListener,
+};
 #[cfg(test)]
 mod sim;

@@ -29,6 +29,8 @@ pub enum BackupMessage {
     Copy {
         state: SessionState,
         backups: Vec<MemberId>,
+        /// The primary's ownership epoch (see `NewPrimary`).
+        epoch: u64,
     },
     /// A request's changes, made on version `base`, giving `version`.
     Delta {
@@ -68,11 +70,15 @@ pub enum BackupMessage {
     Fetched {
         id: SessionId,
         state: Option<SessionState>,
+        epoch: u64,
     },
     /// The sender is now the session's primary (after a fetch or a failover).
     NewPrimary {
         id: SessionId,
         version: u64,
+        /// Rises with each change of primary: of two claims, the higher epoch wins (ties: the
+        /// higher member id), so a late claim never undoes a newer one.
+        epoch: u64,
     },
 }
 
@@ -147,6 +153,8 @@ struct Entry {
     role: Role,
     /// Created here; its request has not ended yet.
     unannounced: bool,
+    /// Ownership epoch: how many times the session changed primary, as far as known here.
+    epoch: u64,
     replicated_access_ms: u64,
 }
 
@@ -193,6 +201,16 @@ impl BackupCore {
                 }
             }
         }
+    }
+
+    /// This node's member id (known once its channel has started).
+    pub fn set_local(&mut self, local: MemberId) {
+        self.local = local;
+    }
+
+    /// Ids of the sessions held here.
+    pub fn ids(&self) -> impl Iterator<Item = &SessionId> {
+        self.entries.keys()
     }
 
     /// Sessions this node serves.
@@ -252,6 +270,7 @@ impl BackupCore {
             session: Session::new(id.clone(), now_ms, self.cfg.max_inactive),
             role: Role::Primary { backups },
             unannounced: true,
+            epoch: 0,
             replicated_access_ms: now_ms,
         };
         self.entries.insert(id.clone(), entry);
@@ -278,6 +297,8 @@ impl BackupCore {
         e.role = Role::Primary {
             backups: backups.clone(),
         };
+        e.epoch += 1;
+        let epoch = e.epoch;
         let state = e.session.state().clone();
         let version = state.version;
         let mut outs: Vec<Out> = backups
@@ -288,6 +309,7 @@ impl BackupCore {
                     BackupMessage::Copy {
                         state: state.clone(),
                         backups: backups.clone(),
+                        epoch,
                     },
                 )
             })
@@ -297,6 +319,7 @@ impl BackupCore {
             msg: BackupMessage::NewPrimary {
                 id: id.clone(),
                 version,
+                epoch,
             },
         });
         outs
@@ -314,11 +337,13 @@ impl BackupCore {
         e.session.access(now_ms);
         e.session.mark_not_new();
         let s = &mut e.session;
+        let epoch = e.epoch;
         let msg = if std::mem::take(&mut e.unannounced) {
             let _ = s.take_delta();
             Some(BackupMessage::Copy {
                 state: s.state().clone(),
                 backups: backups.clone(),
+                epoch,
             })
         } else if let Some((base, version, ops)) = s.take_delta() {
             Some(BackupMessage::Delta {
@@ -470,7 +495,7 @@ impl BackupCore {
                         continue;
                     }
                     let state = e.session.state().clone();
-                    let announced = !e.unannounced;
+                    let (announced, epoch) = (!e.unannounced, e.epoch);
                     if announced {
                         for b in now.iter().filter(|b| !backups.contains(b)) {
                             outs.push(Self::to(
@@ -478,6 +503,7 @@ impl BackupCore {
                                 BackupMessage::Copy {
                                     state: state.clone(),
                                     backups: now.clone(),
+                                    epoch,
                                 },
                             ));
                         }
@@ -512,28 +538,48 @@ impl BackupCore {
         let mut events = Vec::new();
         let mut outs = Vec::new();
         match msg {
-            BackupMessage::Copy { state, backups } => {
+            BackupMessage::Copy {
+                state,
+                backups,
+                epoch,
+            } => {
                 if self.ended.contains(&state.id) {
+                    return (outs, events);
+                }
+                // A copy from an older owner than the one known here is stale.
+                if self
+                    .entries
+                    .get(&state.id)
+                    .is_some_and(|e| e.epoch > *epoch)
+                {
                     return (outs, events);
                 }
                 let newer = self
                     .entries
                     .get(&state.id)
                     .is_none_or(|e| e.session.version() <= state.version);
-                if newer && self.is_primary(&state.id) {
+                let still_mine = self.is_primary(&state.id)
+                    && self
+                        .entries
+                        .get(&state.id)
+                        .is_some_and(|e| e.epoch >= *epoch);
+                if newer && still_mine {
                     // A newer copy reached the primary (it had fetched an older one): take it
                     // and pass it on to its backups.
                     let mine = self
                         .backups_of(&state.id)
                         .map(<[MemberId]>::to_vec)
                         .unwrap_or_default();
+                    let mut own = *epoch;
                     if let Some(e) = self.entries.get_mut(&state.id) {
                         e.session = Session::from_state(state.clone());
+                        own = e.epoch;
                     }
                     for b in &mine {
                         let copy = BackupMessage::Copy {
                             state: state.clone(),
                             backups: mine.clone(),
+                            epoch: own,
                         };
                         outs.push(Self::to(*b, copy));
                     }
@@ -549,6 +595,7 @@ impl BackupCore {
                             session: Session::from_state(state.clone()),
                             role,
                             unannounced: false,
+                            epoch: *epoch,
                             replicated_access_ms: 0,
                         },
                     );
@@ -641,26 +688,26 @@ impl BackupCore {
                             BackupMessage::Copy {
                                 state: e.session.state().clone(),
                                 backups: backups.clone(),
+                                epoch: e.epoch,
                             },
                         ));
                     }
                 }
             }
             BackupMessage::Fetch { id } => {
-                let state = self
-                    .entries
-                    .get(id)
-                    .filter(|e| !e.unannounced)
-                    .map(|e| e.session.state().clone());
+                let held = self.entries.get(id).filter(|e| !e.unannounced);
+                let state = held.map(|e| e.session.state().clone());
+                let epoch = held.map_or(0, |e| e.epoch);
                 outs.push(Self::to(
                     from,
                     BackupMessage::Fetched {
                         id: id.clone(),
                         state,
+                        epoch,
                     },
                 ));
             }
-            BackupMessage::Fetched { id, state } => {
+            BackupMessage::Fetched { id, state, epoch } => {
                 let Some(left) = self.fetching.get_mut(id) else {
                     return (outs, events);
                 };
@@ -681,6 +728,7 @@ impl BackupCore {
                                     backups: Vec::new(),
                                 },
                                 unannounced: false,
+                                epoch: *epoch,
                                 replicated_access_ms: 0,
                             };
                             self.entries.insert(id.clone(), entry);
@@ -696,30 +744,51 @@ impl BackupCore {
                     self.fetching.remove(id);
                 }
             }
-            BackupMessage::NewPrimary { id, version } => {
-                if let Some(e) = self.entries.get(id) {
-                    if e.session.version() > *version && matches!(e.role, Role::Primary { .. }) {
-                        // This copy is newer than the new primary's: send it on.
-                        let state = e.session.state().clone();
+            BackupMessage::NewPrimary { id, version, epoch } => {
+                let Some(e) = self.entries.get(id) else {
+                    return (outs, events);
+                };
+                let mine = matches!(e.role, Role::Primary { .. });
+                // Of two claims the higher epoch wins; on a tie, the higher member id.
+                let keep = e.epoch > *epoch || (e.epoch == *epoch && mine && self.local > from);
+                if keep {
+                    if mine {
+                        // Tell the claimant it lost, with this copy (which may be newer).
+                        let (state, my_epoch) = (e.session.state().clone(), e.epoch);
                         outs.push(Self::to(
                             from,
-                            BackupMessage::Copy {
-                                state,
-                                backups: Vec::new(),
+                            BackupMessage::NewPrimary {
+                                id: id.clone(),
+                                version: state.version,
+                                epoch: my_epoch,
                             },
                         ));
                     }
-                    let place = placement(id, from, &self.members_with_local(), self.cfg.backups);
-                    if place.contains(&self.local) {
-                        if let Some(e) = self.entries.get_mut(id) {
-                            e.role = Role::Backup {
-                                primary: from,
-                                backups: place,
-                            };
-                        }
-                    } else {
-                        self.entries.remove(id);
+                    return (outs, events);
+                }
+                if mine && e.session.version() > *version {
+                    // This copy is newer than the new primary's: send it on.
+                    let state = e.session.state().clone();
+                    outs.push(Self::to(
+                        from,
+                        BackupMessage::Copy {
+                            state,
+                            backups: Vec::new(),
+                            epoch: *epoch,
+                        },
+                    ));
+                }
+                let place = placement(id, from, &self.members_with_local(), self.cfg.backups);
+                if place.contains(&self.local) {
+                    if let Some(e) = self.entries.get_mut(id) {
+                        e.role = Role::Backup {
+                            primary: from,
+                            backups: place,
+                        };
+                        e.epoch = *epoch;
                     }
+                } else {
+                    self.entries.remove(id);
                 }
             }
         }

@@ -1,17 +1,24 @@
-//! The DeltaManager (Tomcat's `DeltaManager` with the `ReplicationValve`'s request hook) for one
-//! application: the request API a synchronous server calls, over the pure [`DeltaCore`].
+//! The session manager of one application (Tomcat's `ClusterManager`: a `DeltaManager` or a
+//! `BackupManager`, chosen by `ManagerConfig::kind`, with the `ReplicationValve`'s request hook):
+//! the request API a synchronous server calls, over a pure core ([`DeltaCore`] or
+//! [`BackupCore`](super::backup::BackupCore)).
 //!
 //! A request takes a working copy of its session; the application reads and changes it freely;
 //! when the request ends (`finish`, or drop) the copy's changes go into the stored session and,
-//! unless the valve filter matched the URI, out to every member as one message. With the
+//! unless the valve filter matched the URI, out as one message: to every member (delta), or to
+//! the session's backups (backup). A backup manager asked for a session it does not serve fetches
+//! it from the member that has it and serves it from then on. With the
 //! cluster's send options 8 (asynchronous) `finish` never waits; with 6 (synchronized ack) it
 //! returns once every member applied the change, or an error naming those that did not.
 
-use super::delta::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
+use super::backup::{BackupConfig, BackupCore};
+use super::delta::{DeltaConfig, DeltaCore, Dest, SessionEvent};
+use super::engine::{Core, POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
 use super::replica::SessionMessage;
 use crate::cluster::ClusterInner;
+use crate::cluster::ManagerKind;
 use crate::error::ChannelError;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
@@ -75,11 +82,15 @@ struct Transfer {
     deadline: Option<(Instant, Option<Member>)>,
 }
 
-/// The sessions of one distributable application, replicated to every member.
-pub struct DeltaManager {
+/// The sessions of one distributable application, replicated by a DeltaManager or a
+/// BackupManager (Tomcat's `ClusterManager`).
+pub struct ClusterManager {
     context: String,
-    core: Mutex<DeltaCore>,
+    core: Mutex<Core>,
+    /// Signalled when the core may have changed state a waiter cares about: ready, or a
+    /// fetched session arrived.
     ready_changed: Condvar,
+    rpc_timeout: Duration,
     cluster: Weak<ClusterInner>,
     options: SendOptions,
     notify_on_replication: bool,
@@ -89,23 +100,44 @@ pub struct DeltaManager {
     pub stats: ManagerStats,
 }
 
-impl DeltaManager {
+/// Tomcat's name for the all-to-all manager; the same type, configured with `ManagerKind::Delta`.
+pub type DeltaManager = ClusterManager;
+/// Tomcat's name for the primary/backup manager; the same type, configured with
+/// `ManagerKind::Backup`.
+pub type BackupManager = ClusterManager;
+
+impl ClusterManager {
     pub(crate) fn new(
         context: &str,
         route: &str,
         cfg: &crate::cluster::ManagerConfig,
         options: SendOptions,
         cluster: Weak<ClusterInner>,
-    ) -> DeltaManager {
-        let dcfg = DeltaConfig {
-            max_inactive: cfg.max_inactive,
-            send_all_sessions_size: cfg.send_all_sessions_size,
-            ..DeltaConfig::default()
+    ) -> ClusterManager {
+        let core = match cfg.kind {
+            ManagerKind::Delta => {
+                let dcfg = DeltaConfig {
+                    max_inactive: cfg.max_inactive,
+                    send_all_sessions_size: cfg.send_all_sessions_size,
+                    ..DeltaConfig::default()
+                };
+                Core::Delta(DeltaCore::new(dcfg, route))
+            }
+            ManagerKind::Backup => {
+                let bcfg = BackupConfig {
+                    backups: cfg.backups,
+                    max_inactive: cfg.max_inactive,
+                    ..BackupConfig::default()
+                };
+                // The local member id is known once the channel has started (`started`).
+                Core::Backup(BackupCore::new(bcfg, MemberId([0; 16]), route))
+            }
         };
-        DeltaManager {
+        ClusterManager {
             context: context.to_string(),
-            core: Mutex::new(DeltaCore::new(dcfg, route)),
+            core: Mutex::new(core),
             ready_changed: Condvar::new(),
+            rpc_timeout: cfg.rpc_timeout,
             cluster,
             options,
             notify_on_replication: cfg.notify_listeners_on_replication,
@@ -130,7 +162,7 @@ impl DeltaManager {
 
     /// Live sessions held here (own and replicated).
     pub fn session_count(&self) -> usize {
-        self.core.lock().store().len()
+        self.core.lock().len()
     }
 
     /// A copy of a session, for reading outside a request.
@@ -178,7 +210,7 @@ impl DeltaManager {
         let replicate = self.cluster.upgrade().is_none_or(|c| !c.filtered(uri));
         let mut copy = None;
         if let Some(id) = cookie.and_then(|c| SessionId::parse(c).ok()) {
-            copy = self.core.lock().session(&id).cloned();
+            copy = self.acquire(&id);
         }
         // The copy starts with no changes of its own: what the stored session still has pending
         // (a filtered request's) stays there and is not applied twice.
@@ -193,6 +225,39 @@ impl DeltaManager {
         }
     }
 
+    /// The stored session for a request. A backup manager makes itself the session's primary
+    /// first: taking over a copy it backs up, or fetching it from the member that has it
+    /// (waiting up to `rpc_timeout`).
+    fn acquire(&self, id: &SessionId) -> Option<Session> {
+        let (outs, wait) = self.core.lock().acquire(id);
+        if let Err(e) = self.send(outs) {
+            warn!(
+                "Manager [{}]: taking over session {id} not told to every member: {e}",
+                self.context
+            );
+        }
+        let mut core = self.core.lock();
+        if wait {
+            let deadline = Instant::now() + self.rpc_timeout;
+            while core.session(id).is_none() && core.is_fetching(id) {
+                if self
+                    .ready_changed
+                    .wait_until(&mut core, deadline)
+                    .timed_out()
+                {
+                    warn!(
+                        "Manager [{}]: session {id} not fetched within {} ms",
+                        self.context,
+                        self.rpc_timeout.as_millis()
+                    );
+                    core.end_fetch(id);
+                    break;
+                }
+            }
+        }
+        core.session(id).cloned()
+    }
+
     fn notify(&self, events: &[SessionEvent], local: bool) {
         if events.is_empty() || (!local && !self.notify_on_replication) {
             return;
@@ -204,9 +269,19 @@ impl DeltaManager {
         }
     }
 
-    /// Sends what the core decided. Replies to one member always go asynchronously: they are
-    /// sent from a receiver worker, which must not wait on another member.
-    fn send(&self, outs: Vec<Out>) -> Result<(), ChannelError> {
+    /// Sends what the core decided for a request, with the manager's send options (the caller
+    /// waits as they say).
+    fn send(&self, outs: Vec<POut>) -> Result<(), ChannelError> {
+        self.send_with(outs, self.options)
+    }
+
+    /// Sends from a receiver worker or a background thread: asynchronously, as such a thread
+    /// must not wait on another member.
+    fn send_background(&self, outs: Vec<POut>) -> Result<(), ChannelError> {
+        self.send_with(outs, SendOptions::ASYNCHRONOUS)
+    }
+
+    fn send_with(&self, outs: Vec<POut>, options: SendOptions) -> Result<(), ChannelError> {
         let Some(cluster) = self.cluster.upgrade() else {
             return Ok(());
         };
@@ -215,10 +290,8 @@ impl DeltaManager {
         for out in outs {
             self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
             let r = match out.dest {
-                Dest::All => cluster.send_all(&self.context, &out.msg, self.options),
-                Dest::Member(id) => {
-                    cluster.send_to(id, &self.context, &out.msg, SendOptions::ASYNCHRONOUS)
-                }
+                Dest::All => cluster.send_all(&self.context, &out.msg, options),
+                Dest::Member(id) => cluster.send_to(id, &self.context, &out.msg, options),
             };
             match r {
                 Ok(()) => {}
@@ -234,23 +307,22 @@ impl DeltaManager {
     }
 
     /// A message from another member, on a receiver worker.
-    pub(crate) fn receive(&self, from: MemberId, msg: &SessionMessage) -> Result<(), String> {
+    pub(crate) fn receive(&self, from: MemberId, msg: &Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let (outs, events, ready) = {
             let mut core = self.core.lock();
             let was_ready = core.is_ready();
-            let (outs, events) = core.handle(from, msg);
+            let (outs, events) = core.handle(from, msg)?;
             let ready = !was_ready && core.is_ready();
             (outs, events, ready)
         };
-        let resync = outs.iter().find_map(|o| match &o.msg {
-            SessionMessage::GetSession { id } => Some(id.clone()),
-            _ => None,
-        });
+        // A fetch may have been answered.
+        self.ready_changed.notify_all();
+        let resync = Core::asks_for_session(&outs);
         if resync.is_some() {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
         }
-        if matches!(msg, SessionMessage::GetAllSessions) {
+        if matches!(msg, Payload::Delta(SessionMessage::GetAllSessions)) {
             self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
         }
         if ready {
@@ -263,7 +335,7 @@ impl DeltaManager {
             self.ready_changed.notify_all();
         }
         self.notify(&events, false);
-        self.send(outs).map_err(|e| e.to_string())?;
+        self.send_background(outs).map_err(|e| e.to_string())?;
         match resync {
             // Not applied (yet): a synchronized-ack sender must not count this member as done.
             Some(id) => Err(format!(
@@ -275,6 +347,9 @@ impl DeltaManager {
 
     /// A member appeared: a manager that has not yet asked anyone for the sessions asks it.
     pub(crate) fn member_added(&self, m: &Member) {
+        if matches!(*self.core.lock(), Core::Backup(_)) {
+            return; // joins take their share by re-placement (members_changed)
+        }
         let mut t = self.transfer.lock();
         if !t.pending {
             return;
@@ -285,11 +360,25 @@ impl DeltaManager {
             Some(m.clone()),
         ));
         drop(t);
-        let out = self.core.lock().begin_state_transfer(m.id);
+        let outs = self.core.lock().begin_state_transfer(m.id);
+        if outs.is_empty() {
+            return;
+        }
         info!("Manager [{}]: asking [{m}] for all sessions", self.context);
-        if let Err(e) = self.send(vec![out]) {
+        if let Err(e) = self.send_background(outs) {
             warn!(
                 "Manager [{}]: cannot ask [{m}] for sessions: {e}",
+                self.context
+            );
+        }
+    }
+
+    /// The members changed: a backup manager fails over and re-places its sessions.
+    pub(crate) fn members_changed(&self, members: Vec<MemberId>) {
+        let outs = self.core.lock().set_members(members);
+        if let Err(e) = self.send_background(outs) {
+            warn!(
+                "Manager [{}]: re-placing sessions not told to every member: {e}",
                 self.context
             );
         }
@@ -298,8 +387,11 @@ impl DeltaManager {
     /// The cluster started. With members to expect (static or multicast membership), the
     /// manager is not ready until the first one is asked for its sessions, or `settle` passes
     /// without any: then it starts empty, as the first node of a cluster does.
-    pub(crate) fn started(&self, settle: Option<Duration>) {
-        if let Some(settle) = settle {
+    pub(crate) fn started(&self, local: MemberId, settle: Option<Duration>) {
+        if let Core::Backup(c) = &mut *self.core.lock() {
+            c.set_local(local);
+        }
+        if let Some(settle) = settle.filter(|_| matches!(*self.core.lock(), Core::Delta(_))) {
             let mut t = self.transfer.lock();
             if t.pending {
                 t.deadline = Some((Instant::now() + settle, None));
@@ -321,7 +413,7 @@ impl DeltaManager {
             );
         }
         self.notify(&events, true);
-        if let Err(e) = self.send(outs) {
+        if let Err(e) = self.send_background(outs) {
             warn!(
                 "Manager [{}]: expiry not replicated to every member: {e}",
                 self.context
@@ -363,7 +455,7 @@ impl DeltaManager {
 
     /// On shutdown with `expire_sessions_on_shutdown`: ends every session everywhere.
     pub(crate) fn expire_all(&self, everywhere: bool) {
-        let ids: Vec<SessionId> = self.core.lock().store().ids().cloned().collect();
+        let ids: Vec<SessionId> = self.core.lock().ids();
         for id in ids {
             let (outs, events) = self.core.lock().invalidate(&id);
             self.notify(&events, true);
@@ -430,12 +522,15 @@ impl Request {
         let Some(copy) = self.copy.as_mut() else {
             return Ok(None);
         };
-        let (new, outs, events) = self
+        let changed = self
             .mgr
             .core
             .lock()
             .change_id(copy.id())
             .map_err(ManagerError::Id)?;
+        let Some((new, outs, events)) = changed else {
+            return Ok(None);
+        };
         copy.change_id(new.clone());
         self.mgr.notify(&events, true);
         self.mgr.send(outs).map_err(ManagerError::Send)?;

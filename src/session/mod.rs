@@ -3,13 +3,17 @@
 
 pub mod backup;
 pub mod delta;
+pub(crate) mod engine;
 pub mod id;
 pub mod manager;
 pub mod model;
 pub mod replica;
 
 pub use delta::{AttributeChange, DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
+pub use engine::Payload;
 pub use id::{SessionId, SessionIdError};
-pub use manager::{DeltaManager, ManagerError, Request, SessionListener};
+pub use manager::{
+    BackupManager, ClusterManager, DeltaManager, ManagerError, Request, SessionListener,
+};
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
 pub use replica::{Outcome, ReplicaStore, SessionMessage};

@@ -1,0 +1,217 @@
+//! One manager's replication core, DeltaManager or BackupManager, behind one interface for the
+//! shell: the application-facing API is the same and the configuration chooses.
+
+use super::backup::{BackupCore, BackupMessage};
+use super::delta::{DeltaCore, Out, SessionEvent};
+use super::id::{SessionId, SessionIdError};
+use super::model::Session;
+use super::replica::SessionMessage;
+use crate::member::MemberId;
+use serde::{Deserialize, Serialize};
+
+/// What managers send each other, by kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    Delta(SessionMessage),
+    Backup(BackupMessage),
+}
+
+pub(crate) type POut = Out<Payload>;
+
+fn wrap<M>(outs: Vec<Out<M>>, f: fn(M) -> Payload) -> Vec<POut> {
+    outs.into_iter()
+        .map(|o| Out {
+            dest: o.dest,
+            msg: f(o.msg),
+        })
+        .collect()
+}
+
+pub(crate) enum Core {
+    Delta(DeltaCore),
+    Backup(BackupCore),
+}
+
+impl Core {
+    pub fn session(&self, id: &SessionId) -> Option<&Session> {
+        match self {
+            Core::Delta(c) => c.session(id),
+            Core::Backup(c) => c.session(id),
+        }
+    }
+
+    pub fn session_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
+        match self {
+            Core::Delta(c) => c.session_mut(id),
+            Core::Backup(c) => c.session_mut(id),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Core::Delta(c) => c.store().len(),
+            Core::Backup(c) => c.len(),
+        }
+    }
+
+    pub fn ids(&self) -> Vec<SessionId> {
+        match self {
+            Core::Delta(c) => c.store().ids().cloned().collect(),
+            Core::Backup(c) => c.ids().cloned().collect(),
+        }
+    }
+
+    pub fn create(&mut self, now_ms: u64) -> Result<SessionId, SessionIdError> {
+        match self {
+            Core::Delta(c) => c.create(now_ms),
+            Core::Backup(c) => c.create(now_ms),
+        }
+    }
+
+    pub fn end_request(&mut self, id: &SessionId, now_ms: u64) -> Vec<POut> {
+        match self {
+            Core::Delta(c) => wrap(c.end_request(id, now_ms), Payload::Delta),
+            Core::Backup(c) => wrap(c.end_request(id, now_ms), Payload::Backup),
+        }
+    }
+
+    pub fn invalidate(&mut self, id: &SessionId) -> (Vec<POut>, Vec<SessionEvent>) {
+        match self {
+            Core::Delta(c) => {
+                let (o, e) = c.invalidate(id);
+                (wrap(o, Payload::Delta), e)
+            }
+            Core::Backup(c) => {
+                let (o, e) = c.invalidate(id);
+                (wrap(o, Payload::Backup), e)
+            }
+        }
+    }
+
+    /// `None` when the session is not here (or, for a backup copy, not served here).
+    pub fn change_id(
+        &mut self,
+        id: &SessionId,
+    ) -> Result<Option<(SessionId, Vec<POut>, Vec<SessionEvent>)>, SessionIdError> {
+        match self {
+            Core::Delta(c) => {
+                if c.session(id).is_none() {
+                    return Ok(None);
+                }
+                let (new, o, e) = c.change_id(id)?;
+                Ok(Some((new, wrap(o, Payload::Delta), e)))
+            }
+            Core::Backup(c) => Ok(c.change_id(id)?.map(|(new, o)| {
+                let e = vec![SessionEvent::IdChanged {
+                    old: id.clone(),
+                    new: new.clone(),
+                }];
+                (new, wrap(o, Payload::Backup), e)
+            })),
+        }
+    }
+
+    pub fn expire(&mut self, now_ms: u64) -> (Vec<POut>, Vec<SessionEvent>) {
+        match self {
+            Core::Delta(c) => {
+                let (o, e) = c.expire(now_ms);
+                (wrap(o, Payload::Delta), e)
+            }
+            Core::Backup(c) => {
+                let (o, e) = c.expire(now_ms);
+                (wrap(o, Payload::Backup), e)
+            }
+        }
+    }
+
+    /// A message from another member. A message of the other kind (a member configured with
+    /// the other manager for this application) is refused with a reason.
+    pub fn handle(
+        &mut self,
+        from: MemberId,
+        msg: &Payload,
+    ) -> Result<(Vec<POut>, Vec<SessionEvent>), String> {
+        match (self, msg) {
+            (Core::Delta(c), Payload::Delta(m)) => {
+                let (o, e) = c.handle(from, m);
+                Ok((wrap(o, Payload::Delta), e))
+            }
+            (Core::Backup(c), Payload::Backup(m)) => {
+                let (o, e) = c.handle(from, m);
+                Ok((wrap(o, Payload::Backup), e))
+            }
+            (Core::Delta(_), _) => Err("this member replicates the application with a DeltaManager, the sender with a BackupManager".into()),
+            (Core::Backup(_), _) => Err("this member replicates the application with a BackupManager, the sender with a DeltaManager".into()),
+        }
+    }
+
+    /// Whether `outs` ask a member for a session because a change could not be applied.
+    pub fn asks_for_session(outs: &[POut]) -> Option<SessionId> {
+        outs.iter().find_map(|o| match &o.msg {
+            Payload::Delta(SessionMessage::GetSession { id })
+            | Payload::Backup(BackupMessage::GetCopy { id }) => Some(id.clone()),
+            _ => None,
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Core::Delta(c) => c.is_ready(),
+            Core::Backup(_) => true,
+        }
+    }
+
+    pub fn expect_members(&mut self) {
+        if let Core::Delta(c) = self {
+            c.expect_members();
+        }
+    }
+
+    pub fn end_state_transfer(&mut self) {
+        if let Core::Delta(c) = self {
+            c.end_state_transfer();
+        }
+    }
+
+    /// Delta: asks `donor` for every session. Backup: nothing (joins take their share).
+    pub fn begin_state_transfer(&mut self, donor: MemberId) -> Vec<POut> {
+        match self {
+            Core::Delta(c) => wrap(vec![c.begin_state_transfer(donor)], Payload::Delta),
+            Core::Backup(_) => Vec::new(),
+        }
+    }
+
+    /// Backup: failover and re-placement for the new member list.
+    pub fn set_members(&mut self, members: Vec<MemberId>) -> Vec<POut> {
+        match self {
+            Core::Delta(_) => Vec::new(),
+            Core::Backup(c) => wrap(c.set_members(members), Payload::Backup),
+        }
+    }
+
+    /// Backup: a request for a session held elsewhere (or only as a backup here). Returns what to
+    /// send, and whether to wait for the session to arrive.
+    pub fn acquire(&mut self, id: &SessionId) -> (Vec<POut>, bool) {
+        match self {
+            Core::Delta(_) => (Vec::new(), false),
+            Core::Backup(c) if c.session(id).is_some() => {
+                (wrap(c.take_over(id), Payload::Backup), false)
+            }
+            Core::Backup(c) => {
+                let outs = wrap(c.fetch(id), Payload::Backup);
+                let wait = !outs.is_empty();
+                (outs, wait)
+            }
+        }
+    }
+
+    pub fn is_fetching(&self, id: &SessionId) -> bool {
+        matches!(self, Core::Backup(c) if c.is_fetching(id))
+    }
+
+    pub fn end_fetch(&mut self, id: &SessionId) {
+        if let Core::Backup(c) = self {
+            c.end_fetch(id);
+        }
+    }
+}
