@@ -131,16 +131,6 @@ fn the_backup_takes_over_when_the_primary_stops() {
     // The backup promotes itself and places a new backup.
     wait_for("backup count restored", LIMIT, || holders(&nodes, &id) == 2);
     for n in &nodes[1..] {
-        eprintln!(
-            "DEBUG before node {i}: {:?}",
-            nodes
-                .iter()
-                .map(|n| (
-                    n.channel().is_running(),
-                    n.manager("/app").unwrap().find(&id).is_some()
-                ))
-                .collect::<Vec<_>>()
-        );
         let mut req = n
             .manager("/app")
             .unwrap()
