@@ -129,7 +129,20 @@ fn the_backup_takes_over_when_the_primary_stops() {
     req.finish().unwrap();
     nodes[0].stop();
     // The backup promotes itself and places a new backup.
-    wait_for("backup count restored", LIMIT, || holders(&nodes, &id) == 2);
+    let restored = wait_until(LIMIT, || holders(&nodes, &id) == 2);
+    let seen: Vec<(bool, bool)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.channel().is_running(),
+                n.manager("/app").unwrap().find(&id).is_some(),
+            )
+        })
+        .collect();
+    assert!(
+        restored,
+        "backup count not restored: (running, holds) per node {seen:?}"
+    );
     for n in &nodes[1..] {
         let mut req = n
             .manager("/app")

@@ -76,6 +76,8 @@ pub enum BackupMessage {
     NewPrimary {
         id: SessionId,
         version: u64,
+        /// The new primary's backups: they keep (or will get) a copy, the others drop theirs.
+        backups: Vec<MemberId>,
         /// Rises with each change of primary: of two claims, the higher epoch wins (ties: the
         /// higher member id), so a late claim never undoes a newer one.
         epoch: u64,
@@ -153,6 +155,9 @@ struct Entry {
     role: Role,
     /// Created here; its request has not ended yet.
     unannounced: bool,
+    /// Taken over for a request: its backups get a whole copy when that request ends (sent
+    /// with the request's send options, so no change can overtake it).
+    copy_pending: bool,
     /// Ownership epoch: how many times the session changed primary, as far as known here.
     epoch: u64,
     replicated_access_ms: u64,
@@ -270,6 +275,7 @@ impl BackupCore {
             session: Session::new(id.clone(), now_ms, self.cfg.max_inactive),
             role: Role::Primary { backups },
             unannounced: true,
+            copy_pending: false,
             epoch: 0,
             replicated_access_ms: now_ms,
         };
@@ -286,10 +292,12 @@ impl BackupCore {
         if matches!(e.role, Role::Primary { .. }) {
             return Vec::new();
         }
-        self.promote(id)
+        self.promote(id, false)
     }
 
-    fn promote(&mut self, id: &SessionId) -> Vec<Out> {
+    /// Makes this node the session's primary. With `copy_now` its backups get a copy at once
+    /// (failover); otherwise with the end of the request that needed it.
+    fn promote(&mut self, id: &SessionId, copy_now: bool) -> Vec<Out> {
         let backups = self.place(id);
         let Some(e) = self.entries.get_mut(id) else {
             return Vec::new();
@@ -298,10 +306,12 @@ impl BackupCore {
             backups: backups.clone(),
         };
         e.epoch += 1;
+        e.copy_pending = !copy_now;
         let epoch = e.epoch;
         let state = e.session.state().clone();
         let version = state.version;
-        let mut outs: Vec<Out> = backups
+        let copies = if copy_now { &backups[..] } else { &[][..] };
+        let mut outs: Vec<Out> = copies
             .iter()
             .map(|b| {
                 Self::to(
@@ -319,6 +329,7 @@ impl BackupCore {
             msg: BackupMessage::NewPrimary {
                 id: id.clone(),
                 version,
+                backups: backups.clone(),
                 epoch,
             },
         });
@@ -338,7 +349,8 @@ impl BackupCore {
         e.session.mark_not_new();
         let s = &mut e.session;
         let epoch = e.epoch;
-        let msg = if std::mem::take(&mut e.unannounced) {
+        let copy_pending = std::mem::take(&mut e.copy_pending);
+        let msg = if std::mem::take(&mut e.unannounced) || copy_pending {
             let _ = s.take_delta();
             Some(BackupMessage::Copy {
                 state: s.state().clone(),
@@ -524,7 +536,7 @@ impl BackupCore {
                         .iter()
                         .find(|b| **b == self.local || alive(b, &self.members));
                     if first == Some(&self.local) {
-                        outs.extend(self.promote(&id));
+                        outs.extend(self.promote(&id, true));
                     }
                 }
                 Role::Backup { .. } => {}
@@ -595,6 +607,7 @@ impl BackupCore {
                             session: Session::from_state(state.clone()),
                             role,
                             unannounced: false,
+                            copy_pending: false,
                             epoch: *epoch,
                             replicated_access_ms: 0,
                         },
@@ -728,6 +741,7 @@ impl BackupCore {
                                     backups: Vec::new(),
                                 },
                                 unannounced: false,
+                                copy_pending: false,
                                 epoch: *epoch,
                                 replicated_access_ms: 0,
                             };
@@ -736,7 +750,7 @@ impl BackupCore {
                                 events.push(SessionEvent::Created(id.clone()));
                             }
                             // This member serves it from now on.
-                            outs.extend(self.promote(id));
+                            outs.extend(self.promote(id, false));
                         }
                     }
                 }
@@ -744,7 +758,12 @@ impl BackupCore {
                     self.fetching.remove(id);
                 }
             }
-            BackupMessage::NewPrimary { id, version, epoch } => {
+            BackupMessage::NewPrimary {
+                id,
+                version,
+                backups: chosen,
+                epoch,
+            } => {
                 let Some(e) = self.entries.get(id) else {
                     return (outs, events);
                 };
@@ -755,11 +774,16 @@ impl BackupCore {
                     if mine {
                         // Tell the claimant it lost, with this copy (which may be newer).
                         let (state, my_epoch) = (e.session.state().clone(), e.epoch);
+                        let backups = self
+                            .backups_of(id)
+                            .map(<[MemberId]>::to_vec)
+                            .unwrap_or_default();
                         outs.push(Self::to(
                             from,
                             BackupMessage::NewPrimary {
                                 id: id.clone(),
                                 version: state.version,
+                                backups,
                                 epoch: my_epoch,
                             },
                         ));
@@ -778,12 +802,13 @@ impl BackupCore {
                         },
                     ));
                 }
-                let place = placement(id, from, &self.members_with_local(), self.cfg.backups);
-                if place.contains(&self.local) {
+                // The new primary's choice, not a placement computed from this node's view,
+                // which may still list a member that is gone.
+                if chosen.contains(&self.local) {
                     if let Some(e) = self.entries.get_mut(id) {
                         e.role = Role::Backup {
                             primary: from,
-                            backups: place,
+                            backups: chosen.clone(),
                         };
                         e.epoch = *epoch;
                     }
@@ -793,12 +818,6 @@ impl BackupCore {
             }
         }
         (outs, events)
-    }
-
-    fn members_with_local(&self) -> Vec<MemberId> {
-        let mut m = self.members.clone();
-        m.push(self.local);
-        m
     }
 }
 

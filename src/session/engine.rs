@@ -18,6 +18,9 @@ pub enum Payload {
 
 pub(crate) type POut = Out<Payload>;
 
+/// A change of id: the new id, what to send, what to tell listeners.
+pub(crate) type Renamed = (SessionId, Vec<POut>, Vec<SessionEvent>);
+
 fn wrap<M>(outs: Vec<Out<M>>, f: fn(M) -> Payload) -> Vec<POut> {
     outs.into_iter()
         .map(|o| Out {
@@ -89,10 +92,7 @@ impl Core {
     }
 
     /// `None` when the session is not here (or, for a backup copy, not served here).
-    pub fn change_id(
-        &mut self,
-        id: &SessionId,
-    ) -> Result<Option<(SessionId, Vec<POut>, Vec<SessionEvent>)>, SessionIdError> {
+    pub fn change_id(&mut self, id: &SessionId) -> Result<Option<Renamed>, SessionIdError> {
         match self {
             Core::Delta(c) => {
                 if c.session(id).is_none() {

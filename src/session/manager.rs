@@ -229,33 +229,43 @@ impl ClusterManager {
     /// first: taking over a copy it backs up, or fetching it from the member that has it
     /// (waiting up to `rpc_timeout`).
     fn acquire(&self, id: &SessionId) -> Option<Session> {
-        let (outs, wait) = self.core.lock().acquire(id);
-        if let Err(e) = self.send(outs) {
-            warn!(
-                "Manager [{}]: taking over session {id} not told to every member: {e}",
-                self.context
-            );
-        }
-        let mut core = self.core.lock();
-        if wait {
-            let deadline = Instant::now() + self.rpc_timeout;
-            while core.session(id).is_none() && core.is_fetching(id) {
-                if self
-                    .ready_changed
-                    .wait_until(&mut core, deadline)
-                    .timed_out()
-                {
-                    warn!(
-                        "Manager [{}]: session {id} not fetched within {} ms",
-                        self.context,
-                        self.rpc_timeout.as_millis()
-                    );
-                    core.end_fetch(id);
-                    break;
+        // Two rounds: a node that took over a copy it backed up may lose to a claim made at the
+        // same time elsewhere (and drop the copy); then it fetches from the winner.
+        for _ in 0..2 {
+            let (outs, wait) = self.core.lock().acquire(id);
+            if let Err(e) = self.send_background(outs) {
+                warn!(
+                    "Manager [{}]: taking over session {id} not told to every member: {e}",
+                    self.context
+                );
+            }
+            let mut core = self.core.lock();
+            if wait {
+                let deadline = Instant::now() + self.rpc_timeout;
+                while core.session(id).is_none() && core.is_fetching(id) {
+                    if self
+                        .ready_changed
+                        .wait_until(&mut core, deadline)
+                        .timed_out()
+                    {
+                        warn!(
+                            "Manager [{}]: session {id} not fetched within {} ms",
+                            self.context,
+                            self.rpc_timeout.as_millis()
+                        );
+                        core.end_fetch(id);
+                        break;
+                    }
                 }
             }
+            if let Some(s) = core.session(id) {
+                return Some(s.clone());
+            }
+            if wait {
+                return None; // nobody has it
+            }
         }
-        core.session(id).cloned()
+        None
     }
 
     fn notify(&self, events: &[SessionEvent], local: bool) {
