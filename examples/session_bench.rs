@@ -5,19 +5,24 @@
 //!     cargo run --release --example session_bench -- --nodes 3 --sessions 1000 --updates 200000 --attr-size 1024
 //!
 //! Prints one line:
-//! `session manager=delta nodes=N updates_per_s=X p50_us=A p99_us=B replicated_bytes=Z`
-//! where updates_per_s counts updates applied on every other node (first update to the moment
-//! the last replica applied the last one, counted by a session listener on each replica),
-//! p50/p99 are the request-end (`finish`) latencies on node 1, and replicated_bytes is what
-//! node 1's sender wrote for the updates.
-//! Flags: `--nodes N --sessions S --updates U --attr-size BYTES --manager delta --sync-ack`.
+//! `session manager=M nodes=N updates_per_s=X p50_us=A p99_us=B replicated_bytes=Z
+//! frames_per_update=F bytes_per_update=B options=O`
+//! where updates_per_s counts updates applied on every replica (all other nodes with the
+//! DeltaManager, the session's backups with the BackupManager; from the first update to the
+//! moment the last replica applied the last one, counted by a session listener on each node),
+//! p50/p99 are the request-end (`finish`) latencies on node 1, and replicated_bytes,
+//! frames_per_update and bytes_per_update are what node 1's sender wrote for the updates.
+//! Flags: `--nodes N --sessions S --updates U --attr-size BYTES --manager delta|backup
+//! --backups K --options async|sync-ack` (default options: async for delta, Tomcat's
+//! channelSendOptions 8; sync-ack for backup, Tomcat's mapSendOptions 6).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tribecast::session::AttributeChange;
 use tribecast::{
-    ChannelConfig, ClusterConfig, SendOptions, SessionEvent, SimpleTcpCluster, StaticMember,
+    ChannelConfig, ClusterConfig, ManagerConfig, ManagerKind, SendOptions, SessionEvent,
+    SimpleTcpCluster, StaticMember,
 };
 
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -27,7 +32,9 @@ struct Args {
     sessions: usize,
     updates: u64,
     attr_size: usize,
-    sync_ack: bool,
+    backup: bool,
+    backups: usize,
+    options: Option<SendOptions>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,7 +43,9 @@ fn parse_args() -> Result<Args, String> {
         sessions: 1000,
         updates: 100_000,
         attr_size: 1024,
-        sync_ack: false,
+        backup: false,
+        backups: 1,
+        options: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,13 +56,19 @@ fn parse_args() -> Result<Args, String> {
             "--sessions" => a.sessions = num(value("--sessions")?, "--sessions")? as usize,
             "--updates" => a.updates = num(value("--updates")?, "--updates")?,
             "--attr-size" => a.attr_size = num(value("--attr-size")?, "--attr-size")? as usize,
-            "--manager" => {
-                let m = value("--manager")?;
-                if m != "delta" {
-                    return Err(format!("--manager {m}: only delta exists yet"));
-                }
+            "--manager" => match value("--manager")?.as_str() {
+                "delta" => a.backup = false,
+                "backup" => a.backup = true,
+                m => return Err(format!("--manager {m}: delta or backup")),
+            },
+            "--backups" => a.backups = num(value("--backups")?, "--backups")? as usize,
+            "--options" => {
+                a.options = Some(match value("--options")?.as_str() {
+                    "async" => SendOptions::ASYNCHRONOUS,
+                    "sync-ack" => SendOptions::SYNC_ACK,
+                    o => return Err(format!("--options {o}: async or sync-ack")),
+                })
             }
-            "--sync-ack" => a.sync_ack = true,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -83,10 +98,16 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let a = parse_args()?;
-    let options = if a.sync_ack {
+    let default = if a.backup {
         SendOptions::SYNC_ACK
     } else {
         SendOptions::ASYNCHRONOUS
+    };
+    let options = a.options.unwrap_or(default);
+    let kind = if a.backup {
+        ManagerKind::Backup
+    } else {
+        ManagerKind::Delta
     };
     let mut nodes: Vec<SimpleTcpCluster> = Vec::new();
     let mut applied: Vec<Arc<AtomicU64>> = Vec::new();
@@ -105,6 +126,12 @@ fn run() -> Result<(), String> {
             channel,
             jvm_route: format!("n{i}"),
             channel_send_options: options,
+            manager: ManagerConfig {
+                kind,
+                backups: a.backups,
+                map_send_options: options,
+                ..ManagerConfig::default()
+            },
             ..ClusterConfig::default()
         };
         let c = SimpleTcpCluster::new(cfg).map_err(|e| e.to_string())?;
@@ -146,21 +173,34 @@ fn run() -> Result<(), String> {
         ids.push(req.session_id().ok_or("no id")?.to_string());
         req.finish().map_err(|e| e.to_string())?;
     }
-    for n in &nodes[1..] {
-        let m = n.manager("/bench").ok_or("no app")?;
-        wait("sessions replicated", start, || {
-            m.session_count() == a.sessions
-        })?;
-    }
-    let bytes_before = nodes[0]
-        .channel()
-        .with_sender_stats(|s| s.bytes_sent.load(Ordering::Relaxed))
-        .unwrap_or(0);
+    // Every session has its copies: on every other node (delta) or on its backups (backup).
+    let replicas = if a.backup {
+        a.backups.min(a.nodes - 1)
+    } else {
+        a.nodes - 1
+    };
+    let held = |nodes: &[SimpleTcpCluster]| -> usize {
+        nodes[1..]
+            .iter()
+            .filter_map(|n| n.manager("/bench"))
+            .map(|m| m.session_count())
+            .sum()
+    };
+    wait("sessions replicated", start, || {
+        held(&nodes) == a.sessions * replicas
+    })?;
+    let sender = |f: fn(&tribecast::transport::sender::SenderStats) -> u64| {
+        nodes[0].channel().with_sender_stats(f).unwrap_or(0)
+    };
+    let bytes_before = sender(|s| s.bytes_sent.load(Ordering::Relaxed));
+    let frames_before = sender(|s| s.messages_sent.load(Ordering::Relaxed));
     let mut lat = Vec::with_capacity(a.updates as usize);
     let mut v = value.clone().into_bytes();
     let t0 = Instant::now();
     for u in 0..a.updates {
-        v[..8].copy_from_slice(&u.to_le_bytes());
+        // The update's number in a fixed 16-digit field, so the size stays the same.
+        v[..16].copy_from_slice(format!("{u:016x}").as_bytes());
+        let text = std::str::from_utf8(&v).map_err(|e| e.to_string())?;
         let t = Instant::now();
         let mut req = primary.request(
             Some(&ids[(u % a.sessions as u64) as usize]),
@@ -168,7 +208,7 @@ fn run() -> Result<(), String> {
         );
         req.session()
             .ok_or("session gone")?
-            .set("v", &v)
+            .set("v", text)
             .map_err(|e| e.to_string())?;
         req.finish().map_err(|e| e.to_string())?;
         lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -176,30 +216,27 @@ fn run() -> Result<(), String> {
             return Err("updates took too long".into());
         }
     }
-    for c in &applied[1..] {
-        wait("updates applied", start, || {
-            c.load(Ordering::Relaxed) >= a.updates
-        })?;
-    }
+    let total = |applied: &[Arc<AtomicU64>]| -> u64 {
+        applied[1..].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    };
+    wait("updates applied", start, || {
+        total(&applied) >= a.updates * replicas as u64
+    })?;
     let secs = t0.elapsed().as_secs_f64();
-    let bytes = nodes[0]
-        .channel()
-        .with_sender_stats(|s| s.bytes_sent.load(Ordering::Relaxed))
-        .unwrap_or(0)
-        - bytes_before;
+    let bytes = sender(|s| s.bytes_sent.load(Ordering::Relaxed)) - bytes_before;
+    let frames = sender(|s| s.messages_sent.load(Ordering::Relaxed)) - frames_before;
     // Spot check: every replica ends with the last value of a session.
     let last = a.updates - 1;
     let id = &ids[(last % a.sessions as u64) as usize];
-    for n in &nodes[1..] {
-        let s = n
-            .manager("/bench")
-            .and_then(|m| m.find(id))
-            .ok_or("session missing on a replica")?;
-        let got: Vec<u8> = s
+    for s in nodes[1..]
+        .iter()
+        .filter_map(|n| n.manager("/bench").and_then(|m| m.find(id)))
+    {
+        let got: String = s
             .get("v")
             .map_err(|e| e.to_string())?
             .ok_or("attribute missing")?;
-        if got[..8] != last.to_le_bytes() {
+        if got.get(..16) != Some(format!("{last:016x}").as_str()) {
             return Err("a replica holds a stale value".into());
         }
     }
@@ -210,12 +247,15 @@ fn run() -> Result<(), String> {
             .unwrap_or(0)
     };
     println!(
-        "session manager=delta nodes={} updates_per_s={:.0} p50_us={} p99_us={} replicated_bytes={bytes}{}",
+        "session manager={} nodes={} updates_per_s={:.0} p50_us={} p99_us={} replicated_bytes={bytes} frames_per_update={:.2} bytes_per_update={:.0} options={}",
+        if a.backup { "backup" } else { "delta" },
         a.nodes,
         a.updates as f64 / secs,
         pct(0.5),
         pct(0.99),
-        if a.sync_ack { " mode=sync-ack" } else { "" }
+        frames as f64 / a.updates as f64,
+        bytes as f64 / a.updates as f64,
+        if options.wants_sync_ack() { "sync-ack" } else { "async" },
     );
     for n in &nodes {
         n.stop();
