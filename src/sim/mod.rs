@@ -8,12 +8,15 @@
 //!   reordered at random) and the fault knobs.
 //! - [`rng`]: the seeded generator.
 //! - `lane_*`: the transport's lanes (sender and receiver of data frames) as a simulated member.
+//! - `backup_*`: the BackupManager core as a simulated member, with acknowledged changes and a
+//!   membership view the test sets.
 //! - `membership_*`: the membership detector with heartbeat datagrams, pings and verification
 //!   as a simulated member.
 //!
 //! A failing run prints its seed; `TRIBECAST_SIM_SEED=<seed> cargo test --lib sim` reruns the
 //! seeded tests with that seed only.
 
+pub mod backup_node;
 pub mod delta_node;
 pub mod harness;
 pub mod lane_node;
@@ -23,6 +26,8 @@ pub mod membership_node;
 pub mod net;
 pub mod rng;
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod delta_tests;
 #[cfg(test)]

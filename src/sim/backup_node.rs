@@ -1,0 +1,1135 @@
+//! A simulated member running the BackupManager's pure core ([`BackupCore`]) the way a shell
+//! runs it: every [`Out`] goes to its destination(s) as a postcard body in a real data frame,
+//! over one FIFO connection per destination (a crash resets them, losing what was in flight),
+//! and every message received is applied with [`BackupCore::handle`] and its answers sent.
+//!
+//! Around the core, for the tests (mirroring `delta_node`):
+//! - Acknowledged changes, modelled on `map_send_options` 6 (use-ack + sync-ack): every message
+//!   that changes something on its receiver (a copy, a delta, an end, a change of id, a new
+//!   primary) carries a request number per call and change; a receiver acks it once the change
+//!   is in its core (possibly only after the copy a gap made it ask for); the sender records the
+//!   change as acknowledged when every member it was sent to acked. `Drop` and `Accessed` are
+//!   acked on arrival (a sync-ack send waits for them too). A member that leaves the
+//!   sender's view before acking makes the send fail: the change is never acknowledged (a
+//!   sync-ack send to a member that dies fails). Changes made by requests are the application's
+//!   acknowledged changes; the others (re-placement, answers) are counted too.
+//! - A membership view per node in the shared [`World`], set by the test, which calls
+//!   [`BackupNode::view_changed`] (so [`BackupCore::set_members`]) on the nodes that notice, as
+//!   the failure detector would.
+//! - An [`Oracle`] of every state a primary made, which sessions' changes were acknowledged, and
+//!   how many members each change went to; the invariants ([`check_backup`]) read it.
+//!
+//! Session ids come from the operating system and placement hashes them, so a replayed seed
+//! has the same workload and faults but other ids, hence other placements: a failure that
+//! depends on placement may need a few runs of its seed to come back. Set [`TRACE_ENV`] to
+//! print every message applied.
+
+use super::delta_node::{now_ms, show, Made, Op, Served, Val};
+use super::lane_node::{node_of, sim_member};
+use super::net::{CloseReason, ConnId, NodeId};
+use super::{Ctx, Node, Sim, SimRng};
+use crate::member::MemberId;
+use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
+use crate::session::{Dest, SessionEvent, SessionId};
+use crate::wire::frame::{encode_frame, parse_frame, FrameKind};
+use crate::wire::{decode_body, encode_body};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Set (to anything) to print every message each node applies.
+pub const TRACE_ENV: &str = "TRIBECAST_BACKUP_TRACE";
+/// Largest frame a node accepts.
+const MAX_FRAME: u32 = 16 << 20;
+/// Timer token of the reaper.
+const REAPER: u64 = 1;
+
+/// Settings of a simulated BackupManager member.
+#[derive(Clone, Debug, Default)]
+pub struct BackupSimConfig {
+    pub core: BackupConfig,
+    /// Period of the reaper ([`BackupCore::expire`]); `None`: no reaper.
+    pub reaper: Option<Duration>,
+}
+
+/// What a receiver must have done before it acks a message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// The session at this version or newer (also under an id it was renamed to here), or
+    /// ended here.
+    Version(SessionId, u64),
+    /// The session is gone here.
+    Ended(SessionId),
+    /// The session is here under this (new) id, or ended.
+    Renamed(SessionId),
+    /// This member does not serve the session (a `NewPrimary` was taken in).
+    Moved(SessionId),
+    /// The message arrived (a `Drop` or an `Accessed`: the sender only waits to know it was
+    /// delivered).
+    Delivered(SessionId),
+}
+
+/// A change every member it was sent to acknowledged.
+#[derive(Clone, Debug)]
+pub struct Acked {
+    pub origin: NodeId,
+    pub at: Duration,
+    pub change: Change,
+    /// The members that acked it, with their life then.
+    pub by: Vec<(NodeId, u64)>,
+    /// Made by a request (the application's change), not by re-placement or an answer.
+    pub request: bool,
+}
+
+/// Every state a primary made and what became of each session. Written by the nodes, read by
+/// the invariants and the tests.
+#[derive(Default)]
+pub struct Oracle {
+    /// The attributes of each session at each version, as its maker had them, with the maker
+    /// and its life.
+    pub states: HashMap<SessionId, HashMap<u64, Made>>,
+    /// Two states made for one (id, version) while the first one's maker lived.
+    pub forks: Vec<String>,
+    /// Versions made again after their maker died before anyone acked them.
+    pub superseded: u64,
+    /// Acknowledged versions made again (an acknowledged change was lost).
+    pub lost: Vec<String>,
+    pub renamed: HashMap<SessionId, SessionId>,
+    pub previous: HashMap<SessionId, SessionId>,
+    /// Ids invalidated or expired by a primary's decision.
+    pub ended: HashSet<SessionId>,
+    /// Sessions (by first id) whose end was acknowledged.
+    pub end_acked: HashSet<SessionId>,
+    /// Highest acknowledged version of each session (by first id).
+    pub acked_version: HashMap<SessionId, u64>,
+    pub counter: u64,
+    pub acked: Vec<Acked>,
+    /// Tracked sends that failed (a receiver left before acking).
+    pub failed: u64,
+    /// Per request change (kind, number of members it was sent to): how many.
+    pub fanout: BTreeMap<(&'static str, usize), u64>,
+    /// Broken rules seen where they happen (wrong fan-out).
+    pub violations: Vec<String>,
+    /// Renamed sessions whose backups (the old id's placement) are not their placement.
+    pub misplaced: HashSet<SessionId>,
+    /// Delta messages received, per (id, version).
+    pub delta_receipts: HashMap<(SessionId, u64), u32>,
+}
+
+impl Oracle {
+    /// The first id of the session `id` belongs to.
+    pub fn root(&self, id: &SessionId) -> SessionId {
+        let mut id = id;
+        for _ in 0..=self.previous.len() {
+            match self.previous.get(id) {
+                Some(p) => id = p,
+                None => break,
+            }
+        }
+        id.clone()
+    }
+
+    /// The attributes made for the session at `version`, under `id` or an earlier id.
+    pub fn state(&self, id: &SessionId, version: u64) -> Option<&BTreeMap<String, Vec<u8>>> {
+        let mut id = id;
+        for _ in 0..=self.previous.len() {
+            if let Some((s, _, _)) = self.states.get(id).and_then(|v| v.get(&version)) {
+                return Some(s);
+            }
+            id = self.previous.get(id)?;
+        }
+        None
+    }
+
+    /// `id` and the ids it was renamed to, in order.
+    pub fn chain(&self, id: &SessionId) -> Vec<SessionId> {
+        let mut out = vec![id.clone()];
+        while let Some(next) = self.renamed.get(out.last().unwrap_or(id)) {
+            if out.contains(next) {
+                break;
+            }
+            out.push(next.clone());
+        }
+        out
+    }
+}
+
+/// What the nodes share: membership views (the test plays the failure detector), lives, the
+/// configured backup count and the oracle.
+#[derive(Default)]
+pub struct World {
+    pub views: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    pub lives: BTreeMap<NodeId, u64>,
+    pub down: BTreeSet<NodeId>,
+    pub oracle: Oracle,
+}
+
+impl World {
+    fn alive(&self, node: NodeId, life: u64) -> bool {
+        !self.down.contains(&node) && self.lives.get(&node).copied() == Some(life)
+    }
+
+    /// Records the state `node` made for `id` at `version`.
+    fn record(
+        &mut self,
+        node: NodeId,
+        id: &SessionId,
+        version: u64,
+        attrs: &BTreeMap<String, Vec<u8>>,
+    ) {
+        let life = self.lives.get(&node).copied().unwrap_or(0);
+        match self.oracle.states.get(id).and_then(|v| v.get(&version)) {
+            Some((known, ..)) if known == attrs => return,
+            Some((known, maker, maker_life)) => {
+                let (known, maker, maker_life) = (known.clone(), *maker, *maker_life);
+                if self.alive(maker, maker_life) {
+                    let msg = format!(
+                        "{id} version {version}: {} by {maker} and {} by {node}",
+                        show(&known),
+                        show(attrs)
+                    );
+                    self.oracle.forks.push(msg);
+                    return;
+                }
+                let root = self.oracle.root(id);
+                if self
+                    .oracle
+                    .acked_version
+                    .get(&root)
+                    .is_some_and(|a| *a >= version)
+                {
+                    let msg = format!(
+                        "{node} made {id} version {version} again ({}) although version {} was acknowledged; {maker} had made {}",
+                        show(attrs),
+                        self.oracle.acked_version[&root],
+                        show(&known)
+                    );
+                    self.oracle.lost.push(msg);
+                }
+                self.oracle.superseded += 1;
+            }
+            None => {}
+        }
+        self.oracle
+            .states
+            .entry(id.clone())
+            .or_default()
+            .insert(version, (attrs.clone(), node, life));
+    }
+
+    fn note_acked(&mut self, a: Acked) {
+        if a.request {
+            match &a.change {
+                Change::Version(id, v) => {
+                    let root = self.oracle.root(id);
+                    let e = self.oracle.acked_version.entry(root).or_insert(*v);
+                    *e = (*e).max(*v);
+                }
+                Change::Ended(id) => {
+                    let root = self.oracle.root(id);
+                    self.oracle.end_acked.insert(root);
+                }
+                Change::Renamed(_) | Change::Moved(_) | Change::Delivered(_) => {}
+            }
+        }
+        self.oracle.acked.push(a);
+    }
+}
+
+pub type SharedWorld = Rc<RefCell<World>>;
+
+/// What a node did, kept across restarts.
+#[derive(Clone, Debug, Default)]
+pub struct Journal {
+    pub life: u64,
+    /// Sessions whose copy may have changed, with the life it happened in.
+    pub touched: Vec<(u64, SessionId)>,
+    /// Listener events (and changes of id made here), with the life they happened in.
+    pub events: Vec<(u64, SessionEvent)>,
+    pub sent: BTreeMap<&'static str, u64>,
+    pub received: BTreeMap<&'static str, u64>,
+    /// Bytes of frames written.
+    pub bytes: u64,
+    /// Acks sent only after a copy the message made this node ask for.
+    pub late_acks: u64,
+    /// Fetches this node started, and how many ended with it serving the session.
+    pub fetches: u64,
+    pub fetched: u64,
+    pub take_overs: u64,
+}
+
+impl Journal {
+    pub fn sent(&self, kind: &str) -> u64 {
+        self.sent.get(kind).copied().unwrap_or(0)
+    }
+    pub fn received(&self, kind: &str) -> u64 {
+        self.received.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// What travels in a frame body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Wire {
+    /// A manager message; `req` > 0 asks for an ack.
+    Msg {
+        req: u64,
+        msg: BackupMessage,
+    },
+    Ack {
+        req: u64,
+    },
+}
+
+struct Waiting {
+    change: Change,
+    pending: BTreeSet<NodeId>,
+    by: Vec<(NodeId, u64)>,
+    request: bool,
+}
+
+/// An ack owed to `to` once `change` is in the core.
+struct Owed {
+    to: NodeId,
+    req: u64,
+    change: Change,
+    deferred: bool,
+}
+
+/// The message's kind, for counters.
+pub fn kind(msg: &BackupMessage) -> &'static str {
+    match msg {
+        BackupMessage::Copy { .. } => "copy",
+        BackupMessage::Delta { .. } => "delta",
+        BackupMessage::Accessed { .. } => "accessed",
+        BackupMessage::Drop { .. } => "drop",
+        BackupMessage::Expired { .. } => "expired",
+        BackupMessage::ChangeId { .. } => "change-id",
+        BackupMessage::GetCopy { .. } => "get-copy",
+        BackupMessage::Fetch { .. } => "fetch",
+        BackupMessage::Fetched { .. } => "fetched",
+        BackupMessage::NewPrimary { .. } => "new-primary",
+    }
+}
+
+/// The sessions a message is about.
+fn ids_of(msg: &BackupMessage) -> Vec<SessionId> {
+    match msg {
+        BackupMessage::Copy { state, .. } => vec![state.id.clone()],
+        BackupMessage::Delta { id, .. }
+        | BackupMessage::Accessed { id, .. }
+        | BackupMessage::Drop { id }
+        | BackupMessage::Expired { id }
+        | BackupMessage::GetCopy { id }
+        | BackupMessage::Fetch { id }
+        | BackupMessage::Fetched { id, .. }
+        | BackupMessage::NewPrimary { id, .. } => vec![id.clone()],
+        BackupMessage::ChangeId { old, new } => vec![old.clone(), new.clone()],
+    }
+}
+
+/// The change a message makes on its receiver, if the sender waits for an ack.
+fn change_of(msg: &BackupMessage) -> Option<Change> {
+    match msg {
+        BackupMessage::Copy { state, .. } => Some(Change::Version(state.id.clone(), state.version)),
+        BackupMessage::Delta { id, version, .. } => Some(Change::Version(id.clone(), *version)),
+        BackupMessage::Expired { id } => Some(Change::Ended(id.clone())),
+        BackupMessage::ChangeId { new, .. } => Some(Change::Renamed(new.clone())),
+        BackupMessage::NewPrimary { id, .. } => Some(Change::Moved(id.clone())),
+        // Under sync-ack every send waits for its ack; these only need to arrive.
+        BackupMessage::Drop { id } | BackupMessage::Accessed { id, .. } => {
+            Some(Change::Delivered(id.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// A simulated member running a [`BackupCore`].
+pub struct BackupNode {
+    pub id: NodeId,
+    pub cfg: BackupSimConfig,
+    world: SharedWorld,
+    pub core: BackupCore,
+    out: BTreeMap<NodeId, ConnId>,
+    inbound: BTreeMap<ConnId, (NodeId, Vec<u8>)>,
+    seq: u64,
+    next_req: u64,
+    waiting: BTreeMap<u64, Waiting>,
+    owed: Vec<Owed>,
+    /// Ids this node ended or moved away from (mirrors the core's tombstones).
+    ended_here: HashSet<SessionId>,
+    /// Old id → new id, as this node applied them.
+    renamed_here: HashMap<SessionId, SessionId>,
+    /// Acks awaited for the promotion that ended a fetch, per session.
+    moves: HashMap<SessionId, Vec<u64>>,
+    /// The view and member list the core was last given (`set_members`).
+    known: (BTreeSet<NodeId>, Vec<MemberId>),
+    trace: bool,
+    pub journal: Journal,
+}
+
+impl BackupNode {
+    pub fn new(id: NodeId, cfg: BackupSimConfig, world: SharedWorld) -> BackupNode {
+        let core = BackupCore::new(
+            cfg.core.clone(),
+            sim_member(id).id,
+            &format!("node{}", id.0),
+        );
+        BackupNode {
+            id,
+            cfg,
+            world,
+            core,
+            out: BTreeMap::new(),
+            inbound: BTreeMap::new(),
+            seq: 0,
+            next_req: 0,
+            waiting: BTreeMap::new(),
+            owed: Vec::new(),
+            ended_here: HashSet::new(),
+            renamed_here: HashMap::new(),
+            moves: HashMap::new(),
+            known: (BTreeSet::new(), Vec::new()),
+            trace: std::env::var_os(TRACE_ENV).is_some(),
+            journal: Journal::default(),
+        }
+    }
+
+    pub fn member(&self) -> MemberId {
+        sim_member(self.id).id
+    }
+
+    /// The other members, as this node sees them.
+    pub fn view(&self) -> BTreeSet<NodeId> {
+        let mut v = self
+            .world
+            .borrow()
+            .views
+            .get(&self.id)
+            .cloned()
+            .unwrap_or_default();
+        v.remove(&self.id);
+        v
+    }
+
+    /// Every member this node sees, itself included.
+    pub fn members(&self) -> Vec<MemberId> {
+        let mut m: Vec<MemberId> = self.view().into_iter().map(|n| sim_member(n).id).collect();
+        m.push(self.member());
+        m
+    }
+
+    /// This node's copy of `id`: version and attributes.
+    pub fn copy(&self, id: &SessionId) -> Option<(u64, &BTreeMap<String, Vec<u8>>)> {
+        self.core
+            .session(id)
+            .map(|s| (s.version(), &s.state().attributes))
+    }
+
+    /// Whether every request number of `ticket` is settled (acknowledged or failed).
+    pub fn settled(&self, ticket: &[u64]) -> bool {
+        ticket.iter().all(|r| !self.waiting.contains_key(r))
+    }
+
+    /// Tracked sends still waiting for acks.
+    pub fn unsettled(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Tracked sends not made by requests (re-placement, failover, answers) still waiting.
+    pub fn unsettled_background(&self) -> usize {
+        self.waiting.values().filter(|w| !w.request).count()
+    }
+
+    /// Acks this node still owes.
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Takes the acks awaited for the promotion a fetch of `id` ended with.
+    pub fn take_move(&mut self, id: &SessionId) -> Vec<u64> {
+        self.moves.remove(id).unwrap_or_default()
+    }
+
+    /// A new session, then `ops` on it, in one request.
+    pub fn create(&mut self, ctx: &mut Ctx<'_>, ops: &[Op]) -> (Served, Vec<u64>) {
+        let id = match self.core.create(now_ms(ctx)) {
+            Ok(id) => id,
+            Err(e) => panic!("{}: no session id: {e}", self.id),
+        };
+        self.request(ctx, &id, ops)
+    }
+
+    /// One request on a session this node serves: `ops`, then the request's end. Returns what
+    /// became of the session and the request numbers whose acks the user waits for.
+    pub fn request(&mut self, ctx: &mut Ctx<'_>, id: &SessionId, ops: &[Op]) -> (Served, Vec<u64>) {
+        if !self.core.is_primary(id) || self.core.session(id).is_none() {
+            return (Served::Missing, Vec::new());
+        }
+        let mut ticket = Vec::new();
+        let mut id = id.clone();
+        for op in ops {
+            match op {
+                Op::Set(name) => {
+                    let val = self.next_val();
+                    if let Some(s) = self.core.session_mut(&id) {
+                        if let Err(e) = s.set(name, &val) {
+                            panic!("{}: set {name} on {id}: {e}", self.id);
+                        }
+                    }
+                }
+                Op::Remove(name) => {
+                    if let Some(s) = self.core.session_mut(&id) {
+                        if let Err(e) = s.remove(name) {
+                            panic!("{}: remove {name} on {id}: {e}", self.id);
+                        }
+                    }
+                }
+                Op::Read => {}
+                Op::MaxInactive(d) => {
+                    if let Some(s) = self.core.session_mut(&id) {
+                        s.set_max_inactive(*d);
+                    }
+                }
+                Op::ChangeId => {
+                    let (new, outs) = match self.core.change_id(&id) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => panic!("{}: change of id of {id} refused", self.id),
+                        Err(e) => panic!("{}: change of id of {id}: {e}", self.id),
+                    };
+                    {
+                        let mut w = self.world.borrow_mut();
+                        w.oracle.renamed.insert(id.clone(), new.clone());
+                        w.oracle.previous.insert(new.clone(), id.clone());
+                    }
+                    self.ended_here.insert(id.clone());
+                    self.renamed_here.insert(id.clone(), new.clone());
+                    let ev = SessionEvent::IdChanged {
+                        old: id.clone(),
+                        new: new.clone(),
+                    };
+                    self.note_events(vec![ev]);
+                    self.touch(&id);
+                    self.touch(&new);
+                    ticket.extend(self.send_outs(outs, true, ctx));
+                    id = new;
+                }
+                Op::Invalidate => {
+                    let (outs, events) = self.core.invalidate(&id);
+                    self.world.borrow_mut().oracle.ended.insert(id.clone());
+                    self.ended_here.insert(id.clone());
+                    self.touch(&id);
+                    self.note_events(events);
+                    ticket.extend(self.send_outs(outs, true, ctx));
+                    return (Served::Ended, ticket);
+                }
+            }
+        }
+        let outs = self.core.end_request(&id, now_ms(ctx));
+        self.check_fanout(&id, &outs);
+        if let Some(s) = self.core.session(&id) {
+            let (version, attrs) = (s.version(), s.state().attributes.clone());
+            self.world
+                .borrow_mut()
+                .record(self.id, &id, version, &attrs);
+        }
+        self.touch(&id);
+        ticket.extend(self.send_outs(outs, true, ctx));
+        (Served::Live(id), ticket)
+    }
+
+    /// A request reached this node, which holds `id` as a backup: it serves it from now on.
+    pub fn take_over(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) -> Vec<u64> {
+        self.journal.take_overs += 1;
+        let outs = self.core.take_over(id);
+        self.touch(id);
+        self.send_outs(outs, true, ctx)
+    }
+
+    /// A request reached this node, which does not hold `id`: ask the others.
+    pub fn fetch(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) {
+        self.journal.fetches += 1;
+        let outs = self.core.fetch(id);
+        self.send_outs(outs, false, ctx);
+    }
+
+    /// The test changed this node's view (the failure detector's verdict, or a join): the core
+    /// re-places and fails over; sends still waiting for members that left have failed.
+    pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
+        let view = self.view();
+        let failed: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| !w.pending.is_subset(&view))
+            .map(|(r, _)| *r)
+            .collect();
+        for r in failed {
+            self.waiting.remove(&r);
+            self.world.borrow_mut().oracle.failed += 1;
+        }
+        self.out.retain(|n, _| view.contains(n));
+        self.known = (view, self.members());
+        let outs = self.core.set_members(self.known.1.clone());
+        for o in &outs {
+            for id in ids_of(&o.msg) {
+                self.touch(&id);
+            }
+        }
+        self.send_outs(outs, false, ctx);
+    }
+
+    /// Every change a request makes goes to exactly the session's backups: `min(backups,
+    /// other members)` distinct members, which are its placement. (After a change of id the
+    /// core keeps the old id's backups: counted in `Oracle::misplaced`, see the ignored test
+    /// `after_a_change_of_id_the_backups_are_the_new_ids_placement`.)
+    fn check_fanout(&mut self, id: &SessionId, outs: &[Out]) {
+        let Some(first) = outs.first() else { return };
+        let k = kind(&first.msg);
+        let dests: Vec<MemberId> = outs
+            .iter()
+            .filter_map(|o| match o.dest {
+                Dest::Member(m) => Some(m),
+                Dest::All => None,
+            })
+            .collect();
+        let distinct: BTreeSet<MemberId> = dests.iter().copied().collect();
+        let want_n = self.cfg.core.backups.min(self.known.0.len());
+        let listed: BTreeSet<MemberId> = self
+            .core
+            .backups_of(id)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .collect();
+        let placed: BTreeSet<MemberId> =
+            placement(id, self.member(), &self.known.1, self.cfg.core.backups)
+                .into_iter()
+                .collect();
+        let names = |m: &BTreeSet<MemberId>| m.iter().filter_map(node_of).collect::<Vec<_>>();
+        let mut w = self.world.borrow_mut();
+        *w.oracle.fanout.entry((k, outs.len())).or_default() += 1;
+        if outs.len() != want_n || distinct.len() != outs.len() || distinct != listed {
+            let msg = format!(
+                "{}: a {k} of {id} went to {} members {:?}, want the {want_n} backups {:?}",
+                self.id,
+                outs.len(),
+                dests.iter().filter_map(node_of).collect::<Vec<_>>(),
+                names(&listed)
+            );
+            w.oracle.violations.push(msg);
+        } else if listed != placed {
+            if w.oracle.previous.contains_key(id) {
+                w.oracle.misplaced.insert(id.clone());
+            } else {
+                let msg = format!(
+                    "{}: {id} has backups {:?}, its placement is {:?}",
+                    self.id,
+                    names(&listed),
+                    names(&placed)
+                );
+                w.oracle.violations.push(msg);
+            }
+        }
+    }
+
+    fn next_val(&mut self) -> Val {
+        let mut w = self.world.borrow_mut();
+        w.oracle.counter += 1;
+        Val {
+            node: self.id.0 as u32,
+            counter: w.oracle.counter,
+        }
+    }
+
+    fn touch(&mut self, id: &SessionId) {
+        self.journal.touched.push((self.journal.life, id.clone()));
+    }
+
+    fn note_events(&mut self, events: Vec<SessionEvent>) {
+        let life = self.journal.life;
+        for e in &events {
+            match e {
+                SessionEvent::Destroyed(id) => {
+                    self.ended_here.insert(id.clone());
+                }
+                SessionEvent::IdChanged { old, new } => {
+                    self.ended_here.insert(old.clone());
+                    self.renamed_here.insert(old.clone(), new.clone());
+                }
+                _ => {}
+            }
+        }
+        self.journal
+            .events
+            .extend(events.into_iter().map(|e| (life, e)));
+    }
+
+    /// Whether `change` is in this node's core.
+    fn has(&self, change: &Change) -> bool {
+        match change {
+            Change::Version(id, v) => {
+                let mut id = id;
+                for _ in 0..=self.renamed_here.len() {
+                    if self.core.session(id).is_some_and(|s| s.version() >= *v) {
+                        return true;
+                    }
+                    match self.renamed_here.get(id) {
+                        Some(next) => id = next,
+                        None => break,
+                    }
+                }
+                self.ended_here.contains(id)
+            }
+            Change::Ended(id) => self.core.session(id).is_none(),
+            Change::Renamed(new) => {
+                self.core.session(new).is_some() || self.ended_here.contains(new)
+            }
+            Change::Moved(id) => !self.core.is_primary(id),
+            Change::Delivered(_) => true,
+        }
+    }
+
+    /// Sends `outs`; each change gets one request number for all the members it goes to.
+    /// `request`: made by a request (the application's change). Returns the request numbers.
+    fn send_outs(&mut self, outs: Vec<Out>, request: bool, ctx: &mut Ctx<'_>) -> Vec<u64> {
+        let mut reqs: Vec<(Change, u64)> = Vec::new();
+        let mut made = Vec::new();
+        for out in outs {
+            let k = kind(&out.msg);
+            let targets: BTreeSet<NodeId> = match out.dest {
+                Dest::All => self.known.0.clone(),
+                Dest::Member(m) => match node_of(&m) {
+                    Some(n) => [n].into_iter().collect(),
+                    None => panic!("{}: message for unknown member {m}", self.id),
+                },
+            };
+            let req = match change_of(&out.msg) {
+                Some(change) => {
+                    let req = match reqs.iter().find(|(c, _)| *c == change) {
+                        Some((_, r)) => *r,
+                        None => {
+                            self.next_req += 1;
+                            let r = self.next_req;
+                            reqs.push((change.clone(), r));
+                            made.push(r);
+                            self.waiting.insert(
+                                r,
+                                Waiting {
+                                    change,
+                                    pending: BTreeSet::new(),
+                                    by: Vec::new(),
+                                    request,
+                                },
+                            );
+                            r
+                        }
+                    };
+                    if let Some(w) = self.waiting.get_mut(&req) {
+                        w.pending.extend(targets.iter().copied());
+                    }
+                    req
+                }
+                None => 0,
+            };
+            let body = encode_body(&Wire::Msg { req, msg: out.msg });
+            for t in targets {
+                *self.journal.sent.entry(k).or_default() += 1;
+                self.send_body(t, &body, ctx);
+            }
+        }
+        for r in &made {
+            self.settle(*r, ctx.now());
+        }
+        made
+    }
+
+    fn send_body(&mut self, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) {
+        if to == self.id {
+            return;
+        }
+        let conn = match self.out.get(&to) {
+            Some(c) => *c,
+            None => {
+                let c = ctx.connect(to);
+                self.out.insert(to, c);
+                c
+            }
+        };
+        self.seq += 1;
+        let mut frame = Vec::with_capacity(body.len() + 24);
+        encode_frame(&mut frame, FrameKind::Data, 0, self.seq, body);
+        self.journal.bytes += frame.len() as u64;
+        ctx.send(conn, frame);
+    }
+
+    /// Records `req` as acknowledged if every member it was sent to acked it.
+    fn settle(&mut self, req: u64, now: Duration) {
+        if !self.waiting.get(&req).is_some_and(|w| w.pending.is_empty()) {
+            return;
+        }
+        if let Some(w) = self.waiting.remove(&req) {
+            self.world.borrow_mut().note_acked(Acked {
+                origin: self.id,
+                at: now,
+                change: w.change,
+                by: w.by,
+                request: w.request,
+            });
+        }
+    }
+
+    fn receive(&mut self, from: NodeId, wire: Wire, ctx: &mut Ctx<'_>) {
+        match wire {
+            Wire::Ack { req } => {
+                *self.journal.received.entry("ack").or_default() += 1;
+                let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
+                if let Some(w) = self.waiting.get_mut(&req) {
+                    if w.pending.remove(&from) {
+                        w.by.push((from, life));
+                    }
+                }
+                self.settle(req, ctx.now());
+            }
+            Wire::Msg { req, msg } => self.apply(from, req, msg, ctx),
+        }
+    }
+
+    /// Applies a message from `from`, sends what the core answers, then the acks owed.
+    fn apply(&mut self, from: NodeId, req: u64, msg: BackupMessage, ctx: &mut Ctx<'_>) {
+        let k = kind(&msg);
+        *self.journal.received.entry(k).or_default() += 1;
+        if let BackupMessage::Delta { id, version, .. } = &msg {
+            let mut w = self.world.borrow_mut();
+            *w.oracle
+                .delta_receipts
+                .entry((id.clone(), *version))
+                .or_default() += 1;
+        }
+        // The core buries these ids whether or not it holds the session.
+        match &msg {
+            BackupMessage::Expired { id } => {
+                self.ended_here.insert(id.clone());
+            }
+            BackupMessage::ChangeId { old, .. } => {
+                self.ended_here.insert(old.clone());
+            }
+            _ => {}
+        }
+        if self.trace {
+            let v = match &msg {
+                BackupMessage::Delta { base, version, .. } => format!(" v{base}->v{version}"),
+                BackupMessage::Copy { state, .. } => format!(" v{}", state.version),
+                BackupMessage::NewPrimary { version, .. } => format!(" v{version}"),
+                _ => String::new(),
+            };
+            let ids = ids_of(&msg);
+            let short: Vec<&str> = ids.iter().map(|i| &i.as_str()[..6]).collect();
+            eprintln!("{:?} {} <- {from}: {k} {short:?}{v}", ctx.now(), self.id);
+        }
+        let fetched = match &msg {
+            BackupMessage::Fetched { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        let ids = ids_of(&msg);
+        let (outs, events) = self.core.handle(sim_member(from).id, &msg);
+        for id in &ids {
+            self.touch(id);
+        }
+        self.note_events(events);
+        match fetched {
+            Some(id) if !outs.is_empty() => {
+                self.journal.fetched += 1;
+                let reqs = self.send_outs(outs, true, ctx);
+                self.moves.entry(id).or_default().extend(reqs);
+            }
+            _ => {
+                self.send_outs(outs, false, ctx);
+            }
+        }
+        if req > 0 {
+            match change_of(&msg) {
+                Some(change) => self.owed.push(Owed {
+                    to: from,
+                    req,
+                    change,
+                    deferred: false,
+                }),
+                None => self.send_ack(from, req, ctx),
+            }
+        }
+        self.pay_acks(ctx);
+    }
+
+    fn send_ack(&mut self, to: NodeId, req: u64, ctx: &mut Ctx<'_>) {
+        let body = encode_body(&Wire::Ack { req });
+        *self.journal.sent.entry("ack").or_default() += 1;
+        self.send_body(to, &body, ctx);
+    }
+
+    /// Sends every owed ack whose change is now in the core.
+    fn pay_acks(&mut self, ctx: &mut Ctx<'_>) {
+        let owed = std::mem::take(&mut self.owed);
+        for mut o in owed {
+            if self.has(&o.change) {
+                self.journal.late_acks += u64::from(o.deferred);
+                self.send_ack(o.to, o.req, ctx);
+            } else {
+                o.deferred = true;
+                self.owed.push(o);
+            }
+        }
+    }
+
+    fn reap(&mut self, ctx: &mut Ctx<'_>) {
+        let (outs, events) = self.core.expire(now_ms(ctx));
+        for e in &events {
+            if let SessionEvent::Destroyed(id) = e {
+                self.touch(id);
+            }
+        }
+        // Only a primary's expiry is the application's decision; its Expired goes out.
+        for o in &outs {
+            if let BackupMessage::Expired { id } = &o.msg {
+                self.world.borrow_mut().oracle.ended.insert(id.clone());
+            }
+        }
+        self.note_events(events);
+        self.send_outs(outs, true, ctx);
+    }
+}
+
+impl Node for BackupNode {
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        self.journal.life += 1;
+        self.world
+            .borrow_mut()
+            .lives
+            .insert(self.id, self.journal.life);
+        if let Some(period) = self.cfg.reaper {
+            ctx.set_timer(period, REAPER);
+        }
+        self.known = (self.view(), self.members());
+        let outs = self.core.set_members(self.known.1.clone());
+        self.send_outs(outs, false, ctx);
+    }
+
+    fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
+        self.inbound.insert(conn, (from, Vec::new()));
+    }
+
+    fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
+        let Some((from, buf)) = self.inbound.get_mut(&conn) else {
+            return;
+        };
+        let from = *from;
+        buf.extend_from_slice(bytes);
+        let mut wires = Vec::new();
+        loop {
+            let (wire, used) = match parse_frame(buf, MAX_FRAME) {
+                Ok(Some((frame, used))) => match decode_body::<Wire>(frame.body) {
+                    Ok(w) => (w, used),
+                    Err(e) => panic!("{}: undecodable body from {from}: {e}", self.id),
+                },
+                Ok(None) => break,
+                Err(e) => panic!("{}: bad frame from {from}: {e}", self.id),
+            };
+            buf.drain(..used);
+            wires.push(wire);
+        }
+        for wire in wires {
+            self.receive(from, wire, ctx);
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, _why: CloseReason, _ctx: &mut Ctx<'_>) {
+        self.inbound.remove(&conn);
+        self.out.retain(|_, c| *c != conn);
+    }
+
+    fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
+        if token == REAPER {
+            self.reap(ctx);
+            if let Some(period) = self.cfg.reaper {
+                ctx.set_timer(period, REAPER);
+            }
+        }
+    }
+
+    fn restarted(&self, _rng: &mut SimRng) -> BackupNode {
+        let mut n = BackupNode::new(self.id, self.cfg.clone(), self.world.clone());
+        n.journal = self.journal.clone();
+        n
+    }
+}
+
+// ---- invariants ----
+
+/// Whether node `n` (in its current life) holds `change`.
+pub fn holds(sim: &Sim<BackupNode>, n: NodeId, change: &Change) -> bool {
+    sim.node(n).has(change)
+}
+
+/// Per (node, life, id): the last version seen.
+type Seen = HashMap<(NodeId, u64, SessionId), u64>;
+
+/// Installs the BackupManager invariants, each checked after every step:
+///
+/// - `history-never-forks`: no two different states were made for one (id, version) while
+///   the first one's maker lived (two primaries serving one session would do it).
+/// - `no-acknowledged-change-is-lost`: no version at or below an acknowledged one is made
+///   again (a failover that came back from a copy missing an acknowledged change would).
+/// - `changes-go-to-exactly-the-backups`: every change a request makes is sent to exactly
+///   `min(backups, other members)` distinct members, the session's placement.
+/// - `copy-is-an-origin-state`: a copy at version v has exactly the attributes its primary had
+///   at version v (no copy mixes states or misses a change it claims).
+/// - `versions-never-go-back`: on each node (in one life), a session's version never decreases,
+///   even across a drop and a later copy.
+/// - `ended-stays-ended`: a session a node destroyed or renamed never reappears on it.
+/// - `destroyed-at-most-once`: a node reports `Destroyed` once per session.
+/// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
+///   is still in the same life) holds it, unless it was told to drop the session meanwhile (it
+///   then holds no copy and no primary lists it as a backup).
+pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
+    let w = world.clone();
+    sim.invariant("history-never-forks", move |_| {
+        match w.borrow().oracle.forks.first() {
+            Some(f) => Err(format!("two states for one version: {f}")),
+            None => Ok(()),
+        }
+    });
+    let w = world.clone();
+    sim.invariant("no-acknowledged-change-is-lost", move |_| {
+        match w.borrow().oracle.lost.first() {
+            Some(f) => Err(f.clone()),
+            None => Ok(()),
+        }
+    });
+    let w = world.clone();
+    sim.invariant("changes-go-to-exactly-the-backups", move |_| {
+        match w.borrow().oracle.violations.first() {
+            Some(f) => Err(f.clone()),
+            None => Ok(()),
+        }
+    });
+
+    let w = world.clone();
+    let mut cursor: HashMap<NodeId, usize> = HashMap::new();
+    let mut ev_cursor: HashMap<NodeId, usize> = HashMap::new();
+    let mut seen: Seen = HashMap::new();
+    let mut ended: HashMap<(NodeId, u64), HashSet<SessionId>> = HashMap::new();
+    let mut destroyed: HashSet<(NodeId, u64, SessionId)> = HashSet::new();
+    sim.invariant("copies-follow-their-primary", move |sim| {
+        let w = w.borrow();
+        for n in sim.node_ids() {
+            let node = sim.node(n);
+            let j = &node.journal;
+            let from = ev_cursor.insert(n, j.events.len()).unwrap_or(0);
+            for (life, e) in &j.events[from..] {
+                match e {
+                    SessionEvent::Destroyed(id) => {
+                        if !destroyed.insert((n, *life, id.clone())) {
+                            return Err(format!(
+                                "destroyed-at-most-once: {n} reported {id} destroyed twice"
+                            ));
+                        }
+                        ended.entry((n, *life)).or_default().insert(id.clone());
+                    }
+                    SessionEvent::IdChanged { old, .. } => {
+                        ended.entry((n, *life)).or_default().insert(old.clone());
+                    }
+                    _ => {}
+                }
+            }
+            let from = cursor.insert(n, j.touched.len()).unwrap_or(0);
+            if !sim.is_up(n) {
+                continue;
+            }
+            for (life, id) in &j.touched[from..] {
+                if *life != j.life {
+                    continue;
+                }
+                let Some((version, attrs)) = node.copy(id) else {
+                    continue;
+                };
+                if ended.get(&(n, *life)).is_some_and(|e| e.contains(id)) {
+                    return Err(format!(
+                        "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
+                    ));
+                }
+                match w.oracle.state(id, version) {
+                    None => {
+                        return Err(format!(
+                            "copy-is-an-origin-state: {n} holds {id} at version {version}, which no primary made"
+                        ))
+                    }
+                    Some(want) if want != attrs => {
+                        return Err(format!(
+                            "copy-is-an-origin-state: {n} holds {id} v{version} as {}, its primary made {}",
+                            show(attrs),
+                            show(want)
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                let last = seen.entry((n, *life, id.clone())).or_insert(version);
+                if version < *last {
+                    return Err(format!(
+                        "versions-never-go-back: {n} holds {id} at version {version} after {last}"
+                    ));
+                }
+                *last = version;
+            }
+        }
+        Ok(())
+    });
+
+    let w = world.clone();
+    let mut acked_cursor = 0usize;
+    sim.invariant("acked-is-on-every-acker", move |sim| {
+        let w = w.borrow();
+        let from = std::mem::replace(&mut acked_cursor, w.oracle.acked.len());
+        for a in &w.oracle.acked[from.min(w.oracle.acked.len())..] {
+            let id = match &a.change {
+                Change::Version(id, _) | Change::Ended(id) | Change::Renamed(id) => id,
+                // Whether a member serves a session can change again before the last ack.
+                Change::Moved(_) | Change::Delivered(_) => continue,
+            };
+            for &(n, life) in &a.by {
+                let current = w.lives.get(&n).copied() == Some(life) && sim.is_up(n);
+                if !current || holds(sim, n, &a.change) {
+                    continue;
+                }
+                // Between its ack and the last one, the acker may have been told to drop its
+                // copy (re-placement, a new primary elsewhere): then it holds none and no
+                // primary counts on it.
+                let chain = w.oracle.chain(&w.oracle.root(id));
+                let has_copy = chain.iter().any(|c| sim.node(n).core.session(c).is_some());
+                let counted_on = sim.node_ids().filter(|p| sim.is_up(*p)).any(|p| {
+                    chain.iter().any(|c| {
+                        sim.node(p)
+                            .core
+                            .backups_of(c)
+                            .is_some_and(|b| b.contains(&sim_member(n).id))
+                    })
+                });
+                if has_copy || counted_on || matches!(a.change, Change::Ended(_)) {
+                    let primaries: Vec<String> = sim
+                        .node_ids()
+                        .filter(|p| sim.is_up(*p))
+                        .filter_map(|p| {
+                            let b = chain.iter().find_map(|c| sim.node(p).core.backups_of(c))?;
+                            let b: Vec<NodeId> = b.iter().filter_map(node_of).collect();
+                            Some(format!("{p} with backups {b:?}"))
+                        })
+                        .collect();
+                    return Err(format!(
+                        "{n} acked {:?} from {} (acknowledged at {:?}) but does not hold it; served by {primaries:?}",
+                        a.change, a.origin, a.at
+                    ));
+                }
+            }
+        }
+        Ok(())
+    });
+}
