@@ -366,17 +366,12 @@ impl BackupCore {
                 last_accessed_ms: s.last_accessed_ms(),
             })
         } else {
-            let throttle = match s.max_inactive().as_millis() as u64 {
-                0 => u64::MAX,
-                max => max / 2,
-            };
-            (now_ms.saturating_sub(e.replicated_access_ms) >= throttle).then(|| {
-                BackupMessage::Accessed {
+            s.access_refresh_due(e.replicated_access_ms, now_ms)
+                .then(|| BackupMessage::Accessed {
                     id: id.clone(),
                     version: s.version(),
                     last_accessed_ms: s.last_accessed_ms(),
-                }
-            })
+                })
         };
         let Some(msg) = msg else { return Vec::new() };
         e.replicated_access_ms = now_ms;

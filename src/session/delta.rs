@@ -211,12 +211,7 @@ impl DeltaCore {
                 last_accessed_ms: s.last_accessed_ms(),
             })
         } else {
-            // Half the max inactive interval; a session that never expires needs no refresh.
-            let throttle = match s.max_inactive().as_millis() as u64 {
-                0 => u64::MAX,
-                max => max / 2,
-            };
-            let stale = now_ms.saturating_sub(meta.replicated_access_ms) >= throttle;
+            let stale = s.access_refresh_due(meta.replicated_access_ms, now_ms);
             (!was_primary || stale).then(|| SessionMessage::Accessed {
                 id: id.clone(),
                 version: s.version(),

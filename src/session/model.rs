@@ -188,6 +188,17 @@ impl Session {
             && now_ms.saturating_sub(self.state.last_accessed_ms) > self.state.max_inactive_ms
     }
 
+    /// Whether the others' view of the access time, last sent at `replicated_ms`, needs a
+    /// refresh at `now_ms`: after half the max inactive interval (never for a session that never
+    /// expires), so a replica never expires a session in use.
+    pub fn access_refresh_due(&self, replicated_ms: u64, now_ms: u64) -> bool {
+        let throttle = match self.state.max_inactive_ms {
+            0 => u64::MAX,
+            max => max / 2,
+        };
+        now_ms.saturating_sub(replicated_ms) >= throttle
+    }
+
     /// Records a request's access (not a replicated change by itself).
     pub fn access(&mut self, now_ms: u64) {
         self.state.last_accessed_ms = self.state.last_accessed_ms.max(now_ms);
