@@ -7,49 +7,23 @@ mod common;
 use common::*;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tribecast::{
-    ChannelConfig, ClusterConfig, ManagerConfig, ManagerKind, SimpleTcpCluster, StaticMember,
-};
+use tribecast::{ClusterConfig, ManagerConfig, ManagerKind, SimpleTcpCluster};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn node(route: &str, peers: &[&SimpleTcpCluster], backups: usize) -> SimpleTcpCluster {
-    let mut channel = ChannelConfig::loopback(route);
-    channel.static_members = peers
-        .iter()
-        .map(|p| StaticMember {
-            addr: p.channel().local_member().expect("running").addr,
-            unique_id: None,
-        })
-        .collect();
-    let cfg = ClusterConfig {
-        channel,
-        jvm_route: route.into(),
-        manager: ManagerConfig {
-            kind: ManagerKind::Backup,
-            backups,
-            ..ManagerConfig::default()
-        },
-        ..ClusterConfig::default()
-    };
-    let c = SimpleTcpCluster::new(cfg).expect("config");
-    c.add_application("/app");
-    c.start().expect("start");
-    c
-}
-
 fn cluster_of(n: usize, backups: usize) -> Vec<SimpleTcpCluster> {
-    let mut nodes: Vec<SimpleTcpCluster> = Vec::new();
-    for i in 1..=n {
-        let peers: Vec<&SimpleTcpCluster> = nodes.iter().collect();
-        nodes.push(node(&format!("server{i}"), &peers, backups));
-    }
-    for c in &nodes {
-        wait_for("everyone sees everyone", LIMIT, || {
-            c.channel().members().len() == n - 1
-        });
-    }
-    nodes
+    let manager = ManagerConfig {
+        kind: ManagerKind::Backup,
+        backups,
+        ..ManagerConfig::default()
+    };
+    cluster_nodes(
+        n,
+        &ClusterConfig {
+            manager,
+            ..ClusterConfig::default()
+        },
+    )
 }
 
 fn holders(nodes: &[SimpleTcpCluster], id: &str) -> usize {

@@ -8,7 +8,7 @@ use common::*;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tribecast::{ChannelConfig, ClusterConfig, SendOptions, SimpleTcpCluster, StaticMember};
+use tribecast::{ClusterConfig, SendOptions, SimpleTcpCluster};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -19,41 +19,20 @@ struct User {
     role: String,
 }
 
-fn node(route: &str, peers: &[&SimpleTcpCluster], options: SendOptions) -> SimpleTcpCluster {
-    let mut channel = ChannelConfig::loopback(route);
-    channel.static_members = peers
-        .iter()
-        .map(|p| StaticMember {
-            addr: p.channel().local_member().expect("running").addr,
-            unique_id: None,
-        })
-        .collect();
-    let cfg = ClusterConfig {
-        channel,
-        jvm_route: route.into(),
+fn template(options: SendOptions) -> ClusterConfig {
+    ClusterConfig {
         channel_send_options: options,
         valve_filter: r".*\.gif;.*\.js;.*\.css".into(),
         ..ClusterConfig::default()
-    };
-    let c = SimpleTcpCluster::new(cfg).expect("config");
-    c.add_application("/app");
-    c.start().expect("start");
-    c
+    }
+}
+
+fn node(route: &str, peers: &[&SimpleTcpCluster], options: SendOptions) -> SimpleTcpCluster {
+    cluster_node(route, peers, &template(options))
 }
 
 fn cluster_of(n: usize, options: SendOptions) -> Vec<SimpleTcpCluster> {
-    let mut nodes: Vec<SimpleTcpCluster> = Vec::new();
-    for i in 1..=n {
-        let peers: Vec<&SimpleTcpCluster> = nodes.iter().collect();
-        let c = node(&format!("server{i}"), &peers, options);
-        nodes.push(c);
-    }
-    for c in &nodes {
-        wait_for("everyone sees everyone", LIMIT, || {
-            c.channel().members().len() == n - 1
-        });
-    }
-    nodes
+    cluster_nodes(n, &template(options))
 }
 
 #[test]

@@ -713,3 +713,44 @@ pub mod node {
         }
     }
 }
+
+/// A started `SimpleTcpCluster` node on 127.0.0.1 with application "/app", listing `peers` as
+/// static members; `template` gives everything but the channel's address and the jvmRoute.
+pub fn cluster_node(
+    route: &str,
+    peers: &[&tribecast::SimpleTcpCluster],
+    template: &tribecast::ClusterConfig,
+) -> tribecast::SimpleTcpCluster {
+    let mut cfg = template.clone();
+    cfg.channel = ChannelConfig::loopback(route);
+    cfg.channel.static_members = peers
+        .iter()
+        .map(|p| StaticMember {
+            addr: p.channel().local_member().expect("running").addr,
+            unique_id: None,
+        })
+        .collect();
+    cfg.jvm_route = route.into();
+    let c = tribecast::SimpleTcpCluster::new(cfg).expect("config");
+    c.add_application("/app");
+    c.start().expect("start");
+    c
+}
+
+/// `n` cluster nodes "server1".."serverN", each listing the ones before it, all seeing each other.
+pub fn cluster_nodes(
+    n: usize,
+    template: &tribecast::ClusterConfig,
+) -> Vec<tribecast::SimpleTcpCluster> {
+    let mut nodes: Vec<tribecast::SimpleTcpCluster> = Vec::new();
+    for i in 1..=n {
+        let peers: Vec<&tribecast::SimpleTcpCluster> = nodes.iter().collect();
+        nodes.push(cluster_node(&format!("server{i}"), &peers, template));
+    }
+    for c in &nodes {
+        wait_for("everyone sees everyone", Duration::from_secs(20), || {
+            c.channel().members().len() == n - 1
+        });
+    }
+    nodes
+}
