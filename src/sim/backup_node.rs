@@ -25,15 +25,14 @@
 //! print every message applied.
 
 use super::delta_node::{now_ms, show, Made, Op, Served, Val};
+use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Wire};
 use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::{Ctx, Node, Sim, SimRng};
 use crate::member::MemberId;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
 use crate::session::{Dest, SessionEvent, SessionId};
-use crate::wire::frame::{encode_frame, parse_frame, FrameKind};
-use crate::wire::{decode_body, encode_body};
-use serde::{Deserialize, Serialize};
+use crate::wire::encode_body;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
@@ -41,8 +40,6 @@ use std::time::Duration;
 
 /// Set (to anything) to print every message each node applies.
 pub const TRACE_ENV: &str = "TRIBECAST_BACKUP_TRACE";
-/// Largest frame a node accepts.
-const MAX_FRAME: u32 = 16 << 20;
 /// Timer token of the reaper.
 const REAPER: u64 = 1;
 
@@ -145,14 +142,7 @@ impl Oracle {
 
     /// `id` and the ids it was renamed to, in order.
     pub fn chain(&self, id: &SessionId) -> Vec<SessionId> {
-        let mut out = vec![id.clone()];
-        while let Some(next) = self.renamed.get(out.last().unwrap_or(id)) {
-            if out.contains(next) {
-                break;
-            }
-            out.push(next.clone());
-        }
-        out
+        chain(&self.renamed, id)
     }
 }
 
@@ -262,39 +252,11 @@ pub struct Journal {
 
 impl Journal {
     pub fn sent(&self, kind: &str) -> u64 {
-        self.sent.get(kind).copied().unwrap_or(0)
+        count(&self.sent, kind)
     }
     pub fn received(&self, kind: &str) -> u64 {
-        self.received.get(kind).copied().unwrap_or(0)
+        count(&self.received, kind)
     }
-}
-
-/// What travels in a frame body.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum Wire {
-    /// A manager message; `req` > 0 asks for an ack.
-    Msg {
-        req: u64,
-        msg: BackupMessage,
-    },
-    Ack {
-        req: u64,
-    },
-}
-
-struct Waiting {
-    change: Change,
-    pending: BTreeSet<NodeId>,
-    by: Vec<(NodeId, u64)>,
-    request: bool,
-}
-
-/// An ack owed to `to` once `change` is in the core.
-struct Owed {
-    to: NodeId,
-    req: u64,
-    change: Change,
-    deferred: bool,
 }
 
 /// The message's kind, for counters.
@@ -351,12 +313,9 @@ pub struct BackupNode {
     pub cfg: BackupSimConfig,
     world: SharedWorld,
     pub core: BackupCore,
-    out: BTreeMap<NodeId, ConnId>,
-    inbound: BTreeMap<ConnId, (NodeId, Vec<u8>)>,
-    seq: u64,
-    next_req: u64,
-    waiting: BTreeMap<u64, Waiting>,
-    owed: Vec<Owed>,
+    frames: Frames,
+    /// Sends waiting for acks, and acks owed once their change is in the core.
+    acks: Acks<Change>,
     /// Ids this node ended or moved away from (mirrors the core's tombstones).
     ended_here: HashSet<SessionId>,
     /// Old id → new id, as this node applied them.
@@ -381,12 +340,8 @@ impl BackupNode {
             cfg,
             world,
             core,
-            out: BTreeMap::new(),
-            inbound: BTreeMap::new(),
-            seq: 0,
-            next_req: 0,
-            waiting: BTreeMap::new(),
-            owed: Vec::new(),
+            frames: Frames::default(),
+            acks: Acks::default(),
             ended_here: HashSet::new(),
             renamed_here: HashMap::new(),
             moves: HashMap::new(),
@@ -402,15 +357,7 @@ impl BackupNode {
 
     /// The other members, as this node sees them.
     pub fn view(&self) -> BTreeSet<NodeId> {
-        let mut v = self
-            .world
-            .borrow()
-            .views
-            .get(&self.id)
-            .cloned()
-            .unwrap_or_default();
-        v.remove(&self.id);
-        v
+        view_of(&self.world.borrow().views, self.id)
     }
 
     /// Every member this node sees, itself included.
@@ -429,22 +376,22 @@ impl BackupNode {
 
     /// Whether every request number of `ticket` is settled (acknowledged or failed).
     pub fn settled(&self, ticket: &[u64]) -> bool {
-        ticket.iter().all(|r| !self.waiting.contains_key(r))
+        ticket.iter().all(|r| !self.acks.waiting.contains_key(r))
     }
 
     /// Tracked sends still waiting for acks.
     pub fn unsettled(&self) -> usize {
-        self.waiting.len()
+        self.acks.waiting.len()
     }
 
     /// Tracked sends not made by requests (re-placement, failover, answers) still waiting.
     pub fn unsettled_background(&self) -> usize {
-        self.waiting.values().filter(|w| !w.request).count()
+        self.acks.waiting.values().filter(|w| !w.request).count()
     }
 
     /// Acks this node still owes.
     pub fn owed(&self) -> usize {
-        self.owed.len()
+        self.acks.owed()
     }
 
     /// Takes the acks awaited for the promotion a fetch of `id` ended with.
@@ -471,26 +418,9 @@ impl BackupNode {
         let mut id = id.clone();
         for op in ops {
             match op {
-                Op::Set(name) => {
-                    let val = self.next_val();
-                    if let Some(s) = self.core.session_mut(&id) {
-                        if let Err(e) = s.set(name, &val) {
-                            panic!("{}: set {name} on {id}: {e}", self.id);
-                        }
-                    }
-                }
-                Op::Remove(name) => {
-                    if let Some(s) = self.core.session_mut(&id) {
-                        if let Err(e) = s.remove(name) {
-                            panic!("{}: remove {name} on {id}: {e}", self.id);
-                        }
-                    }
-                }
-                Op::Read => {}
-                Op::MaxInactive(d) => {
-                    if let Some(s) = self.core.session_mut(&id) {
-                        s.set_max_inactive(*d);
-                    }
+                Op::Set(_) | Op::Remove(_) | Op::Read | Op::MaxInactive(_) => {
+                    let val = matches!(op, Op::Set(_)).then(|| self.next_val());
+                    edit(self.id, &id, self.core.session_mut(&id), op, val);
                 }
                 Op::ChangeId => {
                     let (new, outs) = match self.core.change_id(&id) {
@@ -558,17 +488,8 @@ impl BackupNode {
     /// re-places and fails over; sends still waiting for members that left have failed.
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
         let view = self.view();
-        let failed: Vec<u64> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| !w.pending.is_subset(&view))
-            .map(|(r, _)| *r)
-            .collect();
-        for r in failed {
-            self.waiting.remove(&r);
-            self.world.borrow_mut().oracle.failed += 1;
-        }
-        self.out.retain(|n, _| view.contains(n));
+        self.world.borrow_mut().oracle.failed += self.acks.fail_outside(&view);
+        self.frames.keep_only(&view);
         self.known = (view, self.members());
         let outs = self.core.set_members(self.known.1.clone());
         for o in &outs {
@@ -634,12 +555,7 @@ impl BackupNode {
     }
 
     fn next_val(&mut self) -> Val {
-        let mut w = self.world.borrow_mut();
-        w.oracle.counter += 1;
-        Val {
-            node: self.id.0 as u32,
-            counter: w.oracle.counter,
-        }
+        next_val(&mut self.world.borrow_mut().oracle.counter, self.id)
     }
 
     fn touch(&mut self, id: &SessionId) {
@@ -709,23 +625,13 @@ impl BackupNode {
                     let req = match reqs.iter().find(|(c, _)| *c == change) {
                         Some((_, r)) => *r,
                         None => {
-                            self.next_req += 1;
-                            let r = self.next_req;
-                            reqs.push((change.clone(), r));
+                            let r = self.acks.track(change.clone(), BTreeSet::new(), request);
+                            reqs.push((change, r));
                             made.push(r);
-                            self.waiting.insert(
-                                r,
-                                Waiting {
-                                    change,
-                                    pending: BTreeSet::new(),
-                                    by: Vec::new(),
-                                    request,
-                                },
-                            );
                             r
                         }
                     };
-                    if let Some(w) = self.waiting.get_mut(&req) {
+                    if let Some(w) = self.acks.waiting.get_mut(&req) {
                         w.pending.extend(targets.iter().copied());
                     }
                     req
@@ -745,30 +651,12 @@ impl BackupNode {
     }
 
     fn send_body(&mut self, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) {
-        if to == self.id {
-            return;
-        }
-        let conn = match self.out.get(&to) {
-            Some(c) => *c,
-            None => {
-                let c = ctx.connect(to);
-                self.out.insert(to, c);
-                c
-            }
-        };
-        self.seq += 1;
-        let mut frame = Vec::with_capacity(body.len() + 24);
-        encode_frame(&mut frame, FrameKind::Data, 0, self.seq, body);
-        self.journal.bytes += frame.len() as u64;
-        ctx.send(conn, frame);
+        self.journal.bytes += self.frames.send(self.id, to, body, ctx);
     }
 
     /// Records `req` as acknowledged if every member it was sent to acked it.
     fn settle(&mut self, req: u64, now: Duration) {
-        if !self.waiting.get(&req).is_some_and(|w| w.pending.is_empty()) {
-            return;
-        }
-        if let Some(w) = self.waiting.remove(&req) {
+        if let Some(w) = self.acks.take_settled(req) {
             self.world.borrow_mut().note_acked(Acked {
                 origin: self.id,
                 at: now,
@@ -779,16 +667,12 @@ impl BackupNode {
         }
     }
 
-    fn receive(&mut self, from: NodeId, wire: Wire, ctx: &mut Ctx<'_>) {
+    fn receive(&mut self, from: NodeId, wire: Wire<BackupMessage>, ctx: &mut Ctx<'_>) {
         match wire {
             Wire::Ack { req } => {
                 *self.journal.received.entry("ack").or_default() += 1;
                 let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
-                if let Some(w) = self.waiting.get_mut(&req) {
-                    if w.pending.remove(&from) {
-                        w.by.push((from, life));
-                    }
-                }
+                self.acks.acked(req, from, life);
                 self.settle(req, ctx.now());
             }
             Wire::Msg { req, msg } => self.apply(from, req, msg, ctx),
@@ -849,12 +733,7 @@ impl BackupNode {
         }
         if req > 0 {
             match change_of(&msg) {
-                Some(change) => self.owed.push(Owed {
-                    to: from,
-                    req,
-                    change,
-                    deferred: false,
-                }),
+                Some(change) => self.acks.owe(from, req, change),
                 None => self.send_ack(from, req, ctx),
             }
         }
@@ -862,22 +741,20 @@ impl BackupNode {
     }
 
     fn send_ack(&mut self, to: NodeId, req: u64, ctx: &mut Ctx<'_>) {
-        let body = encode_body(&Wire::Ack { req });
+        let body = encode_body(&Wire::<BackupMessage>::Ack { req });
         *self.journal.sent.entry("ack").or_default() += 1;
         self.send_body(to, &body, ctx);
     }
 
     /// Sends every owed ack whose change is now in the core.
     fn pay_acks(&mut self, ctx: &mut Ctx<'_>) {
-        let owed = std::mem::take(&mut self.owed);
-        for mut o in owed {
-            if self.has(&o.change) {
-                self.journal.late_acks += u64::from(o.deferred);
-                self.send_ack(o.to, o.req, ctx);
-            } else {
-                o.deferred = true;
-                self.owed.push(o);
-            }
+        // `has` reads the core, not the acks: take them out while it looks.
+        let mut acks = std::mem::take(&mut self.acks);
+        let due = acks.take_due(|c| self.has(c));
+        self.acks = acks;
+        for o in due {
+            self.journal.late_acks += u64::from(o.deferred);
+            self.send_ack(o.to, o.req, ctx);
         }
     }
 
@@ -915,36 +792,20 @@ impl Node for BackupNode {
     }
 
     fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
-        self.inbound.insert(conn, (from, Vec::new()));
+        self.frames.accept(conn, from);
     }
 
     fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
-        let Some((from, buf)) = self.inbound.get_mut(&conn) else {
+        let Some((from, wires)) = self.frames.read(self.id, conn, bytes) else {
             return;
         };
-        let from = *from;
-        buf.extend_from_slice(bytes);
-        let mut wires = Vec::new();
-        loop {
-            let (wire, used) = match parse_frame(buf, MAX_FRAME) {
-                Ok(Some((frame, used))) => match decode_body::<Wire>(frame.body) {
-                    Ok(w) => (w, used),
-                    Err(e) => panic!("{}: undecodable body from {from}: {e}", self.id),
-                },
-                Ok(None) => break,
-                Err(e) => panic!("{}: bad frame from {from}: {e}", self.id),
-            };
-            buf.drain(..used);
-            wires.push(wire);
-        }
         for wire in wires {
             self.receive(from, wire, ctx);
         }
     }
 
     fn on_closed(&mut self, conn: ConnId, _why: CloseReason, _ctx: &mut Ctx<'_>) {
-        self.inbound.remove(&conn);
-        self.out.retain(|_, c| *c != conn);
+        self.frames.closed(conn);
     }
 
     fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
@@ -1015,32 +876,14 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
 
     let w = world.clone();
     let mut cursor: HashMap<NodeId, usize> = HashMap::new();
-    let mut ev_cursor: HashMap<NodeId, usize> = HashMap::new();
     let mut seen: Seen = HashMap::new();
-    let mut ended: HashMap<(NodeId, u64), HashSet<SessionId>> = HashMap::new();
-    let mut destroyed: HashSet<(NodeId, u64, SessionId)> = HashSet::new();
+    let mut ended = EndedSeen::default();
     sim.invariant("copies-follow-their-primary", move |sim| {
         let w = w.borrow();
         for n in sim.node_ids() {
             let node = sim.node(n);
             let j = &node.journal;
-            let from = ev_cursor.insert(n, j.events.len()).unwrap_or(0);
-            for (life, e) in &j.events[from..] {
-                match e {
-                    SessionEvent::Destroyed(id) => {
-                        if !destroyed.insert((n, *life, id.clone())) {
-                            return Err(format!(
-                                "destroyed-at-most-once: {n} reported {id} destroyed twice"
-                            ));
-                        }
-                        ended.entry((n, *life)).or_default().insert(id.clone());
-                    }
-                    SessionEvent::IdChanged { old, .. } => {
-                        ended.entry((n, *life)).or_default().insert(old.clone());
-                    }
-                    _ => {}
-                }
-            }
+            ended.read(n, &j.events)?;
             let from = cursor.insert(n, j.touched.len()).unwrap_or(0);
             if !sim.is_up(n) {
                 continue;
@@ -1052,7 +895,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 let Some((version, attrs)) = node.copy(id) else {
                     continue;
                 };
-                if ended.get(&(n, *life)).is_some_and(|e| e.contains(id)) {
+                if ended.ended(n, *life, id) {
                     return Err(format!(
                         "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
                     ));

@@ -24,11 +24,11 @@
 //! and decisions, with other ids (and so another trace hash). Set [`TRACE_ENV`] to print every
 //! message applied.
 
+use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Wire};
 use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::{Ctx, Node, Sim, SimRng};
 use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent, SessionId, SessionMessage};
-use crate::wire::frame::{encode_frame, parse_frame, FrameKind};
 use crate::wire::{decode_body, encode_body};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -41,8 +41,6 @@ use std::time::Duration;
 pub const TRACE_ENV: &str = "TRIBECAST_DELTA_TRACE";
 /// Wall-clock milliseconds at virtual time zero (the core takes ms since the epoch).
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
-/// Largest frame a node accepts.
-const MAX_FRAME: u32 = 16 << 20;
 /// Timer token of the reaper; held messages use tokens from `HELD_BASE` on.
 const REAPER: u64 = 1;
 const HELD_BASE: u64 = 1 << 32;
@@ -64,19 +62,6 @@ impl Val {
     pub fn decode(bytes: &[u8]) -> Option<Val> {
         decode_body(bytes).ok()
     }
-}
-
-/// What travels in a frame body.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum Wire {
-    /// A manager message; `req` > 0 asks for an ack (the sync-ack mode).
-    Msg {
-        req: u64,
-        msg: SessionMessage,
-    },
-    Ack {
-        req: u64,
-    },
 }
 
 /// Received messages delivered twice or late, at random.
@@ -167,14 +152,7 @@ impl Oracle {
 
     /// `id` and the ids it was renamed to, in order.
     pub fn chain(&self, id: &SessionId) -> Vec<SessionId> {
-        let mut out = vec![id.clone()];
-        while let Some(next) = self.renamed.get(out.last().unwrap_or(id)) {
-            if out.contains(next) {
-                break;
-            }
-            out.push(next.clone());
-        }
-        out
+        chain(&self.renamed, id)
     }
 }
 
@@ -268,10 +246,10 @@ pub struct Journal {
 
 impl Journal {
     pub fn sent(&self, kind: &str) -> u64 {
-        self.sent.get(kind).copied().unwrap_or(0)
+        count(&self.sent, kind)
     }
     pub fn received(&self, kind: &str) -> u64 {
-        self.received.get(kind).copied().unwrap_or(0)
+        count(&self.received, kind)
     }
 }
 
@@ -300,34 +278,15 @@ pub enum Served {
     Missing,
 }
 
-struct Waiting {
-    change: Change,
-    pending: BTreeSet<NodeId>,
-    by: Vec<(NodeId, u64)>,
-}
-
-/// An ack owed to `to` once `change` is in the store.
-struct Owed {
-    to: NodeId,
-    req: u64,
-    change: Change,
-    deferred: bool,
-}
-
 /// A simulated member running a [`DeltaCore`].
 pub struct DeltaNode {
     pub id: NodeId,
     pub cfg: DeltaSimConfig,
     world: SharedWorld,
     pub core: DeltaCore,
-    /// This node's connection to each destination.
-    out: BTreeMap<NodeId, ConnId>,
-    /// Accepted connections: who is at the other end, and bytes not yet a whole frame.
-    inbound: BTreeMap<ConnId, (NodeId, Vec<u8>)>,
-    seq: u64,
-    next_req: u64,
-    waiting: BTreeMap<u64, Waiting>,
-    owed: Vec<Owed>,
+    frames: Frames,
+    /// Sends waiting for acks, and acks owed once their change is in the store.
+    acks: Acks<Change>,
     held: BTreeMap<u64, (NodeId, u64, SessionMessage)>,
     next_token: u64,
     /// Print every message applied ([`TRACE_ENV`]).
@@ -375,12 +334,8 @@ impl DeltaNode {
             cfg,
             world,
             core,
-            out: BTreeMap::new(),
-            inbound: BTreeMap::new(),
-            seq: 0,
-            next_req: 0,
-            waiting: BTreeMap::new(),
-            owed: Vec::new(),
+            frames: Frames::default(),
+            acks: Acks::default(),
             held: BTreeMap::new(),
             next_token: HELD_BASE,
             trace: std::env::var_os(TRACE_ENV).is_some(),
@@ -391,15 +346,7 @@ impl DeltaNode {
 
     /// The other members, as this node sees them.
     pub fn view(&self) -> BTreeSet<NodeId> {
-        let mut v = self
-            .world
-            .borrow()
-            .views
-            .get(&self.id)
-            .cloned()
-            .unwrap_or_default();
-        v.remove(&self.id);
-        v
+        view_of(&self.world.borrow().views, self.id)
     }
 
     /// This node's copy of `id`: version and attributes.
@@ -430,26 +377,9 @@ impl DeltaNode {
         let mut id = id.clone();
         for op in ops {
             match op {
-                Op::Set(name) => {
-                    let val = self.next_val();
-                    if let Some(s) = self.core.session_mut(&id) {
-                        if let Err(e) = s.set(name, &val) {
-                            panic!("{}: set {name} on {id}: {e}", self.id);
-                        }
-                    }
-                }
-                Op::Remove(name) => {
-                    if let Some(s) = self.core.session_mut(&id) {
-                        if let Err(e) = s.remove(name) {
-                            panic!("{}: remove {name} on {id}: {e}", self.id);
-                        }
-                    }
-                }
-                Op::Read => {}
-                Op::MaxInactive(d) => {
-                    if let Some(s) = self.core.session_mut(&id) {
-                        s.set_max_inactive(*d);
-                    }
+                Op::Set(_) | Op::Remove(_) | Op::Read | Op::MaxInactive(_) => {
+                    let val = matches!(op, Op::Set(_)).then(|| self.next_val());
+                    edit(self.id, &id, self.core.session_mut(&id), op, val);
                 }
                 Op::ChangeId => {
                     let (new, outs, events) = match self.core.change_id(&id) {
@@ -497,12 +427,7 @@ impl DeltaNode {
     }
 
     fn next_val(&mut self) -> Val {
-        let mut w = self.world.borrow_mut();
-        w.oracle.counter += 1;
-        Val {
-            node: self.id.0 as u32,
-            counter: w.oracle.counter,
-        }
+        next_val(&mut self.world.borrow_mut().oracle.counter, self.id)
     }
 
     fn touch(&mut self, id: &SessionId) {
@@ -593,18 +518,7 @@ impl DeltaNode {
                 Dest::All => {
                     let targets = self.view();
                     let req = match self.change_of(&out.msg).filter(|_| track) {
-                        Some(change) => {
-                            self.next_req += 1;
-                            self.waiting.insert(
-                                self.next_req,
-                                Waiting {
-                                    change,
-                                    pending: targets.clone(),
-                                    by: Vec::new(),
-                                },
-                            );
-                            self.next_req
-                        }
+                        Some(change) => self.acks.track(change, targets.clone(), false),
                         None => 0,
                     };
                     let body = encode_body(&Wire::Msg { req, msg: out.msg });
@@ -628,53 +542,27 @@ impl DeltaNode {
     }
 
     fn send_body(&mut self, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) {
-        if to == self.id {
-            return;
-        }
-        let conn = match self.out.get(&to) {
-            Some(c) => *c,
-            None => {
-                let c = ctx.connect(to);
-                self.out.insert(to, c);
-                c
-            }
-        };
-        self.seq += 1;
-        let mut frame = Vec::with_capacity(body.len() + 24);
-        encode_frame(&mut frame, FrameKind::Data, 0, self.seq, body);
-        ctx.send(conn, frame);
+        self.frames.send(self.id, to, body, ctx);
     }
 
     /// Records the changes every member (still in the view) has acknowledged.
     fn settle_waiting(&mut self, now: Duration) {
         let view = self.view();
-        let done: Vec<u64> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.pending.is_disjoint(&view))
-            .map(|(r, _)| *r)
-            .collect();
-        for req in done {
-            if let Some(w) = self.waiting.remove(&req) {
-                self.world.borrow_mut().oracle.acked.push(Acked {
-                    origin: self.id,
-                    at: now,
-                    change: w.change,
-                    by: w.by,
-                });
-            }
+        for w in self.acks.take_disjoint(&view) {
+            self.world.borrow_mut().oracle.acked.push(Acked {
+                origin: self.id,
+                at: now,
+                change: w.change,
+                by: w.by,
+            });
         }
     }
 
-    fn receive(&mut self, from: NodeId, wire: Wire, ctx: &mut Ctx<'_>) {
+    fn receive(&mut self, from: NodeId, wire: Wire<SessionMessage>, ctx: &mut Ctx<'_>) {
         match wire {
             Wire::Ack { req } => {
                 let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
-                if let Some(w) = self.waiting.get_mut(&req) {
-                    if w.pending.remove(&from) {
-                        w.by.push((from, life));
-                    }
-                }
+                self.acks.acked(req, from, life);
                 self.settle_waiting(ctx.now());
             }
             Wire::Msg { req, msg } => {
@@ -763,12 +651,7 @@ impl DeltaNode {
         self.send_outs(outs, false, ctx);
         if req > 0 {
             match self.change_of(&msg) {
-                Some(change) => self.owed.push(Owed {
-                    to: from,
-                    req,
-                    change,
-                    deferred: false,
-                }),
+                Some(change) => self.acks.owe(from, req, change),
                 // Nothing to wait for (an access): acked on receipt.
                 None => self.send_ack(from, req, ctx),
             }
@@ -777,21 +660,19 @@ impl DeltaNode {
     }
 
     fn send_ack(&mut self, to: NodeId, req: u64, ctx: &mut Ctx<'_>) {
-        let body = encode_body(&Wire::Ack { req });
+        let body = encode_body(&Wire::<SessionMessage>::Ack { req });
         self.send_body(to, &body, ctx);
     }
 
     /// Sends every owed ack whose change is now in the store.
     fn pay_acks(&mut self, ctx: &mut Ctx<'_>) {
-        let owed = std::mem::take(&mut self.owed);
-        for mut o in owed {
-            if self.has(&o.change) {
-                self.journal.late_acks += u64::from(o.deferred);
-                self.send_ack(o.to, o.req, ctx);
-            } else {
-                o.deferred = true;
-                self.owed.push(o);
-            }
+        // `has` reads the core, not the acks: take them out while it looks.
+        let mut acks = std::mem::take(&mut self.acks);
+        let due = acks.take_due(|c| self.has(c));
+        self.acks = acks;
+        for o in due {
+            self.journal.late_acks += u64::from(o.deferred);
+            self.send_ack(o.to, o.req, ctx);
         }
     }
 
@@ -844,36 +725,20 @@ impl Node for DeltaNode {
     }
 
     fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
-        self.inbound.insert(conn, (from, Vec::new()));
+        self.frames.accept(conn, from);
     }
 
     fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
-        let Some((from, buf)) = self.inbound.get_mut(&conn) else {
+        let Some((from, wires)) = self.frames.read(self.id, conn, bytes) else {
             return; // nothing is ever sent back on a connection this node opened
         };
-        let from = *from;
-        buf.extend_from_slice(bytes);
-        let mut wires = Vec::new();
-        loop {
-            let (wire, used) = match parse_frame(buf, MAX_FRAME) {
-                Ok(Some((frame, used))) => match decode_body::<Wire>(frame.body) {
-                    Ok(w) => (w, used),
-                    Err(e) => panic!("{}: undecodable body from {from}: {e}", self.id),
-                },
-                Ok(None) => break,
-                Err(e) => panic!("{}: bad frame from {from}: {e}", self.id),
-            };
-            buf.drain(..used);
-            wires.push(wire);
-        }
         for wire in wires {
             self.receive(from, wire, ctx);
         }
     }
 
     fn on_closed(&mut self, conn: ConnId, _why: CloseReason, _ctx: &mut Ctx<'_>) {
-        self.inbound.remove(&conn);
-        self.out.retain(|_, c| *c != conn);
+        self.frames.closed(conn);
     }
 
     fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
@@ -954,31 +819,13 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
     let w = world.clone();
     let mut cursor: HashMap<NodeId, usize> = HashMap::new();
     let mut seen: Seen = HashMap::new();
-    let mut ended: HashMap<(NodeId, u64), HashSet<SessionId>> = HashMap::new();
-    let mut destroyed: HashSet<(NodeId, u64, SessionId)> = HashSet::new();
-    let mut ev_cursor: HashMap<NodeId, usize> = HashMap::new();
+    let mut ended = EndedSeen::default();
     sim.invariant("copies-follow-the-origin", move |sim| {
         let w = w.borrow();
         for n in sim.node_ids() {
             let node = sim.node(n);
             let j = &node.journal;
-            let from = ev_cursor.insert(n, j.events.len()).unwrap_or(0);
-            for (life, e) in &j.events[from..] {
-                match e {
-                    SessionEvent::Destroyed(id) => {
-                        if !destroyed.insert((n, *life, id.clone())) {
-                            return Err(format!(
-                                "destroyed-at-most-once: {n} reported {id} destroyed twice"
-                            ));
-                        }
-                        ended.entry((n, *life)).or_default().insert(id.clone());
-                    }
-                    SessionEvent::IdChanged { old, .. } => {
-                        ended.entry((n, *life)).or_default().insert(old.clone());
-                    }
-                    _ => {}
-                }
-            }
+            ended.read(n, &j.events)?;
             let from = cursor.insert(n, j.touched.len()).unwrap_or(0);
             if !sim.is_up(n) {
                 continue;
@@ -990,7 +837,7 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
                 let key = (n, *life, id.clone());
                 match node.copy(id) {
                     Some((version, attrs)) => {
-                        if ended.get(&(n, *life)).is_some_and(|e| e.contains(id)) {
+                        if ended.ended(n, *life, id) {
                             return Err(format!(
                                 "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
                             ));

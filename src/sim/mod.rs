@@ -18,6 +18,7 @@
 
 pub mod backup_node;
 pub mod delta_node;
+pub mod frame_node;
 pub mod harness;
 pub mod lane_node;
 pub mod lane_rx;

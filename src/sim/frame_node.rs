@@ -1,0 +1,340 @@
+//! What the simulated session managers (`backup_node`, `delta_node`) share around their cores:
+//! the [`Wire`] format (a manager message with a request number, or an ack), the frame
+//! transport over one FIFO connection per destination ([`Frames`]), the bookkeeping of
+//! acknowledged changes ([`Acks`]), and the invariant bookkeeping of ended sessions
+//! ([`EndedSeen`]).
+
+use super::delta_node::{Op, Val};
+use super::net::{ConnId, NodeId};
+use super::Ctx;
+use crate::session::{Session, SessionEvent, SessionId};
+use crate::wire::decode_body;
+use crate::wire::frame::{encode_frame, parse_frame, FrameKind};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Largest frame a node accepts.
+const MAX_FRAME: u32 = 16 << 20;
+
+/// What travels in a frame body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Wire<M> {
+    /// A manager message; `req` > 0 asks for an ack.
+    Msg {
+        req: u64,
+        msg: M,
+    },
+    Ack {
+        req: u64,
+    },
+}
+
+/// A node's connections: one it opened to each destination, the ones it accepted, and the
+/// sequence number of its frames.
+#[derive(Default)]
+pub struct Frames {
+    /// This node's connection to each destination.
+    out: BTreeMap<NodeId, ConnId>,
+    /// Accepted connections: who is at the other end, and bytes not yet a whole frame.
+    inbound: BTreeMap<ConnId, (NodeId, Vec<u8>)>,
+    seq: u64,
+}
+
+impl Frames {
+    /// A connection from `from` was accepted.
+    pub fn accept(&mut self, conn: ConnId, from: NodeId) {
+        self.inbound.insert(conn, (from, Vec::new()));
+    }
+
+    /// `conn` closed (either way).
+    pub fn closed(&mut self, conn: ConnId) {
+        self.inbound.remove(&conn);
+        self.out.retain(|_, c| *c != conn);
+    }
+
+    /// Forgets the connections to destinations not in `view`.
+    pub fn keep_only(&mut self, view: &BTreeSet<NodeId>) {
+        self.out.retain(|n, _| view.contains(n));
+    }
+
+    /// Sends `body` from `me` to `to` in a data frame, over the connection to `to` (opened if
+    /// there is none). Returns the bytes written (none to `me` itself).
+    pub fn send(&mut self, me: NodeId, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) -> u64 {
+        if to == me {
+            return 0;
+        }
+        let conn = match self.out.get(&to) {
+            Some(c) => *c,
+            None => {
+                let c = ctx.connect(to);
+                self.out.insert(to, c);
+                c
+            }
+        };
+        self.seq += 1;
+        let mut frame = Vec::with_capacity(body.len() + 24);
+        encode_frame(&mut frame, FrameKind::Data, 0, self.seq, body);
+        let len = frame.len() as u64;
+        ctx.send(conn, frame);
+        len
+    }
+
+    /// Takes `bytes` arrived on `conn` at node `me`: the sender and the whole frames' bodies,
+    /// or `None` on a connection this node opened (nothing is ever sent back on one).
+    ///
+    /// # Panics
+    /// On a bad frame or an undecodable body.
+    pub fn read<M: DeserializeOwned>(
+        &mut self,
+        me: NodeId,
+        conn: ConnId,
+        bytes: &[u8],
+    ) -> Option<(NodeId, Vec<Wire<M>>)> {
+        let (from, buf) = self.inbound.get_mut(&conn)?;
+        let from = *from;
+        buf.extend_from_slice(bytes);
+        let mut wires = Vec::new();
+        loop {
+            let (wire, used) = match parse_frame(buf, MAX_FRAME) {
+                Ok(Some((frame, used))) => match decode_body::<Wire<M>>(frame.body) {
+                    Ok(w) => (w, used),
+                    Err(e) => panic!("{me}: undecodable body from {from}: {e}"),
+                },
+                Ok(None) => break,
+                Err(e) => panic!("{me}: bad frame from {from}: {e}"),
+            };
+            buf.drain(..used);
+            wires.push(wire);
+        }
+        Some((from, wires))
+    }
+}
+
+/// A tracked send: the change, the members that have not acked it yet, and those that did
+/// (with their life then).
+pub struct Waiting<C> {
+    pub change: C,
+    pub pending: BTreeSet<NodeId>,
+    pub by: Vec<(NodeId, u64)>,
+    /// Made by a request (the application's change).
+    pub request: bool,
+}
+
+/// An ack owed to `to` once `change` is applied.
+pub struct Owed<C> {
+    pub to: NodeId,
+    pub req: u64,
+    pub change: C,
+    /// Not sent on arrival: the change came only later.
+    pub deferred: bool,
+}
+
+/// Acknowledged changes: the sends waiting for acks (by request number) and the acks owed.
+pub struct Acks<C> {
+    next_req: u64,
+    pub waiting: BTreeMap<u64, Waiting<C>>,
+    owed: Vec<Owed<C>>,
+}
+
+impl<C> Default for Acks<C> {
+    fn default() -> Self {
+        Acks {
+            next_req: 0,
+            waiting: BTreeMap::new(),
+            owed: Vec::new(),
+        }
+    }
+}
+
+impl<C> Acks<C> {
+    /// Waits for acks of `change` from `pending`; returns its new request number.
+    pub fn track(&mut self, change: C, pending: BTreeSet<NodeId>, request: bool) -> u64 {
+        self.next_req += 1;
+        self.waiting.insert(
+            self.next_req,
+            Waiting {
+                change,
+                pending,
+                by: Vec::new(),
+                request,
+            },
+        );
+        self.next_req
+    }
+
+    /// `from`, in life `life`, acked `req`.
+    pub fn acked(&mut self, req: u64, from: NodeId, life: u64) {
+        if let Some(w) = self.waiting.get_mut(&req) {
+            if w.pending.remove(&from) {
+                w.by.push((from, life));
+            }
+        }
+    }
+
+    /// Removes `req` if every member it was sent to acked it.
+    pub fn take_settled(&mut self, req: u64) -> Option<Waiting<C>> {
+        if !self.waiting.get(&req).is_some_and(|w| w.pending.is_empty()) {
+            return None;
+        }
+        self.waiting.remove(&req)
+    }
+
+    /// Removes (in request order) the sends waiting for none of `view`.
+    pub fn take_disjoint(&mut self, view: &BTreeSet<NodeId>) -> Vec<Waiting<C>> {
+        let done: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.pending.is_disjoint(view))
+            .map(|(r, _)| *r)
+            .collect();
+        done.into_iter()
+            .filter_map(|r| self.waiting.remove(&r))
+            .collect()
+    }
+
+    /// Removes the sends still waiting for a member not in `view`; returns how many.
+    pub fn fail_outside(&mut self, view: &BTreeSet<NodeId>) -> u64 {
+        let failed: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| !w.pending.is_subset(view))
+            .map(|(r, _)| *r)
+            .collect();
+        for r in &failed {
+            self.waiting.remove(r);
+        }
+        failed.len() as u64
+    }
+
+    /// Owes `to` an ack of `req` once `change` is applied.
+    pub fn owe(&mut self, to: NodeId, req: u64, change: C) {
+        self.owed.push(Owed {
+            to,
+            req,
+            change,
+            deferred: false,
+        });
+    }
+
+    /// How many acks are owed.
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Takes every owed ack whose change `has` applied, in order; the others stay owed, marked
+    /// deferred.
+    pub fn take_due(&mut self, has: impl Fn(&C) -> bool) -> Vec<Owed<C>> {
+        let owed = std::mem::take(&mut self.owed);
+        let mut due = Vec::new();
+        for mut o in owed {
+            if has(&o.change) {
+                due.push(o);
+            } else {
+                o.deferred = true;
+                self.owed.push(o);
+            }
+        }
+        due
+    }
+}
+
+/// The other members `me` sees in `views`.
+pub fn view_of(views: &BTreeMap<NodeId, BTreeSet<NodeId>>, me: NodeId) -> BTreeSet<NodeId> {
+    let mut v = views.get(&me).cloned().unwrap_or_default();
+    v.remove(&me);
+    v
+}
+
+/// How many of `kind` a counter map holds.
+pub fn count(counts: &BTreeMap<&'static str, u64>, kind: &str) -> u64 {
+    counts.get(kind).copied().unwrap_or(0)
+}
+
+/// `id` and the ids it was renamed to (`renamed`: old id → new id), in order.
+pub fn chain(renamed: &HashMap<SessionId, SessionId>, id: &SessionId) -> Vec<SessionId> {
+    let mut out = vec![id.clone()];
+    while let Some(next) = renamed.get(out.last().unwrap_or(id)) {
+        if out.contains(next) {
+            break;
+        }
+        out.push(next.clone());
+    }
+    out
+}
+
+/// For the invariants: the sessions each node (in each life) destroyed or moved away from, as
+/// its journal's events tell, read incrementally.
+#[derive(Default)]
+pub struct EndedSeen {
+    cursor: HashMap<NodeId, usize>,
+    ended: HashMap<(NodeId, u64), HashSet<SessionId>>,
+    destroyed: HashSet<(NodeId, u64, SessionId)>,
+}
+
+impl EndedSeen {
+    /// Reads node `n`'s events not read yet.
+    ///
+    /// # Errors
+    /// `destroyed-at-most-once`: a node reported `Destroyed` twice for one session in one life.
+    pub fn read(&mut self, n: NodeId, events: &[(u64, SessionEvent)]) -> Result<(), String> {
+        let from = self.cursor.insert(n, events.len()).unwrap_or(0);
+        for (life, e) in &events[from..] {
+            match e {
+                SessionEvent::Destroyed(id) => {
+                    if !self.destroyed.insert((n, *life, id.clone())) {
+                        return Err(format!(
+                            "destroyed-at-most-once: {n} reported {id} destroyed twice"
+                        ));
+                    }
+                    self.ended.entry((n, *life)).or_default().insert(id.clone());
+                }
+                SessionEvent::IdChanged { old, .. } => {
+                    self.ended
+                        .entry((n, *life))
+                        .or_default()
+                        .insert(old.clone());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `id` ended on node `n` in life `life`.
+    pub fn ended(&self, n: NodeId, life: u64, id: &SessionId) -> bool {
+        self.ended.get(&(n, life)).is_some_and(|e| e.contains(id))
+    }
+}
+
+/// The next value of the workload, written by `node`: `counter` (run-wide) goes up by one.
+pub fn next_val(counter: &mut u64, node: NodeId) -> Val {
+    *counter += 1;
+    Val {
+        node: node.0 as u32,
+        counter: *counter,
+    }
+}
+
+/// Applies an [`Op`] that only edits the session (`Set` with its `val`, `Remove`, `Read`,
+/// `MaxInactive`) to `session`, if node `me` holds it as `id`. Other ops are left alone.
+///
+/// # Panics
+/// If the session refuses the edit.
+pub fn edit(me: NodeId, id: &SessionId, session: Option<&mut Session>, op: &Op, val: Option<Val>) {
+    let Some(s) = session else { return };
+    match (op, val) {
+        (Op::Set(name), Some(val)) => {
+            if let Err(e) = s.set(name, &val) {
+                panic!("{me}: set {name} on {id}: {e}");
+            }
+        }
+        (Op::Remove(name), _) => {
+            if let Err(e) = s.remove(name) {
+                panic!("{me}: remove {name} on {id}: {e}");
+            }
+        }
+        (Op::MaxInactive(d), _) => s.set_max_inactive(*d),
+        _ => {}
+    }
+}
