@@ -1,0 +1,493 @@
+//! The demo application at `/app`, embedded in one cluster node: a `SimpleTcpCluster` with the
+//! application's session manager, and the small HTTP server of `http.rs` in front of it. Every
+//! session-using handler follows the same three steps: `mgr.request(cookie, uri)`, read or change
+//! the session, `finish()` (which replicates the changes, unless the valve filter matched).
+#![allow(dead_code)] // shared by http_node and cluster_demo, which use different parts
+
+use crate::http::{self, json_str, HttpServer, Limits, Request, Response};
+use log::{info, warn};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tribecast::{
+    ChannelError, ClusterConfig, ClusterManager, ManagerKind, Member, MembershipListener,
+    SimpleTcpCluster,
+};
+
+/// Tomcat's `ReplicationValve` filter from the reference server.xml.
+pub const REFERENCE_VALVE_FILTER: &str =
+    r".*\.gif;.*\.js;.*\.jpeg;.*\.jpg;.*\.png;.*\.htm;.*\.html;.*\.css;.*\.txt";
+
+/// Largest static file served.
+const MAX_STATIC_FILE: u64 = 1 << 20;
+/// How long a request waits for a starting manager's state transfer before answering 503.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// The user record kept in the session (the reference document's `UserSession`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub user_id: u64,
+    pub username: String,
+    pub role: String,
+    /// Login time, ms since the epoch (UTC).
+    pub login_time_ms: u64,
+}
+
+impl User {
+    fn to_json(&self) -> String {
+        format!(
+            r#"{{"user_id":{},"username":{},"role":{},"login_time":{}}}"#,
+            self.user_id,
+            json_str(&self.username),
+            json_str(&self.role),
+            json_str(&iso_utc(self.login_time_ms))
+        )
+    }
+}
+
+/// The demo's accounts: (user, password, id, role).
+const ACCOUNTS: &[(&str, &str, u64, &str)] = &[
+    ("admin", "secret", 1, "admin"),
+    ("guest", "guest", 2, "user"),
+];
+
+/// Everything a node needs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// HTTP address; port 0 lets the OS choose.
+    pub http: SocketAddr,
+    pub http_threads: usize,
+    /// The application's context path, e.g. `/app`.
+    pub context: String,
+    pub cluster: ClusterConfig,
+    /// Where `/app/static/*` files come from.
+    pub static_dir: PathBuf,
+    /// When the process started: the first member seen is logged relative to it.
+    pub started: Instant,
+}
+
+#[derive(Debug)]
+pub enum NodeError {
+    Cluster(ChannelError),
+    Http(SocketAddr, std::io::Error),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Cluster(e) => write!(f, "cluster: {e}"),
+            NodeError::Http(a, e) => write!(f, "HTTP server on {a}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// One running node: cluster and HTTP server.
+pub struct Node {
+    pub name: String,
+    cluster: Arc<SimpleTcpCluster>,
+    app: Arc<ClusterManager>,
+    server: Option<HttpServer>,
+}
+
+/// Logs membership as this node sees it, and how long after start the first member came.
+struct MemberLog {
+    node: String,
+    started: Instant,
+    first_seen: AtomicBool,
+}
+
+impl MembershipListener for MemberLog {
+    fn member_added(&self, m: &Member) {
+        if !self.first_seen.swap(true, Ordering::SeqCst) {
+            info!(
+                "Node {}: first member [{}] seen {} ms after start",
+                self.node,
+                m.name,
+                self.started.elapsed().as_millis()
+            );
+        }
+        info!("Node {}: member {} joined ({})", self.node, m.name, m.addr);
+    }
+    fn member_disappeared(&self, m: &Member) {
+        info!("Node {}: member {} left ({})", self.node, m.name, m.addr);
+    }
+}
+
+struct App {
+    node: String,
+    context: String,
+    kind: ManagerKind,
+    cluster: Arc<SimpleTcpCluster>,
+    mgr: Arc<ClusterManager>,
+    static_dir: PathBuf,
+}
+
+impl Node {
+    pub fn start(opts: NodeOptions) -> Result<Node, NodeError> {
+        let name = opts.cluster.jvm_route.clone();
+        let kind = opts.cluster.manager.kind;
+        let cluster = Arc::new(SimpleTcpCluster::new(opts.cluster).map_err(NodeError::Cluster)?);
+        let app = cluster.add_application(&opts.context);
+        cluster
+            .channel()
+            .add_membership_listener(Arc::new(MemberLog {
+                node: name.clone(),
+                started: opts.started,
+                first_seen: AtomicBool::new(false),
+            }));
+        cluster.start().map_err(NodeError::Cluster)?;
+        let state = Arc::new(App {
+            node: name.clone(),
+            context: opts.context.trim_end_matches('/').to_string(),
+            kind,
+            cluster: cluster.clone(),
+            mgr: app.clone(),
+            static_dir: opts.static_dir,
+        });
+        let handler: Arc<http::Handler> = Arc::new(move |req: &Request| state.handle(req));
+        let server = HttpServer::start(opts.http, opts.http_threads, Limits::default(), handler)
+            .map_err(|e| {
+                cluster.stop();
+                NodeError::Http(opts.http, e)
+            })?;
+        Ok(Node {
+            name,
+            cluster,
+            app,
+            server: Some(server),
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(HttpServer::local_addr)
+    }
+
+    pub fn receiver_addr(&self) -> Option<SocketAddr> {
+        self.cluster.channel().local_member().map(|m| m.addr)
+    }
+
+    pub fn cluster(&self) -> &SimpleTcpCluster {
+        &self.cluster
+    }
+
+    pub fn app(&self) -> &Arc<ClusterManager> {
+        &self.app
+    }
+
+    /// Creates `n` sessions holding `size` bytes each (replicated as usual), `batch` at a time
+    /// between readiness checks; for footprint measurements.
+    pub fn preload(&self, n: usize, size: usize) -> Result<(), ChannelError> {
+        let data = vec![b'x'; size];
+        for _ in 0..n {
+            let mut req = self
+                .app
+                .request(None, &format!("{}/preload", self.app.context()));
+            match req.session_or_create() {
+                Ok(s) => {
+                    if let Err(e) = s.set("data", &data) {
+                        warn!("preload: {e}");
+                    }
+                }
+                Err(e) => warn!("preload: {e}"),
+            }
+            req.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the HTTP server, then the cluster (whose members keep the sessions). Safe twice.
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+        self.cluster.stop();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `2026-11-26T06:12:00.123Z` from ms since the epoch (Howard Hinnant's civil-from-days).
+pub fn iso_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("css") => "text/css; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        _ => "application/octet-stream",
+    }
+}
+
+fn error_json(status: u16, msg: &str) -> Response {
+    Response::json(status, format!(r#"{{"error":{}}}"#, json_str(msg)))
+}
+
+impl App {
+    fn handle(&self, req: &Request) -> Response {
+        let Some(rest) = req
+            .path
+            .strip_prefix(&self.context)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return error_json(404, "not found");
+        };
+        let method_ok = |m: &str| req.method == m;
+        match rest {
+            "health" if method_ok("GET") => self.health(),
+            "login" if method_ok("POST") => self.ready_then(|| self.login(req)),
+            "logout" if method_ok("POST") => self.ready_then(|| self.logout(req)),
+            "profile" if method_ok("GET") => self.ready_then(|| self.profile(req)),
+            "counter" if method_ok("GET") => self.ready_then(|| self.counter(req)),
+            "health" | "profile" | "counter" => {
+                error_json(405, "method not allowed").with_header("Allow", "GET")
+            }
+            "login" | "logout" => {
+                error_json(405, "method not allowed").with_header("Allow", "POST")
+            }
+            r if r.starts_with("static/") && method_ok("GET") => {
+                self.static_file(req, &r["static/".len()..])
+            }
+            _ => error_json(404, "not found"),
+        }
+    }
+
+    /// Sessions are served once the state transfer from an existing member is done, as Tomcat
+    /// does not accept requests before its DeltaManager has the cluster's sessions.
+    fn ready_then(&self, f: impl FnOnce() -> Response) -> Response {
+        if self.mgr.is_ready() || self.mgr.wait_ready(READY_WAIT) {
+            f()
+        } else {
+            error_json(503, "session state transfer still running")
+        }
+    }
+
+    fn uri(&self, req: &Request) -> String {
+        req.path.clone()
+    }
+
+    fn set_cookie(&self, id: &tribecast::SessionId) -> String {
+        // The id's Display carries the `.jvmRoute` suffix, as Tomcat's does.
+        format!("JSESSIONID={id}; Path={}; HttpOnly", self.context)
+    }
+
+    fn finish(&self, r: tribecast::session::Request) {
+        if let Err(e) = r.finish() {
+            warn!(
+                "Node {}: session change not replicated everywhere: {e}",
+                self.node
+            );
+        }
+    }
+
+    fn login(&self, req: &Request) -> Response {
+        let ct = req.header("content-type").unwrap_or("");
+        if !ct.split(';').next().is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        }) {
+            return error_json(415, "send the form as application/x-www-form-urlencoded");
+        }
+        let Ok(body) = std::str::from_utf8(&req.body) else {
+            return error_json(400, "form is not UTF-8");
+        };
+        let form = http::parse_form(body);
+        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let (Some(user), Some(pass)) = (field("user"), field("pass")) else {
+            return error_json(400, "form fields user and pass are required");
+        };
+        let Some(&(_, _, user_id, role)) = ACCOUNTS
+            .iter()
+            .find(|(u, p, _, _)| *u == user && *p == pass)
+        else {
+            return error_json(401, "bad user or password");
+        };
+        let record = User {
+            user_id,
+            username: user.to_string(),
+            role: role.to_string(),
+            login_time_ms: now_ms(),
+        };
+        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+        // An existing session gets a new id at login (session fixation protection).
+        let had_session = r.session().is_some();
+        if had_session {
+            if let Err(e) = r.change_id() {
+                return error_json(500, &format!("cannot change the session id: {e}"));
+            }
+        }
+        let session = match r.session_or_create() {
+            Ok(s) => s,
+            Err(e) => return error_json(500, &format!("no session: {e}")),
+        };
+        if let Err(e) = session.set("user", &record) {
+            return error_json(500, &e.to_string());
+        }
+        session.set_principal(Some(user), Some("FORM"));
+        let id = session.id().clone();
+        self.finish(r);
+        Response::json(200, record.to_json()).with_header("Set-Cookie", self.set_cookie(&id))
+    }
+
+    fn logout(&self, req: &Request) -> Response {
+        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+        if let Err(e) = r.invalidate() {
+            warn!("Node {}: logout not replicated everywhere: {e}", self.node);
+        }
+        Response::json(200, r#"{"logged_out":true}"#)
+    }
+
+    fn profile(&self, req: &Request) -> Response {
+        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+        let user = r
+            .session()
+            .and_then(|s| s.get::<User>("user").ok().flatten());
+        self.finish(r);
+        match user {
+            Some(u) => Response::json(200, u.to_json()),
+            None => error_json(401, "not logged in"),
+        }
+    }
+
+    /// Increments the session's counter (`?peek` reads it without a change).
+    fn counter(&self, req: &Request) -> Response {
+        let peek = http::parse_form(&req.query)
+            .iter()
+            .any(|(k, _)| k == "peek");
+        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+        let (n, id, created) = if peek {
+            let n = r
+                .session()
+                .and_then(|s| s.get::<u64>("counter").ok().flatten())
+                .unwrap_or(0);
+            (n, r.session_id().cloned(), false)
+        } else {
+            let created = r.session().is_none();
+            let s = match r.session_or_create() {
+                Ok(s) => s,
+                Err(e) => return error_json(500, &format!("no session: {e}")),
+            };
+            let n = s.get::<u64>("counter").ok().flatten().unwrap_or(0) + 1;
+            if let Err(e) = s.set("counter", &n) {
+                return error_json(500, &e.to_string());
+            }
+            (n, Some(s.id().clone()), created)
+        };
+        self.finish(r);
+        let body = format!(
+            r#"{{"counter":{n},"node":{},"session":{}}}"#,
+            json_str(&self.node),
+            id.as_ref()
+                .map_or("null".to_string(), |i| json_str(i.as_str()))
+        );
+        let resp = Response::json(200, body);
+        match id {
+            Some(id) if created => resp.with_header("Set-Cookie", self.set_cookie(&id)),
+            _ => resp,
+        }
+    }
+
+    fn health(&self) -> Response {
+        let mut members: Vec<Member> = self.cluster.channel().members();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        let list: Vec<String> = members
+            .iter()
+            .map(|m| {
+                format!(
+                    r#"{{"name":{},"addr":{}}}"#,
+                    json_str(&m.name),
+                    json_str(&m.addr.to_string())
+                )
+            })
+            .collect();
+        let stats = &self.mgr.stats;
+        Response::json(
+            200,
+            format!(
+                r#"{{"node":{},"manager":{},"ready":{},"members":[{}],"sessions":{},"messages_sent":{},"messages_received":{}}}"#,
+                json_str(&self.node),
+                json_str(match self.kind {
+                    ManagerKind::Delta => "delta",
+                    ManagerKind::Backup => "backup",
+                }),
+                self.mgr.is_ready(),
+                list.join(","),
+                self.mgr.session_count(),
+                stats.messages_sent.load(Ordering::Relaxed),
+                stats.messages_received.load(Ordering::Relaxed),
+            ),
+        )
+    }
+
+    /// A file of the static directory. The request still goes through the session manager, as
+    /// any request under the application does, but its URI matches the valve filter: the access
+    /// time is kept locally and nothing is replicated.
+    fn static_file(&self, req: &Request, name: &str) -> Response {
+        // Plain file names only: no directories, no `..`, no escapes.
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !plain {
+            return error_json(404, "not found");
+        }
+        let path = self.static_dir.join(name);
+        let body = match read_small(&path) {
+            Some(b) => b,
+            None => return error_json(404, "not found"),
+        };
+        if req.cookie("JSESSIONID").is_some() {
+            let r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+            self.finish(r);
+        }
+        Response::new(200, content_type(name), body)
+    }
+}
+
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_STATIC_FILE {
+        return None;
+    }
+    std::fs::read(path).ok()
+}
