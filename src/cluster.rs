@@ -149,7 +149,14 @@ pub(crate) struct ClusterInner {
     cfg: ClusterConfig,
     filter: Option<Regex>,
     managers: RwLock<HashMap<String, Arc<ClusterManager>>>,
+    /// Senders of messages received, by id: a reply (to GET_ALL_SESSIONS, say) can reach a
+    /// member whose hello the membership service has not processed yet. Bounded; entries go when
+    /// the member does.
+    senders: Mutex<HashMap<MemberId, Member>>,
 }
+
+/// Most senders remembered; past it the map starts over (it is only a fallback).
+const MAX_SENDERS: usize = 1024;
 
 impl ClusterInner {
     pub(crate) fn filtered(&self, uri: &str) -> bool {
@@ -180,7 +187,8 @@ impl ClusterInner {
         msg: &Payload,
         options: SendOptions,
     ) -> Result<(), ChannelError> {
-        let Some(m) = self.channel.members().into_iter().find(|m| m.id == id) else {
+        let known = self.channel.members().into_iter().find(|m| m.id == id);
+        let Some(m) = known.or_else(|| self.senders.lock().get(&id).cloned()) else {
             return Ok(()); // it left: nothing to answer
         };
         self.channel.send(&[m], Self::encode(context, msg), options)
@@ -190,6 +198,15 @@ impl ClusterInner {
     fn received(&self, m: &ChannelMessage<'_>) -> Result<(), String> {
         let cm: ClusterMessage =
             decode_body(&m.payload).map_err(|e| format!("not a session message: {e}"))?;
+        {
+            let mut senders = self.senders.lock();
+            if senders.get(&m.from.id) != Some(m.from) {
+                if senders.len() >= MAX_SENDERS {
+                    senders.clear();
+                }
+                senders.insert(m.from.id, m.from.clone());
+            }
+        }
         let mgr = self.managers.read().get(&cm.context).cloned();
         match mgr {
             Some(mgr) => mgr.receive(m.from.id, &cm.msg),
@@ -234,8 +251,9 @@ impl MembershipListener for Listener {
             }
         }
     }
-    fn member_disappeared(&self, _m: &Member) {
+    fn member_disappeared(&self, m: &Member) {
         if let Some(c) = self.0.upgrade() {
+            c.senders.lock().remove(&m.id);
             let managers: Vec<Arc<ClusterManager>> = c.managers.read().values().cloned().collect();
             let members: Vec<MemberId> = c.channel.members().iter().map(|m| m.id).collect();
             for mgr in managers {
@@ -263,6 +281,7 @@ impl SimpleTcpCluster {
             cfg,
             filter,
             managers: RwLock::new(HashMap::new()),
+            senders: Mutex::new(HashMap::new()),
         });
         let l = Arc::new(Listener(Arc::downgrade(&inner)));
         inner.channel.add_channel_listener(l.clone());

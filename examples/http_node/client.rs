@@ -178,7 +178,7 @@ pub fn exchange(addr: SocketAddr, raw: &[u8], timeout: Duration) -> Result<Reply
     parse_reply(&data)
 }
 
-fn parse_reply(data: &[u8]) -> Result<Reply, ClientError> {
+pub fn parse_reply(data: &[u8]) -> Result<Reply, ClientError> {
     let bad = |why: &str| ClientError::BadResponse(why.to_string());
     let end = data
         .windows(4)

@@ -1,0 +1,520 @@
+//! The reference scenario end to end, over real HTTP between real processes: three `http_node`
+//! processes (the example) on 127.0.0.1, a client with a cookie jar logs in on node 1, reads its
+//! profile on node 2, node 1 is killed with SIGKILL, and node 3 still has the profile and the
+//! counter. Once with the DeltaManager, once with the BackupManager. Also: static files are
+//! served and never replicated, and malformed HTTP gets 400 while the node keeps serving.
+//!
+//! Ports are the OS's (port 0), read back from each node's ready line, so the test runs beside
+//! any other; the example config files' fixed ports are overridden by flags.
+
+#[path = "../examples/http_node/client.rs"]
+mod client;
+mod common;
+
+use client::{exchange, Client, Reply};
+use common::wait_until;
+use parking_lot::{Condvar, Mutex};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The `http_node` example binary of this build profile. Under cargo it is (re)built once per
+/// test run, as `cargo test --test http_cluster` alone would not rebuild examples and a stale
+/// binary would be tested.
+fn http_node_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/http_cluster-HASH -> target/<profile>/examples/http_node
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("examples").join("http_node");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let Ok(cargo) = std::env::var("CARGO") else {
+            return; // not run by cargo: use what is there
+        };
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", "http_node"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build --example http_node failed");
+    });
+    assert!(bin.exists(), "no {}", bin.display());
+    bin
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Mutex<Vec<(bool, String)>>,
+    changed: Condvar,
+}
+
+fn pump(out: Arc<Output>, stderr: bool, r: impl Read + Send + 'static) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            out.lines.lock().push((stderr, line));
+            out.changed.notify_all();
+        }
+    });
+}
+
+/// An `http_node` process.
+struct Proc {
+    name: String,
+    http: SocketAddr,
+    receiver: SocketAddr,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<Output>,
+    exited: bool,
+}
+
+impl Proc {
+    /// Starts node `name` (`node1` reads the settings of `examples/config/server1.toml` when that
+    /// file exists), on ephemeral ports, listing `members`' receivers as static members.
+    fn spawn(name: &str, manager: &str, members: &[&Proc]) -> Proc {
+        let mut cmd = Command::new(http_node_exe());
+        let n = name.trim_start_matches("node");
+        let config =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/config/server{n}.toml"));
+        if config.exists() {
+            cmd.arg("--config").arg(&config);
+        }
+        cmd.args(["--name", name, "--manager", manager])
+            .args(["--http", "127.0.0.1:0", "--receiver", "127.0.0.1:0"])
+            .args(["--http-threads", "2", "--stop-on-stdin-eof"]);
+        for m in members {
+            cmd.args(["--member", &m.receiver.to_string()]);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn http_node");
+        let out = Arc::new(Output::default());
+        pump(out.clone(), false, child.stdout.take().expect("stdout"));
+        pump(out.clone(), true, child.stderr.take().expect("stderr"));
+        let mut p = Proc {
+            name: name.into(),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            receiver: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stdin: child.stdin.take(),
+            child,
+            out,
+            exited: false,
+        };
+        // `http_node node1 listening on http://127.0.0.1:P (cluster receiver 127.0.0.1:Q)`
+        let line = p.wait_line("its ready line", |s, l| {
+            !s && l.contains(" listening on http://")
+        });
+        let http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+        let receiver = line
+            .split("cluster receiver ")
+            .nth(1)
+            .and_then(|r| r.trim_end_matches(')').parse().ok());
+        match (http, receiver) {
+            (Some(h), Some(r)) => (p.http, p.receiver) = (h, r),
+            _ => panic!("cannot read addresses from `{line}`"),
+        }
+        p
+    }
+
+    fn wait_line(&self, what: &str, pred: impl Fn(bool, &str) -> bool) -> String {
+        let deadline = Instant::now() + LIMIT;
+        let mut lines = self.out.lines.lock();
+        loop {
+            if let Some((_, l)) = lines.iter().find(|(s, l)| pred(*s, l)) {
+                return l.clone();
+            }
+            if self
+                .out
+                .changed
+                .wait_until(&mut lines, deadline)
+                .timed_out()
+            {
+                drop(lines);
+                panic!("{} did not print {what}\n{}", self.name, self.dump());
+            }
+        }
+    }
+
+    fn dump(&self) -> String {
+        let lines = self.out.lines.lock();
+        let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        format!("--- {} ---\n{}", self.name, text.join("\n"))
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+        self.exited = true;
+    }
+
+    /// Closes stdin (`--stop-on-stdin-eof`) and checks a clean exit.
+    fn stop(&mut self) {
+        self.stdin.take();
+        let mut status = None;
+        let exited = wait_until(LIMIT, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        self.exited = exited;
+        assert!(
+            exited && status.is_some_and(|s| s.success()),
+            "{} did not stop cleanly ({status:?})\n{}",
+            self.name,
+            self.dump()
+        );
+    }
+
+    /// `/app/health`, as text.
+    fn health(&self) -> String {
+        let r = Client::new().get(self.http, "/app/health");
+        match r {
+            Ok(r) if r.status == 200 => r.body,
+            other => panic!("{} health: {other:?}\n{}", self.name, self.dump()),
+        }
+    }
+
+    fn health_number(&self, key: &str) -> u64 {
+        json_number(&self.health(), key)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump());
+        }
+    }
+}
+
+/// The number after `"key":` in a flat JSON object.
+fn json_number(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    json.split(&pat)
+        .nth(1)
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key} in {json}"))
+}
+
+/// Three nodes that all see each other, ready to serve.
+fn cluster(manager: &str) -> Vec<Proc> {
+    let n1 = Proc::spawn("node1", manager, &[]);
+    let n2 = Proc::spawn("node2", manager, &[&n1]);
+    let n3 = Proc::spawn("node3", manager, &[&n1, &n2]);
+    let nodes = vec![n1, n2, n3];
+    for n in &nodes {
+        let ok = wait_until(LIMIT, || {
+            let h = n.health();
+            h.contains("\"ready\":true") && h.matches("\"name\":").count() == 2
+        });
+        assert!(ok, "{} never saw both others: {}", n.name, n.health());
+    }
+    nodes
+}
+
+fn get(c: &mut Client, node: &Proc, path: &str) -> Reply {
+    c.get(node.http, path)
+        .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", node.name))
+}
+
+/// GET until the answer has `status`, within the limit (replication may still be on its way).
+fn get_until(c: &mut Client, node: &Proc, path: &str, status: u16) -> Reply {
+    let mut last = None;
+    let ok = wait_until(LIMIT, || {
+        let r = get(c, node, path);
+        let done = r.status == status;
+        last = Some(r);
+        done
+    });
+    assert!(ok, "GET {path} on {} never {status}: {last:?}", node.name);
+    last.expect("at least one answer")
+}
+
+fn scenario(manager: &str) {
+    common::init_logs();
+    let mut nodes = cluster(manager);
+    let mut browser = Client::new();
+    // 1. Log in on node 1.
+    let login = browser
+        .post_form(
+            nodes[0].http,
+            "/app/login",
+            &[("user", "admin"), ("pass", "secret")],
+        )
+        .expect("login");
+    assert_eq!(login.status, 200, "{login:?}");
+    let set_cookie = login.header("set-cookie").expect("Set-Cookie").to_string();
+    assert!(set_cookie.contains("; Path=/app; HttpOnly"), "{set_cookie}");
+    let id = browser
+        .cookie("JSESSIONID")
+        .expect("cookie stored")
+        .to_string();
+    assert!(id.ends_with(".node1"), "jvmRoute suffix: {id}");
+    // Without the cookie there is no profile.
+    assert_eq!(
+        get(&mut Client::new(), &nodes[1], "/app/profile").status,
+        401
+    );
+
+    // 2. The same browser on node 2: still logged in.
+    let profile = get_until(&mut browser, &nodes[1], "/app/profile", 200);
+    assert!(
+        profile.body.contains("\"username\":\"admin\""),
+        "{}",
+        profile.body
+    );
+    assert!(
+        profile.body.contains("\"role\":\"admin\""),
+        "{}",
+        profile.body
+    );
+
+    // A counter, on node 1.
+    for want in 1..=3u64 {
+        let r = get(&mut browser, &nodes[0], "/app/counter");
+        assert_eq!(r.status, 200);
+        assert_eq!(json_number(&r.body, "counter"), want, "{}", r.body);
+    }
+    if manager == "delta" {
+        // Changes travel asynchronously (channelSendOptions 8): wait until node 3 has them
+        // before node 1 dies, as a user's next click would.
+        let ok = wait_until(LIMIT, || {
+            json_number(
+                &get(&mut browser, &nodes[2], "/app/counter?peek").body,
+                "counter",
+            ) == 3
+        });
+        assert!(ok, "node 3 never saw the counter at 3");
+    }
+    // Static files are served on every node.
+    let css = get(&mut browser, &nodes[1], "/app/static/style.css");
+    assert_eq!(css.status, 200);
+    assert!(css
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/css")));
+    assert!(css.body.contains("font-family"), "{}", css.body);
+    assert_eq!(
+        get(&mut browser, &nodes[1], "/app/static/../Cargo.toml").status,
+        404
+    );
+    assert_eq!(
+        get(&mut browser, &nodes[1], "/app/static/missing.css").status,
+        404
+    );
+
+    // 3. SIGKILL node 1: no goodbye, no final replication.
+    nodes[0].kill();
+
+    // 4. Node 3 still has the login and the counter.
+    let profile = get_until(&mut browser, &nodes[2], "/app/profile", 200);
+    assert!(
+        profile.body.contains("\"username\":\"admin\""),
+        "{}",
+        profile.body
+    );
+    let r = get(&mut browser, &nodes[2], "/app/counter");
+    assert_eq!(
+        json_number(&r.body, "counter"),
+        4,
+        "counter survives: {}",
+        r.body
+    );
+    assert_eq!(
+        browser.cookie("JSESSIONID"),
+        Some(id.as_str()),
+        "same session"
+    );
+    // And node 2, after it (once the change reached it, with asynchronous replication).
+    let ok = wait_until(LIMIT, || {
+        json_number(
+            &get(&mut browser, &nodes[1], "/app/counter?peek").body,
+            "counter",
+        ) == 4
+    });
+    assert!(ok, "node 2 never saw the counter at 4");
+    let r = get(&mut browser, &nodes[1], "/app/counter");
+    assert_eq!(json_number(&r.body, "counter"), 5, "{}", r.body);
+
+    // Operators' log lines.
+    for n in &nodes[1..] {
+        n.wait_line("an `Added member [` log line", |stderr, l| {
+            stderr && l.contains("Added member [")
+        });
+    }
+    for n in &mut nodes[1..] {
+        n.stop();
+    }
+}
+
+#[test]
+fn reference_scenario_over_http_delta_manager_survives_sigkill() {
+    scenario("delta");
+}
+
+#[test]
+fn reference_scenario_over_http_backup_manager_survives_sigkill() {
+    scenario("backup");
+}
+
+/// The valve filter: a request for a static file with the session's cookie touches the session
+/// but replicates nothing, where a request for a page on the same node does.
+#[test]
+fn static_files_are_served_and_not_replicated() {
+    common::init_logs();
+    let mut nodes = cluster("delta");
+    let mut browser = Client::new();
+    let login = browser
+        .post_form(
+            nodes[0].http,
+            "/app/login",
+            &[("user", "guest"), ("pass", "guest")],
+        )
+        .expect("login");
+    assert_eq!(login.status, 200, "{login:?}");
+    let n3 = &nodes[2];
+    let ok = wait_until(LIMIT, || n3.health_number("sessions") == 1);
+    assert!(ok, "node 3 never got the session");
+    // Node 3 has never served this session: a replicated request would announce the access.
+    let before = n3.health_number("messages_sent");
+    for _ in 0..3 {
+        let css = get(&mut browser, n3, "/app/static/style.css");
+        assert_eq!(css.status, 200);
+    }
+    assert_eq!(
+        n3.health_number("messages_sent"),
+        before,
+        "a static file request sent a session message"
+    );
+    assert_eq!(n3.health_number("sessions"), 1);
+    // The control: a page request on node 3 does replicate (the access), so the check above
+    // could have failed.
+    assert_eq!(get(&mut browser, n3, "/app/profile").status, 200);
+    assert!(n3.health_number("messages_sent") > before);
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn malformed_http_gets_400_and_the_node_keeps_serving() {
+    common::init_logs();
+    let mut node = Proc::spawn("node1", "delta", &[]);
+    let t = Duration::from_secs(10);
+    let cases: &[(&[u8], u16)] = &[
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /app/health\r\n\r\n", 400),
+        (b"GET app/health HTTP/1.1\r\n\r\n", 400),
+        (b"GET /app/health HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"GET /app/health HTTP/1.1\r\n folded: x\r\n\r\n", 400),
+        (
+            b"POST /app/login HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /app/login HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcde",
+            400,
+        ),
+        (
+            b"POST /app/login HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+            400,
+        ), // closed mid-body
+        (b"\xff\xfe\x00\x01\r\n\r\n", 400),
+        (b"GET /app/health HTTP/2.0\r\n\r\n", 505),
+        (
+            b"POST /app/login HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+            413,
+        ),
+        (
+            b"POST /app/login HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+        (b"DELETE /app/profile HTTP/1.1\r\n\r\n", 405),
+        (
+            b"GET /app/profile HTTP/1.1\r\nCookie: JSESSIONID=../../etc\r\n\r\n",
+            401,
+        ),
+        (b"GET /nothing HTTP/1.1\r\n\r\n", 404),
+    ];
+    for (raw, want) in cases {
+        // A client that sends and then half-closes, so "closed mid-body" is seen at once.
+        let r = exchange_half_closed(node.http, raw, t);
+        assert_eq!(r.status, *want, "{:?}: {r:?}", String::from_utf8_lossy(raw));
+    }
+    // A head larger than the limit.
+    let mut big = b"GET /app/health HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(exchange(node.http, &big, t).expect("answer").status, 431);
+    // Form login with a wrong content type, missing fields, bad password.
+    let mut c = Client::new();
+    assert_eq!(c.get(node.http, "/app/login").expect("answer").status, 405);
+    let r = c
+        .post_form(node.http, "/app/login", &[("user", "admin")])
+        .expect("answer");
+    assert_eq!(r.status, 400);
+    let r = c
+        .post_form(
+            node.http,
+            "/app/login",
+            &[("user", "admin"), ("pass", "nope")],
+        )
+        .expect("answer");
+    assert_eq!(r.status, 401);
+    assert!(
+        c.cookie("JSESSIONID").is_none(),
+        "no session for a failed login"
+    );
+    // Still serving, with keep-alive too: two requests on one connection.
+    assert!(node.health().contains("\"ready\":true"));
+    let two =
+        b"GET /app/health HTTP/1.1\r\n\r\nGET /app/health HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let mut s = std::net::TcpStream::connect(node.http).expect("connect");
+    s.set_read_timeout(Some(t)).expect("timeout");
+    std::io::Write::write_all(&mut s, two).expect("write");
+    let mut all = String::new();
+    s.read_to_string(&mut all).expect("read");
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
+    node.stop();
+}
+
+/// Like `exchange`, but shuts the write side after sending.
+fn exchange_half_closed(addr: SocketAddr, raw: &[u8], t: Duration) -> Reply {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, t).expect("connect");
+    s.set_read_timeout(Some(t)).expect("timeout");
+    s.write_all(raw).expect("write");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut data = Vec::new();
+    let _ = s.read_to_end(&mut data);
+    client::parse_reply(&data)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&data)))
+}
