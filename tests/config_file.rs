@@ -3,11 +3,11 @@
 //!
 //! Run: `cargo test --release --test config_file`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tribecast::config_file::ConfigFileErrorKind as Kind;
-use tribecast::{ManagerKind, MemberId, NodeConfig, SendOptions};
+use tribecast::config_file::{convert_server_xml, ConfigFileErrorKind as Kind};
+use tribecast::{ManagerKind, MemberId, NodeConfig, SendOptions, StaticMember};
 
 fn example_configs() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
@@ -91,4 +91,603 @@ fn bad_value_names_key_and_line() {
         e.to_string(),
         "line 3: cluster.channel.receiver.max_threads: expected a positive integer, got -3"
     );
+}
+
+fn err(text: &str) -> tribecast::ConfigFileError {
+    match NodeConfig::from_toml_str(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// The error's kind, key and line; its message must name the key too.
+fn check(text: &str, kind: Kind, key: &str, line: usize) -> tribecast::ConfigFileError {
+    let e = err(text);
+    assert_eq!(
+        (e.kind, e.key.as_str(), e.line),
+        (kind, key, Some(line)),
+        "{e}"
+    );
+    assert!(e.to_string().contains(key), "{e}");
+    e
+}
+
+#[test]
+fn numbers_in_any_toml_form() {
+    let n = NodeConfig::from_toml_str(
+        "[cluster.channel]\nmax_frame_size = 4_194_304\n[cluster.channel.receiver]\nmax_threads = 0x10\n",
+    )
+    .unwrap();
+    assert_eq!(n.cluster.channel.max_frame_size, 4 << 20);
+    assert_eq!(n.cluster.channel.receiver.max_threads, 16);
+}
+
+#[test]
+fn unknown_keys_name_key_and_line() {
+    let e = check("colour = 1\n", Kind::UnknownKey, "colour", 1);
+    assert!(
+        e.message.contains("engine, connector, context, cluster"),
+        "{e}"
+    );
+    check(
+        "[cluster.channel.receiver]\nport = 4000\nmax_thread = 6\n",
+        Kind::UnknownKey,
+        "cluster.channel.receiver.max_thread",
+        3,
+    );
+    check(
+        "[cluster.manager]\nclass_name = \"DeltaManager\"\n\n  stateTransferTimeout = 60\n",
+        Kind::UnknownKey,
+        "cluster.manager.stateTransferTimeout",
+        4,
+    );
+    check(
+        "[[cluster.channel.interceptor]]\nclass_name = \"TcpFailureDetector\"\nremove_suspects_timeout_ms = 1\n",
+        Kind::UnknownKey,
+        "cluster.channel.interceptor[0].remove_suspects_timeout_ms",
+        3,
+    );
+    check(
+        "[[cluster.channel.interceptor]]\nclass_name = \"StaticMembershipInterceptor\"\n[[cluster.channel.interceptor.member]]\nhost = \"127.0.0.1\"\nport = 4001\nsecure_port = 1\n",
+        Kind::UnknownKey,
+        "cluster.channel.interceptor[0].member[0].secure_port",
+        6,
+    );
+    // The first unknown key in file order is reported, not the first in key order.
+    check(
+        "[engine]\nzzz = 1\naaa = 2\n",
+        Kind::UnknownKey,
+        "engine.zzz",
+        2,
+    );
+}
+
+#[test]
+fn wrong_types_name_key() {
+    check(
+        "[cluster.channel.receiver]\nport = \"4000\"\n",
+        Kind::WrongType,
+        "cluster.channel.receiver.port",
+        2,
+    );
+    check(
+        "[cluster.manager]\nexpire_sessions_on_shutdown = \"no\"\n",
+        Kind::WrongType,
+        "cluster.manager.expire_sessions_on_shutdown",
+        2,
+    );
+    check(
+        "[cluster.channel]\nheartbeat_interval_ms = 1.5\n",
+        Kind::WrongType,
+        "cluster.channel.heartbeat_interval_ms",
+        2,
+    );
+    check(
+        "[engine]\njvm_route = 7\n",
+        Kind::WrongType,
+        "engine.jvm_route",
+        2,
+    );
+    check("cluster = 5\n", Kind::WrongType, "cluster", 1);
+    check(
+        "[cluster.channel]\ninterceptor = 1\n",
+        Kind::WrongType,
+        "cluster.channel.interceptor",
+        2,
+    );
+}
+
+#[test]
+fn out_of_range_names_key() {
+    check(
+        "[cluster.channel.membership]\nkind = \"multicast\"\nttl = 300\n",
+        Kind::OutOfRange,
+        "cluster.channel.membership.ttl",
+        3,
+    );
+    check(
+        "[cluster.channel.sender]\ntimeout_ms = -1\n",
+        Kind::OutOfRange,
+        "cluster.channel.sender.timeout_ms",
+        2,
+    );
+    check(
+        "[cluster.manager]\nbackups = 0\n",
+        Kind::OutOfRange,
+        "cluster.manager.backups",
+        2,
+    );
+    check(
+        "[cluster.manager]\nexpire_frequency_ms = 0\n",
+        Kind::OutOfRange,
+        "cluster.manager.expire_frequency_ms",
+        2,
+    );
+    check(
+        "[cluster.channel.receiver]\nauto_bind = 99999999999999999999\n",
+        Kind::OutOfRange,
+        "cluster.channel.receiver.auto_bind",
+        2,
+    );
+}
+
+#[test]
+fn bad_addresses_name_key() {
+    check(
+        "[cluster.channel.receiver]\naddress = \"10.0.0\"\n",
+        Kind::BadAddress,
+        "cluster.channel.receiver.address",
+        2,
+    );
+    let e = check(
+        "[cluster.channel.receiver]\naddress = \"auto\"\n",
+        Kind::BadAddress,
+        "cluster.channel.receiver.address",
+        2,
+    );
+    assert!(e.message.contains("auto"), "{e}");
+    check(
+        "[connector]\nport = 70000\n",
+        Kind::BadAddress,
+        "connector.port",
+        2,
+    );
+    check(
+        "[connector]\naddress = \"127.0.0.1\"\n",
+        Kind::BadAddress,
+        "connector.port",
+        1,
+    );
+    check(
+        "[cluster.channel.membership]\nkind = \"multicast\"\naddress = \"::1\"\n",
+        Kind::BadAddress,
+        "cluster.channel.membership.address",
+        3,
+    );
+    check(
+        "[cluster.channel.membership]\n[[cluster.channel.membership.member]]\nhost = \"127.0.0.1\"\nport = 0\n",
+        Kind::BadAddress,
+        "cluster.channel.membership.member[0].port",
+        4,
+    );
+    check(
+        "[cluster.channel.membership]\n[[cluster.channel.membership.member]]\nport = 4000\n",
+        Kind::BadAddress,
+        "cluster.channel.membership.member[0].host",
+        2,
+    );
+}
+
+#[test]
+fn bad_regex_and_send_options_name_key() {
+    check(
+        "[cluster.valve]\nfilter = '.*\\.css;(unclosed'\n",
+        Kind::BadRegex,
+        "cluster.valve.filter",
+        2,
+    );
+    check(
+        "[cluster]\nchannel_send_options = \"fast\"\n",
+        Kind::BadSendOptions,
+        "cluster.channel_send_options",
+        2,
+    );
+    check(
+        "[cluster]\nchannel_send_options = -8\n",
+        Kind::BadSendOptions,
+        "cluster.channel_send_options",
+        2,
+    );
+    check(
+        "[cluster.manager]\nmap_send_options = \"use_ack,sometimes\"\n",
+        Kind::BadSendOptions,
+        "cluster.manager.map_send_options",
+        2,
+    );
+    let n =
+        NodeConfig::from_toml_str("[cluster]\nchannel_send_options = \"use_ack,sync\"\n").unwrap();
+    assert_eq!(n.cluster.channel_send_options, SendOptions::SYNC_ACK);
+}
+
+#[test]
+fn bad_values_and_unsupported_name_key() {
+    check(
+        "[cluster.channel]\nunique_id = \"{1,2,3}\"\n",
+        Kind::BadValue,
+        "cluster.channel.unique_id",
+        2,
+    );
+    check(
+        "[cluster.channel.membership]\nkind = \"udp\"\n",
+        Kind::BadValue,
+        "cluster.channel.membership.kind",
+        2,
+    );
+    check(
+        "[context]\npath = \"app\"\n",
+        Kind::BadValue,
+        "context.path",
+        2,
+    );
+    check(
+        "[[cluster.channel.interceptor]]\nclass_name = \"MessageDispatchInterceptor\"\nfull_policy = \"drop\"\n",
+        Kind::BadValue,
+        "cluster.channel.interceptor[0].full_policy",
+        3,
+    );
+    check(
+        "[cluster.manager]\nclass_name = \"PersistentManager\"\n",
+        Kind::Unsupported,
+        "cluster.manager.class_name",
+        2,
+    );
+    let e = check(
+        "[[cluster.channel.interceptor]]\nclass_name = \"TcpFailureDetector\"\n[[cluster.channel.interceptor]]\nclass_name = \"org.apache.catalina.tribes.group.interceptors.OrderInterceptor\"\n",
+        Kind::Unsupported,
+        "cluster.channel.interceptor[1].class_name",
+        4,
+    );
+    assert!(e.message.contains("in order"), "{e}");
+    check(
+        "[cluster.listener]\nclass_name = \"JvmRouteSessionIDBinderListener\"\n",
+        Kind::Unsupported,
+        "cluster.listener.class_name",
+        2,
+    );
+}
+
+#[test]
+fn validate_errors_name_the_toml_key() {
+    check(
+        "[cluster.channel]\nmax_frame_size = 10\n",
+        Kind::Invalid,
+        "cluster.channel.max_frame_size",
+        2,
+    );
+    check(
+        "[cluster.channel.membership]\nkind = \"multicast\"\nfrequency_ms = 500\ndrop_time_ms = 400\n",
+        Kind::Invalid,
+        "cluster.channel.membership.drop_time_ms",
+        4,
+    );
+    check(
+        "[cluster.channel.membership]\nkind = \"multicast\"\naddress = \"10.0.0.1\"\n",
+        Kind::Invalid,
+        "cluster.channel.membership.address",
+        3,
+    );
+    check(
+        "[cluster.channel.receiver]\nmax_threads = 5000\n",
+        Kind::Invalid,
+        "cluster.channel.receiver.max_threads",
+        2,
+    );
+    check(
+        "[[cluster.channel.interceptor]]\nclass_name = \"MessageDispatchInterceptor\"\nmax_queue_size = 100\n",
+        Kind::Invalid,
+        "cluster.channel.interceptor[0].max_queue_size",
+        3,
+    );
+}
+
+#[test]
+fn mistakes_that_would_be_silent_are_refused() {
+    // A multicast setting without multicast would do nothing.
+    check(
+        "[cluster.channel.membership]\nport = 45564\n",
+        Kind::Invalid,
+        "cluster.channel.membership.port",
+        2,
+    );
+    // One member has one domain.
+    check(
+        "[cluster.channel.membership]\ndomain = \"a\"\n[[cluster.channel.interceptor]]\nclass_name = \"DomainFilterInterceptor\"\ndomain = \"b\"\n",
+        Kind::Invalid,
+        "cluster.channel.interceptor[0].domain",
+        5,
+    );
+}
+
+#[test]
+fn interceptor_list_replaces_the_default_stack() {
+    let n = NodeConfig::from_toml_str(
+        "[[cluster.channel.interceptor]]\nclass_name = \"MessageDispatchInterceptor\"\nfull_policy = \"fail\"\n",
+    )
+    .unwrap();
+    assert!(!n.cluster.channel.membership.failure_detector);
+    assert_eq!(
+        n.cluster.channel.dispatch.full_policy,
+        tribecast::QueueFullPolicy::Fail
+    );
+    let n = NodeConfig::from_toml_str(
+        "[[cluster.channel.interceptor]]\nclass_name = \"TcpFailureDetector\"\nconnect_timeout_ms = 250\nperform_read_test = true\n\
+         [[cluster.channel.interceptor]]\nclass_name = \"TcpPingInterceptor\"\ninterval_ms = 300\n",
+    )
+    .unwrap();
+    let m = &n.cluster.channel.membership;
+    assert!(m.failure_detector && m.perform_read_test);
+    assert_eq!(m.connect_timeout, Duration::from_millis(250));
+    assert_eq!(m.ping_interval, Duration::from_millis(300));
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let e = err("[engine]\njvm_route = \"node1\"\n[cluster\n");
+    assert_eq!(e.kind, Kind::Syntax);
+    assert_eq!(e.line, Some(3), "{e}");
+    let e = err("[engine]\njvm_route = \"a\"\njvm_route = \"b\"\n");
+    assert_eq!(e.kind, Kind::Syntax, "{e}");
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let dir = std::env::temp_dir().join(format!("tribecast-config-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server1.toml");
+    std::fs::write(&path, "[engine]\njvm_route = \"node1\"\n\n[cluster.channel.receiver]\nport = 4001\n\n\n\n\n\n\nmax_threads = -3\n").unwrap();
+    let e = NodeConfig::from_file(&path).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{} line 12: cluster.channel.receiver.max_threads: expected a positive integer, got -3",
+            path.display()
+        )
+    );
+    let e = NodeConfig::from_file(&dir.join("absent.toml")).unwrap_err();
+    assert_eq!(e.kind, Kind::Io);
+    assert!(e.to_string().contains("absent.toml"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server.xml converter
+// ---------------------------------------------------------------------------------------------
+
+fn data(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Converts, and loads the result: the converter's output must always be a valid file.
+fn convert(xml: &str) -> (tribecast::config_file::Conversion, NodeConfig) {
+    let c = match convert_server_xml(xml) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    match NodeConfig::from_toml_str(&c.toml) {
+        Ok(n) => (c, n),
+        Err(e) => panic!("{e}\n{}", c.toml),
+    }
+}
+
+#[test]
+fn converts_the_reference_delta_manager_multicast_cluster() {
+    let (c, n) = convert(&data("reference-delta-multicast.xml"));
+    assert_eq!(c.not_carried, Vec::<String>::new(), "{}", c.toml);
+    assert_eq!(n.cluster.jvm_route, "server1");
+    assert_eq!(n.http, None);
+    let k = &n.cluster;
+    assert_eq!(k.channel_send_options, SendOptions::ASYNCHRONOUS);
+    assert_eq!(k.manager.kind, ManagerKind::Delta);
+    assert!(!k.manager.expire_sessions_on_shutdown);
+    assert!(k.manager.notify_listeners_on_replication);
+    let m = k.channel.membership.mcast.as_ref().expect("multicast");
+    assert_eq!(m.address, Ipv4Addr::new(228, 0, 0, 4));
+    assert_eq!(m.port, 45564);
+    assert_eq!(m.frequency, Duration::from_millis(500));
+    assert_eq!(m.drop_time, Duration::from_millis(3000));
+    let r = &k.channel.receiver;
+    assert_eq!(r.address, IpAddr::from([10, 0, 0, 1]));
+    assert_eq!(r.port, 4000);
+    assert_eq!(r.auto_bind, 100);
+    assert_eq!(r.selector_timeout, Duration::from_millis(5000));
+    assert_eq!(r.max_threads, 6);
+    assert!(k.channel.membership.failure_detector);
+    assert!(k.channel.static_members.is_empty());
+    assert_eq!(
+        k.valve_filter,
+        r".*\.gif;.*\.js;.*\.jpeg;.*\.jpg;.*\.png;.*\.htm;.*\.html;.*\.css;.*\.txt"
+    );
+    let f = tribecast::cluster::compile_filter(&k.valve_filter)
+        .unwrap()
+        .unwrap();
+    assert!(f.is_match("/app/static/site.css") && !f.is_match("/app/profile"));
+}
+
+#[test]
+fn converts_the_reference_static_unicast_channel() {
+    let (c, n) = convert(&data("reference-static-unicast.xml"));
+    assert_eq!(c.not_carried, Vec::<String>::new(), "{}", c.toml);
+    // The snippet is a <Channel> alone: said so in the output.
+    assert!(c.toml.contains("No <Cluster> element"), "{}", c.toml);
+    let ch = &n.cluster.channel;
+    assert!(ch.membership.mcast.is_none());
+    assert!(ch.membership.failure_detector);
+    assert_eq!(ch.receiver.address, IpAddr::from([10, 0, 0, 1]));
+    assert_eq!(ch.receiver.port, 4000);
+    assert_eq!(ch.receiver.auto_bind, 100);
+    assert_eq!(ch.receiver.max_threads, 6);
+    let id = |b: u8| {
+        let mut a = [0u8; 16];
+        a[15] = b;
+        Some(MemberId(a))
+    };
+    assert_eq!(
+        ch.static_members,
+        vec![
+            StaticMember {
+                addr: SocketAddr::from(([10, 0, 0, 2], 4000)),
+                unique_id: id(2)
+            },
+            StaticMember {
+                addr: SocketAddr::from(([10, 0, 0, 3], 4000)),
+                unique_id: id(3)
+            },
+        ]
+    );
+}
+
+#[test]
+fn converts_a_full_server_xml_and_names_what_it_drops() {
+    let (c, n) = convert(&data("tomcat-full-cluster.xml"));
+    let k = &n.cluster;
+    // The commented-out <Cluster> is skipped; the AJP connector is not the HTTP one.
+    assert_eq!(k.jvm_route, "tc7");
+    assert_eq!(n.http, Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+    assert_eq!(k.channel_send_options, SendOptions::SYNC_ACK);
+    assert_eq!(k.manager.kind, ManagerKind::Backup);
+    assert_eq!(k.manager.map_send_options, SendOptions::SYNC_ACK);
+    assert_eq!(k.manager.rpc_timeout, Duration::from_millis(20000));
+    assert!(!k.manager.notify_listeners_on_replication);
+    let m = k.channel.membership.mcast.as_ref().unwrap();
+    assert_eq!(
+        (m.address, m.port, m.ttl),
+        (Ipv4Addr::new(228, 0, 0, 8), 45565, Some(2))
+    );
+    assert_eq!(m.bind, Some(Ipv4Addr::LOCALHOST));
+    assert_eq!(k.channel.domain, "shop");
+    assert_eq!(k.channel.receiver.port, 4100);
+    assert_eq!(
+        k.channel.receiver.max_threads, 15,
+        "maxThreads=0 refused, default kept"
+    );
+    assert_eq!(k.channel.sender.timeout, Duration::from_millis(5000));
+    assert_eq!(k.channel.sender.pool_size, 10);
+    assert_eq!(k.channel.sender.max_retry_attempts, 2);
+    assert_eq!(
+        k.channel.membership.connect_timeout,
+        Duration::from_millis(2000)
+    );
+    assert!(k.channel.membership.perform_read_test);
+    assert_eq!(
+        k.channel.membership.ping_interval,
+        Duration::from_millis(750)
+    );
+    assert_eq!(k.channel.dispatch.max_queue_size, 128 << 20);
+    assert_eq!(k.valve_filter, r".*\.gif;.*\.css");
+    let dropped: Vec<&str> = c
+        .not_carried
+        .iter()
+        .map(|s| s.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            "Cluster channelStartOptions=\"3\"",
+            "Cluster/Manager maxActiveSessions=\"100\"",
+            "Cluster/Channel/Membership soTimeout=\"500\"",
+            "Cluster/Channel/Receiver address=\"auto\"",
+            "Cluster/Channel/Receiver rxBufSize=\"65536\"",
+            "Cluster/Channel/Sender/Transport keepAliveCount=\"100\"",
+            "Cluster/Channel/Interceptor[1] removeSuspectsTimeout=\"60\"",
+            "Cluster/Channel/Interceptor[2] useThread=\"true\"",
+            "Cluster/Channel/Interceptor[3] className=\"org.apache.catalina.tribes.group.interceptors.OrderInterceptor\"",
+            "Cluster/Channel/Interceptor[4] alwaysSend=\"true\"",
+            "Cluster/Channel/Interceptor[5] className=\"org.apache.catalina.tribes.group.interceptors.ThroughputInterceptor\"",
+            "Cluster/Valve statistics=\"true\"",
+            "Cluster/Valve className=\"org.apache.catalina.ha.session.JvmRouteBinderValve\"",
+            "Cluster/Deployer className=\"org.apache.catalina.ha.deploy.FarmWarDeployer\"",
+            "cluster.channel.receiver.max_threads",
+        ]
+    );
+    // Each is also a comment in the file.
+    for item in &c.not_carried {
+        assert!(
+            c.toml.contains(&format!("#   - {item}")),
+            "{item}\n{}",
+            c.toml
+        );
+    }
+}
+
+#[test]
+fn converter_maps_tomcat_units() {
+    let xml = r#"<Cluster className="org.apache.catalina.ha.tcp.SimpleTcpCluster">
+      <Manager className="org.apache.catalina.ha.session.DeltaManager"
+               stateTransferTimeout="30" processExpiresFrequency="3" sendAllSessionsSize="50"/>
+      <Channel className="org.apache.catalina.tribes.group.GroupChannel" heartbeatSleeptime="2000">
+        <Membership className="org.apache.catalina.tribes.membership.StaticMembershipService"
+                    expirationTime="9000">
+          <LocalMember className="org.apache.catalina.tribes.membership.StaticMember"
+                       uniqueId="{1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,-1}"/>
+          <Member className="org.apache.catalina.tribes.membership.StaticMember"
+                  host="{127,0,0,1}" port="4002" uniqueId="{0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,2}"/>
+        </Membership>
+        <Interceptor className="org.apache.catalina.tribes.group.interceptors.MessageDispatchInterceptor"
+                     alwaysSend="false"/>
+      </Channel>
+    </Cluster>"#;
+    let (c, n) = convert(xml);
+    assert_eq!(c.not_carried, Vec::<String>::new(), "{}", c.toml);
+    let k = &n.cluster;
+    assert_eq!(k.manager.state_transfer_timeout, Duration::from_secs(30));
+    assert_eq!(k.manager.expire_frequency, Duration::from_secs(30));
+    assert_eq!(k.manager.send_all_sessions_size, 50);
+    assert_eq!(k.channel.heartbeat_interval, Duration::from_millis(2000));
+    assert_eq!(
+        k.channel.membership.expiration_time,
+        Duration::from_millis(9000)
+    );
+    assert_eq!(k.channel.unique_id.map(|i| i.0[15]), Some(0xff));
+    assert_eq!(
+        k.channel.static_members[0].addr,
+        SocketAddr::from(([127, 0, 0, 1], 4002))
+    );
+    assert_eq!(
+        k.channel.dispatch.full_policy,
+        tribecast::QueueFullPolicy::Fail
+    );
+    // No TcpFailureDetector in the listed stack: none, as in Tomcat.
+    assert!(!k.channel.membership.failure_detector);
+}
+
+#[test]
+fn converter_defaults_and_refusals() {
+    // Tomcat's minimal cluster: multicast with every default.
+    let (c, n) = convert(
+        r#"<Engine name="Catalina" jvmRoute="a"><Cluster className="org.apache.catalina.ha.tcp.SimpleTcpCluster"/></Engine>"#,
+    );
+    assert!(c.not_carried.is_empty());
+    assert_eq!(n.cluster.jvm_route, "a");
+    assert_eq!(
+        n.cluster.channel.membership.mcast.as_ref().map(|m| m.port),
+        Some(45564)
+    );
+    // Property placeholders are not numbers: listed, not guessed.
+    let (c, n) =
+        convert(r#"<Cluster><Channel><Receiver port="${cluster.port}"/></Channel></Cluster>"#);
+    assert_eq!(
+        c.not_carried,
+        ["Cluster/Channel/Receiver port=\"${cluster.port}\": not a number"]
+    );
+    assert_eq!(n.cluster.channel.receiver.port, 4000);
+    let e = convert_server_xml("<Server><!-- <Cluster/> --></Server>").unwrap_err();
+    assert_eq!(e.kind, Kind::Syntax);
+    let e =
+        convert_server_xml("<Server>\n\n<Cluster>\n<Channel>\n</Cluster>\n</Server>").unwrap_err();
+    assert_eq!((e.kind, e.line), (Kind::Syntax, Some(5)), "{e}");
 }
