@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo test --release --test config_file`.
 
+use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -690,4 +691,211 @@ fn converter_defaults_and_refusals() {
     let e =
         convert_server_xml("<Server>\n\n<Cluster>\n<Channel>\n</Cluster>\n</Server>").unwrap_err();
     assert_eq!((e.kind, e.line), (Kind::Syntax, Some(5)), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// No input panics
+// ---------------------------------------------------------------------------------------------
+
+/// server1.toml without its member tables: mutations must not turn a host into a name that
+/// would be looked up in DNS (tests stay off the network).
+fn base_without_hosts() -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config/server1.toml"),
+    )
+    .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with("host"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const SECTIONS: &[&str] = &[
+    "",
+    "[engine]",
+    "[connector]",
+    "[context]",
+    "[cluster]",
+    "[cluster.manager]",
+    "[cluster.channel]",
+    "[cluster.channel.membership]",
+    "[cluster.channel.receiver]",
+    "[cluster.channel.sender]",
+    "[[cluster.channel.interceptor]]",
+    "[[cluster.channel.interceptor.member]]",
+    "[[cluster.channel.membership.member]]",
+    "[cluster.valve]",
+    "[cluster.listener]",
+];
+
+const KEYS: &[&str] = &[
+    "jvm_route",
+    "address",
+    "port",
+    "path",
+    "cluster_name",
+    "channel_send_options",
+    "class_name",
+    "backups",
+    "map_send_options",
+    "rpc_timeout_ms",
+    "max_inactive_ms",
+    "expire_frequency_ms",
+    "state_transfer_timeout_ms",
+    "send_all_sessions_size",
+    "expire_sessions_on_shutdown",
+    "notify_listeners_on_replication",
+    "heartbeat_interval_ms",
+    "max_frame_size",
+    "unique_id",
+    "kind",
+    "frequency_ms",
+    "drop_time_ms",
+    "bind",
+    "ttl",
+    "domain",
+    "expiration_time_ms",
+    "auto_bind",
+    "selector_timeout_ms",
+    "max_threads",
+    "max_connections",
+    "max_queued_bytes_per_connection",
+    "timeout_ms",
+    "pool_size",
+    "max_retry_attempts",
+    "coalesce_bytes",
+    "max_queued_bytes_per_member",
+    "connect_timeout_ms",
+    "perform_read_test",
+    "interval_ms",
+    "max_queue_size",
+    "full_policy",
+    "filter",
+    "member",
+    "interceptor",
+    "bogus",
+];
+
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        (0i64..70000).prop_map(|n| n.to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        any::<f64>().prop_map(|f| format!("{f:?}")),
+        prop::sample::select(vec![
+            "\"multicast\"",
+            "\"static\"",
+            "\"228.0.0.4\"",
+            "\"127.0.0.1\"",
+            "\"::1\"",
+            "\"DeltaManager\"",
+            "\"BackupManager\"",
+            "\"TcpFailureDetector\"",
+            "\"MessageDispatchInterceptor\"",
+            "\"StaticMembershipInterceptor\"",
+            "\"DomainFilterInterceptor\"",
+            "\"TcpPingInterceptor\"",
+            "\"OrderInterceptor\"",
+            "\"async\"",
+            "\"use_ack,sync\"",
+            "\"(\"",
+            "'.*\\.css'",
+            "\"block\"",
+            "\"fail\"",
+            "\"{0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1}\"",
+            "\"/app\"",
+            "[]",
+            "{}",
+            "[1, \"a\"]",
+        ])
+        .prop_map(str::to_string),
+        "[a-z0-9 .{},-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+    ]
+}
+
+/// A document of known sections and keys with arbitrary values.
+fn document() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        (
+            prop::sample::select(SECTIONS),
+            prop::collection::vec((prop::sample::select(KEYS), value()), 0..5),
+        ),
+        0..8,
+    )
+    .prop_map(|sections| {
+        let mut out = String::new();
+        for (header, kvs) in sections {
+            out.push_str(header);
+            out.push('\n');
+            for (k, v) in kvs {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        out
+    })
+}
+
+/// Loads `text`: must not panic, and an error must be a readable line.
+fn load_any(text: &str) {
+    if let Err(e) = NodeConfig::from_toml_str(text) {
+        assert!(!e.to_string().is_empty());
+        if let Some(l) = e.line {
+            assert!(
+                l >= 1 && l <= text.lines().count().max(1) + 1,
+                "{e} in\n{text}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn prop_arbitrary_text_never_panics(text in any::<String>()) {
+        load_any(&text);
+    }
+
+    #[test]
+    fn prop_generated_documents_never_panic(text in document()) {
+        load_any(&text);
+    }
+
+    #[test]
+    fn prop_mutated_example_never_panics(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<char>()), 1..6)
+    ) {
+        let mut chars: Vec<char> = base_without_hosts().chars().collect();
+        for (at, op, c) in edits {
+            let i = at.index(chars.len() + 1);
+            match op {
+                0 => chars.insert(i, c),
+                1 if i < chars.len() => { chars.remove(i); }
+                2 if i < chars.len() => chars[i] = c,
+                _ => {
+                    // Drop a whole line.
+                    let start = chars[..i].iter().rposition(|&c| c == '\n').map_or(0, |p| p + 1);
+                    let end = chars[i..].iter().position(|&c| c == '\n').map_or(chars.len(), |p| i + p);
+                    chars.drain(start..end);
+                }
+            }
+        }
+        let text: String = chars.into_iter().collect();
+        load_any(&text);
+    }
+
+    #[test]
+    fn prop_converter_never_panics_and_its_output_loads(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<char>()), 0..6),
+        junk in any::<String>(),
+    ) {
+        let _ = convert_server_xml(&junk);
+        let mut chars: Vec<char> = data("reference-delta-multicast.xml").chars().collect();
+        for (at, c) in edits {
+            let i = at.index(chars.len());
+            chars[i] = c;
+        }
+        let xml: String = chars.into_iter().collect();
+        if let Ok(c) = convert_server_xml(&xml) {
+            prop_assert!(NodeConfig::from_toml_str(&c.toml).is_ok(), "{}", c.toml);
+        }
+    }
 }
