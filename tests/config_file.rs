@@ -899,3 +899,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_sample_in_the_docs_loads() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let start = doc.find("```toml\n").expect("a toml sample") + "```toml\n".len();
+    let len = doc[start..].find("```").unwrap();
+    let n = NodeConfig::from_toml_str(&doc[start..start + len]).unwrap();
+    assert_eq!(n.cluster.jvm_route, "node1");
+    assert_eq!(n.cluster.channel.static_members.len(), 1);
+}

@@ -620,12 +620,24 @@ impl Converter {
             }
             "StaticMembershipService" => {
                 l.push("kind = \"static\"".into());
-                self.attrs(
+                let moved = [
+                    ("connectTimeout", "TcpFailureDetector connect_timeout_ms"),
+                    ("pingInterval", "TcpPingInterceptor interval_ms"),
+                ];
+                self.attrs_but(
                     &mut l,
                     node,
                     path,
                     &[("expirationTime", "expiration_time_ms", As::Ms(1))],
+                    &moved.map(|m| m.0),
                 );
+                // These live on interceptor entries in the file; guessing the stack is worse.
+                for (name, key) in moved {
+                    if let Some(v) = node.attribute(name) {
+                        let why = format!("set it as {key} in the interceptor list");
+                        self.drop(Some(&mut l), format!("{path} {name}=\"{v}\""), &why);
+                    }
+                }
             }
             other => {
                 self.drop(
