@@ -154,6 +154,17 @@ fn unknown_keys_name_key_and_line() {
         "cluster.channel.interceptor[0].member[0].secure_port",
         6,
     );
+    // Tomcat's attribute names get the file's name suggested.
+    let e = check(
+        "[cluster.channel.receiver]\nselectorTimeout = 5000\n",
+        Kind::UnknownKey,
+        "cluster.channel.receiver.selectorTimeout",
+        2,
+    );
+    assert!(
+        e.message.contains("did you mean `selector_timeout_ms`?"),
+        "{e}"
+    );
     // The first unknown key in file order is reported, not the first in key order.
     check(
         "[engine]\nzzz = 1\naaa = 2\n",
@@ -911,4 +922,32 @@ fn the_sample_in_the_docs_loads() {
     let n = NodeConfig::from_toml_str(&doc[start..start + len]).unwrap();
     assert_eq!(n.cluster.jvm_route, "node1");
     assert_eq!(n.cluster.channel.static_members.len(), 1);
+}
+
+#[test]
+fn example_files_point_at_each_other() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let nodes: Vec<NodeConfig> = (1..=3)
+        .map(|i| NodeConfig::from_file(&dir.join(format!("server{i}.toml"))).unwrap())
+        .collect();
+    for (i, a) in nodes.iter().enumerate() {
+        let listed: Vec<StaticMember> = a.cluster.channel.static_members.clone();
+        let others: Vec<StaticMember> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, b)| StaticMember {
+                addr: SocketAddr::new(
+                    b.cluster.channel.receiver.address,
+                    b.cluster.channel.receiver.port,
+                ),
+                unique_id: b.cluster.channel.unique_id,
+            })
+            .collect();
+        assert_eq!(listed, others, "server{}.toml", i + 1);
+        assert_eq!(
+            a.cluster.channel.receiver.auto_bind, 1,
+            "fixed ports: others expect them"
+        );
+    }
 }

@@ -294,12 +294,18 @@ impl<'s> Walker<'s> {
             .min_by_key(|(k, _)| k.span().start);
         match first {
             None => Ok(()),
-            Some((k, _)) => Err(self.err(
-                Kind::UnknownKey,
-                join(tbl.path, k.get_ref()),
-                Some(k.span()),
-                format!("unknown key (known here: {})", known.join(", ")),
-            )),
+            Some((k, _)) => {
+                let msg = match suggest(k.get_ref(), known) {
+                    Some(s) => format!("unknown key; did you mean `{s}`?"),
+                    None => format!("unknown key (known here: {})", known.join(", ")),
+                };
+                Err(self.err(
+                    Kind::UnknownKey,
+                    join(tbl.path, k.get_ref()),
+                    Some(k.span()),
+                    msg,
+                ))
+            }
         }
     }
 
@@ -1151,6 +1157,23 @@ impl<'s> Walker<'s> {
             }
         })
     }
+}
+
+/// The file's name for a Tomcat attribute name written by habit: `maxThreads` → `max_threads`,
+/// `selectorTimeout` → `selector_timeout_ms`.
+fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let mut snake = String::new();
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            snake.push('_');
+        }
+        snake.push(c.to_ascii_lowercase());
+    }
+    let ms = format!("{snake}_ms");
+    known
+        .iter()
+        .find(|k| **k != key && (**k == snake || **k == ms))
+        .copied()
 }
 
 /// The TOML key of a `validate()` key whose value came from the defaults.
