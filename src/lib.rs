@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod interceptor;
 pub mod member;
@@ -23,6 +24,7 @@ pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
 };
+pub use config_file::{ConfigFileError, NodeConfig};
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
 pub use interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, OutMessage, PeerEvent,
