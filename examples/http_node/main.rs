@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use tribecast::{ClusterConfig, ManagerKind, McastConfig, StaticMember};
+use tribecast::{ClusterConfig, ManagerKind, McastConfig, NodeConfig, StaticMember};
 
 struct Args {
     config: Option<PathBuf>,
@@ -149,14 +149,13 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
     })
 }
 
-/// (HTTP address, context, cluster) from a TOML file.
+/// (HTTP address, context, cluster) from a TOML file (`tribecast::NodeConfig`, the layout of
+/// `examples/config/server1.toml`).
 fn load_config(
     path: &std::path::Path,
 ) -> Result<(Option<SocketAddr>, String, ClusterConfig), String> {
-    Err(format!(
-        "--config {}: config files are not supported by this build yet; use the flags",
-        path.display()
-    ))
+    let c = NodeConfig::from_file(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    Ok((c.http, c.context, c.cluster))
 }
 
 fn main() -> ExitCode {
