@@ -180,9 +180,14 @@ impl Node {
         &self.app
     }
 
-    /// Creates `n` sessions holding `size` bytes each (replicated as usual), `batch` at a time
-    /// between readiness checks; for footprint measurements.
+    /// Creates `n` sessions holding `size` bytes each (replicated as usual), for footprint
+    /// measurements.
     pub fn preload(&self, n: usize, size: usize) -> Result<(), ChannelError> {
+        // Like a request, wait for the state transfer: a session made before the members are
+        // known is announced to nobody, and members that already have their state never ask.
+        if !self.app.wait_ready(Duration::from_secs(30)) {
+            warn!("preload: manager not ready after 30 s; sessions may miss members");
+        }
         let data = vec![b'x'; size];
         for _ in 0..n {
             let mut req = self

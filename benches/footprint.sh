@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Footprint of one http_node process (release build), on 127.0.0.1 with OS-chosen ports:
+#  - resident memory (VmRSS, VmHWM from /proc/<pid>/status) and thread count (/proc/<pid>/task)
+#    at idle, in a two-node cluster;
+#  - the same holding 10,000 sessions of 1 KiB (made at start with --preload, replicated to the
+#    peer, which is measured too);
+#  - the time from process start to its first member seen (static membership, the peer already
+#    up): the node's own log line ("first member [...] seen N ms after start", from main()) and,
+#    from outside, the launch time taken just before exec to the wall-clock stamp of that line.
+# Usage: bash benches/footprint.sh [SESSIONS] [SIZE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SESSIONS=${1:-10000}
+SIZE=${2:-1024}
+cargo build --quiet --release --example http_node
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/http_node
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# wait_for FILE PATTERN: up to 30 s for a line matching PATTERN.
+wait_for() {
+  local deadline=$((SECONDS + 30))
+  until grep -q "$2" "$1" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      echo "timed out waiting for '$2' in $1" >&2
+      cat "$1" >&2
+      exit 1
+    fi
+    sleep 0.01
+  done
+}
+
+# start NAME ARGS...: starts a node in the background; sets PID and LAUNCH_MS.
+start() {
+  local name=$1
+  shift
+  LAUNCH_MS=$(date +%s%3N)
+  "$BIN" --name "$name" --http 127.0.0.1:0 --receiver 127.0.0.1:0 "$@" \
+    >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  PID=$!
+  PIDS+=("$PID")
+  wait_for "$WORK/$name.out" "listening on"
+}
+
+status() { # PID -> "rss_kib hwm_kib threads"
+  local rss hwm
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status")
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$1/status")
+  echo "$rss $hwm $(ls "/proc/$1/task" | wc -l)"
+}
+
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+rx_of() { grep -o 'cluster receiver [0-9.:]*' "$WORK/$1.out" | awk '{print $3}'; }
+
+# The peer, then the measured node, which lists it.
+start peer
+PEER_PID=$PID
+start node --member "$(rx_of peer)"
+NODE_PID=$PID
+NODE_LAUNCH=$LAUNCH_MS
+wait_for "$WORK/node.err" "first member"
+line=$(grep "first member" "$WORK/node.err")
+own_ms=$(echo "$line" | sed -E 's/.* seen ([0-9]+) ms after start.*/\1/')
+# env_logger stamp: [2026-11-26T06:20:33.801Z ...]
+stamp=$(echo "$line" | sed -E 's/^\[([^ ]+)Z .*/\1/')
+stamp_ms=$(date -u -d "${stamp}Z" +%s%3N)
+outside_ms=$((stamp_ms - NODE_LAUNCH))
+# Idle: one ping round (1 s) after the member was seen.
+sleep 1.5
+read -r rss hwm threads < <(status "$NODE_PID")
+echo "idle: VmRSS $(mib "$rss") MiB, VmHWM $(mib "$hwm") MiB, threads $threads"
+echo "first member seen: ${own_ms} ms after main() (log), ${outside_ms} ms after launch (outside, 1 ms stamps)"
+read -r prss phwm pthreads < <(status "$PEER_PID")
+echo "peer idle: VmRSS $(mib "$prss") MiB, threads $pthreads"
+
+# A node that makes SESSIONS sessions of SIZE bytes at start, replicated to the peer.
+start loaded --member "$(rx_of peer)" --preload "$SESSIONS" --preload-size "$SIZE"
+LOADED_PID=$PID
+# Wait until the peer holds every session (health counts them).
+peer_http=$(grep -o 'http://[0-9.:]*' "$WORK/peer.out")
+deadline=$((SECONDS + 60))
+until curl -s "$peer_http/app/health" | grep -q "\"sessions\":$SESSIONS,"; do
+  if ((SECONDS >= deadline)); then
+    echo "peer never held $SESSIONS sessions: $(curl -s "$peer_http/app/health")" >&2
+    exit 1
+  fi
+  sleep 0.05
+done
+grep "Preloaded" "$WORK/loaded.err" | sed -E 's/^\[[^]]*\] //'
+read -r lrss lhwm lthreads < <(status "$LOADED_PID")
+read -r prss phwm pthreads < <(status "$PEER_PID")
+echo "with $SESSIONS sessions of $SIZE B (made here): VmRSS $(mib "$lrss") MiB, VmHWM $(mib "$lhwm") MiB, threads $lthreads"
+echo "with $SESSIONS sessions of $SIZE B (replicas, peer): VmRSS $(mib "$prss") MiB, VmHWM $(mib "$phwm") MiB, threads $pthreads"
