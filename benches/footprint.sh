@@ -97,3 +97,13 @@ read -r lrss lhwm lthreads < <(status "$LOADED_PID")
 read -r prss phwm pthreads < <(status "$PEER_PID")
 echo "with $SESSIONS sessions of $SIZE B (made here): VmRSS $(mib "$lrss") MiB, VmHWM $(mib "$lhwm") MiB, threads $lthreads"
 echo "with $SESSIONS sessions of $SIZE B (replicas, peer): VmRSS $(mib "$prss") MiB, VmHWM $(mib "$phwm") MiB, threads $pthreads"
+
+# A node joining later pulls every session by state transfer (chunks of 1000).
+start joiner --member "$(rx_of loaded)"
+JOINER_PID=$PID
+wait_for "$WORK/joiner.err" "state transfer complete, $SESSIONS session"
+sleep 1
+read -r jrss jhwm jthreads < <(status "$JOINER_PID")
+read -r lrss lhwm lthreads < <(status "$LOADED_PID")
+echo "joiner after state transfer of $SESSIONS sessions: VmRSS $(mib "$jrss") MiB, VmHWM $(mib "$jhwm") MiB"
+echo "the node that sent them, after: VmRSS $(mib "$lrss") MiB, VmHWM $(mib "$lhwm") MiB"

@@ -188,7 +188,7 @@ impl Node {
         if !self.app.wait_ready(Duration::from_secs(30)) {
             warn!("preload: manager not ready after 30 s; sessions may miss members");
         }
-        let data = vec![b'x'; size];
+        let data = "x".repeat(size); // a string, as user records are
         for _ in 0..n {
             let mut req = self
                 .app
