@@ -95,6 +95,8 @@ impl Proc {
         cmd.args(["--name", name, "--manager", manager])
             .args(["--http", "127.0.0.1:0", "--receiver", "127.0.0.1:0"])
             .args(["--http-threads", "2", "--stop-on-stdin-eof"]);
+        // The files' static members are at fixed ports: never let a test node reach them.
+        cmd.arg("--no-members");
         for m in members {
             cmd.args(["--member", &m.receiver.to_string()]);
         }
@@ -262,6 +264,10 @@ fn get_until(c: &mut Client, node: &Proc, path: &str, status: u16) -> Reply {
 fn scenario(manager: &str) {
     common::init_logs();
     let mut nodes = cluster(manager);
+    // Started from examples/config/server1.toml: its member id, flags over the rest.
+    nodes[0].wait_line("the id of server1.toml", |stderr, l| {
+        stderr && l.contains("Channel started") && l.contains("id=00000000000000000000000000000001")
+    });
     let mut browser = Client::new();
     // 1. Log in on node 1.
     let login = browser

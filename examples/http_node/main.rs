@@ -5,7 +5,8 @@
 //!         --receiver 127.0.0.1:4001 --member 127.0.0.1:4002 --member 127.0.0.1:4003
 //!
 //! Flags: `--config FILE` (TOML), `--name NAME` (the jvmRoute), `--http ADDR`, `--receiver ADDR`,
-//! `--member ADDR` (repeat; replaces the file's static members), `--multicast` (discover members
+//! `--member ADDR` (repeat; replaces the file's static members), `--no-members` (none of the
+//! file's static members: a first node on OS-chosen ports), `--multicast` (discover members
 //! by multicast: only inside a private network namespace), `--manager delta|backup`,
 //! `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
 //! start, for footprint measurements), `--stop-on-stdin-eof` (stop cleanly when stdin closes).
@@ -31,6 +32,7 @@ struct Args {
     http: Option<SocketAddr>,
     receiver: Option<SocketAddr>,
     members: Vec<SocketAddr>,
+    no_members: bool,
     multicast: bool,
     manager: Option<ManagerKind>,
     static_dir: PathBuf,
@@ -42,7 +44,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: http_node [--config FILE] [--name NAME] [--http ADDR] [--receiver ADDR] \
-[--member ADDR]... [--multicast] [--manager delta|backup] [--static DIR] [--http-threads N] \
+[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--static DIR] [--http-threads N] \
 [--preload N] [--preload-size BYTES] [--stop-on-stdin-eof]";
 
 fn parse_args() -> Result<Args, String> {
@@ -52,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         http: None,
         receiver: None,
         members: Vec::new(),
+        no_members: false,
         multicast: false,
         manager: None,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
@@ -74,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
             "--http" => a.http = Some(addr(value()?)?),
             "--receiver" => a.receiver = Some(addr(value()?)?),
             "--member" => a.members.push(addr(value()?)?),
+            "--no-members" => a.no_members = true,
             "--multicast" => a.multicast = true,
             "--manager" => {
                 a.manager = Some(match value()?.as_str() {
@@ -123,7 +127,7 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
             cluster.channel.receiver.auto_bind = 1;
         }
     }
-    if !a.members.is_empty() {
+    if !a.members.is_empty() || a.no_members {
         cluster.channel.static_members = a
             .members
             .iter()
