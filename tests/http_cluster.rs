@@ -499,6 +499,33 @@ fn malformed_http_gets_400_and_the_node_keeps_serving() {
         c.cookie("JSESSIONID").is_none(),
         "no session for a failed login"
     );
+    // Random bytes, alone or after a valid request line or head: an error status or a plain
+    // answer, never a dead node.
+    let mut rng = common::SplitMix(0x5EED_0006);
+    let prefixes: [&[u8]; 3] = [
+        b"",
+        b"GET /app/health HTTP/1.1\r\n",
+        b"POST /app/login HTTP/1.1\r\nContent-Length: 3\r\n",
+    ];
+    for i in 0..300 {
+        let mut raw = prefixes[i % 3].to_vec();
+        let n = (rng.next_u64() % 600) as usize;
+        rng.fill(&mut raw, n);
+        if rng.next_u64() % 2 == 0 {
+            raw.extend_from_slice(b"\r\n\r\n");
+        }
+        let mut s = std::net::TcpStream::connect_timeout(&node.http, t).expect("connect");
+        s.set_read_timeout(Some(t)).expect("timeout");
+        // The node may answer and close before reading everything: a failed write is fine.
+        let _ = std::io::Write::write_all(&mut s, &raw);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut data = Vec::new();
+        let _ = s.read_to_end(&mut data);
+        if !data.is_empty() {
+            let r = client::parse_reply(&data).expect("an HTTP answer");
+            assert!((200..=505).contains(&r.status), "case {i}: {r:?}");
+        }
+    }
     // Still serving, with keep-alive too: two requests on one connection.
     assert!(node.health().contains("\"ready\":true"));
     let two =
@@ -510,6 +537,7 @@ fn malformed_http_gets_400_and_the_node_keeps_serving() {
     s.read_to_string(&mut all).expect("read");
     assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
     node.stop();
+    assert!(!node.dump().contains("panicked"), "{}", node.dump());
 }
 
 /// Like `exchange`, but shuts the write side after sending.
