@@ -23,24 +23,30 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// The `http_node` example binary of this build profile. Under cargo it is (re)built once per
-/// test run, as `cargo test --test http_cluster` alone would not rebuild examples and a stale
-/// binary would be tested.
-fn http_node_exe() -> PathBuf {
+/// The binary of example `name` for this build profile. Under cargo the examples this file
+/// runs are (re)built once per test run, as `cargo test --test http_cluster` alone would not
+/// rebuild examples and a stale binary would be tested.
+fn example_exe(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/http_cluster-HASH -> target/<profile>/examples/http_node
+    // target/<profile>/deps/http_cluster-HASH -> target/<profile>/examples/<name>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
-    let bin = profile_dir.join("examples").join("http_node");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
         let Ok(cargo) = std::env::var("CARGO") else {
             return; // not run by cargo: use what is there
         };
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", "http_node"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--example",
+            "http_node",
+            "--example",
+            "cluster_demo",
+        ]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
@@ -48,10 +54,15 @@ fn http_node_exe() -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo");
-        assert!(status.success(), "cargo build --example http_node failed");
+        assert!(status.success(), "cargo build of the examples failed");
     });
+    let bin = profile_dir.join("examples").join(name);
     assert!(bin.exists(), "no {}", bin.display());
     bin
+}
+
+fn http_node_exe() -> PathBuf {
+    example_exe("http_node")
 }
 
 #[derive(Default)]
@@ -551,4 +562,52 @@ fn exchange_half_closed(addr: SocketAddr, raw: &[u8], t: Duration) -> Reply {
     let _ = s.read_to_end(&mut data);
     client::parse_reply(&data)
         .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&data)))
+}
+
+/// The README's demo: `cluster_demo` runs the scenario in one process and exits 0 only if every
+/// step passed, with either manager.
+#[test]
+fn cluster_demo_passes_every_step() {
+    for manager in ["delta", "backup"] {
+        let mut child = Command::new(example_exe("cluster_demo"))
+            .args(["--manager", manager])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cluster_demo");
+        let out = Arc::new(Output::default());
+        pump(out.clone(), false, child.stdout.take().expect("stdout"));
+        pump(out.clone(), true, child.stderr.take().expect("stderr"));
+        let mut status = None;
+        let exited = wait_until(Duration::from_secs(60), || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The pumps finish once the pipes close.
+        let all = || {
+            let l = out.lines.lock();
+            l.iter()
+                .map(|(_, t)| t.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let done = wait_until(LIMIT, || all().contains("step"));
+        assert!(
+            exited && done && status.is_some_and(|s| s.success()),
+            "cluster_demo --manager {manager}: {status:?}\n{}",
+            all()
+        );
+        let text = all();
+        assert_eq!(text.matches("[PASS]").count(), 4, "{text}");
+        assert!(text.contains("All steps passed"), "{text}");
+        assert!(
+            text.contains("Added member ["),
+            "membership log lines: {text}"
+        );
+    }
 }
