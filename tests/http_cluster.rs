@@ -96,7 +96,12 @@ impl Proc {
     /// Starts node `name` (`node1` reads the settings of `examples/config/server1.toml` when that
     /// file exists), on ephemeral ports, listing `members`' receivers as static members.
     fn spawn(name: &str, manager: &str, members: &[&Proc]) -> Proc {
+        Proc::spawn_with(name, manager, members, &[])
+    }
+
+    fn spawn_with(name: &str, manager: &str, members: &[&Proc], extra: &[&str]) -> Proc {
         let mut cmd = Command::new(http_node_exe());
+        cmd.args(extra);
         let n = name.trim_start_matches("node");
         let config =
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/config/server{n}.toml"));
@@ -272,6 +277,26 @@ fn get_until(c: &mut Client, node: &Proc, path: &str, status: u16) -> Reply {
     last.expect("at least one answer")
 }
 
+/// With the BackupManager, waits until the session that just moved is held by exactly its
+/// primary and one backup. A user's clicks are seconds apart; a test's are not, and the
+/// BackupManager does not yet handle messages of one move still in flight when the next move or
+/// a crash comes (docs/design.md, "Known limits of the BackupManager today": a late `Copy` or
+/// `Accessed` can leave a stale copy that a later failover takes over).
+fn settle(nodes: &[Proc], manager: &str) {
+    if manager != "backup" {
+        return;
+    }
+    let mut seen = Vec::new();
+    let ok = wait_until(LIMIT, || {
+        seen = nodes.iter().map(|n| n.health_number("sessions")).collect();
+        seen.iter().sum::<u64>() == 2
+    });
+    assert!(
+        ok,
+        "sessions held per node never primary + 1 backup: {seen:?}"
+    );
+}
+
 fn scenario(manager: &str) {
     common::init_logs();
     let mut nodes = cluster(manager);
@@ -302,8 +327,11 @@ fn scenario(manager: &str) {
         401
     );
 
+    settle(&nodes, manager);
+
     // 2. The same browser on node 2: still logged in.
     let profile = get_until(&mut browser, &nodes[1], "/app/profile", 200);
+    settle(&nodes, manager);
     assert!(
         profile.body.contains("\"username\":\"admin\""),
         "{}",
@@ -321,6 +349,7 @@ fn scenario(manager: &str) {
         assert_eq!(r.status, 200);
         assert_eq!(json_number(&r.body, "counter"), want, "{}", r.body);
     }
+    settle(&nodes, manager);
     if manager == "delta" {
         // Changes travel asynchronously (channelSendOptions 8): wait until node 3 has them
         // before node 1 dies, as a user's next click would.
@@ -610,4 +639,93 @@ fn cluster_demo_passes_every_step() {
             "membership log lines: {text}"
         );
     }
+}
+
+/// Set by the outer multicast test to its own network namespace: the inner test must be in
+/// another one, or it refuses to multicast.
+const NETNS_ENV: &str = "TRIBECAST_TEST_HTTP_NETNS";
+
+/// `--multicast`: two http_node processes find each other by multicast heartbeats (Tomcat's
+/// McastService defaults, 228.0.0.4:45564) and replicate a login, inside a private network
+/// namespace (DESIGN.md's network rule). Needs root for `unshare -n`, like tests/multicast.rs.
+#[test]
+fn multicast_discovery_over_http_in_a_private_netns() {
+    match Command::new("unshare").args(["-n", "true"]).output() {
+        Ok(o) if o.status.success() => {}
+        other => panic!(
+            "this test multicasts only inside a private network namespace, and `unshare -n` \
+             is not available or not permitted ({other:?}); it needs root or CAP_SYS_ADMIN \
+             (CI runs as root) and never falls back to a real interface"
+        ),
+    }
+    let _ = http_node_exe(); // built out here; the inner test must not run cargo
+    let exe = std::env::current_exe().expect("test binary path");
+    let host_ns = std::fs::read_link("/proc/self/ns/net").expect("own network namespace");
+    let script = "set -e; ip link set lo up; ip link set lo multicast on; \
+                  ip route add 224.0.0.0/4 dev lo; \
+                  exec \"$0\" --exact inner_multicast_http_nodes --ignored --nocapture";
+    let child = Command::new("unshare")
+        .args(["-n", "--", "sh", "-c", script])
+        .arg(&exe)
+        .env(NETNS_ENV, &host_ns)
+        .env_remove("CARGO")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn unshare");
+    let out = child.wait_with_output().expect("inner test");
+    let text = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("test result: ok. 1 passed"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "run by multicast_discovery_over_http_in_a_private_netns"]
+fn inner_multicast_http_nodes() {
+    let Ok(host_ns) = std::env::var(NETNS_ENV) else {
+        eprintln!("not run: it multicasts, so only inside the outer test's namespace");
+        return;
+    };
+    let own = std::fs::read_link("/proc/self/ns/net").expect("own network namespace");
+    assert_ne!(
+        own.to_string_lossy(),
+        host_ns,
+        "not isolated: refusing to multicast"
+    );
+    let n1 = Proc::spawn_with("node1", "delta", &[], &["--multicast"]);
+    let n2 = Proc::spawn_with("node2", "delta", &[], &["--multicast"]);
+    for n in [&n1, &n2] {
+        let ok = wait_until(LIMIT, || {
+            let h = n.health();
+            h.contains("\"ready\":true") && h.matches("\"name\":").count() == 1
+        });
+        assert!(
+            ok,
+            "{} never found the other by multicast: {}",
+            n.name,
+            n.health()
+        );
+    }
+    let mut browser = Client::new();
+    let login = browser
+        .post_form(
+            n1.http,
+            "/app/login",
+            &[("user", "admin"), ("pass", "secret")],
+        )
+        .expect("login");
+    assert_eq!(login.status, 200);
+    let profile = get_until(&mut browser, &n2, "/app/profile", 200);
+    assert!(
+        profile.body.contains("\"username\":\"admin\""),
+        "{}",
+        profile.body
+    );
 }
