@@ -161,23 +161,24 @@ impl HttpServer {
     ) -> io::Result<HttpServer> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let mut handles = Vec::new();
+        // Built up thread by thread: should a spawn fail, dropping it stops those already running.
+        let mut server = HttpServer {
+            addr,
+            stopping: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
         for i in 0..threads.max(1) {
             let listener = listener.try_clone()?;
-            let (stopping, handler, limits) = (stopping.clone(), handler.clone(), limits.clone());
+            let (stopping, handler, limits) =
+                (server.stopping.clone(), handler.clone(), limits.clone());
             let t = std::thread::Builder::new()
                 .name(format!("http-{i}"))
                 // The handler's frames are small: a 256 KiB stack instead of 2 MiB keeps the footprint down.
                 .stack_size(256 * 1024)
                 .spawn(move || accept_loop(&listener, &stopping, &limits, &*handler))?;
-            handles.push(t);
+            server.threads.push(t);
         }
-        Ok(HttpServer {
-            addr,
-            stopping,
-            threads: handles,
-        })
+        Ok(server)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
