@@ -951,3 +951,40 @@ fn example_files_point_at_each_other() {
         );
     }
 }
+
+#[test]
+fn converter_drops_a_member_it_cannot_place() {
+    // Hosts that cannot be used are refused without a DNS lookup (tests stay off the network).
+    let xml = r#"<Cluster><Channel>
+      <Interceptor className="org.apache.catalina.tribes.group.interceptors.StaticMembershipInterceptor">
+        <Member className="org.apache.catalina.tribes.membership.StaticMember" host="{1,2}" port="4000"/>
+        <Member className="org.apache.catalina.tribes.membership.StaticMember" host="127.0.0.1" port="4002"/>
+        <Member className="org.apache.catalina.tribes.membership.StaticMember" host="bad host!" port="4003"/>
+      </Interceptor>
+      <Interceptor className="org.apache.catalina.tribes.group.interceptors.TcpFailureDetector"/>
+    </Channel></Cluster>"#;
+    let (c, n) = convert(xml);
+    let ports: Vec<u16> = n
+        .cluster
+        .channel
+        .static_members
+        .iter()
+        .map(|m| m.addr.port())
+        .collect();
+    assert_eq!(ports, [4002]);
+    assert!(n.cluster.channel.membership.failure_detector);
+    assert_eq!(c.not_carried.len(), 2, "{:?}", c.not_carried);
+    assert!(
+        c.not_carried
+            .iter()
+            .all(|n| n.contains("member[") && n.contains("refused")),
+        "{:?}",
+        c.not_carried
+    );
+    check(
+        "[[cluster.channel.membership.member]]\nhost = \"{1,2,3,400}\"\nport = 4000\n",
+        Kind::BadAddress,
+        "cluster.channel.membership.member[0].host",
+        2,
+    );
+}
