@@ -438,9 +438,10 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn string<'t>(
+    /// A string, with its key path and span for later errors.
+    fn string(
         &mut self,
-        tbl: Tbl<'t, '_>,
+        tbl: Tbl<'_, '_>,
         name: &str,
         vkey: &'static str,
     ) -> Result<Option<(String, String, Range<usize>)>, ConfigFileError> {
