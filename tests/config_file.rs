@@ -951,3 +951,78 @@ fn example_files_point_at_each_other() {
         );
     }
 }
+
+#[test]
+fn converter_drops_a_member_it_cannot_place() {
+    // Hosts that cannot be used are refused without a DNS lookup (tests stay off the network).
+    let xml = r#"<Cluster><Channel>
+      <Interceptor className="org.apache.catalina.tribes.group.interceptors.StaticMembershipInterceptor">
+        <Member className="org.apache.catalina.tribes.membership.StaticMember" host="{1,2}" port="4000"/>
+        <Member className="org.apache.catalina.tribes.membership.StaticMember" host="127.0.0.1" port="4002"/>
+        <Member className="org.apache.catalina.tribes.membership.StaticMember" host="bad host!" port="4003"/>
+      </Interceptor>
+      <Interceptor className="org.apache.catalina.tribes.group.interceptors.TcpFailureDetector"/>
+    </Channel></Cluster>"#;
+    let (c, n) = convert(xml);
+    let ports: Vec<u16> = n
+        .cluster
+        .channel
+        .static_members
+        .iter()
+        .map(|m| m.addr.port())
+        .collect();
+    assert_eq!(ports, [4002]);
+    assert!(n.cluster.channel.membership.failure_detector);
+    assert_eq!(c.not_carried.len(), 2, "{:?}", c.not_carried);
+    assert!(
+        c.not_carried
+            .iter()
+            .all(|n| n.contains("member[") && n.contains("refused")),
+        "{:?}",
+        c.not_carried
+    );
+    check(
+        "[[cluster.channel.membership.member]]\nhost = \"{1,2,3,400}\"\nport = 4000\n",
+        Kind::BadAddress,
+        "cluster.channel.membership.member[0].host",
+        2,
+    );
+}
+
+/// Two nodes built from server1.toml and server2.toml (on OS-chosen ports, as tests must) find
+/// each other through their static member lists and ids, as the files intend.
+#[test]
+fn example_files_form_a_cluster() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let load = |i: u8| NodeConfig::from_file(&dir.join(format!("server{i}.toml"))).unwrap();
+    let (mut a, mut b) = (load(1), load(2));
+    a.cluster.channel.receiver.port = 0;
+    a.cluster.channel.static_members.clear(); // node1 learns node2 when it connects
+    let node1 = tribecast::SimpleTcpCluster::new(a.cluster).unwrap();
+    node1.add_application(&a.context);
+    node1.start().unwrap();
+    let addr1 = node1.channel().local_member().unwrap().addr;
+    b.cluster.channel.receiver.port = 0;
+    // Keep server2.toml's entry for node1 (and its id); only the port is the OS's.
+    b.cluster
+        .channel
+        .static_members
+        .retain(|m| m.addr.port() == 4001);
+    b.cluster.channel.static_members[0].addr = addr1;
+    let node2 = tribecast::SimpleTcpCluster::new(b.cluster).unwrap();
+    node2.add_application(&b.context);
+    node2.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let names = |c: &tribecast::SimpleTcpCluster| -> Vec<String> {
+        c.channel().members().into_iter().map(|m| m.name).collect()
+    };
+    while (names(&node1) != ["node2"] || names(&node2) != ["node1"])
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(names(&node1), ["node2"]);
+    assert_eq!(names(&node2), ["node1"]);
+    node2.stop();
+    node1.stop();
+}

@@ -238,7 +238,7 @@ struct Converter {
 impl Converter {
     /// Records what is not carried, both in the list and as a comment in `lines`.
     fn drop(&mut self, lines: Option<&mut Vec<String>>, what: String, why: &str) {
-        let item = format!("{what}: {why}");
+        let item = one_line(&format!("{what}: {why}"));
         if let Some(l) = lines {
             l.push(format!("# not carried: {item}"));
         }
@@ -837,19 +837,44 @@ impl Converter {
                 Err(e) => {
                     let Some(line) = e.line else { return Err(e) };
                     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-                    let Some(l) = lines.get_mut(line - 1) else {
+                    let Some(l) = lines.get(line - 1) else {
                         return Err(e);
                     };
-                    if l.starts_with('[') || l.starts_with('#') || !l.contains(" = ") {
-                        return Err(e);
+                    if e.kind == ConfigFileErrorKind::Syntax {
+                        return Err(e); // in our own output: a bug, not a value to drop
                     }
-                    refused.push(format!(
-                        "{}: {} (value `{}` refused)",
-                        e.key,
-                        e.message,
-                        l.trim()
-                    ));
-                    *l = format!("# not carried: {l}  # {}", e.message);
+                    let value_line =
+                        !l.starts_with('[') && !l.starts_with('#') && l.contains(" = ");
+                    // A member is all or nothing: without its host or port it is no member.
+                    let in_member = lines[..line]
+                        .iter()
+                        .rfind(|l| l.starts_with('['))
+                        .is_some_and(|h| h.ends_with(".member]]"));
+                    let message = one_line(&e.message);
+                    if value_line && !in_member && !l.starts_with("class_name") {
+                        let item = format!("{}: {message} (value `{}` refused)", e.key, l.trim());
+                        lines[line - 1] = format!("# not carried: {l}  # {message}");
+                        refused.push(item);
+                    } else {
+                        // A table that cannot stand: comment it out whole, from its header to
+                        // the next one.
+                        let Some(h) = lines[..line].iter().rposition(|l| l.starts_with('[')) else {
+                            return Err(e);
+                        };
+                        let end = lines[h + 1..]
+                            .iter()
+                            .position(|l| l.starts_with('['))
+                            .map_or(lines.len(), |p| h + 1 + p);
+                        refused.push(format!(
+                            "{}: {message} (table `{}` refused)",
+                            e.key, lines[h]
+                        ));
+                        for l in &mut lines[h..end] {
+                            if !l.is_empty() {
+                                *l = format!("# not carried: {l}");
+                            }
+                        }
+                    }
                     text = lines.join("\n") + "\n";
                 }
             }
@@ -873,4 +898,9 @@ fn with_header_items(text: &str, items: &[String], start_list: bool) -> String {
     add.extend(items.iter().map(|i| format!("#   - {i}")));
     lines.splice(at..at, add);
     lines.join("\n") + "\n"
+}
+
+/// `s` on one line, for a TOML comment (attribute values and regex errors may hold newlines).
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -438,9 +438,10 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn string<'t>(
+    /// A string, with its key path and span for later errors.
+    fn string(
         &mut self,
-        tbl: Tbl<'t, '_>,
+        tbl: Tbl<'_, '_>,
         name: &str,
         vkey: &'static str,
     ) -> Result<Option<(String, String, Range<usize>)>, ConfigFileError> {
@@ -1217,17 +1218,34 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     if let Some(inner) = h.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
         let b: Vec<u8> = inner
             .split(',')
-            .filter_map(|p| p.trim().parse().ok())
-            .collect();
-        if let [a, b2, c, d] = b[..] {
-            return Ok(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::new(a, b2, c, d)),
-                port,
-            ));
-        }
+            .map(|p| p.trim().parse::<u8>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                format!(
+                    "\"{}\" is not {{a,b,c,d}} with bytes 0-255",
+                    h.escape_debug()
+                )
+            })?;
+        let [a, b2, c, d] = b[..] else {
+            return Err(format!("\"{}\" is not {{a,b,c,d}}", h.escape_debug()));
+        };
+        return Ok(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(a, b2, c, d)),
+            port,
+        ));
     }
-    if h.is_empty() {
-        return Err("expected a host, got an empty string".into());
+    // Only a well-formed name is looked up.
+    let name_ok = h.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if h.is_empty() || h.len() > 253 || !name_ok {
+        return Err(format!(
+            "expected an IP address or a host name, got \"{}\"",
+            h.escape_debug()
+        ));
     }
     (h, port)
         .to_socket_addrs()
