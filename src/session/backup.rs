@@ -19,22 +19,33 @@ use super::id::{SessionId, SessionIdError};
 use super::model::{Applied, DeltaOp, Session, SessionState};
 use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 /// What BackupManagers say to each other.
+///
+/// Every message about a session that comes from its primary carries the primary's ownership
+/// epoch: with the sender it forms the message's *claim* `(epoch, member)`. Claims are totally
+/// ordered (epoch first, then member id); a holder follows the highest claim it knows and
+/// ignores messages from lower ones, so a former primary that has not yet heard of its
+/// successor can neither change, drop nor end the session behind the successor's back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BackupMessage {
     /// A whole copy for a backup. `backups` is the primary's backup list, in failover order.
+    /// With `ack` the backup answers `CopyAck` once it holds the copy (a hand-over waits for it).
     Copy {
         state: SessionState,
         backups: Vec<MemberId>,
-        /// The primary's ownership epoch (see `NewPrimary`).
         epoch: u64,
+        ack: bool,
     },
+    /// A backup holds the copy the primary asked an ack for (or renamed its copy: `id` is the
+    /// new id).
+    CopyAck { id: SessionId, epoch: u64 },
     /// A request's changes, made on version `base`, giving `version`.
     Delta {
         id: SessionId,
+        epoch: u64,
         base: u64,
         version: u64,
         ops: Vec<DeltaOp>,
@@ -43,45 +54,71 @@ pub enum BackupMessage {
     /// Only the access time moved; `version` lets a backup notice it is behind.
     Accessed {
         id: SessionId,
+        epoch: u64,
         version: u64,
         last_accessed_ms: u64,
     },
-    /// The receiver is no longer a backup of this session.
-    Drop {
-        id: SessionId,
-    },
+    /// The receiver is no longer a backup of this session: sent only once the primary's
+    /// current backups acknowledged their copies, so a session never has fewer copies than
+    /// before while it moves.
+    Drop { id: SessionId, epoch: u64 },
     /// Ended (invalidated or expired).
-    Expired {
-        id: SessionId,
-    },
+    Expired { id: SessionId, epoch: u64 },
+    /// The session's new id, and the backups of the new id's placement.
     ChangeId {
         old: SessionId,
         new: SessionId,
+        epoch: u64,
+        backups: Vec<MemberId>,
     },
-    /// A backup that is behind asks its primary for a copy.
-    GetCopy {
-        id: SessionId,
-    },
+    /// A backup that is behind asks its primary for a copy (answered to listed backups only).
+    GetCopy { id: SessionId },
     /// A request for this session reached a member that does not hold it: who has it?
-    Fetch {
-        id: SessionId,
-    },
-    /// The answer to `Fetch`: the session, or nothing.
+    Fetch { id: SessionId },
+    /// The answer to `Fetch`: the session and the claim it follows, or nothing. `current`: the
+    /// answer comes from the primary or one of its listed backups, not a former holder.
     Fetched {
         id: SessionId,
         state: Option<SessionState>,
         epoch: u64,
+        owner: MemberId,
+        current: bool,
     },
     /// The sender is now the session's primary (after a fetch or a failover).
     NewPrimary {
         id: SessionId,
         version: u64,
-        /// The new primary's backups: they keep (or will get) a copy, the others drop theirs.
+        /// The new primary's backups, in failover order. The others keep their copy until the
+        /// new primary's `Drop`.
         backups: Vec<MemberId>,
-        /// Rises with each change of primary: of two claims, the higher epoch wins (ties: the
-        /// higher member id), so a late claim never undoes a newer one.
+        /// Rises with each change of primary (see the claim order above).
         epoch: u64,
     },
+    /// The primary `primary` (claim `epoch`) is gone and the receiver comes first in its
+    /// failover order: it takes the session over with this copy if it has none as recent.
+    Orphan {
+        state: SessionState,
+        epoch: u64,
+        primary: MemberId,
+    },
+    /// A primary that yielded to the receiver's claim held a newer version: here it is.
+    Newer { state: SessionState },
+}
+
+impl BackupMessage {
+    /// The session and epoch of a message that carries its sender's claim.
+    pub fn claim(&self) -> Option<(&SessionId, u64)> {
+        match self {
+            BackupMessage::Copy { state, epoch, .. } => Some((&state.id, *epoch)),
+            BackupMessage::Delta { id, epoch, .. }
+            | BackupMessage::Accessed { id, epoch, .. }
+            | BackupMessage::Drop { id, epoch }
+            | BackupMessage::Expired { id, epoch }
+            | BackupMessage::NewPrimary { id, epoch, .. } => Some((id, *epoch)),
+            BackupMessage::ChangeId { old, epoch, .. } => Some((old, *epoch)),
+            _ => None,
+        }
+    }
 }
 
 /// A message to send.
@@ -139,11 +176,30 @@ pub fn placement(
     c.into_iter().take(k).map(|(_, m)| m).collect()
 }
 
+/// Who owns a session, as a holder knows it: `(epoch, member)`, higher wins.
+type Claim = (u64, MemberId);
+
+/// A primary's hand-over in progress: the copies it waits to be acknowledged, and the members
+/// to tell `Drop` once they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Handover {
+    unacked: Vec<MemberId>,
+    retire: Vec<MemberId>,
+    /// Copies may be anywhere (after a take-over or a failover): tell every non-backup.
+    retire_all: bool,
+    /// A change of id waits for its backups to rename their copies before the new id is
+    /// placed (so a crash never leaves copies under both ids).
+    replace_after: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Role {
     Primary {
         backups: Vec<MemberId>,
+        handover: Handover,
     },
+    /// A copy kept for `primary`; when this node is not in `backups` it is a former holder
+    /// that keeps its copy until the primary's `Drop`.
     Backup {
         primary: MemberId,
         backups: Vec<MemberId>,
@@ -160,7 +216,65 @@ struct Entry {
     copy_pending: bool,
     /// Ownership epoch: how many times the session changed primary, as far as known here.
     epoch: u64,
+    /// False once a new claim is known but not its copy: the next copy of that claim replaces
+    /// this one whatever its version (a change only this node got was never acknowledged), and
+    /// deltas wait for it.
+    synced: bool,
     replicated_access_ms: u64,
+}
+
+impl Entry {
+    fn claim(&self, local: MemberId) -> Claim {
+        match &self.role {
+            Role::Primary { .. } => (self.epoch, local),
+            Role::Backup { primary, .. } => (self.epoch, *primary),
+        }
+    }
+
+    fn backup(session: Session, primary: MemberId, backups: Vec<MemberId>, epoch: u64) -> Entry {
+        Entry {
+            session,
+            role: Role::Backup { primary, backups },
+            unannounced: false,
+            copy_pending: false,
+            epoch,
+            synced: true,
+            replicated_access_ms: 0,
+        }
+    }
+}
+
+/// A bounded memory of ids, oldest forgotten first (tombstones and claims).
+struct Bounded<V> {
+    map: HashMap<SessionId, V>,
+    order: VecDeque<SessionId>,
+    max: usize,
+}
+
+impl<V> Bounded<V> {
+    fn new(max: usize) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn get(&self, id: &SessionId) -> Option<&V> {
+        self.map.get(id)
+    }
+
+    /// Inserts or replaces; a new id counts against the bound.
+    fn insert(&mut self, id: &SessionId, v: V) {
+        if self.map.insert(id.clone(), v).is_none() {
+            self.order.push_back(id.clone());
+            if self.order.len() > self.max {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 /// The sessions of one application on this node: those it serves and those it backs up.
@@ -170,22 +284,25 @@ pub struct BackupCore {
     route: String,
     members: Vec<MemberId>,
     entries: HashMap<SessionId, Entry>,
-    ended: HashSet<SessionId>,
-    ended_order: VecDeque<SessionId>,
-    /// Fetches in progress: answers still awaited.
-    fetching: HashMap<SessionId, usize>,
+    ended: Bounded<()>,
+    /// The highest claim heard for sessions not held here, so a late copy from a superseded
+    /// primary is refused.
+    claims: Bounded<Claim>,
+    /// Fetches in progress: answers still awaited, and the claim of the copy taken so far.
+    fetching: HashMap<SessionId, Fetching>,
 }
 
 impl BackupCore {
     pub fn new(cfg: BackupConfig, local: MemberId, route: &str) -> BackupCore {
+        let max = cfg.max_tombstones;
         BackupCore {
             cfg,
             local,
             route: route.to_string(),
             members: Vec::new(),
             entries: HashMap::new(),
-            ended: HashSet::new(),
-            ended_order: VecDeque::new(),
+            ended: Bounded::new(max),
+            claims: Bounded::new(max),
             fetching: HashMap::new(),
         }
     }
@@ -198,14 +315,38 @@ impl BackupCore {
     }
 
     fn bury(&mut self, id: &SessionId) {
-        if self.ended.insert(id.clone()) {
-            self.ended_order.push_back(id.clone());
-            if self.ended_order.len() > self.cfg.max_tombstones {
-                if let Some(old) = self.ended_order.pop_front() {
-                    self.ended.remove(&old);
-                }
-            }
+        self.ended.insert(id, ());
+    }
+
+    fn is_ended(&self, id: &SessionId) -> bool {
+        self.ended.get(id).is_some()
+    }
+
+    /// Whether `id` ended (or was renamed) here: a late message cannot bring it back.
+    pub fn has_ended(&self, id: &SessionId) -> bool {
+        self.is_ended(id)
+    }
+
+    /// Remembers a claim for a session not held here (the highest wins).
+    fn remember(&mut self, id: &SessionId, c: Claim) {
+        if self.claims.get(id).is_none_or(|k| *k < c) {
+            self.claims.insert(id, c);
         }
+    }
+
+    /// Whether a message about `id` from `from` with `epoch` comes from a claim older than the
+    /// one this node follows (it was or will be ignored).
+    pub fn is_superseded(&self, id: &SessionId, epoch: u64, from: MemberId) -> bool {
+        let c = (epoch, from);
+        match self.entries.get(id) {
+            Some(e) => e.claim(self.local) > c,
+            None => self.superseded(id, c),
+        }
+    }
+
+    /// Whether a claim is older than one already heard for a session not held here.
+    fn superseded(&self, id: &SessionId, c: Claim) -> bool {
+        self.claims.get(id).is_some_and(|k| *k > c)
     }
 
     /// This node's member id (known once its channel has started).
@@ -241,10 +382,29 @@ impl BackupCore {
             .is_some_and(|e| matches!(e.role, Role::Primary { .. }))
     }
 
+    /// Whether a request for `id` may be served from the copy held here at once: this node is
+    /// the primary, or a listed backup in step with its primary. A former holder's copy may be
+    /// behind: the request fetches instead.
+    pub fn can_take_over(&self, id: &SessionId) -> bool {
+        self.entries.get(id).is_some_and(|e| match &e.role {
+            Role::Primary { .. } => true,
+            Role::Backup { backups, .. } => e.synced && backups.contains(&self.local),
+        })
+    }
+
+    /// Whether this node keeps a copy of `id` only until its primary's `Drop` (it is not one
+    /// of the primary's backups: a hand-over is in progress).
+    pub fn is_retiring(&self, id: &SessionId) -> bool {
+        self.entries.get(id).is_some_and(|e| match &e.role {
+            Role::Primary { .. } => false,
+            Role::Backup { backups, .. } => !backups.contains(&self.local),
+        })
+    }
+
     /// The backups of a session this node serves.
     pub fn backups_of(&self, id: &SessionId) -> Option<&[MemberId]> {
         match &self.entries.get(id)?.role {
-            Role::Primary { backups } => Some(backups),
+            Role::Primary { backups, .. } => Some(backups),
             Role::Backup { .. } => None,
         }
     }
@@ -273,10 +433,14 @@ impl BackupCore {
         let backups = self.place(&id);
         let entry = Entry {
             session: Session::new(id.clone(), now_ms, self.cfg.max_inactive),
-            role: Role::Primary { backups },
+            role: Role::Primary {
+                backups,
+                handover: Handover::default(),
+            },
             unannounced: true,
             copy_pending: false,
             epoch: 0,
+            synced: true,
             replicated_access_ms: now_ms,
         };
         self.entries.insert(id.clone(), entry);
@@ -284,56 +448,118 @@ impl BackupCore {
     }
 
     /// Makes this node the primary of a session it holds as a backup (a request reached it):
-    /// tells every member, and copies it to its new backups.
+    /// tells every member, and copies it to its backups when the request ends.
     pub fn take_over(&mut self, id: &SessionId) -> Vec<Out> {
-        let Some(e) = self.entries.get(id) else {
-            return Vec::new();
-        };
-        if matches!(e.role, Role::Primary { .. }) {
+        if !self.can_take_over(id) || self.is_primary(id) {
             return Vec::new();
         }
         self.promote(id, false)
     }
 
-    /// Makes this node the session's primary. With `copy_now` its backups get a copy at once
-    /// (failover); otherwise with the end of the request that needed it.
+    /// Makes this node the session's primary with a claim above the one its copy follows. With
+    /// `copy_now` its backups get a copy at once (failover); otherwise with the end of the
+    /// request that needed it. The other holders keep their copies until the backups have
+    /// acknowledged theirs.
     fn promote(&mut self, id: &SessionId, copy_now: bool) -> Vec<Out> {
         let backups = self.place(id);
+        let heard = self.claims.get(id).map_or(0, |c| c.0);
         let Some(e) = self.entries.get_mut(id) else {
             return Vec::new();
         };
+        e.epoch = e.epoch.max(heard);
         e.role = Role::Primary {
             backups: backups.clone(),
+            handover: Handover {
+                unacked: if copy_now {
+                    backups.clone()
+                } else {
+                    Vec::new()
+                },
+                retire: Vec::new(),
+                retire_all: true,
+                replace_after: false,
+            },
         };
         e.epoch += 1;
         e.copy_pending = !copy_now;
+        e.unannounced = false;
+        e.synced = true;
         let epoch = e.epoch;
         let state = e.session.state().clone();
-        let version = state.version;
-        let copies = if copy_now { &backups[..] } else { &[][..] };
-        let mut outs: Vec<Out> = copies
+        let mut outs = vec![Out {
+            dest: Dest::All,
+            msg: BackupMessage::NewPrimary {
+                id: id.clone(),
+                version: state.version,
+                backups: backups.clone(),
+                epoch,
+            },
+        }];
+        if copy_now {
+            for b in &backups {
+                let copy = BackupMessage::Copy {
+                    state: state.clone(),
+                    backups: backups.clone(),
+                    epoch,
+                    ack: true,
+                };
+                outs.push(Self::to(*b, copy));
+            }
+            outs.extend(self.finish_handover(id));
+        }
+        outs
+    }
+
+    /// Once every backup acknowledged its copy: `Drop` to the holders the session left.
+    fn finish_handover(&mut self, id: &SessionId) -> Vec<Out> {
+        let members = &self.members;
+        let Some(e) = self.entries.get_mut(id) else {
+            return Vec::new();
+        };
+        let Role::Primary { backups, handover } = &mut e.role else {
+            return Vec::new();
+        };
+        if e.copy_pending || !handover.unacked.is_empty() {
+            return Vec::new();
+        }
+        if std::mem::take(&mut handover.replace_after) {
+            return self.replace(id);
+        }
+        let targets: Vec<MemberId> = members
             .iter()
-            .map(|b| {
+            .filter(|m| {
+                !backups.contains(m) && (handover.retire_all || handover.retire.contains(m))
+            })
+            .copied()
+            .collect();
+        handover.retire.clear();
+        handover.retire_all = false;
+        let epoch = e.epoch;
+        targets
+            .into_iter()
+            .map(|m| {
                 Self::to(
-                    *b,
-                    BackupMessage::Copy {
-                        state: state.clone(),
-                        backups: backups.clone(),
+                    m,
+                    BackupMessage::Drop {
+                        id: id.clone(),
                         epoch,
                     },
                 )
             })
-            .collect();
-        outs.push(Out {
-            dest: Dest::All,
-            msg: BackupMessage::NewPrimary {
-                id: id.clone(),
-                version,
-                backups: backups.clone(),
-                epoch,
-            },
-        });
-        outs
+            .collect()
+    }
+
+    /// Members that may hold a copy of a session served here (for `Expired`, `ChangeId`).
+    fn holders_of(&self, e: &Entry) -> Vec<MemberId> {
+        match &e.role {
+            Role::Primary { handover, .. } if handover.retire_all => self.members.clone(),
+            Role::Primary { backups, handover } => {
+                let mut h = backups.clone();
+                h.extend(handover.retire.iter().filter(|m| !backups.contains(m)));
+                h
+            }
+            Role::Backup { .. } => Vec::new(),
+        }
     }
 
     /// The end of a request on a session served here.
@@ -341,7 +567,7 @@ impl BackupCore {
         let Some(e) = self.entries.get_mut(id).filter(|e| e.session.is_valid()) else {
             return Vec::new();
         };
-        let Role::Primary { backups } = &e.role else {
+        let Role::Primary { backups, handover } = &mut e.role else {
             return Vec::new();
         };
         let backups = backups.clone();
@@ -352,14 +578,19 @@ impl BackupCore {
         let copy_pending = std::mem::take(&mut e.copy_pending);
         let msg = if std::mem::take(&mut e.unannounced) || copy_pending {
             let _ = s.take_delta();
+            if copy_pending {
+                handover.unacked = backups.clone();
+            }
             Some(BackupMessage::Copy {
                 state: s.state().clone(),
                 backups: backups.clone(),
                 epoch,
+                ack: copy_pending,
             })
         } else if let Some((base, version, ops)) = s.take_delta() {
             Some(BackupMessage::Delta {
                 id: id.clone(),
+                epoch,
                 base,
                 version,
                 ops,
@@ -369,35 +600,52 @@ impl BackupCore {
             s.access_refresh_due(e.replicated_access_ms, now_ms)
                 .then(|| BackupMessage::Accessed {
                     id: id.clone(),
+                    epoch,
                     version: s.version(),
                     last_accessed_ms: s.last_accessed_ms(),
                 })
         };
         let Some(msg) = msg else { return Vec::new() };
         e.replicated_access_ms = now_ms;
-        backups
+        let mut outs: Vec<Out> = backups
             .into_iter()
             .map(|b| Self::to(b, msg.clone()))
-            .collect()
+            .collect();
+        if copy_pending {
+            outs.extend(self.finish_handover(id));
+        }
+        outs
     }
 
-    /// Ends a session served here, on its backups too.
+    /// Ends a session served here, on every member that may hold a copy.
     pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
         let Some(e) = self.entries.remove(id) else {
             return (Vec::new(), Vec::new());
         };
         self.bury(id);
         let outs = match e.role {
-            Role::Primary { backups } if !e.unannounced => backups
-                .into_iter()
-                .map(|b| Self::to(b, BackupMessage::Expired { id: id.clone() }))
-                .collect(),
+            Role::Primary { .. } if !e.unannounced => {
+                let epoch = e.epoch;
+                self.holders_of(&e)
+                    .into_iter()
+                    .map(|b| {
+                        Self::to(
+                            b,
+                            BackupMessage::Expired {
+                                id: id.clone(),
+                                epoch,
+                            },
+                        )
+                    })
+                    .collect()
+            }
             _ => Vec::new(),
         };
         (outs, vec![SessionEvent::Destroyed(id.clone())])
     }
 
-    /// Gives a session served here a new id, on its backups too.
+    /// Gives a session served here a new id, on its holders too, and re-places it: the new
+    /// id has its own placement.
     pub fn change_id(
         &mut self,
         old: &SessionId,
@@ -411,26 +659,104 @@ impl BackupCore {
         };
         self.bury(old);
         e.session.change_id(new.clone());
-        let outs = match &e.role {
-            Role::Primary { backups } if !e.unannounced => backups
-                .iter()
-                .map(|b| {
-                    Self::to(
-                        *b,
-                        BackupMessage::ChangeId {
-                            old: old.clone(),
-                            new: new.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let holders = self.holders_of(&e);
+        let mut outs = Vec::new();
+        if e.unannounced {
+            if let Role::Primary { backups, .. } = &mut e.role {
+                *backups = placement(&new, self.local, &self.members, self.cfg.backups);
+            }
+        } else if let Role::Primary { backups, handover } = &mut e.role {
+            // The holders rename first; the backups' acks then let the new id be placed.
+            for h in holders {
+                let msg = BackupMessage::ChangeId {
+                    old: old.clone(),
+                    new: new.clone(),
+                    epoch: e.epoch,
+                    backups: backups.clone(),
+                };
+                outs.push(Self::to(h, msg));
+            }
+            handover.unacked = backups.clone();
+            handover.replace_after = true;
+        }
         self.entries.insert(new.clone(), e);
+        outs.extend(self.finish_handover(&new));
         Ok(Some((new, outs)))
     }
 
-    /// The reaper: sessions served here expire at their max inactive interval and their backups
+    /// Re-places a session served here after its placement changed: a copy to every member of
+    /// the new placement (so each learns the new failover order), `Drop` to the old backups
+    /// once those copies are acknowledged.
+    fn replace(&mut self, id: &SessionId) -> Vec<Out> {
+        let now = self.place(id);
+        let members = &self.members;
+        let alive = |m: &MemberId| members.binary_search(m).is_ok();
+        let Some(e) = self.entries.get_mut(id) else {
+            return Vec::new();
+        };
+        let Role::Primary { backups, handover } = &mut e.role else {
+            return Vec::new();
+        };
+        handover.unacked.retain(alive);
+        let mut outs = Vec::new();
+        if handover.replace_after {
+            // A change of id in progress places the new id when its renames are acknowledged.
+            return self.finish_handover(id);
+        }
+        if now != *backups {
+            if !e.unannounced {
+                let old = std::mem::replace(backups, now.clone());
+                handover
+                    .retire
+                    .extend(old.iter().filter(|b| !now.contains(b)));
+                if !e.copy_pending {
+                    // Newcomers get a copy; kept backups only the new failover order.
+                    handover.unacked.retain(|m| now.contains(m));
+                    let state = e.session.state().clone();
+                    for b in &now {
+                        let msg = if !old.contains(b) {
+                            if !handover.unacked.contains(b) {
+                                handover.unacked.push(*b);
+                            }
+                            BackupMessage::Copy {
+                                state: state.clone(),
+                                backups: now.clone(),
+                                epoch: e.epoch,
+                                ack: true,
+                            }
+                        } else {
+                            BackupMessage::NewPrimary {
+                                id: id.clone(),
+                                version: state.version,
+                                backups: now.clone(),
+                                epoch: e.epoch,
+                            }
+                        };
+                        outs.push(Self::to(*b, msg));
+                    }
+                    // The old backups learn at once that they no longer are (a request
+                    // reaching one fetches rather than serving its copy, which stops
+                    // following); they keep the copy until the Drop.
+                    for b in old.iter().filter(|b| !now.contains(b) && alive(b)) {
+                        let msg = BackupMessage::NewPrimary {
+                            id: id.clone(),
+                            version: state.version,
+                            backups: now.clone(),
+                            epoch: e.epoch,
+                        };
+                        outs.push(Self::to(*b, msg));
+                    }
+                }
+            } else {
+                *backups = now.clone();
+            }
+        }
+        handover.retire.retain(|m| alive(m) && !now.contains(m));
+        outs.extend(self.finish_handover(id));
+        outs
+    }
+
+    /// The reaper: sessions served here expire at their max inactive interval and their holders
     /// are told; a backup copy expires locally only at twice that.
     pub fn expire(&mut self, now_ms: u64) -> (Vec<Out>, Vec<SessionEvent>) {
         let due: Vec<(SessionId, bool)> = self
@@ -460,12 +786,17 @@ impl BackupCore {
         (outs, events)
     }
 
-    /// A request needs a session this node does not hold: ask every member.
+    /// A request needs a session this node does not serve and cannot take over: ask every
+    /// member.
     pub fn fetch(&mut self, id: &SessionId) -> Vec<Out> {
-        if self.entries.contains_key(id) || self.ended.contains(id) || self.members.is_empty() {
+        if self.can_take_over(id) || self.is_ended(id) || self.members.is_empty() {
             return Vec::new();
         }
-        self.fetching.insert(id.clone(), self.members.len());
+        let f = Fetching {
+            left: self.members.len(),
+            best: None,
+        };
+        self.fetching.insert(id.clone(), f);
         vec![Out {
             dest: Dest::All,
             msg: BackupMessage::Fetch { id: id.clone() },
@@ -488,55 +819,77 @@ impl BackupCore {
         members.sort();
         members.dedup();
         self.members = members;
-        let alive = |m: &MemberId, members: &[MemberId]| members.binary_search(m).is_ok();
         let mut outs = Vec::new();
         let ids: Vec<SessionId> = self.entries.keys().cloned().collect();
         for id in ids {
             let Some(e) = self.entries.get(&id) else {
                 continue;
             };
-            match e.role.clone() {
-                Role::Primary { backups } => {
-                    let now = self.place(&id);
-                    if now == backups {
-                        continue;
-                    }
-                    let state = e.session.state().clone();
-                    let (announced, epoch) = (!e.unannounced, e.epoch);
-                    if announced {
-                        for b in now.iter().filter(|b| !backups.contains(b)) {
-                            outs.push(Self::to(
-                                *b,
-                                BackupMessage::Copy {
-                                    state: state.clone(),
-                                    backups: now.clone(),
-                                    epoch,
-                                },
-                            ));
-                        }
-                        for b in backups
-                            .iter()
-                            .filter(|b| !now.contains(b) && alive(b, &self.members))
-                        {
-                            outs.push(Self::to(*b, BackupMessage::Drop { id: id.clone() }));
-                        }
-                    }
-                    if let Some(e) = self.entries.get_mut(&id) {
-                        e.role = Role::Primary { backups: now };
-                    }
+            let Role::Backup { primary, backups } = &e.role else {
+                outs.extend(self.replace(&id));
+                continue;
+            };
+            if self.members.binary_search(primary).is_ok() {
+                continue;
+            }
+            // The first of the primary's backups still alive takes over; a holder that is not
+            // first hands it its copy, in case it never got one.
+            let first = backups
+                .iter()
+                .find(|b| **b == self.local || self.members.binary_search(b).is_ok())
+                .copied();
+            match first {
+                Some(f) if f != self.local => {
+                    let orphan = BackupMessage::Orphan {
+                        state: e.session.state().clone(),
+                        epoch: e.epoch,
+                        primary: *primary,
+                    };
+                    outs.push(Self::to(f, orphan));
                 }
-                Role::Backup { primary, backups } if !alive(&primary, &self.members) => {
-                    // The first backup still alive, in the primary's order, takes over.
-                    let first = backups
-                        .iter()
-                        .find(|b| **b == self.local || alive(b, &self.members));
-                    if first == Some(&self.local) {
-                        outs.extend(self.promote(&id, true));
-                    }
-                }
-                Role::Backup { .. } => {}
+                _ => outs.extend(self.promote(&id, true)),
             }
         }
+        outs
+    }
+
+    /// This node learns of a claim above the one its copy follows: it follows the claimant.
+    /// A primary that yields hands on a newer version it may hold, and drops the copies it
+    /// placed that the claimant does not list.
+    fn follow(
+        &mut self,
+        id: &SessionId,
+        from: MemberId,
+        epoch: u64,
+        chosen: &[MemberId],
+        version: u64,
+    ) -> Vec<Out> {
+        let mut outs = Vec::new();
+        let Some(e) = self.entries.get_mut(id) else {
+            return outs;
+        };
+        if let Role::Primary { backups, handover } = &e.role {
+            if e.session.version() > version {
+                let state = e.session.state().clone();
+                outs.push(Self::to(from, BackupMessage::Newer { state }));
+            }
+            let mine = backups.iter().chain(handover.retire.iter());
+            for b in mine.filter(|b| **b != from && !chosen.contains(b)) {
+                let drop = BackupMessage::Drop {
+                    id: id.clone(),
+                    epoch: e.epoch,
+                };
+                outs.push(Self::to(*b, drop));
+            }
+        }
+        e.synced = e.session.version() == version;
+        e.role = Role::Backup {
+            primary: from,
+            backups: chosen.to_vec(),
+        };
+        e.epoch = epoch;
+        e.copy_pending = false;
+        e.unannounced = false;
         outs
     }
 
@@ -544,142 +897,182 @@ impl BackupCore {
     pub fn handle(&mut self, from: MemberId, msg: &BackupMessage) -> (Vec<Out>, Vec<SessionEvent>) {
         let mut events = Vec::new();
         let mut outs = Vec::new();
+        let local = self.local;
         match msg {
             BackupMessage::Copy {
                 state,
                 backups,
                 epoch,
+                ack,
             } => {
-                if self.ended.contains(&state.id) {
+                let id = &state.id;
+                let c = (*epoch, from);
+                let ack_msg = Self::to(
+                    from,
+                    BackupMessage::CopyAck {
+                        id: id.clone(),
+                        epoch: *epoch,
+                    },
+                );
+                if self.is_ended(id) {
+                    // Nothing to keep; the primary must not wait for it.
+                    if *ack {
+                        outs.push(ack_msg);
+                    }
                     return (outs, events);
                 }
-                // A copy from an older owner than the one known here is stale.
-                if self
-                    .entries
-                    .get(&state.id)
-                    .is_some_and(|e| e.epoch > *epoch)
-                {
-                    return (outs, events);
-                }
-                let newer = self
-                    .entries
-                    .get(&state.id)
-                    .is_none_or(|e| e.session.version() <= state.version);
-                let still_mine = self.is_primary(&state.id)
-                    && self
-                        .entries
-                        .get(&state.id)
-                        .is_some_and(|e| e.epoch >= *epoch);
-                if newer && still_mine {
-                    // A newer copy reached the primary (it had fetched an older one): take it
-                    // and pass it on to its backups.
-                    let mine = self
-                        .backups_of(&state.id)
-                        .map(<[MemberId]>::to_vec)
-                        .unwrap_or_default();
-                    let mut own = *epoch;
-                    if let Some(e) = self.entries.get_mut(&state.id) {
-                        e.session = Session::from_state(state.clone());
-                        own = e.epoch;
+                let held = self.entries.get(id).map(|e| {
+                    (
+                        e.claim(local),
+                        e.synced,
+                        e.session.version(),
+                        matches!(e.role, Role::Primary { .. }),
+                    )
+                });
+                let take = match held {
+                    None => !self.superseded(id, c),
+                    Some((ec, _, _, true)) => {
+                        if c < ec {
+                            // A superseded primary: tell it who serves the session now.
+                            outs.extend(self.announce_to(id, from));
+                        }
+                        c > ec
                     }
-                    for b in &mine {
-                        let copy = BackupMessage::Copy {
-                            state: state.clone(),
-                            backups: mine.clone(),
-                            epoch: own,
-                        };
-                        outs.push(Self::to(*b, copy));
+                    Some((ec, synced, v, false)) => {
+                        c > ec || (c == ec && (!synced || state.version >= v))
                     }
-                } else if newer {
-                    let had = self.entries.contains_key(&state.id);
-                    let role = Role::Backup {
-                        primary: from,
-                        backups: backups.clone(),
-                    };
-                    self.entries.insert(
-                        state.id.clone(),
-                        Entry {
-                            session: Session::from_state(state.clone()),
-                            role,
-                            unannounced: false,
-                            copy_pending: false,
-                            epoch: *epoch,
-                            replicated_access_ms: 0,
-                        },
+                };
+                if take {
+                    let had = self.entries.contains_key(id);
+                    let entry = Entry::backup(
+                        Session::from_state(state.clone()),
+                        from,
+                        backups.clone(),
+                        *epoch,
                     );
+                    self.entries.insert(id.clone(), entry);
                     if !had {
-                        events.push(SessionEvent::Created(state.id.clone()));
+                        events.push(SessionEvent::Created(id.clone()));
                     }
+                }
+                if *ack && (take || held.is_some_and(|h| h.0 == c)) {
+                    outs.push(ack_msg);
+                }
+            }
+            BackupMessage::CopyAck { id, epoch } => {
+                let e = self.entries.get_mut(id).filter(|e| e.epoch == *epoch);
+                if let Some(Role::Primary { handover, .. }) = e.map(|e| &mut e.role) {
+                    handover.unacked.retain(|m| *m != from);
+                    outs.extend(self.finish_handover(id));
                 }
             }
             BackupMessage::Delta {
                 id,
+                epoch,
                 base,
                 version,
                 ops,
                 last_accessed_ms,
             } => {
-                if self.ended.contains(id) {
-                    return (outs, events);
-                }
-                match self.entries.get_mut(id) {
-                    Some(e) => {
-                        let attr = super::delta::attribute_events(&e.session, ops);
-                        match e.session.apply_delta(*base, *version, ops) {
-                            Applied::Applied => {
-                                e.session.access(*last_accessed_ms);
-                                if let Role::Backup { primary, .. } = &mut e.role {
-                                    *primary = from;
+                let c = (*epoch, from);
+                match self.follows(id, c) {
+                    Follows::Yes => {
+                        if let Some(e) = self.entries.get_mut(id) {
+                            let attr = super::delta::attribute_events(&e.session, ops);
+                            match e.session.apply_delta(*base, *version, ops) {
+                                Applied::Applied => {
+                                    e.session.access(*last_accessed_ms);
+                                    events.extend(attr);
                                 }
-                                events.extend(attr);
-                            }
-                            Applied::Stale => {}
-                            Applied::Gap => {
-                                outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() }))
+                                Applied::Stale => {}
+                                Applied::Gap => outs.push(Self::to(
+                                    from,
+                                    BackupMessage::GetCopy { id: id.clone() },
+                                )),
                             }
                         }
                     }
-                    None => outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() })),
+                    Follows::Behind => {
+                        outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() }))
+                    }
+                    Follows::Stale => {}
                 }
             }
             BackupMessage::Accessed {
                 id,
+                epoch,
                 version,
                 last_accessed_ms,
             } => {
-                if let Some(e) = self.entries.get_mut(id) {
-                    e.session.access(*last_accessed_ms);
-                    if e.session.version() < *version {
-                        outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() }));
+                let c = (*epoch, from);
+                match self.follows(id, c) {
+                    Follows::Yes => {
+                        if let Some(e) = self.entries.get_mut(id) {
+                            e.session.access(*last_accessed_ms);
+                            if e.session.version() < *version {
+                                outs.push(Self::to(
+                                    from,
+                                    BackupMessage::GetCopy { id: id.clone() },
+                                ));
+                            }
+                        }
                     }
-                } else if !self.ended.contains(id) {
-                    outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() }));
+                    Follows::Behind => {
+                        outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() }))
+                    }
+                    Follows::Stale => {}
                 }
             }
-            BackupMessage::Drop { id } => {
-                if self
+            BackupMessage::Drop { id, epoch } => {
+                let c = (*epoch, from);
+                let drop = self
                     .entries
                     .get(id)
-                    .is_some_and(|e| matches!(e.role, Role::Backup { .. }))
-                {
-                    self.entries.remove(id);
+                    .is_some_and(|e| matches!(e.role, Role::Backup { .. }) && e.claim(local) <= c);
+                if drop {
+                    if let Some(e) = self.entries.remove(id) {
+                        let ec = e.claim(local);
+                        self.remember(id, ec.max(c));
+                    }
                 }
             }
-            BackupMessage::Expired { id } => {
+            BackupMessage::Expired { id, epoch } => {
+                let c = (*epoch, from);
+                if self.entries.get(id).is_some_and(|e| e.claim(local) > c) {
+                    return (outs, events);
+                }
                 if self.entries.remove(id).is_some() {
                     events.push(SessionEvent::Destroyed(id.clone()));
                 }
                 self.bury(id);
             }
-            BackupMessage::ChangeId { old, new } => {
+            BackupMessage::ChangeId {
+                old,
+                new,
+                epoch,
+                backups,
+            } => {
+                let c = (*epoch, from);
+                if self.entries.get(old).is_some_and(|e| e.claim(local) > c) {
+                    return (outs, events);
+                }
+                // The primary places the new id once its backups renamed.
+                let ack = BackupMessage::CopyAck {
+                    id: new.clone(),
+                    epoch: *epoch,
+                };
+                outs.push(Self::to(from, ack));
                 self.bury(old);
                 if let Some(mut e) = self.entries.remove(old) {
                     let newer_here = self
                         .entries
                         .get(new)
                         .is_some_and(|n| n.session.version() >= e.session.version());
-                    if !newer_here && !self.ended.contains(new) {
+                    if !newer_here && !self.is_ended(new) {
                         e.session.change_id(new.clone());
+                        if let Role::Backup { backups: list, .. } = &mut e.role {
+                            *list = backups.clone();
+                        }
                         self.entries.insert(new.clone(), e);
                         events.push(SessionEvent::IdChanged {
                             old: old.clone(),
@@ -690,67 +1083,65 @@ impl BackupCore {
             }
             BackupMessage::GetCopy { id } => {
                 if let Some(e) = self.entries.get(id) {
-                    if let Role::Primary { backups } = &e.role {
-                        outs.push(Self::to(
-                            from,
-                            BackupMessage::Copy {
-                                state: e.session.state().clone(),
-                                backups: backups.clone(),
-                                epoch: e.epoch,
-                            },
-                        ));
+                    if let Role::Primary { backups, .. } = &e.role {
+                        if backups.contains(&from) {
+                            outs.push(Self::to(
+                                from,
+                                BackupMessage::Copy {
+                                    state: e.session.state().clone(),
+                                    backups: backups.clone(),
+                                    epoch: e.epoch,
+                                    ack: false,
+                                },
+                            ));
+                        }
                     }
                 }
             }
             BackupMessage::Fetch { id } => {
                 let held = self.entries.get(id).filter(|e| !e.unannounced);
                 let state = held.map(|e| e.session.state().clone());
-                let epoch = held.map_or(0, |e| e.epoch);
+                let (epoch, owner) = held.map_or((0, local), |e| e.claim(local));
+                let current = self.can_take_over(id);
                 outs.push(Self::to(
                     from,
                     BackupMessage::Fetched {
                         id: id.clone(),
                         state,
                         epoch,
+                        owner,
+                        current,
                     },
                 ));
             }
-            BackupMessage::Fetched { id, state, epoch } => {
-                let Some(left) = self.fetching.get_mut(id) else {
+            BackupMessage::Fetched {
+                id,
+                state,
+                epoch,
+                owner,
+                current,
+            } => {
+                let Some(f) = self.fetching.get_mut(id) else {
                     return (outs, events);
                 };
-                *left = left.saturating_sub(1);
-                let done = *left == 0;
+                f.left = f.left.saturating_sub(1);
+                // The best answer so far: the highest claim, then the highest version.
                 if let Some(state) = state {
-                    if !self.ended.contains(id) {
-                        let newer = self
-                            .entries
-                            .get(id)
-                            .is_none_or(|e| e.session.version() < state.version);
-                        if newer {
-                            let had = self.entries.contains_key(id);
-                            let entry = Entry {
-                                session: Session::from_state(state.clone()),
-                                role: Role::Backup {
-                                    primary: from,
-                                    backups: Vec::new(),
-                                },
-                                unannounced: false,
-                                copy_pending: false,
-                                epoch: *epoch,
-                                replicated_access_ms: 0,
-                            };
-                            self.entries.insert(id.clone(), entry);
-                            if !had {
-                                events.push(SessionEvent::Created(id.clone()));
-                            }
-                            // This member serves it from now on.
-                            outs.extend(self.promote(id, false));
-                        }
+                    let c = (*epoch, *owner);
+                    let better = f
+                        .best
+                        .as_ref()
+                        .is_none_or(|(b, s)| c > *b || (c == *b && state.version > s.version));
+                    if better {
+                        f.best = Some((c, state.clone()));
                     }
                 }
-                if done {
-                    self.fetching.remove(id);
+                // Serve at once from the primary's or a listed backup's copy; a former
+                // holder's may be behind, so it waits for every answer.
+                let (done, ready) = (f.left == 0, *current && state.is_some());
+                if ready || done {
+                    let best = self.fetching.remove(id).and_then(|f| f.best);
+                    outs.extend(self.adopt(id, best, &mut events));
                 }
             }
             BackupMessage::NewPrimary {
@@ -759,61 +1150,182 @@ impl BackupCore {
                 backups: chosen,
                 epoch,
             } => {
+                let c = (*epoch, from);
                 let Some(e) = self.entries.get(id) else {
+                    self.remember(id, c);
                     return (outs, events);
                 };
-                let mine = matches!(e.role, Role::Primary { .. });
-                // Of two claims the higher epoch wins; on a tie, the higher member id.
-                let keep = e.epoch > *epoch || (e.epoch == *epoch && mine && self.local > from);
-                if keep {
-                    if mine {
-                        // Tell the claimant it lost, with this copy (which may be newer).
-                        let (state, my_epoch) = (e.session.state().clone(), e.epoch);
-                        let backups = self
-                            .backups_of(id)
-                            .map(<[MemberId]>::to_vec)
-                            .unwrap_or_default();
-                        outs.push(Self::to(
-                            from,
-                            BackupMessage::NewPrimary {
-                                id: id.clone(),
-                                version: state.version,
-                                backups,
-                                epoch: my_epoch,
-                            },
-                        ));
+                let ec = e.claim(local);
+                if c < ec {
+                    if matches!(e.role, Role::Primary { .. }) {
+                        outs.extend(self.announce_to(id, from));
                     }
-                    return (outs, events);
-                }
-                if mine && e.session.version() > *version {
-                    // This copy is newer than the new primary's: send it on.
-                    let state = e.session.state().clone();
-                    outs.push(Self::to(
-                        from,
-                        BackupMessage::Copy {
-                            state,
-                            backups: Vec::new(),
-                            epoch: *epoch,
-                        },
-                    ));
-                }
-                // The new primary's choice, not a placement computed from this node's view,
-                // which may still list a member that is gone.
-                if chosen.contains(&self.local) {
-                    if let Some(e) = self.entries.get_mut(id) {
-                        e.role = Role::Backup {
-                            primary: from,
-                            backups: chosen.clone(),
-                        };
-                        e.epoch = *epoch;
+                } else if c == ec {
+                    if let Some(Entry {
+                        role: Role::Backup { backups, .. },
+                        ..
+                    }) = self.entries.get_mut(id)
+                    {
+                        *backups = chosen.clone();
                     }
                 } else {
-                    self.entries.remove(id);
+                    outs.extend(self.follow(id, from, *epoch, chosen, *version));
+                }
+            }
+            BackupMessage::Orphan {
+                state,
+                epoch,
+                primary,
+            } => {
+                let id = &state.id;
+                let oc = (*epoch, *primary);
+                if self.is_ended(id) {
+                    return (outs, events);
+                }
+                let take = match self.entries.get(id) {
+                    None => !self.superseded(id, oc),
+                    Some(e) => match e.role {
+                        Role::Primary { .. } => false,
+                        Role::Backup { .. } => e.claim(local) <= oc,
+                    },
+                };
+                if take {
+                    let keep = self
+                        .entries
+                        .get(id)
+                        .is_some_and(|e| e.claim(local) == oc && e.synced);
+                    if !keep {
+                        let had = self.entries.contains_key(id);
+                        let entry = Entry::backup(
+                            Session::from_state(state.clone()),
+                            *primary,
+                            Vec::new(),
+                            *epoch,
+                        );
+                        self.entries.insert(id.clone(), entry);
+                        if !had {
+                            events.push(SessionEvent::Created(id.clone()));
+                        }
+                    }
+                    outs.extend(self.promote(id, true));
+                }
+            }
+            BackupMessage::Newer { state } => {
+                let id = &state.id;
+                let mine = self.backups_of(id).map(<[MemberId]>::to_vec);
+                if let (Some(mine), Some(e)) = (mine, self.entries.get_mut(id)) {
+                    if e.session.version() < state.version {
+                        e.session = Session::from_state(state.clone());
+                        for b in &mine {
+                            let copy = BackupMessage::Copy {
+                                state: state.clone(),
+                                backups: mine.clone(),
+                                epoch: e.epoch,
+                                ack: false,
+                            };
+                            outs.push(Self::to(*b, copy));
+                        }
+                    }
                 }
             }
         }
         (outs, events)
     }
+
+    /// Ends a fetch: serves the best copy answered (or the one held here if better, or if
+    /// nobody answered one) from now on.
+    fn adopt(
+        &mut self,
+        id: &SessionId,
+        best: Option<(Claim, SessionState)>,
+        events: &mut Vec<SessionEvent>,
+    ) -> Vec<Out> {
+        if self.is_ended(id) || self.is_primary(id) {
+            return Vec::new();
+        }
+        let local = self.local;
+        let mine = self
+            .entries
+            .get(id)
+            .map(|e| (e.claim(local), e.session.version()));
+        if let Some((c, state)) = best {
+            let better = mine.is_none_or(|(m, v)| c > m || (c == m && state.version > v));
+            if better {
+                let had = mine.is_some();
+                let entry = Entry::backup(Session::from_state(state), c.1, Vec::new(), c.0);
+                self.entries.insert(id.clone(), entry);
+                if !had {
+                    events.push(SessionEvent::Created(id.clone()));
+                }
+            }
+        }
+        if self.entries.contains_key(id) {
+            self.promote(id, false)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Tells `to`, whose claim lost, who serves the session here.
+    fn announce_to(&self, id: &SessionId, to: MemberId) -> Vec<Out> {
+        let Some(e) = self.entries.get(id) else {
+            return Vec::new();
+        };
+        let Role::Primary { backups, .. } = &e.role else {
+            return Vec::new();
+        };
+        vec![Self::to(
+            to,
+            BackupMessage::NewPrimary {
+                id: id.clone(),
+                version: e.session.version(),
+                backups: backups.clone(),
+                epoch: e.epoch,
+            },
+        )]
+    }
+
+    /// How a change from claim `c` relates to the copy held here.
+    fn follows(&self, id: &SessionId, c: Claim) -> Follows {
+        if self.is_ended(id) {
+            return Follows::Stale;
+        }
+        match self.entries.get(id) {
+            None if self.superseded(id, c) => Follows::Stale,
+            None => Follows::Behind,
+            Some(e) => match &e.role {
+                Role::Primary { .. } => Follows::Stale,
+                Role::Backup { .. } => {
+                    let ec = e.claim(self.local);
+                    if c < ec {
+                        Follows::Stale
+                    } else if c > ec || !e.synced {
+                        Follows::Behind
+                    } else {
+                        Follows::Yes
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A fetch in progress.
+struct Fetching {
+    /// Answers still awaited.
+    left: usize,
+    /// The best copy answered so far, with its claim.
+    best: Option<(Claim, SessionState)>,
+}
+
+/// How a primary's message relates to the copy a node holds.
+enum Follows {
+    /// From the claim the copy follows: apply it.
+    Yes,
+    /// From a newer claim, or the copy awaits its claim's copy: ask for a copy.
+    Behind,
+    /// From a superseded claim, or about a session that ended: ignore it.
+    Stale,
 }
 
 #[cfg(test)]
@@ -954,6 +1466,11 @@ mod tests {
         let ask = nodes[third].fetch(&id);
         run(&mut nodes, ask.into_iter().map(|o| (me, o)).collect());
         assert!(nodes[third].is_primary(&id));
+        // The old copies stay until the new backup acknowledged the copy sent with the end of
+        // the request.
+        assert_eq!(nodes.iter().filter(|n| n.session(&id).is_some()).count(), 3);
+        let outs = nodes[third].end_request(&id, 1);
+        run(&mut nodes, outs.into_iter().map(|o| (me, o)).collect());
         assert_eq!(
             nodes[third].session(&id).unwrap().get::<u8>("u").unwrap(),
             Some(7)

@@ -43,6 +43,15 @@ impl Core {
         }
     }
 
+    /// The session if a request may use it here: any copy (DeltaManager), or one this node
+    /// serves (BackupManager; a backup copy is taken over or fetched first).
+    pub fn served(&self, id: &SessionId) -> Option<&Session> {
+        match self {
+            Core::Delta(c) => c.session(id),
+            Core::Backup(c) => c.session(id).filter(|_| c.is_primary(id)),
+        }
+    }
+
     pub fn session_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
         match self {
             Core::Delta(c) => c.session_mut(id),
@@ -145,6 +154,18 @@ impl Core {
         }
     }
 
+    /// Backup: the session of a message this member ignored because its sender's claim was
+    /// superseded (a newer primary is known here).
+    pub fn superseded(&self, from: MemberId, msg: &Payload) -> Option<SessionId> {
+        match (self, msg) {
+            (Core::Backup(c), Payload::Backup(m)) => m
+                .claim()
+                .filter(|(id, epoch)| c.is_superseded(id, *epoch, from))
+                .map(|(id, _)| id.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether `outs` ask a member for a session because a change could not be applied.
     pub fn asks_for_session(outs: &[POut]) -> Option<SessionId> {
         outs.iter().find_map(|o| match &o.msg {
@@ -194,7 +215,7 @@ impl Core {
     pub fn acquire(&mut self, id: &SessionId) -> (Vec<POut>, bool) {
         match self {
             Core::Delta(_) => (Vec::new(), false),
-            Core::Backup(c) if c.session(id).is_some() => {
+            Core::Backup(c) if c.can_take_over(id) => {
                 (wrap(c.take_over(id), Payload::Backup), false)
             }
             Core::Backup(c) => {

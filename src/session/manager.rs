@@ -242,7 +242,7 @@ impl ClusterManager {
             let mut core = self.core.lock();
             if wait {
                 let deadline = Instant::now() + self.rpc_timeout;
-                while core.session(id).is_none() && core.is_fetching(id) {
+                while core.served(id).is_none() && core.is_fetching(id) {
                     if self
                         .ready_changed
                         .wait_until(&mut core, deadline)
@@ -258,7 +258,7 @@ impl ClusterManager {
                     }
                 }
             }
-            if let Some(s) = core.session(id) {
+            if let Some(s) = core.served(id) {
                 return Some(s.clone());
             }
             if wait {
@@ -319,12 +319,12 @@ impl ClusterManager {
     /// A message from another member, on a receiver worker.
     pub(crate) fn receive(&self, from: MemberId, msg: &Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        let (outs, events, ready) = {
+        let (outs, events, ready, superseded) = {
             let mut core = self.core.lock();
             let was_ready = core.is_ready();
             let (outs, events) = core.handle(from, msg)?;
             let ready = !was_ready && core.is_ready();
-            (outs, events, ready)
+            (outs, events, ready, core.superseded(from, msg))
         };
         // A fetch may have been answered.
         self.ready_changed.notify_all();
@@ -346,12 +346,16 @@ impl ClusterManager {
         }
         self.notify(&events, false);
         self.send_background(outs).map_err(|e| e.to_string())?;
-        match resync {
+        match (resync, superseded) {
             // Not applied (yet): a synchronized-ack sender must not count this member as done.
-            Some(id) => Err(format!(
+            (Some(id), _) => Err(format!(
                 "session {id} not applied here: an earlier change is missing; asked for the session"
             )),
-            None => Ok(()),
+            // Ignored: the sender no longer serves the session; its request must not succeed.
+            (None, Some(id)) => Err(format!(
+                "session {id} not applied here: another member serves it now"
+            )),
+            (None, None) => Ok(()),
         }
     }
 

@@ -59,8 +59,9 @@ pub enum Change {
     Version(SessionId, u64),
     /// The session is gone here.
     Ended(SessionId),
-    /// The session is here under this (new) id, or ended.
-    Renamed(SessionId),
+    /// The session is here under this (new) id, or ended, or was never here under the old
+    /// one (a holder that only may have had a copy is told too).
+    Renamed(SessionId, SessionId),
     /// This member does not serve the session (a `NewPrimary` was taken in).
     Moved(SessionId),
     /// The message arrived (a `Drop` or an `Accessed`: the sender only waits to know it was
@@ -221,7 +222,7 @@ impl World {
                     let root = self.oracle.root(id);
                     self.oracle.end_acked.insert(root);
                 }
-                Change::Renamed(_) | Change::Moved(_) | Change::Delivered(_) => {}
+                Change::Renamed(..) | Change::Moved(_) | Change::Delivered(_) => {}
             }
         }
         self.oracle.acked.push(a);
@@ -272,22 +273,28 @@ pub fn kind(msg: &BackupMessage) -> &'static str {
         BackupMessage::Fetch { .. } => "fetch",
         BackupMessage::Fetched { .. } => "fetched",
         BackupMessage::NewPrimary { .. } => "new-primary",
+        BackupMessage::CopyAck { .. } => "copy-ack",
+        BackupMessage::Orphan { .. } => "orphan",
+        BackupMessage::Newer { .. } => "newer",
     }
 }
 
 /// The sessions a message is about.
 fn ids_of(msg: &BackupMessage) -> Vec<SessionId> {
     match msg {
-        BackupMessage::Copy { state, .. } => vec![state.id.clone()],
+        BackupMessage::Copy { state, .. }
+        | BackupMessage::Orphan { state, .. }
+        | BackupMessage::Newer { state } => vec![state.id.clone()],
         BackupMessage::Delta { id, .. }
         | BackupMessage::Accessed { id, .. }
-        | BackupMessage::Drop { id }
-        | BackupMessage::Expired { id }
+        | BackupMessage::Drop { id, .. }
+        | BackupMessage::Expired { id, .. }
+        | BackupMessage::CopyAck { id, .. }
         | BackupMessage::GetCopy { id }
         | BackupMessage::Fetch { id }
         | BackupMessage::Fetched { id, .. }
         | BackupMessage::NewPrimary { id, .. } => vec![id.clone()],
-        BackupMessage::ChangeId { old, new } => vec![old.clone(), new.clone()],
+        BackupMessage::ChangeId { old, new, .. } => vec![old.clone(), new.clone()],
     }
 }
 
@@ -296,11 +303,11 @@ fn change_of(msg: &BackupMessage) -> Option<Change> {
     match msg {
         BackupMessage::Copy { state, .. } => Some(Change::Version(state.id.clone(), state.version)),
         BackupMessage::Delta { id, version, .. } => Some(Change::Version(id.clone(), *version)),
-        BackupMessage::Expired { id } => Some(Change::Ended(id.clone())),
-        BackupMessage::ChangeId { new, .. } => Some(Change::Renamed(new.clone())),
+        BackupMessage::Expired { id, .. } => Some(Change::Ended(id.clone())),
+        BackupMessage::ChangeId { new, old, .. } => Some(Change::Renamed(new.clone(), old.clone())),
         BackupMessage::NewPrimary { id, .. } => Some(Change::Moved(id.clone())),
         // Under sync-ack every send waits for its ack; these only need to arrive.
-        BackupMessage::Drop { id } | BackupMessage::Accessed { id, .. } => {
+        BackupMessage::Drop { id, .. } | BackupMessage::Accessed { id, .. } => {
             Some(Change::Delivered(id.clone()))
         }
         _ => None,
@@ -598,8 +605,10 @@ impl BackupNode {
                 self.ended_here.contains(id)
             }
             Change::Ended(id) => self.core.session(id).is_none(),
-            Change::Renamed(new) => {
-                self.core.session(new).is_some() || self.ended_here.contains(new)
+            Change::Renamed(new, old) => {
+                self.core.session(new).is_some()
+                    || self.ended_here.contains(new)
+                    || self.core.session(old).is_none()
             }
             Change::Moved(id) => !self.core.is_primary(id),
             Change::Delivered(_) => true,
@@ -675,6 +684,12 @@ impl BackupNode {
                 self.acks.acked(req, from, life);
                 self.settle(req, ctx.now());
             }
+            Wire::Refused { req } => {
+                *self.journal.received.entry("refused").or_default() += 1;
+                if self.acks.refuse(req) {
+                    self.world.borrow_mut().oracle.failed += 1;
+                }
+            }
             Wire::Msg { req, msg } => self.apply(from, req, msg, ctx),
         }
     }
@@ -689,16 +704,6 @@ impl BackupNode {
                 .delta_receipts
                 .entry((id.clone(), *version))
                 .or_default() += 1;
-        }
-        // The core buries these ids whether or not it holds the session.
-        match &msg {
-            BackupMessage::Expired { id } => {
-                self.ended_here.insert(id.clone());
-            }
-            BackupMessage::ChangeId { old, .. } => {
-                self.ended_here.insert(old.clone());
-            }
-            _ => {}
         }
         if self.trace {
             let v = match &msg {
@@ -717,6 +722,12 @@ impl BackupNode {
         };
         let ids = ids_of(&msg);
         let (outs, events) = self.core.handle(sim_member(from).id, &msg);
+        // Mirror the ids the core buried (a superseded sender's end is ignored).
+        if let BackupMessage::Expired { id, .. } | BackupMessage::ChangeId { old: id, .. } = &msg {
+            if self.core.has_ended(id) {
+                self.ended_here.insert(id.clone());
+            }
+        }
         for id in &ids {
             self.touch(id);
         }
@@ -732,7 +743,17 @@ impl BackupNode {
             }
         }
         if req > 0 {
+            // A message from a superseded primary is ignored: its send fails (as a real
+            // listener's error fails a sync-ack send).
+            let refused = msg
+                .claim()
+                .is_some_and(|(id, epoch)| self.core.is_superseded(id, epoch, sim_member(from).id));
             match change_of(&msg) {
+                _ if refused => {
+                    let body = encode_body(&Wire::<BackupMessage>::Refused { req });
+                    *self.journal.sent.entry("refused").or_default() += 1;
+                    self.send_body(from, &body, ctx);
+                }
                 Some(change) => self.acks.owe(from, req, change),
                 None => self.send_ack(from, req, ctx),
             }
@@ -767,7 +788,7 @@ impl BackupNode {
         }
         // Only a primary's expiry is the application's decision; its Expired goes out.
         for o in &outs {
-            if let BackupMessage::Expired { id } = &o.msg {
+            if let BackupMessage::Expired { id, .. } = &o.msg {
                 self.world.borrow_mut().oracle.ended.insert(id.clone());
             }
         }
@@ -842,10 +863,12 @@ type Seen = HashMap<(NodeId, u64, SessionId), u64>;
 ///   again (a failover that came back from a copy missing an acknowledged change would).
 /// - `changes-go-to-exactly-the-backups`: every change a request makes is sent to exactly
 ///   `min(backups, other members)` distinct members, the session's placement.
-/// - `copy-is-an-origin-state`: a copy at version v has exactly the attributes its primary had
-///   at version v (no copy mixes states or misses a change it claims).
-/// - `versions-never-go-back`: on each node (in one life), a session's version never decreases,
-///   even across a drop and a later copy.
+/// - `copy-is-an-origin-state`: a copy a request may be served from (the primary's, or a listed
+///   backup's in step with it) at version v has exactly the attributes its primary had at
+///   version v (no copy mixes states or misses a change it claims).
+/// - `versions-never-go-back`: on each node (in one life), a session's version never decreases
+///   below an acknowledged one, even across a drop and a later copy (a failover replaces a
+///   change only some backups got with the new primary's copy).
 /// - `ended-stays-ended`: a session a node destroyed or renamed never reappears on it.
 /// - `destroyed-at-most-once`: a node reports `Destroyed` once per session.
 /// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
@@ -900,7 +923,11 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                         "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
                     ));
                 }
-                match w.oracle.state(id, version) {
+                // A former holder's copy, or one waiting for its new primary's copy, may be a
+                // state the failover superseded: it is not served and is replaced or dropped.
+                let current = node.core.can_take_over(id);
+                match w.oracle.state(id, version).filter(|_| current) {
+                    None if !current => {}
                     None => {
                         return Err(format!(
                             "copy-is-an-origin-state: {n} holds {id} at version {version}, which no primary made"
@@ -916,7 +943,10 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                     Some(_) => {}
                 }
                 let last = seen.entry((n, *life, id.clone())).or_insert(version);
-                if version < *last {
+                // A failover may replace a change only some backups got, never an
+                // acknowledged one.
+                let acked = w.oracle.acked_version.get(&w.oracle.root(id)).copied();
+                if version < *last && acked.is_some_and(|a| a >= *last) {
                     return Err(format!(
                         "versions-never-go-back: {n} holds {id} at version {version} after {last}"
                     ));
@@ -934,7 +964,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
         let from = std::mem::replace(&mut acked_cursor, w.oracle.acked.len());
         for a in &w.oracle.acked[from.min(w.oracle.acked.len())..] {
             let id = match &a.change {
-                Change::Version(id, _) | Change::Ended(id) | Change::Renamed(id) => id,
+                Change::Version(id, _) | Change::Ended(id) | Change::Renamed(id, _) => id,
                 // Whether a member serves a session can change again before the last ack.
                 Change::Moved(_) | Change::Delivered(_) => continue,
             };

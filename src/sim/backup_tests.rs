@@ -405,7 +405,7 @@ impl Cluster {
     /// session over if it backs it up, else fetches it and serves the request once it has it.
     fn switch(&mut self, s: usize, t: NodeId, ops: Vec<Op>) {
         let id = self.sessions[s].id.clone();
-        if self.sim.node(t).core.session(&id).is_some() {
+        if self.sim.node(t).core.can_take_over(&id) {
             self.counts.take_overs += 1;
             let mut ticket = Vec::new();
             self.sim
@@ -568,8 +568,10 @@ impl Cluster {
     /// re-placement, failover or a move sent has been acknowledged. Works around the bugs of
     /// moves racing membership changes (see the ignored tests).
     fn calm(&mut self, min: Duration, gap: (Duration, Duration), mix: &Mix) {
+        // No moves, and no changes of id (whose re-placement runs in the background).
         let still = Mix {
             switch: 0,
+            change_id: 0,
             ..mix.clone()
         };
         let until = self.sim.now() + min;
@@ -612,9 +614,9 @@ impl Cluster {
 
     /// Session `id` on the up members: exactly one primary (`want` if given), held by it and
     /// the backups of its placement among the up members and nobody else, every copy at one
-    /// version with the same attributes. Not `strict`: a renamed session may keep other backups
-    /// (as many, distinct) than its new id's placement. Returns the number of holders and the
-    /// version.
+    /// version with the same attributes. `strict` (right after a move, under load): former
+    /// holders waiting for the new primary's `Drop` are left out. Returns the number of holders
+    /// and the version.
     fn check_session(
         &self,
         id: &SessionId,
@@ -649,23 +651,20 @@ impl Cluster {
             .iter()
             .filter_map(super::lane_node::node_of)
             .collect();
-        let renamed = self.world.borrow().oracle.previous.contains_key(id);
         if listed != place {
-            // A renamed session keeps its old id's backups (see the ignored test); they must
-            // still be as many, distinct, up and not the primary.
-            let distinct: BTreeSet<NodeId> = listed.iter().copied().collect();
-            let sound = distinct.len() == place.len()
-                && listed.len() == place.len()
-                && listed.iter().all(|b| *b != p && up.contains(b));
-            if !renamed || strict || !sound {
-                return Err(format!(
-                    "{p} lists {listed:?} as backups of {id}, its placement is {place:?}"
-                ));
-            }
+            return Err(format!(
+                "{p} lists {listed:?} as backups of {id}, its placement is {place:?}"
+            ));
         }
         let place = listed;
         let mut expect: BTreeSet<NodeId> = place.iter().copied().collect();
         expect.insert(p);
+        // While a hand-over is in progress the former holders keep their copies until the
+        // primary's Drop (quiescence allows none).
+        let holders: Vec<NodeId> = holders
+            .into_iter()
+            .filter(|h| expect.contains(h) || !strict || !self.sim.node(*h).core.is_retiring(id))
+            .collect();
         let have: BTreeSet<NodeId> = holders.iter().copied().collect();
         if have != expect {
             return Err(format!(
@@ -1021,7 +1020,7 @@ fn killing_any_two_members_at_once_with_two_backups_loses_no_session() {
 
 /// The same with changes in flight at the crash.
 #[test]
-#[ignore = "bug: after a failover a backup keeps a newer unacknowledged delta and diverges from the new primary (see after_a_failover_every_backup_follows_the_new_primary)"]
+#[ignore = "bug: with changes in flight when two members die, a session can end up one backup short at quiescence; see docs/design.md"]
 fn killing_any_two_members_at_once_with_changes_in_flight_loses_no_acknowledged_change() {
     let mut t = CrashTotals::default();
     for_each_seed(8, |seed| {
@@ -1197,7 +1196,7 @@ fn joins_rebalance_without_loss_and_move_only_what_placement_moves() {
 
 /// The same with requests moving sessions to other members around the joins.
 #[test]
-#[ignore = "bug: a former primary's re-placement Drop removes the new primary's backup, its late Copy leaves a stray copy that a later request takes over (forked history); see a_drop_from_a_former_primary_leaves_the_new_primarys_backup, a_late_copy_from_a_former_primary_leaves_no_stray_copy"]
+#[ignore = "bug: under moves racing joins a session occasionally forks (history-never-forks) or keeps a stale copy; see docs/design.md, known limits of the BackupManager"]
 fn joins_while_sessions_move_rebalance_without_loss() {
     for_each_seed(5, |seed| {
         let k = 1 + (seed % 2) as usize;
@@ -1214,7 +1213,6 @@ fn joins_while_sessions_move_rebalance_without_loss() {
 /// Backups = 1: a member joins and, within a millisecond, an old member crashes (at the same
 /// moment as the join's re-placement traffic).
 #[test]
-#[ignore = "bug: re-placement drops the old backup before the new one has the copy; a crash then loses an acknowledged session (see a_crash_right_after_a_join_loses_no_acknowledged_session)"]
 fn a_crash_right_after_a_join_loses_no_acknowledged_session_in_a_cluster() {
     for_each_seed(5, |seed| {
         let mut c = Cluster::new(seed, jitter(), &cfg(1), 5);
@@ -1251,7 +1249,6 @@ fn a_crash_right_after_a_join_loses_no_acknowledged_session_in_a_cluster() {
 
 /// Backups = 2: members join (the cluster then quiet), then two old members crash at once.
 #[test]
-#[ignore = "bug: after a change of id and a join, a kept backup's stale failover list makes nobody promote; a claim that loses a tie leaves a stray copy (see after_a_join_a_renamed_session_still_fails_over, a_claim_that_loses_a_tie_leaves_no_stray_copy)"]
 fn killing_two_members_after_joins_with_two_backups_loses_no_session() {
     for_each_seed(5, |seed| {
         let mut c = Cluster::new(seed, jitter(), &cfg(2), 5);
@@ -1272,7 +1269,7 @@ fn killing_two_members_after_joins_with_two_backups_loses_no_session() {
 /// Backups = 1: a member crashes while requests for its sessions reach other members (which
 /// fetch them while the backups take over).
 #[test]
-#[ignore = "bug: a new primary that dies right after a move leaves no primary; a claim that loses a tie leaves a stray copy (see a_new_primary_that_dies_right_after_a_move_leaves_a_primary, a_claim_that_loses_a_tie_leaves_no_stray_copy)"]
+#[ignore = "bug: a move racing a crash can leave an acknowledged change on a backup that a later re-placement drops (acked-is-on-every-acker); see docs/design.md"]
 fn killing_a_member_while_its_sessions_are_requested_elsewhere_leaves_one_primary() {
     let mut t = CrashTotals::default();
     for_each_seed(6, |seed| {
@@ -1678,7 +1675,9 @@ fn after_a_join_the_two_backups_that_claim_agree_on_one_primary() {
     panic!("no joiner ranks first");
 }
 
-// Open bugs.
+// Fixed by the acknowledged hand-over (claims on every message, Drop only after the new
+// holders acknowledged their copies, Orphan copies to the first backup, change of id
+// re-placed after its renames); found against 4ab1c85, kept as regressions.
 
 /// After a change of id the session keeps the old id's backups, which are not its new id's
 /// placement: no member computing the placement finds them, and the next membership change moves
@@ -1687,7 +1686,6 @@ fn after_a_join_the_two_backups_that_claim_agree_on_one_primary() {
 /// `after_a_join_a_renamed_session_still_fails_over`). Fix: `change_id` re-places (ChangeId to
 /// the backups it keeps, Copy under the new id to new ones, Drop to the others).
 #[test]
-#[ignore = "bug: change_id keeps the old id's backups, which are not the new id's placement"]
 fn after_a_change_of_id_the_backups_are_the_new_ids_placement() {
     let mut c = Cores::new(5, 1);
     let mut id = c.session_on(0);
@@ -1714,7 +1712,6 @@ fn after_a_change_of_id_the_backups_are_the_new_ids_placement() {
 /// primary's copy (the primary's promotion Copy at a lower version must replace it: the change
 /// it drops was never acknowledged), or sends its copy to the new primary whatever its role.
 #[test]
-#[ignore = "bug: after a failover a backup keeps a newer unacknowledged delta and diverges from the new primary"]
 fn after_a_failover_every_backup_follows_the_new_primary() {
     let mut c = Cores::new(5, 2);
     let id = c.session_on(0);
@@ -1743,7 +1740,6 @@ fn after_a_failover_every_backup_follows_the_new_primary() {
 /// dies, a backup that is not first sends its copy to the first one alive, which promotes itself
 /// on it if it has none.
 #[test]
-#[ignore = "bug: a copy held only by a backup that is not first in the failover order is never promoted"]
 fn a_copy_held_only_by_the_second_backup_is_promoted() {
     let mut c = Cores::new(5, 2);
     let id = c.core(0).create(EPOCH_MS).expect("id");
@@ -1765,7 +1761,6 @@ fn a_copy_held_only_by_the_second_backup_is_promoted() {
 /// Fix: drop the old backup only once the new one has the copy (P sends Drop when the Copy is
 /// acknowledged, or the new backup tells the displaced one).
 #[test]
-#[ignore = "bug: re-placement drops the old backup before the new one has the copy; a crash then loses an acknowledged session"]
 fn a_crash_right_after_a_join_loses_no_acknowledged_session() {
     for joiner in 5..200 {
         let mut c = Cores::new(5, 1);
@@ -1796,7 +1791,6 @@ fn a_crash_right_after_a_join_loses_no_acknowledged_session() {
 /// member this node backs the session up for (`Role::Backup { primary }`), or carry the epoch
 /// in Drop and ignore older ones.
 #[test]
-#[ignore = "bug: a Drop from a former primary removes the copy the new primary counts on"]
 fn a_drop_from_a_former_primary_leaves_the_new_primarys_backup() {
     for _ in 0..200 {
         let mut c = Cores::new(5, 2);
@@ -1833,43 +1827,37 @@ fn a_drop_from_a_former_primary_leaves_the_new_primarys_backup() {
     panic!("no session with the wanted placement");
 }
 
-/// Backups = 2. A renamed session keeps its old id's backups [A, B] in the old id's order. A
-/// member J joins; under the new id the placement is [B, J]: the primary drops A and sends J a
-/// Copy listing [B, J], while B keeps [A, B]. The primary dies: B waits for A (alive, first in
-/// its list, but without the session) and J waits for B (first in its list): nobody promotes,
-/// the session has no primary. Fix: send the new failover list to kept backups on re-placement
-/// (and re-place on a change of id).
+/// Backups = 2. A session renamed many times (each change of id re-places it) and a member
+/// joins that changes the new id's placement; the primary dies: the session fails over to one
+/// primary held by its placement. (Before, a renamed session kept the old id's backups and their
+/// stale failover order, and nobody promoted.)
 #[test]
-#[ignore = "bug: after a change of id and a join, the kept backup's stale failover list names a member that dropped the session; nobody promotes"]
 fn after_a_join_a_renamed_session_still_fails_over() {
-    for _ in 0..20 {
-        let mut c = Cores::new(5, 2);
-        let mut id = c.session_on(0);
-        for _ in 0..60 {
-            let (new, outs) = c.core(0).change_id(&id).expect("id").expect("primary");
-            c.send(0, outs);
-            c.deliver_all();
-            id = new;
-            let [a, b] = c.backups(0, &id)[..] else {
-                panic!("two backups")
-            };
-            let all = c.alive();
-            let joiner = (5..60).find(|j| {
-                let mut with = all.clone();
-                with.push(*j);
-                c.placement_of(&id, 0, &with) == vec![b, *j]
-            });
-            let Some(joiner) = joiner else { continue };
-            c.add(joiner);
-            c.set_members();
-            c.deliver_all();
-            assert!(c.nodes[&a].session(&id).is_none(), "A dropped it");
-            c.crash(0);
-            c.set_members();
-            c.deliver_all();
-            c.assert_placed(&id, "after the primary died");
-            return;
-        }
+    let mut c = Cores::new(5, 2);
+    let mut id = c.session_on(0);
+    for _ in 0..60 {
+        let (new, outs) = c.core(0).change_id(&id).expect("id").expect("primary");
+        c.send(0, outs);
+        c.deliver_all();
+        id = new;
+        c.assert_placed(&id, "after the change of id");
+        let all = c.alive();
+        let before = c.placement_of(&id, 0, &all);
+        let joiner = (5..60).find(|j| {
+            let mut with = all.clone();
+            with.push(*j);
+            c.placement_of(&id, 0, &with) != before
+        });
+        let Some(joiner) = joiner else { continue };
+        c.add(joiner);
+        c.set_members();
+        c.deliver_all();
+        c.assert_placed(&id, "after the join");
+        c.crash(0);
+        c.set_members();
+        c.deliver_all();
+        c.assert_placed(&id, "after the primary died");
+        return;
     }
     panic!("no renamed session with the wanted placement");
 }
@@ -1882,7 +1870,6 @@ fn after_a_join_a_renamed_session_still_fails_over() {
 /// hold (a bounded map like the tombstones) and refuse older or losing Copies, or the winner
 /// re-sends its `NewPrimary` to every member rather than only to the loser.
 #[test]
-#[ignore = "bug: a claim that loses a tie leaves the copy it sent to its own backup"]
 fn a_claim_that_loses_a_tie_leaves_no_stray_copy() {
     for _ in 0..200 {
         let mut c = Cores::new(5, 1);
@@ -1927,7 +1914,6 @@ fn a_claim_that_loses_a_tie_leaves_no_stray_copy() {
 /// Drop to the backups it chose since (or members refuse a Copy from a member whose claim they
 /// know is superseded: remember claims for sessions not held, in a bounded map).
 #[test]
-#[ignore = "bug: a re-placement Copy from a former primary creates a stray copy that a later request can take over (forked history)"]
 fn a_late_copy_from_a_former_primary_leaves_no_stray_copy() {
     for _ in 0..200 {
         let mut c = Cores::new(5, 1);
@@ -1964,7 +1950,6 @@ fn a_late_copy_from_a_former_primary_leaves_no_stray_copy() {
 /// it, so the workload does. Fix: answer `GetCopy` only from a member in the session's backups
 /// (else answer `Drop`), and do not ask for a copy on `Accessed` of a session not held.
 #[test]
-#[ignore = "bug: a late Accessed makes a dropped backup ask for a copy, which the former primary sends (GetCopy is answered to any member)"]
 fn a_late_access_refresh_leaves_no_stray_copy() {
     for _ in 0..200 {
         let mut c = Cores::new(5, 1);
@@ -1984,11 +1969,12 @@ fn a_late_access_refresh_leaves_no_stray_copy() {
         ));
         c.send(0, outs);
         let others: Vec<usize> = all.iter().copied().filter(|o| *o != 0).collect();
-        c.fetch_to(t, &id, &others); // B drops its copy on T's claim
-        assert!(c.nodes[&b].session(&id).is_none());
-        c.deliver(0, b); // the late Accessed: B asks P
-        c.deliver(b, 0); // P answers with a copy
+        c.fetch_to(t, &id, &others); // B follows T's claim
+        c.deliver(0, b); // the late Accessed, from a superseded claim
+        c.deliver(b, 0);
         c.deliver(0, b);
+        let outs = c.core(t).end_request(&id, later);
+        c.send(t, outs);
         c.deliver_all();
         c.assert_placed(&id, "after the move");
         return;
@@ -2006,7 +1992,6 @@ fn a_late_access_refresh_leaves_no_stray_copy() {
 /// the new primary sends its Copy before `NewPrimary` and `NewPrimary` only once the Copy is
 /// acknowledged, or holders drop on a later `Drop` rather than on the claim.
 #[test]
-#[ignore = "bug: the old primary drops its copy on NewPrimary before the new primary's backup has heard of it; a crash of the new primary leaves the session without primary"]
 fn a_new_primary_that_dies_right_after_a_move_leaves_a_primary() {
     for _ in 0..100 {
         let mut c = Cores::new(5, 1);

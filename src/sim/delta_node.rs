@@ -565,6 +565,8 @@ impl DeltaNode {
                 self.acks.acked(req, from, life);
                 self.settle_waiting(ctx.now());
             }
+            // DeltaManager nodes never refuse.
+            Wire::Refused { .. } => {}
             Wire::Msg { req, msg } => {
                 if let Some(chaos) = self.cfg.chaos.clone() {
                     if ctx.rng().chance(chaos.delay) {

@@ -28,6 +28,10 @@ pub enum Wire<M> {
     Ack {
         req: u64,
     },
+    /// The message came from a superseded sender and was ignored: the send failed.
+    Refused {
+        req: u64,
+    },
 }
 
 /// A node's connections: one it opened to each destination, the ones it accepted, and the
@@ -191,6 +195,11 @@ impl<C> Acks<C> {
         done.into_iter()
             .filter_map(|r| self.waiting.remove(&r))
             .collect()
+    }
+
+    /// A receiver refused `req`: the send failed. Returns whether it was still waited for.
+    pub fn refuse(&mut self, req: u64) -> bool {
+        self.waiting.remove(&req).is_some()
     }
 
     /// Removes the sends still waiting for a member not in `view`; returns how many.
