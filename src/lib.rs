@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod interceptor;
 pub mod member;
@@ -23,6 +24,7 @@ pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
 };
+pub use crypto::{ClusterKey, KeyError};
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
 pub use interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, OutMessage, PeerEvent,

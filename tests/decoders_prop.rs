@@ -89,11 +89,11 @@ fn reference_parse(buf: &[u8], max: u32) -> Result<Option<usize>, FrameError> {
     if buf[4] != 1 {
         return Err(FrameError::UnsupportedVersion(buf[4]));
     }
-    if !(1..=8).contains(&buf[5]) {
+    if !(1..=9).contains(&buf[5]) {
         return Err(FrameError::UnknownKind(buf[5]));
     }
     let flags = u16::from_le_bytes([buf[6], buf[7]]);
-    if flags & !0x3 != 0 {
+    if flags & !0x7 != 0 {
         return Err(FrameError::UnknownFlags(flags));
     }
     let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
@@ -1128,6 +1128,7 @@ fn classify(r: &Result<usize, RxClose>, len: usize) -> Expected {
         Err(RxClose::Protocol(_)) => Expected::Protocol,
         Err(RxClose::Refused(_)) => Expected::Refused,
         Err(RxClose::Leave) => Expected::Leave,
+        Err(RxClose::Auth(e)) => panic!("a plaintext session never authenticates: {e}"),
     }
 }
 
@@ -1156,6 +1157,7 @@ fn run_session(
         cluster: CLUSTER,
         local: &local,
         max_frame_size: max,
+        key: None,
     };
     let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(stream.len())).collect();
     cuts.push(stream.len());
@@ -1178,7 +1180,7 @@ fn run_session(
         pending.extend_from_slice(&stream[from..cut]);
         from = cut;
         out.clear();
-        let r = rx.on_bytes(&pending, &s, dedup, &mut out);
+        let r = rx.on_bytes(&mut pending.to_vec(), &s, dedup, &mut out);
         let limit = if rx.peer().is_some() {
             max
         } else {
@@ -1220,10 +1222,10 @@ proptest! {
     #[test]
     fn rx_arbitrary_bytes(buf in arb_frame_like_bytes(), max in arb_rx_max()) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max };
+        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
         let mut out = RxOutput::default();
         let mut rx = RxSession::default();
-        let r = rx.on_bytes(&buf, &s, &mut DedupTable::new(8), &mut out);
+        let r = rx.on_bytes(&mut buf.to_vec(), &s, &mut DedupTable::new(8), &mut out);
         check_rx_output(&buf, &r, &out, max.min(MAX_HANDSHAKE_LEN))?;
         prop_assert!(out.hello.is_some() || out.deliveries.is_empty());
         prop_assert!(out.hello.is_some() || out.reply.is_empty() || matches!(r, Err(RxClose::Refused(_))));
@@ -1238,14 +1240,14 @@ proptest! {
         max in arb_rx_max(),
     ) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max };
+        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
         let mut dedup = DedupTable::new(1024);
         let mut model = HashMap::new();
         for c in &conns {
             let (bytes, plan) = encode_conn(c);
             let (want, end) = model_conn(c, &plan, max, &mut model);
             let mut out = RxOutput::default();
-            let r = RxSession::default().on_bytes(&bytes, &s, &mut dedup, &mut out);
+            let r = RxSession::default().on_bytes(&mut bytes.to_vec(), &s, &mut dedup, &mut out);
             check_rx_output(&bytes, &r, &out, max)?;
             prop_assert_eq!(classify(&r, bytes.len()), end);
             prop_assert_eq!(&out.deliveries, &want.deliveries);
@@ -1309,24 +1311,24 @@ proptest! {
         kind in arb_kind(),
     ) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max };
+        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
         let pre = max.min(MAX_HANDSHAKE_LEN);
         let header = encode_header(kind, 0, 0, (pre + over) as usize, &body_hasher(&[]));
-        let r = RxSession::default().on_bytes(&header, &s, &mut DedupTable::new(4), &mut RxOutput::default());
+        let r = RxSession::default().on_bytes(&mut header.to_vec(), &s, &mut DedupTable::new(4), &mut RxOutput::default());
         prop_assert_eq!(r, Err(RxClose::Frame(FrameError::TooLarge { len: pre + over, max: pre })));
 
         let mut rx = RxSession::default();
         let mut dedup = DedupTable::new(4);
         let (hello, _) = encode_conn(&Conn { hello: Hello::Good, peer: 1, incarnation: 1, lane: 0, ops: vec![] });
-        prop_assert_eq!(rx.on_bytes(&hello, &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
+        prop_assert_eq!(rx.on_bytes(&mut hello.to_vec(), &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
         let header = encode_header(FrameKind::Data, FLAG_ACK, 1, (max + over) as usize, &body_hasher(&[]));
-        let r = rx.on_bytes(&header, &s, &mut dedup, &mut RxOutput::default());
+        let r = rx.on_bytes(&mut header.to_vec(), &s, &mut dedup, &mut RxOutput::default());
         prop_assert_eq!(r, Err(RxClose::Frame(FrameError::TooLarge { len: max + over, max })));
         // A header within the limit only asks for its body.
         let header = encode_header(FrameKind::Data, FLAG_ACK, 1, max as usize, &body_hasher(&[]));
         let mut rx = RxSession::default();
-        prop_assert_eq!(rx.on_bytes(&hello, &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
-        prop_assert_eq!(rx.on_bytes(&header, &s, &mut dedup, &mut RxOutput::default()), Ok(0));
+        prop_assert_eq!(rx.on_bytes(&mut hello.to_vec(), &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
+        prop_assert_eq!(rx.on_bytes(&mut header.to_vec(), &s, &mut dedup, &mut RxOutput::default()), Ok(0));
     }
 }
 
@@ -1457,6 +1459,7 @@ fn doc_receiver_facts() {
         cluster: CLUSTER,
         local: &local,
         max_frame_size: 4 << 20,
+        key: None,
     };
     // A header of another protocol version closes the connection, after a HandshakeRefuse
     // (in version 1) that says why: parse_frame rejects the header before the body is read.
@@ -1470,7 +1473,7 @@ fn doc_receiver_facts() {
     .0;
     hs[4] = 2;
     let mut out = RxOutput::default();
-    let r = RxSession::default().on_bytes(&hs, &s, &mut DedupTable::new(4), &mut out);
+    let r = RxSession::default().on_bytes(&mut hs.to_vec(), &s, &mut DedupTable::new(4), &mut out);
     assert_eq!(
         r,
         Err(RxClose::Refused(
@@ -1492,7 +1495,8 @@ fn doc_receiver_facts() {
     .0;
     encode_frame(&mut bytes, FrameKind::Data, FLAG_ACK, 0, b"zero");
     let mut out = RxOutput::default();
-    let r = RxSession::default().on_bytes(&bytes, &s, &mut DedupTable::new(4), &mut out);
+    let r =
+        RxSession::default().on_bytes(&mut bytes.to_vec(), &s, &mut DedupTable::new(4), &mut out);
     assert_eq!(r, Ok(bytes.len()));
     assert!(out.deliveries.is_empty());
     assert_eq!(out.duplicates, 1);
