@@ -155,7 +155,8 @@ impl ClusterKey {
     /// The two keys of one TCP connection, from both sides' fresh nonces: (sender to receiver,
     /// receiver to sender). A connection's keys are used nowhere else, so a frame captured on
     /// one connection never authenticates on another.
-    pub(crate) fn connection_keys(
+    #[doc(hidden)]
+    pub fn connection_keys(
         &self,
         client: &[u8; HANDSHAKE_NONCE_LEN],
         server: &[u8; HANDSHAKE_NONCE_LEN],
@@ -174,7 +175,8 @@ impl ClusterKey {
     }
 
     /// The key of membership datagrams.
-    pub(crate) fn datagram_key(&self) -> DatagramKey {
+    #[doc(hidden)]
+    pub fn datagram_key(&self) -> DatagramKey {
         DatagramKey(self.derive(b"", b"tribecast v1 membership datagram"))
     }
 }

@@ -1506,3 +1506,189 @@ fn doc_receiver_facts() {
         Some((FrameKind::Ack, 0))
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sealed input (cluster key)
+// ---------------------------------------------------------------------------------------------
+
+mod sealed_input {
+    use super::*;
+    use tribecast::crypto::ClusterKey;
+    use tribecast::membership::record::{self, Kind, McastRecord};
+    use tribecast::wire::frame::FLAG_SEALED;
+    use tribecast::wire::sealed::seal_frames;
+
+    fn key() -> ClusterKey {
+        ClusterKey::parse("3f1c0e6d2a9b8c7d6e5f40312233445566778899aabbccddeeff001122334455")
+            .expect("key")
+    }
+
+    /// A keyed session that has sent its challenge, and the stream a key holder sends next
+    /// (sealed handshake, then `payloads` as data frames numbered from 1), in plain and sealed.
+    fn keyed_connection(payloads: &[Vec<u8>]) -> (RxSession, Vec<u8>, Vec<usize>) {
+        let k = key();
+        let local = local_member();
+        let s = RxSettings {
+            cluster: CLUSTER,
+            local: &local,
+            max_frame_size: 1 << 20,
+            key: Some(&k),
+        };
+        let client = [7u8; 32];
+        let mut hello = Vec::new();
+        encode_frame(&mut hello, FrameKind::Handshake, FLAG_SEALED, 0, &client);
+        let mut rx = RxSession::default();
+        let mut out = RxOutput::default();
+        let used = rx
+            .on_bytes(&mut hello, &s, &mut DedupTable::new(8), &mut out)
+            .expect("opening handshake");
+        assert_eq!(used, hello.len());
+        let (f, _) = parse_frame(&out.reply, 1 << 20)
+            .expect("challenge")
+            .expect("whole");
+        assert_eq!(f.header.kind, FrameKind::Challenge);
+        let server: [u8; 32] = f.body.try_into().expect("32-byte nonce");
+        let (mut sealer, _, _, _) = k.connection_keys(&client, &server);
+        let mut plain = Vec::new();
+        let hs = Handshake {
+            cluster: CLUSTER.into(),
+            protocol_version: PROTOCOL_VERSION,
+            member: peer_member(),
+            incarnation: 3,
+            lane: 1,
+        };
+        encode_frame(&mut plain, FrameKind::Handshake, 0, 0, &encode_body(&hs));
+        for (i, p) in payloads.iter().enumerate() {
+            let env = encode_body(&Envelope {
+                sender: peer_member().id,
+                msg_id: i as u64,
+                options: 0,
+                payload: p,
+            });
+            encode_frame(&mut plain, FrameKind::Data, FLAG_ACK, i as u64 + 1, &env);
+        }
+        let mut sealed = Vec::new();
+        seal_frames(&mut sealer, &plain, false, &mut sealed).expect("seal");
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((_, used))) = parse_frame(&sealed[at..], 1 << 20) {
+            starts.push(at);
+            at += used;
+        }
+        (rx, sealed, starts)
+    }
+
+    fn peer_member() -> Member {
+        Member {
+            id: MemberId([0x33; 16]),
+            name: "peer".into(),
+            addr: "127.0.0.1:4001".parse().expect("addr"),
+            domain: String::new(),
+        }
+    }
+
+    /// Feeds `stream` in pieces; returns the payloads delivered and whether it ended in error.
+    fn feed(mut rx: RxSession, stream: &[u8], cut: usize) -> (Vec<Vec<u8>>, bool) {
+        let k = key();
+        let local = local_member();
+        let s = RxSettings {
+            cluster: CLUSTER,
+            local: &local,
+            max_frame_size: 1 << 20,
+            key: Some(&k),
+        };
+        let mut dedup = DedupTable::new(8);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut delivered = Vec::new();
+        for piece in [&stream[..cut], &stream[cut..]] {
+            pending.extend_from_slice(piece);
+            let mut out = RxOutput::default();
+            let r = rx.on_bytes(&mut pending, &s, &mut dedup, &mut out);
+            for d in &out.deliveries {
+                let env: Envelope = decode_body(&pending[d.start..d.end]).expect("authentic body");
+                delivered.push(env.payload.to_vec());
+            }
+            match r {
+                Ok(used) => {
+                    pending.drain(..used);
+                }
+                Err(_) => return (delivered, true),
+            }
+        }
+        (delivered, false)
+    }
+
+    proptest! {
+        /// A sealed stream mangled in any way never panics the keyed session, and whatever it
+        /// still delivers is genuine: the first messages the key holder sent, in order.
+        #[test]
+        fn mutated_sealed_streams(
+            payloads in prop::collection::vec(arb_body(200), 1..5),
+            muts in prop::collection::vec(arb_mutation(), 1..5),
+            cut in any::<Index>(),
+        ) {
+            let (rx, mut stream, starts) = keyed_connection(&payloads);
+            mutate(&mut stream, &starts, &muts);
+            let (got, _) = feed(rx, &stream, cut.index(stream.len() + 1));
+            prop_assert!(got.len() <= payloads.len());
+            prop_assert_eq!(&got[..], &payloads[..got.len()]);
+        }
+
+        /// Arbitrary bytes after the challenge: no panic, nothing delivered.
+        #[test]
+        fn arbitrary_bytes_to_a_keyed_session(bytes in arb_frame_like_bytes(), cut in any::<Index>()) {
+            let (rx, _, _) = keyed_connection(&[]);
+            let (got, _) = feed(rx, &bytes, cut.index(bytes.len() + 1));
+            prop_assert!(got.is_empty());
+        }
+
+        /// A sealed membership datagram mangled in any way: no panic, and if it still opens it
+        /// says what was sent (only the unchecked flag bits may differ).
+        #[test]
+        fn mutated_sealed_datagrams(
+            alive in any::<u64>(),
+            stamp in any::<u64>(),
+            muts in prop::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let dk = key().datagram_key();
+            let rec = McastRecord { cluster: CLUSTER.into(), member: peer_member(), alive_ms: alive };
+            let mut bytes = record::encode_sealed(Kind::Heartbeat, &rec, &dk, stamp).expect("seal");
+            mutate(&mut bytes, &[], &muts);
+            if let Ok((kind, s, r)) = record::open(&bytes, Some(&dk)) {
+                prop_assert_eq!((kind, s, r), (Kind::Heartbeat, stamp, rec));
+            }
+            let _ = record::open(&bytes, None);
+            let _ = record::decode(&bytes);
+        }
+
+        /// Arbitrary bytes as a datagram to a keyed node: no panic.
+        #[test]
+        fn arbitrary_datagrams_with_a_key(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let dk = key().datagram_key();
+            let mut b = bytes.clone();
+            if b.len() >= 8 {
+                b[..4].copy_from_slice(b"TBCM");
+                b[4] = PROTOCOL_VERSION;
+                b[6] = 1;
+            }
+            // Random bytes never authenticate (a forgery succeeds with probability 2^-128).
+            prop_assert!(record::open(&b, Some(&dk)).is_err());
+            let _ = record::open(&bytes, Some(&dk));
+        }
+    }
+
+    /// Without mutation the keyed stream delivers everything, whatever the cut.
+    #[test]
+    fn sealed_stream_control() {
+        let payloads = vec![b"a".to_vec(), vec![9; 300], Vec::new()];
+        for cut in [0, 1, 23, 24, 100, usize::MAX] {
+            let (rx, stream, _) = keyed_connection(&payloads);
+            let (got, err) = feed(rx, &stream, cut.min(stream.len()));
+            assert_eq!((got, err), (payloads.clone(), false), "cut {cut}");
+        }
+        // The same stream replayed to another connection (another challenge) delivers nothing.
+        let (_, stream, _) = keyed_connection(&payloads);
+        let (rx, _, _) = keyed_connection(&payloads);
+        assert_eq!(feed(rx, &stream, stream.len()), (Vec::new(), true));
+    }
+}
