@@ -2,7 +2,7 @@
 //! datagram key for membership heartbeats (docs/SECURITY.md). All cryptography is RustCrypto's
 //! (`aes-gcm`, `hkdf`, `sha2`); this module only chooses keys and nonces.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use base64::Engine;
 use hkdf::Hkdf;
@@ -263,7 +263,7 @@ impl Sealer {
         let nonce = counter_nonce(self.next);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf)
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, buf.into())
             .map_err(|_| CryptoError::Exhausted)?;
         self.next += 1;
         Ok(tag.into())
@@ -288,8 +288,9 @@ impl Opener {
             return Err(CryptoError::Auth);
         }
         let nonce = counter_nonce(self.next);
+        let tag = Tag::try_from(tag).map_err(|_| CryptoError::Auth)?;
         self.cipher
-            .decrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf, Tag::from_slice(tag))
+            .decrypt_inout_detached(&Nonce::from(nonce), aad, buf.into(), &tag)
             .map_err(|_| CryptoError::Auth)?;
         self.next += 1;
         Ok(())
@@ -311,7 +312,7 @@ impl DatagramKey {
         getrandom::fill(&mut nonce).map_err(|e| CryptoError::NoRandomness(e.to_string()))?;
         let tag = self
             .0
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf)
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, buf.into())
             .map_err(|_| CryptoError::Exhausted)?;
         Ok((nonce, tag.into()))
     }
@@ -326,8 +327,10 @@ impl DatagramKey {
         if nonce.len() != AEAD_NONCE_LEN || tag.len() != TAG_LEN {
             return Err(CryptoError::Auth);
         }
+        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Auth)?;
+        let tag = Tag::try_from(tag).map_err(|_| CryptoError::Auth)?;
         self.0
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+            .decrypt_inout_detached(&nonce, aad, buf.into(), &tag)
             .map_err(|_| CryptoError::Auth)
     }
 }
