@@ -52,10 +52,10 @@ impl Beacon {
         let prev = self
             .last_stamp
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                Some(now.max(last + 1))
+                Some(now.max(last.saturating_add(1)))
             })
             .unwrap_or(0);
-        record::encode_sealed(kind, &rec, key, now.max(prev + 1))
+        record::encode_sealed(kind, &rec, key, now.max(prev.saturating_add(1)))
     }
 }
 

@@ -967,3 +967,21 @@ fn sync_answer(conn: &ConnShared, seq: u64, result: Result<(), String>, reply: &
     }
     conn.writer.lock().write(reply);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn refusal_logs_are_rate_limited() {
+        let mut r = RateLimit {
+            last: None,
+            held: 0,
+        };
+        assert_eq!(r.allow(), Some(0), "the first is logged");
+        for _ in 0..1000 {
+            assert_eq!(r.allow(), None, "the rest of the period is held back");
+        }
+        assert_eq!(r.held, 1000, "and counted for the next line");
+    }
+}
