@@ -16,7 +16,9 @@
 //! Flags: `--size BYTES --count N --receivers R --mode async|ack|sync-ack|raw-ack`, `--threads T`
 //! (T application threads share the sender channel, as request threads of a server do; default
 //! 1; `threads=T` is then added to the line), `--spawn` (each receiver in a process of its own,
-//! this example re-run with `--role receiver`, as separate servers would).
+//! this example re-run with `--role receiver`, as separate servers would), `--key` (every
+//! channel shares a cluster key: all traffic sealed with AES-256-GCM; `key=on` is then added to
+//! the line).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +41,7 @@ struct Args {
     mode: String,
     spawn: bool,
     role_receiver: bool,
+    key: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -50,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         mode: "async".into(),
         spawn: false,
         role_receiver: false,
+        key: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => a.threads = num(value("--threads")?, "--threads")?,
             "--mode" => a.mode = value("--mode")?,
             "--spawn" => a.spawn = true,
+            "--key" => a.key = true,
             "--role" => a.role_receiver = value("--role")? == "receiver",
             other => return Err(format!("unknown flag {other}")),
         }
@@ -144,14 +149,20 @@ impl Checker {
     }
 }
 
-fn bench_config(name: &str) -> ChannelConfig {
+/// The benchmark's cluster key: a fixed, public value; only the cost of sealing is measured.
+const BENCH_KEY: &str = "62656e63682d6b65792d6e6f742d7365637265742d30313233343536373839ab";
+
+fn bench_config(name: &str, a: &Args) -> ChannelConfig {
     let mut cfg = ChannelConfig::loopback(name);
     cfg.cluster_name = "channel-bench".into();
+    if a.key {
+        cfg.cluster_key = tribecast::ClusterKey::parse(BENCH_KEY).ok();
+    }
     cfg
 }
 
 fn receiver(name: &str, a: &Args) -> Result<(GroupChannel, Arc<Checker>), String> {
-    let ch = GroupChannel::new(bench_config(name)).map_err(|e| e.to_string())?;
+    let ch = GroupChannel::new(bench_config(name, a)).map_err(|e| e.to_string())?;
     let checker = Checker::new(a);
     let c = checker.clone();
     ch.add_channel_listener(Arc::new(move |m: &ChannelMessage<'_>| c.check(m)));
@@ -302,6 +313,7 @@ fn run() -> Result<(), String> {
                     &a.count.to_string(),
                 ])
                 .args(["--threads", &a.threads.to_string()])
+                .args(a.key.then_some("--key"))
                 .stdout(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("spawn receiver: {e}"))?;
@@ -320,7 +332,7 @@ fn run() -> Result<(), String> {
             local.push((ch, checker));
         }
     }
-    let mut cfg = bench_config("sender");
+    let mut cfg = bench_config("sender", &a);
     cfg.static_members = addrs
         .iter()
         .map(|&addr| StaticMember {
@@ -399,11 +411,14 @@ fn run() -> Result<(), String> {
     let secs = (end - start).as_secs_f64();
     lat.sort_unstable();
     let rate = a.count as f64 / secs;
-    let threads = if a.threads > 1 {
+    let mut threads = if a.threads > 1 {
         format!(" threads={}", a.threads)
     } else {
         String::new()
     };
+    if a.key {
+        threads.push_str(" key=on");
+    }
     println!(
         "channel mode={} size={} receivers={} count={}{threads} msgs_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={}",
         a.mode,

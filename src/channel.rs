@@ -411,7 +411,13 @@ impl GroupChannel {
             incarnation: random_u64(),
             max_frame_size: cfg.max_frame_size,
             next_seq: AtomicU64::new(0),
+            key: cfg.cluster_key.clone(),
         });
+        if cfg.cluster_key.is_some() {
+            info!("Cluster key configured: TCP frames and membership datagrams are authenticated and encrypted (AES-256-GCM); members without the key are refused");
+        } else {
+            info!("No cluster key configured: cluster traffic is neither authenticated nor encrypted, and anyone who can reach this node can join the cluster (set ChannelConfig::cluster_key)");
+        }
         let sender = PooledParallelSender::new(identity, cfg.sender.clone());
         *self.inner.runtime.write() = Some(Arc::new(Runtime {
             local: local.clone(),

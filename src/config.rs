@@ -29,6 +29,18 @@ pub struct ChannelConfig {
     /// Statically listed members (Tomcat: `StaticMembershipInterceptor` `<Member>` elements).
     pub static_members: Vec<StaticMember>,
     pub membership: MembershipConfig,
+    /// The secret shared by every member (Tomcat: `EncryptInterceptor.encryptionKey`; the
+    /// algorithm is fixed, AES-256-GCM, Tomcat's default `encryptionAlgorithm` AES/GCM/NoPadding
+    /// with a 256-bit key). With it every TCP frame and membership datagram is authenticated
+    /// and encrypted, and nodes without it are refused; `None` (the default) runs the cluster
+    /// in plaintext, as Tomcat without an EncryptInterceptor. Load it with
+    /// [`ClusterKey::from_file`](crate::ClusterKey::from_file) or
+    /// [`ClusterKey::from_env`](crate::ClusterKey::from_env). Never logged.
+    pub cluster_key: Option<crate::crypto::ClusterKey>,
+    /// With a cluster key: how far from this node's clock the timestamp of a membership
+    /// datagram from a member not heard from recently may be (Tomcat:
+    /// `EncryptInterceptor.replayWindowTime`, 10000 ms). Members' clocks must agree within it.
+    pub replay_window: Duration,
 }
 
 /// How members are found and judged alive (Tomcat: `McastService`, `StaticMembershipService`,
@@ -182,6 +194,8 @@ impl Default for ChannelConfig {
             dispatch: DispatchConfig::default(),
             static_members: Vec::new(),
             membership: MembershipConfig::default(),
+            cluster_key: None,
+            replay_window: Duration::from_millis(10_000),
         }
     }
 }
@@ -257,6 +271,9 @@ impl ChannelConfig {
         })?;
         check(self.domain.len() <= 255, "domain", || {
             "longer than 255 bytes".into()
+        })?;
+        check(!self.replay_window.is_zero(), "replay_window", || {
+            "must be > 0".into()
         })?;
         let m = self.max_frame_size;
         check((4096..=1 << 30).contains(&m), "max_frame_size", || {

@@ -6,6 +6,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod config_file;
+pub mod crypto;
 pub mod error;
 pub mod interceptor;
 pub mod member;
@@ -25,6 +26,7 @@ pub use config::{
     SenderConfig, StaticMember,
 };
 pub use config_file::{ConfigFileError, NodeConfig};
+pub use crypto::{ClusterKey, KeyError};
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
 pub use interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, OutMessage, PeerEvent,

@@ -1026,3 +1026,46 @@ fn example_files_form_a_cluster() {
     node2.stop();
     node1.stop();
 }
+
+#[test]
+fn the_cluster_key_comes_from_a_file_or_the_environment_and_is_never_shown() {
+    let dir = std::env::temp_dir().join(format!("tribecast-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cluster.key");
+    let secret = "a1".repeat(32);
+    std::fs::write(&file, &secret).unwrap();
+    let text = format!(
+        "[cluster.channel]\ncluster_key_file = {:?}\nreplay_window_ms = 5000\n",
+        file.display().to_string()
+    );
+    let n = NodeConfig::from_toml_str(&text).unwrap();
+    assert!(n.cluster.channel.cluster_key.is_some());
+    assert_eq!(n.cluster.channel.replay_window, Duration::from_secs(5));
+    assert!(!format!("{:?}", n.cluster.channel).contains(&secret));
+    // The environment variable form.
+    let var = format!("TRIBECAST_TEST_KEY_{}", std::process::id());
+    std::env::set_var(&var, &secret);
+    let n = NodeConfig::from_toml_str(&format!("[cluster.channel]\ncluster_key_env = {var:?}\n"));
+    assert!(n.unwrap().cluster.channel.cluster_key.is_some());
+    // A missing file, a bad key, both forms at once, an empty window: typed errors naming the
+    // key, and never the key text.
+    let missing = format!(
+        "[cluster.channel]\ncluster_key_file = {:?}\n",
+        dir.join("nope").display().to_string()
+    );
+    check(
+        &missing,
+        Kind::BadValue,
+        "cluster.channel.cluster_key_file",
+        2,
+    );
+    std::fs::write(&file, "not a key").unwrap();
+    let e = check(&text, Kind::BadValue, "cluster.channel.cluster_key_file", 2);
+    assert!(!e.to_string().contains("not a key"), "{e}");
+    std::fs::write(&file, &secret).unwrap();
+    let both = format!("{text}cluster_key_env = {var:?}\n");
+    check(&both, Kind::BadValue, "cluster.channel.cluster_key_env", 4);
+    let zero = "[cluster.channel]\nreplay_window_ms = 0\n";
+    check(zero, Kind::Invalid, "cluster.channel.replay_window_ms", 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

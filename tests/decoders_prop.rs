@@ -89,11 +89,11 @@ fn reference_parse(buf: &[u8], max: u32) -> Result<Option<usize>, FrameError> {
     if buf[4] != 1 {
         return Err(FrameError::UnsupportedVersion(buf[4]));
     }
-    if !(1..=8).contains(&buf[5]) {
+    if !(1..=9).contains(&buf[5]) {
         return Err(FrameError::UnknownKind(buf[5]));
     }
     let flags = u16::from_le_bytes([buf[6], buf[7]]);
-    if flags & !0x3 != 0 {
+    if flags & !0x7 != 0 {
         return Err(FrameError::UnknownFlags(flags));
     }
     let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
@@ -1128,6 +1128,7 @@ fn classify(r: &Result<usize, RxClose>, len: usize) -> Expected {
         Err(RxClose::Protocol(_)) => Expected::Protocol,
         Err(RxClose::Refused(_)) => Expected::Refused,
         Err(RxClose::Leave) => Expected::Leave,
+        Err(RxClose::Auth(e)) => panic!("a plaintext session never authenticates: {e}"),
     }
 }
 
@@ -1156,6 +1157,7 @@ fn run_session(
         cluster: CLUSTER,
         local: &local,
         max_frame_size: max,
+        key: None,
     };
     let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(stream.len())).collect();
     cuts.push(stream.len());
@@ -1178,7 +1180,7 @@ fn run_session(
         pending.extend_from_slice(&stream[from..cut]);
         from = cut;
         out.clear();
-        let r = rx.on_bytes(&pending, &s, dedup, &mut out);
+        let r = rx.on_bytes(&mut pending.to_vec(), &s, dedup, &mut out);
         let limit = if rx.peer().is_some() {
             max
         } else {
@@ -1220,10 +1222,10 @@ proptest! {
     #[test]
     fn rx_arbitrary_bytes(buf in arb_frame_like_bytes(), max in arb_rx_max()) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max };
+        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
         let mut out = RxOutput::default();
         let mut rx = RxSession::default();
-        let r = rx.on_bytes(&buf, &s, &mut DedupTable::new(8), &mut out);
+        let r = rx.on_bytes(&mut buf.to_vec(), &s, &mut DedupTable::new(8), &mut out);
         check_rx_output(&buf, &r, &out, max.min(MAX_HANDSHAKE_LEN))?;
         prop_assert!(out.hello.is_some() || out.deliveries.is_empty());
         prop_assert!(out.hello.is_some() || out.reply.is_empty() || matches!(r, Err(RxClose::Refused(_))));
@@ -1238,14 +1240,14 @@ proptest! {
         max in arb_rx_max(),
     ) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max };
+        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
         let mut dedup = DedupTable::new(1024);
         let mut model = HashMap::new();
         for c in &conns {
             let (bytes, plan) = encode_conn(c);
             let (want, end) = model_conn(c, &plan, max, &mut model);
             let mut out = RxOutput::default();
-            let r = RxSession::default().on_bytes(&bytes, &s, &mut dedup, &mut out);
+            let r = RxSession::default().on_bytes(&mut bytes.to_vec(), &s, &mut dedup, &mut out);
             check_rx_output(&bytes, &r, &out, max)?;
             prop_assert_eq!(classify(&r, bytes.len()), end);
             prop_assert_eq!(&out.deliveries, &want.deliveries);
@@ -1309,24 +1311,24 @@ proptest! {
         kind in arb_kind(),
     ) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max };
+        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
         let pre = max.min(MAX_HANDSHAKE_LEN);
         let header = encode_header(kind, 0, 0, (pre + over) as usize, &body_hasher(&[]));
-        let r = RxSession::default().on_bytes(&header, &s, &mut DedupTable::new(4), &mut RxOutput::default());
+        let r = RxSession::default().on_bytes(&mut header.to_vec(), &s, &mut DedupTable::new(4), &mut RxOutput::default());
         prop_assert_eq!(r, Err(RxClose::Frame(FrameError::TooLarge { len: pre + over, max: pre })));
 
         let mut rx = RxSession::default();
         let mut dedup = DedupTable::new(4);
         let (hello, _) = encode_conn(&Conn { hello: Hello::Good, peer: 1, incarnation: 1, lane: 0, ops: vec![] });
-        prop_assert_eq!(rx.on_bytes(&hello, &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
+        prop_assert_eq!(rx.on_bytes(&mut hello.to_vec(), &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
         let header = encode_header(FrameKind::Data, FLAG_ACK, 1, (max + over) as usize, &body_hasher(&[]));
-        let r = rx.on_bytes(&header, &s, &mut dedup, &mut RxOutput::default());
+        let r = rx.on_bytes(&mut header.to_vec(), &s, &mut dedup, &mut RxOutput::default());
         prop_assert_eq!(r, Err(RxClose::Frame(FrameError::TooLarge { len: max + over, max })));
         // A header within the limit only asks for its body.
         let header = encode_header(FrameKind::Data, FLAG_ACK, 1, max as usize, &body_hasher(&[]));
         let mut rx = RxSession::default();
-        prop_assert_eq!(rx.on_bytes(&hello, &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
-        prop_assert_eq!(rx.on_bytes(&header, &s, &mut dedup, &mut RxOutput::default()), Ok(0));
+        prop_assert_eq!(rx.on_bytes(&mut hello.to_vec(), &s, &mut dedup, &mut RxOutput::default()), Ok(hello.len()));
+        prop_assert_eq!(rx.on_bytes(&mut header.to_vec(), &s, &mut dedup, &mut RxOutput::default()), Ok(0));
     }
 }
 
@@ -1457,6 +1459,7 @@ fn doc_receiver_facts() {
         cluster: CLUSTER,
         local: &local,
         max_frame_size: 4 << 20,
+        key: None,
     };
     // A header of another protocol version closes the connection, after a HandshakeRefuse
     // (in version 1) that says why: parse_frame rejects the header before the body is read.
@@ -1470,7 +1473,7 @@ fn doc_receiver_facts() {
     .0;
     hs[4] = 2;
     let mut out = RxOutput::default();
-    let r = RxSession::default().on_bytes(&hs, &s, &mut DedupTable::new(4), &mut out);
+    let r = RxSession::default().on_bytes(&mut hs.to_vec(), &s, &mut DedupTable::new(4), &mut out);
     assert_eq!(
         r,
         Err(RxClose::Refused(
@@ -1492,7 +1495,8 @@ fn doc_receiver_facts() {
     .0;
     encode_frame(&mut bytes, FrameKind::Data, FLAG_ACK, 0, b"zero");
     let mut out = RxOutput::default();
-    let r = RxSession::default().on_bytes(&bytes, &s, &mut DedupTable::new(4), &mut out);
+    let r =
+        RxSession::default().on_bytes(&mut bytes.to_vec(), &s, &mut DedupTable::new(4), &mut out);
     assert_eq!(r, Ok(bytes.len()));
     assert!(out.deliveries.is_empty());
     assert_eq!(out.duplicates, 1);
@@ -1500,5 +1504,279 @@ fn doc_receiver_facts() {
     assert_eq!(
         replies.last().map(|f| (f.0, f.2)),
         Some((FrameKind::Ack, 0))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed input (cluster key)
+// ---------------------------------------------------------------------------------------------
+
+mod sealed_input {
+    use super::*;
+    use tribecast::crypto::ClusterKey;
+    use tribecast::membership::record::{self, Kind, McastRecord};
+    use tribecast::wire::frame::FLAG_SEALED;
+    use tribecast::wire::sealed::seal_frames;
+
+    fn key() -> ClusterKey {
+        ClusterKey::parse("3f1c0e6d2a9b8c7d6e5f40312233445566778899aabbccddeeff001122334455")
+            .expect("key")
+    }
+
+    /// A keyed session that has sent its challenge, and the stream a key holder sends next
+    /// (sealed handshake, then `payloads` as data frames numbered from 1), in plain and sealed.
+    fn keyed_connection(payloads: &[Vec<u8>]) -> (RxSession, Vec<u8>, Vec<usize>) {
+        let k = key();
+        let local = local_member();
+        let s = RxSettings {
+            cluster: CLUSTER,
+            local: &local,
+            max_frame_size: 1 << 20,
+            key: Some(&k),
+        };
+        let client = [7u8; 32];
+        let mut hello = Vec::new();
+        encode_frame(&mut hello, FrameKind::Handshake, FLAG_SEALED, 0, &client);
+        let mut rx = RxSession::default();
+        let mut out = RxOutput::default();
+        let used = rx
+            .on_bytes(&mut hello, &s, &mut DedupTable::new(8), &mut out)
+            .expect("opening handshake");
+        assert_eq!(used, hello.len());
+        let (f, _) = parse_frame(&out.reply, 1 << 20)
+            .expect("challenge")
+            .expect("whole");
+        assert_eq!(f.header.kind, FrameKind::Challenge);
+        let server: [u8; 32] = f.body.try_into().expect("32-byte nonce");
+        let (mut sealer, _, _, _) = k.connection_keys(&client, &server);
+        let mut plain = Vec::new();
+        let hs = Handshake {
+            cluster: CLUSTER.into(),
+            protocol_version: PROTOCOL_VERSION,
+            member: peer_member(),
+            incarnation: 3,
+            lane: 1,
+        };
+        encode_frame(&mut plain, FrameKind::Handshake, 0, 0, &encode_body(&hs));
+        for (i, p) in payloads.iter().enumerate() {
+            let env = encode_body(&Envelope {
+                sender: peer_member().id,
+                msg_id: i as u64,
+                options: 0,
+                payload: p,
+            });
+            encode_frame(&mut plain, FrameKind::Data, FLAG_ACK, i as u64 + 1, &env);
+        }
+        let mut sealed = Vec::new();
+        seal_frames(&mut sealer, &plain, false, &mut sealed).expect("seal");
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((_, used))) = parse_frame(&sealed[at..], 1 << 20) {
+            starts.push(at);
+            at += used;
+        }
+        (rx, sealed, starts)
+    }
+
+    fn peer_member() -> Member {
+        Member {
+            id: MemberId([0x33; 16]),
+            name: "peer".into(),
+            addr: "127.0.0.1:4001".parse().expect("addr"),
+            domain: String::new(),
+        }
+    }
+
+    /// Feeds `stream` in pieces; returns the payloads delivered and whether it ended in error.
+    fn feed(mut rx: RxSession, stream: &[u8], cut: usize) -> (Vec<Vec<u8>>, bool) {
+        let k = key();
+        let local = local_member();
+        let s = RxSettings {
+            cluster: CLUSTER,
+            local: &local,
+            max_frame_size: 1 << 20,
+            key: Some(&k),
+        };
+        let mut dedup = DedupTable::new(8);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut delivered = Vec::new();
+        for piece in [&stream[..cut], &stream[cut..]] {
+            pending.extend_from_slice(piece);
+            let mut out = RxOutput::default();
+            let r = rx.on_bytes(&mut pending, &s, &mut dedup, &mut out);
+            for d in &out.deliveries {
+                let env: Envelope = decode_body(&pending[d.start..d.end]).expect("authentic body");
+                delivered.push(env.payload.to_vec());
+            }
+            match r {
+                Ok(used) => {
+                    pending.drain(..used);
+                }
+                Err(_) => return (delivered, true),
+            }
+        }
+        (delivered, false)
+    }
+
+    proptest! {
+        /// A sealed stream mangled in any way never panics the keyed session, and whatever it
+        /// still delivers is genuine: the first messages the key holder sent, in order.
+        #[test]
+        fn mutated_sealed_streams(
+            payloads in prop::collection::vec(arb_body(200), 1..5),
+            muts in prop::collection::vec(arb_mutation(), 1..5),
+            cut in any::<Index>(),
+        ) {
+            let (rx, mut stream, starts) = keyed_connection(&payloads);
+            mutate(&mut stream, &starts, &muts);
+            let (got, _) = feed(rx, &stream, cut.index(stream.len() + 1));
+            prop_assert!(got.len() <= payloads.len());
+            prop_assert_eq!(&got[..], &payloads[..got.len()]);
+        }
+
+        /// Arbitrary bytes after the challenge: no panic, nothing delivered.
+        #[test]
+        fn arbitrary_bytes_to_a_keyed_session(bytes in arb_frame_like_bytes(), cut in any::<Index>()) {
+            let (rx, _, _) = keyed_connection(&[]);
+            let (got, _) = feed(rx, &bytes, cut.index(bytes.len() + 1));
+            prop_assert!(got.is_empty());
+        }
+
+        /// A sealed membership datagram mangled in any way: no panic, and if it still opens it
+        /// says what was sent (only the unchecked flag bits may differ).
+        #[test]
+        fn mutated_sealed_datagrams(
+            alive in any::<u64>(),
+            stamp in any::<u64>(),
+            muts in prop::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let dk = key().datagram_key();
+            let rec = McastRecord { cluster: CLUSTER.into(), member: peer_member(), alive_ms: alive };
+            let mut bytes = record::encode_sealed(Kind::Heartbeat, &rec, &dk, stamp).expect("seal");
+            mutate(&mut bytes, &[], &muts);
+            if let Ok((kind, s, r)) = record::open(&bytes, Some(&dk)) {
+                prop_assert_eq!((kind, s, r), (Kind::Heartbeat, stamp, rec));
+            }
+            let _ = record::open(&bytes, None);
+            let _ = record::decode(&bytes);
+        }
+
+        /// Arbitrary bytes as a datagram to a keyed node: no panic.
+        #[test]
+        fn arbitrary_datagrams_with_a_key(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let dk = key().datagram_key();
+            let mut b = bytes.clone();
+            if b.len() >= 8 {
+                b[..4].copy_from_slice(b"TBCM");
+                b[4] = PROTOCOL_VERSION;
+                b[6] = 1;
+            }
+            // Random bytes never authenticate (a forgery succeeds with probability 2^-128).
+            prop_assert!(record::open(&b, Some(&dk)).is_err());
+            let _ = record::open(&bytes, Some(&dk));
+        }
+    }
+
+    /// Without mutation the keyed stream delivers everything, whatever the cut.
+    #[test]
+    fn sealed_stream_control() {
+        let payloads = vec![b"a".to_vec(), vec![9; 300], Vec::new()];
+        for cut in [0, 1, 23, 24, 100, usize::MAX] {
+            let (rx, stream, _) = keyed_connection(&payloads);
+            let (got, err) = feed(rx, &stream, cut.min(stream.len()));
+            assert_eq!((got, err), (payloads.clone(), false), "cut {cut}");
+        }
+        // The same stream replayed to another connection (another challenge) delivers nothing.
+        let (_, stream, _) = keyed_connection(&payloads);
+        let (rx, _, _) = keyed_connection(&payloads);
+        assert_eq!(feed(rx, &stream, stream.len()), (Vec::new(), true));
+    }
+}
+
+/// The sealed examples of docs/wire-format.md ("Sealed connections"): key, nonces and frames
+/// named there, dumps produced by this code.
+fn doc_sealed_frames() -> [(&'static str, Vec<u8>); 4] {
+    use tribecast::crypto::ClusterKey;
+    use tribecast::wire::frame::FLAG_SEALED;
+    use tribecast::wire::sealed::seal_frame;
+    let key = ClusterKey::parse("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+        .expect("doc key");
+    let (nc, nr) = ([0x11u8; 32], [0x22u8; 32]);
+    let (mut s2r, _, mut r2s, _) = key.connection_keys(&nc, &nr);
+    let hs = Handshake {
+        cluster: "tribecast".into(),
+        protocol_version: PROTOCOL_VERSION,
+        member: doc_member(),
+        incarnation: 300,
+        lane: 0,
+    };
+    let env = Envelope {
+        sender: doc_member().id,
+        msg_id: 1,
+        options: 2,
+        payload: b"hello",
+    };
+    let mut scratch = Vec::new();
+    // Counter 0 of each direction: the sealed handshake and its sealed answer.
+    seal_frame(
+        &mut s2r,
+        &mut scratch,
+        FrameKind::Handshake,
+        0,
+        0,
+        &encode_body(&hs),
+    )
+    .expect("seal");
+    let accept = encode_body(&HandshakeAccept {
+        member: doc_member(),
+    });
+    seal_frame(
+        &mut r2s,
+        &mut scratch,
+        FrameKind::HandshakeAccept,
+        0,
+        0,
+        &accept,
+    )
+    .expect("seal");
+    let mut data = Vec::new();
+    seal_frame(
+        &mut s2r,
+        &mut data,
+        FrameKind::Data,
+        FLAG_ACK,
+        1,
+        &encode_body(&env),
+    )
+    .expect("seal");
+    let mut ack = Vec::new();
+    seal_frame(&mut r2s, &mut ack, FrameKind::Ack, 0, 1, &[]).expect("seal");
+    [
+        (
+            "opening handshake",
+            frame_bytes(FrameKind::Handshake, FLAG_SEALED, 0, &nc),
+        ),
+        (
+            "challenge",
+            frame_bytes(FrameKind::Challenge, FLAG_SEALED, 0, &nr),
+        ),
+        ("sealed data", data),
+        ("sealed ack", ack),
+    ]
+}
+
+#[test]
+fn doc_sealed_hex_dumps_match_code() {
+    let mut missing = Vec::new();
+    for (name, bytes) in doc_sealed_frames() {
+        let dump = hex_dump(&bytes);
+        println!("{name} frame ({} bytes):\n{dump}", bytes.len());
+        if !DOC.contains(&dump) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/wire-format.md lacks the dumps of {missing:?}"
     );
 }

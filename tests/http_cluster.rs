@@ -729,3 +729,58 @@ fn inner_multicast_http_nodes() {
         profile.body
     );
 }
+
+/// `--cluster-key-file`: two nodes with the key form a cluster and replicate; a node without
+/// it is refused (logged with its address) and never becomes a member.
+#[test]
+fn nodes_with_the_cluster_key_replicate_and_a_node_without_it_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tribecast-http-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, "5e".repeat(32)).expect("key file");
+    let key = key.to_string_lossy().into_owned();
+    let keyed = ["--cluster-key-file", key.as_str()];
+    let n1 = Proc::spawn_with("node1", "delta", &[], &keyed);
+    let n2 = Proc::spawn_with("node2", "delta", &[&n1], &keyed);
+    for n in [&n1, &n2] {
+        let ok = wait_until(LIMIT, || {
+            let h = n.health();
+            h.contains("\"ready\":true") && h.matches("\"name\":").count() == 1
+        });
+        assert!(
+            ok,
+            "{} never saw the other keyed node: {}",
+            n.name,
+            n.health()
+        );
+    }
+    n1.wait_line("the keyed start line", |_, l| {
+        l.contains("Cluster key configured")
+    });
+    let mut c = Client::new();
+    let r = c
+        .post_form(
+            n1.http,
+            "/app/login",
+            &[("user", "admin"), ("pass", "secret")],
+        )
+        .expect("login");
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get_until(&mut c, &n2, "/app/profile", 200);
+    assert!(r.body.contains("admin"), "{r:?}");
+    // Without the key: refused by the keyed receivers, and no member on either side.
+    let n3 = Proc::spawn("node3", "delta", &[&n1, &n2]);
+    n1.wait_line("a refusal of the unkeyed node", |_, l| {
+        l.contains("Closing connection from")
+    });
+    assert_eq!(
+        n3.health().matches("\"name\":").count(),
+        0,
+        "{}",
+        n3.health()
+    );
+    for n in [&n1, &n2] {
+        assert_eq!(n.health().matches("\"name\":").count(), 1, "{}", n.health());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

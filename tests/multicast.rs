@@ -24,7 +24,7 @@ use std::time::Duration;
 use tribecast::membership::mcast;
 use tribecast::membership::record::{self, Kind, McastRecord};
 use tribecast::wire::frame::PROTOCOL_VERSION;
-use tribecast::{ChannelConfig, GroupChannel, McastConfig, Member, MemberId};
+use tribecast::{ChannelConfig, ClusterKey, GroupChannel, McastConfig, Member, MemberId};
 
 /// Set by the outer test to its own namespace (`/proc/self/ns/net`): the inner test must be
 /// somewhere else.
@@ -187,6 +187,14 @@ fn multicast_default_interface_on_lo_forms_a_group() {
 #[test]
 fn multicast_graceful_stop_is_one_departure() {
     run_in_netns("inner_leave_once");
+}
+
+/// With a cluster key: members without it or with another are never seen (nor see the keyed
+/// ones), a recorded heartbeat of a member that left does not bring it back, and its recorded
+/// leave datagram, replayed after it came back, evicts nobody.
+#[test]
+fn multicast_cluster_key_refuses_strangers_and_replays() {
+    run_in_netns("inner_keyed");
 }
 
 /// The body of a member process (spawned by `inner_cluster`).
@@ -703,4 +711,136 @@ fn inner_leave_once() {
         "Q saw {events:?} for one graceful stop of P: its TCP goodbye re-added it"
     );
     q.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster key
+// ---------------------------------------------------------------------------------------------
+
+/// See `multicast_cluster_key_refuses_strangers_and_replays`.
+#[test]
+#[ignore = "runs only inside the namespace made by multicast_cluster_key_refuses_strangers_and_replays"]
+fn inner_keyed() {
+    if !in_private_netns("inner_keyed") {
+        return;
+    }
+    init_logs();
+    let group = group();
+    let mc = McastConfig {
+        address: *group.ip(),
+        port: group.port(),
+        frequency: Duration::from_millis(FREQ_MS),
+        drop_time: Duration::from_millis(DROP_MS),
+        bind: IFACE,
+        ..McastConfig::default()
+    };
+    let key = ClusterKey::parse("3f1c0e6d2a9b8c7d6e5f40312233445566778899aabbccddeeff001122334455")
+        .expect("key");
+    let other = ClusterKey::random().expect("random key");
+    let make = |name: &str, k: Option<&ClusterKey>, id: Option<MemberId>| {
+        let mut cfg = ChannelConfig::loopback(name);
+        cfg.membership.ping_interval = Duration::from_millis(NO_PINGS_MS);
+        cfg.membership.mcast = Some(mc.clone());
+        cfg.cluster_key = k.cloned();
+        cfg.unique_id = id;
+        let ch = GroupChannel::new(cfg).expect("config");
+        let ev = Arc::new(Events::default());
+        ch.add_membership_listener(ev.clone());
+        ch.start().expect("start");
+        (ch, ev)
+    };
+    let count = |ev: &Events, e: &str| ev.0.lock().iter().filter(|x| *x == e).count();
+    let cap = mcast::open(&mc, [127, 0, 0, 1].into(), Duration::from_millis(20)).expect("tap");
+    let dk = key.datagram_key();
+    // The next datagram of `id` of `kind` that the tap hears (sealed with the cluster key).
+    let capture = |kind: Kind, id: MemberId| -> Vec<u8> {
+        let deadline = std::time::Instant::now() + LIMIT;
+        let mut buf = vec![0u8; record::MAX_DATAGRAM + 1];
+        while std::time::Instant::now() < deadline {
+            let Ok((n, _)) = cap.recv_from(&mut buf) else {
+                continue;
+            };
+            if let Ok((k, _, rec)) = record::open(&buf[..n], Some(&dk)) {
+                if k == kind && rec.member.id == id {
+                    return buf[..n].to_vec();
+                }
+            }
+        }
+        panic!("no {kind:?} datagram of {id} within {LIMIT:?}");
+    };
+
+    let b_id = MemberId([0xb0; 16]);
+    let (a, ev_a) = make("A", Some(&key), None);
+    let (b, _) = make("B", Some(&key), Some(b_id));
+    let (plain, _) = make("plain", None, None);
+    let (wrong, _) = make("wrong", Some(&other), None);
+    let st = a.membership_stats().expect("running");
+    wait_for("A adds B", LIMIT, || ev_a.has("+B"));
+    wait_for("A refuses the strangers' heartbeats", LIMIT, || {
+        st.datagrams_refused.load(SeqCst) >= 4
+    });
+    let names = |ch: &GroupChannel| ch.members().into_iter().map(|m| m.name).collect::<Vec<_>>();
+    let until = std::time::Instant::now() + Duration::from_millis(10 * FREQ_MS);
+    while std::time::Instant::now() < until {
+        assert_eq!(names(&a), ["B"]);
+        assert!(plain.members().is_empty(), "plain sees {:?}", names(&plain));
+        assert!(wrong.members().is_empty(), "wrong sees {:?}", names(&wrong));
+        std::thread::sleep(Duration::from_millis(FREQ_MS / 2));
+    }
+
+    // A heartbeat of B recorded while it was up, and its leave datagram.
+    let old_beat = capture(Kind::Heartbeat, b_id);
+    b.stop();
+    let leave = capture(Kind::Leave, b_id);
+    wait_for("A drops B", LIMIT, || ev_a.has("-B"));
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind replayer");
+    let refused = st.datagrams_refused.load(SeqCst);
+    tx.send_to(&old_beat, group).expect("replay heartbeat");
+    wait_for("the replayed heartbeat refused", LIMIT, || {
+        st.datagrams_refused.load(SeqCst) > refused
+    });
+    // Past the leave grace (connect timeout), a fresh heartbeat would re-add B: the replay not.
+    let back = wait_until(Duration::from_millis(CONNECT_MS + 5 * FREQ_MS), || {
+        tx.send_to(&old_beat, group).is_ok() && count(&ev_a, "+B") > 1
+    });
+    assert!(
+        !back,
+        "a replayed heartbeat re-added B: {:?}",
+        ev_a.0.lock()
+    );
+
+    // B comes back (same id); its recorded leave, replayed, evicts nobody.
+    let (b2, _) = make("B", Some(&key), Some(b_id));
+    wait_for("A adds B again", LIMIT, || count(&ev_a, "+B") == 2);
+    let refused = st.datagrams_refused.load(SeqCst);
+    tx.send_to(&leave, group).expect("replay leave");
+    wait_for("the replayed leave refused", LIMIT, || {
+        st.datagrams_refused.load(SeqCst) > refused
+    });
+    // A forged leave (sealed flag, made-up body with a good checksum) is refused too.
+    let mut forged = leave.clone();
+    for b in &mut forged[12..] {
+        *b ^= 0x5a;
+    }
+    let crc = crc32fast::hash(&forged[12..]);
+    forged[8..12].copy_from_slice(&crc.to_le_bytes());
+    tx.send_to(&forged, group).expect("forged leave");
+    let evicted = wait_until(Duration::from_millis(10 * FREQ_MS), || {
+        count(&ev_a, "-B") > 1 || !names(&a).contains(&"B".to_string())
+    });
+    assert!(
+        !evicted,
+        "a replayed or forged leave evicted B: {:?}",
+        ev_a.0.lock()
+    );
+    assert_eq!(*ev_a.0.lock(), ["+B", "-B", "+B"]);
+    println!(
+        "FIGURE keyed: {} datagrams refused at A in all (no key, wrong key, replayed heartbeats, replayed \
+         and forged leave), members of A: {:?}",
+        st.datagrams_refused.load(SeqCst),
+        names(&a)
+    );
+    for ch in [&a, &b2, &plain, &wrong] {
+        ch.stop();
+    }
 }

@@ -8,7 +8,8 @@
 //! `--member ADDR` (repeat; replaces the file's static members), `--no-members` (none of the
 //! file's static members: a first node on OS-chosen ports), `--multicast` (discover members
 //! by multicast: only inside a private network namespace), `--manager delta|backup`,
-//! `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
+//! `--cluster-key-file FILE` (authenticate and encrypt all cluster traffic with this key; see
+//! docs/SECURITY.md), `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
 //! start, for footprint measurements), `--stop-on-stdin-eof` (stop cleanly when stdin closes).
 //! Flags override the file. Once serving it prints one line on stdout:
 //! `http_node node1 listening on http://127.0.0.1:8081 (cluster receiver 127.0.0.1:4001)`.
@@ -35,6 +36,7 @@ struct Args {
     no_members: bool,
     multicast: bool,
     manager: Option<ManagerKind>,
+    cluster_key_file: Option<PathBuf>,
     static_dir: PathBuf,
     http_threads: usize,
     preload: usize,
@@ -44,7 +46,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: http_node [--config FILE] [--name NAME] [--http ADDR] [--receiver ADDR] \
-[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--static DIR] [--http-threads N] \
+[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--cluster-key-file FILE] [--static DIR] [--http-threads N] \
 [--preload N] [--preload-size BYTES] [--stop-on-stdin-eof]";
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
         no_members: false,
         multicast: false,
         manager: None,
+        cluster_key_file: None,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
         http_threads: 4,
         preload: 0,
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
             "--member" => a.members.push(addr(value()?)?),
             "--no-members" => a.no_members = true,
             "--multicast" => a.multicast = true,
+            "--cluster-key-file" => a.cluster_key_file = Some(PathBuf::from(value()?)),
             "--manager" => {
                 a.manager = Some(match value()?.as_str() {
                     "delta" => ManagerKind::Delta,
@@ -142,6 +146,11 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
     }
     if let Some(kind) = a.manager {
         cluster.manager.kind = kind;
+    }
+    if let Some(path) = &a.cluster_key_file {
+        let key = tribecast::ClusterKey::from_file(path)
+            .map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))?;
+        cluster.channel.cluster_key = Some(key);
     }
     Ok(NodeOptions {
         http: http.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),

@@ -758,6 +758,9 @@ impl<'s> Walker<'s> {
                 "heartbeat_interval_ms",
                 "max_frame_size",
                 "unique_id",
+                "cluster_key_file",
+                "cluster_key_env",
+                "replay_window_ms",
                 "membership",
                 "receiver",
                 "sender",
@@ -782,6 +785,25 @@ impl<'s> Walker<'s> {
             let id =
                 parse_unique_id(&s).map_err(|m| self.err(Kind::BadValue, path, Some(span), m))?;
             c.unique_id = Some(id);
+        }
+        // The cluster key (EncryptInterceptor's encryptionKey) is read from a file or an
+        // environment variable, never written in this file; errors never show key text.
+        if let Some((s, path, span)) = self.string(ch, "cluster_key_file", "")? {
+            let key = crate::crypto::ClusterKey::from_file(&s)
+                .map_err(|e| self.err(Kind::BadValue, path, Some(span), e.to_string()))?;
+            c.cluster_key = Some(key);
+        }
+        if let Some((s, path, span)) = self.string(ch, "cluster_key_env", "")? {
+            if c.cluster_key.is_some() {
+                let m = "give the cluster key by cluster_key_file or cluster_key_env, not both";
+                return Err(self.err(Kind::BadValue, path, Some(span), m.to_string()));
+            }
+            let key = crate::crypto::ClusterKey::from_env(&s)
+                .map_err(|e| self.err(Kind::BadValue, path, Some(span), e.to_string()))?;
+            c.cluster_key = Some(key);
+        }
+        if let Some(d) = self.ms(ch, "replay_window_ms", "replay_window")? {
+            c.replay_window = d;
         }
         let mut domain_from: Option<(String, String)> = None;
         if let Some((p, t)) = self.table(ch, "membership")? {
@@ -1201,6 +1223,7 @@ fn default_path(vkey: &str) -> String {
                 "expiration_time",
                 "frequency",
                 "drop_time",
+                "replay_window",
             ];
             let ms = timed.iter().any(|t| k.ends_with(t));
             format!("cluster.channel.{k}{}", if ms { "_ms" } else { "" })

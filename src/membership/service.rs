@@ -6,9 +6,10 @@
 //! probes absent static members and verifies suspects, so that a member that hangs a TCP
 //! connect never delays heartbeats. Events reach the state over one bounded channel.
 
-use super::record::{self, Kind, McastRecord};
+use super::record::{self, Kind, McastRecord, RecordError, ReplayGuard};
 use super::state::{Action, DetectorConfig, MembershipState, Source};
 use crate::config::{ChannelConfig, StaticMember};
+use crate::crypto::DatagramKey;
 use crate::error::{ChannelError, SendFailure};
 use crate::member::{Member, MemberId};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -24,6 +25,55 @@ use std::time::{Duration, Instant};
 const EVENT_QUEUE: usize = 4096;
 /// Warnings about bad datagrams: at most one per this period, with the count.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Members whose newest datagram timestamp is remembered for the replay check.
+const REPLAY_MEMBERS: usize = 4096;
+
+/// Makes this member's datagrams: plaintext, or sealed with a fresh timestamp each.
+struct Beacon {
+    cluster: String,
+    member: Member,
+    key: Option<DatagramKey>,
+    /// Last timestamp used: each datagram gets a later one, even if the clock stands still or
+    /// steps back, so receivers can refuse anything not newer than what they have.
+    last_stamp: AtomicU64,
+}
+
+impl Beacon {
+    fn datagram(&self, kind: Kind, alive_ms: u64) -> Result<Vec<u8>, crate::crypto::CryptoError> {
+        let rec = McastRecord {
+            cluster: self.cluster.clone(),
+            member: self.member.clone(),
+            alive_ms,
+        };
+        let Some(key) = &self.key else {
+            return Ok(record::encode(kind, &rec));
+        };
+        let now = now_us();
+        let prev = self
+            .last_stamp
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .unwrap_or(0);
+        record::encode_sealed(kind, &rec, key, now.max(prev.saturating_add(1)))
+    }
+}
+
+/// Wall-clock microseconds since the Unix epoch: datagram timestamps must be comparable across
+/// members (their clocks must agree within the replay window).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// What the multicast reader checks datagrams against.
+struct McastRx {
+    me: MemberId,
+    cluster: String,
+    key: Option<DatagramKey>,
+    guard: ReplayGuard,
+}
 
 /// What the membership thread hears.
 pub enum Event {
@@ -68,8 +118,8 @@ pub struct MembershipService {
     events: Sender<Event>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    /// Socket and leave datagram, to say goodbye on stop.
-    leave: Option<(UdpSocket, Vec<u8>, SocketAddr)>,
+    /// Socket and datagram maker, to say goodbye on stop.
+    leave: Option<(UdpSocket, Arc<Beacon>, SocketAddr)>,
     pub stats: Arc<MembershipStats>,
 }
 
@@ -110,36 +160,35 @@ impl MembershipService {
             })?;
             let group = super::mcast::group(mc);
             let rx_sock = sock.try_clone().map_err(ChannelError::Io)?;
-            let (cluster, me) = (cfg.cluster_name.clone(), local.clone());
-            let rec = move |alive_ms| McastRecord {
-                cluster: cluster.clone(),
-                member: me.clone(),
-                alive_ms,
-            };
+            let key = cfg.cluster_key.as_ref().map(|k| k.datagram_key());
+            let beacon = Arc::new(Beacon {
+                cluster: cfg.cluster_name.clone(),
+                member: local.clone(),
+                key: key.clone(),
+                last_stamp: AtomicU64::new(0),
+            });
             leave = Some((
                 sock.try_clone().map_err(ChannelError::Io)?,
-                record::encode(Kind::Leave, &rec(0)),
+                beacon.clone(),
                 group,
             ));
-            let (ev, st, stop2, me, cluster) = (
-                events.clone(),
-                stats.clone(),
-                stop.clone(),
-                local.id,
-                cfg.cluster_name.clone(),
-            );
+            let rx = McastRx {
+                me: local.id,
+                cluster: cfg.cluster_name.clone(),
+                key,
+                guard: ReplayGuard::new(cfg.replay_window, REPLAY_MEMBERS),
+            };
+            let (ev, st, stop2) = (events.clone(), stats.clone(), stop.clone());
             threads.push(spawn(
                 "tribecast-mcast-rx",
-                Box::new(move || mcast_rx(rx_sock, me, cluster, ev, st, stop2)),
+                Box::new(move || mcast_rx(rx_sock, rx, ev, st, stop2)),
             )?);
             info!(
                 "Multicast membership on {group} every {} ms, drop time {} ms",
                 mc.frequency.as_millis(),
                 mc.drop_time.as_millis()
             );
-            mcast = Some((sock, group, mc.frequency, move |alive_ms| {
-                record::encode(Kind::Heartbeat, &rec(alive_ms))
-            }));
+            mcast = Some((sock, group, mc.frequency, beacon));
         }
         let tick = (tick / 5).max(Duration::from_millis(5));
         let det = DetectorConfig {
@@ -166,11 +215,14 @@ impl MembershipService {
                     if let Some((sock, group, freq, beat)) = &mcast {
                         if now >= next_beat {
                             let alive_ms = now.duration_since(started).as_millis() as u64;
-                            match sock.send_to(&beat(alive_ms), *group) {
-                                Ok(_) => {
-                                    st.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => warn!("Multicast heartbeat to {group} failed: {e}"),
+                            match beat.datagram(Kind::Heartbeat, alive_ms) {
+                                Ok(bytes) => match sock.send_to(&bytes, *group) {
+                                    Ok(_) => {
+                                        st.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(e) => warn!("Multicast heartbeat to {group} failed: {e}"),
+                                },
+                                Err(e) => warn!("Cannot seal a heartbeat: {e}"),
                             }
                             next_beat = now + *freq;
                         }
@@ -245,9 +297,14 @@ impl MembershipService {
 
     /// Sends the leave datagram and joins the threads. Safe to call twice.
     pub fn stop(&mut self) {
-        if let Some((sock, bytes, group)) = self.leave.take() {
-            if let Err(e) = sock.send_to(&bytes, group) {
-                warn!("Multicast leave datagram to {group} failed: {e}");
+        if let Some((sock, beacon, group)) = self.leave.take() {
+            match beacon.datagram(Kind::Leave, 0) {
+                Ok(bytes) => {
+                    if let Err(e) = sock.send_to(&bytes, group) {
+                        warn!("Multicast leave datagram to {group} failed: {e}");
+                    }
+                }
+                Err(e) => warn!("Cannot seal the leave datagram: {e}"),
             }
         }
         self.stop.store(true, Ordering::SeqCst);
@@ -366,8 +423,7 @@ fn prober(
 
 fn mcast_rx(
     sock: UdpSocket,
-    me: MemberId,
-    cluster: String,
+    mut rx: McastRx,
     events: Sender<Event>,
     st: Arc<MembershipStats>,
     stop: Arc<AtomicBool>,
@@ -402,15 +458,24 @@ fn mcast_rx(
                 continue;
             }
         };
-        let (kind, rec) = match record::decode(&buf[..n]) {
+        let (kind, stamp, rec) = match record::open(&buf[..n], rx.key.as_ref()) {
             Ok(x) => x,
             Err(e) => {
                 refuse(e.to_string(), from);
                 continue;
             }
         };
-        if rec.cluster != cluster || rec.member.id == me {
+        if rec.cluster != rx.cluster || rec.member.id == rx.me {
             continue; // another cluster on the same group, or our own heartbeat looped back
+        }
+        if rx.key.is_some() {
+            // Authentic, but maybe recorded earlier: a replayed heartbeat must not revive a
+            // member, nor a replayed leave evict one.
+            if let Err(e) = rx.guard.check(rec.member.id, stamp, now_us()) {
+                let e: RecordError = e;
+                refuse(format!("{e} (member [{}])", rec.member), from);
+                continue;
+            }
         }
         // A record is only ever announced by its member: it must come from the member's host.
         if rec.member.addr.ip() != from.ip() {

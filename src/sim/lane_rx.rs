@@ -128,10 +128,11 @@ impl RxSide {
             cluster: &self.cfg.cluster,
             local: &self.member,
             max_frame_size: self.cfg.max_frame_size,
+            key: None,
         };
         let result = c
             .session
-            .on_bytes(&c.buf, &settings, &mut self.dedup, &mut self.out);
+            .on_bytes(&mut c.buf, &settings, &mut self.dedup, &mut self.out);
         let j = &mut self.journal;
         j.duplicates += self.out.duplicates;
         j.hellos += u64::from(self.out.hello.is_some());

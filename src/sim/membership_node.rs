@@ -691,11 +691,12 @@ impl MembershipNode {
             cluster: &self.cfg.cluster,
             local: &self.member,
             max_frame_size: self.cfg.max_frame_size,
+            key: None,
         };
         let mut out = RxOutput::default();
         let result = c
             .session
-            .on_bytes(&c.buf, &settings, &mut self.dedup, &mut out);
+            .on_bytes(&mut c.buf, &settings, &mut self.dedup, &mut out);
         let peer = c.session.peer().map(|p| p.id);
         let mut reply = std::mem::take(&mut out.reply);
         // Read-test pings are answered by a worker; there is no data here to hand on.

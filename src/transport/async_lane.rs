@@ -144,7 +144,7 @@ impl AsyncLane {
                 // Give up on everything waiting: the member cannot be reached.
                 let n = self.frames.len() as u64;
                 self.frames.clear();
-                self.lane.wbuf.clear();
+                self.lane.clear_wbuf();
                 self.written = 0;
                 self.lane.disconnect();
                 self.stalled = false;
@@ -222,7 +222,7 @@ impl AsyncLane {
             self.frames.pop_front();
         }
         if done > 0 {
-            self.lane.wbuf.drain(..done);
+            self.lane.drain_front(done);
             self.written -= done;
             for f in &mut self.frames {
                 f.end -= done;

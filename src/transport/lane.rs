@@ -3,9 +3,11 @@
 //! thread at a time (taken from the member's pool), so blocking I/O with deadlines is simplest
 //! and costs no extra thread wake-up per message.
 
+use crate::crypto::{self, ClusterKey, Opener, Sealer, HANDSHAKE_NONCE_LEN, TAG_LEN};
 use crate::error::SendFailure;
 use crate::member::Member;
-use crate::wire::frame::{self, FrameHeader, FrameKind};
+use crate::wire::frame::{self, FrameHeader, FrameKind, FLAG_SEALED};
+use crate::wire::sealed;
 use crate::wire::{
     decode_body, encode_body, parse_frame, DataBody, Handshake, HandshakeAccept, Reason,
 };
@@ -27,6 +29,8 @@ pub struct Identity {
     /// keeps numbers rising on a lane even after it is dropped and made again, so a receiver's
     /// duplicate filter never mistakes new frames for old ones.
     pub next_seq: AtomicU64,
+    /// With a key every connection is sealed (docs/SECURITY.md).
+    pub key: Option<ClusterKey>,
 }
 
 /// A reply frame read from a lane.
@@ -43,7 +47,13 @@ pub struct Lane {
     write_timeout: Option<Duration>,
     rbuf: Vec<u8>,
     rfilled: usize,
+    /// Plain frames waiting to be written. On a keyed lane each body is followed by room for
+    /// its tag, so the sealed bytes in `obuf` sit at the same offsets.
     pub wbuf: Vec<u8>,
+    /// Keyed lanes: the connection's keys, once the handshake is done.
+    keys: Option<(Sealer, Opener)>,
+    /// Keyed lanes: `wbuf[..obuf.len()]` sealed for the current connection.
+    obuf: Vec<u8>,
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
@@ -79,6 +89,8 @@ impl Lane {
             rbuf: Vec::new(),
             rfilled: 0,
             wbuf: Vec::new(),
+            keys: None,
+            obuf: Vec::new(),
         }
     }
 
@@ -88,6 +100,9 @@ impl Lane {
 
     pub fn disconnect(&mut self) {
         self.stream = None;
+        // Sealed bytes belong to that connection's keys: a new connection seals again.
+        self.keys = None;
+        self.obuf.clear();
         self.rfilled = 0;
         self.read_timeout = None;
         self.write_timeout = None;
@@ -114,39 +129,137 @@ impl Lane {
             incarnation: id.incarnation,
             lane: self.lane,
         };
-        // Not through `wbuf`: it may hold queued frames waiting for this connection.
-        let mut hello = Vec::new();
-        frame::encode_frame(&mut hello, FrameKind::Handshake, 0, 0, &encode_body(&hs));
-        let result = self.write_all(&hello, deadline, timeout).and_then(|()| {
-            let (h, body) = self.read_frame(deadline, timeout)?;
-            match h.kind {
-                FrameKind::HandshakeAccept => decode_body::<HandshakeAccept>(&body)
-                    .map(|a| a.member)
-                    .map_err(|e| {
-                        SendFailure::Protocol(format!("undecodable handshake answer: {e}"))
-                    }),
-                FrameKind::HandshakeRefuse => Err(SendFailure::Refused(
-                    decode_body::<Reason>(&body)
-                        .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason),
-                )),
-                k => Err(SendFailure::Protocol(format!(
-                    "{k:?} frame instead of a handshake answer"
-                ))),
-            }
-        });
+        let result = match &id.key {
+            None => self.plain_handshake(&hs, deadline, timeout),
+            Some(key) => self.sealed_handshake(key, &hs, deadline, timeout),
+        };
         if result.is_err() {
             self.disconnect();
         }
         result
     }
 
+    fn plain_handshake(
+        &mut self,
+        hs: &Handshake,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Member, SendFailure> {
+        // Not through `wbuf`: it may hold queued frames waiting for this connection.
+        let mut hello = Vec::new();
+        frame::encode_frame(&mut hello, FrameKind::Handshake, 0, 0, &encode_body(hs));
+        self.write_all(&hello, deadline, timeout)?;
+        let (h, body) = self.read_frame(deadline, timeout)?;
+        if h.flags & FLAG_SEALED != 0 {
+            return Err(SendFailure::Refused(
+                "the member uses a cluster key and this node has none".into(),
+            ));
+        }
+        handshake_answer(h, &body)
+    }
+
+    /// The keyed handshake: our nonce, the member's nonce back, then the handshake sealed under
+    /// keys derived from both, answered sealed. Each side thus proves it holds the cluster key
+    /// on this very connection, and nothing recorded from another connection opens here.
+    fn sealed_handshake(
+        &mut self,
+        key: &ClusterKey,
+        hs: &Handshake,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Member, SendFailure> {
+        let client = crypto::fresh_nonce().map_err(|e| SendFailure::Io(e.to_string()))?;
+        let mut hello = Vec::new();
+        frame::encode_frame(&mut hello, FrameKind::Handshake, FLAG_SEALED, 0, &client);
+        self.write_all(&hello, deadline, timeout)?;
+        let (h, body) = self.read_frame(deadline, timeout)?;
+        let server: [u8; HANDSHAKE_NONCE_LEN] = match h.kind {
+            FrameKind::Challenge if h.flags & FLAG_SEALED != 0 => body
+                .as_slice()
+                .try_into()
+                .map_err(|_| SendFailure::Protocol(format!("challenge of {} bytes", body.len())))?,
+            FrameKind::HandshakeRefuse => {
+                // Not authenticated (the member cannot seal before we proved the key): it is
+                // only believed as far as giving up on this connection goes.
+                return Err(SendFailure::Refused(format!(
+                    "{} (unauthenticated answer)",
+                    decode_body::<Reason>(&body)
+                        .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason)
+                )));
+            }
+            FrameKind::HandshakeAccept => {
+                return Err(SendFailure::Refused(
+                    "the member runs without a cluster key and this node has one".into(),
+                ))
+            }
+            k => {
+                return Err(SendFailure::Protocol(format!(
+                    "{k:?} frame instead of a challenge"
+                )))
+            }
+        };
+        let (mut sealer, _, _, opener) = key.connection_keys(&client, &server);
+        let mut sealed_hs = Vec::new();
+        sealed::seal_frame(
+            &mut sealer,
+            &mut sealed_hs,
+            FrameKind::Handshake,
+            0,
+            0,
+            &encode_body(hs),
+        )
+        .map_err(|e| SendFailure::Io(e.to_string()))?;
+        self.keys = Some((sealer, opener));
+        self.write_all(&sealed_hs, deadline, timeout)?;
+        let (h, body) = self.read_frame(deadline, timeout)?;
+        handshake_answer(h, &body)
+    }
+
     /// Writes `wbuf` whole, within the deadline. On any failure the connection is dropped: a
     /// frame may have been cut.
     pub fn flush_wbuf(&mut self, deadline: Instant, timeout: Duration) -> Result<(), SendFailure> {
+        if self.keys.is_some() {
+            self.obuf.clear();
+            self.seal_wbuf()?;
+            let buf = std::mem::take(&mut self.obuf);
+            let r = self.write_all(&buf, deadline, timeout);
+            if self.keys.is_some() {
+                self.obuf = buf;
+            }
+            return r;
+        }
         let buf = std::mem::take(&mut self.wbuf);
         let r = self.write_all(&buf, deadline, timeout);
         self.wbuf = buf;
         r
+    }
+
+    /// Seals the frames of `wbuf` not yet in `obuf`, in order.
+    fn seal_wbuf(&mut self) -> Result<(), SendFailure> {
+        let Some((sealer, _)) = self.keys.as_mut() else {
+            return Ok(());
+        };
+        if self.obuf.len() > self.wbuf.len() {
+            self.obuf.clear(); // `wbuf` was cleared by its owner: seal what it holds now
+        }
+        let from = self.obuf.len();
+        sealed::seal_frames(sealer, &self.wbuf[from..], true, &mut self.obuf).map_err(|e| {
+            self.disconnect();
+            SendFailure::Io(e.to_string())
+        })
+    }
+
+    /// Drops the first `n` bytes (whole frames, written and settled) of `wbuf`.
+    pub fn drain_front(&mut self, n: usize) {
+        self.wbuf.drain(..n);
+        let sealed = n.min(self.obuf.len());
+        self.obuf.drain(..sealed);
+    }
+
+    /// Drops every frame waiting.
+    pub fn clear_wbuf(&mut self) {
+        self.wbuf.clear();
+        self.obuf.clear();
     }
 
     /// Writes `wbuf[*written..]` until it is all written or the deadline passes, advancing
@@ -158,6 +271,15 @@ impl Lane {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<(), SendFailure> {
+        if self.keys.is_some() {
+            self.seal_wbuf()?;
+            let buf = std::mem::take(&mut self.obuf);
+            let r = self.write_bytes(&buf, written, deadline, timeout);
+            if self.keys.is_some() {
+                self.obuf = buf;
+            }
+            return r;
+        }
         let buf = std::mem::take(&mut self.wbuf);
         let r = self.write_bytes(&buf, written, deadline, timeout);
         self.wbuf = buf;
@@ -225,6 +347,18 @@ impl Lane {
         body_crc: &crc32fast::Hasher,
     ) -> u64 {
         let seq = seq.unwrap_or_else(|| id.next_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        if id.key.is_some() {
+            // Sealed at write time, for the connection it goes out on; the header's length
+            // counts the tag, and the checksum is computed then.
+            let len = body.len() + TAG_LEN;
+            self.wbuf
+                .extend_from_slice(&frame::header_prefix(FrameKind::Data, flags, seq, len));
+            self.wbuf.extend_from_slice(&[0; 4]);
+            self.wbuf.extend_from_slice(body.head());
+            self.wbuf.extend_from_slice(body.payload);
+            self.wbuf.extend_from_slice(&[0; TAG_LEN]);
+            return seq;
+        }
         let header = frame::encode_header(FrameKind::Data, flags, seq, body.len(), body_crc);
         self.wbuf.extend_from_slice(&header);
         self.wbuf.extend_from_slice(body.head());
@@ -241,10 +375,22 @@ impl Lane {
         loop {
             match parse_frame(&self.rbuf[..self.rfilled], MAX_REPLY_LEN) {
                 Ok(Some((f, used))) => {
-                    let out = (f.header, f.body.to_vec());
+                    let (header, mut body) = (f.header, f.body.to_vec());
+                    if let Some((_, opener)) = self.keys.as_mut() {
+                        match sealed::open_body(opener, &self.rbuf[..20], header.flags, &mut body) {
+                            Ok(n) => body.truncate(n),
+                            Err(e) => {
+                                self.disconnect();
+                                return Err(SendFailure::Protocol(format!(
+                                    "{:?} frame from the member refused: {e}",
+                                    header.kind
+                                )));
+                            }
+                        }
+                    }
                     self.rbuf.copy_within(used..self.rfilled, 0);
                     self.rfilled -= used;
-                    return Ok(out);
+                    return Ok((header, body));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -301,8 +447,7 @@ impl Lane {
         }
         let seq = id.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let flags = if read_test { frame::FLAG_SYNC_ACK } else { 0 };
-        let mut ping = Vec::with_capacity(frame::HEADER_LEN);
-        frame::encode_frame(&mut ping, FrameKind::Ping, flags, seq, &[]);
+        let ping = self.control_frame(FrameKind::Ping, flags, seq)?;
         self.write_all(&ping, deadline, timeout)?;
         loop {
             match self.read_reply(deadline, timeout)? {
@@ -340,9 +485,41 @@ impl Lane {
         if self.stream.is_none() {
             return;
         }
-        let mut bye = Vec::new();
-        frame::encode_frame(&mut bye, FrameKind::Leave, 0, 0, &[]);
-        let _ = self.write_all(&bye, deadline, timeout);
+        if let Ok(bye) = self.control_frame(FrameKind::Leave, 0, 0) {
+            let _ = self.write_all(&bye, deadline, timeout);
+        }
         self.disconnect();
+    }
+
+    /// A frame with an empty body, sealed on a keyed connection.
+    fn control_frame(
+        &mut self,
+        kind: FrameKind,
+        flags: u16,
+        seq: u64,
+    ) -> Result<Vec<u8>, SendFailure> {
+        let mut out = Vec::with_capacity(frame::HEADER_LEN + TAG_LEN);
+        match self.keys.as_mut() {
+            Some((sealer, _)) => sealed::seal_frame(sealer, &mut out, kind, flags, seq, &[])
+                .map_err(|e| SendFailure::Io(e.to_string()))?,
+            None => frame::encode_frame(&mut out, kind, flags, seq, &[]),
+        }
+        Ok(out)
+    }
+}
+
+/// The member's answer to our handshake.
+fn handshake_answer(h: FrameHeader, body: &[u8]) -> Result<Member, SendFailure> {
+    match h.kind {
+        FrameKind::HandshakeAccept => decode_body::<HandshakeAccept>(body)
+            .map(|a| a.member)
+            .map_err(|e| SendFailure::Protocol(format!("undecodable handshake answer: {e}"))),
+        FrameKind::HandshakeRefuse => Err(SendFailure::Refused(
+            decode_body::<Reason>(body)
+                .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason),
+        )),
+        k => Err(SendFailure::Protocol(format!(
+            "{k:?} frame instead of a handshake answer"
+        ))),
     }
 }

@@ -11,6 +11,7 @@
 use super::dedup::{DedupTable, LaneKey, Outcome, SyncOutcomes};
 use super::rx_session::{Delivery, RxClose, RxOutput, RxSession, RxSettings};
 use crate::config::{ChannelConfig, ReceiverConfig};
+use crate::crypto::{ClusterKey, Sealer};
 use crate::error::ChannelError;
 use crate::member::Member;
 use crate::wire::frame::{encode_frame, FrameKind};
@@ -47,6 +48,9 @@ const SYNC_OUTCOMES: usize = 16 * 1024;
 const REACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Lanes remembered by the duplicate filter.
 const DEDUP_LANES: usize = 65536;
+/// Refused handshakes and authentication failures are logged at most once per this period
+/// (with a count), so a stranger hammering the port cannot flood the log.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the receiver hands upward. Runs on worker threads.
 pub trait ReceiverHandler: Send + Sync + 'static {
@@ -68,6 +72,9 @@ pub struct ReceiverStats {
     pub bytes_received: AtomicU64,
     pub duplicates_dropped: AtomicU64,
     pub messages_delivered: AtomicU64,
+    /// Connections closed because a frame failed authentication (keyed clusters): no or wrong
+    /// key, forgery, replay.
+    pub auth_failures: AtomicU64,
 }
 
 /// Binds the first free port of `[port, port + auto_bind)`, as Tribes' `autoBind` does.
@@ -170,6 +177,11 @@ impl NioReceiver {
             max_connections: rc.max_connections,
             max_queued: rc.max_queued_bytes_per_connection,
             ctl,
+            key: cfg.cluster_key.clone(),
+            refusals: RateLimit {
+                last: None,
+                held: 0,
+            },
         };
         let t = std::thread::Builder::new()
             .name(format!("tribecast-rx-{local_addr}"))
@@ -289,10 +301,37 @@ struct ReplyWriter {
     stream: std::net::TcpStream,
     pending: Vec<u8>,
     broken: bool,
+    /// On a keyed connection, once the peer proved it holds the key: seals every reply. Sealing
+    /// happens here, under the writer's lock, so the nonce order is the order on the wire.
+    sealer: Option<Sealer>,
+    sealed: Vec<u8>,
 }
 
 impl ReplyWriter {
+    /// Writes plain frames, sealed first if the connection is keyed.
     fn write(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
+        if let Some(sealer) = self.sealer.as_mut() {
+            let mut sealed = std::mem::take(&mut self.sealed);
+            sealed.clear();
+            let r = crate::wire::sealed::seal_frames(sealer, bytes, false, &mut sealed);
+            match r {
+                Ok(()) => self.write_raw(&sealed),
+                Err(e) => {
+                    warn!("Cannot seal a reply: {e}; closing the connection");
+                    self.broken = true;
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                }
+            }
+            self.sealed = sealed;
+        } else {
+            self.write_raw(bytes);
+        }
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) {
         if self.broken {
             return;
         }
@@ -369,6 +408,31 @@ struct EventLoop {
     max_connections: usize,
     max_queued: usize,
     ctl: Arc<LoopCtl>,
+    key: Option<ClusterKey>,
+    refusals: RateLimit,
+}
+
+/// At most one log line per period; counts what it held back.
+struct RateLimit {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl RateLimit {
+    /// Whether to log now, and how many were held back since the last line.
+    fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.held))
+        } else {
+            self.held += 1;
+            None
+        }
+    }
 }
 
 impl EventLoop {
@@ -477,6 +541,8 @@ impl EventLoop {
                 stream: writer,
                 pending: Vec::new(),
                 broken: false,
+                sealer: None,
+                sealed: Vec::new(),
             }),
         });
         self.conns[idx] = Some(Conn {
@@ -536,7 +602,7 @@ impl EventLoop {
                     } else {
                         None
                     };
-                    self.close(idx, reason.map(|r| (r, false)));
+                    self.close(idx, reason.map(|r| (r, CloseKind::Error)));
                     return;
                 }
                 Ok(n) => {
@@ -556,7 +622,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.close(idx, Some((format!("read error: {e}"), false)));
+                    self.close(idx, Some((format!("read error: {e}"), CloseKind::Error)));
                     return;
                 }
             }
@@ -573,14 +639,16 @@ impl EventLoop {
             cluster: &self.cluster,
             local: &self.local,
             max_frame_size: self.max_frame_size,
+            key: self.key.as_ref(),
         };
         self.out.clear();
         let result = c.session.on_bytes(
-            &c.buf[..c.filled],
+            &mut c.buf[..c.filled],
             &settings,
             &mut self.dedup,
             &mut self.out,
         );
+        let new_sealer = self.out.reply_sealer.take();
         let out = &self.out;
         let stats = &self.ctl.stats;
         stats
@@ -590,8 +658,12 @@ impl EventLoop {
             out.deliveries.len() as u64 + out.duplicates,
             Ordering::Relaxed,
         );
-        if !out.reply.is_empty() {
-            c.shared.writer.lock().write(&out.reply);
+        if new_sealer.is_some() || !out.reply.is_empty() {
+            let mut w = c.shared.writer.lock();
+            if new_sealer.is_some() {
+                w.sealer = new_sealer;
+            }
+            w.write(&out.reply);
         }
         let key = c.session.lane_key();
         if let Some(key) = key {
@@ -686,15 +758,19 @@ impl EventLoop {
                 false
             }
             Err(reason) => {
-                let refused = matches!(reason, RxClose::Refused(_));
-                self.close(idx, Some((reason.to_string(), refused)));
+                let kind = match reason {
+                    RxClose::Refused(_) => CloseKind::Refused,
+                    RxClose::Auth(_) => CloseKind::Auth,
+                    _ => CloseKind::Error,
+                };
+                self.close(idx, Some((reason.to_string(), kind)));
                 false
             }
         }
     }
 
-    /// Closes a connection; `why` is logged (with whether it was a refused handshake).
-    fn close(&mut self, idx: usize, why: Option<(String, bool)>) {
+    /// Closes a connection; `why` is logged (refusals and authentication failures rate-limited).
+    fn close(&mut self, idx: usize, why: Option<(String, CloseKind)>) {
         let Some(slot) = self.conns.get_mut(idx) else {
             return;
         };
@@ -704,18 +780,34 @@ impl EventLoop {
             .peer()
             .map_or_else(|| "unknown member".to_string(), |m| format!("member [{m}]"));
         match why {
-            Some((reason, refused)) => {
-                warn!(
-                    "Closing connection from {} ({peer}): {reason}",
-                    c.shared.peer_addr
-                );
+            Some((reason, kind)) => {
                 let stats = &self.ctl.stats;
-                if refused {
-                    stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats
-                        .connections_closed_on_error
-                        .fetch_add(1, Ordering::Relaxed);
+                match kind {
+                    CloseKind::Error => {
+                        warn!(
+                            "Closing connection from {} ({peer}): {reason}",
+                            c.shared.peer_addr
+                        );
+                        stats
+                            .connections_closed_on_error
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    CloseKind::Refused | CloseKind::Auth => {
+                        if let Some(held) = self.refusals.allow() {
+                            warn!(
+                                "Closing connection from {} ({peer}): {reason} ({held} similar refusals not logged in the last {REFUSAL_LOG_EVERY:?})",
+                                c.shared.peer_addr
+                            );
+                        }
+                        if kind == CloseKind::Auth {
+                            stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .connections_closed_on_error
+                                .fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             None => debug!("Connection from {} ({peer}) closed", c.shared.peer_addr),
@@ -730,6 +822,13 @@ impl EventLoop {
         self.free.push(idx);
         self.open -= 1;
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CloseKind {
+    Error,
+    Refused,
+    Auth,
 }
 
 fn worker(
@@ -867,4 +966,22 @@ fn sync_answer(conn: &ConnShared, seq: u64, result: Result<(), String>, reply: &
         ),
     }
     conn.writer.lock().write(reply);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn refusal_logs_are_rate_limited() {
+        let mut r = RateLimit {
+            last: None,
+            held: 0,
+        };
+        assert_eq!(r.allow(), Some(0), "the first is logged");
+        for _ in 0..1000 {
+            assert_eq!(r.allow(), None, "the rest of the period is held back");
+        }
+        assert_eq!(r.held, 1000, "and counted for the next line");
+    }
 }

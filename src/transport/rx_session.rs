@@ -2,8 +2,10 @@
 //! and a close decision out. The mio receiver and the simulation both drive it.
 
 use super::dedup::{DedupTable, LaneKey};
+use crate::crypto::{self, ClusterKey, CryptoError, Opener, Sealer, HANDSHAKE_NONCE_LEN};
 use crate::member::Member;
-use crate::wire::frame::{self, FrameKind, FLAG_ACK, FLAG_SYNC_ACK};
+use crate::wire::frame::{self, FrameKind, FLAG_ACK, FLAG_SEALED, FLAG_SYNC_ACK};
+use crate::wire::sealed;
 use crate::wire::{
     decode_body, encode_body, parse_frame, FrameError, Handshake, HandshakeAccept, Reason,
 };
@@ -18,6 +20,8 @@ pub struct RxSettings<'a> {
     pub cluster: &'a str,
     pub local: &'a Member,
     pub max_frame_size: u32,
+    /// With a key, only sealed connections are accepted (docs/SECURITY.md).
+    pub key: Option<&'a ClusterKey>,
 }
 
 /// A data frame to hand to the listeners: its body's place in the input, its lane number, and
@@ -47,6 +51,9 @@ pub struct RxOutput {
     /// Sequence numbers of dropped duplicates that asked for a synchronized ack: each must be
     /// answered with the outcome of the original (see `dedup::SyncOutcomes`), once known.
     pub reacks: Vec<u64>,
+    /// The connection's reply key, now that the peer proved it holds the cluster key: whoever
+    /// writes `reply` must seal it, and every later reply, with this (in write order).
+    pub reply_sealer: Option<Sealer>,
 }
 
 impl RxOutput {
@@ -57,6 +64,7 @@ impl RxOutput {
         self.leave = false;
         self.duplicates = 0;
         self.reacks.clear();
+        self.reply_sealer = None;
     }
 }
 
@@ -71,6 +79,9 @@ pub enum RxClose {
     Protocol(String),
     /// The peer left gracefully.
     Leave,
+    /// A frame of a keyed connection failed authentication: no or wrong cluster key, a forged
+    /// frame, or a replayed, reordered or dropped one.
+    Auth(String),
 }
 
 impl fmt::Display for RxClose {
@@ -80,13 +91,24 @@ impl fmt::Display for RxClose {
             RxClose::Refused(r) => write!(f, "handshake refused: {r}"),
             RxClose::Protocol(r) => write!(f, "protocol error: {r}"),
             RxClose::Leave => write!(f, "member left"),
+            RxClose::Auth(r) => write!(f, "{r}"),
         }
     }
 }
 
 enum State {
     AwaitHandshake,
-    Ready { peer: Member, key: LaneKey },
+    /// Keyed: the challenge went out; the sealed handshake must come next.
+    AwaitSealed {
+        opener: Box<Opener>,
+        sealer: Box<Sealer>,
+    },
+    Ready {
+        peer: Member,
+        key: LaneKey,
+        /// Keyed connections: opens every frame, in order.
+        opener: Option<Box<Opener>>,
+    },
 }
 
 /// Receive state of one connection.
@@ -107,7 +129,7 @@ impl RxSession {
     pub fn lane_key(&self) -> Option<LaneKey> {
         match &self.state {
             State::Ready { key, .. } => Some(*key),
-            State::AwaitHandshake => None,
+            _ => None,
         }
     }
 
@@ -115,16 +137,17 @@ impl RxSession {
     pub fn peer(&self) -> Option<&Member> {
         match &self.state {
             State::Ready { peer, .. } => Some(peer),
-            State::AwaitHandshake => None,
+            _ => None,
         }
     }
 
     /// Consumes the complete frames at the start of `buf` and returns how many bytes they used;
     /// a partial frame at the end is left for the next call. On `Err` the connection must be
     /// closed after writing `out.reply`; frames before the bad one were processed normally.
+    /// Sealed frames are opened in place: a delivery's range holds the plain body.
     pub fn on_bytes(
         &mut self,
-        buf: &[u8],
+        buf: &mut [u8],
         s: &RxSettings<'_>,
         dedup: &mut DedupTable,
         out: &mut RxOutput,
@@ -140,7 +163,7 @@ impl RxSession {
 
     fn frames(
         &mut self,
-        buf: &[u8],
+        buf: &mut [u8],
         s: &RxSettings<'_>,
         dedup: &DedupTable,
         last: &mut Option<u64>,
@@ -149,11 +172,11 @@ impl RxSession {
         let mut used = 0;
         loop {
             let limit = match self.state {
-                State::AwaitHandshake => MAX_HANDSHAKE_LEN.min(s.max_frame_size),
                 State::Ready { .. } => s.max_frame_size,
+                _ => MAX_HANDSHAKE_LEN.min(s.max_frame_size),
             };
-            let (f, n) = match parse_frame(&buf[used..], limit) {
-                Ok(Some(x)) => x,
+            let (header, n) = match parse_frame(&buf[used..], limit) {
+                Ok(Some((f, n))) => (f.header, n),
                 Ok(None) => return Ok(used),
                 Err(FrameError::UnsupportedVersion(v))
                     if matches!(self.state, State::AwaitHandshake) =>
@@ -164,56 +187,98 @@ impl RxSession {
                         "protocol version {v} is not this node's {}",
                         frame::PROTOCOL_VERSION
                     );
-                    let body = encode_body(&Reason {
-                        reason: reason.clone(),
-                    });
-                    frame::encode_frame(&mut out.reply, FrameKind::HandshakeRefuse, 0, 0, &body);
+                    refuse(&mut out.reply, &reason);
                     return Err(RxClose::Refused(reason));
                 }
                 Err(e) => return Err(RxClose::Frame(e)),
             };
+            let frame_start = used;
             let body_start = used + frame::HEADER_LEN;
             used += n;
-            match (&mut self.state, f.header.kind) {
-                (State::AwaitHandshake, FrameKind::Handshake) => {
-                    let hs: Handshake = decode_body(f.body)
-                        .map_err(|e| RxClose::Protocol(format!("undecodable handshake: {e}")))?;
-                    if let Err(reason) = check_handshake(&hs, s) {
-                        let body = encode_body(&Reason {
-                            reason: reason.clone(),
-                        });
+            let sealed_flag = header.flags & FLAG_SEALED != 0;
+            // The plain body's end: sealed frames are opened in place first.
+            let mut body_end = used;
+            match &mut self.state {
+                State::Ready {
+                    opener: Some(opener),
+                    ..
+                }
+                | State::AwaitSealed { opener, .. } => {
+                    let (head, body) = buf[frame_start..used].split_at_mut(frame::HEADER_LEN);
+                    let plain = sealed::open_body(opener, head, header.flags, body)
+                        .map_err(|e| RxClose::Auth(auth_reason(e, header.kind)))?;
+                    body_end = body_start + plain;
+                }
+                State::Ready { opener: None, .. } if sealed_flag => {
+                    return Err(RxClose::Protocol(
+                        "sealed frame on a connection without a cluster key".into(),
+                    ));
+                }
+                _ => {}
+            }
+            let body = &buf[body_start..body_end];
+            match (&mut self.state, header.kind) {
+                (State::AwaitHandshake, FrameKind::Handshake) => match s.key {
+                    Some(key) => {
+                        if !sealed_flag {
+                            let who = decode_body::<Handshake>(body)
+                                .map_or_else(|_| "a peer".to_string(), |h| format!("{}", h.member));
+                            let reason = format!(
+                                "this cluster requires the cluster key; the handshake of {who} is not sealed"
+                            );
+                            refuse(&mut out.reply, &reason);
+                            return Err(RxClose::Refused(reason));
+                        }
+                        let client: [u8; HANDSHAKE_NONCE_LEN] = body.try_into().map_err(|_| {
+                            RxClose::Protocol(format!(
+                                "opening handshake of {} bytes, not a {HANDSHAKE_NONCE_LEN}-byte nonce",
+                                body.len()
+                            ))
+                        })?;
+                        let server =
+                            crypto::fresh_nonce().map_err(|e| RxClose::Protocol(e.to_string()))?;
+                        let (_, opener, sealer, _) = key.connection_keys(&client, &server);
                         frame::encode_frame(
                             &mut out.reply,
-                            FrameKind::HandshakeRefuse,
+                            FrameKind::Challenge,
+                            FLAG_SEALED,
                             0,
-                            0,
-                            &body,
+                            &server,
                         );
-                        return Err(RxClose::Refused(reason));
+                        self.state = State::AwaitSealed {
+                            opener: Box::new(opener),
+                            sealer: Box::new(sealer),
+                        };
                     }
-                    let body = encode_body(&HandshakeAccept {
-                        member: s.local.clone(),
-                    });
-                    frame::encode_frame(&mut out.reply, FrameKind::HandshakeAccept, 0, 0, &body);
-                    let key = LaneKey {
-                        member: hs.member.id,
-                        incarnation: hs.incarnation,
-                        lane: hs.lane,
+                    None => {
+                        if sealed_flag {
+                            let reason = "this node has no cluster key; the peer's handshake is sealed (configure the same cluster key on every member)".to_string();
+                            refuse(&mut out.reply, &reason);
+                            return Err(RxClose::Refused(reason));
+                        }
+                        let hs = decode_handshake(body)?;
+                        self.hello(hs, s, None, out)?;
+                    }
+                },
+                (State::AwaitSealed { .. }, FrameKind::Handshake) => {
+                    let hs = decode_handshake(body)?;
+                    let State::AwaitSealed { opener, sealer } =
+                        std::mem::replace(&mut self.state, State::AwaitHandshake)
+                    else {
+                        return Err(RxClose::Protocol("handshake state lost".into()));
                     };
-                    out.hello = Some(hs.member.clone());
-                    self.state = State::Ready {
-                        peer: hs.member,
-                        key,
-                    };
+                    // From here every reply is sealed, the answer to this handshake first.
+                    out.reply_sealer = Some(*sealer);
+                    self.hello(hs, s, Some(opener), out)?;
                 }
-                (State::AwaitHandshake, kind) => {
+                (State::AwaitHandshake | State::AwaitSealed { .. }, kind) => {
                     return Err(RxClose::Protocol(format!(
                         "{kind:?} frame before handshake"
                     )));
                 }
                 (State::Ready { key, .. }, FrameKind::Data) => {
-                    let flags = f.header.flags;
-                    let seq = f.header.seq;
+                    let flags = header.flags;
+                    let seq = header.seq;
                     let sync_ack = flags & FLAG_SYNC_ACK != 0;
                     let seen = *last.get_or_insert_with(|| dedup.last(key));
                     if seq > seen {
@@ -224,7 +289,7 @@ impl RxSession {
                         }
                         out.deliveries.push(Delivery {
                             start: body_start,
-                            end: used,
+                            end: body_end,
                             seq,
                             sync_ack,
                             ping: false,
@@ -242,11 +307,11 @@ impl RxSession {
                     }
                 }
                 (State::Ready { .. }, FrameKind::Ping) => {
-                    let seq = f.header.seq;
-                    if f.header.flags & FLAG_SYNC_ACK != 0 {
+                    let seq = header.seq;
+                    if header.flags & FLAG_SYNC_ACK != 0 {
                         out.deliveries.push(Delivery {
                             start: body_start,
-                            end: used,
+                            end: body_end,
                             seq,
                             sync_ack: true,
                             ping: true,
@@ -265,6 +330,55 @@ impl RxSession {
             }
         }
     }
+
+    /// Checks a decoded handshake and answers it (the answer is sealed by the reply writer on a
+    /// keyed connection).
+    fn hello(
+        &mut self,
+        hs: Handshake,
+        s: &RxSettings<'_>,
+        opener: Option<Box<Opener>>,
+        out: &mut RxOutput,
+    ) -> Result<(), RxClose> {
+        if let Err(reason) = check_handshake(&hs, s) {
+            refuse(&mut out.reply, &reason);
+            return Err(RxClose::Refused(reason));
+        }
+        let body = encode_body(&HandshakeAccept {
+            member: s.local.clone(),
+        });
+        frame::encode_frame(&mut out.reply, FrameKind::HandshakeAccept, 0, 0, &body);
+        let key = LaneKey {
+            member: hs.member.id,
+            incarnation: hs.incarnation,
+            lane: hs.lane,
+        };
+        out.hello = Some(hs.member.clone());
+        self.state = State::Ready {
+            peer: hs.member,
+            key,
+            opener,
+        };
+        Ok(())
+    }
+}
+
+fn decode_handshake(body: &[u8]) -> Result<Handshake, RxClose> {
+    decode_body(body).map_err(|e| RxClose::Protocol(format!("undecodable handshake: {e}")))
+}
+
+fn refuse(reply: &mut Vec<u8>, reason: &str) {
+    let body = encode_body(&Reason {
+        reason: reason.to_string(),
+    });
+    frame::encode_frame(reply, FrameKind::HandshakeRefuse, 0, 0, &body);
+}
+
+fn auth_reason(e: CryptoError, kind: FrameKind) -> String {
+    match kind {
+        FrameKind::Handshake => format!("sealed handshake refused: {e}"),
+        _ => format!("{kind:?} frame refused: {e}"),
+    }
 }
 
 fn check_handshake(hs: &Handshake, s: &RxSettings<'_>) -> Result<(), String> {
@@ -280,6 +394,14 @@ fn check_handshake(hs: &Handshake, s: &RxSettings<'_>) -> Result<(), String> {
             hs.protocol_version,
             hs.member,
             frame::PROTOCOL_VERSION
+        ));
+    }
+    // Tomcat's DomainFilterInterceptor: a member of another domain is not one of ours, and
+    // neither are its messages. A node without a domain accepts any, as membership does.
+    if !s.local.domain.is_empty() && hs.member.domain != s.local.domain {
+        return Err(format!(
+            "{} is of domain '{}', not this node's '{}'",
+            hs.member, hs.member.domain, s.local.domain
         ));
     }
     Ok(())
@@ -320,6 +442,7 @@ mod tests {
             cluster: "c",
             local: &local,
             max_frame_size: 1 << 20,
+            key: None,
         };
         let mut dedup = DedupTable::new(16);
         let mut rx = RxSession::default();
@@ -329,7 +452,7 @@ mod tests {
         }
         let mut out = RxOutput::default();
         assert_eq!(
-            rx.on_bytes(&bytes, &s, &mut dedup, &mut out),
+            rx.on_bytes(&mut bytes, &s, &mut dedup, &mut out),
             Ok(bytes.len())
         );
         assert_eq!(out.hello.as_ref().map(|m| m.id), Some(MemberId([2; 16])));
@@ -346,10 +469,11 @@ mod tests {
             cluster: "mine",
             local: &local,
             max_frame_size: 1 << 20,
+            key: None,
         };
         let mut out = RxOutput::default();
         let r = RxSession::default().on_bytes(
-            &handshake("theirs"),
+            &mut handshake("theirs"),
             &s,
             &mut DedupTable::new(4),
             &mut out,
@@ -366,11 +490,12 @@ mod tests {
             cluster: "c",
             local: &local,
             max_frame_size: 1 << 20,
+            key: None,
         };
         let mut v = Vec::new();
         encode_frame(&mut v, FrameKind::Data, 0, 1, b"x");
         let r = RxSession::default().on_bytes(
-            &v,
+            &mut v,
             &s,
             &mut DedupTable::new(4),
             &mut RxOutput::default(),
@@ -385,7 +510,7 @@ mod tests {
             &vec![0; MAX_HANDSHAKE_LEN as usize + 1],
         );
         let r = RxSession::default().on_bytes(
-            &v[..frame::HEADER_LEN],
+            &mut v[..frame::HEADER_LEN],
             &s,
             &mut DedupTable::new(4),
             &mut RxOutput::default(),

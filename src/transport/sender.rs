@@ -204,7 +204,12 @@ impl PooledParallelSender {
         let timeout = self.cfg.timeout;
         let deadline = Instant::now() + timeout;
         let flags = frame_flags(opts);
-        let crc = body.hasher();
+        // A keyed lane checksums the sealed body instead.
+        let crc = if self.id.key.is_some() {
+            crc32fast::Hasher::new()
+        } else {
+            body.hasher()
+        };
         let mut flights: Vec<InFlight> = Vec::with_capacity(dests.len());
         // Phase 1: write to every destination.
         for m in dests {
@@ -349,7 +354,12 @@ impl PooledParallelSender {
         opts: SendOptions,
     ) -> Vec<AsyncFailure> {
         let flags = frame_flags(opts);
-        let crc = body.hasher();
+        // A keyed lane checksums the sealed body instead.
+        let crc = if self.id.key.is_some() {
+            crc32fast::Hasher::new()
+        } else {
+            body.hasher()
+        };
         let mut lanes = self.async_lanes.lock();
         let mut failures = Vec::new();
         for m in dests {

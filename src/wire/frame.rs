@@ -35,6 +35,9 @@ pub enum FrameKind {
     /// `Ack` of the same sequence number, by the event loop, or with `FLAG_SYNC_ACK` by a worker
     /// (the read test). Not numbered for duplicates: a ping is never delivered to listeners.
     Ping = 8,
+    /// Keyed connections only: the receiver's fresh nonce, its answer to the sender's opening
+    /// `Handshake` (docs/SECURITY.md). Never sent on a connection without a cluster key.
+    Challenge = 9,
 }
 
 impl FrameKind {
@@ -48,6 +51,7 @@ impl FrameKind {
             6 => FrameKind::FailAck,
             7 => FrameKind::Leave,
             8 => FrameKind::Ping,
+            9 => FrameKind::Challenge,
             _ => return None,
         })
     }
@@ -57,8 +61,12 @@ impl FrameKind {
 pub const FLAG_ACK: u16 = 0x1;
 /// Header flag: the `Ack` is sent only after the listener processed the frame (synchronized ack).
 pub const FLAG_SYNC_ACK: u16 = 0x2;
+/// Header flag: the body is AES-256-GCM ciphertext and tag under the connection's keys (or, on
+/// the two opening frames of a keyed connection, a nonce): set on every frame of a connection
+/// whose members share a cluster key, on none otherwise.
+pub const FLAG_SEALED: u16 = 0x4;
 /// Flags this version understands; others are refused so a newer peer cannot be misread.
-const KNOWN_FLAGS: u16 = FLAG_ACK | FLAG_SYNC_ACK;
+const KNOWN_FLAGS: u16 = FLAG_ACK | FLAG_SYNC_ACK | FLAG_SEALED;
 
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +134,16 @@ pub fn encode_header(
     body_crc: &crc32fast::Hasher,
 ) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
+    h[0..20].copy_from_slice(&header_prefix(kind, flags, seq, body_len));
+    let mut crc = body_crc.clone();
+    crc.update(&h[0..20]);
+    h[20..24].copy_from_slice(&crc.finalize().to_le_bytes());
+    h
+}
+
+/// Header bytes 0..20 (everything but the checksum): what a sealed frame authenticates.
+pub fn header_prefix(kind: FrameKind, flags: u16, seq: u64, body_len: usize) -> [u8; 20] {
+    let mut h = [0u8; 20];
     h[0..4].copy_from_slice(&MAGIC);
     h[4] = PROTOCOL_VERSION;
     h[5] = kind as u8;
@@ -133,9 +151,6 @@ pub fn encode_header(
     // Callers bound bodies by max_frame_size (a u32) before encoding.
     h[8..12].copy_from_slice(&(body_len as u32).to_le_bytes());
     h[12..20].copy_from_slice(&seq.to_le_bytes());
-    let mut crc = body_crc.clone();
-    crc.update(&h[0..20]);
-    h[20..24].copy_from_slice(&crc.finalize().to_le_bytes());
     h
 }
 

@@ -3,6 +3,7 @@
 pub mod bytes;
 pub mod envelope;
 pub mod frame;
+pub mod sealed;
 
 pub use envelope::{
     decode_body, encode_body, DataBody, Envelope, Handshake, HandshakeAccept, Reason,
