@@ -278,10 +278,9 @@ fn get_until(c: &mut Client, node: &Proc, path: &str, status: u16) -> Reply {
 }
 
 /// With the BackupManager, waits until the session that just moved is held by exactly its
-/// primary and one backup. A user's clicks are seconds apart; a test's are not, and the
-/// BackupManager does not yet handle messages of one move still in flight when the next move or
-/// a crash comes (docs/design.md, "Known limits of the BackupManager today": a late `Copy` or
-/// `Accessed` can leave a stale copy that a later failover takes over).
+/// primary and one backup (the hand-over's `Drop` done). A user's clicks are seconds apart; a
+/// test's are not, and a few interleavings of a move with a crash are still open
+/// (docs/design.md, "Known limits of the BackupManager today").
 fn settle(nodes: &[Proc], manager: &str) {
     if manager != "backup" {
         return;

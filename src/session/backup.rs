@@ -283,8 +283,11 @@ pub struct BackupCore {
     local: MemberId,
     route: String,
     members: Vec<MemberId>,
+    /// Every member ever in the list: only a primary seen and then gone is failed over (at
+    /// start, a copy may arrive from a member the list does not hold yet).
+    seen: std::collections::HashSet<MemberId>,
     entries: HashMap<SessionId, Entry>,
-    ended: Bounded<()>,
+    ended: Bounded<Tomb>,
     /// The highest claim heard for sessions not held here, so a late copy from a superseded
     /// primary is refused.
     claims: Bounded<Claim>,
@@ -300,6 +303,7 @@ impl BackupCore {
             local,
             route: route.to_string(),
             members: Vec::new(),
+            seen: std::collections::HashSet::new(),
             entries: HashMap::new(),
             ended: Bounded::new(max),
             claims: Bounded::new(max),
@@ -314,8 +318,26 @@ impl BackupCore {
         }
     }
 
-    fn bury(&mut self, id: &SessionId) {
-        self.ended.insert(id, ());
+    fn bury(&mut self, id: &SessionId, how: Tomb) {
+        // An end the application decided is not weakened by a later local record.
+        if self.ended.get(id) != Some(&Tomb::Ended) {
+            self.ended.insert(id, how);
+        }
+    }
+
+    /// The answer to a message that treats `id` as alive when it was ended here by its
+    /// primary's decision: the sender ends it too (an end, even unacknowledged, wins over a
+    /// copy that survived it, so every member agrees).
+    fn ended_reply(&self, id: &SessionId, to: MemberId) -> Option<Out> {
+        (self.ended.get(id) == Some(&Tomb::Ended)).then(|| {
+            Self::to(
+                to,
+                BackupMessage::Expired {
+                    id: id.clone(),
+                    epoch: u64::MAX,
+                },
+            )
+        })
     }
 
     fn is_ended(&self, id: &SessionId) -> bool {
@@ -382,13 +404,24 @@ impl BackupCore {
             .is_some_and(|e| matches!(e.role, Role::Primary { .. }))
     }
 
-    /// Whether a request for `id` may be served from the copy held here at once: this node is
-    /// the primary, or a listed backup in step with its primary. A former holder's copy may be
-    /// behind: the request fetches instead.
-    pub fn can_take_over(&self, id: &SessionId) -> bool {
+    /// Whether the copy held here follows its primary: this node is the primary, or a listed
+    /// backup in step with it. (A request still fetches from the primary first: the primary may
+    /// have re-placed the session a moment ago, which this backup learns only later.)
+    pub fn is_current_copy(&self, id: &SessionId) -> bool {
         self.entries.get(id).is_some_and(|e| match &e.role {
             Role::Primary { .. } => true,
             Role::Backup { backups, .. } => e.synced && backups.contains(&self.local),
+        })
+    }
+
+    /// Whether this primary still owes `member` a copy of `id` it has not seen acknowledged (a
+    /// hand-over in progress: the copy goes out with the end of the request, or is on its way).
+    pub fn awaits_copy(&self, id: &SessionId, member: MemberId) -> bool {
+        self.entries.get(id).is_some_and(|e| match &e.role {
+            Role::Primary { backups, handover } => {
+                backups.contains(&member) && (e.copy_pending || handover.unacked.contains(&member))
+            }
+            Role::Backup { .. } => false,
         })
     }
 
@@ -450,7 +483,7 @@ impl BackupCore {
     /// Makes this node the primary of a session it holds as a backup (a request reached it):
     /// tells every member, and copies it to its backups when the request ends.
     pub fn take_over(&mut self, id: &SessionId) -> Vec<Out> {
-        if !self.can_take_over(id) || self.is_primary(id) {
+        if !self.is_current_copy(id) || self.is_primary(id) {
             return Vec::new();
         }
         self.promote(id, false)
@@ -622,7 +655,8 @@ impl BackupCore {
         let Some(e) = self.entries.remove(id) else {
             return (Vec::new(), Vec::new());
         };
-        self.bury(id);
+        let primary = matches!(e.role, Role::Primary { .. });
+        self.bury(id, if primary { Tomb::Ended } else { Tomb::Local });
         let outs = match e.role {
             Role::Primary { .. } if !e.unannounced => {
                 let epoch = e.epoch;
@@ -657,7 +691,7 @@ impl BackupCore {
         let Some(mut e) = self.entries.remove(old) else {
             return Ok(None);
         };
-        self.bury(old);
+        self.bury(old, Tomb::Renamed);
         e.session.change_id(new.clone());
         let holders = self.holders_of(&e);
         let mut outs = Vec::new();
@@ -789,11 +823,11 @@ impl BackupCore {
     /// A request needs a session this node does not serve and cannot take over: ask every
     /// member.
     pub fn fetch(&mut self, id: &SessionId) -> Vec<Out> {
-        if self.can_take_over(id) || self.is_ended(id) || self.members.is_empty() {
+        if self.is_primary(id) || self.is_ended(id) || self.members.is_empty() {
             return Vec::new();
         }
         let f = Fetching {
-            left: self.members.len(),
+            waiting: self.members.clone(),
             best: None,
         };
         self.fetching.insert(id.clone(), f);
@@ -818,8 +852,22 @@ impl BackupCore {
         members.retain(|m| *m != self.local);
         members.sort();
         members.dedup();
+        self.seen.extend(members.iter().copied());
         self.members = members;
         let mut outs = Vec::new();
+        // Fetches stop waiting for members that left; one with nobody left to ask ends.
+        let mut done = Vec::new();
+        for (id, f) in self.fetching.iter_mut() {
+            f.waiting.retain(|m| self.members.binary_search(m).is_ok());
+            if f.waiting.is_empty() {
+                done.push(id.clone());
+            }
+        }
+        let mut events = Vec::new();
+        for id in done {
+            let best = self.fetching.remove(&id).and_then(|f| f.best);
+            outs.extend(self.adopt(&id, best, &mut events));
+        }
         let ids: Vec<SessionId> = self.entries.keys().cloned().collect();
         for id in ids {
             let Some(e) = self.entries.get(&id) else {
@@ -829,7 +877,7 @@ impl BackupCore {
                 outs.extend(self.replace(&id));
                 continue;
             };
-            if self.members.binary_search(primary).is_ok() {
+            if self.members.binary_search(primary).is_ok() || !self.seen.contains(primary) {
                 continue;
             }
             // The first of the primary's backups still alive takes over; a holder that is not
@@ -919,6 +967,7 @@ impl BackupCore {
                     if *ack {
                         outs.push(ack_msg);
                     }
+                    outs.extend(self.ended_reply(id, from));
                     return (outs, events);
                 }
                 let held = self.entries.get(id).map(|e| {
@@ -995,7 +1044,7 @@ impl BackupCore {
                     Follows::Behind => {
                         outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() }))
                     }
-                    Follows::Stale => {}
+                    Follows::Stale => outs.extend(self.ended_reply(id, from)),
                 }
             }
             BackupMessage::Accessed {
@@ -1020,7 +1069,7 @@ impl BackupCore {
                     Follows::Behind => {
                         outs.push(Self::to(from, BackupMessage::GetCopy { id: id.clone() }))
                     }
-                    Follows::Stale => {}
+                    Follows::Stale => outs.extend(self.ended_reply(id, from)),
                 }
             }
             BackupMessage::Drop { id, epoch } => {
@@ -1041,10 +1090,17 @@ impl BackupCore {
                 if self.entries.get(id).is_some_and(|e| e.claim(local) > c) {
                     return (outs, events);
                 }
+                if self.is_primary(id) {
+                    // Another member knew it ended: end it on this primary's holders too.
+                    let (o, ev) = self.invalidate(id);
+                    outs.extend(o);
+                    events.extend(ev);
+                    return (outs, events);
+                }
                 if self.entries.remove(id).is_some() {
                     events.push(SessionEvent::Destroyed(id.clone()));
                 }
-                self.bury(id);
+                self.bury(id, Tomb::Ended);
             }
             BackupMessage::ChangeId {
                 old,
@@ -1062,7 +1118,7 @@ impl BackupCore {
                     epoch: *epoch,
                 };
                 outs.push(Self::to(from, ack));
-                self.bury(old);
+                self.bury(old, Tomb::Renamed);
                 if let Some(mut e) = self.entries.remove(old) {
                     let newer_here = self
                         .entries
@@ -1102,7 +1158,7 @@ impl BackupCore {
                 let held = self.entries.get(id).filter(|e| !e.unannounced);
                 let state = held.map(|e| e.session.state().clone());
                 let (epoch, owner) = held.map_or((0, local), |e| e.claim(local));
-                let current = self.can_take_over(id);
+                let current = self.is_primary(id);
                 outs.push(Self::to(
                     from,
                     BackupMessage::Fetched {
@@ -1124,7 +1180,7 @@ impl BackupCore {
                 let Some(f) = self.fetching.get_mut(id) else {
                     return (outs, events);
                 };
-                f.left = f.left.saturating_sub(1);
+                f.waiting.retain(|m| *m != from);
                 // The best answer so far: the highest claim, then the highest version.
                 if let Some(state) = state {
                     let c = (*epoch, *owner);
@@ -1136,9 +1192,9 @@ impl BackupCore {
                         f.best = Some((c, state.clone()));
                     }
                 }
-                // Serve at once from the primary's or a listed backup's copy; a former
-                // holder's may be behind, so it waits for every answer.
-                let (done, ready) = (f.left == 0, *current && state.is_some());
+                // Serve at once from the primary's copy; any other may be behind, so without
+                // the primary's answer it waits for every member's.
+                let (done, ready) = (f.waiting.is_empty(), *current && state.is_some());
                 if ready || done {
                     let best = self.fetching.remove(id).and_then(|f| f.best);
                     outs.extend(self.adopt(id, best, &mut events));
@@ -1180,12 +1236,15 @@ impl BackupCore {
                 let id = &state.id;
                 let oc = (*epoch, *primary);
                 if self.is_ended(id) {
+                    outs.extend(self.ended_reply(id, from));
                     return (outs, events);
                 }
+                // A primary whose claim is older than the dead one's never heard of it (its
+                // NewPrimary was lost with it): the dead claim's copy is the one that counts.
                 let take = match self.entries.get(id) {
                     None => !self.superseded(id, oc),
                     Some(e) => match e.role {
-                        Role::Primary { .. } => false,
+                        Role::Primary { .. } => e.claim(local) < oc,
                         Role::Backup { .. } => e.claim(local) <= oc,
                     },
                 };
@@ -1310,10 +1369,21 @@ impl BackupCore {
     }
 }
 
+/// Why an id is remembered as gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tomb {
+    /// Invalidated or expired by its primary (here, or told so).
+    Ended,
+    /// A backup copy expired here on its own (the primary may still serve it).
+    Local,
+    /// Renamed: the session lives on under its new id.
+    Renamed,
+}
+
 /// A fetch in progress.
 struct Fetching {
-    /// Answers still awaited.
-    left: usize,
+    /// Members whose answer is still awaited.
+    waiting: Vec<MemberId>,
     /// The best copy answered so far, with its claim.
     best: Option<(Claim, SessionState)>,
 }
@@ -1450,6 +1520,26 @@ mod tests {
             2,
             "backup count restored"
         );
+    }
+
+    /// At start a copy can arrive from a member that this node's list does not hold yet (found
+    /// on real processes: a restarted backup took over every session it was sent and refused
+    /// the live primary's changes). Only a primary seen and then gone is failed over.
+    #[test]
+    fn a_copy_from_a_member_not_yet_listed_is_not_taken_for_a_dead_primary() {
+        let mut p = node(1, &[1, 2], 1);
+        let id = p.create(0).unwrap();
+        let outs = p.end_request(&id, 0);
+        let [Out { msg: copy, .. }] = &outs[..] else {
+            panic!("one copy: {outs:?}")
+        };
+        let mut b = node(2, &[2], 1); // has not seen member 1 yet
+        b.handle(m(1), copy);
+        let outs = b.set_members(vec![m(2), m(3)]);
+        assert!(outs.is_empty() && !b.is_primary(&id), "{outs:?}");
+        b.set_members(vec![m(1), m(2), m(3)]);
+        let outs = b.set_members(vec![m(2), m(3)]); // member 1 seen, then gone
+        assert!(b.is_primary(&id), "{outs:?}");
     }
 
     #[test]

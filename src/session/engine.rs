@@ -215,9 +215,7 @@ impl Core {
     pub fn acquire(&mut self, id: &SessionId) -> (Vec<POut>, bool) {
         match self {
             Core::Delta(_) => (Vec::new(), false),
-            Core::Backup(c) if c.can_take_over(id) => {
-                (wrap(c.take_over(id), Payload::Backup), false)
-            }
+            Core::Backup(c) if c.is_primary(id) => (Vec::new(), false),
             Core::Backup(c) => {
                 let outs = wrap(c.fetch(id), Payload::Backup);
                 let wait = !outs.is_empty();

@@ -226,8 +226,8 @@ impl ClusterManager {
     }
 
     /// The stored session for a request. A backup manager makes itself the session's primary
-    /// first: taking over a copy it backs up, or fetching it from the member that has it
-    /// (waiting up to `rpc_timeout`).
+    /// first: it fetches the session from its primary (or, if the primary is gone, the best copy
+    /// any member has), waiting up to `rpc_timeout`.
     fn acquire(&self, id: &SessionId) -> Option<Session> {
         // Two rounds: a node that took over a copy it backed up may lose to a claim made at the
         // same time elsewhere (and drop the copy); then it fetches from the winner.
@@ -390,6 +390,8 @@ impl ClusterManager {
     /// The members changed: a backup manager fails over and re-places its sessions.
     pub(crate) fn members_changed(&self, members: Vec<MemberId>) {
         let outs = self.core.lock().set_members(members);
+        // A fetch waiting only for members that left has ended.
+        self.ready_changed.notify_all();
         if let Err(e) = self.send_background(outs) {
             warn!(
                 "Manager [{}]: re-placing sessions not told to every member: {e}",

@@ -248,7 +248,6 @@ pub struct Journal {
     /// Fetches this node started, and how many ended with it serving the session.
     pub fetches: u64,
     pub fetched: u64,
-    pub take_overs: u64,
 }
 
 impl Journal {
@@ -474,14 +473,6 @@ impl BackupNode {
         self.touch(&id);
         ticket.extend(self.send_outs(outs, true, ctx));
         (Served::Live(id), ticket)
-    }
-
-    /// A request reached this node, which holds `id` as a backup: it serves it from now on.
-    pub fn take_over(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) -> Vec<u64> {
-        self.journal.take_overs += 1;
-        let outs = self.core.take_over(id);
-        self.touch(id);
-        self.send_outs(outs, true, ctx)
     }
 
     /// A request reached this node, which does not hold `id`: ask the others.
@@ -873,7 +864,8 @@ type Seen = HashMap<(NodeId, u64, SessionId), u64>;
 /// - `destroyed-at-most-once`: a node reports `Destroyed` once per session.
 /// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
 ///   is still in the same life) holds it, unless it was told to drop the session meanwhile (it
-///   then holds no copy and no primary lists it as a backup).
+///   then holds no copy and no primary counts on it: none lists it as a backup, or the one that
+///   does still owes it a copy).
 pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
     let w = world.clone();
     sim.invariant("history-never-forks", move |_| {
@@ -925,7 +917,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 }
                 // A former holder's copy, or one waiting for its new primary's copy, may be a
                 // state the failover superseded: it is not served and is replaced or dropped.
-                let current = node.core.can_take_over(id);
+                let current = node.core.is_current_copy(id);
                 match w.oracle.state(id, version).filter(|_| current) {
                     None if !current => {}
                     None => {
@@ -978,12 +970,13 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 // primary counts on it.
                 let chain = w.oracle.chain(&w.oracle.root(id));
                 let has_copy = chain.iter().any(|c| sim.node(n).core.session(c).is_some());
+                // A primary still handing the session over to it will send its copy.
+                let me = sim_member(n).id;
                 let counted_on = sim.node_ids().filter(|p| sim.is_up(*p)).any(|p| {
                     chain.iter().any(|c| {
-                        sim.node(p)
-                            .core
-                            .backups_of(c)
-                            .is_some_and(|b| b.contains(&sim_member(n).id))
+                        let core = &sim.node(p).core;
+                        core.backups_of(c).is_some_and(|b| b.contains(&me))
+                            && !core.awaits_copy(c, me)
                     })
                 });
                 if has_copy || counted_on || matches!(a.change, Change::Ended(_)) {

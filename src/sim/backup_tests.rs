@@ -135,7 +135,6 @@ struct Counts {
     change_ids: u64,
     invalidations: u64,
     fetches: u64,
-    take_overs: u64,
     moves_checked: u64,
     fetch_failed: u64,
     failovers: u64,
@@ -151,7 +150,6 @@ impl std::ops::AddAssign<&Counts> for Counts {
         self.change_ids += o.change_ids;
         self.invalidations += o.invalidations;
         self.fetches += o.fetches;
-        self.take_overs += o.take_overs;
         self.moves_checked += o.moves_checked;
         self.fetch_failed += o.fetch_failed;
         self.failovers += o.failovers;
@@ -401,26 +399,17 @@ impl Cluster {
         }
     }
 
-    /// A request of session `s` reaches `t`, another member than its primary: `t` takes the
-    /// session over if it backs it up, else fetches it and serves the request once it has it.
+    /// A request of session `s` reaches `t`, another member than its primary: `t` fetches the
+    /// session (from its primary, or the best copy if the primary is gone; a backup's own copy
+    /// may be behind a re-placement it has not heard of yet) and serves the request once it has
+    /// it.
     fn switch(&mut self, s: usize, t: NodeId, ops: Vec<Op>) {
         let id = self.sessions[s].id.clone();
-        if self.sim.node(t).core.can_take_over(&id) {
-            self.counts.take_overs += 1;
-            let mut ticket = Vec::new();
-            self.sim
-                .call(t, |node, ctx| ticket = node.take_over(ctx, &id));
-            self.sessions[s].check_move = true;
-            self.sessions[s].move_epoch = self.epoch;
-            self.to_check.push(s);
-            self.serve_at(s, t, &ops, ticket);
-        } else {
-            self.counts.fetches += 1;
-            self.sim.call(t, |node, ctx| node.fetch(ctx, &id));
-            self.sessions[s].moving = Some((t, self.sim.now(), ops));
-            self.sessions[s].move_epoch = self.epoch;
-            self.moving.push(s);
-        }
+        self.counts.fetches += 1;
+        self.sim.call(t, |node, ctx| node.fetch(ctx, &id));
+        self.sessions[s].moving = Some((t, self.sim.now(), ops));
+        self.sessions[s].move_epoch = self.epoch;
+        self.moving.push(s);
     }
 
     /// Serves the requests whose fetch has ended; gives up fetches older than [`RPC_TIMEOUT`]
@@ -881,7 +870,7 @@ fn every_change_goes_to_exactly_the_backups() {
     if !replaying() {
         assert!(counts.creates >= 5_000, "{counts:?}");
         assert!(traffic.changes("delta") > 2_000 && traffic.sent("accessed") > 0);
-        assert!(counts.fetches > 100 && counts.take_overs > 30 && counts.change_ids > 300);
+        assert!(counts.fetches > 130 && counts.change_ids > 300);
     }
 }
 
@@ -1000,7 +989,7 @@ fn killing_any_one_member_with_one_backup_loses_no_acknowledged_session_or_chang
 }
 
 /// Backups = 2, 5 to 8 members: two members crash at once, after a quiet moment (every change
-/// acknowledged; see the ignored test below for crashes with changes in flight). No session is
+/// acknowledged; the next test crashes them with changes in flight). No session is
 /// lost, each has one primary among the survivors and two backups again (holders 3).
 #[test]
 fn killing_any_two_members_at_once_with_two_backups_loses_no_session() {
@@ -1020,7 +1009,6 @@ fn killing_any_two_members_at_once_with_two_backups_loses_no_session() {
 
 /// The same with changes in flight at the crash.
 #[test]
-#[ignore = "bug: with changes in flight when two members die, a session can end up one backup short at quiescence; see docs/design.md"]
 fn killing_any_two_members_at_once_with_changes_in_flight_loses_no_acknowledged_change() {
     let mut t = CrashTotals::default();
     for_each_seed(8, |seed| {
@@ -1059,10 +1047,7 @@ fn a_session_requested_on_a_third_member_moves_there_and_stays_consistent() {
     });
     eprintln!("moves: {counts:?}\n  {traffic:?}");
     if !replaying() {
-        assert!(
-            counts.fetches > 500 && counts.take_overs > 200,
-            "{counts:?}"
-        );
+        assert!(counts.fetches > 700, "{counts:?}");
         assert!(counts.moves_checked > 700, "{counts:?}");
     }
 }
@@ -1196,7 +1181,6 @@ fn joins_rebalance_without_loss_and_move_only_what_placement_moves() {
 
 /// The same with requests moving sessions to other members around the joins.
 #[test]
-#[ignore = "bug: under moves racing joins a session occasionally forks (history-never-forks) or keeps a stale copy; see docs/design.md, known limits of the BackupManager"]
 fn joins_while_sessions_move_rebalance_without_loss() {
     for_each_seed(5, |seed| {
         let k = 1 + (seed % 2) as usize;
@@ -1269,7 +1253,7 @@ fn killing_two_members_after_joins_with_two_backups_loses_no_session() {
 /// Backups = 1: a member crashes while requests for its sessions reach other members (which
 /// fetch them while the backups take over).
 #[test]
-#[ignore = "bug: a move racing a crash can leave an acknowledged change on a backup that a later re-placement drops (acked-is-on-every-acker); see docs/design.md"]
+#[ignore = "bug: a fetch racing the failover of the same session makes two claims of one epoch; both serve before the tie is settled and an unacknowledged change forks (history-never-forks), about 1 run in 10; see docs/design.md"]
 fn killing_a_member_while_its_sessions_are_requested_elsewhere_leaves_one_primary() {
     let mut t = CrashTotals::default();
     for_each_seed(6, |seed| {
