@@ -8,7 +8,10 @@
 //! `--member ADDR` (repeat; replaces the file's static members), `--no-members` (none of the
 //! file's static members: a first node on OS-chosen ports), `--multicast` (discover members
 //! by multicast: only inside a private network namespace), `--manager delta|backup`,
-//! `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
+//! `--send-options OPTS` (how session changes are sent: `channel_send_options` for the
+//! DeltaManager and `map_send_options` for the BackupManager, e.g. `6` (synchronized ack: a
+//! request ends once the members applied its change), `8` (asynchronous) or names like
+//! `use_ack,sync`), `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
 //! start, for footprint measurements), `--stop-on-stdin-eof` (stop cleanly when stdin closes).
 //! Flags override the file. Once serving it prints one line on stdout:
 //! `http_node node1 listening on http://127.0.0.1:8081 (cluster receiver 127.0.0.1:4001)`.
@@ -24,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use tribecast::{ClusterConfig, ManagerKind, McastConfig, NodeConfig, StaticMember};
+use tribecast::{ClusterConfig, ManagerKind, McastConfig, NodeConfig, SendOptions, StaticMember};
 
 struct Args {
     config: Option<PathBuf>,
@@ -35,6 +38,7 @@ struct Args {
     no_members: bool,
     multicast: bool,
     manager: Option<ManagerKind>,
+    send_options: Option<SendOptions>,
     static_dir: PathBuf,
     http_threads: usize,
     preload: usize,
@@ -44,7 +48,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: http_node [--config FILE] [--name NAME] [--http ADDR] [--receiver ADDR] \
-[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--static DIR] [--http-threads N] \
+[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--send-options OPTS] [--static DIR] [--http-threads N] \
 [--preload N] [--preload-size BYTES] [--stop-on-stdin-eof]";
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         no_members: false,
         multicast: false,
         manager: None,
+        send_options: None,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
         http_threads: 4,
         preload: 0,
@@ -85,6 +90,12 @@ fn parse_args() -> Result<Args, String> {
                     "backup" => ManagerKind::Backup,
                     m => return Err(format!("--manager {m}: delta or backup")),
                 })
+            }
+            "--send-options" => {
+                let v = value()?;
+                a.send_options = Some(SendOptions::parse(&v).map_err(|e| {
+                    format!("--send-options {v}: {e} (a number like 6 or 8, or names like use_ack,sync)")
+                })?)
             }
             "--static" => a.static_dir = PathBuf::from(value()?),
             "--http-threads" => a.http_threads = num(value()?)?.clamp(1, 256),
@@ -142,6 +153,12 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
     }
     if let Some(kind) = a.manager {
         cluster.manager.kind = kind;
+    }
+    if let Some(o) = a.send_options {
+        // Each manager reads its own: the DeltaManager `channel_send_options`, the
+        // BackupManager `map_send_options`.
+        cluster.channel_send_options = o;
+        cluster.manager.map_send_options = o;
     }
     Ok(NodeOptions {
         http: http.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
