@@ -11,7 +11,9 @@
 //! `--send-options OPTS` (how session changes are sent: `channel_send_options` for the
 //! DeltaManager and `map_send_options` for the BackupManager, e.g. `6` (synchronized ack: a
 //! request ends once the members applied its change), `8` (asynchronous) or names like
-//! `use_ack,sync`), `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
+//! `use_ack,sync`), `--strict-replication` (a login or counter request whose change was not
+//! applied by every member answers 503, not 200: with `--send-options 6` a 200 then means the
+//! change is on every member this node knows), `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
 //! start, for footprint measurements), `--stop-on-stdin-eof` (stop cleanly when stdin closes).
 //! Flags override the file. Once serving it prints one line on stdout:
 //! `http_node node1 listening on http://127.0.0.1:8081 (cluster receiver 127.0.0.1:4001)`.
@@ -39,6 +41,7 @@ struct Args {
     multicast: bool,
     manager: Option<ManagerKind>,
     send_options: Option<SendOptions>,
+    strict_replication: bool,
     static_dir: PathBuf,
     http_threads: usize,
     preload: usize,
@@ -48,7 +51,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: http_node [--config FILE] [--name NAME] [--http ADDR] [--receiver ADDR] \
-[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--send-options OPTS] [--static DIR] [--http-threads N] \
+[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--send-options OPTS] [--strict-replication] [--static DIR] [--http-threads N] \
 [--preload N] [--preload-size BYTES] [--stop-on-stdin-eof]";
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         multicast: false,
         manager: None,
         send_options: None,
+        strict_replication: false,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
         http_threads: 4,
         preload: 0,
@@ -97,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
                     format!("--send-options {v}: {e} (a number like 6 or 8, or names like use_ack,sync)")
                 })?)
             }
+            "--strict-replication" => a.strict_replication = true,
             "--static" => a.static_dir = PathBuf::from(value()?),
             "--http-threads" => a.http_threads = num(value()?)?.clamp(1, 256),
             "--preload" => a.preload = num(value()?)?,
@@ -167,6 +172,7 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
         cluster,
         static_dir: a.static_dir.clone(),
         started,
+        strict_replication: a.strict_replication,
     })
 }
 
