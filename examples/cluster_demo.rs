@@ -60,6 +60,7 @@ fn node_options(
         context: "/app".into(),
         cluster,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
+        strict_replication: false,
         started,
     }
 }

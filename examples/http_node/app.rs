@@ -68,6 +68,11 @@ pub struct NodeOptions {
     pub static_dir: PathBuf,
     /// When the process started: the first member seen is logged relative to it.
     pub started: Instant,
+    /// A request that changed the session (login, counter) answers 503 instead of 200 when
+    /// its change was not applied by every member (`Request::finish` returned an error), so a
+    /// 200 means what synchronized ack promises. Off (Tomcat's `ReplicationValve`): the error
+    /// is logged and the answer is 200.
+    pub strict_replication: bool,
 }
 
 #[derive(Debug)]
@@ -126,6 +131,7 @@ struct App {
     cluster: Arc<SimpleTcpCluster>,
     mgr: Arc<ClusterManager>,
     static_dir: PathBuf,
+    strict_replication: bool,
 }
 
 impl Node {
@@ -149,6 +155,7 @@ impl Node {
             cluster: cluster.clone(),
             mgr: app.clone(),
             static_dir: opts.static_dir,
+            strict_replication: opts.strict_replication,
         });
         let handler: Arc<http::Handler> = Arc::new(move |req: &Request| state.handle(req));
         let server = HttpServer::start(opts.http, opts.http_threads, Limits::default(), handler)
@@ -316,12 +323,23 @@ impl App {
     }
 
     fn finish(&self, r: tribecast::session::Request) {
-        if let Err(e) = r.finish() {
-            warn!(
-                "Node {}: session change not replicated everywhere: {e}",
-                self.node
-            );
-        }
+        let _ = self.finish_changed(r);
+    }
+
+    /// Ends a request that changed the session. `Some(503)` when the change was not applied by
+    /// every member and `strict_replication` is on.
+    fn finish_changed(&self, r: tribecast::session::Request) -> Option<Response> {
+        let e = r.finish().err()?;
+        warn!(
+            "Node {}: session change not replicated everywhere: {e}",
+            self.node
+        );
+        self.strict_replication.then(|| {
+            error_json(
+                503,
+                &format!("session change not replicated to every member: {e}"),
+            )
+        })
     }
 
     fn login(&self, req: &Request) -> Response {
@@ -369,7 +387,9 @@ impl App {
         }
         session.set_principal(Some(user), Some("FORM"));
         let id = session.id().clone();
-        self.finish(r);
+        if let Some(refused) = self.finish_changed(r) {
+            return refused;
+        }
         Response::json(200, record.to_json()).with_header("Set-Cookie", self.set_cookie(&id))
     }
 
@@ -417,7 +437,11 @@ impl App {
             }
             (n, Some(s.id().clone()), created)
         };
-        self.finish(r);
+        if peek {
+            self.finish(r);
+        } else if let Some(refused) = self.finish_changed(r) {
+            return refused;
+        }
         let body = format!(
             r#"{{"counter":{n},"node":{},"session":{}}}"#,
             json_str(&self.node),

@@ -9,7 +9,13 @@
 //! file's static members: a first node on OS-chosen ports), `--multicast` (discover members
 //! by multicast: only inside a private network namespace), `--manager delta|backup`,
 //! `--cluster-key-file FILE` (authenticate and encrypt all cluster traffic with this key; see
-//! docs/SECURITY.md), `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
+//! docs/SECURITY.md),
+//! `--send-options OPTS` (how session changes are sent: `channel_send_options` for the
+//! DeltaManager and `map_send_options` for the BackupManager, e.g. `6` (synchronized ack: a
+//! request ends once the members applied its change), `8` (asynchronous) or names like
+//! `use_ack,sync`), `--strict-replication` (a login or counter request whose change was not
+//! applied by every member answers 503, not 200: with `--send-options 6` a 200 then means the
+//! change is on every member this node knows), `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
 //! start, for footprint measurements), `--stop-on-stdin-eof` (stop cleanly when stdin closes).
 //! Flags override the file. Once serving it prints one line on stdout:
 //! `http_node node1 listening on http://127.0.0.1:8081 (cluster receiver 127.0.0.1:4001)`.
@@ -25,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use tribecast::{ClusterConfig, ManagerKind, McastConfig, NodeConfig, StaticMember};
+use tribecast::{ClusterConfig, ManagerKind, McastConfig, NodeConfig, SendOptions, StaticMember};
 
 struct Args {
     config: Option<PathBuf>,
@@ -37,6 +43,8 @@ struct Args {
     multicast: bool,
     manager: Option<ManagerKind>,
     cluster_key_file: Option<PathBuf>,
+    send_options: Option<SendOptions>,
+    strict_replication: bool,
     static_dir: PathBuf,
     http_threads: usize,
     preload: usize,
@@ -46,7 +54,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: http_node [--config FILE] [--name NAME] [--http ADDR] [--receiver ADDR] \
-[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--cluster-key-file FILE] [--static DIR] [--http-threads N] \
+[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--cluster-key-file FILE] [--send-options OPTS] [--strict-replication] [--static DIR] [--http-threads N] \
 [--preload N] [--preload-size BYTES] [--stop-on-stdin-eof]";
 
 fn parse_args() -> Result<Args, String> {
@@ -60,6 +68,8 @@ fn parse_args() -> Result<Args, String> {
         multicast: false,
         manager: None,
         cluster_key_file: None,
+        send_options: None,
+        strict_replication: false,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
         http_threads: 4,
         preload: 0,
@@ -90,6 +100,13 @@ fn parse_args() -> Result<Args, String> {
                     m => return Err(format!("--manager {m}: delta or backup")),
                 })
             }
+            "--send-options" => {
+                let v = value()?;
+                a.send_options = Some(SendOptions::parse(&v).map_err(|e| {
+                    format!("--send-options {v}: {e} (a number like 6 or 8, or names like use_ack,sync)")
+                })?)
+            }
+            "--strict-replication" => a.strict_replication = true,
             "--static" => a.static_dir = PathBuf::from(value()?),
             "--http-threads" => a.http_threads = num(value()?)?.clamp(1, 256),
             "--preload" => a.preload = num(value()?)?,
@@ -152,6 +169,12 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
             .map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))?;
         cluster.channel.cluster_key = Some(key);
     }
+    if let Some(o) = a.send_options {
+        // Each manager reads its own: the DeltaManager `channel_send_options`, the
+        // BackupManager `map_send_options`.
+        cluster.channel_send_options = o;
+        cluster.manager.map_send_options = o;
+    }
     Ok(NodeOptions {
         http: http.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         http_threads: a.http_threads,
@@ -159,6 +182,7 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
         cluster,
         static_dir: a.static_dir.clone(),
         started,
+        strict_replication: a.strict_replication,
     })
 }
 
