@@ -843,8 +843,12 @@ impl BackupCore {
     }
 
     /// Gives up a fetch (timeout).
-    pub fn end_fetch(&mut self, id: &SessionId) {
-        self.fetching.remove(id);
+    pub fn end_fetch(&mut self, id: &SessionId) -> Vec<Out> {
+        // Serve the best copy answered, or the one held here: a member that never answered (it
+        // died, or restarted under the same id before anyone saw it go) must not cost the user
+        // the session.
+        let best = self.fetching.remove(id).and_then(|f| f.best);
+        self.adopt(id, best, &mut Vec::new())
     }
 
     /// The members changed: failover and re-placement.
@@ -853,12 +857,21 @@ impl BackupCore {
         members.sort();
         members.dedup();
         self.seen.extend(members.iter().copied());
-        self.members = members;
+        let members_before = std::mem::replace(&mut self.members, members);
         let mut outs = Vec::new();
-        // Fetches stop waiting for members that left; one with nobody left to ask ends.
+        // Fetches stop waiting for members that left (one with nobody left to ask ends) and
+        // ask the ones that joined: a member that restarted under its id answers again.
         let mut done = Vec::new();
         for (id, f) in self.fetching.iter_mut() {
             f.waiting.retain(|m| self.members.binary_search(m).is_ok());
+            for m in self
+                .members
+                .iter()
+                .filter(|m| members_before.binary_search(m).is_err())
+            {
+                f.waiting.push(*m);
+                outs.push(Self::to(*m, BackupMessage::Fetch { id: id.clone() }));
+            }
             if f.waiting.is_empty() {
                 done.push(id.clone());
             }

@@ -228,9 +228,11 @@ impl Core {
         matches!(self, Core::Backup(c) if c.is_fetching(id))
     }
 
-    pub fn end_fetch(&mut self, id: &SessionId) {
-        if let Core::Backup(c) = self {
-            c.end_fetch(id);
+    /// Backup: gives up waiting for answers; serves the best copy there is, if any.
+    pub fn end_fetch(&mut self, id: &SessionId) -> Vec<POut> {
+        match self {
+            Core::Backup(c) => wrap(c.end_fetch(id), Payload::Backup),
+            Core::Delta(_) => Vec::new(),
         }
     }
 }

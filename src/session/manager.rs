@@ -240,6 +240,7 @@ impl ClusterManager {
                 );
             }
             let mut core = self.core.lock();
+            let mut late = Vec::new();
             if wait {
                 let deadline = Instant::now() + self.rpc_timeout;
                 while core.served(id).is_none() && core.is_fetching(id) {
@@ -249,17 +250,25 @@ impl ClusterManager {
                         .timed_out()
                     {
                         warn!(
-                            "Manager [{}]: session {id} not fetched within {} ms",
+                            "Manager [{}]: session {id} not fetched within {} ms; serving the best copy answered or held here, if any",
                             self.context,
                             self.rpc_timeout.as_millis()
                         );
-                        core.end_fetch(id);
+                        late = core.end_fetch(id);
                         break;
                     }
                 }
             }
-            if let Some(s) = core.served(id) {
-                return Some(s.clone());
+            let served = core.served(id).cloned();
+            drop(core);
+            if let Err(e) = self.send_background(late) {
+                warn!(
+                    "Manager [{}]: taking over session {id} not told to every member: {e}",
+                    self.context
+                );
+            }
+            if let Some(s) = served {
+                return Some(s);
             }
             if wait {
                 return None; // nobody has it

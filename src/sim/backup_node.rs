@@ -475,6 +475,17 @@ impl BackupNode {
         (Served::Live(id), ticket)
     }
 
+    /// The fetch of `id` timed out: serve the best copy answered or held, if any.
+    pub fn end_fetch(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) {
+        let outs = self.core.end_fetch(id);
+        if !outs.is_empty() {
+            self.journal.fetched += 1;
+            self.touch(id);
+            let reqs = self.send_outs(outs, true, ctx);
+            self.moves.entry(id.clone()).or_default().extend(reqs);
+        }
+    }
+
     /// A request reached this node, which does not hold `id`: ask the others.
     pub fn fetch(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) {
         self.journal.fetches += 1;

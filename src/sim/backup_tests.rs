@@ -437,7 +437,7 @@ impl Cluster {
                 self.counts.fetch_failed += 1;
                 self.sessions[s].moving = None;
             } else if give_up || self.sim.now() > since + RPC_TIMEOUT {
-                self.sim.call(t, |node, _| node.core.end_fetch(&id));
+                self.sim.call(t, |node, ctx| node.end_fetch(ctx, &id));
                 self.moving.push(s);
             } else {
                 self.moving.push(s);
