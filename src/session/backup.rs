@@ -876,6 +876,7 @@ impl BackupCore {
                 done.push(id.clone());
             }
         }
+        // A copy adopted here is not news for the session listeners: its events are dropped.
         let mut events = Vec::new();
         for id in done {
             let best = self.fetching.remove(&id).and_then(|f| f.best);
