@@ -159,6 +159,11 @@ pub(crate) struct ClusterInner {
 const MAX_SENDERS: usize = 1024;
 
 impl ClusterInner {
+    /// The ids of the members the channel sees now.
+    pub(crate) fn member_ids(&self) -> Vec<MemberId> {
+        self.channel.members().iter().map(|m| m.id).collect()
+    }
+
     pub(crate) fn filtered(&self, uri: &str) -> bool {
         self.filter.as_ref().is_some_and(|f| f.is_match(uri))
     }

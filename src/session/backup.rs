@@ -837,6 +837,17 @@ impl BackupCore {
         }]
     }
 
+    /// Why `fetch(id)` asks nobody, if it does not.
+    pub fn not_fetched(&self, id: &SessionId) -> Option<&'static str> {
+        match self.ended.get(id) {
+            Some(Tomb::Ended) => Some("it ended"),
+            Some(Tomb::Local) => Some("its copy expired here"),
+            Some(Tomb::Renamed) => Some("its id was changed"),
+            None if self.members.is_empty() => Some("no other member is known"),
+            None => None,
+        }
+    }
+
     /// Whether a fetch of `id` still waits for answers.
     pub fn is_fetching(&self, id: &SessionId) -> bool {
         self.fetching.contains_key(id)

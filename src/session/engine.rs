@@ -228,6 +228,14 @@ impl Core {
         matches!(self, Core::Backup(c) if c.is_fetching(id))
     }
 
+    /// Backup: why a request for `id` did not ask the other members (for the log).
+    pub fn not_fetched(&self, id: &SessionId) -> Option<&'static str> {
+        match self {
+            Core::Backup(c) => c.not_fetched(id),
+            Core::Delta(_) => None,
+        }
+    }
+
     /// Backup: gives up waiting for answers; serves the best copy there is, if any.
     pub fn end_fetch(&mut self, id: &SessionId) -> Vec<POut> {
         match self {

@@ -271,8 +271,18 @@ impl ClusterManager {
                 return Some(s);
             }
             if wait {
-                return None; // nobody has it
+                info!(
+                    "Manager [{}]: session {id} not found on any member; the request has none",
+                    self.context
+                );
+                return None;
             }
+        }
+        if let Some(why) = self.core.lock().not_fetched(id) {
+            info!(
+                "Manager [{}]: session {id} not fetched: {why}; the request has none",
+                self.context
+            );
         }
         None
     }
@@ -398,7 +408,13 @@ impl ClusterManager {
 
     /// The members changed: a backup manager fails over and re-places its sessions.
     pub(crate) fn members_changed(&self, members: Vec<MemberId>) {
-        let outs = self.core.lock().set_members(members);
+        // Membership events come from more than one thread: read the list under the core's
+        // lock, so that whichever call comes last applies the newest list (a departure and a
+        // quick rejoin must not end with the departure's list).
+        let mut core = self.core.lock();
+        let members = self.cluster.upgrade().map_or(members, |c| c.member_ids());
+        let outs = core.set_members(members);
+        drop(core);
         // A fetch waiting only for members that left has ended.
         self.ready_changed.notify_all();
         if let Err(e) = self.send_background(outs) {
