@@ -71,6 +71,9 @@ pub(crate) struct ChannelInner {
     /// Where transport news about members goes while running (the membership service).
     membership_events: RwLock<Option<crossbeam_channel::Sender<Event>>>,
     next_msg_id: AtomicU64,
+    /// The incarnation each member last shook hands with: a new one means it restarted under
+    /// the same id and lost what it held (bounded by the members that ever connected).
+    incarnations: Mutex<std::collections::HashMap<MemberId, u64>>,
 }
 
 fn random_u64() -> u64 {
@@ -240,7 +243,16 @@ impl ReceiverHandler for ChannelInner {
         self.up().message_received(&msg)
     }
 
-    fn peer_hello(&self, member: &Member) {
+    fn peer_hello(&self, member: &Member, incarnation: u64) {
+        let before = self.incarnations.lock().insert(member.id, incarnation);
+        if before.is_some_and(|b| b != incarnation && b != 0 && incarnation != 0) {
+            // A member killed and restarted faster than the failure detector notices comes
+            // back empty: report it gone and back, so session managers copy to it again.
+            info!("Member [{member}] restarted (a new incarnation): it left and joins again");
+            if let Some(events) = self.membership_events.read().clone() {
+                service::notify(&events, Event::Restarted(member.id), None);
+            }
+        }
         self.peer_event(PeerEvent::Hello(member.clone()));
     }
 
@@ -353,6 +365,7 @@ impl ChannelBuilder {
                 runtime: RwLock::new(None),
                 membership_events: RwLock::new(None),
                 next_msg_id: AtomicU64::new(1),
+                incarnations: Mutex::new(std::collections::HashMap::new()),
             }),
             running: Mutex::new(None),
         })

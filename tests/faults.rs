@@ -1090,3 +1090,41 @@ fn stalled_member_keeps_order_drops_past_its_limit_and_recovers() {
         got.lock().contains(&n)
     });
 }
+
+/// A member killed and restarted under the same id faster than the failure detector notices
+/// comes back empty: when its new incarnation shakes hands, the others report it gone and back
+/// at once ("Member disappeared [...]: it restarted"), so session managers copy to it again.
+#[test]
+fn a_member_restarted_under_the_same_id_is_reported_gone_and_back() {
+    init_logs();
+    let a = started("a");
+    let events = Arc::new(Events::default());
+    a.add_membership_listener(events.clone());
+    let b = started_with_peers("b", &[&a]);
+    wait_for("A sees B", LIMIT, || events.has("+b"));
+    // B's next run: the same member, a new incarnation, shaking hands with A.
+    let hs = Handshake {
+        cluster: ChannelConfig::default().cluster_name,
+        protocol_version: PROTOCOL_VERSION,
+        member: b.local_member().expect("running"),
+        incarnation: 0x5eed,
+        lane: 1,
+    };
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, FrameKind::Handshake, 0, 0, &encode_body(&hs));
+    let mut s = raw(local(&a).addr);
+    s.write_all(&frame).expect("write");
+    wait_for("A reports B gone and back", LIMIT, || {
+        let e = events.0.lock();
+        e.iter().filter(|x| *x == "+b").count() == 2 && e.iter().any(|x| x == "-b")
+    });
+    assert!(
+        a.members().iter().any(|m| m.name == "b"),
+        "B is a member again"
+    );
+    // B's own connections (pings, same incarnation as before) did not count as restarts.
+    assert_eq!(events.0.lock().iter().filter(|x| *x == "-b").count(), 1);
+    drop(s);
+    b.stop();
+    a.stop();
+}

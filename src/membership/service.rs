@@ -79,6 +79,8 @@ struct McastRx {
 pub enum Event {
     Heard(Member, Source),
     Left(MemberId),
+    /// A new incarnation of the member shook hands: it restarted.
+    Restarted(MemberId),
     SendFailed(MemberId, String),
     Verified(MemberId, bool, String),
     /// The prober finished a round of pings and probes.
@@ -263,6 +265,7 @@ impl MembershipService {
                         Event::Stop => return,
                         Event::Heard(m, source) => state.heard(&m, source, now),
                         Event::Left(id) => state.left(&id, now),
+                        Event::Restarted(id) => state.restarted(&id),
                         Event::SendFailed(id, why) => state.send_failed(&id, &why),
                         Event::Verified(id, alive, why) => state.verified(&id, alive, &why, now),
                         Event::RoundDone => {

@@ -120,6 +120,14 @@ impl MembershipState {
         }
     }
 
+    /// The member restarted under the same id (a new incarnation shook hands): what it held
+    /// is gone, so it leaves now and joins again with its next hello (no leave grace).
+    pub fn restarted(&mut self, id: &MemberId) -> Option<Action> {
+        self.members
+            .remove(id)
+            .map(|e| Action::Disappeared(e.member, "it restarted (a new incarnation)".into()))
+    }
+
     /// The member said it leaves: gone at once, no verification, and deaf to its echoes for
     /// `leave_grace`.
     pub fn left(&mut self, id: &MemberId, now: Instant) -> Option<Action> {

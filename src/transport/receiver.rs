@@ -56,8 +56,9 @@ const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10
 pub trait ReceiverHandler: Send + Sync + 'static {
     /// A message arrived; `Err` is the reason given back to a synchronized-ack sender.
     fn message_received(&self, from: &Member, env: Envelope<'_>) -> Result<(), String>;
-    /// A member opened a connection to us and shook hands.
-    fn peer_hello(&self, member: &Member);
+    /// A member opened a connection to us and shook hands; `incarnation` identifies the run of
+    /// its process (a new one after a restart under the same member id).
+    fn peer_hello(&self, member: &Member, incarnation: u64);
     /// A member said it is leaving the group.
     fn peer_left(&self, member: &Member);
 }
@@ -851,7 +852,7 @@ fn worker(
                 }
             };
             match item {
-                Item::Hello(m) => handler.peer_hello(&m),
+                Item::Hello(m) => handler.peer_hello(&m, key.map_or(0, |k| k.incarnation)),
                 Item::Leave(m) => handler.peer_left(&m),
                 Item::ReAck(seqs) => {
                     let Some(key) = key else { continue };
