@@ -11,6 +11,7 @@ use crate::member::{Member, MemberId};
 use crate::membership::service::{self, Event, MembershipService, Sink};
 use crate::membership::state::Source;
 use crate::membership::{Change, Membership};
+use crate::metrics::{ChannelStats, MemberCounters, MemberRegistry};
 use crate::options::SendOptions;
 use crate::transport::lane::Identity;
 use crate::transport::receiver::{self, NioReceiver, ReceiverHandler, ReceiverStats};
@@ -71,6 +72,8 @@ pub(crate) struct ChannelInner {
     /// Where transport news about members goes while running (the membership service).
     membership_events: RwLock<Option<crossbeam_channel::Sender<Event>>>,
     next_msg_id: AtomicU64,
+    /// Per-member counters; kept across restarts of the channel.
+    member_counters: Arc<MemberRegistry>,
 }
 
 fn random_u64() -> u64 {
@@ -247,6 +250,10 @@ impl ReceiverHandler for ChannelInner {
     fn peer_left(&self, member: &Member) {
         self.peer_event(PeerEvent::Left(member.clone()));
     }
+
+    fn member_counters(&self, member: &Member) -> Option<Arc<MemberCounters>> {
+        Some(self.member_counters.counters(member))
+    }
 }
 
 /// The channel as the membership service sees it; weak, so the service's threads do not keep
@@ -353,6 +360,7 @@ impl ChannelBuilder {
                 runtime: RwLock::new(None),
                 membership_events: RwLock::new(None),
                 next_msg_id: AtomicU64::new(1),
+                member_counters: Arc::default(),
             }),
             running: Mutex::new(None),
         })
@@ -418,7 +426,11 @@ impl GroupChannel {
         } else {
             info!("No cluster key configured: cluster traffic is neither authenticated nor encrypted, and anyone who can reach this node can join the cluster (set ChannelConfig::cluster_key)");
         }
-        let sender = PooledParallelSender::new(identity, cfg.sender.clone());
+        let sender = PooledParallelSender::new(
+            identity,
+            cfg.sender.clone(),
+            self.inner.member_counters.clone(),
+        );
         *self.inner.runtime.write() = Some(Arc::new(Runtime {
             local: local.clone(),
             sender,
@@ -589,6 +601,27 @@ impl GroupChannel {
             .lock()
             .as_ref()
             .map(|r| r.receiver_stats.clone())
+    }
+
+    /// Per-member figures (every member this node exchanged messages with, including those that
+    /// left) and channel totals. A snapshot: each figure is read once, without a lock on the
+    /// send or receive path.
+    pub fn stats(&self) -> ChannelStats {
+        let current = self.inner.members();
+        let mut s = ChannelStats::sum(self.inner.member_counters.stats(&current));
+        let t = &mut s.totals;
+        if let Some(rt) = self.inner.runtime() {
+            t.connects = rt.sender.stats.connects.load(Ordering::Relaxed);
+            t.stalls = rt.sender.stats.stalls.load(Ordering::Relaxed);
+        }
+        if let Some(r) = self.receiver_stats() {
+            t.connections_accepted = r.connections_accepted.load(Ordering::Relaxed);
+            t.connections_refused = r.connections_refused.load(Ordering::Relaxed);
+            t.connections_closed_on_error = r.connections_closed_on_error.load(Ordering::Relaxed);
+            t.auth_failures = r.auth_failures.load(Ordering::Relaxed);
+            t.duplicates_dropped = r.duplicates_dropped.load(Ordering::Relaxed);
+        }
+        s
     }
 
     /// Sender counters, while running.
