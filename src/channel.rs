@@ -608,6 +608,10 @@ impl GroupChannel {
     /// send or receive path.
     pub fn stats(&self) -> ChannelStats {
         let current = self.inner.members();
+        // A member not talked to yet is listed too, with zeros.
+        for m in current.iter() {
+            self.inner.member_counters.counters(m);
+        }
         let mut s = ChannelStats::sum(self.inner.member_counters.stats(&current));
         let t = &mut s.totals;
         if let Some(rt) = self.inner.runtime() {

@@ -182,6 +182,7 @@ pub struct MemberStats {
 /// Sums over every member listed, plus channel-wide counters that belong to no member.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChannelTotals {
+    /// Current members (other than this node).
     pub members: u64,
     pub messages_sent: u64,
     pub bytes_sent: u64,

@@ -461,7 +461,7 @@ impl PooledParallelSender {
         };
         st.failures.fetch_add(messages, Ordering::Relaxed);
         // Dropped messages are counted apart, as they were refused.
-        al.counters.send_errors(messages - r.dropped);
+        al.counters.send_errors(messages.saturating_sub(r.dropped));
         Some(AsyncFailure {
             faulty: al.faulty(reason),
             messages: messages as usize,
