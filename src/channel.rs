@@ -11,6 +11,7 @@ use crate::member::{Member, MemberId};
 use crate::membership::service::{self, Event, MembershipService, Sink};
 use crate::membership::state::Source;
 use crate::membership::{Change, Membership};
+use crate::metrics::{ChannelStats, MemberCounters, MemberRegistry};
 use crate::options::SendOptions;
 use crate::transport::lane::Identity;
 use crate::transport::receiver::{self, NioReceiver, ReceiverHandler, ReceiverStats};
@@ -72,9 +73,14 @@ pub(crate) struct ChannelInner {
     membership_events: RwLock<Option<crossbeam_channel::Sender<Event>>>,
     next_msg_id: AtomicU64,
     /// The incarnation each member last shook hands with: a new one means it restarted under
-    /// the same id and lost what it held (bounded by the members that ever connected).
+    /// the same id and lost what it held. Bounded (see `MAX_INCARNATIONS`).
     incarnations: Mutex<std::collections::HashMap<MemberId, u64>>,
+    /// Per-member counters; kept across restarts of the channel.
+    member_counters: Arc<MemberRegistry>,
 }
+
+/// Members whose incarnation is remembered for restart detection.
+const MAX_INCARNATIONS: usize = 4096;
 
 fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -244,7 +250,14 @@ impl ReceiverHandler for ChannelInner {
     }
 
     fn peer_hello(&self, member: &Member, incarnation: u64) {
-        let before = self.incarnations.lock().insert(member.id, incarnation);
+        let before = {
+            let mut known = self.incarnations.lock();
+            // Anyone reaching an unkeyed receiver can claim ids: forget all rather than grow.
+            if known.len() >= MAX_INCARNATIONS && !known.contains_key(&member.id) {
+                known.clear();
+            }
+            known.insert(member.id, incarnation)
+        };
         if before.is_some_and(|b| b != incarnation && b != 0 && incarnation != 0) {
             // A member killed and restarted faster than the failure detector notices comes
             // back empty: report it gone and back, so session managers copy to it again.
@@ -258,6 +271,10 @@ impl ReceiverHandler for ChannelInner {
 
     fn peer_left(&self, member: &Member) {
         self.peer_event(PeerEvent::Left(member.clone()));
+    }
+
+    fn member_counters(&self, member: &Member) -> Option<Arc<MemberCounters>> {
+        Some(self.member_counters.counters(member))
     }
 }
 
@@ -366,6 +383,7 @@ impl ChannelBuilder {
                 membership_events: RwLock::new(None),
                 next_msg_id: AtomicU64::new(1),
                 incarnations: Mutex::new(std::collections::HashMap::new()),
+                member_counters: Arc::default(),
             }),
             running: Mutex::new(None),
         })
@@ -431,7 +449,11 @@ impl GroupChannel {
         } else {
             info!("No cluster key configured: cluster traffic is neither authenticated nor encrypted, and anyone who can reach this node can join the cluster (set ChannelConfig::cluster_key)");
         }
-        let sender = PooledParallelSender::new(identity, cfg.sender.clone());
+        let sender = PooledParallelSender::new(
+            identity,
+            cfg.sender.clone(),
+            self.inner.member_counters.clone(),
+        );
         *self.inner.runtime.write() = Some(Arc::new(Runtime {
             local: local.clone(),
             sender,
@@ -602,6 +624,31 @@ impl GroupChannel {
             .lock()
             .as_ref()
             .map(|r| r.receiver_stats.clone())
+    }
+
+    /// Per-member figures (every member this node exchanged messages with, including those that
+    /// left) and channel totals. A snapshot: each figure is read once, without a lock on the
+    /// send or receive path.
+    pub fn stats(&self) -> ChannelStats {
+        let current = self.inner.members();
+        // A member not talked to yet is listed too, with zeros.
+        for m in current.iter() {
+            self.inner.member_counters.counters(m);
+        }
+        let mut s = ChannelStats::sum(self.inner.member_counters.stats(&current));
+        let t = &mut s.totals;
+        if let Some(rt) = self.inner.runtime() {
+            t.connects = rt.sender.stats.connects.load(Ordering::Relaxed);
+            t.stalls = rt.sender.stats.stalls.load(Ordering::Relaxed);
+        }
+        if let Some(r) = self.receiver_stats() {
+            t.connections_accepted = r.connections_accepted.load(Ordering::Relaxed);
+            t.connections_refused = r.connections_refused.load(Ordering::Relaxed);
+            t.connections_closed_on_error = r.connections_closed_on_error.load(Ordering::Relaxed);
+            t.auth_failures = r.auth_failures.load(Ordering::Relaxed);
+            t.duplicates_dropped = r.duplicates_dropped.load(Ordering::Relaxed);
+        }
+        s
     }
 
     /// Sender counters, while running.

@@ -323,6 +323,14 @@ impl SimpleTcpCluster {
         self.inner.managers.read().get(context).cloned()
     }
 
+    /// Every application's manager, sorted by context.
+    pub fn managers(&self) -> Vec<Arc<ClusterManager>> {
+        let mut v: Vec<Arc<ClusterManager>> =
+            self.inner.managers.read().values().cloned().collect();
+        v.sort_by(|a, b| a.context().cmp(b.context()));
+        v
+    }
+
     pub fn channel(&self) -> &GroupChannel {
         &self.inner.channel
     }

@@ -12,6 +12,7 @@ pub mod interceptor;
 pub mod member;
 #[doc(hidden)]
 pub mod membership;
+pub mod metrics;
 pub mod options;
 pub mod session;
 #[doc(hidden)]

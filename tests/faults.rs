@@ -327,6 +327,25 @@ fn retry_after_cut_connection_delivers_once() {
     );
     assert_eq!(stat(&stats.messages_delivered), 3);
     assert_eq!(stat(&stats.duplicates_dropped), 2);
+    // Per member: the two retries, three messages each way, the duplicates not counted twice.
+    let bytes: u64 = payloads(&inbox).iter().map(|p| p.len() as u64).sum();
+    let to_r = s.stats().member(&local(&r).id).cloned().expect("figures");
+    assert_eq!(
+        (
+            to_r.retries,
+            to_r.messages_sent,
+            to_r.bytes_sent,
+            to_r.send_errors
+        ),
+        (2, 3, bytes, 0),
+        "{to_r:?}"
+    );
+    assert!(to_r.rtt_count >= 2 && to_r.rtt_last_us > 0, "{to_r:?}");
+    let from_s = r.stats().member(&local(&s).id).cloned().expect("figures");
+    assert_eq!(
+        (from_s.messages_received, from_s.bytes_received),
+        (3, bytes)
+    );
 }
 
 /// A gate a listener (or interceptor) waits at until the test opens it. It opens by itself a
@@ -1059,6 +1078,17 @@ fn stalled_member_keeps_order_drops_past_its_limit_and_recovers() {
         stat(|x| x.stalls.load(SeqCst)) >= 1,
         "the stall was noticed"
     );
+    // The member's figures show the stall: a bounded queue, drops, no errors.
+    let member = |ch: &GroupChannel, of: &tribecast::Member| {
+        ch.stats().member(&of.id).cloned().expect("figures")
+    };
+    let m = member(&s, &dest[0]);
+    assert!(m.async_dropped > 0, "{m:?}");
+    assert!(
+        m.async_queued_bytes > 0 && m.async_queued_bytes <= 64 * 1024 + u64::from(SMALL_FRAME),
+        "{m:?}"
+    );
+    assert_eq!(m.send_errors, 0, "drops are not errors: {m:?}");
     gate.open();
     // Everything accepted is either delivered or counted as dropped; wait for the sum.
     let settled = || got.lock().len() as u64 + stat(|x| x.failures.load(SeqCst));
@@ -1089,6 +1119,19 @@ fn stalled_member_keeps_order_drops_past_its_limit_and_recovers() {
     wait_for("the message after recovery", LIMIT, || {
         got.lock().contains(&n)
     });
+    let delivered = got.lock().len() as u64;
+    wait_for("the sender counted it", LIMIT, || {
+        member(&s, &dest[0]).messages_sent == delivered
+    });
+    let m = member(&s, &dest[0]);
+    assert_eq!(m.bytes_sent, delivered * ASYNC_PAYLOAD as u64);
+    assert_eq!(m.async_dropped, dropped, "every drop counted once");
+    assert_eq!((m.async_queued_bytes, m.send_errors, m.retries), (0, 0, 0));
+    let from = member(&r, &local(&s));
+    assert_eq!(
+        (from.messages_received, from.bytes_received),
+        (delivered, delivered * ASYNC_PAYLOAD as u64)
+    );
 }
 
 /// A member killed and restarted under the same id faster than the failure detector notices

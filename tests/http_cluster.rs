@@ -409,6 +409,31 @@ fn scenario(manager: &str) {
     let r = get(&mut browser, &nodes[1], "/app/counter");
     assert_eq!(json_number(&r.body, "counter"), 5, "{}", r.body);
 
+    // Statistics, as Prometheus text: a sample per other member and one for the application.
+    let r = get(&mut browser, &nodes[1], "/app/metrics");
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/plain; version=0.0.4"),
+        "{r:?}"
+    );
+    for line in r.body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        assert!(value.parse::<u64>().is_ok(), "{line}");
+        assert!(series.starts_with("tribecast_"), "{line}");
+    }
+    let ups = r
+        .body
+        .lines()
+        .filter(|l| l.starts_with("tribecast_member_up{"))
+        .count();
+    assert!(ups >= 2, "{}", r.body);
+    assert!(
+        r.body
+            .contains("tribecast_manager_sessions{context=\"/app\"} "),
+        "{}",
+        r.body
+    );
+
     // Operators' log lines.
     for n in &nodes[1..] {
         n.wait_line("an `Added member [` log line", |stderr, l| {

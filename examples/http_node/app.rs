@@ -286,11 +286,16 @@ impl App {
         let method_ok = |m: &str| req.method == m;
         match rest {
             "health" if method_ok("GET") => self.health(),
+            "metrics" if method_ok("GET") => Response::new(
+                200,
+                "text/plain; version=0.0.4",
+                tribecast::metrics::prometheus_text(&self.cluster),
+            ),
             "login" if method_ok("POST") => self.ready_then(|| self.login(req)),
             "logout" if method_ok("POST") => self.ready_then(|| self.logout(req)),
             "profile" if method_ok("GET") => self.ready_then(|| self.profile(req)),
             "counter" if method_ok("GET") => self.ready_then(|| self.counter(req)),
-            "health" | "profile" | "counter" => {
+            "health" | "metrics" | "profile" | "counter" => {
                 error_json(405, "method not allowed").with_header("Allow", "GET")
             }
             "login" | "logout" => {

@@ -1,5 +1,6 @@
 //! One cluster node per process: tribecast embedded in a small synchronous HTTP/1.1 server,
-//! serving the demo application at `/app` (login, profile, counter, health, static files).
+//! serving the demo application at `/app` (login, profile, counter, health, Prometheus
+//! metrics at `/app/metrics`, static files).
 //!
 //!     cargo run --release --example http_node -- --name node1 --http 127.0.0.1:8081 \
 //!         --receiver 127.0.0.1:4001 --member 127.0.0.1:4002 --member 127.0.0.1:4003

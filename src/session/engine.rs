@@ -66,6 +66,14 @@ impl Core {
         }
     }
 
+    /// Sessions this node is primary for (BackupManager); `None` for a DeltaManager.
+    pub fn primaries(&self) -> Option<usize> {
+        match self {
+            Core::Delta(_) => None,
+            Core::Backup(c) => Some(c.primaries()),
+        }
+    }
+
     pub fn ids(&self) -> Vec<SessionId> {
         match self {
             Core::Delta(c) => c.store().ids().cloned().collect(),

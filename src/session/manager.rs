@@ -67,6 +67,8 @@ pub struct ManagerStats {
     pub messages_received: AtomicU64,
     pub resyncs: AtomicU64,
     pub state_transfers: AtomicU64,
+    /// Requests whose session changes were sent.
+    pub replications: AtomicU64,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -158,6 +160,25 @@ impl ClusterManager {
 
     pub fn add_listener(&self, l: Arc<dyn SessionListener>) {
         self.listeners.write().push(l);
+    }
+
+    /// A snapshot of the manager's figures.
+    pub fn stats(&self) -> crate::metrics::ManagerSnapshot {
+        let (sessions, primaries) = {
+            let core = self.core.lock();
+            (core.len() as u64, core.primaries().map(|p| p as u64))
+        };
+        let s = &self.stats;
+        crate::metrics::ManagerSnapshot {
+            context: self.context.clone(),
+            sessions,
+            primaries,
+            messages_sent: s.messages_sent.load(Ordering::Relaxed),
+            messages_received: s.messages_received.load(Ordering::Relaxed),
+            replications: s.replications.load(Ordering::Relaxed),
+            resyncs: s.resyncs.load(Ordering::Relaxed),
+            state_transfers: s.state_transfers.load(Ordering::Relaxed),
+        }
     }
 
     /// Live sessions held here (own and replicated).
@@ -609,6 +630,9 @@ impl Request {
             (outs, events)
         };
         self.mgr.notify(&local_events, true);
+        if !outs.is_empty() {
+            self.mgr.stats.replications.fetch_add(1, Ordering::Relaxed);
+        }
         self.mgr.send(outs)
     }
 }

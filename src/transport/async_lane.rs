@@ -13,9 +13,11 @@
 use super::lane::{Identity, Lane, Reply};
 use crate::error::{FaultyMember, SendFailure};
 use crate::member::Member;
+use crate::metrics::MemberCounters;
 use crate::wire::DataBody;
 use log::{debug, info, warn};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a flush waits on a member that is already stalled.
@@ -26,6 +28,8 @@ struct Pending {
     /// Asked for an ack: kept in the buffer (to resend after a reconnect) until acked.
     ack: bool,
     acked: bool,
+    /// Payload bytes, for the member's counters once settled.
+    payload: u32,
     /// Offset in the lane's buffer just past this frame.
     end: usize,
 }
@@ -35,6 +39,10 @@ struct Pending {
 pub struct FlushReport {
     /// Messages fully written (and acked, where asked).
     pub sent: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Of the messages in `failed`, those dropped because the queue was full.
+    pub dropped: u64,
     /// Messages given up on, and why.
     pub failed: Option<(u64, SendFailure)>,
     /// The member stopped reading (reported once per stall).
@@ -53,10 +61,11 @@ pub struct AsyncLane {
     stalled: bool,
     /// Messages dropped since the last report because too much was waiting.
     dropped: u64,
+    pub counters: Arc<MemberCounters>,
 }
 
 impl AsyncLane {
-    pub fn new(member: Member, lane_id: u32) -> AsyncLane {
+    pub fn new(member: Member, lane_id: u32, counters: Arc<MemberCounters>) -> AsyncLane {
         AsyncLane {
             member,
             lane: Lane::new(lane_id),
@@ -64,12 +73,18 @@ impl AsyncLane {
             written: 0,
             stalled: false,
             dropped: 0,
+            counters,
         }
     }
 
     /// Bytes not yet written.
     pub fn unwritten(&self) -> usize {
         self.lane.wbuf.len() - self.written
+    }
+
+    /// Bytes held: unwritten, or written and waiting for their ack.
+    pub fn queued(&self) -> usize {
+        self.lane.wbuf.len()
     }
 
     pub fn has_work(&self) -> bool {
@@ -88,6 +103,7 @@ impl AsyncLane {
         // Unwritten frames and written ones waiting for their ack count alike.
         if self.lane.wbuf.len() + body.len() > limit && !self.frames.is_empty() {
             self.dropped += 1;
+            self.counters.dropped();
             return false;
         }
         let seq = self.lane.stamp(id, None, flags, body, crc);
@@ -96,8 +112,10 @@ impl AsyncLane {
             seq,
             ack,
             acked: false,
+            payload: body.payload.len() as u32,
             end: self.lane.wbuf.len(),
         });
+        self.counters.set_queued(self.lane.wbuf.len());
         true
     }
 
@@ -154,6 +172,7 @@ impl AsyncLane {
         if self.dropped > 0 {
             let (n, reason) = report.failed.take().unwrap_or((0, SendFailure::QueueFull));
             report.failed = Some((n + self.dropped, reason));
+            report.dropped = self.dropped;
             self.dropped = 0;
         }
         report
@@ -219,6 +238,7 @@ impl AsyncLane {
             }
             done = f.end;
             report.sent += 1;
+            report.bytes += u64::from(f.payload);
             self.frames.pop_front();
         }
         if done > 0 {

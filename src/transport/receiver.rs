@@ -14,6 +14,7 @@ use crate::config::{ChannelConfig, ReceiverConfig};
 use crate::crypto::{ClusterKey, Sealer};
 use crate::error::ChannelError;
 use crate::member::Member;
+use crate::metrics::MemberCounters;
 use crate::wire::frame::{encode_frame, FrameKind};
 use crate::wire::{decode_body, encode_body, Envelope, Reason};
 use crossbeam_channel::{Receiver, Sender};
@@ -61,6 +62,10 @@ pub trait ReceiverHandler: Send + Sync + 'static {
     fn peer_hello(&self, member: &Member, incarnation: u64);
     /// A member said it is leaving the group.
     fn peer_left(&self, member: &Member);
+    /// The counters of messages from `member`; asked once per connection.
+    fn member_counters(&self, _member: &Member) -> Option<Arc<MemberCounters>> {
+        None
+    }
 }
 
 /// Counters of the receiver, readable while it runs.
@@ -295,6 +300,8 @@ struct Mailbox {
     paused: bool,
     peer: Option<Arc<Member>>,
     key: Option<LaneKey>,
+    /// The peer's counters, looked up by the first worker to deliver from it.
+    counters: Option<Arc<MemberCounters>>,
 }
 
 /// Replies (handshake answers, acks) written from the loop and from workers.
@@ -841,10 +848,19 @@ fn worker(
     let mut reply = Vec::new();
     while let Ok(conn) = rx.recv() {
         loop {
-            let (item, peer, key) = {
+            let (item, peer, key, counters) = {
                 let mut mb = conn.mailbox.lock();
                 match mb.items.pop_front() {
-                    Some(item) => (item, mb.peer.clone(), mb.key),
+                    Some(item) => {
+                        if mb.counters.is_none() && matches!(item, Item::Batch(_)) {
+                            mb.counters = mb.peer.as_ref().and_then(|p| handler.member_counters(p));
+                        }
+                        let counters = match item {
+                            Item::Batch(_) => mb.counters.clone(),
+                            _ => None,
+                        };
+                        (item, mb.peer.clone(), mb.key, counters)
+                    }
                     None => {
                         mb.scheduled = false;
                         break;
@@ -874,7 +890,7 @@ fn worker(
                             key,
                             &batch,
                             handler.as_ref(),
-                            &ctl,
+                            (&ctl, counters.as_deref()),
                             &mut reply,
                         );
                     }
@@ -903,9 +919,18 @@ fn deliver(
     key: LaneKey,
     batch: &Batch,
     handler: &dyn ReceiverHandler,
-    ctl: &LoopCtl,
+    (ctl, counters): (&LoopCtl, Option<&MemberCounters>),
     reply: &mut Vec<u8>,
 ) {
+    // Messages and payload bytes handed up and not yet added to the peer's counters: added
+    // once per batch, or before a synchronized ack (whose sender may then read them).
+    let mut uncounted = (0u64, 0u64);
+    let count = |uncounted: &mut (u64, u64)| {
+        if let Some(c) = counters {
+            c.received(uncounted.0, uncounted.1);
+        }
+        *uncounted = (0, 0);
+    };
     for (i, d) in batch.deliveries.iter().enumerate() {
         if d.ping {
             // The read test: a worker got this far, which is what the pinger wants to know.
@@ -915,6 +940,8 @@ fn deliver(
         let result = match decode_body::<Envelope>(&batch.data[d.start..d.end]) {
             Ok(env) if env.sender == peer.id => {
                 ctl.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                uncounted.0 += 1;
+                uncounted.1 += env.payload.len() as u64;
                 handler.message_received(peer, env)
             }
             decoded => {
@@ -941,16 +968,19 @@ fn deliver(
                     ctl.board
                         .finish(key, d.seq, &Err(format!("undecodable envelope: {e}")));
                 }
+                count(&mut uncounted);
                 return;
             }
         };
         if d.sync_ack {
+            count(&mut uncounted);
             ctl.board.finish(key, d.seq, &result);
             sync_answer(conn, d.seq, result, reply);
         } else if let Err(reason) = result {
             debug!("Listener failed on a message from [{peer}] (no ack requested): {reason}");
         }
     }
+    count(&mut uncounted);
 }
 
 /// Writes the synchronized ack (or fail-ack) of frame `seq`.

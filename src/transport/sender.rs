@@ -10,6 +10,7 @@ use super::lane::{Identity, Lane, Reply};
 use crate::config::SenderConfig;
 use crate::error::{FaultyMember, SendFailure};
 use crate::member::{Member, MemberId};
+use crate::metrics::{MemberCounters, MemberRegistry};
 use crate::options::SendOptions;
 use crate::wire::frame::{FLAG_ACK, FLAG_SYNC_ACK};
 use crate::wire::DataBody;
@@ -59,6 +60,8 @@ struct Pool {
 
 struct MemberLink {
     member: Member,
+    /// This member's counters, looked up once for the link's life.
+    counters: Arc<MemberCounters>,
     pool: Mutex<Pool>,
     freed: Condvar,
 }
@@ -70,6 +73,8 @@ struct InFlight {
     seq: u64,
     retries_left: u32,
     result: Option<SendFailure>,
+    /// When the frame was last written, for the round-trip time of a synchronized ack.
+    written_at: Instant,
 }
 
 pub struct PooledParallelSender {
@@ -82,6 +87,7 @@ pub struct PooledParallelSender {
     /// made after a member left and came back is never confused with the old one.
     next_async_lane: AtomicU32,
     pub stats: SenderStats,
+    members: Arc<MemberRegistry>,
 }
 
 /// Outcome of a failed asynchronous flush for one member.
@@ -91,7 +97,11 @@ pub struct AsyncFailure {
 }
 
 impl PooledParallelSender {
-    pub fn new(id: Arc<Identity>, cfg: SenderConfig) -> PooledParallelSender {
+    pub(crate) fn new(
+        id: Arc<Identity>,
+        cfg: SenderConfig,
+        members: Arc<MemberRegistry>,
+    ) -> PooledParallelSender {
         PooledParallelSender {
             id,
             cfg,
@@ -99,6 +109,7 @@ impl PooledParallelSender {
             async_lanes: Mutex::new(Vec::new()),
             next_async_lane: AtomicU32::new(ASYNC_LANES),
             stats: SenderStats::default(),
+            members,
         }
     }
 
@@ -112,6 +123,7 @@ impl PooledParallelSender {
         let l = links.entry(m.id).or_insert_with(|| {
             Arc::new(MemberLink {
                 member: m.clone(),
+                counters: self.members.counters(m),
                 pool: Mutex::new(Pool {
                     idle: Vec::new(),
                     created: 0,
@@ -123,6 +135,7 @@ impl PooledParallelSender {
             // Same id, new address: a restarted member. Start over with fresh connections.
             *l = Arc::new(MemberLink {
                 member: m.clone(),
+                counters: self.members.counters(m),
                 pool: Mutex::new(Pool {
                     idle: Vec::new(),
                     created: 0,
@@ -182,10 +195,19 @@ impl PooledParallelSender {
         let Some(mut lane) = self.checkout(&link, deadline) else {
             return Err(SendFailure::Timeout(timeout));
         };
+        let mut r = Ok(());
         if !lane.is_connected() {
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
+            // Connected apart, so the round trip timed below is the ping's alone.
+            r = lane.connect(m, &self.id, deadline, timeout).map(drop);
         }
-        let r = lane.ping(m, &self.id, read_test, deadline, timeout);
+        if r.is_ok() {
+            let start = Instant::now();
+            r = lane.ping(m, &self.id, read_test, deadline, timeout);
+            if r.is_ok() {
+                link.counters.rtt(start.elapsed());
+            }
+        }
         if r.is_err() {
             lane.disconnect();
         }
@@ -220,6 +242,7 @@ impl PooledParallelSender {
                 seq: 0,
                 retries_left: self.cfg.max_retry_attempts,
                 result: None,
+                written_at: Instant::now(),
             };
             match self.checkout(&f.link, deadline) {
                 Some(lane) => {
@@ -252,9 +275,11 @@ impl PooledParallelSender {
                     self.stats
                         .bytes_sent
                         .fetch_add(body.len() as u64, Ordering::Relaxed);
+                    f.link.counters.sent(1, body.payload.len() as u64);
                 }
                 Some(reason) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    f.link.counters.send_errors(1);
                     faulty.push(FaultyMember {
                         id: f.link.member.id,
                         member: Some(f.link.member.clone()),
@@ -298,12 +323,16 @@ impl PooledParallelSender {
                 lane.flush_wbuf(deadline, timeout)
             })();
             match attempt {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    f.written_at = Instant::now();
+                    return Ok(());
+                }
                 Err(e @ (SendFailure::Refused(_) | SendFailure::Timeout(_))) => return Err(e),
                 Err(e) if f.retries_left == 0 => return Err(e),
                 Err(e) => {
                     f.retries_left -= 1;
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    f.link.counters.retries(1);
                     debug!("Retrying send to [{}] after: {e}", f.link.member);
                 }
             }
@@ -324,7 +353,12 @@ impl PooledParallelSender {
                 return Err(SendFailure::Io("no lane".into()));
             };
             match lane.read_reply(deadline, timeout) {
-                Ok(Reply::Ack(s)) if s == f.seq => return Ok(()),
+                Ok(Reply::Ack(s)) if s == f.seq => {
+                    if flags & FLAG_SYNC_ACK != 0 {
+                        f.link.counters.rtt(f.written_at.elapsed());
+                    }
+                    return Ok(());
+                }
                 Ok(Reply::FailAck(s, reason)) if s == f.seq => {
                     return Err(SendFailure::Remote(reason))
                 }
@@ -337,6 +371,7 @@ impl PooledParallelSender {
                     // acks again.
                     f.retries_left -= 1;
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    f.link.counters.retries(1);
                     debug!("Resending to [{}] after: {e}", f.link.member);
                     let seq = f.seq;
                     self.write_with_retry(f, Some(seq), flags, body, crc, deadline)?;
@@ -367,7 +402,7 @@ impl PooledParallelSender {
                 Some(i) => i,
                 None => {
                     let lane = self.next_async_lane.fetch_add(1, Ordering::Relaxed);
-                    lanes.push(AsyncLane::new(m.clone(), lane));
+                    lanes.push(AsyncLane::new(m.clone(), lane, self.members.counters(m)));
                     lanes.len() - 1
                 }
             };
@@ -413,6 +448,9 @@ impl PooledParallelSender {
         st.messages_sent.fetch_add(r.sent, Ordering::Relaxed);
         st.retries.fetch_add(r.retries, Ordering::Relaxed);
         st.connects.fetch_add(r.connects, Ordering::Relaxed);
+        al.counters.sent(r.sent, r.bytes);
+        al.counters.retries(r.retries);
+        al.counters.set_queued(al.queued());
         if r.stalled {
             st.stalls.fetch_add(1, Ordering::Relaxed);
         }
@@ -422,6 +460,8 @@ impl PooledParallelSender {
             None => return None,
         };
         st.failures.fetch_add(messages, Ordering::Relaxed);
+        // Dropped messages are counted apart, as they were refused.
+        al.counters.send_errors(messages.saturating_sub(r.dropped));
         Some(AsyncFailure {
             faulty: al.faulty(reason),
             messages: messages as usize,
@@ -439,12 +479,20 @@ impl PooledParallelSender {
             }
         }
         self.links.write().clear();
-        self.async_lanes.lock().clear();
+        for al in self.async_lanes.lock().drain(..) {
+            al.counters.set_queued(0);
+        }
     }
 
     /// Closes the connections to a member that left.
     pub fn forget(&self, id: &MemberId) {
         self.links.write().remove(id);
-        self.async_lanes.lock().retain(|al| al.member.id != *id);
+        self.async_lanes.lock().retain(|al| {
+            let keep = al.member.id != *id;
+            if !keep {
+                al.counters.set_queued(0);
+            }
+            keep
+        });
     }
 }
