@@ -696,10 +696,11 @@ fn delta_manager_strict_replication_loses_no_acknowledged_change_under_sigkill()
 }
 
 #[test]
-#[ignore = "bug: BackupManager loses a whole session on failover: after its primary was killed, \
-            the next node asked for it served a new session instead (no log line; no \
-            'not fetched' warning), 1 of 35 runs (10 idle beside the DeltaManager variant, 9 on \
-            2 busy cores, 16 alone); docs/RELIABILITY.md"]
+#[ignore = "limit: a member killed and restarted under the same id has lost its copies until \
+            its new incarnation connects to the primary (up to ping_interval, 1 s); a primary \
+            killed inside that window loses the sessions whose only other copy was there (both \
+            copies gone): 1 of 4 runs after restart detection (e8bbc08), most runs before; \
+            docs/RELIABILITY.md"]
 fn backup_manager_strict_replication_loses_no_acknowledged_change_under_sigkill() {
     run("backup", true, true);
 }
