@@ -12,9 +12,9 @@ mod client;
 mod common;
 
 use client::{exchange, Client, Reply};
+use common::procs::{example_exe, pump, Output};
 use common::wait_until;
-use parking_lot::{Condvar, Mutex};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -23,62 +23,8 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// The binary of example `name` for this build profile. Under cargo the examples this file
-/// runs are (re)built once per test run, as `cargo test --test http_cluster` alone would not
-/// rebuild examples and a stale binary would be tested.
-fn example_exe(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/http_cluster-HASH -> target/<profile>/examples/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let Ok(cargo) = std::env::var("CARGO") else {
-            return; // not run by cargo: use what is there
-        };
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "--example",
-            "http_node",
-            "--example",
-            "cluster_demo",
-        ]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cargo build of the examples failed");
-    });
-    let bin = profile_dir.join("examples").join(name);
-    assert!(bin.exists(), "no {}", bin.display());
-    bin
-}
-
 fn http_node_exe() -> PathBuf {
     example_exe("http_node")
-}
-
-#[derive(Default)]
-struct Output {
-    lines: Mutex<Vec<(bool, String)>>,
-    changed: Condvar,
-}
-
-fn pump(out: Arc<Output>, stderr: bool, r: impl Read + Send + 'static) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            out.lines.lock().push((stderr, line));
-            out.changed.notify_all();
-        }
-    });
 }
 
 /// An `http_node` process.
@@ -175,9 +121,7 @@ impl Proc {
     }
 
     fn dump(&self) -> String {
-        let lines = self.out.lines.lock();
-        let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
-        format!("--- {} ---\n{}", self.name, text.join("\n"))
+        format!("--- {} ---\n{}", self.name, self.out.text())
     }
 
     fn kill(&mut self) {
@@ -642,13 +586,7 @@ fn cluster_demo_passes_every_step() {
             let _ = child.wait();
         }
         // The pumps finish once the pipes close.
-        let all = || {
-            let l = out.lines.lock();
-            l.iter()
-                .map(|(_, t)| t.clone())
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let all = || out.text();
         let done = wait_until(LIMIT, || all().contains("step"));
         assert!(
             exited && done && status.is_some_and(|s| s.success()),

@@ -31,9 +31,10 @@ mod client;
 mod common;
 
 use client::Client;
+use common::procs::{example_exe, pump, Output};
 use common::wait_until;
-use parking_lot::{Condvar, Mutex};
-use std::io::{BufRead, BufReader, Read, Write};
+use parking_lot::Mutex;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -65,49 +66,8 @@ const LIMIT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------------
 // http_node processes
 
-/// The http_node binary of this build profile, (re)built once per test run: `cargo test --test
-/// http_faults` alone would not rebuild examples and a stale binary would be tested.
 fn http_node_exe() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let Ok(cargo) = std::env::var("CARGO") else {
-            return;
-        };
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", "http_node"]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cargo build of http_node failed");
-    });
-    let bin = profile_dir.join("examples").join("http_node");
-    assert!(bin.exists(), "no {}", bin.display());
-    bin
-}
-
-#[derive(Default)]
-struct Output {
-    lines: Mutex<Vec<String>>,
-    changed: Condvar,
-}
-
-fn pump(out: Arc<Output>, r: impl Read + Send + 'static) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            out.lines.lock().push(line);
-            out.changed.notify_all();
-        }
-    });
+    example_exe("http_node")
 }
 
 /// One run of an `http_node` process.
@@ -161,8 +121,8 @@ impl Proc {
             .spawn()
             .expect("spawn http_node");
         let out = Arc::new(Output::default());
-        pump(out.clone(), child.stdout.take().expect("stdout"));
-        pump(out.clone(), child.stderr.take().expect("stderr"));
+        pump(out.clone(), false, child.stdout.take().expect("stdout"));
+        pump(out.clone(), true, child.stderr.take().expect("stderr"));
         let mut p = Proc {
             name: name.into(),
             http,
@@ -178,7 +138,10 @@ impl Proc {
         let line = loop {
             {
                 let mut lines = p.out.lines.lock();
-                if let Some(l) = lines.iter().find(|l| l.contains(" listening on http://")) {
+                if let Some((_, l)) = lines
+                    .iter()
+                    .find(|(_, l)| l.contains(" listening on http://"))
+                {
                     break l.clone();
                 }
                 let _ = p
@@ -211,7 +174,7 @@ impl Proc {
     }
 
     fn text(&self) -> String {
-        self.out.lines.lock().join("\n")
+        self.out.text()
     }
 
     fn kill(&mut self) {
@@ -488,7 +451,7 @@ fn save_logs(label: &str, runs: &[(String, Arc<Output>)]) -> PathBuf {
     if let Ok(mut f) = std::fs::File::create(&path) {
         for (name, out) in runs {
             let _ = writeln!(f, "===== {name} =====");
-            for l in out.lines.lock().iter() {
+            for (_, l) in out.lines.lock().iter() {
                 let _ = writeln!(f, "{l}");
             }
         }

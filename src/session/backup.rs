@@ -176,6 +176,9 @@ pub fn placement(
     c.into_iter().take(k).map(|(_, m)| m).collect()
 }
 
+/// Members remembered as once listed (see `BackupCore::seen`).
+const MAX_SEEN: usize = 4096;
+
 /// Who owns a session, as a holder knows it: `(epoch, member)`, higher wins.
 type Claim = (u64, MemberId);
 
@@ -867,6 +870,11 @@ impl BackupCore {
         members.retain(|m| *m != self.local);
         members.sort();
         members.dedup();
+        // Bounded: ids that keep coming and going (an unkeyed cluster lets anyone claim one)
+        // must not grow it; after a reset only members seen since fail over.
+        if self.seen.len() > MAX_SEEN {
+            self.seen.clear();
+        }
         self.seen.extend(members.iter().copied());
         let members_before = std::mem::replace(&mut self.members, members);
         let mut outs = Vec::new();

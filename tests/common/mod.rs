@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: loopback channels and waiting with a deadline.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
