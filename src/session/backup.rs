@@ -483,7 +483,8 @@ impl BackupCore {
         Ok(id)
     }
 
-    /// Makes this node the primary of a session it holds as a backup (a request reached it):
+    /// Makes this node the primary of a session it backs up, in step with its primary, without
+    /// asking anyone (the manager fetches instead; the simulation uses this to stage moves):
     /// tells every member, and copies it to its backups when the request ends.
     pub fn take_over(&mut self, id: &SessionId) -> Vec<Out> {
         if !self.is_current_copy(id) || self.is_primary(id) {
