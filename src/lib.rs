@@ -36,7 +36,7 @@ pub use member::{Member, MemberId};
 pub use options::SendOptions;
 pub use session::{
     BackupManager, ClusterManager, DeltaManager, Request, Session, SessionEvent, SessionId,
-    SessionListener,
+    SessionListener, SessionMerger, SessionState,
 };
 #[cfg(test)]
 mod sim;

@@ -7,6 +7,7 @@ pub(crate) mod engine;
 pub mod id;
 pub mod manager;
 pub mod model;
+pub mod reconcile;
 pub mod replica;
 
 pub use delta::{AttributeChange, DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
@@ -16,4 +17,5 @@ pub use manager::{
     BackupManager, ClusterManager, DeltaManager, ManagerError, Request, SessionListener,
 };
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
+pub use reconcile::{SessionMerger, Stamp};
 pub use replica::{Outcome, ReplicaStore, SessionMessage};
