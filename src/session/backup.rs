@@ -296,6 +296,8 @@ pub struct BackupCore {
     claims: Bounded<Claim>,
     /// Fetches in progress: answers still awaited, and the claim of the copy taken so far.
     fetching: HashMap<SessionId, Fetching>,
+    /// The application's say on diverged copies (partition reconciliation).
+    merger: Option<std::sync::Arc<dyn super::reconcile::SessionMerger>>,
 }
 
 impl BackupCore {
@@ -311,6 +313,7 @@ impl BackupCore {
             ended: Bounded::new(max),
             claims: Bounded::new(max),
             fetching: HashMap::new(),
+            merger: None,
         }
     }
 
@@ -372,6 +375,14 @@ impl BackupCore {
     /// Whether a claim is older than one already heard for a session not held here.
     fn superseded(&self, id: &SessionId, c: Claim) -> bool {
         self.claims.get(id).is_some_and(|k| *k > c)
+    }
+
+    /// Lets the application decide between copies that diverged in a partition.
+    pub fn set_merger(
+        &mut self,
+        merger: Option<std::sync::Arc<dyn super::reconcile::SessionMerger>>,
+    ) {
+        self.merger = merger;
     }
 
     /// This node's member id (known once its channel has started).

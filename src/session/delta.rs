@@ -10,10 +10,16 @@
 
 use super::id::{SessionId, SessionIdError};
 use super::model::{DeltaOp, Session, SessionState};
-use super::replica::{Outcome, ReplicaStore, SessionMessage};
+use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
+use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Digest entries a joiner keeps until its state transfer is done (beyond them it relies on
+/// the transfer alone): about 60 MB at most.
+const MAX_PENDING_DIGEST_ENTRIES: usize = 1_000_000;
 
 /// Attribute events of `ops`, decided against `session` before they apply to it.
 pub fn attribute_events(session: &Session, ops: &[DeltaOp]) -> Vec<SessionEvent> {
@@ -115,6 +121,12 @@ pub struct DeltaCore {
     ready: bool,
     /// Chunks of the current state transfer received so far.
     chunks_seen: HashSet<u32>,
+    /// The other members, sorted: a new one gets this node's digest.
+    members: Vec<MemberId>,
+    /// The application's say on diverged copies (else the rule of [`super::reconcile`]).
+    merger: Option<Arc<dyn SessionMerger>>,
+    /// Digests received before this node was ready, read once it is.
+    pending_digests: Vec<(MemberId, Vec<DigestEntry>)>,
 }
 
 impl DeltaCore {
@@ -128,7 +140,15 @@ impl DeltaCore {
             unannounced: HashSet::new(),
             ready: true,
             chunks_seen: HashSet::new(),
+            members: Vec::new(),
+            merger: None,
+            pending_digests: Vec::new(),
         }
+    }
+
+    /// Lets the application decide between diverged copies after a partition.
+    pub fn set_merger(&mut self, merger: Option<Arc<dyn SessionMerger>>) {
+        self.merger = merger;
     }
 
     pub fn store(&self) -> &ReplicaStore {
@@ -155,8 +175,204 @@ impl DeltaCore {
     }
 
     /// Gives up waiting for the state transfer (timeout, or the donor has no such application).
-    pub fn end_state_transfer(&mut self) {
+    pub fn end_state_transfer(&mut self) -> (Vec<Out>, Vec<SessionEvent>) {
         self.ready = true;
+        self.read_pending_digests()
+    }
+
+    /// The members changed. Each new one gets this node's digest: after a partition heals both
+    /// sides learn which of the other's copies may win over theirs; a joiner learns of changes
+    /// that reached the donor too late for its snapshot. (A node still joining sends none: its
+    /// transfer brings everything.)
+    pub fn set_members(&mut self, mut members: Vec<MemberId>, now_ms: u64) -> Vec<Out> {
+        members.sort();
+        members.dedup();
+        let before = std::mem::replace(&mut self.members, members);
+        let added: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|m| before.binary_search(m).is_err())
+            .copied()
+            .collect();
+        if added.is_empty() || !self.ready {
+            return Vec::new();
+        }
+        let chunks = self.digest(now_ms);
+        added
+            .iter()
+            .flat_map(|m| {
+                chunks.iter().map(|c| Out {
+                    dest: Dest::Member(*m),
+                    msg: SessionMessage::Digest(c.clone()),
+                })
+            })
+            .collect()
+    }
+
+    /// What this node holds, in chunks of `send_all_sessions_size`: renames first (so a
+    /// receiver moves its copy before comparing), live copies, then ends still relevant.
+    fn digest(&self, now_ms: u64) -> Vec<Vec<DigestEntry>> {
+        let tombs = self.store.tombstones();
+        let (renames, ends): (Vec<_>, Vec<_>) = tombs.partition(|(_, t)| t.renamed.is_some());
+        let mut entries: Vec<DigestEntry> = renames
+            .into_iter()
+            .filter_map(|(id, t)| Some(DigestEntry::Renamed(id.clone(), t.renamed.clone()?)))
+            .collect();
+        entries.extend(
+            self.store
+                .ids()
+                .filter(|id| !self.unannounced.contains(*id))
+                .filter_map(|id| self.store.get(id))
+                .map(|s| DigestEntry::Live(s.id().clone(), Stamp::of(s.state()))),
+        );
+        entries.extend(
+            ends.into_iter()
+                .filter(|(_, t)| t.relevant_until_ms > now_ms)
+                .map(|(id, t)| DigestEntry::Ended(id.clone(), t.ended_ms)),
+        );
+        entries
+            .chunks(self.cfg.send_all_sessions_size.max(1))
+            .map(<[DigestEntry]>::to_vec)
+            .collect()
+    }
+
+    fn read_pending_digests(&mut self) -> (Vec<Out>, Vec<SessionEvent>) {
+        let (mut outs, mut events) = (Vec::new(), Vec::new());
+        for (from, entries) in std::mem::take(&mut self.pending_digests) {
+            let (o, e) = self.read_digest(from, &entries);
+            outs.extend(o);
+            events.extend(e);
+        }
+        (outs, events)
+    }
+
+    /// Compares a member's digest with this node's copies: ends and renames that win apply
+    /// here at once; copies that may win are asked for.
+    fn read_digest(
+        &mut self,
+        from: MemberId,
+        entries: &[DigestEntry],
+    ) -> (Vec<Out>, Vec<SessionEvent>) {
+        let mut want = Vec::new();
+        let mut events = Vec::new();
+        for e in entries {
+            match e {
+                DigestEntry::Renamed(old, new) => {
+                    if self.store.get(old).is_some()
+                        && self.store.rename(old, new) == Outcome::Applied
+                    {
+                        if let Some(m) = self.meta.remove(old) {
+                            self.meta.insert(new.clone(), m);
+                        }
+                        events.push(SessionEvent::IdChanged {
+                            old: old.clone(),
+                            new: new.clone(),
+                        });
+                    }
+                }
+                DigestEntry::Live(id, theirs) => {
+                    let cur = self.store.resolve(id).clone();
+                    let asks = match self.store.get(&cur) {
+                        Some(s) => {
+                            let mine = Stamp::of(s.state());
+                            !mine.same_contents(theirs)
+                                && (self.merger.is_some() || theirs.rank(&mine).is_gt())
+                        }
+                        None => match self.store.tombstone(&cur) {
+                            // Renamed away to an id not here: that id's own entry decides.
+                            Some(t) if t.renamed.is_some() => false,
+                            Some(t) => live_beats_end(theirs.last_accessed_ms, t.ended_ms),
+                            None => true,
+                        },
+                    };
+                    if asks {
+                        want.push(id.clone());
+                    } else if let Some(s) = self.store.get_mut(&cur) {
+                        s.access(theirs.last_accessed_ms);
+                    }
+                }
+                DigestEntry::Ended(id, at) => match self.store.get(id) {
+                    Some(s)
+                        if !live_beats_end(s.last_accessed_ms(), *at)
+                            && !self.unannounced.contains(id) =>
+                    {
+                        self.store.end_at(id, *at);
+                        self.meta.remove(id);
+                        events.push(SessionEvent::Destroyed(id.clone()));
+                    }
+                    Some(_) => {}
+                    None if self.store.tombstone(id).is_none() => {
+                        // Remembered, so that a late copy cannot bring it back.
+                        self.store.end_at(id, *at);
+                    }
+                    None => {}
+                },
+            }
+        }
+        let outs = want
+            .chunks(self.cfg.send_all_sessions_size.max(1))
+            .map(|ids| Out {
+                dest: Dest::Member(from),
+                msg: SessionMessage::GetSessions(ids.to_vec()),
+            })
+            .collect();
+        (outs, events)
+    }
+
+    /// Copies asked for after a digest (under their current ids here).
+    fn answer_get_sessions(&self, from: MemberId, ids: &[SessionId]) -> Vec<Out> {
+        let states: Vec<SessionState> = ids
+            .iter()
+            .map(|id| self.store.resolve(id))
+            .filter(|id| !self.unannounced.contains(*id))
+            .filter_map(|id| self.store.get(id))
+            .map(|s| s.state().clone())
+            .collect();
+        states
+            .chunks(self.cfg.send_all_sessions_size.max(1))
+            .map(|c| Out {
+                dest: Dest::Member(from),
+                msg: SessionMessage::Merge(c.to_vec()),
+            })
+            .collect()
+    }
+
+    /// Reconciles copies from another member with this node's (see [`super::reconcile`]).
+    fn merge(&mut self, states: &[SessionState]) -> Vec<SessionEvent> {
+        let mut events = Vec::new();
+        for theirs in states {
+            let id = self.store.resolve(&theirs.id).clone();
+            let merger = self.merger.as_deref();
+            match self.store.get(&id) {
+                // Created here by a request still running: nobody else can have it.
+                Some(_) if self.unannounced.contains(&id) => {}
+                Some(mine) => {
+                    let mut theirs = theirs.clone();
+                    theirs.id = id.clone();
+                    if let Some(next) = reconcile(mine.state(), &theirs, merger) {
+                        self.store.put(next);
+                    }
+                }
+                None => {
+                    let back = match self.store.tombstone(&id) {
+                        Some(t) if t.renamed.is_some() => false,
+                        Some(t) => live_beats_end(theirs.last_accessed_ms, t.ended_ms),
+                        None => true,
+                    };
+                    if back {
+                        let mut st = theirs.clone();
+                        st.id = id.clone();
+                        self.store.put(st);
+                        self.meta.entry(id.clone()).or_insert(Meta {
+                            primary_here: false,
+                            replicated_access_ms: 0,
+                        });
+                        events.push(SessionEvent::Created(id));
+                    }
+                }
+            }
+        }
+        events
     }
 
     /// A new session, announced to the others when its request ends.
@@ -230,15 +446,27 @@ impl DeltaCore {
         }
     }
 
-    /// Ends a session everywhere (invalidate).
-    pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
+    /// Ends a session everywhere (invalidated at `now_ms`).
+    pub fn invalidate(&mut self, id: &SessionId, now_ms: u64) -> (Vec<Out>, Vec<SessionEvent>) {
+        let at = self
+            .store
+            .get(id)
+            .map_or(now_ms, |s| s.last_accessed_ms().max(now_ms));
+        self.end(id, at)
+    }
+
+    /// Ends a session everywhere, as of `ended_ms`.
+    fn end(&mut self, id: &SessionId, ended_ms: u64) -> (Vec<Out>, Vec<SessionEvent>) {
         self.meta.remove(id);
         let announced = !self.unannounced.remove(id);
-        match self.store.end(id) {
+        match self.store.end_at(id, ended_ms) {
             Some(_) if announced => (
                 vec![Out {
                     dest: Dest::All,
-                    msg: SessionMessage::Expired { id: id.clone() },
+                    msg: SessionMessage::Expired {
+                        id: id.clone(),
+                        ended_ms,
+                    },
                 }],
                 vec![SessionEvent::Destroyed(id.clone())],
             ),
@@ -310,7 +538,9 @@ impl DeltaCore {
             .collect();
         for id in due {
             let primary = self.meta.get(&id).is_some_and(|m| m.primary_here);
-            let (o, e) = self.invalidate(&id);
+            // Ended as of its last access: a copy used since, elsewhere, wins after a partition.
+            let at = self.store.get(&id).map_or(0, |s| s.last_accessed_ms());
+            let (o, e) = self.end(&id, at);
             // Only the node that served it last tells the others (Tomcat: a backup copy expires
             // locally): a replica whose access time is stale must not end a session in use.
             if primary {
@@ -339,10 +569,14 @@ impl DeltaCore {
                     Some(s) if !self.unannounced.contains(id) => {
                         (reply(SessionMessage::State(s.state().clone())), Vec::new())
                     }
-                    _ => (
-                        reply(SessionMessage::Expired { id: id.clone() }),
-                        Vec::new(),
-                    ),
+                    _ => {
+                        let ended_ms = self.store.tombstone(id).map_or(0, |t| t.ended_ms);
+                        let msg = SessionMessage::Expired {
+                            id: id.clone(),
+                            ended_ms,
+                        };
+                        (reply(msg), Vec::new())
+                    }
                 }
             }
             SessionMessage::GetAllSessions => {
@@ -362,11 +596,27 @@ impl DeltaCore {
                     .collect();
                 (outs, Vec::new())
             }
-            SessionMessage::NoContextManager => {
-                self.ready = true;
+            SessionMessage::NoContextManager => self.end_state_transfer(),
+            SessionMessage::Digest(entries) if !self.ready => {
+                let held: usize = self.pending_digests.iter().map(|(_, e)| e.len()).sum();
+                if held + entries.len() <= MAX_PENDING_DIGEST_ENTRIES {
+                    self.pending_digests.push((from, entries.clone()));
+                }
                 (Vec::new(), Vec::new())
             }
-            _ => self.apply_remote(from, msg),
+            SessionMessage::Digest(entries) => self.read_digest(from, entries),
+            SessionMessage::GetSessions(ids) => (self.answer_get_sessions(from, ids), Vec::new()),
+            SessionMessage::Merge(states) => (Vec::new(), self.merge(states)),
+            _ => {
+                let was_ready = self.ready;
+                let (mut outs, mut events) = self.apply_remote(from, msg);
+                if self.ready && !was_ready {
+                    let (o, e) = self.read_pending_digests();
+                    outs.extend(o);
+                    events.extend(e);
+                }
+                (outs, events)
+            }
         }
     }
 
@@ -403,7 +653,7 @@ impl DeltaCore {
                 .iter()
                 .map(|st| (st.id.clone(), existed(self, &st.id)))
                 .collect(),
-            SessionMessage::Expired { id } => vec![(id.clone(), existed(self, id))],
+            SessionMessage::Expired { id, .. } => vec![(id.clone(), existed(self, id))],
             _ => Vec::new(),
         };
         // Attribute events of a delta, decided against the copy before it changes.
@@ -427,7 +677,7 @@ impl DeltaCore {
                     self.ready = true;
                 }
             }
-            (Outcome::Applied, SessionMessage::Expired { id }) => {
+            (Outcome::Applied, SessionMessage::Expired { id, .. }) => {
                 self.meta.remove(id);
                 events.push(SessionEvent::Destroyed(id.clone()));
             }

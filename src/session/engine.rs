@@ -5,6 +5,7 @@ use super::backup::{BackupCore, BackupMessage};
 use super::delta::{DeltaCore, Out, SessionEvent};
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
+use super::reconcile::SessionMerger;
 use super::replica::SessionMessage;
 use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
@@ -95,10 +96,10 @@ impl Core {
         }
     }
 
-    pub fn invalidate(&mut self, id: &SessionId) -> (Vec<POut>, Vec<SessionEvent>) {
+    pub fn invalidate(&mut self, id: &SessionId, now_ms: u64) -> (Vec<POut>, Vec<SessionEvent>) {
         match self {
             Core::Delta(c) => {
-                let (o, e) = c.invalidate(id);
+                let (o, e) = c.invalidate(id, now_ms);
                 (wrap(o, Payload::Delta), e)
             }
             Core::Backup(c) => {
@@ -196,9 +197,22 @@ impl Core {
         }
     }
 
-    pub fn end_state_transfer(&mut self) {
-        if let Core::Delta(c) = self {
-            c.end_state_transfer();
+    /// Delta: stops waiting for the state transfer; digests that arrived meanwhile are read.
+    pub fn end_state_transfer(&mut self) -> (Vec<POut>, Vec<SessionEvent>) {
+        match self {
+            Core::Delta(c) => {
+                let (o, e) = c.end_state_transfer();
+                (wrap(o, Payload::Delta), e)
+            }
+            Core::Backup(_) => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Lets the application decide between copies that diverged in a partition.
+    pub fn set_merger(&mut self, merger: Option<std::sync::Arc<dyn SessionMerger>>) {
+        match self {
+            Core::Delta(c) => c.set_merger(merger),
+            Core::Backup(c) => c.set_merger(merger),
         }
     }
 
@@ -210,10 +224,11 @@ impl Core {
         }
     }
 
-    /// Backup: failover and re-placement for the new member list.
-    pub fn set_members(&mut self, members: Vec<MemberId>) -> Vec<POut> {
+    /// The member list changed. Delta: a digest to each new member (reconciliation). Backup:
+    /// failover, re-placement and reconciliation.
+    pub fn set_members(&mut self, members: Vec<MemberId>, now_ms: u64) -> Vec<POut> {
         match self {
-            Core::Delta(_) => Vec::new(),
+            Core::Delta(c) => wrap(c.set_members(members, now_ms), Payload::Delta),
             Core::Backup(c) => wrap(c.set_members(members), Payload::Backup),
         }
     }

@@ -158,6 +158,13 @@ impl ClusterManager {
         &self.context
     }
 
+    /// Lets the application decide how copies of a session that diverged during a network
+    /// partition are merged when the members meet again (by default the copy with the higher
+    /// version wins; see docs/RELIABILITY.md). Call it on every member, before traffic.
+    pub fn set_merger(&self, merger: Arc<dyn super::reconcile::SessionMerger>) {
+        self.core.lock().set_merger(Some(merger));
+    }
+
     pub fn add_listener(&self, l: Arc<dyn SessionListener>) {
         self.listeners.write().push(l);
     }
@@ -197,7 +204,7 @@ impl ClusterManager {
         let Ok(id) = SessionId::parse(id) else {
             return Ok(false);
         };
-        let (outs, events) = self.core.lock().invalidate(&id);
+        let (outs, events) = self.core.lock().invalidate(&id, now_ms());
         let existed = !events.is_empty();
         self.notify(&events, true);
         self.send(outs)?;
@@ -434,7 +441,7 @@ impl ClusterManager {
         // quick rejoin must not end with the departure's list).
         let mut core = self.core.lock();
         let members = self.cluster.upgrade().map_or(members, |c| c.member_ids());
-        let outs = core.set_members(members);
+        let outs = core.set_members(members, now_ms());
         drop(core);
         // A fetch waiting only for members that left has ended.
         self.ready_changed.notify_all();
@@ -506,8 +513,15 @@ impl ClusterManager {
             None => return,
         }
         self.transfer.lock().pending = false;
-        self.core.lock().end_state_transfer();
+        let (outs, events) = self.core.lock().end_state_transfer();
         self.ready_changed.notify_all();
+        self.notify(&events, false);
+        if let Err(e) = self.send_background(outs) {
+            warn!(
+                "Manager [{}]: reconciliation after the state transfer not sent to every member: {e}",
+                self.context
+            );
+        }
     }
 
     /// Only the state-transfer deadline (between expiry runs).
@@ -519,7 +533,7 @@ impl ClusterManager {
     pub(crate) fn expire_all(&self, everywhere: bool) {
         let ids: Vec<SessionId> = self.core.lock().ids();
         for id in ids {
-            let (outs, events) = self.core.lock().invalidate(&id);
+            let (outs, events) = self.core.lock().invalidate(&id, now_ms());
             self.notify(&events, true);
             if everywhere {
                 let _ = self.send(outs);
@@ -574,7 +588,7 @@ impl Request {
         let Some(copy) = self.copy.take() else {
             return Ok(());
         };
-        let (outs, events) = self.mgr.core.lock().invalidate(copy.id());
+        let (outs, events) = self.mgr.core.lock().invalidate(copy.id(), now_ms());
         self.mgr.notify(&events, true);
         self.mgr.send(outs)
     }

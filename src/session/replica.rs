@@ -10,6 +10,7 @@
 
 use super::id::SessionId;
 use super::model::{Applied, DeltaOp, Session, SessionState};
+use super::reconcile::Stamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
@@ -34,8 +35,10 @@ pub enum SessionMessage {
         version: u64,
         last_accessed_ms: u64,
     },
-    /// EVT_SESSION_EXPIRED: expired or invalidated, everywhere.
-    Expired { id: SessionId },
+    /// EVT_SESSION_EXPIRED: expired or invalidated, everywhere. `ended_ms`: when (the time of
+    /// the invalidation, or the expired copy's last access), which every member remembers alike
+    /// for reconciliation after a partition.
+    Expired { id: SessionId, ended_ms: u64 },
     /// EVT_CHANGE_SESSION_ID: the session now has a new id (fixation protection).
     ChangeId { old: SessionId, new: SessionId },
     /// Ask the sender for one session's whole state (after a gap).
@@ -53,6 +56,23 @@ pub enum SessionMessage {
     },
     /// EVT_ALL_SESSION_NOCONTEXTMANAGER: the member has no such application.
     NoContextManager,
+    /// What the sender holds, sent to a member that appeared (after a partition heals, or to a
+    /// joiner, which reads it once its state transfer is done): the receiver asks for the
+    /// copies that may win over its own ([`crate::session::reconcile`]). In chunks.
+    Digest(Vec<DigestEntry>),
+    /// The copies of these sessions, please (after a digest).
+    GetSessions(Vec<SessionId>),
+    /// The answer to `GetSessions`: copies to reconcile with, not to adopt blindly.
+    Merge(Vec<SessionState>),
+}
+
+/// One session in a [`SessionMessage::Digest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DigestEntry {
+    Live(SessionId, Stamp),
+    /// Ended at this time (the ended copy's last access).
+    Ended(SessionId, u64),
+    Renamed(SessionId, SessionId),
 }
 
 /// What applying a message did.
@@ -65,13 +85,26 @@ pub enum Outcome {
     Resync(SessionId),
 }
 
+/// What is remembered of a session that is no longer here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// Its new id, if it was renamed rather than ended.
+    pub renamed: Option<SessionId>,
+    /// When it ended: the last access of the copy that ended (reconciliation after a partition
+    /// keeps a copy used later than that).
+    pub ended_ms: u64,
+    /// Until when a copy elsewhere could still be alive (twice its max inactive interval after
+    /// `ended_ms`): older ends are not worth telling other members about.
+    pub relevant_until_ms: u64,
+}
+
 /// Sessions of one application, as replicated to this node.
 pub struct ReplicaStore {
     sessions: HashMap<SessionId, Session>,
     /// Ended sessions, remembered so that a late message cannot bring one back; a renamed one
     /// remembers its new id, so that changes still in flight for the old id follow it. Bounded:
     /// the oldest are forgotten first.
-    tombstones: HashMap<SessionId, Option<SessionId>>,
+    tombstones: HashMap<SessionId, Tombstone>,
     tombstone_order: VecDeque<SessionId>,
     max_tombstones: usize,
 }
@@ -114,15 +147,51 @@ impl ReplicaStore {
     /// Ends a session on this node (invalidated or expired); returns it if it was here.
     pub fn end(&mut self, id: &SessionId) -> Option<Session> {
         let s = self.sessions.remove(id);
-        self.bury(id.clone(), None);
+        let (ended_ms, max) = s.as_ref().map_or((0, 0), |s| {
+            (s.last_accessed_ms(), s.state().max_inactive_ms)
+        });
+        self.bury(id.clone(), None, ended_ms, max);
         s
+    }
+
+    /// Ends a copy because an end elsewhere won over it (reconciliation), remembering that end's
+    /// time.
+    pub fn end_at(&mut self, id: &SessionId, ended_ms: u64) -> Option<Session> {
+        let s = self.sessions.remove(id);
+        let max = s.as_ref().map_or(0, |s| s.state().max_inactive_ms);
+        self.tombstones.remove(id);
+        self.bury(id.clone(), None, ended_ms, max);
+        s
+    }
+
+    /// Puts a session here whatever this node knew of it (reconciliation decided it): replaces
+    /// the copy, or brings back an id ended here earlier than the copy was last used.
+    pub fn put(&mut self, state: SessionState) {
+        self.tombstones.remove(&state.id);
+        self.sessions
+            .insert(state.id.clone(), Session::from_state(state));
+    }
+
+    /// What is remembered of a session no longer here.
+    pub fn tombstone(&self, id: &SessionId) -> Option<&Tombstone> {
+        self.tombstones.get(id)
+    }
+
+    /// Every remembered end and rename, oldest first.
+    pub fn tombstones(&self) -> impl Iterator<Item = (&SessionId, &Tombstone)> {
+        self.tombstone_order
+            .iter()
+            .filter_map(|id| self.tombstones.get(id).map(|t| (id, t)))
     }
 
     /// Gives session `old` the id `new` (change of id): the old id is retired for good, and
     /// changes still in flight for it are applied to `new`. When a copy of `new` is already here
     /// (fetched by a resync), the newer of the two is kept.
     pub fn rename(&mut self, old: &SessionId, new: &SessionId) -> Outcome {
-        self.bury(old.clone(), Some(new.clone()));
+        let (at, max) = self.sessions.get(old).map_or((0, 0), |s| {
+            (s.last_accessed_ms(), s.state().max_inactive_ms)
+        });
+        self.bury(old.clone(), Some(new.clone()), at, max);
         if self.tombstones.contains_key(new) {
             // The new id is already retired here (the session ended, or moved on to a newer
             // id): a late rename must not bring it back.
@@ -149,18 +218,23 @@ impl ReplicaStore {
     }
 
     /// Follows changes of id from `id` to the session's current id (a few hops at most).
-    fn resolve<'a>(&'a self, mut id: &'a SessionId) -> &'a SessionId {
+    pub fn resolve<'a>(&'a self, mut id: &'a SessionId) -> &'a SessionId {
         for _ in 0..8 {
-            match self.tombstones.get(id) {
-                Some(Some(next)) => id = next,
-                _ => break,
+            match self.tombstones.get(id).and_then(|t| t.renamed.as_ref()) {
+                Some(next) => id = next,
+                None => break,
             }
         }
         id
     }
 
-    fn bury(&mut self, id: SessionId, renamed: Option<SessionId>) {
-        if self.tombstones.insert(id.clone(), renamed).is_none() {
+    fn bury(&mut self, id: SessionId, renamed: Option<SessionId>, ended_ms: u64, max_ms: u64) {
+        let t = Tombstone {
+            renamed,
+            ended_ms,
+            relevant_until_ms: ended_ms.saturating_add(max_ms.saturating_mul(2)),
+        };
+        if self.tombstones.insert(id.clone(), t).is_none() {
             self.tombstone_order.push_back(id);
             if self.tombstone_order.len() > self.max_tombstones {
                 if let Some(old) = self.tombstone_order.pop_front() {
@@ -271,11 +345,11 @@ impl ReplicaStore {
                     None => Outcome::Resync(id.clone()),
                 }
             }
-            SessionMessage::Expired { id } => {
+            SessionMessage::Expired { id, ended_ms } => {
                 // Not followed through a change of id: an invalidation that raced the renaming
                 // loses to it everywhere alike (the renamed session lives on).
                 let had = self.sessions.contains_key(id);
-                self.end(id);
+                self.end_at(id, *ended_ms);
                 if had {
                     Outcome::Applied
                 } else {
@@ -285,7 +359,10 @@ impl ReplicaStore {
             SessionMessage::ChangeId { old, new } => self.rename(old, new),
             SessionMessage::GetSession { .. }
             | SessionMessage::GetAllSessions
-            | SessionMessage::NoContextManager => Outcome::Ignored("a request, not a change"),
+            | SessionMessage::NoContextManager
+            | SessionMessage::Digest(_)
+            | SessionMessage::GetSessions(_)
+            | SessionMessage::Merge(_) => Outcome::Ignored("not a change to apply in order"),
         }
     }
 }
@@ -367,14 +444,20 @@ mod tests {
         let mut r = ReplicaStore::new(100);
         r.apply(&created);
         assert_eq!(
-            r.apply(&SessionMessage::Expired { id: p.id().clone() }),
+            r.apply(&SessionMessage::Expired {
+                id: p.id().clone(),
+                ended_ms: 1_000,
+            }),
             Outcome::Applied
         );
         assert!(matches!(r.apply(&created), Outcome::Ignored(_)));
         assert!(matches!(r.apply(&d1), Outcome::Ignored(_)));
         assert!(
             matches!(
-                r.apply(&SessionMessage::Expired { id: p.id().clone() }),
+                r.apply(&SessionMessage::Expired {
+                    id: p.id().clone(),
+                    ended_ms: 1_000,
+                }),
                 Outcome::Ignored(_)
             ),
             "expiry happens once"

@@ -28,6 +28,7 @@ use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, 
 use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::{Ctx, Node, Sim, SimRng};
+use crate::session::replica::DigestEntry;
 use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent, SessionId, SessionMessage};
 use crate::wire::{decode_body, encode_body};
 use serde::{Deserialize, Serialize};
@@ -179,6 +180,10 @@ pub struct World {
     /// Nodes crashed and not restarted (set by the test).
     pub down: BTreeSet<NodeId>,
     pub oracle: Oracle,
+    /// Set by partition tests: each side makes its own versions, and reconciliation may move a
+    /// copy back or to a merged state, so the per-step history invariants stand down (the test
+    /// checks the outcome).
+    pub split_brain: bool,
 }
 
 impl World {
@@ -309,6 +314,9 @@ pub fn kind(msg: &SessionMessage) -> &'static str {
         SessionMessage::GetAllSessions => "get-all",
         SessionMessage::AllSessions { .. } => "all-sessions",
         SessionMessage::NoContextManager => "no-context-manager",
+        SessionMessage::Digest(_) => "digest",
+        SessionMessage::GetSessions(_) => "get-sessions",
+        SessionMessage::Merge(_) => "merge",
     }
 }
 
@@ -318,10 +326,20 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
         SessionMessage::Created(st) | SessionMessage::State(st) => vec![st.id.clone()],
         SessionMessage::Delta { id, .. }
         | SessionMessage::Accessed { id, .. }
-        | SessionMessage::Expired { id }
+        | SessionMessage::Expired { id, .. }
         | SessionMessage::GetSession { id } => vec![id.clone()],
         SessionMessage::ChangeId { old, new } => vec![old.clone(), new.clone()],
-        SessionMessage::AllSessions { states, .. } => states.iter().map(|s| s.id.clone()).collect(),
+        SessionMessage::AllSessions { states, .. } | SessionMessage::Merge(states) => {
+            states.iter().map(|s| s.id.clone()).collect()
+        }
+        SessionMessage::Digest(entries) => entries
+            .iter()
+            .flat_map(|e| match e {
+                DigestEntry::Live(id, _) | DigestEntry::Ended(id, _) => vec![id.clone()],
+                DigestEntry::Renamed(old, new) => vec![old.clone(), new.clone()],
+            })
+            .collect(),
+        SessionMessage::GetSessions(ids) => ids.clone(),
         SessionMessage::GetAllSessions | SessionMessage::NoContextManager => Vec::new(),
     }
 }
@@ -398,7 +416,7 @@ impl DeltaNode {
                     id = new;
                 }
                 Op::Invalidate => {
-                    let (outs, events) = self.core.invalidate(&id);
+                    let (outs, events) = self.core.invalidate(&id, now_ms(ctx));
                     self.world.borrow_mut().oracle.ended.insert(id.clone());
                     self.touch(&id);
                     self.note_events(events);
@@ -420,9 +438,14 @@ impl DeltaNode {
         Served::Live(id)
     }
 
-    /// The test changed this node's view (a member joined or left): changes waiting only for
-    /// members that left are now acknowledged.
+    /// The test changed this node's view (a member joined or left), as the membership layer
+    /// tells the manager: new members get this node's digest; changes waiting only for members
+    /// that left are now acknowledged.
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
+        let members = self.view().iter().map(|n| sim_member(*n).id).collect();
+        let outs = self.core.set_members(members, now_ms(ctx));
+        let outs = self.canonical(outs);
+        self.send_outs(outs, false, ctx);
         self.settle_waiting(ctx.now());
     }
 
@@ -473,9 +496,55 @@ impl DeltaNode {
             return outs;
         }
         outs.sort_by_key(|o| match &o.msg {
-            SessionMessage::Expired { id } => self.seen(id),
+            SessionMessage::Expired { id, .. } => self.seen(id),
             _ => u64::MAX,
         });
+        for o in &mut outs {
+            self.sort_within(&mut o.msg);
+        }
+        self.rechunk_digests(outs)
+    }
+
+    /// The reconciliation messages list sessions in `HashMap` order too: sorted here.
+    fn sort_within(&self, msg: &mut SessionMessage) {
+        match msg {
+            SessionMessage::GetSessions(ids) => ids.sort_by_key(|id| self.seen(id)),
+            SessionMessage::Merge(states) => states.sort_by_key(|s| self.seen(&s.id)),
+            _ => {}
+        }
+    }
+
+    /// Digests to one member: entries re-dealt over the same chunks in a run-independent order
+    /// (renames, live copies, ends; each by when this node first held the session).
+    fn rechunk_digests(&self, mut outs: Vec<Out>) -> Vec<Out> {
+        let rank = |e: &DigestEntry| match e {
+            DigestEntry::Renamed(id, _) => (0, self.seen(id)),
+            DigestEntry::Live(id, _) => (1, self.seen(id)),
+            DigestEntry::Ended(id, _) => (2, self.seen(id)),
+        };
+        let mut dests: Vec<Dest> = Vec::new();
+        for o in &outs {
+            if matches!(o.msg, SessionMessage::Digest(_)) && !dests.contains(&o.dest) {
+                dests.push(o.dest.clone());
+            }
+        }
+        let per = self.cfg.core.send_all_sessions_size.max(1);
+        for d in dests {
+            let mut chunks: Vec<&mut Vec<DigestEntry>> = outs
+                .iter_mut()
+                .filter(|o| o.dest == d)
+                .filter_map(|o| match &mut o.msg {
+                    SessionMessage::Digest(e) => Some(e),
+                    _ => None,
+                })
+                .collect();
+            let mut all: Vec<DigestEntry> = chunks.iter_mut().flat_map(|e| e.drain(..)).collect();
+            all.sort_by_key(|e| rank(e));
+            let mut rest = all.into_iter();
+            for c in chunks {
+                c.extend(rest.by_ref().take(per));
+            }
+        }
         outs
     }
 
@@ -495,7 +564,7 @@ impl DeltaNode {
             }
             // Applied once the new id is there (a lagging copy keeps its version when moved).
             SessionMessage::ChangeId { new, .. } => Some(Change::Version(new.clone(), 0)),
-            SessionMessage::Expired { id } => Some(Change::Ended(id.clone())),
+            SessionMessage::Expired { id, .. } => Some(Change::Ended(id.clone())),
             _ => None,
         }
     }
@@ -630,6 +699,17 @@ impl DeltaNode {
             let versions = match &msg {
                 SessionMessage::Delta { base, version, .. } => format!(" v{base}->v{version}"),
                 SessionMessage::Created(s) | SessionMessage::State(s) => format!(" v{}", s.version),
+                SessionMessage::Digest(e) => {
+                    let vs: Vec<String> = e
+                        .iter()
+                        .map(|e| match e {
+                            DigestEntry::Live(_, st) => format!("v{}", st.version),
+                            DigestEntry::Ended(..) => "end".into(),
+                            DigestEntry::Renamed(..) => "ren".into(),
+                        })
+                        .collect();
+                    format!(" {}", vs.join(","))
+                }
                 _ => String::new(),
             };
             let short: Vec<&str> = ids.iter().map(|i| &i.as_str()[..6]).collect();
@@ -724,6 +804,8 @@ impl Node for DeltaNode {
             let ask = self.core.begin_state_transfer(sim_member(donor).id);
             self.send_outs(vec![ask], false, ctx);
         }
+        // The members it starts with (a joiner sends them no digest).
+        self.view_changed(ctx);
     }
 
     fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
@@ -804,6 +886,9 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
     let w = world.clone();
     sim.invariant("history-never-forks", move |_| {
         let w = w.borrow();
+        if w.split_brain {
+            return Ok(());
+        }
         match w.oracle.forks.first() {
             Some(f) => Err(format!("two states for one version: {f}")),
             None => Ok(()),
@@ -824,6 +909,9 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
     let mut ended = EndedSeen::default();
     sim.invariant("copies-follow-the-origin", move |sim| {
         let w = w.borrow();
+        if w.split_brain {
+            return Ok(());
+        }
         for n in sim.node_ids() {
             let node = sim.node(n);
             let j = &node.journal;
