@@ -228,7 +228,7 @@ impl DeltaCore {
         entries.extend(
             ends.into_iter()
                 .filter(|(_, t)| t.relevant_until_ms > now_ms)
-                .map(|(id, t)| DigestEntry::Ended(id.clone(), t.ended_ms)),
+                .map(|(id, t)| DigestEntry::Ended(id.clone(), t.version)),
         );
         entries
             .chunks(self.cfg.send_all_sessions_size.max(1))
@@ -281,7 +281,7 @@ impl DeltaCore {
                         None => match self.store.tombstone(&cur) {
                             // Renamed away to an id not here: that id's own entry decides.
                             Some(t) if t.renamed.is_some() => false,
-                            Some(t) => live_beats_end(theirs.last_accessed_ms, t.ended_ms),
+                            Some(t) => live_beats_end(theirs.version, t.version),
                             None => true,
                         },
                     };
@@ -293,8 +293,7 @@ impl DeltaCore {
                 }
                 DigestEntry::Ended(id, at) => match self.store.get(id) {
                     Some(s)
-                        if !live_beats_end(s.last_accessed_ms(), *at)
-                            && !self.unannounced.contains(id) =>
+                        if !live_beats_end(s.version(), *at) && !self.unannounced.contains(id) =>
                     {
                         self.store.end_at(id, *at);
                         self.meta.remove(id);
@@ -356,7 +355,7 @@ impl DeltaCore {
                 None => {
                     let back = match self.store.tombstone(&id) {
                         Some(t) if t.renamed.is_some() => false,
-                        Some(t) => live_beats_end(theirs.last_accessed_ms, t.ended_ms),
+                        Some(t) => live_beats_end(theirs.version, t.version),
                         None => true,
                     };
                     if back {
@@ -446,26 +445,17 @@ impl DeltaCore {
         }
     }
 
-    /// Ends a session everywhere (invalidated at `now_ms`).
-    pub fn invalidate(&mut self, id: &SessionId, now_ms: u64) -> (Vec<Out>, Vec<SessionEvent>) {
-        let at = self
-            .store
-            .get(id)
-            .map_or(now_ms, |s| s.last_accessed_ms().max(now_ms));
-        self.end(id, at)
-    }
-
-    /// Ends a session everywhere, as of `ended_ms`.
-    fn end(&mut self, id: &SessionId, ended_ms: u64) -> (Vec<Out>, Vec<SessionEvent>) {
+    /// Ends a session everywhere (invalidate).
+    pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
         self.meta.remove(id);
         let announced = !self.unannounced.remove(id);
-        match self.store.end_at(id, ended_ms) {
-            Some(_) if announced => (
+        match self.store.end(id) {
+            Some(s) if announced => (
                 vec![Out {
                     dest: Dest::All,
                     msg: SessionMessage::Expired {
                         id: id.clone(),
-                        ended_ms,
+                        version: s.version(),
                     },
                 }],
                 vec![SessionEvent::Destroyed(id.clone())],
@@ -538,9 +528,7 @@ impl DeltaCore {
             .collect();
         for id in due {
             let primary = self.meta.get(&id).is_some_and(|m| m.primary_here);
-            // Ended as of its last access: a copy used since, elsewhere, wins after a partition.
-            let at = self.store.get(&id).map_or(0, |s| s.last_accessed_ms());
-            let (o, e) = self.end(&id, at);
+            let (o, e) = self.invalidate(&id);
             // Only the node that served it last tells the others (Tomcat: a backup copy expires
             // locally): a replica whose access time is stale must not end a session in use.
             if primary {
@@ -570,10 +558,10 @@ impl DeltaCore {
                         (reply(SessionMessage::State(s.state().clone())), Vec::new())
                     }
                     _ => {
-                        let ended_ms = self.store.tombstone(id).map_or(0, |t| t.ended_ms);
+                        let version = self.store.tombstone(id).map_or(0, |t| t.version);
                         let msg = SessionMessage::Expired {
                             id: id.clone(),
-                            ended_ms,
+                            version,
                         };
                         (reply(msg), Vec::new())
                     }

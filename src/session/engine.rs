@@ -96,10 +96,10 @@ impl Core {
         }
     }
 
-    pub fn invalidate(&mut self, id: &SessionId, now_ms: u64) -> (Vec<POut>, Vec<SessionEvent>) {
+    pub fn invalidate(&mut self, id: &SessionId) -> (Vec<POut>, Vec<SessionEvent>) {
         match self {
             Core::Delta(c) => {
-                let (o, e) = c.invalidate(id, now_ms);
+                let (o, e) = c.invalidate(id);
                 (wrap(o, Payload::Delta), e)
             }
             Core::Backup(c) => {

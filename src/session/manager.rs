@@ -204,7 +204,7 @@ impl ClusterManager {
         let Ok(id) = SessionId::parse(id) else {
             return Ok(false);
         };
-        let (outs, events) = self.core.lock().invalidate(&id, now_ms());
+        let (outs, events) = self.core.lock().invalidate(&id);
         let existed = !events.is_empty();
         self.notify(&events, true);
         self.send(outs)?;
@@ -533,7 +533,7 @@ impl ClusterManager {
     pub(crate) fn expire_all(&self, everywhere: bool) {
         let ids: Vec<SessionId> = self.core.lock().ids();
         for id in ids {
-            let (outs, events) = self.core.lock().invalidate(&id, now_ms());
+            let (outs, events) = self.core.lock().invalidate(&id);
             self.notify(&events, true);
             if everywhere {
                 let _ = self.send(outs);
@@ -588,7 +588,7 @@ impl Request {
         let Some(copy) = self.copy.take() else {
             return Ok(());
         };
-        let (outs, events) = self.mgr.core.lock().invalidate(copy.id(), now_ms());
+        let (outs, events) = self.mgr.core.lock().invalidate(copy.id());
         self.mgr.notify(&events, true);
         self.mgr.send(outs)
     }

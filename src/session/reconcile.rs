@@ -9,10 +9,11 @@
 //!   equal versions with different contents, the one with the higher content fingerprint wins
 //!   (an arbitrary but stable choice every member makes alike). The last access time is the
 //!   later of the two, the creation time the earlier.
-//! - A live copy and an end (invalidated or expired on the other side): the live copy wins if
-//!   it was used after the end (its last access is later than the end's time), otherwise the
-//!   end wins. The end's time is the ended copy's last access, so a session that expired on one
-//!   side only because its users were on the other side lives on.
+//! - A live copy and an end (invalidated or expired on the other side): the end counts as a copy
+//!   at the version the session had when it ended. The live copy wins if its version is higher
+//!   (it was changed after, or apart from, what was ended); at equal versions the end wins.
+//!   Versions, unlike access times, are the same on every member of a side, so every member
+//!   decides alike. (A session only read on one side while it expired on the other ends.)
 //! - A session that exists on one side only is kept.
 //!
 //! With a [`SessionMerger`] the application builds the surviving copy from both; the rule's
@@ -87,9 +88,9 @@ impl Stamp {
     }
 }
 
-/// Whether a live copy last used at `last_accessed_ms` wins over an end at `ended_ms`.
-pub fn live_beats_end(last_accessed_ms: u64, ended_ms: u64) -> bool {
-    last_accessed_ms > ended_ms
+/// Whether a live copy at `version` wins over an end of the session at `ended_version`.
+pub fn live_beats_end(version: u64, ended_version: u64) -> bool {
+    version > ended_version
 }
 
 /// The copy a member keeps when its live copy `local` meets `remote`: `None` if `local` stays

@@ -35,10 +35,10 @@ pub enum SessionMessage {
         version: u64,
         last_accessed_ms: u64,
     },
-    /// EVT_SESSION_EXPIRED: expired or invalidated, everywhere. `ended_ms`: when (the time of
-    /// the invalidation, or the expired copy's last access), which every member remembers alike
-    /// for reconciliation after a partition.
-    Expired { id: SessionId, ended_ms: u64 },
+    /// EVT_SESSION_EXPIRED: expired or invalidated, everywhere. `version`: the session's
+    /// version when it ended, which every member remembers alike for reconciliation after a
+    /// partition.
+    Expired { id: SessionId, version: u64 },
     /// EVT_CHANGE_SESSION_ID: the session now has a new id (fixation protection).
     ChangeId { old: SessionId, new: SessionId },
     /// Ask the sender for one session's whole state (after a gap).
@@ -70,7 +70,7 @@ pub enum SessionMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DigestEntry {
     Live(SessionId, Stamp),
-    /// Ended at this time (the ended copy's last access).
+    /// Ended at this version.
     Ended(SessionId, u64),
     Renamed(SessionId, SessionId),
 }
@@ -90,12 +90,22 @@ pub enum Outcome {
 pub struct Tombstone {
     /// Its new id, if it was renamed rather than ended.
     pub renamed: Option<SessionId>,
-    /// When it ended: the last access of the copy that ended (reconciliation after a partition
-    /// keeps a copy used later than that).
-    pub ended_ms: u64,
+    /// The session's version when it ended (reconciliation after a partition keeps a copy of a
+    /// higher version).
+    pub version: u64,
     /// Until when a copy elsewhere could still be alive (twice its max inactive interval after
-    /// `ended_ms`): older ends are not worth telling other members about.
+    /// the ended copy's last access): older ends are not worth telling other members about.
     pub relevant_until_ms: u64,
+}
+
+/// Until when a copy of `s` elsewhere may still be alive: twice its max inactive interval after
+/// its last access here (the replicas' expiry).
+fn horizon(s: &Session) -> u64 {
+    let max = s.state().max_inactive_ms;
+    if max == 0 {
+        return u64::MAX;
+    }
+    s.last_accessed_ms().saturating_add(max.saturating_mul(2))
 }
 
 /// Sessions of one application, as replicated to this node.
@@ -146,22 +156,24 @@ impl ReplicaStore {
 
     /// Ends a session on this node (invalidated or expired); returns it if it was here.
     pub fn end(&mut self, id: &SessionId) -> Option<Session> {
-        let s = self.sessions.remove(id);
-        let (ended_ms, max) = s.as_ref().map_or((0, 0), |s| {
-            (s.last_accessed_ms(), s.state().max_inactive_ms)
-        });
-        self.bury(id.clone(), None, ended_ms, max);
-        s
+        let version = self.sessions.get(id).map_or(0, Session::version);
+        self.end_at(id, version)
     }
 
-    /// Ends a copy because an end elsewhere won over it (reconciliation), remembering that end's
-    /// time.
-    pub fn end_at(&mut self, id: &SessionId, ended_ms: u64) -> Option<Session> {
-        let s = self.sessions.remove(id);
-        let max = s.as_ref().map_or(0, |s| s.state().max_inactive_ms);
+    /// Ends a session that ended at `version` (here, or as another member says).
+    pub fn end_at(&mut self, id: &SessionId, version: u64) -> Option<Session> {
+        let Some(s) = self.sessions.remove(id) else {
+            // Already ended or renamed here: the first record stands (a late or repeated end
+            // must not change it).
+            if !self.tombstones.contains_key(id) {
+                self.bury(id.clone(), None, version, 0);
+            }
+            return None;
+        };
         self.tombstones.remove(id);
-        self.bury(id.clone(), None, ended_ms, max);
-        s
+        let until = horizon(&s);
+        self.bury(id.clone(), None, version, until);
+        Some(s)
     }
 
     /// Puts a session here whatever this node knew of it (reconciliation decided it): replaces
@@ -188,10 +200,11 @@ impl ReplicaStore {
     /// changes still in flight for it are applied to `new`. When a copy of `new` is already here
     /// (fetched by a resync), the newer of the two is kept.
     pub fn rename(&mut self, old: &SessionId, new: &SessionId) -> Outcome {
-        let (at, max) = self.sessions.get(old).map_or((0, 0), |s| {
-            (s.last_accessed_ms(), s.state().max_inactive_ms)
-        });
-        self.bury(old.clone(), Some(new.clone()), at, max);
+        let (version, until) = self
+            .sessions
+            .get(old)
+            .map_or((0, 0), |s| (s.version(), horizon(s)));
+        self.bury(old.clone(), Some(new.clone()), version, until);
         if self.tombstones.contains_key(new) {
             // The new id is already retired here (the session ended, or moved on to a newer
             // id): a late rename must not bring it back.
@@ -228,11 +241,11 @@ impl ReplicaStore {
         id
     }
 
-    fn bury(&mut self, id: SessionId, renamed: Option<SessionId>, ended_ms: u64, max_ms: u64) {
+    fn bury(&mut self, id: SessionId, renamed: Option<SessionId>, version: u64, until: u64) {
         let t = Tombstone {
             renamed,
-            ended_ms,
-            relevant_until_ms: ended_ms.saturating_add(max_ms.saturating_mul(2)),
+            version,
+            relevant_until_ms: until,
         };
         if self.tombstones.insert(id.clone(), t).is_none() {
             self.tombstone_order.push_back(id);
@@ -345,11 +358,11 @@ impl ReplicaStore {
                     None => Outcome::Resync(id.clone()),
                 }
             }
-            SessionMessage::Expired { id, ended_ms } => {
+            SessionMessage::Expired { id, version } => {
                 // Not followed through a change of id: an invalidation that raced the renaming
                 // loses to it everywhere alike (the renamed session lives on).
                 let had = self.sessions.contains_key(id);
-                self.end_at(id, *ended_ms);
+                self.end_at(id, *version);
                 if had {
                     Outcome::Applied
                 } else {
@@ -446,7 +459,7 @@ mod tests {
         assert_eq!(
             r.apply(&SessionMessage::Expired {
                 id: p.id().clone(),
-                ended_ms: 1_000,
+                version: 1,
             }),
             Outcome::Applied
         );
@@ -456,7 +469,7 @@ mod tests {
             matches!(
                 r.apply(&SessionMessage::Expired {
                     id: p.id().clone(),
-                    ended_ms: 1_000,
+                    version: 1,
                 }),
                 Outcome::Ignored(_)
             ),

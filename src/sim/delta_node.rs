@@ -416,7 +416,7 @@ impl DeltaNode {
                     id = new;
                 }
                 Op::Invalidate => {
-                    let (outs, events) = self.core.invalidate(&id, now_ms(ctx));
+                    let (outs, events) = self.core.invalidate(&id);
                     self.world.borrow_mut().oracle.ended.insert(id.clone());
                     self.touch(&id);
                     self.note_events(events);

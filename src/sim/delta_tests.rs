@@ -25,7 +25,6 @@
 //!   under the shuffler there is no change of id at all.
 //! - Where messages wait longer than the max inactive interval (the expiry test), sessions are
 //!   sticky (a stale "primary" expires them early).
-//! - A late join comes after a quiet moment (state transfer has no catch-up).
 
 use super::delta_node::{
     check_delta, holds, show, Change, Chaos, DeltaNode, DeltaSimConfig, Op, Served, SharedWorld,
@@ -33,10 +32,12 @@ use super::delta_node::{
 };
 use super::*;
 use crate::member::MemberId;
-use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionId, SessionMessage};
+use crate::session::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
+use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionId, SessionMessage, SessionState};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn ms(n: u64) -> Duration {
@@ -1118,6 +1119,335 @@ fn a_session_created_with_an_attribute_in_one_request_never_lacks_it_on_a_replic
     if !replaying() {
         assert_eq!(total, 1000);
         assert!(net.delayed > 100);
+    }
+}
+
+// ---- 7. partitions ----
+
+/// An application's merge: both sides' attributes, the preferred copy's value on a clash.
+pub(crate) struct UnionMerger;
+
+impl SessionMerger for UnionMerger {
+    fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
+        let mut out = preferred.clone();
+        for (k, v) in &other.attributes {
+            out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        out
+    }
+}
+
+/// What one side holds of a session at the heal.
+#[derive(Clone, Debug)]
+enum SideCopy {
+    Live(SessionState),
+    Ended(u64),
+    Absent,
+}
+
+/// What a partition run did, summed over seeds.
+#[derive(Clone, Debug, Default)]
+struct SplitCounts {
+    /// Sessions live on both sides with different copies at the heal.
+    diverged: u64,
+    /// ... of which both sides had changed.
+    changed_on_both: u64,
+    /// ... which the application's merge made into a new copy.
+    merged: u64,
+    /// Live on one side only (made there during the split, or ended on the other).
+    one_side_only: u64,
+    /// Ended on one side, live on the other: the live copy won / the end won.
+    live_won: u64,
+    end_won: u64,
+    /// Sessions after the heal.
+    sessions: u64,
+}
+
+impl Cluster {
+    /// The network and the views split into `sides`; each manager hears who left.
+    fn split(&mut self, sides: [&[NodeId]; 2]) {
+        self.world.borrow_mut().split_brain = true;
+        for &a in sides[0] {
+            for &b in sides[1] {
+                self.sim.fault(Fault::Partition(a, b));
+            }
+        }
+        for side in sides {
+            let set: BTreeSet<NodeId> = side.iter().copied().collect();
+            for &n in side {
+                self.world.borrow_mut().views.insert(n, set.clone());
+            }
+        }
+        for n in self.up() {
+            self.sim.call(n, |node, ctx| node.view_changed(ctx));
+        }
+    }
+
+    /// The network heals and every member sees every other again.
+    fn heal(&mut self) {
+        self.sim.fault(Fault::HealAll);
+        let all: BTreeSet<NodeId> = self.up().into_iter().collect();
+        for &n in &all {
+            self.world.borrow_mut().views.insert(n, all.clone());
+        }
+        for n in self.up() {
+            self.sim.call(n, |node, ctx| node.view_changed(ctx));
+        }
+    }
+
+    /// One request on `side`: a new session, or a change (sometimes an invalidation) of a
+    /// session the side holds, on the side's node with the newest copy.
+    fn side_request(&mut self, side: &[NodeId], ids: &[SessionId]) -> Option<SessionId> {
+        let roll = self.w.below(10);
+        if roll == 0 || ids.is_empty() {
+            let n = side[self.w.below(side.len() as u64) as usize];
+            let mut ops = self.change_ops();
+            ops.retain(|op| matches!(op, Op::Set(_)));
+            let mut served = Served::Missing;
+            self.sim
+                .call(n, |node, ctx| served = node.create(ctx, &ops));
+            return match served {
+                Served::Live(id) => Some(id),
+                _ => None,
+            };
+        }
+        let id = ids[self.w.below(ids.len() as u64) as usize].clone();
+        let n = side
+            .iter()
+            .filter_map(|&n| self.version(n, &id).map(|v| (v, n)))
+            .max_by_key(|(v, n)| (*v, std::cmp::Reverse(*n)))
+            .map(|(_, n)| n)?;
+        let ops = if roll == 1 {
+            vec![Op::Invalidate]
+        } else {
+            self.change_ops()
+        };
+        self.sim.call(n, |node, ctx| {
+            node.request(ctx, &id, &ops);
+        });
+        None
+    }
+
+    /// Every node of `side` holds the same copy of every session (as a side settles to), and
+    /// that copy, by id.
+    fn side_copies(&self, side: &[NodeId]) -> BTreeMap<SessionId, SideCopy> {
+        let first = self.sim.node(side[0]);
+        let mut out = BTreeMap::new();
+        for id in first.core.store().ids() {
+            if let Some(s) = first.core.session(id) {
+                out.insert(id.clone(), SideCopy::Live(s.state().clone()));
+            }
+        }
+        for (id, t) in first.core.store().tombstones() {
+            out.entry(id.clone()).or_insert(SideCopy::Ended(t.version));
+        }
+        for &n in &side[1..] {
+            for (id, copy) in &out {
+                let here = self.sim.node(n).core.session(id).map(|s| s.state());
+                let same = match (copy, here) {
+                    (SideCopy::Live(a), Some(b)) => {
+                        (a.version, &a.attributes) == (b.version, &b.attributes)
+                    }
+                    (SideCopy::Live(_), None) => false,
+                    (_, here) => here.is_none(),
+                };
+                if !same {
+                    self.sim.fail(format_args!(
+                        "{n} disagrees with {} on {id} before the heal",
+                        side[0]
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn brief(c: &SideCopy) -> String {
+    match c {
+        SideCopy::Live(s) => format!("live v{} accessed {}", s.version, s.last_accessed_ms),
+        SideCopy::Ended(v) => format!("ended at v{v}"),
+        SideCopy::Absent => "absent".into(),
+    }
+}
+
+/// The copy the rule (or `merger`) predicts from the two sides' copies; `None`: ended.
+fn predicted(
+    a: &SideCopy,
+    b: &SideCopy,
+    merger: Option<&dyn SessionMerger>,
+    counts: &mut SplitCounts,
+) -> Option<(u64, BTreeMap<String, Vec<u8>>)> {
+    let pick = |s: &SessionState| Some((s.version, s.attributes.clone()));
+    match (a, b) {
+        (SideCopy::Live(x), SideCopy::Live(y)) => {
+            if Stamp::of(x).same_contents(&Stamp::of(y)) {
+                return pick(x);
+            }
+            counts.diverged += 1;
+            let kept = reconcile(x, y, merger).unwrap_or_else(|| x.clone());
+            if kept.version > x.version.max(y.version) {
+                counts.merged += 1;
+            }
+            pick(&kept)
+        }
+        (SideCopy::Live(x), SideCopy::Ended(t)) | (SideCopy::Ended(t), SideCopy::Live(x)) => {
+            if live_beats_end(x.version, *t) {
+                counts.live_won += 1;
+                pick(x)
+            } else {
+                counts.end_won += 1;
+                None
+            }
+        }
+        (SideCopy::Live(x), SideCopy::Absent) | (SideCopy::Absent, SideCopy::Live(x)) => {
+            counts.one_side_only += 1;
+            pick(x)
+        }
+        _ => None,
+    }
+}
+
+/// A 5-node cluster with sessions everywhere splits 3/2 at a quiet moment. Each side goes on
+/// serving: new sessions, changes (also of sessions the other side changes too), some
+/// invalidations, each side settling to one copy per session. Then the network heals and every
+/// member sees every other again: their digests meet and every node converges on the copy the
+/// rule predicts from the two sides' copies (`predicted`), with no session that lives on either
+/// side lost unless an end on the other side came after its last use. Then requests go on, on
+/// any node, and the cluster still converges (later deltas apply on the reconciled copies).
+fn partition_and_heal(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> SplitCounts {
+    let mut counts = SplitCounts::default();
+    for_each_seed(seeds, |seed| {
+        let cfg = DeltaSimConfig::default();
+        let mut c = Cluster::new(seed, jitter(), &cfg, 5);
+        for n in c.up() {
+            let m = merger.clone();
+            c.sim.call(n, |node, _| node.core.set_merger(m));
+        }
+        let mix = Mix {
+            change_id: 0,
+            max_live: 40,
+            ..Mix::default()
+        };
+        c.run_workload(ms(100), (Duration::ZERO, ms(2)), &mix);
+        c.settle(secs(10));
+        c.assert_converged();
+        let (a, b): (Vec<NodeId>, Vec<NodeId>) = (c.up()[..3].to_vec(), c.up()[3..].to_vec());
+        let at_split: BTreeMap<SessionId, u64> = c
+            .sim
+            .node(a[0])
+            .core
+            .store()
+            .ids()
+            .filter_map(|id| c.version(a[0], id).map(|v| (id.clone(), v)))
+            .collect();
+        c.split([&a, &b]);
+        let mut ids: [Vec<SessionId>; 2] = [0, 1].map(|_| {
+            c.live()
+                .into_iter()
+                .map(|s| c.sessions[s].id.clone())
+                .collect()
+        });
+        let end = c.sim.now() + ms(100);
+        while c.sim.now() < end {
+            let side = c.w.below(2) as usize;
+            let nodes = if side == 0 { &a } else { &b };
+            if let Some(new) = c.side_request(nodes, &ids[side]) {
+                ids[side].push(new);
+            }
+            let t = c.sim.now() + c.w.duration_between(Duration::ZERO, ms(1));
+            c.sim.run_until(t, |_| false);
+        }
+        c.settle(secs(10));
+        let (ca, cb) = (c.side_copies(&a), c.side_copies(&b));
+        let all: BTreeSet<&SessionId> = ca.keys().chain(cb.keys()).collect();
+        let mut want = BTreeMap::new();
+        for id in all {
+            let (x, y) = (
+                ca.get(id).unwrap_or(&SideCopy::Absent),
+                cb.get(id).unwrap_or(&SideCopy::Absent),
+            );
+            if let (SideCopy::Live(p), SideCopy::Live(q), Some(v)) = (x, y, at_split.get(id)) {
+                if p.version > *v && q.version > *v {
+                    counts.changed_on_both += 1;
+                }
+            }
+            if let Some(copy) = predicted(x, y, merger.as_deref(), &mut counts) {
+                want.insert(id.clone(), copy);
+            }
+        }
+        c.heal();
+        c.settle(secs(10));
+        for n in c.up() {
+            let node = c.sim.node(n);
+            let have: BTreeMap<SessionId, (u64, BTreeMap<String, Vec<u8>>)> = node
+                .core
+                .store()
+                .ids()
+                .filter_map(|id| node.copy(id).map(|(v, a)| (id.clone(), (v, a.clone()))))
+                .collect();
+            if have != want {
+                let wrong: Vec<String> = want
+                    .iter()
+                    .filter(|(id, w)| have.get(*id) != Some(*w))
+                    .map(|(id, w)| {
+                        format!(
+                            "{id}: want v{} {}, has {:?}",
+                            w.0,
+                            show(&w.1),
+                            have.get(id).map(|h| (h.0, show(&h.1)))
+                        )
+                    })
+                    .chain(have.keys().filter(|id| !want.contains_key(*id)).map(|id| {
+                        format!(
+                            "{id}: should have ended; sides: {:?} / {:?}; has {:?}",
+                            ca.get(id).map(brief),
+                            cb.get(id).map(brief),
+                            c.sim.node(a[0]).core.store().tombstone(id)
+                        )
+                    }))
+                    .take(5)
+                    .collect();
+                c.sim.fail(format_args!(
+                    "{n} after the heal:\n  {}",
+                    wrong.join("\n  ")
+                ));
+            }
+        }
+        counts.sessions += want.len() as u64;
+        // Requests go on anywhere after the heal.
+        c.sessions = want
+            .keys()
+            .map(|id| Logical {
+                id: id.clone(),
+                server: a[0],
+                fate: Fate::Live,
+            })
+            .collect();
+        c.run_workload(c.sim.now() + ms(50), (Duration::ZERO, ms(2)), &mix);
+        c.settle(secs(10));
+        c.assert_converged();
+    });
+    counts
+}
+
+#[test]
+fn a_partition_heals_to_the_copies_the_rule_picks_on_every_node() {
+    let counts = partition_and_heal(100, None);
+    eprintln!("partition, default rule: {counts:?}");
+    if !replaying() {
+        assert!(counts.changed_on_both > 100 && counts.one_side_only > 100);
+        assert_eq!(counts.merged, 0);
+        assert!(counts.live_won > 0 && counts.end_won > 0);
+    }
+}
+
+#[test]
+fn a_partition_heals_to_the_applications_merge_on_every_node() {
+    let counts = partition_and_heal(100, Some(Arc::new(UnionMerger)));
+    eprintln!("partition, application's merge: {counts:?}");
+    if !replaying() {
+        assert!(counts.changed_on_both > 100 && counts.merged > 100);
     }
 }
 
