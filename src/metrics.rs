@@ -256,6 +256,9 @@ pub struct ManagerSnapshot {
     pub resyncs: u64,
     /// Full state transfers served to a joining member.
     pub state_transfers: u64,
+    /// Session copies received to reconcile with after members met again (a partition healed,
+    /// or a joiner catching up).
+    pub reconciled: u64,
 }
 
 /// The Prometheus text (format 0.0.4) of a cluster: its channel's member figures and each
@@ -440,6 +443,12 @@ const MANAGER_METRICS: &[ManagerMetric] = &[
         "counter",
         "Full session state transfers served to joining members.",
         |m| Some(m.state_transfers),
+    ),
+    (
+        "tribecast_manager_reconciled_total",
+        "counter",
+        "Session copies received to reconcile with after members met again.",
+        |m| Some(m.reconciled),
     ),
 ];
 

@@ -67,6 +67,8 @@ pub struct ManagerStats {
     pub messages_received: AtomicU64,
     pub resyncs: AtomicU64,
     pub state_transfers: AtomicU64,
+    /// Session copies received for reconciliation.
+    pub reconciled: AtomicU64,
     /// Requests whose session changes were sent.
     pub replications: AtomicU64,
 }
@@ -185,6 +187,7 @@ impl ClusterManager {
             replications: s.replications.load(Ordering::Relaxed),
             resyncs: s.resyncs.load(Ordering::Relaxed),
             state_transfers: s.state_transfers.load(Ordering::Relaxed),
+            reconciled: s.reconciled.load(Ordering::Relaxed),
         }
     }
 
@@ -379,8 +382,19 @@ impl ClusterManager {
         if resync.is_some() {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
         }
-        if matches!(msg, Payload::Delta(SessionMessage::GetAllSessions)) {
-            self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
+        match msg {
+            Payload::Delta(SessionMessage::GetAllSessions) => {
+                self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
+            }
+            Payload::Delta(SessionMessage::Merge(states)) => {
+                let n = states.len() as u64;
+                self.stats.reconciled.fetch_add(n, Ordering::Relaxed);
+                info!(
+                    "Manager [{}]: reconciled {n} session(s) with member {from}",
+                    self.context
+                );
+            }
+            _ => {}
         }
         if ready {
             self.transfer.lock().deadline = None;
@@ -443,6 +457,16 @@ impl ClusterManager {
         let members = self.cluster.upgrade().map_or(members, |c| c.member_ids());
         let outs = core.set_members(members, now_ms());
         drop(core);
+        let digests = outs
+            .iter()
+            .filter(|o| matches!(o.msg, Payload::Delta(SessionMessage::Digest(_))))
+            .count();
+        if digests > 0 {
+            info!(
+                "Manager [{}]: members appeared: sent them this node's session digest ({digests} message(s)) to reconcile",
+                self.context
+            );
+        }
         // A fetch waiting only for members that left has ended.
         self.ready_changed.notify_all();
         if let Err(e) = self.send_background(outs) {
