@@ -1142,6 +1142,7 @@ impl SessionMerger for UnionMerger {
 enum SideCopy {
     Live(SessionState),
     Ended(u64),
+    Renamed(SessionId),
     Absent,
 }
 
@@ -1156,6 +1157,8 @@ struct SplitCounts {
     merged: u64,
     /// Live on one side only (made there during the split, or ended on the other).
     one_side_only: u64,
+    /// Live copies found again under an id the other side renamed them to.
+    renamed_across: u64,
     /// Ended on one side, live on the other: the live copy won / the end won.
     live_won: u64,
     end_won: u64,
@@ -1195,9 +1198,16 @@ impl Cluster {
         }
     }
 
-    /// One request on `side`: a new session, or a change (sometimes an invalidation) of a
-    /// session the side holds, on the side's node with the newest copy.
-    fn side_request(&mut self, side: &[NodeId], ids: &[SessionId]) -> Option<SessionId> {
+    /// One request on `side`: a new session, or a change (sometimes an invalidation, and with
+    /// `renames` a change of id once the side agrees on the session) of a session the side
+    /// holds, on the side's node with the newest copy. Returns the id of a session it made or
+    /// renamed.
+    fn side_request(
+        &mut self,
+        side: &[NodeId],
+        ids: &[SessionId],
+        renames: bool,
+    ) -> Option<SessionId> {
         let roll = self.w.below(10);
         if roll == 0 || ids.is_empty() {
             let n = side[self.w.below(side.len() as u64) as usize];
@@ -1212,20 +1222,23 @@ impl Cluster {
             };
         }
         let id = ids[self.w.below(ids.len() as u64) as usize].clone();
-        let n = side
+        let (v, n) = side
             .iter()
             .filter_map(|&n| self.version(n, &id).map(|v| (v, n)))
-            .max_by_key(|(v, n)| (*v, std::cmp::Reverse(*n)))
-            .map(|(_, n)| n)?;
-        let ops = if roll == 1 {
-            vec![Op::Invalidate]
-        } else {
-            self.change_ops()
+            .max_by_key(|(v, n)| (*v, std::cmp::Reverse(*n)))?;
+        let agreed = side.iter().all(|&m| self.version(m, &id) == Some(v));
+        let ops = match roll {
+            1 => vec![Op::Invalidate],
+            2 if renames && agreed => vec![Op::ChangeId, Op::Set("user")],
+            _ => self.change_ops(),
         };
-        self.sim.call(n, |node, ctx| {
-            node.request(ctx, &id, &ops);
-        });
-        None
+        let mut served = Served::Missing;
+        self.sim
+            .call(n, |node, ctx| served = node.request(ctx, &id, &ops));
+        match served {
+            Served::Live(new) if new != id => Some(new),
+            _ => None,
+        }
     }
 
     /// Every node of `side` holds the same copy of every session (as a side settles to), and
@@ -1239,7 +1252,11 @@ impl Cluster {
             }
         }
         for (id, t) in first.core.store().tombstones() {
-            out.entry(id.clone()).or_insert(SideCopy::Ended(t.version));
+            let copy = match &t.renamed {
+                Some(new) => SideCopy::Renamed(new.clone()),
+                None => SideCopy::Ended(t.version),
+            };
+            out.entry(id.clone()).or_insert(copy);
         }
         for &n in &side[1..] {
             for (id, copy) in &out {
@@ -1267,6 +1284,7 @@ fn brief(c: &SideCopy) -> String {
     match c {
         SideCopy::Live(s) => format!("live v{} accessed {}", s.version, s.last_accessed_ms),
         SideCopy::Ended(v) => format!("ended at v{v}"),
+        SideCopy::Renamed(new) => format!("renamed to {new}"),
         SideCopy::Absent => "absent".into(),
     }
 }
@@ -1308,6 +1326,101 @@ fn predicted(
     }
 }
 
+type Holdings = BTreeMap<SessionId, (u64, BTreeMap<String, Vec<u8>>)>;
+
+/// Node `n`'s live sessions: version and attributes.
+fn holdings(c: &Cluster, n: NodeId) -> Holdings {
+    let node = c.sim.node(n);
+    node.core
+        .store()
+        .ids()
+        .filter_map(|id| node.copy(id).map(|(v, a)| (id.clone(), (v, a.clone()))))
+        .collect()
+}
+
+/// What every node should hold after the heal, by the rule, from the two sides' copies.
+fn predicted_all(
+    ca: &BTreeMap<SessionId, SideCopy>,
+    cb: &BTreeMap<SessionId, SideCopy>,
+    at_split: &BTreeMap<SessionId, u64>,
+    merger: Option<&dyn SessionMerger>,
+    counts: &mut SplitCounts,
+) -> Holdings {
+    let all: BTreeSet<&SessionId> = ca.keys().chain(cb.keys()).collect();
+    let mut want = BTreeMap::new();
+    for id in all {
+        let (x, y) = (
+            ca.get(id).unwrap_or(&SideCopy::Absent),
+            cb.get(id).unwrap_or(&SideCopy::Absent),
+        );
+        if let (SideCopy::Live(p), SideCopy::Live(q), Some(v)) = (x, y, at_split.get(id)) {
+            if p.version > *v && q.version > *v {
+                counts.changed_on_both += 1;
+            }
+        }
+        if let Some(copy) = predicted(x, y, merger, counts) {
+            want.insert(id.clone(), copy);
+        }
+    }
+    want
+}
+
+/// With changes of id on both sides the copies are not predicted one by one; checked: every
+/// node holds the same sessions, and every session live on a side at the heal lives on (under
+/// its id or an id one side renamed it to) unless the other side ended it at a version as high.
+fn converged_without_loss(
+    c: &Cluster,
+    sides: [&BTreeMap<SessionId, SideCopy>; 2],
+    counts: &mut SplitCounts,
+) -> Holdings {
+    let up = c.up();
+    let first = holdings(c, up[0]);
+    for &n in &up[1..] {
+        if holdings(c, n) != first {
+            c.sim
+                .fail(format_args!("{n} and {} differ after the heal", up[0]));
+        }
+    }
+    let renamed = |id: &SessionId| {
+        sides.iter().find_map(|s| match s.get(id) {
+            Some(SideCopy::Renamed(new)) => Some(new.clone()),
+            _ => None,
+        })
+    };
+    for (i, side) in sides.iter().enumerate() {
+        let other = sides[1 - i];
+        for (id, copy) in side.iter() {
+            let SideCopy::Live(st) = copy else { continue };
+            // Under its id or a later one; or an end on the other side (of one of those ids)
+            // won over it.
+            let ended_there = |id: &SessionId| matches!(other.get(id), Some(SideCopy::Ended(v)) if !live_beats_end(st.version, *v));
+            let mut cur = id.clone();
+            let mut found = first.contains_key(&cur) || ended_there(&cur);
+            for _ in 0..8 {
+                if found {
+                    break;
+                }
+                match renamed(&cur) {
+                    Some(next) => {
+                        counts.renamed_across += 1;
+                        cur = next;
+                        found = first.contains_key(&cur) || ended_there(&cur);
+                    }
+                    None => break,
+                }
+            }
+            if !found {
+                c.sim.fail(format_args!(
+                    "{id}, live on side {i} at the heal ({}), is lost; the other side: {:?}",
+                    brief(copy),
+                    other.get(id).map(brief)
+                ));
+            }
+        }
+    }
+    first
+}
+
 /// A 5-node cluster with sessions everywhere splits 3/2 at a quiet moment. Each side goes on
 /// serving: new sessions, changes (also of sessions the other side changes too), some
 /// invalidations, each side settling to one copy per session. Then the network heals and every
@@ -1315,7 +1428,11 @@ fn predicted(
 /// rule predicts from the two sides' copies (`predicted`), with no session that lives on either
 /// side lost unless an end on the other side came after its last use. Then requests go on, on
 /// any node, and the cluster still converges (later deltas apply on the reconciled copies).
-fn partition_and_heal(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> SplitCounts {
+fn partition_and_heal(
+    seeds: u64,
+    merger: Option<Arc<dyn SessionMerger>>,
+    renames: bool,
+) -> SplitCounts {
     let mut counts = SplitCounts::default();
     for_each_seed(seeds, |seed| {
         let cfg = DeltaSimConfig::default();
@@ -1352,7 +1469,10 @@ fn partition_and_heal(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> Spl
         while c.sim.now() < end {
             let side = c.w.below(2) as usize;
             let nodes = if side == 0 { &a } else { &b };
-            if let Some(new) = c.side_request(nodes, &ids[side]) {
+            if let Some(new) = c.side_request(nodes, &ids[side], renames) {
+                // A renamed session is asked for by its new id only.
+                let old = c.world.borrow().oracle.previous.get(&new).cloned();
+                ids[side].retain(|id| Some(id) != old.as_ref());
                 ids[side].push(new);
             }
             let t = c.sim.now() + c.w.duration_between(Duration::ZERO, ms(1));
@@ -1360,60 +1480,36 @@ fn partition_and_heal(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> Spl
         }
         c.settle(secs(10));
         let (ca, cb) = (c.side_copies(&a), c.side_copies(&b));
-        let all: BTreeSet<&SessionId> = ca.keys().chain(cb.keys()).collect();
-        let mut want = BTreeMap::new();
-        for id in all {
-            let (x, y) = (
-                ca.get(id).unwrap_or(&SideCopy::Absent),
-                cb.get(id).unwrap_or(&SideCopy::Absent),
-            );
-            if let (SideCopy::Live(p), SideCopy::Live(q), Some(v)) = (x, y, at_split.get(id)) {
-                if p.version > *v && q.version > *v {
-                    counts.changed_on_both += 1;
-                }
-            }
-            if let Some(copy) = predicted(x, y, merger.as_deref(), &mut counts) {
-                want.insert(id.clone(), copy);
-            }
-        }
         c.heal();
         c.settle(secs(10));
-        for n in c.up() {
-            let node = c.sim.node(n);
-            let have: BTreeMap<SessionId, (u64, BTreeMap<String, Vec<u8>>)> = node
-                .core
-                .store()
-                .ids()
-                .filter_map(|id| node.copy(id).map(|(v, a)| (id.clone(), (v, a.clone()))))
-                .collect();
-            if have != want {
-                let wrong: Vec<String> = want
-                    .iter()
-                    .filter(|(id, w)| have.get(*id) != Some(*w))
-                    .map(|(id, w)| {
-                        format!(
-                            "{id}: want v{} {}, has {:?}",
-                            w.0,
-                            show(&w.1),
-                            have.get(id).map(|h| (h.0, show(&h.1)))
-                        )
-                    })
-                    .chain(have.keys().filter(|id| !want.contains_key(*id)).map(|id| {
-                        format!(
-                            "{id}: should have ended; sides: {:?} / {:?}; has {:?}",
-                            ca.get(id).map(brief),
-                            cb.get(id).map(brief),
-                            c.sim.node(a[0]).core.store().tombstone(id)
-                        )
-                    }))
-                    .take(5)
-                    .collect();
-                c.sim.fail(format_args!(
-                    "{n} after the heal:\n  {}",
-                    wrong.join("\n  ")
-                ));
+        let want = if renames {
+            converged_without_loss(&c, [&ca, &cb], &mut counts)
+        } else {
+            let want = predicted_all(&ca, &cb, &at_split, merger.as_deref(), &mut counts);
+            for n in c.up() {
+                let have = holdings(&c, n);
+                if have != want {
+                    let wrong: Vec<String> = want
+                        .iter()
+                        .filter(|(id, w)| have.get(*id) != Some(*w))
+                        .map(|(id, w)| {
+                            let h = have.get(id).map(|h| (h.0, show(&h.1)));
+                            format!("{id}: want v{} {}, has {h:?}", w.0, show(&w.1))
+                        })
+                        .chain(have.keys().filter(|id| !want.contains_key(*id)).map(|id| {
+                            let sides = (ca.get(id).map(brief), cb.get(id).map(brief));
+                            format!("{id}: should have ended; sides: {sides:?}")
+                        }))
+                        .take(5)
+                        .collect();
+                    c.sim.fail(format_args!(
+                        "{n} after the heal:\n  {}",
+                        wrong.join("\n  ")
+                    ));
+                }
             }
-        }
+            want
+        };
         counts.sessions += want.len() as u64;
         // Requests go on anywhere after the heal.
         c.sessions = want
@@ -1433,7 +1529,7 @@ fn partition_and_heal(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> Spl
 
 #[test]
 fn a_partition_heals_to_the_copies_the_rule_picks_on_every_node() {
-    let counts = partition_and_heal(100, None);
+    let counts = partition_and_heal(100, None, false);
     eprintln!("partition, default rule: {counts:?}");
     if !replaying() {
         assert!(counts.changed_on_both > 100 && counts.one_side_only > 100);
@@ -1442,9 +1538,20 @@ fn a_partition_heals_to_the_copies_the_rule_picks_on_every_node() {
     }
 }
 
+/// Changes of id on both sides too (a login during the split): every node converges, and no
+/// session that lived on either side is lost.
+#[test]
+fn a_partition_with_changes_of_id_converges_and_loses_no_session() {
+    let counts = partition_and_heal(100, None, true);
+    eprintln!("partition with changes of id: {counts:?}");
+    if !replaying() {
+        assert!(counts.renamed_across > 20);
+    }
+}
+
 #[test]
 fn a_partition_heals_to_the_applications_merge_on_every_node() {
-    let counts = partition_and_heal(100, Some(Arc::new(UnionMerger)));
+    let counts = partition_and_heal(100, Some(Arc::new(UnionMerger)), false);
     eprintln!("partition, application's merge: {counts:?}");
     if !replaying() {
         assert!(counts.changed_on_both > 100 && counts.merged > 100);
