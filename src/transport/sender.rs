@@ -17,7 +17,7 @@ use crate::wire::DataBody;
 use log::debug;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ struct MemberLink {
     counters: Arc<MemberCounters>,
     pool: Mutex<Pool>,
     freed: Condvar,
+    /// Its last synchronous send timed out (it does not read, or answers late): it is written
+    /// to and waited for after the others, so it cannot use up their time.
+    slow: AtomicBool,
 }
 
 /// A send in progress to one destination.
@@ -129,6 +132,7 @@ impl PooledParallelSender {
                     created: 0,
                 }),
                 freed: Condvar::new(),
+                slow: AtomicBool::new(false),
             })
         });
         if l.member.addr != m.addr {
@@ -141,6 +145,7 @@ impl PooledParallelSender {
                     created: 0,
                 }),
                 freed: Condvar::new(),
+                slow: AtomicBool::new(false),
             });
         }
         l.clone()
@@ -232,10 +237,16 @@ impl PooledParallelSender {
         } else {
             body.hasher()
         };
+        let mut links: Vec<Arc<MemberLink>> = dests.iter().map(|m| self.link(m)).collect();
+        // Members whose last send timed out go last (a stable sort keeps the order otherwise):
+        // one that stopped reading can then block only its own write and ack wait, never the
+        // other members' (the deadline is shared by all destinations).
+        if links.iter().any(|l| l.slow.load(Ordering::Relaxed)) {
+            links.sort_by_key(|l| l.slow.load(Ordering::Relaxed));
+        }
         let mut flights: Vec<InFlight> = Vec::with_capacity(dests.len());
         // Phase 1: write to every destination.
-        for m in dests {
-            let link = self.link(m);
+        for link in links {
             let mut f = InFlight {
                 link,
                 lane: None,
@@ -268,6 +279,10 @@ impl PooledParallelSender {
         for f in flights {
             if let Some(lane) = f.lane {
                 Self::checkin(&f.link, lane);
+            }
+            let timed_out = matches!(f.result, Some(SendFailure::Timeout(_)));
+            if f.link.slow.load(Ordering::Relaxed) != timed_out {
+                f.link.slow.store(timed_out, Ordering::Relaxed);
             }
             match f.result {
                 None => {
