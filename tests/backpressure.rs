@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tribecast::wire::frame::{encode_frame, HEADER_LEN, PROTOCOL_VERSION};
-use tribecast::wire::{decode_body, encode_body, FrameKind, Handshake, HandshakeAccept};
+use tribecast::wire::frame::{encode_frame, HEADER_LEN};
+use tribecast::wire::{encode_body, FrameKind, HandshakeAccept};
 use tribecast::{
     ChannelConfig, ChannelError, ChannelMessage, GroupChannel, Member, MemberId, SendOptions,
 };
@@ -174,18 +174,26 @@ fn stalled_member_does_not_stall_sends_to_healthy_members() {
                             let ids: Vec<MemberId> = f.iter().map(|f| f.id).collect();
                             assert_eq!(ids, vec![p.id], "{what}: only the stalled one: {f:?}");
                         }
-                        other => panic!("{what}: expected the stalled member faulty, got {other:?}"),
+                        other => {
+                            panic!("{what}: expected the stalled member faulty, got {other:?}")
+                        }
                     }
                     assert!(
                         took <= timeout + slack,
                         "{what} took {took:?}, past the timeout {timeout:?}"
                     );
                     n += 1;
-                    wait_for(&format!("{what} delivered"), LIMIT, || got.lock().len() == n as usize);
+                    wait_for(&format!("{what} delivered"), LIMIT, || {
+                        got.lock().len() == n as usize
+                    });
                     // The healthy member alone: no wait for the stalled one.
                     let t = Instant::now();
-                    s.send(std::slice::from_ref(&h), numbered(n, 100), SendOptions::SYNC_ACK)
-                        .expect("healthy alone");
+                    s.send(
+                        std::slice::from_ref(&h),
+                        numbered(n, 100),
+                        SendOptions::SYNC_ACK,
+                    )
+                    .expect("healthy alone");
                     let took = t.elapsed();
                     assert!(took < timeout, "{what}: healthy alone took {took:?}");
                     n += 1;
@@ -193,10 +201,18 @@ fn stalled_member_does_not_stall_sends_to_healthy_members() {
             }
         }
     }
-    eprintln!("synchronous sends: slowest {slowest:?} with a {timeout:?} timeout");
+    eprintln!(
+        "synchronous sends: slowest {slowest:?} with a {timeout:?} timeout; the stalled peer \
+         holds {} connections (one per timed-out send: each is closed on our side)",
+        peer.held.lock().len()
+    );
     let member = |id: &MemberId| s.stats().member(id).cloned().expect("figures");
     assert_eq!(member(&h.id).send_errors, 0, "{:?}", member(&h.id));
-    assert_eq!(member(&p.id).async_queued_bytes, 0, "nothing queued by sync sends");
+    assert_eq!(
+        member(&p.id).async_queued_bytes,
+        0,
+        "nothing queued by sync sends"
+    );
     // Asynchronous: the stalled member's lane fills to its limit and drops; the healthy one
     // gets everything, in order.
     peer.answer.store(true, SeqCst);
@@ -211,7 +227,11 @@ fn stalled_member_does_not_stall_sends_to_healthy_members() {
             member(&p.id)
         );
         sent += 1;
-        match s.send(&[p.clone(), h.clone()], numbered(n, 4000), SendOptions::ASYNCHRONOUS) {
+        match s.send(
+            &[p.clone(), h.clone()],
+            numbered(n, 4000),
+            SendOptions::ASYNCHRONOUS,
+        ) {
             Ok(()) => n += 1,
             // While the dispatch thread waits out the first stalled write (up to the timeout),
             // the shared queue may fill: the Block policy then fails the send. Try again.
@@ -219,9 +239,11 @@ fn stalled_member_does_not_stall_sends_to_healthy_members() {
             Err(e) => panic!("asynchronous send: {e}"),
         }
     }
-    wait_for("every asynchronous message at the healthy member", LIMIT, || {
-        got.lock().len() == n as usize
-    });
+    wait_for(
+        "every asynchronous message at the healthy member",
+        LIMIT,
+        || got.lock().len() == n as usize,
+    );
     let seen = got.lock().clone();
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]) && seen[first_async as usize] == first_async,
@@ -249,6 +271,369 @@ fn stalled_member_does_not_stall_sends_to_healthy_members() {
         "{waiting} messages unaccounted for: {ms:?}"
     );
     assert_eq!((mh.async_dropped, mh.send_errors), (0, 0), "{mh:?}");
-    assert!(s.with_sender_stats(|x| x.stalls.load(SeqCst)).expect("running") >= 1);
+    assert!(
+        s.with_sender_stats(|x| x.stalls.load(SeqCst))
+            .expect("running")
+            >= 1
+    );
     drop(peer);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A receiver whose listener blocks
+// ---------------------------------------------------------------------------------------------
+
+/// A gate listeners wait at while it is closed (never longer than LIMIT).
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+    waiting: AtomicU64,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let deadline = Instant::now() + LIMIT;
+        let mut open = self.open.lock();
+        self.waiting.fetch_add(1, SeqCst);
+        while !*open && !self.cv.wait_until(&mut open, deadline).timed_out() {}
+        self.waiting.fetch_sub(1, SeqCst);
+    }
+
+    fn open(&self) {
+        *self.open.lock() = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Opens the gate when the test ends, passing or failing, so no listener is left waiting.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// A receiver with two workers whose listener blocks on every message from one member ("slow"):
+/// that member's connection is read only up to `receiver.max_queued_bytes_per_connection` (plus
+/// one read), then TCP flow control holds its bytes in the kernel and its asynchronous lane
+/// stalls and drops past its limit. Meanwhile another member's synchronized-ack sends on its own
+/// connection are answered at once by the other worker. Once the listener proceeds, everything
+/// the slow member's lane kept arrives, in order.
+#[test]
+fn blocked_listener_holds_back_only_its_own_connection() {
+    init_logs();
+    const FRAME: u32 = 4096;
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let mut cfg = ChannelConfig::loopback("receiver");
+    cfg.max_frame_size = FRAME;
+    cfg.receiver.max_queued_bytes_per_connection = FRAME as usize;
+    cfg.receiver.max_threads = 2;
+    let r = GroupChannel::new(cfg).expect("config");
+    let slow_got = Arc::new(Mutex::new(Vec::new()));
+    let fast_got = Arc::new(AtomicU64::new(0));
+    let (g, sg, fg) = (gate.clone(), slow_got.clone(), fast_got.clone());
+    r.add_channel_listener(Arc::new(move |m: &ChannelMessage<'_>| {
+        if m.from.name == "slow" {
+            g.pass();
+            let n = m
+                .payload
+                .get(..4)
+                .map_or(u32::MAX, |h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
+            sg.lock().push(n);
+        } else {
+            fg.fetch_add(1, SeqCst);
+        }
+        Ok(())
+    }));
+    r.start().expect("start");
+    let sender = |name: &str| {
+        let mut cfg = ChannelConfig::loopback(name);
+        cfg.max_frame_size = FRAME;
+        cfg.dispatch.max_queue_size = 64 * 1024;
+        cfg.sender.max_queued_bytes_per_member = 64 * 1024;
+        // The first write that finds the member not reading waits this long.
+        cfg.sender.timeout = Duration::from_millis(500);
+        let s = GroupChannel::new(cfg).expect("config");
+        s.start().expect("start");
+        s
+    };
+    let (slow, fast) = (sender("slow"), sender("fast"));
+    let dest = [local(&r)];
+    let rx = r.receiver_stats().expect("running");
+    // The slow member streams until its lane drops: the listener holds one message, the
+    // connection's mailbox and the TCP buffers fill, then its own bounded queue.
+    let deadline = Instant::now() + LIMIT;
+    let mut n = 0u32;
+    let figures = |s: &GroupChannel| s.stats().member(&dest[0].id).cloned().expect("figures");
+    while slow
+        .stats()
+        .member(&dest[0].id)
+        .is_none_or(|m| m.async_dropped == 0)
+    {
+        assert!(
+            Instant::now() < deadline && n < 200_000,
+            "the slow member never filled its queue after {n} messages: {:?}",
+            slow.stats().member(&dest[0].id)
+        );
+        match slow.send(&dest, numbered(n, 3000), SendOptions::ASYNCHRONOUS) {
+            Ok(()) => n += 1,
+            Err(ChannelError::QueueFull { .. }) => {}
+            Err(e) => panic!("asynchronous send: {e}"),
+        }
+    }
+    let read_from_slow = rx.bytes_received.load(SeqCst);
+    let written_by_slow = figures(&slow).messages_sent * 3000;
+    eprintln!(
+        "slow member: {n} messages queued, {written_by_slow} B written to its socket, \
+         {read_from_slow} B read by the receiver, {} waiting at the listener",
+        gate.waiting.load(SeqCst)
+    );
+    // The receiver read at most its mailbox limit plus one read buffer (1 MiB) plus the
+    // handshake; the rest waits in the kernel, where TCP flow control holds the sender back.
+    assert!(
+        read_from_slow <= (FRAME as u64) + (1 << 20) + 64 * 1024,
+        "the receiver read {read_from_slow} B from a connection it cannot process"
+    );
+    assert!(
+        written_by_slow > read_from_slow,
+        "the slow member's bytes wait in the kernel, not in the receiver"
+    );
+    assert!(
+        slow.with_sender_stats(|x| x.stalls.load(SeqCst))
+            .expect("running")
+            >= 1
+    );
+    // The other member's connection flows: synchronized acks come back at once.
+    let mut slowest = Duration::ZERO;
+    for i in 0..200u32 {
+        let t = Instant::now();
+        fast.send(&dest, numbered(i, 1000), SendOptions::SYNC_ACK)
+            .expect("the other member's send");
+        slowest = slowest.max(t.elapsed());
+    }
+    eprintln!("other member: 200 synchronized-ack sends, slowest {slowest:?}");
+    assert_eq!(fast_got.load(SeqCst), 200);
+    assert!(slowest < Duration::from_secs(1), "slowest {slowest:?}");
+    assert!(
+        rx.bytes_received.load(SeqCst) < read_from_slow + 200 * 1200,
+        "nothing more read from the slow member while its listener is blocked"
+    );
+    // The listener proceeds: what the slow member's lane kept arrives, in order.
+    gate.open();
+    let dropped = || figures(&slow).async_dropped;
+    wait_for("delivered + dropped = queued", LIMIT, || {
+        slow_got.lock().len() as u64 + dropped() >= u64::from(n)
+    });
+    let seen = slow_got.lock().clone();
+    assert_eq!(
+        seen.len() as u64 + dropped(),
+        u64::from(n),
+        "nothing lost silently"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+    wait_for("the slow member's queue empties", LIMIT, || {
+        figures(&slow).async_queued_bytes == 0
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A flood of idle and garbage connections
+// ---------------------------------------------------------------------------------------------
+
+/// This process's resident set, in KiB.
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Whether the receiver closed `s` (EOF or reset) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 1024];
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return false;
+        };
+        if s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .is_err()
+        {
+            return true;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {} // a refusal frame: read on until the close
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Hundreds of connections from strangers: some stay idle, some send a handshake header and
+/// trickle part of its body, some send garbage, and more than `max_connections` are opened.
+/// The garbage ones are closed at once, those past `max_connections` at accept, the idle and
+/// trickling ones once `handshake_timeout` passes; the process's memory stays bounded. A member
+/// already connected keeps sending throughout, and a member that connects for the first time
+/// while the slots are taken gets through once the strangers are closed.
+#[test]
+fn flood_of_idle_and_garbage_connections_is_bounded_and_members_get_through() {
+    init_logs();
+    const MAX_CONNECTIONS: usize = 200;
+    const IDLE: usize = 150;
+    const TRICKLING: usize = 40;
+    const GARBAGE: usize = 100;
+    const PAST_LIMIT: usize = 60;
+    let handshake_timeout = Duration::from_millis(1500);
+    let mut cfg = ChannelConfig::loopback("flooded");
+    cfg.receiver.max_connections = MAX_CONNECTIONS;
+    cfg.receiver.handshake_timeout = handshake_timeout;
+    let r = GroupChannel::new(cfg).expect("config");
+    let got = numbering(&r);
+    r.start().expect("start");
+    let addr: SocketAddr = local(&r).addr;
+    let dest = [local(&r)];
+    let rx = r.receiver_stats().expect("running");
+    let mut sc = ChannelConfig::loopback("member");
+    sc.sender.timeout = Duration::from_millis(1000);
+    let member = GroupChannel::new(sc).expect("config");
+    member.start().expect("start");
+    let mut n = 0u32;
+    let send = |ch: &GroupChannel, n: &mut u32| {
+        let r = ch.send(&dest, numbered(*n, 2000), SendOptions::SYNC_ACK);
+        if r.is_ok() {
+            *n += 1;
+        }
+        r
+    };
+    // The member's connection is open before the flood (one pooled lane, reused).
+    for _ in 0..20 {
+        send(&member, &mut n).expect("before the flood");
+    }
+    let rss_before = vm_rss_kib();
+    let accepted_before = rx.connections_accepted.load(SeqCst);
+    let mut strangers: Vec<TcpStream> = Vec::new();
+    let mut garbage = SplitMix(7);
+    let mut junk = Vec::new();
+    garbage.fill(&mut junk, 4096);
+    // Idle: connect and say nothing.
+    for _ in 0..IDLE {
+        strangers.push(TcpStream::connect(addr).expect("connect"));
+    }
+    // Trickling: a handshake header announcing a 16 KiB body (the most a handshake may have),
+    // then part of the body, never the rest.
+    let mut header = Vec::new();
+    encode_frame(
+        &mut header,
+        FrameKind::Handshake,
+        0,
+        0,
+        &vec![0u8; 16 * 1024],
+    );
+    for _ in 0..TRICKLING {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let _ = s.write_all(&header[..HEADER_LEN + 12 * 1024]);
+        strangers.push(s);
+    }
+    // The member still gets through on its open connection during the flood.
+    for _ in 0..20 {
+        send(&member, &mut n).expect("during the flood");
+    }
+    // Garbage: closed by the receiver at once.
+    let mut garbage_conns = Vec::new();
+    for _ in 0..GARBAGE {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let _ = s.write_all(&junk);
+        garbage_conns.push(s);
+    }
+    for (i, s) in garbage_conns.iter_mut().enumerate() {
+        assert!(closed_within(s, LIMIT), "garbage connection {i} left open");
+    }
+    // Past max_connections: wait until the idle and trickling ones hold all the slots, then
+    // open more; each is closed at accept.
+    wait_for("the strangers accepted", LIMIT, || {
+        rx.connections_accepted.load(SeqCst) - accepted_before
+            >= (IDLE + TRICKLING + GARBAGE) as u64
+    });
+    let refused_before = rx.connections_refused.load(SeqCst);
+    let mut past = Vec::new();
+    for _ in 0..PAST_LIMIT {
+        if let Ok(s) = TcpStream::connect(addr) {
+            past.push(s);
+        }
+    }
+    // A member connecting for the first time now: refused while the slots are taken, through
+    // once the strangers are closed at their handshake deadline.
+    let mut nc = ChannelConfig::loopback("newcomer");
+    nc.sender.timeout = Duration::from_millis(1000);
+    let newcomer = GroupChannel::new(nc).expect("config");
+    newcomer.start().expect("start");
+    let t = Instant::now();
+    let refused_send = send(&newcomer, &mut n);
+    assert!(
+        refused_send.is_err(),
+        "the newcomer got a slot while strangers held them all"
+    );
+    send(&member, &mut n).expect("the connected member while the slots are taken");
+    wait_for(
+        "the strangers closed at their handshake deadline",
+        handshake_timeout + LIMIT,
+        || {
+            rx.connections_refused.load(SeqCst) - refused_before
+                >= (PAST_LIMIT + IDLE + TRICKLING) as u64
+        },
+    );
+    send(&newcomer, &mut n).expect("the newcomer once the strangers are gone");
+    eprintln!(
+        "newcomer refused ({}), through after {:?}",
+        refused_send
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        t.elapsed()
+    );
+    for (i, s) in strangers.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, handshake_timeout + LIMIT),
+            "stranger {i} still open past the handshake deadline"
+        );
+    }
+    for s in past.iter_mut() {
+        assert!(
+            closed_within(s, LIMIT),
+            "a connection past max_connections left open"
+        );
+    }
+    let refused = rx.connections_refused.load(SeqCst) - refused_before;
+    assert!(
+        refused >= (PAST_LIMIT + IDLE + TRICKLING) as u64,
+        "refused {refused}: those past the limit and those without a handshake"
+    );
+    for _ in 0..20 {
+        send(&member, &mut n).expect("after the flood");
+        send(&newcomer, &mut n).expect("after the flood");
+    }
+    wait_for("every acknowledged message delivered", LIMIT, || {
+        got.lock().len() == n as usize
+    });
+    let rss_after = vm_rss_kib();
+    eprintln!(
+        "VmRSS {rss_before} KiB before the flood, {rss_after} KiB after ({} connections)",
+        IDLE + TRICKLING + GARBAGE + PAST_LIMIT
+    );
+    // Generous: each stranger may have cost a 64 KiB read buffer.
+    assert!(
+        rss_after <= rss_before + 64 * 1024,
+        "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
 }

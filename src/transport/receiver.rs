@@ -182,6 +182,8 @@ impl NioReceiver {
             selector_timeout: rc.selector_timeout,
             max_connections: rc.max_connections,
             max_queued: rc.max_queued_bytes_per_connection,
+            handshake_timeout: rc.handshake_timeout,
+            next_sweep: std::time::Instant::now() + rc.handshake_timeout,
             ctl,
             key: cfg.cluster_key.clone(),
             refusals: RateLimit {
@@ -394,6 +396,9 @@ struct Conn {
     session: RxSession,
     shared: Arc<ConnShared>,
     paused: bool,
+    /// When it was accepted: a connection still without a handshake `handshake_timeout` later
+    /// is closed.
+    accepted: std::time::Instant,
 }
 
 struct EventLoop {
@@ -415,6 +420,9 @@ struct EventLoop {
     selector_timeout: std::time::Duration,
     max_connections: usize,
     max_queued: usize,
+    handshake_timeout: std::time::Duration,
+    /// Next look for connections past their handshake deadline.
+    next_sweep: std::time::Instant,
     ctl: Arc<LoopCtl>,
     key: Option<ClusterKey>,
     refusals: RateLimit,
@@ -446,9 +454,11 @@ impl RateLimit {
 impl EventLoop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
+        // Connections past their handshake deadline are closed within half of it.
+        let sweep_every = (self.handshake_timeout / 2).max(std::time::Duration::from_millis(10));
         while !self.stopping.load(Ordering::SeqCst) {
             let timeout = if self.ready_again.is_empty() {
-                Some(self.selector_timeout)
+                Some(self.selector_timeout.min(sweep_every))
             } else {
                 Some(Default::default())
             };
@@ -485,9 +495,30 @@ impl EventLoop {
                     self.read(idx);
                 }
             }
+            let now = std::time::Instant::now();
+            if now >= self.next_sweep {
+                self.next_sweep = now + sweep_every;
+                self.close_unintroduced(now);
+            }
         }
         for idx in 0..self.conns.len() {
             self.close(idx, None);
+        }
+    }
+
+    /// Closes the connections that did not complete their handshake in time: idle or trickling
+    /// connections from strangers must not hold `max_connections` slots and read buffers.
+    fn close_unintroduced(&mut self, now: std::time::Instant) {
+        for idx in 0..self.conns.len() {
+            let late = matches!(&self.conns[idx], Some(c) if c.session.peer().is_none()
+                && now.duration_since(c.accepted) >= self.handshake_timeout);
+            if late {
+                let reason = format!(
+                    "no handshake within handshake_timeout ({:?})",
+                    self.handshake_timeout
+                );
+                self.close(idx, Some((reason, CloseKind::Refused)));
+            }
         }
     }
 
@@ -508,10 +539,12 @@ impl EventLoop {
 
     fn add_conn(&mut self, stream: TcpStream, addr: SocketAddr) {
         if self.open >= self.max_connections {
-            warn!(
-                "Refusing connection from {addr}: max_connections ({}) reached",
-                self.max_connections
-            );
+            if let Some(held) = self.refusals.allow() {
+                warn!(
+                    "Refusing connection from {addr}: max_connections ({}) reached ({held} similar refusals not logged in the last {REFUSAL_LOG_EVERY:?})",
+                    self.max_connections
+                );
+            }
             self.ctl
                 .stats
                 .connections_refused
@@ -560,6 +593,7 @@ impl EventLoop {
             session: RxSession::default(),
             shared,
             paused: false,
+            accepted: std::time::Instant::now(),
         });
         self.open += 1;
         self.ctl
@@ -791,11 +825,23 @@ impl EventLoop {
             Some((reason, kind)) => {
                 let stats = &self.ctl.stats;
                 match kind {
-                    CloseKind::Error => {
+                    CloseKind::Error if c.session.peer().is_some() => {
                         warn!(
                             "Closing connection from {} ({peer}): {reason}",
                             c.shared.peer_addr
                         );
+                        stats
+                            .connections_closed_on_error
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    CloseKind::Error => {
+                        // Before a handshake anyone can cause this: rate-limited, as refusals.
+                        if let Some(held) = self.refusals.allow() {
+                            warn!(
+                                "Closing connection from {} ({peer}): {reason} ({held} similar refusals not logged in the last {REFUSAL_LOG_EVERY:?})",
+                                c.shared.peer_addr
+                            );
+                        }
                         stats
                             .connections_closed_on_error
                             .fetch_add(1, Ordering::Relaxed);
