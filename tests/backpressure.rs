@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tribecast::wire::frame::{encode_frame, HEADER_LEN};
-use tribecast::wire::{encode_body, FrameKind, HandshakeAccept};
+use tribecast::wire::frame::{encode_frame, FLAG_ACK, FLAG_SYNC_ACK, HEADER_LEN, PROTOCOL_VERSION};
+use tribecast::wire::{encode_body, Envelope, FrameKind, Handshake, HandshakeAccept};
 use tribecast::{
     ChannelConfig, ChannelError, ChannelMessage, GroupChannel, Member, MemberId, SendOptions,
 };
@@ -636,4 +636,113 @@ fn flood_of_idle_and_garbage_connections_is_bounded_and_members_get_through() {
         rss_after <= rss_before + 64 * 1024,
         "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
     );
+}
+
+/// A member (a raw peer that shook hands) sends a synchronized-ack message whose listener
+/// blocks, then resends it over and over. Each resend is a duplicate that waits in the
+/// connection's mailbox for the original's outcome; they count against
+/// `max_queued_bytes_per_connection` like frames do, so the receiver stops reading that
+/// connection instead of queueing answers without bound. When the listener proceeds the original
+/// is acknowledged.
+#[test]
+fn resent_frames_behind_a_blocked_listener_are_bounded() {
+    init_logs();
+    const FRAME: u32 = 4096;
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let mut cfg = ChannelConfig::loopback("receiver");
+    let cluster = cfg.cluster_name.clone();
+    cfg.max_frame_size = FRAME;
+    cfg.receiver.max_queued_bytes_per_connection = FRAME as usize;
+    cfg.receiver.max_threads = 2;
+    let r = GroupChannel::new(cfg).expect("config");
+    let g = gate.clone();
+    r.add_channel_listener(Arc::new(move |_: &ChannelMessage<'_>| {
+        g.pass();
+        Ok(())
+    }));
+    r.start().expect("start");
+    let rx = r.receiver_stats().expect("running");
+    let me = Member {
+        id: MemberId::random(),
+        name: "resender".into(),
+        addr: "127.0.0.1:9".parse().expect("addr"),
+        domain: String::new(),
+    };
+    let mut s = TcpStream::connect(local(&r).addr).expect("connect");
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut f = Vec::new();
+    let hs = Handshake {
+        cluster,
+        protocol_version: PROTOCOL_VERSION,
+        member: me.clone(),
+        incarnation: 1,
+        lane: 1,
+    };
+    encode_frame(&mut f, FrameKind::Handshake, 0, 0, &encode_body(&hs));
+    s.write_all(&f).expect("handshake");
+    let answer = read_raw_frame(&mut s).expect("handshake answer");
+    assert_eq!(answer[5], FrameKind::HandshakeAccept as u8);
+    let body = encode_body(&Envelope {
+        sender: me.id,
+        msg_id: 1,
+        options: 6,
+        payload: b"blocked",
+    });
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        FrameKind::Data,
+        FLAG_ACK | FLAG_SYNC_ACK,
+        1,
+        &body,
+    );
+    s.write_all(&frame).expect("the original");
+    wait_for("the listener holds the original", LIMIT, || {
+        gate.waiting.load(SeqCst) == 1
+    });
+    // Resends, 256 per write, until the receiver stops taking them (a write blocks 200 ms), at
+    // most 64 MiB.
+    let burst: Vec<u8> = frame.repeat(256);
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + LIMIT;
+    let (mut written, mut pos) = (0usize, 0usize);
+    while written < 64 << 20 && Instant::now() < deadline {
+        // Partial writes continue where they stopped, so every frame stays whole.
+        match s.write(&burst[pos..]) {
+            Ok(n) => {
+                written += n;
+                pos = (pos + n) % burst.len();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("the receiver closed the connection: {e}"),
+        }
+    }
+    let read = rx.bytes_received.load(SeqCst);
+    eprintln!(
+        "{written} B of resends written ({} frames), {read} B read by the receiver",
+        written / frame.len()
+    );
+    assert!(written < 64 << 20, "the receiver never stopped reading");
+    // The mailbox limit, one read (at most 1 MiB) and the handshake.
+    assert!(
+        read <= u64::from(FRAME) + (1 << 20) + 64 * 1024,
+        "the receiver read {read} B of resends it cannot answer yet"
+    );
+    assert!(rx.duplicates_dropped.load(SeqCst) > 0);
+    gate.open();
+    // The original's ack comes back (then one per resend read).
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let ack = read_raw_frame(&mut s).expect("the ack");
+    assert_eq!(ack[5], FrameKind::Ack as u8, "an ack");
+    assert_eq!(u64::from_le_bytes(ack[12..20].try_into().expect("seq")), 1);
 }

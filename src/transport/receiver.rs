@@ -47,6 +47,10 @@ const RECYCLED_BUFFERS: usize = 32;
 const SYNC_OUTCOMES: usize = 16 * 1024;
 /// Longest a retried synchronized-ack frame waits for its original to be processed.
 const REACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// What a retried synchronized-ack frame waiting for its answer counts in its connection's
+/// mailbox: at least its frame header was read, and it holds a worker until answered. Counted so
+/// that a peer resending frames cannot grow a mailbox past its limit without bytes to show.
+const REACK_COST: usize = 64;
 /// Lanes remembered by the duplicate filter.
 const DEDUP_LANES: usize = 65536;
 /// Refused handshakes and authentication failures are logged at most once per this period
@@ -760,14 +764,15 @@ impl EventLoop {
                 mb.bytes += data.len();
                 mb.items.push_back(Item::Batch(Batch { data, deliveries }));
                 schedule = true;
-                if mb.bytes > self.max_queued {
-                    mb.paused = true;
-                    c.paused = true;
-                }
             }
             if !out.reacks.is_empty() {
+                mb.bytes += out.reacks.len() * REACK_COST;
                 mb.items.push_back(Item::ReAck(out.reacks.clone()));
                 schedule = true;
+            }
+            if mb.bytes > self.max_queued {
+                mb.paused = true;
+                c.paused = true;
             }
             if out.leave {
                 if let Some(p) = mb.peer.clone() {
@@ -917,16 +922,19 @@ fn worker(
                 Item::Hello(m) => handler.peer_hello(&m, key.map_or(0, |k| k.incarnation)),
                 Item::Leave(m) => handler.peer_left(&m),
                 Item::ReAck(seqs) => {
-                    let Some(key) = key else { continue };
-                    for seq in seqs {
-                        match ctl.board.wait(&key, seq) {
+                    let cost = seqs.len() * REACK_COST;
+                    if let Some(key) = key {
+                        for seq in seqs {
+                            match ctl.board.wait(&key, seq) {
                             Some(result) => sync_answer(&conn, seq, result, &mut reply),
                             None => warn!(
                                 "Retried message {seq} from {}: original still not processed after {REACK_WAIT:?}; not answered",
                                 conn.peer_addr
                             ),
                         }
+                        }
                     }
+                    release(&conn, &ctl, cost, low_water);
                 }
                 Item::Batch(batch) => {
                     if let (Some(peer), Some(key)) = (peer, key) {
@@ -945,16 +953,22 @@ fn worker(
                         // Full means enough spares already: this one is freed.
                         let _ = ctl.recycle_tx.try_send(batch.data);
                     }
-                    let mut mb = conn.mailbox.lock();
-                    mb.bytes -= len;
-                    if mb.paused && mb.bytes <= low_water {
-                        mb.paused = false;
-                        if ctl.resume_tx.try_send(conn.token).is_ok() {
-                            let _ = ctl.waker.wake();
-                        }
-                    }
+                    release(&conn, &ctl, len, low_water);
                 }
             }
+        }
+    }
+}
+
+/// A worker is done with `bytes` of the connection's mailbox: the loop reads it again once it
+/// is down to `low_water`.
+fn release(conn: &ConnShared, ctl: &LoopCtl, bytes: usize, low_water: usize) {
+    let mut mb = conn.mailbox.lock();
+    mb.bytes -= bytes;
+    if mb.paused && mb.bytes <= low_water {
+        mb.paused = false;
+        if ctl.resume_tx.try_send(conn.token).is_ok() {
+            let _ = ctl.waker.wake();
         }
     }
 }
