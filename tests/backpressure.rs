@@ -638,6 +638,42 @@ fn flood_of_idle_and_garbage_connections_is_bounded_and_members_get_through() {
     );
 }
 
+/// A raw connection as `me` that shook hands (answer awaited at most `wait`).
+fn shake_hands(
+    addr: SocketAddr,
+    cluster: &str,
+    me: &Member,
+    wait: Duration,
+) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(wait))?;
+    let mut f = Vec::new();
+    let hs = Handshake {
+        cluster: cluster.into(),
+        protocol_version: PROTOCOL_VERSION,
+        member: me.clone(),
+        incarnation: 1,
+        lane: 1,
+    };
+    encode_frame(&mut f, FrameKind::Handshake, 0, 0, &encode_body(&hs));
+    s.write_all(&f)?;
+    let answer = read_raw_frame(&mut s)?;
+    if answer[5] != FrameKind::HandshakeAccept as u8 {
+        return Err(io::Error::other("handshake not accepted"));
+    }
+    s.set_read_timeout(Some(LIMIT))?;
+    Ok(s)
+}
+
+fn raw_member(name: &str) -> Member {
+    Member {
+        id: MemberId::random(),
+        name: name.into(),
+        addr: "127.0.0.1:9".parse().expect("addr"),
+        domain: String::new(),
+    }
+}
+
 /// A member (a raw peer that shook hands) sends a synchronized-ack message whose listener
 /// blocks, then resends it over and over. Each resend is a duplicate that waits in the
 /// connection's mailbox for the original's outcome; they count against
@@ -663,26 +699,8 @@ fn resent_frames_behind_a_blocked_listener_are_bounded() {
     }));
     r.start().expect("start");
     let rx = r.receiver_stats().expect("running");
-    let me = Member {
-        id: MemberId::random(),
-        name: "resender".into(),
-        addr: "127.0.0.1:9".parse().expect("addr"),
-        domain: String::new(),
-    };
-    let mut s = TcpStream::connect(local(&r).addr).expect("connect");
-    s.set_read_timeout(Some(LIMIT)).expect("timeout");
-    let mut f = Vec::new();
-    let hs = Handshake {
-        cluster,
-        protocol_version: PROTOCOL_VERSION,
-        member: me.clone(),
-        incarnation: 1,
-        lane: 1,
-    };
-    encode_frame(&mut f, FrameKind::Handshake, 0, 0, &encode_body(&hs));
-    s.write_all(&f).expect("handshake");
-    let answer = read_raw_frame(&mut s).expect("handshake answer");
-    assert_eq!(answer[5], FrameKind::HandshakeAccept as u8);
+    let me = raw_member("resender");
+    let mut s = shake_hands(local(&r).addr, &cluster, &me, LIMIT).expect("handshake");
     let body = encode_body(&Envelope {
         sender: me.id,
         msg_id: 1,
@@ -745,4 +763,85 @@ fn resent_frames_behind_a_blocked_listener_are_bounded() {
     let ack = read_raw_frame(&mut s).expect("the ack");
     assert_eq!(ack[5], FrameKind::Ack as u8, "an ack");
     assert_eq!(u64::from_le_bytes(ack[12..20].try_into().expect("seq")), 1);
+}
+
+/// Every worker is stuck in a listener while members keep connecting, shaking hands and going
+/// away (a member retrying on new connections, probes). Each such connection leaves work for a
+/// worker; the slots of connections whose work is not done yet stay taken, so past
+/// `max_connections` new connections are refused at accept instead of queueing without bound or
+/// stopping the event loop: a connection already open still gets its pings answered.
+#[test]
+fn connections_replaced_while_every_worker_is_stuck_do_not_stop_the_event_loop() {
+    init_logs();
+    const MAX_CONNECTIONS: usize = 8;
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let mut cfg = ChannelConfig::loopback("receiver");
+    let cluster = cfg.cluster_name.clone();
+    cfg.receiver.max_threads = 1;
+    cfg.receiver.max_connections = MAX_CONNECTIONS;
+    let r = GroupChannel::new(cfg).expect("config");
+    let g = gate.clone();
+    r.add_channel_listener(Arc::new(move |_: &ChannelMessage<'_>| {
+        g.pass();
+        Ok(())
+    }));
+    r.start().expect("start");
+    let addr = local(&r).addr;
+    let rx = r.receiver_stats().expect("running");
+    // The one worker blocks on a message.
+    let me = raw_member("blocker");
+    let mut blocker = shake_hands(addr, &cluster, &me, LIMIT).expect("handshake");
+    let body = encode_body(&Envelope {
+        sender: me.id,
+        msg_id: 1,
+        options: 0,
+        payload: b"blocked",
+    });
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, FrameKind::Data, 0, 1, &body);
+    blocker.write_all(&frame).expect("the message");
+    wait_for("the worker is stuck", LIMIT, || {
+        gate.waiting.load(SeqCst) == 1
+    });
+    let watcher = raw_member("watcher");
+    let mut watch = shake_hands(addr, &cluster, &watcher, LIMIT).expect("handshake");
+    // Members come and go, each shaking hands and closing: three times max_connections.
+    let mut shook = 0;
+    for i in 0..3 * MAX_CONNECTIONS {
+        let m = raw_member(&format!("churn-{i}"));
+        if shake_hands(addr, &cluster, &m, Duration::from_millis(500)).is_ok() {
+            shook += 1;
+        }
+    }
+    // The event loop still answers a ping on an open connection (a ping without the read test
+    // is answered by the loop itself, not by a worker).
+    let mut ping = Vec::new();
+    encode_frame(&mut ping, FrameKind::Ping, 0, 77, &[]);
+    watch.write_all(&ping).expect("ping");
+    watch
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let answer = read_raw_frame(&mut watch).expect("the event loop answers the ping");
+    assert_eq!(answer[5], FrameKind::Ack as u8);
+    let refused = rx.connections_refused.load(SeqCst);
+    eprintln!(
+        "{shook} of {} churning connections shook hands, {refused} refused at accept",
+        3 * MAX_CONNECTIONS
+    );
+    assert!(
+        shook < 3 * MAX_CONNECTIONS && refused > 0,
+        "slots held by pending work"
+    );
+    gate.open();
+    // Once the worker is free the slots come back: a new member gets in.
+    wait_for("a slot for a new member", LIMIT, || {
+        shake_hands(
+            addr,
+            &cluster,
+            &raw_member("late"),
+            Duration::from_millis(500),
+        )
+        .is_ok()
+    });
 }

@@ -142,14 +142,17 @@ impl NioReceiver {
         let stopping = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ReceiverStats::default());
         let rc = &cfg.receiver;
-        // Each connection is in this queue at most once, so it never holds more than
-        // max_connections entries and the loop never blocks on it.
+        // Each connection is in this queue at most once, and a closed connection keeps its slot
+        // until its work is done, so the queue never holds more than max_connections entries
+        // and the loop never blocks on it.
         let (work_tx, work_rx) = crossbeam_channel::bounded::<Arc<ConnShared>>(rc.max_connections);
         let (resume_tx, resume_rx) = crossbeam_channel::bounded::<usize>(rc.max_connections);
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<usize>(rc.max_connections);
         let (recycle_tx, recycled) = crossbeam_channel::bounded::<Vec<u8>>(RECYCLED_BUFFERS);
         let ctl = Arc::new(LoopCtl {
             waker: waker.clone(),
             resume_tx,
+            release_tx,
             recycle_tx,
             stats: stats.clone(),
             board: OutcomeBoard {
@@ -178,6 +181,7 @@ impl NioReceiver {
             ready_again: VecDeque::new(),
             work_tx,
             resume_rx,
+            release_rx,
             recycled,
             stopping: stopping.clone(),
             local,
@@ -245,6 +249,8 @@ impl Drop for NioReceiver {
 struct LoopCtl {
     waker: Arc<Waker>,
     resume_tx: Sender<usize>,
+    /// Slots of closed connections whose last work a worker finished.
+    release_tx: Sender<usize>,
     recycle_tx: Sender<Vec<u8>>,
     stats: Arc<ReceiverStats>,
     board: OutcomeBoard,
@@ -302,6 +308,9 @@ struct Batch {
 struct Mailbox {
     items: VecDeque<Item>,
     scheduled: bool,
+    /// The loop closed the connection while a worker still had its work: the slot stays taken
+    /// until that worker hands it back (`LoopCtl::release_tx`).
+    closed: bool,
     bytes: usize,
     paused: bool,
     peer: Option<Arc<Member>>,
@@ -416,6 +425,7 @@ struct EventLoop {
     ready_again: VecDeque<usize>,
     work_tx: Sender<Arc<ConnShared>>,
     resume_rx: Receiver<usize>,
+    release_rx: Receiver<usize>,
     recycled: Receiver<Vec<u8>>,
     stopping: Arc<AtomicBool>,
     local: Member,
@@ -479,6 +489,9 @@ impl EventLoop {
                     WAKER => {
                         while let Ok(idx) = self.resume_rx.try_recv() {
                             self.resume(idx);
+                        }
+                        while let Ok(idx) = self.release_rx.try_recv() {
+                            self.free_slot(idx);
                         }
                     }
                     Token(t) => {
@@ -878,6 +891,18 @@ impl EventLoop {
             w.flush();
         }
         let _ = c.stream.shutdown(Shutdown::Both);
+        let mut mb = c.shared.mailbox.lock();
+        if mb.scheduled && !self.stopping.load(Ordering::SeqCst) {
+            // A worker still has this connection's work: the slot counts against
+            // max_connections until it is done, which bounds the work queue.
+            mb.closed = true;
+        } else {
+            drop(mb);
+            self.free_slot(idx);
+        }
+    }
+
+    fn free_slot(&mut self, idx: usize) {
         self.free.push(idx);
         self.open -= 1;
     }
@@ -914,6 +939,9 @@ fn worker(
                     }
                     None => {
                         mb.scheduled = false;
+                        if mb.closed && ctl.release_tx.try_send(conn.token).is_ok() {
+                            let _ = ctl.waker.wake();
+                        }
                         break;
                     }
                 }
