@@ -220,7 +220,13 @@ fn stalled_member_does_not_stall_sends_to_healthy_members() {
     let deadline = Instant::now() + LIMIT;
     let mut sent = 0u32;
     let mut queue_full = 0u32;
-    while member(&p.id).async_dropped == 0 {
+    let mut most_queued = 0u64;
+    loop {
+        let m = member(&p.id);
+        most_queued = most_queued.max(m.async_queued_bytes);
+        if m.async_dropped > 0 {
+            break;
+        }
         assert!(
             Instant::now() < deadline && sent < 100_000,
             "nothing dropped for the stalled member after {sent} messages: {:?}",
@@ -251,10 +257,16 @@ fn stalled_member_does_not_stall_sends_to_healthy_members() {
     );
     let (ms, mh) = (member(&p.id), member(&h.id));
     eprintln!(
-        "asynchronous: {} messages ({queue_full} refused QueueFull); stalled member: {} B queued, {} dropped",
+        "asynchronous: {} messages ({queue_full} refused QueueFull); stalled member: at most \
+         {most_queued} B queued, {} B at the end, {} dropped, {} written to its socket",
         n - first_async,
         ms.async_queued_bytes,
-        ms.async_dropped
+        ms.async_dropped,
+        ms.messages_sent
+    );
+    assert!(
+        most_queued <= 64 * 1024 + 8192,
+        "the stalled member's queue stayed bounded: at most {most_queued} B"
     );
     assert!(
         ms.async_queued_bytes <= 64 * 1024 + 8192,
