@@ -887,3 +887,55 @@ fn connections_replaced_while_every_worker_is_stuck_do_not_stop_the_event_loop()
         .is_ok()
     });
 }
+
+/// A member sends use-ack messages and never reads the acks: once more than 1 MiB of answers
+/// waits for it (past what the kernel buffers hold), the receiver closes the connection and
+/// counts it, instead of buffering answers without bound.
+#[test]
+fn a_peer_that_does_not_read_its_acks_is_closed() {
+    init_logs();
+    let mut cfg = ChannelConfig::loopback("receiver");
+    let cluster = cfg.cluster_name.clone();
+    cfg.receiver.max_threads = 2;
+    let r = GroupChannel::new(cfg).expect("config");
+    let inbox = collecting(&r);
+    r.start().expect("start");
+    let rx = r.receiver_stats().expect("running");
+    let closed_before = rx.connections_closed_on_error.load(SeqCst);
+    let me = raw_member("deaf");
+    let mut s = shake_hands(local(&r).addr, &cluster, &me, LIMIT).expect("handshake");
+    s.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let deadline = Instant::now() + LIMIT;
+    let mut bursts = 0u64;
+    let closed = loop {
+        assert!(
+            Instant::now() < deadline && bursts < 4096,
+            "still open after {bursts} bursts of 1024 use-ack frames"
+        );
+        // New sequence numbers in every burst: repeated ones would be dropped as duplicates.
+        let mut frames = Vec::new();
+        for i in 0..1024u64 {
+            let seq = bursts * 1024 + i + 1;
+            let body = encode_body(&Envelope {
+                sender: me.id,
+                msg_id: seq,
+                options: 2,
+                payload: b"x",
+            });
+            encode_frame(&mut frames, FrameKind::Data, FLAG_ACK, seq, &body);
+        }
+        match s.write_all(&frames) {
+            Ok(()) => bursts += 1,
+            Err(e) => break e,
+        }
+    };
+    eprintln!(
+        "closed after {bursts} bursts ({} frames, {} delivered): {closed}",
+        bursts * 1024,
+        inbox.len()
+    );
+    wait_for("the close counted", LIMIT, || {
+        rx.connections_closed_on_error.load(SeqCst) > closed_before
+    });
+}

@@ -324,6 +324,9 @@ struct ReplyWriter {
     stream: std::net::TcpStream,
     pending: Vec<u8>,
     broken: bool,
+    /// Closed because the peer left this many bytes of answers unread; the loop says so when
+    /// it sees the connection end.
+    unread: Option<usize>,
     /// On a keyed connection, once the peer proved it holds the key: seals every reply. Sealing
     /// happens here, under the writer's lock, so the nonce order is the order on the wire.
     sealer: Option<Sealer>,
@@ -371,10 +374,7 @@ impl ReplyWriter {
             self.pending.extend_from_slice(bytes);
         }
         if self.pending.len() > MAX_PENDING_REPLY {
-            warn!(
-                "Closing connection: peer does not read its acks ({} bytes pending)",
-                self.pending.len()
-            );
+            self.unread = Some(self.pending.len());
             self.broken = true;
             let _ = self.stream.shutdown(Shutdown::Both);
         }
@@ -599,6 +599,7 @@ impl EventLoop {
                 stream: writer,
                 pending: Vec::new(),
                 broken: false,
+                unread: None,
                 sealer: None,
                 sealed: Vec::new(),
             }),
@@ -651,7 +652,10 @@ impl EventLoop {
             let free = c.buf.len() - c.filled;
             match c.stream.read(&mut c.buf[c.filled..]) {
                 Ok(0) => {
-                    let reason = if c.filled > 0 {
+                    let unread = c.shared.writer.lock().unread;
+                    let reason = if let Some(n) = unread {
+                        Some(format!("peer does not read its acks ({n} bytes pending)"))
+                    } else if c.filled > 0 {
                         Some(format!(
                             "closed in the middle of a frame ({} bytes buffered)",
                             c.filled
