@@ -132,6 +132,9 @@ pub struct ReceiverConfig {
     /// Bytes read and not yet processed, per connection, above which the connection is not read
     /// until workers catch up. Default 8 MiB (at least one max frame).
     pub max_queued_bytes_per_connection: usize,
+    /// How long an accepted connection may take to complete its handshake before it is closed,
+    /// so idle or trickling strangers cannot hold `max_connections` slots. Default 10 s.
+    pub handshake_timeout: Duration,
 }
 
 /// The sender (Tomcat: `ReplicationTransmitter` + `PooledParallelSender`).
@@ -210,6 +213,7 @@ impl Default for ReceiverConfig {
             max_threads: 15,
             max_connections: 1024,
             max_queued_bytes_per_connection: 8 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -305,6 +309,11 @@ impl ChannelConfig {
             r.max_queued_bytes_per_connection >= m as usize,
             "receiver.max_queued_bytes_per_connection",
             || format!("must be at least max_frame_size ({m})"),
+        )?;
+        check(
+            !r.handshake_timeout.is_zero(),
+            "receiver.handshake_timeout",
+            || "must be > 0".into(),
         )?;
         let s = &self.sender;
         check(!s.timeout.is_zero(), "sender.timeout", || {

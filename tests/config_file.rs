@@ -771,6 +771,7 @@ const KEYS: &[&str] = &[
     "max_threads",
     "max_connections",
     "max_queued_bytes_per_connection",
+    "handshake_timeout_ms",
     "timeout_ms",
     "pool_size",
     "max_retry_attempts",

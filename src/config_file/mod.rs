@@ -822,6 +822,7 @@ impl<'s> Walker<'s> {
                     "max_threads",
                     "max_connections",
                     "max_queued_bytes_per_connection",
+                    "handshake_timeout_ms",
                 ],
             )?;
             let rc = &mut c.receiver;
@@ -856,6 +857,9 @@ impl<'s> Walker<'s> {
                 "receiver.max_queued_bytes_per_connection",
             )? {
                 rc.max_queued_bytes_per_connection = n;
+            }
+            if let Some(d) = self.ms(r, "handshake_timeout_ms", "receiver.handshake_timeout")? {
+                rc.handshake_timeout = d;
             }
         }
         if let Some((p, t)) = self.table(ch, "sender")? {

@@ -24,6 +24,14 @@ use std::time::{Duration, Instant};
 
 /// Messages taken from the queue in one go: bounded so a full queue is released in steps.
 const MAX_BATCH: usize = 4096;
+/// The least a queued message counts against `max_queue_size`, whatever its payload: its
+/// bookkeeping, so that small or empty messages cannot pile up without bound.
+const MIN_MESSAGE_COST: usize = 64;
+
+/// What a message counts against `max_queue_size`.
+fn cost(payload: usize) -> usize {
+    payload.max(MIN_MESSAGE_COST)
+}
 
 struct Queued {
     dests: Arc<[Member]>,
@@ -55,7 +63,7 @@ impl ByteQueue {
         policy: QueueFullPolicy,
         deadline: Instant,
     ) -> Result<(), ChannelError> {
-        let size = item.msg.payload.len();
+        let size = cost(item.msg.payload.len());
         let mut st = self.state.lock();
         // A message alone larger than the queue is let in when the queue is empty, so it can
         // always be sent (config validation keeps max_queue_size >= max_frame_size anyway).
@@ -171,7 +179,7 @@ impl MessageDispatchInterceptor {
         }
     }
 
-    /// Payload bytes queued or in flight.
+    /// Payload bytes queued or in flight (each message counting at least 64).
     pub fn queued_bytes(&self) -> usize {
         self.queue.state.lock().bytes
     }
@@ -186,7 +194,7 @@ fn dispatch_loop(queue: Arc<ByteQueue>, handle: StackHandle, stats: Arc<Dispatch
     while queue.pop_batch(&mut batch, pending.then_some(STALLED_RETRY)) {
         let mut bytes = 0;
         for Queued { dests, mut msg } in batch.drain(..) {
-            bytes += msg.payload.len();
+            bytes += cost(msg.payload.len());
             msg.batched = true;
             if let Err(e) = handle.send_below(&dests, msg) {
                 stats.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -291,24 +299,36 @@ mod tests {
 
     #[test]
     fn fail_policy_refuses_when_full_and_keeps_what_is_queued() {
-        let q = queue(100);
+        let q = queue(200);
         let soon = Instant::now() + Duration::from_secs(5);
-        q.push(item(60), QueueFullPolicy::Fail, soon).unwrap();
-        let e = q.push(item(60), QueueFullPolicy::Fail, soon).unwrap_err();
+        q.push(item(120), QueueFullPolicy::Fail, soon).unwrap();
+        let e = q.push(item(120), QueueFullPolicy::Fail, soon).unwrap_err();
         assert!(matches!(
             e,
             ChannelError::QueueFull {
-                queued_bytes: 60,
-                max_bytes: 100
+                queued_bytes: 120,
+                max_bytes: 200
             }
         ));
-        q.push(item(40), QueueFullPolicy::Fail, soon).unwrap();
+        q.push(item(80), QueueFullPolicy::Fail, soon).unwrap();
         let mut out = Vec::new();
         assert!(q.pop_batch(&mut out, None));
         assert_eq!(
             out.iter().map(|q| q.msg.payload.len()).collect::<Vec<_>>(),
-            [60, 40]
+            [120, 80]
         );
+    }
+
+    #[test]
+    fn empty_messages_count_their_bookkeeping() {
+        let q = queue(4096);
+        let soon = Instant::now() + Duration::from_secs(5);
+        let mut queued = 0;
+        while q.push(item(0), QueueFullPolicy::Fail, soon).is_ok() {
+            queued += 1;
+            assert!(queued <= 4096, "empty messages are never refused");
+        }
+        assert_eq!(queued, 4096 / MIN_MESSAGE_COST);
     }
 
     #[test]

@@ -496,3 +496,23 @@ fn mcast_rx(
         notify(&events, ev, Some(&st));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_event_queue_drops_and_counts() {
+        let (tx, rx) = crossbeam_channel::bounded::<Event>(2);
+        let st = MembershipStats::default();
+        for _ in 0..5 {
+            notify(&tx, Event::RoundDone, Some(&st));
+        }
+        assert_eq!(rx.len(), 2, "the queue holds its bound");
+        assert_eq!(
+            st.events_dropped.load(Ordering::Relaxed),
+            3,
+            "the rest counted"
+        );
+    }
+}

@@ -403,6 +403,12 @@ impl Lane {
                 .as_mut()
                 .ok_or_else(|| SendFailure::Io("not connected".into()))?;
             let Some(left) = remaining(deadline) else {
+                // Past the deadline, take what already arrived before giving up: a send to
+                // several members waits for their acks one after the other, and the ack of a
+                // healthy member must not be lost because a stalled one used up the time.
+                if self.read_arrived()? {
+                    continue;
+                }
                 self.disconnect();
                 return Err(SendFailure::Timeout(timeout));
             };
@@ -428,6 +434,39 @@ impl Lane {
                     self.disconnect();
                     return Err(SendFailure::Io(e.to_string()));
                 }
+            }
+        }
+    }
+
+    /// Reads, without waiting, what the socket already holds; returns whether anything came.
+    fn read_arrived(&mut self) -> Result<bool, SendFailure> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(false);
+        };
+        if self.rbuf.len() < self.rfilled + 4096 {
+            self.rbuf.resize(self.rfilled + 16 * 1024, 0);
+        }
+        if stream.set_nonblocking(true).is_err() {
+            return Ok(false);
+        }
+        let r = stream.read(&mut self.rbuf[self.rfilled..]);
+        if let Err(e) = stream.set_nonblocking(false) {
+            self.disconnect();
+            return Err(SendFailure::Io(e.to_string()));
+        }
+        match r {
+            Ok(0) => {
+                self.disconnect();
+                Err(SendFailure::Io("connection closed by member".into()))
+            }
+            Ok(n) => {
+                self.rfilled += n;
+                Ok(true)
+            }
+            Err(e) if is_wait(&e) => Ok(false),
+            Err(e) => {
+                self.disconnect();
+                Err(SendFailure::Io(e.to_string()))
             }
         }
     }

@@ -47,6 +47,10 @@ const RECYCLED_BUFFERS: usize = 32;
 const SYNC_OUTCOMES: usize = 16 * 1024;
 /// Longest a retried synchronized-ack frame waits for its original to be processed.
 const REACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// What a retried synchronized-ack frame waiting for its answer counts in its connection's
+/// mailbox: at least its frame header was read, and it holds a worker until answered. Counted so
+/// that a peer resending frames cannot grow a mailbox past its limit without bytes to show.
+const REACK_COST: usize = 64;
 /// Lanes remembered by the duplicate filter.
 const DEDUP_LANES: usize = 65536;
 /// Refused handshakes and authentication failures are logged at most once per this period
@@ -138,14 +142,17 @@ impl NioReceiver {
         let stopping = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ReceiverStats::default());
         let rc = &cfg.receiver;
-        // Each connection is in this queue at most once, so it never holds more than
-        // max_connections entries and the loop never blocks on it.
+        // Each connection is in this queue at most once, and a closed connection keeps its slot
+        // until its work is done, so the queue never holds more than max_connections entries
+        // and the loop never blocks on it.
         let (work_tx, work_rx) = crossbeam_channel::bounded::<Arc<ConnShared>>(rc.max_connections);
         let (resume_tx, resume_rx) = crossbeam_channel::bounded::<usize>(rc.max_connections);
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<usize>(rc.max_connections);
         let (recycle_tx, recycled) = crossbeam_channel::bounded::<Vec<u8>>(RECYCLED_BUFFERS);
         let ctl = Arc::new(LoopCtl {
             waker: waker.clone(),
             resume_tx,
+            release_tx,
             recycle_tx,
             stats: stats.clone(),
             board: OutcomeBoard {
@@ -174,6 +181,7 @@ impl NioReceiver {
             ready_again: VecDeque::new(),
             work_tx,
             resume_rx,
+            release_rx,
             recycled,
             stopping: stopping.clone(),
             local,
@@ -182,6 +190,8 @@ impl NioReceiver {
             selector_timeout: rc.selector_timeout,
             max_connections: rc.max_connections,
             max_queued: rc.max_queued_bytes_per_connection,
+            handshake_timeout: rc.handshake_timeout,
+            next_sweep: std::time::Instant::now() + rc.handshake_timeout,
             ctl,
             key: cfg.cluster_key.clone(),
             refusals: RateLimit {
@@ -239,6 +249,8 @@ impl Drop for NioReceiver {
 struct LoopCtl {
     waker: Arc<Waker>,
     resume_tx: Sender<usize>,
+    /// Slots of closed connections whose last work a worker finished.
+    release_tx: Sender<usize>,
     recycle_tx: Sender<Vec<u8>>,
     stats: Arc<ReceiverStats>,
     board: OutcomeBoard,
@@ -296,6 +308,9 @@ struct Batch {
 struct Mailbox {
     items: VecDeque<Item>,
     scheduled: bool,
+    /// The loop closed the connection while a worker still had its work: the slot stays taken
+    /// until that worker hands it back (`LoopCtl::release_tx`).
+    closed: bool,
     bytes: usize,
     paused: bool,
     peer: Option<Arc<Member>>,
@@ -309,6 +324,9 @@ struct ReplyWriter {
     stream: std::net::TcpStream,
     pending: Vec<u8>,
     broken: bool,
+    /// Closed because the peer left this many bytes of answers unread; the loop says so when
+    /// it sees the connection end.
+    unread: Option<usize>,
     /// On a keyed connection, once the peer proved it holds the key: seals every reply. Sealing
     /// happens here, under the writer's lock, so the nonce order is the order on the wire.
     sealer: Option<Sealer>,
@@ -356,10 +374,7 @@ impl ReplyWriter {
             self.pending.extend_from_slice(bytes);
         }
         if self.pending.len() > MAX_PENDING_REPLY {
-            warn!(
-                "Closing connection: peer does not read its acks ({} bytes pending)",
-                self.pending.len()
-            );
+            self.unread = Some(self.pending.len());
             self.broken = true;
             let _ = self.stream.shutdown(Shutdown::Both);
         }
@@ -394,6 +409,9 @@ struct Conn {
     session: RxSession,
     shared: Arc<ConnShared>,
     paused: bool,
+    /// When it was accepted: a connection still without a handshake `handshake_timeout` later
+    /// is closed.
+    accepted: std::time::Instant,
 }
 
 struct EventLoop {
@@ -407,6 +425,7 @@ struct EventLoop {
     ready_again: VecDeque<usize>,
     work_tx: Sender<Arc<ConnShared>>,
     resume_rx: Receiver<usize>,
+    release_rx: Receiver<usize>,
     recycled: Receiver<Vec<u8>>,
     stopping: Arc<AtomicBool>,
     local: Member,
@@ -415,6 +434,9 @@ struct EventLoop {
     selector_timeout: std::time::Duration,
     max_connections: usize,
     max_queued: usize,
+    handshake_timeout: std::time::Duration,
+    /// Next look for connections past their handshake deadline.
+    next_sweep: std::time::Instant,
     ctl: Arc<LoopCtl>,
     key: Option<ClusterKey>,
     refusals: RateLimit,
@@ -446,9 +468,11 @@ impl RateLimit {
 impl EventLoop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
+        // Connections past their handshake deadline are closed within half of it.
+        let sweep_every = (self.handshake_timeout / 2).max(std::time::Duration::from_millis(10));
         while !self.stopping.load(Ordering::SeqCst) {
             let timeout = if self.ready_again.is_empty() {
-                Some(self.selector_timeout)
+                Some(self.selector_timeout.min(sweep_every))
             } else {
                 Some(Default::default())
             };
@@ -465,6 +489,9 @@ impl EventLoop {
                     WAKER => {
                         while let Ok(idx) = self.resume_rx.try_recv() {
                             self.resume(idx);
+                        }
+                        while let Ok(idx) = self.release_rx.try_recv() {
+                            self.free_slot(idx);
                         }
                     }
                     Token(t) => {
@@ -485,9 +512,30 @@ impl EventLoop {
                     self.read(idx);
                 }
             }
+            let now = std::time::Instant::now();
+            if now >= self.next_sweep {
+                self.next_sweep = now + sweep_every;
+                self.close_unintroduced(now);
+            }
         }
         for idx in 0..self.conns.len() {
             self.close(idx, None);
+        }
+    }
+
+    /// Closes the connections that did not complete their handshake in time: idle or trickling
+    /// connections from strangers must not hold `max_connections` slots and read buffers.
+    fn close_unintroduced(&mut self, now: std::time::Instant) {
+        for idx in 0..self.conns.len() {
+            let late = matches!(&self.conns[idx], Some(c) if c.session.peer().is_none()
+                && now.duration_since(c.accepted) >= self.handshake_timeout);
+            if late {
+                let reason = format!(
+                    "no handshake within handshake_timeout ({:?})",
+                    self.handshake_timeout
+                );
+                self.close(idx, Some((reason, CloseKind::Refused)));
+            }
         }
     }
 
@@ -508,10 +556,12 @@ impl EventLoop {
 
     fn add_conn(&mut self, stream: TcpStream, addr: SocketAddr) {
         if self.open >= self.max_connections {
-            warn!(
-                "Refusing connection from {addr}: max_connections ({}) reached",
-                self.max_connections
-            );
+            if let Some(held) = self.refusals.allow() {
+                warn!(
+                    "Refusing connection from {addr}: max_connections ({}) reached ({held} similar refusals not logged in the last {REFUSAL_LOG_EVERY:?})",
+                    self.max_connections
+                );
+            }
             self.ctl
                 .stats
                 .connections_refused
@@ -549,6 +599,7 @@ impl EventLoop {
                 stream: writer,
                 pending: Vec::new(),
                 broken: false,
+                unread: None,
                 sealer: None,
                 sealed: Vec::new(),
             }),
@@ -560,6 +611,7 @@ impl EventLoop {
             session: RxSession::default(),
             shared,
             paused: false,
+            accepted: std::time::Instant::now(),
         });
         self.open += 1;
         self.ctl
@@ -600,7 +652,10 @@ impl EventLoop {
             let free = c.buf.len() - c.filled;
             match c.stream.read(&mut c.buf[c.filled..]) {
                 Ok(0) => {
-                    let reason = if c.filled > 0 {
+                    let unread = c.shared.writer.lock().unread;
+                    let reason = if let Some(n) = unread {
+                        Some(format!("peer does not read its acks ({n} bytes pending)"))
+                    } else if c.filled > 0 {
                         Some(format!(
                             "closed in the middle of a frame ({} bytes buffered)",
                             c.filled
@@ -726,14 +781,15 @@ impl EventLoop {
                 mb.bytes += data.len();
                 mb.items.push_back(Item::Batch(Batch { data, deliveries }));
                 schedule = true;
-                if mb.bytes > self.max_queued {
-                    mb.paused = true;
-                    c.paused = true;
-                }
             }
             if !out.reacks.is_empty() {
+                mb.bytes += out.reacks.len() * REACK_COST;
                 mb.items.push_back(Item::ReAck(out.reacks.clone()));
                 schedule = true;
+            }
+            if mb.bytes > self.max_queued {
+                mb.paused = true;
+                c.paused = true;
             }
             if out.leave {
                 if let Some(p) = mb.peer.clone() {
@@ -791,11 +847,23 @@ impl EventLoop {
             Some((reason, kind)) => {
                 let stats = &self.ctl.stats;
                 match kind {
-                    CloseKind::Error => {
+                    CloseKind::Error if c.session.peer().is_some() => {
                         warn!(
                             "Closing connection from {} ({peer}): {reason}",
                             c.shared.peer_addr
                         );
+                        stats
+                            .connections_closed_on_error
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    CloseKind::Error => {
+                        // Before a handshake anyone can cause this: rate-limited, as refusals.
+                        if let Some(held) = self.refusals.allow() {
+                            warn!(
+                                "Closing connection from {} ({peer}): {reason} ({held} similar refusals not logged in the last {REFUSAL_LOG_EVERY:?})",
+                                c.shared.peer_addr
+                            );
+                        }
                         stats
                             .connections_closed_on_error
                             .fetch_add(1, Ordering::Relaxed);
@@ -827,6 +895,18 @@ impl EventLoop {
             w.flush();
         }
         let _ = c.stream.shutdown(Shutdown::Both);
+        let mut mb = c.shared.mailbox.lock();
+        if mb.scheduled && !self.stopping.load(Ordering::SeqCst) {
+            // A worker still has this connection's work: the slot counts against
+            // max_connections until it is done, which bounds the work queue.
+            mb.closed = true;
+        } else {
+            drop(mb);
+            self.free_slot(idx);
+        }
+    }
+
+    fn free_slot(&mut self, idx: usize) {
         self.free.push(idx);
         self.open -= 1;
     }
@@ -863,6 +943,9 @@ fn worker(
                     }
                     None => {
                         mb.scheduled = false;
+                        if mb.closed && ctl.release_tx.try_send(conn.token).is_ok() {
+                            let _ = ctl.waker.wake();
+                        }
                         break;
                     }
                 }
@@ -871,16 +954,19 @@ fn worker(
                 Item::Hello(m) => handler.peer_hello(&m, key.map_or(0, |k| k.incarnation)),
                 Item::Leave(m) => handler.peer_left(&m),
                 Item::ReAck(seqs) => {
-                    let Some(key) = key else { continue };
-                    for seq in seqs {
-                        match ctl.board.wait(&key, seq) {
+                    let cost = seqs.len() * REACK_COST;
+                    if let Some(key) = key {
+                        for seq in seqs {
+                            match ctl.board.wait(&key, seq) {
                             Some(result) => sync_answer(&conn, seq, result, &mut reply),
                             None => warn!(
                                 "Retried message {seq} from {}: original still not processed after {REACK_WAIT:?}; not answered",
                                 conn.peer_addr
                             ),
                         }
+                        }
                     }
+                    release(&conn, &ctl, cost, low_water);
                 }
                 Item::Batch(batch) => {
                     if let (Some(peer), Some(key)) = (peer, key) {
@@ -899,16 +985,22 @@ fn worker(
                         // Full means enough spares already: this one is freed.
                         let _ = ctl.recycle_tx.try_send(batch.data);
                     }
-                    let mut mb = conn.mailbox.lock();
-                    mb.bytes -= len;
-                    if mb.paused && mb.bytes <= low_water {
-                        mb.paused = false;
-                        if ctl.resume_tx.try_send(conn.token).is_ok() {
-                            let _ = ctl.waker.wake();
-                        }
-                    }
+                    release(&conn, &ctl, len, low_water);
                 }
             }
+        }
+    }
+}
+
+/// A worker is done with `bytes` of the connection's mailbox: the loop reads it again once it
+/// is down to `low_water`.
+fn release(conn: &ConnShared, ctl: &LoopCtl, bytes: usize, low_water: usize) {
+    let mut mb = conn.mailbox.lock();
+    mb.bytes -= bytes;
+    if mb.paused && mb.bytes <= low_water {
+        mb.paused = false;
+        if ctl.resume_tx.try_send(conn.token).is_ok() {
+            let _ = ctl.waker.wake();
         }
     }
 }

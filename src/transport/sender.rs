@@ -17,7 +17,7 @@ use crate::wire::DataBody;
 use log::debug;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ struct MemberLink {
     counters: Arc<MemberCounters>,
     pool: Mutex<Pool>,
     freed: Condvar,
+    /// Its last synchronous send timed out (it does not read, or answers late): it is written
+    /// to and waited for after the others, so it cannot use up their time.
+    slow: AtomicBool,
 }
 
 /// A send in progress to one destination.
@@ -129,6 +132,7 @@ impl PooledParallelSender {
                     created: 0,
                 }),
                 freed: Condvar::new(),
+                slow: AtomicBool::new(false),
             })
         });
         if l.member.addr != m.addr {
@@ -141,6 +145,7 @@ impl PooledParallelSender {
                     created: 0,
                 }),
                 freed: Condvar::new(),
+                slow: AtomicBool::new(false),
             });
         }
         l.clone()
@@ -149,18 +154,30 @@ impl PooledParallelSender {
     fn checkout(&self, link: &MemberLink, deadline: Instant) -> Option<Lane> {
         let mut pool = link.pool.lock();
         loop {
-            if let Some(lane) = pool.idle.pop() {
+            if let Some(lane) = self.take_lane(&mut pool) {
                 return Some(lane);
-            }
-            if (pool.created as usize) < self.cfg.pool_size {
-                pool.created += 1;
-                // Pooled lanes are 1..=pool_size; asynchronous lanes start at ASYNC_LANES.
-                return Some(Lane::new(pool.created));
             }
             if link.freed.wait_until(&mut pool, deadline).timed_out() {
                 return None;
             }
         }
+    }
+
+    /// A free lane of the member's pool (connected or not), if one is free now.
+    fn try_checkout(&self, link: &MemberLink) -> Option<Lane> {
+        self.take_lane(&mut link.pool.lock())
+    }
+
+    fn take_lane(&self, pool: &mut Pool) -> Option<Lane> {
+        if let Some(lane) = pool.idle.pop() {
+            return Some(lane);
+        }
+        if (pool.created as usize) < self.cfg.pool_size {
+            pool.created += 1;
+            // Pooled lanes are 1..=pool_size; asynchronous lanes start at ASYNC_LANES.
+            return Some(Lane::new(pool.created));
+        }
+        None
     }
 
     fn checkin(link: &MemberLink, lane: Lane) {
@@ -232,10 +249,19 @@ impl PooledParallelSender {
         } else {
             body.hasher()
         };
+        let mut links: Vec<Arc<MemberLink>> = dests.iter().map(|m| self.link(m)).collect();
+        // Members whose last send timed out go last (a stable sort keeps the order otherwise):
+        // one that stopped reading can then block only its own write and ack wait, never the
+        // other members' (the deadline is shared by all destinations).
+        if links.iter().any(|l| l.slow.load(Ordering::Relaxed)) {
+            links.sort_by_key(|l| l.slow.load(Ordering::Relaxed));
+        }
         let mut flights: Vec<InFlight> = Vec::with_capacity(dests.len());
-        // Phase 1: write to every destination.
-        for m in dests {
-            let link = self.link(m);
+        // Phase 1: write to every destination; first on connections already open and free,
+        // then where that means waiting (for a free connection, a connect and a handshake), so
+        // a member that hangs there cannot hold up the writes to the others.
+        let mut waits = Vec::new();
+        for link in links {
             let mut f = InFlight {
                 link,
                 lane: None,
@@ -244,15 +270,26 @@ impl PooledParallelSender {
                 result: None,
                 written_at: Instant::now(),
             };
-            match self.checkout(&f.link, deadline) {
-                Some(lane) => {
-                    f.lane = Some(lane);
-                    if let Err(e) = self.write_with_retry(&mut f, None, flags, body, &crc, deadline)
-                    {
-                        f.result = Some(e);
-                    }
+            f.lane = self.try_checkout(&f.link);
+            if f.lane.as_ref().is_some_and(Lane::is_connected) {
+                if let Err(e) = self.write_with_retry(&mut f, None, flags, body, &crc, deadline) {
+                    f.result = Some(e);
                 }
-                None => f.result = Some(SendFailure::Timeout(timeout)),
+                flights.push(f);
+            } else {
+                waits.push(f);
+            }
+        }
+        for mut f in waits {
+            if f.lane.is_none() {
+                f.lane = self.checkout(&f.link, deadline);
+            }
+            if f.lane.is_some() {
+                if let Err(e) = self.write_with_retry(&mut f, None, flags, body, &crc, deadline) {
+                    f.result = Some(e);
+                }
+            } else {
+                f.result = Some(SendFailure::Timeout(timeout));
             }
             flights.push(f);
         }
@@ -268,6 +305,10 @@ impl PooledParallelSender {
         for f in flights {
             if let Some(lane) = f.lane {
                 Self::checkin(&f.link, lane);
+            }
+            let timed_out = matches!(f.result, Some(SendFailure::Timeout(_)));
+            if f.link.slow.load(Ordering::Relaxed) != timed_out {
+                f.link.slow.store(timed_out, Ordering::Relaxed);
             }
             match f.result {
                 None => {
