@@ -659,10 +659,14 @@ impl DeltaCore {
         match (&outcome, msg) {
             (_, SessionMessage::AllSessions { index, count, .. }) => {
                 // Ready once every chunk arrived (one lost on a reset leaves the transfer to
-                // time out rather than pretend it is complete).
-                self.chunks_seen.insert(*index);
-                if self.chunks_seen.len() >= *count as usize {
-                    self.ready = true;
+                // time out rather than pretend it is complete). Only while a transfer runs, and
+                // only indexes below the count: chunks from the network cannot grow the set.
+                if !self.ready && index < count {
+                    self.chunks_seen.insert(*index);
+                    if self.chunks_seen.len() >= *count as usize {
+                        self.ready = true;
+                        self.chunks_seen.clear();
+                    }
                 }
             }
             (Outcome::Applied, SessionMessage::Expired { id, .. }) => {
@@ -836,6 +840,28 @@ mod tests {
         }
         assert!(b.is_ready());
         assert_eq!(b.store().len(), 25);
+    }
+
+    #[test]
+    fn chunk_indexes_from_the_network_cannot_grow_or_fake_a_transfer() {
+        let mut b = DeltaCore::new(DeltaConfig::default(), "b");
+        let chunk = |index, count| SessionMessage::AllSessions {
+            states: Vec::new(),
+            index,
+            count,
+        };
+        // Ready: chunks are not recorded.
+        for i in 0..1000 {
+            b.handle(A, &chunk(i, u32::MAX));
+        }
+        assert!(b.chunks_seen.is_empty());
+        b.begin_state_transfer(A);
+        // An index past the count does not count.
+        b.handle(A, &chunk(5, 2));
+        b.handle(A, &chunk(0, 2));
+        assert!(!b.is_ready());
+        b.handle(A, &chunk(1, 2));
+        assert!(b.is_ready() && b.chunks_seen.is_empty());
     }
 
     #[test]
