@@ -129,6 +129,25 @@ pub fn reconcile(
     (out != *local).then_some(out)
 }
 
+/// Mergers for tests and simulations.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// An application's merge: both copies' attributes, the preferred copy's value on a clash.
+    pub(crate) struct UnionMerger;
+
+    impl SessionMerger for UnionMerger {
+        fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
+            let mut out = preferred.clone();
+            for (k, v) in &other.attributes {
+                out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            out
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,17 +170,7 @@ mod tests {
         }
     }
 
-    /// Keeps both sides' attributes; on a clash the preferred copy's value.
-    struct Union;
-    impl SessionMerger for Union {
-        fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
-            let mut out = preferred.clone();
-            for (k, v) in &other.attributes {
-                out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            out
-        }
-    }
+    use super::test_support::UnionMerger as Union;
 
     #[test]
     fn the_higher_version_wins_and_ties_go_the_same_way_from_both_sides() {

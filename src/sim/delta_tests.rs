@@ -32,6 +32,7 @@ use super::delta_node::{
 };
 use super::*;
 use crate::member::MemberId;
+use crate::session::reconcile::test_support::UnionMerger;
 use crate::session::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
 use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionId, SessionMessage, SessionState};
 use std::cell::RefCell;
@@ -1123,19 +1124,6 @@ fn a_session_created_with_an_attribute_in_one_request_never_lacks_it_on_a_replic
 }
 
 // ---- 7. partitions ----
-
-/// An application's merge: both sides' attributes, the preferred copy's value on a clash.
-pub(crate) struct UnionMerger;
-
-impl SessionMerger for UnionMerger {
-    fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
-        let mut out = preferred.clone();
-        for (k, v) in &other.attributes {
-            out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        out
-    }
-}
 
 /// What one side holds of a session at the heal.
 #[derive(Clone, Debug)]
