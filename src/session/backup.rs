@@ -17,9 +17,12 @@
 use super::delta::{Dest, Out as DeltaOut, SessionEvent};
 use super::id::{SessionId, SessionIdError};
 use super::model::{Applied, DeltaOp, Session, SessionState};
+use super::reconcile::{fingerprint, reconcile, SessionMerger, Stamp};
 use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What BackupManagers say to each other.
@@ -87,7 +90,8 @@ pub enum BackupMessage {
     /// The sender is now the session's primary (after a fetch or a failover).
     NewPrimary {
         id: SessionId,
-        version: u64,
+        /// The new primary's copy, so a primary that yields knows whether to hand its own on.
+        stamp: Stamp,
         /// The new primary's backups, in failover order. The others keep their copy until the
         /// new primary's `Drop`.
         backups: Vec<MemberId>,
@@ -101,9 +105,28 @@ pub enum BackupMessage {
         epoch: u64,
         primary: MemberId,
     },
-    /// A primary that yielded to the receiver's claim held a newer version: here it is.
-    Newer { state: SessionState },
+    /// A primary that yielded to the receiver's claim held a copy the reconciliation rule (or
+    /// the merger) may prefer (a partition let both serve it): the receiver reconciles it with
+    /// its own and copies the result to its holders. The merger is used only if both copies
+    /// changed since one of the two took the session over: a copy that did not is the other's
+    /// past, and merging it would bring back what the other removed.
+    Reconcile {
+        state: SessionState,
+        /// The (version, fingerprint) of the copy the sender took the session over with (see
+        /// `Entry::base`).
+        base: Option<(u64, u64)>,
+    },
+    /// Sent to a member that joined the sender's list: the sessions the sender serves, with
+    /// its claim and its copy's stamp (at most [`DIGEST_CHUNK`] per message). A receiver that
+    /// serves one of them under a lower claim yields to the sender (after a partition heals,
+    /// both sides may serve a session).
+    Digest {
+        entries: Vec<(SessionId, u64, Stamp)>,
+    },
 }
+
+/// Sessions per `Digest` message (each entry is under 100 bytes, a message well under 1 MiB).
+pub const DIGEST_CHUNK: usize = 1000;
 
 impl BackupMessage {
     /// The session and epoch of a message that carries its sender's claim.
@@ -176,6 +199,11 @@ pub fn placement(
     c.into_iter().take(k).map(|(_, m)| m).collect()
 }
 
+/// A copy's (version, content fingerprint).
+fn key(s: &SessionState) -> (u64, u64) {
+    (s.version, fingerprint(s))
+}
+
 /// Members remembered as once listed (see `BackupCore::seen`).
 const MAX_SEEN: usize = 4096;
 
@@ -224,6 +252,9 @@ struct Entry {
     /// deltas wait for it.
     synced: bool,
     replicated_access_ms: u64,
+    /// The (version, fingerprint) of the copy this node took the session over with, if it did
+    /// (failover, fetch): a copy met later with this content is this one's past.
+    base: Option<(u64, u64)>,
 }
 
 impl Entry {
@@ -243,6 +274,7 @@ impl Entry {
             epoch,
             synced: true,
             replicated_access_ms: 0,
+            base: None,
         }
     }
 }
@@ -296,6 +328,8 @@ pub struct BackupCore {
     claims: Bounded<Claim>,
     /// Fetches in progress: answers still awaited, and the claim of the copy taken so far.
     fetching: HashMap<SessionId, Fetching>,
+    /// The application's say on copies that diverged (see `reconcile`).
+    merger: Option<Arc<dyn SessionMerger>>,
 }
 
 impl BackupCore {
@@ -311,7 +345,13 @@ impl BackupCore {
             ended: Bounded::new(max),
             claims: Bounded::new(max),
             fetching: HashMap::new(),
+            merger: None,
         }
+    }
+
+    /// The application's merger of diverged copies (`None`: the rule of `reconcile` alone).
+    pub fn set_merger(&mut self, merger: Option<Arc<dyn SessionMerger>>) {
+        self.merger = merger;
     }
 
     fn to(m: MemberId, msg: BackupMessage) -> Out {
@@ -478,6 +518,7 @@ impl BackupCore {
             epoch: 0,
             synced: true,
             replicated_access_ms: now_ms,
+            base: None,
         };
         self.entries.insert(id.clone(), entry);
         Ok(id)
@@ -504,6 +545,7 @@ impl BackupCore {
             return Vec::new();
         };
         e.epoch = e.epoch.max(heard);
+        e.base = Some(key(e.session.state()));
         e.role = Role::Primary {
             backups: backups.clone(),
             handover: Handover {
@@ -527,7 +569,7 @@ impl BackupCore {
             dest: Dest::All,
             msg: BackupMessage::NewPrimary {
                 id: id.clone(),
-                version: state.version,
+                stamp: Stamp::of(&state),
                 backups: backups.clone(),
                 epoch,
             },
@@ -765,7 +807,7 @@ impl BackupCore {
                         } else {
                             BackupMessage::NewPrimary {
                                 id: id.clone(),
-                                version: state.version,
+                                stamp: Stamp::of(&state),
                                 backups: now.clone(),
                                 epoch: e.epoch,
                             }
@@ -778,7 +820,7 @@ impl BackupCore {
                     for b in old.iter().filter(|b| !now.contains(b) && alive(b)) {
                         let msg = BackupMessage::NewPrimary {
                             id: id.clone(),
-                            version: state.version,
+                            stamp: Stamp::of(&state),
                             backups: now.clone(),
                             epoch: e.epoch,
                         };
@@ -932,28 +974,72 @@ impl BackupCore {
                 _ => outs.extend(self.promote(&id, true)),
             }
         }
+        outs.extend(self.digests(&members_before));
         outs
     }
 
-    /// This node learns of a claim above the one its copy follows: it follows the claimant.
-    /// A primary that yields hands on a newer version it may hold, and drops the copies it
-    /// placed that the claimant does not list.
+    /// To each member not in `before`: the sessions served here, so two primaries of one
+    /// session (one on each side of a healed partition) meet; the lower claim yields.
+    fn digests(&self, before: &[MemberId]) -> Vec<Out> {
+        let added: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|m| before.binary_search(m).is_err())
+            .copied()
+            .collect();
+        if added.is_empty() {
+            return Vec::new();
+        }
+        let mut entries: Vec<(SessionId, u64, Stamp)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.role, Role::Primary { .. }) && !e.unannounced)
+            .map(|(id, e)| (id.clone(), e.epoch, Stamp::of(e.session.state())))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut outs = Vec::new();
+        for chunk in entries.chunks(DIGEST_CHUNK) {
+            for m in &added {
+                let msg = BackupMessage::Digest {
+                    entries: chunk.to_vec(),
+                };
+                outs.push(Self::to(*m, msg));
+            }
+        }
+        outs
+    }
+
+    /// This node learns of a claim above the one its copy follows: it follows the claimant
+    /// (whose copy is `theirs`). A primary that yields hands its copy on if reconciling it
+    /// could change the claimant's, and drops the copies it placed that the claimant does not
+    /// list.
     fn follow(
         &mut self,
         id: &SessionId,
         from: MemberId,
         epoch: u64,
         chosen: &[MemberId],
-        version: u64,
+        theirs: &Stamp,
+        must_hand: bool,
     ) -> Vec<Out> {
         let mut outs = Vec::new();
+        let merging = self.merger.is_some();
         let Some(e) = self.entries.get_mut(id) else {
             return outs;
         };
+        let mine = Stamp::of(e.session.state());
         if let Role::Primary { backups, handover } = &e.role {
-            if e.session.version() > version {
+            // The rule keeps the later access and, between different contents, the higher
+            // rank; a merger may use any content.
+            let differs = !mine.same_contents(theirs);
+            // `must_hand`: the claimant does not know this copy exists and must retire it.
+            let hand = must_hand
+                || (differs && (merging || mine.rank(theirs) == Ordering::Greater))
+                || mine.last_accessed_ms > theirs.last_accessed_ms;
+            if hand {
                 let state = e.session.state().clone();
-                outs.push(Self::to(from, BackupMessage::Newer { state }));
+                let base = e.base;
+                outs.push(Self::to(from, BackupMessage::Reconcile { state, base }));
             }
             let mine = backups.iter().chain(handover.retire.iter());
             for b in mine.filter(|b| **b != from && !chosen.contains(b)) {
@@ -964,7 +1050,7 @@ impl BackupCore {
                 outs.push(Self::to(*b, drop));
             }
         }
-        e.synced = e.session.version() == version;
+        e.synced = mine.same_contents(theirs);
         e.role = Role::Backup {
             primary: from,
             backups: chosen.to_vec(),
@@ -1026,6 +1112,18 @@ impl BackupCore {
                     }
                 };
                 if take {
+                    if held.is_some_and(|h| h.3) {
+                        // A primary meets a higher claim's copy (a healed partition): it hands
+                        // on its own and drops its backups before taking the copy.
+                        outs.extend(self.follow(
+                            id,
+                            from,
+                            *epoch,
+                            backups,
+                            &Stamp::of(state),
+                            false,
+                        ));
+                    }
                     let had = self.entries.contains_key(id);
                     let entry = Entry::backup(
                         Session::from_state(state.clone()),
@@ -1117,6 +1215,9 @@ impl BackupCore {
                         let ec = e.claim(local);
                         self.remember(id, ec.max(c));
                     }
+                } else if !self.entries.contains_key(id) {
+                    // A copy from a lower claim still on its way is refused when it arrives.
+                    self.remember(id, c);
                 }
             }
             BackupMessage::Expired { id, epoch } => {
@@ -1236,7 +1337,7 @@ impl BackupCore {
             }
             BackupMessage::NewPrimary {
                 id,
-                version,
+                stamp,
                 backups: chosen,
                 epoch,
             } => {
@@ -1259,7 +1360,7 @@ impl BackupCore {
                         *backups = chosen.clone();
                     }
                 } else {
-                    outs.extend(self.follow(id, from, *epoch, chosen, *version));
+                    outs.extend(self.follow(id, from, *epoch, chosen, stamp, false));
                 }
             }
             BackupMessage::Orphan {
@@ -1303,26 +1404,106 @@ impl BackupCore {
                     outs.extend(self.promote(id, true));
                 }
             }
-            BackupMessage::Newer { state } => {
-                let id = &state.id;
-                let mine = self.backups_of(id).map(<[MemberId]>::to_vec);
-                if let (Some(mine), Some(e)) = (mine, self.entries.get_mut(id)) {
-                    if e.session.version() < state.version {
-                        e.session = Session::from_state(state.clone());
-                        for b in &mine {
-                            let copy = BackupMessage::Copy {
-                                state: state.clone(),
-                                backups: mine.clone(),
-                                epoch: e.epoch,
-                                ack: false,
-                            };
-                            outs.push(Self::to(*b, copy));
-                        }
+            BackupMessage::Reconcile { state, base } => {
+                outs.extend(self.take_reconciled(from, state, *base))
+            }
+            BackupMessage::Digest { entries } => {
+                // Handled entry by entry, nothing kept: a digest is bounded by the frame size.
+                for (id, epoch, stamp) in entries {
+                    let yields = self.entries.get(id).is_some_and(|e| {
+                        matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
+                    });
+                    if yields {
+                        outs.extend(self.follow(id, from, *epoch, &[], stamp, true));
                     }
                 }
             }
         }
         (outs, events)
+    }
+
+    /// A yielding primary's copy: a primary reconciles it with its own (`reconcile`, with the
+    /// merger if set) and, if that changed its copy, copies the result to its backups and drops
+    /// every other holder once they acknowledged; a holder that is not the primary any more
+    /// passes it on to the claim it follows.
+    fn take_reconciled(
+        &mut self,
+        from: MemberId,
+        state: &SessionState,
+        their_base: Option<(u64, u64)>,
+    ) -> Vec<Out> {
+        let id = &state.id;
+        let local = self.local;
+        let pass_to = |m: MemberId| {
+            (m != local && m != from).then(|| {
+                Self::to(
+                    m,
+                    BackupMessage::Reconcile {
+                        state: state.clone(),
+                        base: their_base,
+                    },
+                )
+            })
+        };
+        let Some(e) = self.entries.get_mut(id) else {
+            return self
+                .claims
+                .get(id)
+                .and_then(|c| pass_to(c.1))
+                .into_iter()
+                .collect();
+        };
+        let Role::Primary { backups, handover } = &mut e.role else {
+            return pass_to(e.claim(local).1).into_iter().collect();
+        };
+        let epoch = e.epoch;
+        // One copy unchanged since either side took the session over is the other's past:
+        // the rule (the higher version) decides, not the merger.
+        let past = [e.base, their_base]
+            .iter()
+            .flatten()
+            .any(|b| *b == key(state) || *b == key(e.session.state()));
+        let merger = if past { None } else { self.merger.as_deref() };
+        let Some(merged) = reconcile(e.session.state(), state, merger) else {
+            // Nothing changes here; the sender still holds its copy, not one of this claim's.
+            let msg = if backups.contains(&from) {
+                BackupMessage::Copy {
+                    state: e.session.state().clone(),
+                    backups: backups.clone(),
+                    epoch,
+                    ack: false,
+                }
+            } else {
+                BackupMessage::Drop {
+                    id: id.clone(),
+                    epoch,
+                }
+            };
+            return vec![Self::to(from, msg)];
+        };
+        e.session = Session::from_state(merged);
+        // Copies of either side's state may be anywhere.
+        handover.retire_all = true;
+        if e.copy_pending {
+            // The end of the request sends the copy, with an ack.
+            return Vec::new();
+        }
+        handover.unacked = backups.clone();
+        let state = e.session.state().clone();
+        let mut outs: Vec<Out> = backups
+            .iter()
+            .map(|b| {
+                let copy = BackupMessage::Copy {
+                    state: state.clone(),
+                    backups: backups.clone(),
+                    epoch,
+                    ack: true,
+                };
+                Self::to(*b, copy)
+            })
+            .collect();
+        outs.extend(self.finish_handover(id));
+        outs
     }
 
     /// Ends a fetch: serves the best copy answered (or the one held here if better, or if
@@ -1371,7 +1552,7 @@ impl BackupCore {
             to,
             BackupMessage::NewPrimary {
                 id: id.clone(),
-                version: e.session.version(),
+                stamp: Stamp::of(e.session.state()),
                 backups: backups.clone(),
                 epoch: e.epoch,
             },
@@ -1609,5 +1790,94 @@ mod tests {
             2,
             "primary + 1 backup, old copies dropped"
         );
+    }
+
+    /// Two members that lost each other: each serves the session (the backup took over), both
+    /// change it, then they meet again.
+    fn split_and_heal(
+        a_changes: &[(&str, u8)],
+        b_changes: &[(&str, u8)],
+        merger: Option<Arc<dyn SessionMerger>>,
+    ) -> (Vec<BackupCore>, SessionId, [SessionState; 2]) {
+        let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
+        for n in nodes.iter_mut() {
+            n.set_merger(merger.clone());
+        }
+        let id = nodes[0].create(0).unwrap();
+        nodes[0].session_mut(&id).unwrap().set("u", &7u8).unwrap();
+        let outs = nodes[0].end_request(&id, 0);
+        run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        // The partition: nothing crosses it.
+        nodes[0].set_members(vec![m(1)]);
+        nodes[1].set_members(vec![m(2)]);
+        assert!(nodes[0].is_primary(&id) && nodes[1].is_primary(&id));
+        for (i, changes) in [a_changes, b_changes].into_iter().enumerate() {
+            for (k, v) in changes {
+                nodes[i].session_mut(&id).unwrap().set(k, v).unwrap();
+                nodes[i].end_request(&id, 10 + i as u64);
+            }
+        }
+        let at_heal = [0, 1].map(|i| nodes[i].session(&id).unwrap().state().clone());
+        let mut queue = Vec::new();
+        for n in nodes.iter_mut() {
+            let me = n.local;
+            queue.extend(n.set_members(vec![m(1), m(2)]).into_iter().map(|o| (me, o)));
+        }
+        run(&mut nodes, queue);
+        (nodes, id, at_heal)
+    }
+
+    /// One primary left, both members hold its copy, and it is `want`.
+    fn assert_one_copy(nodes: &[BackupCore], id: &SessionId, want: &SessionState) {
+        let primaries: Vec<_> = nodes.iter().filter(|n| n.is_primary(id)).collect();
+        assert_eq!(primaries.len(), 1);
+        for n in nodes {
+            let s = n.session(id).unwrap().state();
+            assert_eq!(
+                (s.version, &s.attributes, s.last_accessed_ms),
+                (want.version, &want.attributes, want.last_accessed_ms)
+            );
+        }
+    }
+
+    #[test]
+    fn two_primaries_that_meet_again_leave_one_with_the_rules_copy() {
+        // Higher version wins, even from the member whose claim is lower (member 1 yields).
+        let (nodes, id, [a, b]) = split_and_heal(&[("x", 1), ("x", 2)], &[("y", 3)], None);
+        assert!(a.version > b.version);
+        assert!(nodes[1].is_primary(&id), "the higher claim serves");
+        let want = reconcile(&b, &a, None).unwrap();
+        assert_eq!(want.attributes, a.attributes);
+        assert_one_copy(&nodes, &id, &want);
+        // Equal versions: the content fingerprint decides, alike whichever side computes it.
+        let (nodes, id, [a, b]) = split_and_heal(&[("x", 1)], &[("y", 3)], None);
+        assert_eq!(a.version, b.version);
+        let want = reconcile(&b, &a, None).unwrap_or(b);
+        assert_eq!(
+            Some(want.clone()),
+            reconcile(&a, &want, None).or(Some(want.clone()))
+        );
+        assert_one_copy(&nodes, &id, &want);
+    }
+
+    struct Union;
+    impl SessionMerger for Union {
+        fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
+            let mut out = preferred.clone();
+            for (k, v) in &other.attributes {
+                out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn a_merger_decides_instead_of_the_rule() {
+        let (nodes, id, [a, b]) =
+            split_and_heal(&[("x", 1), ("x", 2)], &[("y", 3)], Some(Arc::new(Union)));
+        let want = reconcile(&b, &a, Some(&Union)).unwrap();
+        assert_eq!(want.attributes.len(), 3, "u, x and y");
+        assert_eq!(want.version, a.version.max(b.version) + 1);
+        assert_one_copy(&nodes, &id, &want);
     }
 }

@@ -206,7 +206,11 @@ mod tests {
         let d = state(&id, 9, &[("ab", 1)], 77);
         assert_ne!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));
-        assert_eq!(fingerprint(&a), fingerprint(&d), "times and version do not count");
+        assert_eq!(
+            fingerprint(&a),
+            fingerprint(&d),
+            "times and version do not count"
+        );
         assert!(live_beats_end(101, 100) && !live_beats_end(100, 100));
     }
 }

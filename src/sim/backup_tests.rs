@@ -20,15 +20,18 @@
 //!   members, distinct) instead of the new id's placement, and count the extra moves it causes.
 
 use super::backup_node::{check_backup, BackupNode, BackupSimConfig, SharedWorld, World};
+use super::delta_node::show;
 use super::delta_node::{Op, Served, EPOCH_MS};
 use super::lane_node::sim_member;
 use super::*;
 use crate::member::MemberId;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
-use crate::session::{Dest, SessionId};
+use crate::session::reconcile::{fingerprint, reconcile};
+use crate::session::{Dest, SessionId, SessionMerger, SessionState, Stamp};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn ms(n: u64) -> Duration {
@@ -1368,6 +1371,284 @@ fn placement_spreads_evenly_and_moves_few_sessions_on_membership_changes() {
         worst_spread * 100.0,
         worst_move
     );
+}
+
+// ---- 6. partitions ----
+
+/// Keeps both sides' attributes; on a clash the preferred copy's value (deterministic and
+/// idempotent, as `SessionMerger` asks).
+struct Union;
+
+impl SessionMerger for Union {
+    fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
+        let mut out = preferred.clone();
+        for (k, v) in &other.attributes {
+            out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        out
+    }
+}
+
+/// What the partition runs add up to.
+#[derive(Debug, Default)]
+struct SplitTotals {
+    /// Live sessions at the heal.
+    sessions: u64,
+    /// Served on both sides at the heal.
+    both_sides: u64,
+    /// Of those, with different contents on the two sides (changed on both, or on one).
+    diverged: u64,
+    /// Of those, whose expected result is a merge neither side had.
+    merged: u64,
+    digests: u64,
+    reconciles: u64,
+}
+
+impl Cluster {
+    /// The network splits into `sides`, and each node's view becomes its side (the failure
+    /// detectors' verdict): each side fails over the sessions whose primary is on the other.
+    fn split(&mut self, sides: &[BTreeSet<NodeId>]) {
+        self.epoch += 1;
+        for (i, x) in sides.iter().enumerate() {
+            for y in &sides[i + 1..] {
+                for a in x {
+                    for b in y {
+                        self.sim.fault(Fault::Partition(*a, *b));
+                    }
+                }
+            }
+        }
+        for side in sides {
+            for n in side {
+                self.world.borrow_mut().views.insert(*n, side.clone());
+            }
+        }
+        for n in self.up() {
+            self.sim.call(n, |node, ctx| node.view_changed(ctx));
+        }
+    }
+
+    /// The partition heals: every node sees every other again (`set_members` sends digests to
+    /// the members it regained).
+    fn heal(&mut self) {
+        self.epoch += 1;
+        self.sim.fault(Fault::HealAll);
+        let all: BTreeSet<NodeId> = self.up().into_iter().collect();
+        {
+            let mut w = self.world.borrow_mut();
+            w.healing = true;
+            for n in &all {
+                w.views.insert(*n, all.clone());
+            }
+        }
+        for n in self.up() {
+            self.sim.call(n, |node, ctx| node.view_changed(ctx));
+        }
+    }
+
+    /// The one primary of `id` in `side` (`None` if it has none; fails if it has several).
+    fn primary_in(&self, side: &BTreeSet<NodeId>, id: &SessionId) -> Option<NodeId> {
+        let p: Vec<NodeId> = side
+            .iter()
+            .copied()
+            .filter(|n| self.sim.node(*n).core.is_primary(id))
+            .collect();
+        if p.len() > 1 {
+            self.sim
+                .fail(format_args!("{id} has primaries {p:?} on one side"));
+        }
+        p.first().copied()
+    }
+
+    /// One round of requests on one side of a partition: `creates` new sessions, and changes
+    /// (or reads) of `changes` of the sessions this side serves, then quiescence.
+    fn side_round(&mut self, side: &BTreeSet<NodeId>, creates: usize, changes: usize) {
+        let nodes: Vec<NodeId> = side.iter().copied().collect();
+        for _ in 0..creates {
+            let n = nodes[self.w.below(nodes.len() as u64) as usize];
+            let mut ops = self.change_ops();
+            ops.retain(|op| matches!(op, Op::Set(_)));
+            self.create_on(n, &ops);
+        }
+        let mut served: Vec<(usize, NodeId)> = self
+            .live
+            .iter()
+            .filter_map(|s| Some((*s, self.primary_in(side, &self.sessions[*s].id)?)))
+            .collect();
+        for _ in 0..changes.min(served.len()) {
+            let (s, n) = served.swap_remove(self.w.below(served.len() as u64) as usize);
+            let ops = if self.w.chance(0.2) {
+                vec![Op::Read]
+            } else {
+                self.change_ops()
+            };
+            self.serve_at(s, n, &ops, Vec::new());
+        }
+        self.settle();
+    }
+}
+
+/// 5 members, backups `k`: requests (all kinds) and quiescence; the network splits 3/2 (the
+/// sides chosen at random) and each side fails over; on both sides, rounds of requests create
+/// sessions and change or read sessions it serves (the same sessions on both sides, and
+/// others), without changes of id, ends or moves; then the partition heals. At quiescence
+/// every session is served by exactly one member, held by its placement's backups at the same
+/// version with the same attributes ([`Cluster::assert_settled`]), and its copy is the one
+/// `reconcile` (with `merger`) makes of the two sides' primary copies at the heal (or the one
+/// side's copy): same version, attributes and last access time. The merger is expected only
+/// for sessions both sides changed.
+fn partition_run(seed: u64, k: usize, merger: Option<Arc<dyn SessionMerger>>, t: &mut SplitTotals) {
+    let n = 5;
+    let mut c = Cluster::new(seed, jitter(), &cfg(k), n);
+    for m in c.up() {
+        let merger = merger.clone();
+        c.sim.call(m, |node, _| node.core.set_merger(merger));
+    }
+    let mix = Mix {
+        sessions: 300,
+        ..Mix::default()
+    };
+    let gap = (Duration::ZERO, us(100));
+    let until = c.sim.now() + ms(30);
+    c.run_workload(until, gap, &mix);
+    c.calm(ms(2), gap, &mix);
+    c.settle();
+    // Each session's copy at the split (every copy alike after quiescence).
+    let key = |s: &SessionState| (s.version, fingerprint(s));
+    let mut at_split: HashMap<SessionId, (u64, u64)> = HashMap::new();
+    for s in &c.live {
+        let id = &c.sessions[*s].id;
+        if let Some(p) = c.primaries(id).first() {
+            if let Some(s) = c.sim.node(*p).core.session(id) {
+                at_split.insert(id.clone(), key(s.state()));
+            }
+        }
+    }
+    let mut order: Vec<NodeId> = (0..n).map(NodeId).collect();
+    for i in (1..n).rev() {
+        order.swap(i, c.w.below(i as u64 + 1) as usize);
+    }
+    let sides: [BTreeSet<NodeId>; 2] = [
+        order[..3].iter().copied().collect(),
+        order[3..].iter().copied().collect(),
+    ];
+    c.split(&sides);
+    c.settle();
+    let rounds = c.w.between(2, 5);
+    for _ in 0..rounds {
+        for side in &sides {
+            let creates = c.w.between(0, 20) as usize;
+            let changes = c.w.between(10, 80) as usize;
+            c.side_round(side, creates, changes);
+        }
+    }
+    // The two sides' primary copies at the heal.
+    let mut at_heal: Vec<(SessionId, [Option<SessionState>; 2])> = Vec::new();
+    for s in c.live.clone() {
+        let id = c.sessions[s].id.clone();
+        let copies = [0, 1].map(|i| {
+            c.primary_in(&sides[i], &id)
+                .and_then(|p| c.sim.node(p).core.session(&id))
+                .map(|s| s.state().clone())
+        });
+        at_heal.push((id, copies));
+    }
+    c.heal();
+    c.settle();
+    c.world.borrow_mut().healing = false;
+    c.assert_settled();
+    let mut errors = Vec::new();
+    for (id, [a, b]) in &at_heal {
+        let want = match (a, b) {
+            (Some(a), Some(b)) => {
+                t.both_sides += 1;
+                if Stamp::of(a) != Stamp::of(b) {
+                    t.diverged += 1;
+                }
+                // The merger only if both sides changed it (see `BackupMessage::Reconcile`).
+                let past = at_split
+                    .get(id)
+                    .is_some_and(|k| key(a) == *k || key(b) == *k);
+                let m = if past { None } else { merger.as_deref() };
+                let r = reconcile(a, b, m).unwrap_or_else(|| a.clone());
+                if r.version > a.version.max(b.version) {
+                    t.merged += 1;
+                }
+                r
+            }
+            (Some(x), None) | (None, Some(x)) => x.clone(),
+            (None, None) => {
+                errors.push(format!("{id} was served on neither side at the heal"));
+                continue;
+            }
+        };
+        t.sessions += 1;
+        let got = c
+            .primaries(id)
+            .first()
+            .and_then(|p| c.sim.node(*p).core.session(id))
+            .map(|s| s.state().clone());
+        match got {
+            None => errors.push(format!("{id} is lost")),
+            Some(g) => {
+                let key = |s: &SessionState| (s.version, s.attributes.clone(), s.last_accessed_ms);
+                if key(&g) != key(&want) {
+                    errors.push(format!(
+                        "{id}: v{} {} (accessed {}), the rule makes v{} {} (accessed {}) of {:?} and {:?}",
+                        g.version,
+                        show(&g.attributes),
+                        g.last_accessed_ms,
+                        want.version,
+                        show(&want.attributes),
+                        want.last_accessed_ms,
+                        a.as_ref().map(|s| (s.version, show(&s.attributes), s.last_accessed_ms)),
+                        b.as_ref().map(|s| (s.version, show(&s.attributes), s.last_accessed_ms)),
+                    ));
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        c.sim.fail(format_args!(
+            "{} sessions not as the rule makes them, e.g.:\n  {}",
+            errors.len(),
+            errors[..errors.len().min(6)].join("\n  ")
+        ));
+    }
+    let tr = c.traffic();
+    t.digests += tr.sent("digest");
+    t.reconciles += tr.sent("reconcile");
+}
+
+/// Runs [`partition_run`] over `seeds` seeds, backups 1 and 2 alternately.
+fn partition_runs(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> SplitTotals {
+    let mut t = SplitTotals::default();
+    let start = std::time::Instant::now();
+    for_each_seed(seeds, |seed| {
+        partition_run(seed, 1 + (seed % 2) as usize, merger.clone(), &mut t);
+    });
+    eprintln!("partitions ({seeds} seeds, {:?}): {t:?}", start.elapsed());
+    t
+}
+
+/// A 3/2 split of 5 members, requests on both sides, heal: every member converges to the
+/// sessions the reconciliation rule makes (see [`partition_run`]). 200 seeds, backups 1 and 2.
+#[test]
+fn a_healed_partition_converges_to_the_rule_on_every_member() {
+    let t = partition_runs(200, None);
+    if !replaying() {
+        assert!(t.diverged > 1000 && t.both_sides > t.diverged, "{t:?}");
+    }
+}
+
+/// The same with a merger (the union of both sides' attributes): the surviving copy is the
+/// merge, at a version above both sides'.
+#[test]
+fn a_healed_partition_with_a_merger_converges_to_the_merged_sessions() {
+    let t = partition_runs(100, Some(Arc::new(Union)));
+    if !replaying() {
+        assert!(t.merged > 500, "{t:?}");
+    }
 }
 
 // ---- the bugs, each reproduced on bare cores with a chosen delivery order ----
