@@ -81,6 +81,9 @@ pub struct Acked {
     pub request: bool,
 }
 
+/// A session's attributes.
+pub type Attrs = BTreeMap<String, Vec<u8>>;
+
 /// Every state a primary made and what became of each session. Written by the nodes, read by
 /// the invariants and the tests.
 #[derive(Default)]
@@ -92,7 +95,7 @@ pub struct Oracle {
     pub forks: Vec<String>,
     /// Other states made for one (id, version) by members that did not see each other (a
     /// partition), and states a reconciliation made: a copy may be any of them.
-    pub alts: HashMap<(SessionId, u64), Vec<BTreeMap<String, Vec<u8>>>>,
+    pub alts: HashMap<(SessionId, u64), Vec<Attrs>>,
     /// Versions made again after their maker died before anyone acked them.
     pub superseded: u64,
     /// Acknowledged versions made again (an acknowledged change was lost).
