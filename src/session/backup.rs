@@ -17,7 +17,7 @@
 use super::delta::{Dest, Out as DeltaOut, SessionEvent};
 use super::id::{SessionId, SessionIdError};
 use super::model::{Applied, DeltaOp, Session, SessionState};
-use super::reconcile::{fingerprint, reconcile, SessionMerger, Stamp};
+use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger, Stamp};
 use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -65,8 +65,13 @@ pub enum BackupMessage {
     /// current backups acknowledged their copies, so a session never has fewer copies than
     /// before while it moves.
     Drop { id: SessionId, epoch: u64 },
-    /// Ended (invalidated or expired).
-    Expired { id: SessionId, epoch: u64 },
+    /// Ended (invalidated or expired). `at_ms`: the end's time, the ended copy's last access
+    /// (a copy used after it lives on: see `reconcile::live_beats_end`).
+    Expired {
+        id: SessionId,
+        epoch: u64,
+        at_ms: u64,
+    },
     /// The session's new id, and the backups of the new id's placement.
     ChangeId {
         old: SessionId,
@@ -122,6 +127,9 @@ pub enum BackupMessage {
     /// both sides may serve a session).
     Digest {
         entries: Vec<(SessionId, u64, Stamp)>,
+        /// Sessions ended here, with the end's time (sent only to a member that was listed
+        /// before: one that cannot hold copies from before the end learns nothing from it).
+        ended: Vec<(SessionId, u64)>,
     },
 }
 
@@ -136,7 +144,7 @@ impl BackupMessage {
             BackupMessage::Delta { id, epoch, .. }
             | BackupMessage::Accessed { id, epoch, .. }
             | BackupMessage::Drop { id, epoch }
-            | BackupMessage::Expired { id, epoch }
+            | BackupMessage::Expired { id, epoch, .. }
             | BackupMessage::NewPrimary { id, epoch, .. } => Some((id, *epoch)),
             BackupMessage::ChangeId { old, epoch, .. } => Some((old, *epoch)),
             _ => None,
@@ -299,6 +307,15 @@ impl<V> Bounded<V> {
         self.map.get(id)
     }
 
+    /// Forgets `id` (its place in the order is freed when it comes up).
+    fn remove(&mut self, id: &SessionId) {
+        self.map.remove(id);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&SessionId, &V)> {
+        self.map.iter()
+    }
+
     /// Inserts or replaces; a new id counts against the bound.
     fn insert(&mut self, id: &SessionId, v: V) {
         if self.map.insert(id.clone(), v).is_none() {
@@ -363,7 +380,7 @@ impl BackupCore {
 
     fn bury(&mut self, id: &SessionId, how: Tomb) {
         // An end the application decided is not weakened by a later local record.
-        if self.ended.get(id) != Some(&Tomb::Ended) {
+        if self.ended_at(id).is_none() {
             self.ended.insert(id, how);
         }
     }
@@ -372,15 +389,36 @@ impl BackupCore {
     /// primary's decision: the sender ends it too (an end, even unacknowledged, wins over a
     /// copy that survived it, so every member agrees).
     fn ended_reply(&self, id: &SessionId, to: MemberId) -> Option<Out> {
-        (self.ended.get(id) == Some(&Tomb::Ended)).then(|| {
-            Self::to(
-                to,
-                BackupMessage::Expired {
-                    id: id.clone(),
-                    epoch: u64::MAX,
-                },
-            )
-        })
+        let at_ms = self.ended_at(id)?;
+        Some(Self::to(
+            to,
+            BackupMessage::Expired {
+                id: id.clone(),
+                epoch: u64::MAX,
+                at_ms,
+            },
+        ))
+    }
+
+    /// When `id` was ended by its primary's decision, as known here.
+    fn ended_at(&self, id: &SessionId) -> Option<u64> {
+        match self.ended.get(id) {
+            Some(Tomb::Ended { at_ms }) => Some(*at_ms),
+            _ => None,
+        }
+    }
+
+    /// A regained member serves `id`, last used at `used_ms`: if that was after the end known
+    /// here (a partition: its users were on the other side), the end is forgotten, so the
+    /// copies it places are taken. Only here: elsewhere an end wins over any copy, which may be
+    /// a superseded primary's.
+    fn revive(&mut self, id: &SessionId, used_ms: u64) {
+        if self
+            .ended_at(id)
+            .is_some_and(|at| live_beats_end(used_ms, at))
+        {
+            self.ended.remove(id);
+        }
     }
 
     fn is_ended(&self, id: &SessionId) -> bool {
@@ -702,7 +740,15 @@ impl BackupCore {
             return (Vec::new(), Vec::new());
         };
         let primary = matches!(e.role, Role::Primary { .. });
-        self.bury(id, if primary { Tomb::Ended } else { Tomb::Local });
+        let at_ms = e.session.last_accessed_ms();
+        self.bury(
+            id,
+            if primary {
+                Tomb::Ended { at_ms }
+            } else {
+                Tomb::Local
+            },
+        );
         let outs = match e.role {
             Role::Primary { .. } if !e.unannounced => {
                 let epoch = e.epoch;
@@ -714,6 +760,7 @@ impl BackupCore {
                             BackupMessage::Expired {
                                 id: id.clone(),
                                 epoch,
+                                at_ms,
                             },
                         )
                     })
@@ -886,7 +933,7 @@ impl BackupCore {
     /// Why `fetch(id)` asks nobody, if it does not.
     pub fn not_fetched(&self, id: &SessionId) -> Option<&'static str> {
         match self.ended.get(id) {
-            Some(Tomb::Ended) => Some("it ended"),
+            Some(Tomb::Ended { .. }) => Some("it ended"),
             Some(Tomb::Local) => Some("its copy expired here"),
             Some(Tomb::Renamed) => Some("its id was changed"),
             None if self.members.is_empty() => Some("no other member is known"),
@@ -918,6 +965,11 @@ impl BackupCore {
         if self.seen.len() > MAX_SEEN {
             self.seen.clear();
         }
+        let regained: Vec<MemberId> = members
+            .iter()
+            .filter(|m| self.seen.contains(m) && self.members.binary_search(m).is_err())
+            .copied()
+            .collect();
         self.seen.extend(members.iter().copied());
         let members_before = std::mem::replace(&mut self.members, members);
         let mut outs = Vec::new();
@@ -974,13 +1026,16 @@ impl BackupCore {
                 _ => outs.extend(self.promote(&id, true)),
             }
         }
-        outs.extend(self.digests(&members_before));
-        outs
+        // Digests first: on each connection they reach a regained member before the copies
+        // re-placement sends it (which it takes only once it forgot an end they outlived).
+        let mut digests = self.digests(&members_before, &regained);
+        digests.extend(outs);
+        digests
     }
 
     /// To each member not in `before`: the sessions served here, so two primaries of one
     /// session (one on each side of a healed partition) meet; the lower claim yields.
-    fn digests(&self, before: &[MemberId]) -> Vec<Out> {
+    fn digests(&self, before: &[MemberId], regained: &[MemberId]) -> Vec<Out> {
         let added: Vec<MemberId> = self
             .members
             .iter()
@@ -1002,6 +1057,28 @@ impl BackupCore {
             for m in &added {
                 let msg = BackupMessage::Digest {
                     entries: chunk.to_vec(),
+                    ended: Vec::new(),
+                };
+                outs.push(Self::to(*m, msg));
+            }
+        }
+        if regained.is_empty() {
+            return outs;
+        }
+        let mut ended: Vec<(SessionId, u64)> = self
+            .ended
+            .iter()
+            .filter_map(|(id, t)| match t {
+                Tomb::Ended { at_ms } => Some((id.clone(), *at_ms)),
+                _ => None,
+            })
+            .collect();
+        ended.sort();
+        for chunk in ended.chunks(DIGEST_CHUNK) {
+            for m in regained {
+                let msg = BackupMessage::Digest {
+                    entries: Vec::new(),
+                    ended: chunk.to_vec(),
                 };
                 outs.push(Self::to(*m, msg));
             }
@@ -1220,7 +1297,7 @@ impl BackupCore {
                     self.remember(id, c);
                 }
             }
-            BackupMessage::Expired { id, epoch } => {
+            BackupMessage::Expired { id, epoch, at_ms } => {
                 let c = (*epoch, from);
                 if self.entries.get(id).is_some_and(|e| e.claim(local) > c) {
                     return (outs, events);
@@ -1235,7 +1312,7 @@ impl BackupCore {
                 if self.entries.remove(id).is_some() {
                     events.push(SessionEvent::Destroyed(id.clone()));
                 }
-                self.bury(id, Tomb::Ended);
+                self.bury(id, Tomb::Ended { at_ms: *at_ms });
             }
             BackupMessage::ChangeId {
                 old,
@@ -1407,9 +1484,21 @@ impl BackupCore {
             BackupMessage::Reconcile { state, base } => {
                 outs.extend(self.take_reconciled(from, state, *base))
             }
-            BackupMessage::Digest { entries } => {
+            BackupMessage::Digest { entries, ended } => {
                 // Handled entry by entry, nothing kept: a digest is bounded by the frame size.
+                for (id, at_ms) in ended {
+                    let ends = self.entries.get(id).is_some_and(|e| {
+                        matches!(e.role, Role::Primary { .. })
+                            && !live_beats_end(e.session.last_accessed_ms(), *at_ms)
+                    });
+                    if ends {
+                        let (o, ev) = self.invalidate(id);
+                        outs.extend(o);
+                        events.extend(ev);
+                    }
+                }
                 for (id, epoch, stamp) in entries {
+                    self.revive(id, stamp.last_accessed_ms);
                     let yields = self.entries.get(id).is_some_and(|e| {
                         matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
                     });
@@ -1587,8 +1676,9 @@ impl BackupCore {
 /// Why an id is remembered as gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tomb {
-    /// Invalidated or expired by its primary (here, or told so).
-    Ended,
+    /// Invalidated or expired by its primary (here, or told so), at `at_ms` (the ended copy's
+    /// last access).
+    Ended { at_ms: u64 },
     /// A backup copy expired here on its own (the primary may still serve it).
     Local,
     /// Renamed: the session lives on under its new id.

@@ -329,7 +329,11 @@ fn ids_of(msg: &BackupMessage) -> Vec<SessionId> {
         BackupMessage::Copy { state, .. }
         | BackupMessage::Orphan { state, .. }
         | BackupMessage::Reconcile { state, .. } => vec![state.id.clone()],
-        BackupMessage::Digest { entries } => entries.iter().map(|e| e.0.clone()).collect(),
+        BackupMessage::Digest { entries, ended } => entries
+            .iter()
+            .map(|e| e.0.clone())
+            .chain(ended.iter().map(|e| e.0.clone()))
+            .collect(),
         BackupMessage::Delta { id, .. }
         | BackupMessage::Accessed { id, .. }
         | BackupMessage::Drop { id, .. }
@@ -980,7 +984,8 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 let Some((version, attrs)) = node.copy(id) else {
                     continue;
                 };
-                if ended.ended(n, *life, id) {
+                // After a partition, a copy used after an end on the other side lives on.
+                if ended.ended(n, *life, id) && !w.healing {
                     return Err(format!(
                         "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
                     ));

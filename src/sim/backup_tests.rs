@@ -26,7 +26,7 @@ use super::lane_node::sim_member;
 use super::*;
 use crate::member::MemberId;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
-use crate::session::reconcile::{fingerprint, reconcile};
+use crate::session::reconcile::{fingerprint, live_beats_end, reconcile};
 use crate::session::{Dest, SessionId, SessionMerger, SessionState, Stamp};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1400,6 +1400,10 @@ struct SplitTotals {
     diverged: u64,
     /// Of those, whose expected result is a merge neither side had.
     merged: u64,
+    /// Ended on one side, served on the other.
+    ended_one_side: u64,
+    /// Of those, used after the end on the live side (the session lives on).
+    revived: u64,
     digests: u64,
     reconciles: u64,
 }
@@ -1460,9 +1464,17 @@ impl Cluster {
         p.first().copied()
     }
 
-    /// One round of requests on one side of a partition: `creates` new sessions, and changes
-    /// (or reads) of `changes` of the sessions this side serves, then quiescence.
-    fn side_round(&mut self, side: &BTreeSet<NodeId>, creates: usize, changes: usize) {
+    /// One round of requests on one side of a partition: `creates` new sessions, and changes,
+    /// reads or (one in `end_one_in`) invalidations of `changes` of the sessions this side
+    /// serves, then quiescence. Returns the sessions ended, with the end's time (the ended
+    /// copy's last access).
+    fn side_round(
+        &mut self,
+        side: &BTreeSet<NodeId>,
+        creates: usize,
+        changes: usize,
+        end_one_in: u64,
+    ) -> Vec<(SessionId, u64)> {
         let nodes: Vec<NodeId> = side.iter().copied().collect();
         for _ in 0..creates {
             let n = nodes[self.w.below(nodes.len() as u64) as usize];
@@ -1470,14 +1482,24 @@ impl Cluster {
             ops.retain(|op| matches!(op, Op::Set(_)));
             self.create_on(n, &ops);
         }
-        let mut served: Vec<(usize, NodeId)> = self
-            .live
-            .iter()
-            .filter_map(|s| Some((*s, self.primary_in(side, &self.sessions[*s].id)?)))
+        // Every session this side serves, even one the other side ended.
+        let mut served: Vec<(usize, NodeId)> = (0..self.sessions.len())
+            .filter_map(|s| Some((s, self.primary_in(side, &self.sessions[s].id)?)))
             .collect();
+        let mut ended = Vec::new();
         for _ in 0..changes.min(served.len()) {
             let (s, n) = served.swap_remove(self.w.below(served.len() as u64) as usize);
-            let ops = if self.w.chance(0.2) {
+            let ops = if end_one_in > 0 && self.w.below(end_one_in) == 0 {
+                let id = &self.sessions[s].id;
+                let at = self
+                    .sim
+                    .node(n)
+                    .core
+                    .session(id)
+                    .map(|x| x.last_accessed_ms());
+                ended.push((id.clone(), at.unwrap_or(0)));
+                vec![Op::Invalidate]
+            } else if self.w.chance(0.2) {
                 vec![Op::Read]
             } else {
                 self.change_ops()
@@ -1485,19 +1507,28 @@ impl Cluster {
             self.serve_at(s, n, &ops, Vec::new());
         }
         self.settle();
+        ended
     }
 }
 
 /// 5 members, backups `k`: requests (all kinds) and quiescence; the network splits 3/2 (the
 /// sides chosen at random) and each side fails over; on both sides, rounds of requests create
-/// sessions and change or read sessions it serves (the same sessions on both sides, and
-/// others), without changes of id, ends or moves; then the partition heals. At quiescence
-/// every session is served by exactly one member, held by its placement's backups at the same
-/// version with the same attributes ([`Cluster::assert_settled`]), and its copy is the one
-/// `reconcile` (with `merger`) makes of the two sides' primary copies at the heal (or the one
-/// side's copy): same version, attributes and last access time. The merger is expected only
-/// for sessions both sides changed.
-fn partition_run(seed: u64, k: usize, merger: Option<Arc<dyn SessionMerger>>, t: &mut SplitTotals) {
+/// sessions and change, read or invalidate sessions it serves (the same sessions on both
+/// sides, and others), without changes of id or moves; then the partition heals. At
+/// quiescence every session is served by exactly one member, held by its placement's backups
+/// at the same version with the same attributes ([`Cluster::assert_settled`]), and it is what
+/// the rule makes of the two sides' primary copies at the heal: `reconcile` (with `merger`) of
+/// two live copies (same version, attributes and last access time), the one side's copy, or,
+/// for a session ended on one side, the other side's copy if it was used after the end
+/// (`live_beats_end`) and nothing otherwise. The merger is expected only for sessions both
+/// sides changed.
+fn partition_run(
+    seed: u64,
+    k: usize,
+    merger: Option<Arc<dyn SessionMerger>>,
+    end_one_in: u64,
+    t: &mut SplitTotals,
+) {
     let n = 5;
     let mut c = Cluster::new(seed, jitter(), &cfg(k), n);
     for m in c.up() {
@@ -1535,32 +1566,41 @@ fn partition_run(seed: u64, k: usize, merger: Option<Arc<dyn SessionMerger>>, t:
     c.split(&sides);
     c.settle();
     let rounds = c.w.between(2, 5);
+    let mut ended: [HashMap<SessionId, u64>; 2] = Default::default();
     for _ in 0..rounds {
-        for side in &sides {
+        for (i, side) in sides.iter().enumerate() {
             let creates = c.w.between(0, 20) as usize;
             let changes = c.w.between(10, 80) as usize;
-            c.side_round(side, creates, changes);
+            ended[i].extend(c.side_round(side, creates, changes, end_one_in));
         }
     }
-    // The two sides' primary copies at the heal.
-    let mut at_heal: Vec<(SessionId, [Option<SessionState>; 2])> = Vec::new();
-    for s in c.live.clone() {
+    // What each side has of each session at the heal.
+    let mut at_heal: Vec<(usize, [Side; 2])> = Vec::new();
+    for s in 0..c.sessions.len() {
         let id = c.sessions[s].id.clone();
-        let copies = [0, 1].map(|i| {
-            c.primary_in(&sides[i], &id)
+        let sides = [0, 1].map(|i| {
+            let copy = c
+                .primary_in(&sides[i], &id)
                 .and_then(|p| c.sim.node(p).core.session(&id))
-                .map(|s| s.state().clone())
+                .map(|s| s.state().clone());
+            match (copy, ended[i].get(&id)) {
+                (Some(s), _) => Side::Live(s),
+                (None, Some(at)) => Side::Ended(*at),
+                (None, None) => Side::Nothing,
+            }
         });
-        at_heal.push((id, copies));
+        if !matches!(sides, [Side::Nothing, Side::Nothing]) {
+            at_heal.push((s, sides));
+        }
     }
     c.heal();
     c.settle();
     c.world.borrow_mut().healing = false;
-    c.assert_settled();
     let mut errors = Vec::new();
-    for (id, [a, b]) in &at_heal {
+    for (s, [a, b]) in &at_heal {
+        let id = &c.sessions[*s].id;
         let want = match (a, b) {
-            (Some(a), Some(b)) => {
+            (Side::Live(a), Side::Live(b)) => {
                 t.both_sides += 1;
                 if Stamp::of(a) != Stamp::of(b) {
                     t.diverged += 1;
@@ -1574,13 +1614,16 @@ fn partition_run(seed: u64, k: usize, merger: Option<Arc<dyn SessionMerger>>, t:
                 if r.version > a.version.max(b.version) {
                     t.merged += 1;
                 }
-                r
+                Some(r)
             }
-            (Some(x), None) | (None, Some(x)) => x.clone(),
-            (None, None) => {
-                errors.push(format!("{id} was served on neither side at the heal"));
-                continue;
+            (Side::Live(x), Side::Ended(at)) | (Side::Ended(at), Side::Live(x)) => {
+                t.ended_one_side += 1;
+                let lives = live_beats_end(x.last_accessed_ms, *at);
+                t.revived += u64::from(lives);
+                lives.then(|| x.clone())
             }
+            (Side::Live(x), Side::Nothing) | (Side::Nothing, Side::Live(x)) => Some(x.clone()),
+            _ => None,
         };
         t.sessions += 1;
         let got = c
@@ -1588,22 +1631,60 @@ fn partition_run(seed: u64, k: usize, merger: Option<Arc<dyn SessionMerger>>, t:
             .first()
             .and_then(|p| c.sim.node(*p).core.session(id))
             .map(|s| s.state().clone());
-        match got {
-            None => errors.push(format!("{id} is lost")),
-            Some(g) => {
+        let brief = |x: &Side| match x {
+            Side::Live(s) => format!(
+                "v{} {} (accessed {})",
+                s.version,
+                show(&s.attributes),
+                s.last_accessed_ms
+            ),
+            Side::Ended(at) => format!("ended at {at}"),
+            Side::Nothing => "nothing".to_string(),
+        };
+        match (got, want) {
+            (None, None) => {
+                if let Some(n) = c
+                    .up()
+                    .into_iter()
+                    .find(|n| c.sim.node(*n).core.session(id).is_some())
+                {
+                    errors.push(format!("{id} ended by the rule, still held by {n}"));
+                }
+            }
+            (Some(g), None) => errors.push(format!(
+                "{id} should have ended ({} and {}), is v{}",
+                brief(a),
+                brief(b),
+                g.version
+            )),
+            (None, Some(_)) => errors.push(format!("{id} is lost ({} and {})", brief(a), brief(b))),
+            (Some(g), Some(want)) => {
                 let key = |s: &SessionState| (s.version, s.attributes.clone(), s.last_accessed_ms);
                 if key(&g) != key(&want) {
                     errors.push(format!(
-                        "{id}: v{} {} (accessed {}), the rule makes v{} {} (accessed {}) of {:?} and {:?}",
+                        "{id}: v{} {} (accessed {}), the rule makes v{} {} (accessed {}) of {} and {}",
                         g.version,
                         show(&g.attributes),
                         g.last_accessed_ms,
                         want.version,
                         show(&want.attributes),
                         want.last_accessed_ms,
-                        a.as_ref().map(|s| (s.version, show(&s.attributes), s.last_accessed_ms)),
-                        b.as_ref().map(|s| (s.version, show(&s.attributes), s.last_accessed_ms)),
+                        brief(a),
+                        brief(b),
                     ));
+                }
+                // An end the rule overrode: the session lives on for its user, as the other
+                // side had it (what the ended side acknowledged before its end is gone).
+                let root = c.sessions[*s].root.clone();
+                if matches!((a, b), (Side::Ended(_), _) | (_, Side::Ended(_))) {
+                    let mut w = c.world.borrow_mut();
+                    w.oracle.end_acked.remove(&root);
+                    w.oracle.ended.remove(id);
+                    w.oracle.acked_version.insert(root, g.version);
+                }
+                if c.sessions[*s].fate == Fate::Ended {
+                    c.sessions[*s].fate = Fate::Live;
+                    c.live.push(*s);
                 }
             }
         }
@@ -1615,17 +1696,33 @@ fn partition_run(seed: u64, k: usize, merger: Option<Arc<dyn SessionMerger>>, t:
             errors[..errors.len().min(6)].join("\n  ")
         ));
     }
+    c.assert_settled();
     let tr = c.traffic();
     t.digests += tr.sent("digest");
     t.reconciles += tr.sent("reconcile");
 }
 
+/// A session at the heal, on one side.
+enum Side {
+    /// Served there: its primary's copy.
+    Live(SessionState),
+    /// Ended there (invalidated), at this time.
+    Ended(u64),
+    Nothing,
+}
+
 /// Runs [`partition_run`] over `seeds` seeds, backups 1 and 2 alternately.
-fn partition_runs(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> SplitTotals {
+/// One change in `end_one_in` on each side is an invalidation (0: none).
+fn partition_runs(
+    seeds: u64,
+    merger: Option<Arc<dyn SessionMerger>>,
+    end_one_in: u64,
+) -> SplitTotals {
     let mut t = SplitTotals::default();
     let start = std::time::Instant::now();
     for_each_seed(seeds, |seed| {
-        partition_run(seed, 1 + (seed % 2) as usize, merger.clone(), &mut t);
+        let k = 1 + (seed % 2) as usize;
+        partition_run(seed, k, merger.clone(), end_one_in, &mut t);
     });
     eprintln!("partitions ({seeds} seeds, {:?}): {t:?}", start.elapsed());
     t
@@ -1635,9 +1732,10 @@ fn partition_runs(seeds: u64, merger: Option<Arc<dyn SessionMerger>>) -> SplitTo
 /// sessions the reconciliation rule makes (see [`partition_run`]). 200 seeds, backups 1 and 2.
 #[test]
 fn a_healed_partition_converges_to_the_rule_on_every_member() {
-    let t = partition_runs(200, None);
+    let t = partition_runs(200, None, 10);
     if !replaying() {
         assert!(t.diverged > 1000 && t.both_sides > t.diverged, "{t:?}");
+        assert!(t.revived > 100 && t.ended_one_side > t.revived, "{t:?}");
     }
 }
 
@@ -1645,7 +1743,7 @@ fn a_healed_partition_converges_to_the_rule_on_every_member() {
 /// merge, at a version above both sides'.
 #[test]
 fn a_healed_partition_with_a_merger_converges_to_the_merged_sessions() {
-    let t = partition_runs(100, Some(Arc::new(Union)));
+    let t = partition_runs(100, Some(Arc::new(Union)), 0);
     if !replaying() {
         assert!(t.merged > 500, "{t:?}");
     }
