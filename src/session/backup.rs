@@ -1970,4 +1970,49 @@ mod tests {
         assert_eq!(want.version, a.version.max(b.version) + 1);
         assert_one_copy(&nodes, &id, &want);
     }
+
+    #[test]
+    fn an_end_on_one_side_loses_only_to_a_copy_used_after_it() {
+        for used_after in [true, false] {
+            let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
+            let id = nodes[0].create(0).unwrap();
+            let outs = nodes[0].end_request(&id, 0);
+            run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+            nodes[0].set_members(vec![m(1)]);
+            nodes[1].set_members(vec![m(2)]);
+            // Member 1 uses it at 10 and ends it (the end's time is 10).
+            nodes[0].session_mut(&id).unwrap().set("x", &1u8).unwrap();
+            nodes[0].end_request(&id, 10);
+            nodes[0].invalidate(&id);
+            if used_after {
+                nodes[1].session_mut(&id).unwrap().set("y", &2u8).unwrap();
+                nodes[1].end_request(&id, 20);
+            }
+            // In sending order: on each connection the digest comes before the copies.
+            let mut queue = VecDeque::new();
+            for n in nodes.iter_mut() {
+                let me = n.local;
+                queue.extend(n.set_members(vec![m(1), m(2)]).into_iter().map(|o| (me, o)));
+            }
+            while let Some((from, out)) = queue.pop_front() {
+                let to = |n: &BackupCore| match out.dest {
+                    Dest::Member(t) => n.local == t,
+                    Dest::All => n.local != from,
+                };
+                for n in nodes.iter_mut().filter(|n| to(n)) {
+                    let me = n.local;
+                    let (outs, _) = n.handle(from, &out.msg);
+                    queue.extend(outs.into_iter().map(|o| (me, o)));
+                }
+            }
+            let held: Vec<_> = nodes.iter().filter_map(|n| n.session(&id)).collect();
+            if used_after {
+                assert_eq!(held.len(), 2, "the copy used after the end lives, on both");
+                assert!(held.iter().all(|s| s.get::<u8>("y").unwrap() == Some(2)));
+                assert_eq!(nodes.iter().filter(|n| n.is_primary(&id)).count(), 1);
+            } else {
+                assert!(held.is_empty(), "the end wins over a copy not used since");
+            }
+        }
+    }
 }
