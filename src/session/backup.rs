@@ -1971,6 +1971,27 @@ mod tests {
         assert_one_copy(&nodes, &id, &want);
     }
 
+    /// Members 1 and 2 see each other again; messages are delivered in sending order (on each
+    /// connection a digest comes before the copies sent after it).
+    fn heal_in_order(nodes: &mut [BackupCore]) {
+        let mut queue = VecDeque::new();
+        for n in nodes.iter_mut() {
+            let me = n.local;
+            queue.extend(n.set_members(vec![m(1), m(2)]).into_iter().map(|o| (me, o)));
+        }
+        while let Some((from, out)) = queue.pop_front() {
+            let to = |n: &BackupCore| match out.dest {
+                Dest::Member(t) => n.local == t,
+                Dest::All => n.local != from,
+            };
+            for n in nodes.iter_mut().filter(|n| to(n)) {
+                let me = n.local;
+                let (outs, _) = n.handle(from, &out.msg);
+                queue.extend(outs.into_iter().map(|o| (me, o)));
+            }
+        }
+    }
+
     #[test]
     fn an_end_on_one_side_loses_only_to_a_copy_used_after_it() {
         for used_after in [true, false] {
@@ -1988,23 +2009,7 @@ mod tests {
                 nodes[1].session_mut(&id).unwrap().set("y", &2u8).unwrap();
                 nodes[1].end_request(&id, 20);
             }
-            // In sending order: on each connection the digest comes before the copies.
-            let mut queue = VecDeque::new();
-            for n in nodes.iter_mut() {
-                let me = n.local;
-                queue.extend(n.set_members(vec![m(1), m(2)]).into_iter().map(|o| (me, o)));
-            }
-            while let Some((from, out)) = queue.pop_front() {
-                let to = |n: &BackupCore| match out.dest {
-                    Dest::Member(t) => n.local == t,
-                    Dest::All => n.local != from,
-                };
-                for n in nodes.iter_mut().filter(|n| to(n)) {
-                    let me = n.local;
-                    let (outs, _) = n.handle(from, &out.msg);
-                    queue.extend(outs.into_iter().map(|o| (me, o)));
-                }
-            }
+            heal_in_order(&mut nodes);
             let held: Vec<_> = nodes.iter().filter_map(|n| n.session(&id)).collect();
             if used_after {
                 assert_eq!(held.len(), 2, "the copy used after the end lives, on both");
@@ -2014,5 +2019,27 @@ mod tests {
                 assert!(held.is_empty(), "the end wins over a copy not used since");
             }
         }
+    }
+
+    /// The case the rule's end time is for: the session expires on one side only because its
+    /// users were on the other.
+    #[test]
+    fn a_session_that_expired_on_one_side_while_used_on_the_other_lives_on() {
+        let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
+        let id = nodes[0].create(0).unwrap();
+        let outs = nodes[0].end_request(&id, 0);
+        run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        nodes[0].set_members(vec![m(1)]);
+        nodes[1].set_members(vec![m(2)]);
+        nodes[1].session_mut(&id).unwrap().set("y", &2u8).unwrap();
+        nodes[1].end_request(&id, 1_000_000);
+        // 30 minutes idle on member 1: its reaper ends it (at its last access, 0).
+        let (outs, _) = nodes[0].expire(1_800_001);
+        assert!(nodes[0].session(&id).is_none() && outs.is_empty());
+        heal_in_order(&mut nodes);
+        for n in &nodes {
+            assert_eq!(n.session(&id).unwrap().get::<u8>("y").unwrap(), Some(2));
+        }
+        assert!(nodes[1].is_primary(&id) && !nodes[0].is_primary(&id));
     }
 }
