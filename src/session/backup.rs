@@ -1179,8 +1179,18 @@ impl BackupCore {
                     None => !self.superseded(id, c),
                     Some((ec, _, _, true)) => {
                         if c < ec {
-                            // A superseded primary: tell it who serves the session now.
+                            // A superseded primary: tell it who serves the session now. Its
+                            // copy outside this placement is then dropped (the Drop follows the
+                            // NewPrimary on the connection): after a partition nothing else
+                            // would retire it.
                             outs.extend(self.announce_to(id, from));
+                            if !self.backups_of(id).is_some_and(|b| b.contains(&from)) {
+                                let drop = BackupMessage::Drop {
+                                    id: id.clone(),
+                                    epoch: ec.0,
+                                };
+                                outs.push(Self::to(from, drop));
+                            }
                         }
                         c > ec
                     }
@@ -1979,6 +1989,12 @@ mod tests {
             let me = n.local;
             queue.extend(n.set_members(vec![m(1), m(2)]).into_iter().map(|o| (me, o)));
         }
+        run_in_order(nodes, queue);
+    }
+
+    /// Delivers messages until quiet, in sending order (FIFO on each connection, as the
+    /// transport is).
+    fn run_in_order(nodes: &mut [BackupCore], mut queue: VecDeque<(MemberId, Out)>) {
         while let Some((from, out)) = queue.pop_front() {
             let to = |n: &BackupCore| match out.dest {
                 Dest::Member(t) => n.local == t,
@@ -2041,5 +2057,104 @@ mod tests {
             assert_eq!(n.session(&id).unwrap().get::<u8>("y").unwrap(), Some(2));
         }
         assert!(nodes[1].is_primary(&id) && !nodes[0].is_primary(&id));
+    }
+
+    /// Both sides served the session and neither changed it; the lower claim learns of the
+    /// higher one from a `NewPrimary` before the digest (messages delivered last sent first).
+    /// No copy stays outside the primary's placement.
+    #[test]
+    fn a_primary_that_yields_with_the_same_copy_keeps_no_stray_copy() {
+        for _ in 0..50 {
+            let all = [1u8, 2, 3];
+            let mut nodes: Vec<BackupCore> = all.iter().map(|n| node(*n, &all, 1)).collect();
+            let id = nodes[0].create(0).unwrap();
+            let outs = nodes[0].end_request(&id, 0);
+            run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+            // Member 1 alone on one side; the other side takes the session over if it holds it.
+            nodes[0].set_members(vec![m(1)]);
+            let mut queue = Vec::new();
+            for n in nodes[1..].iter_mut() {
+                let me = n.local;
+                queue.extend(n.set_members(vec![m(2), m(3)]).into_iter().map(|o| (me, o)));
+            }
+            run(&mut nodes[1..], queue);
+            let mut queue = Vec::new();
+            for n in nodes.iter_mut() {
+                let me = n.local;
+                queue.extend(
+                    n.set_members(vec![m(1), m(2), m(3)])
+                        .into_iter()
+                        .map(|o| (me, o)),
+                );
+            }
+            run(&mut nodes, queue);
+            let p: Vec<&BackupCore> = nodes.iter().filter(|n| n.is_primary(&id)).collect();
+            let [p] = p[..] else {
+                panic!("{} primaries", p.len())
+            };
+            let backups = p.backups_of(&id).unwrap().to_vec();
+            for n in &nodes {
+                if n.session(&id).is_some() {
+                    assert!(
+                        n.local == p.local || backups.contains(&n.local),
+                        "stray copy"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The lower claim's member sees the other side again first: its re-placement copy reaches
+    /// the higher claim's primary before that one's digest goes out, so it yields on the
+    /// `NewPrimary` answer, with the same copy. No copy stays outside the primary's placement.
+    #[test]
+    fn a_primary_that_yields_before_the_others_digest_keeps_no_stray_copy() {
+        // The stray copy needs the winner's placement to leave member 1 out: half the ids.
+        for _ in 0..40 {
+            yields_before_the_others_digest();
+        }
+    }
+
+    fn yields_before_the_others_digest() {
+        let all = [1u8, 2, 3];
+        let mut nodes: Vec<BackupCore> = all.iter().map(|n| node(*n, &all, 1)).collect();
+        let id = nodes[0].create(0).unwrap();
+        let outs = nodes[0].end_request(&id, 0);
+        run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        nodes[0].set_members(vec![m(1)]);
+        let mut queue = Vec::new();
+        for n in nodes[1..].iter_mut() {
+            let me = n.local;
+            queue.extend(n.set_members(vec![m(2), m(3)]).into_iter().map(|o| (me, o)));
+        }
+        run(&mut nodes[1..], queue);
+        assert_eq!(nodes.iter().filter(|n| n.is_primary(&id)).count(), 2);
+        // Member 1 first, and its messages delivered before the others notice it.
+        let outs = nodes[0].set_members(vec![m(1), m(2), m(3)]);
+        run_in_order(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        let mut queue = VecDeque::new();
+        for n in nodes[1..].iter_mut() {
+            let me = n.local;
+            queue.extend(
+                n.set_members(vec![m(1), m(2), m(3)])
+                    .into_iter()
+                    .map(|o| (me, o)),
+            );
+        }
+        run_in_order(&mut nodes, queue);
+        let p: Vec<&BackupCore> = nodes.iter().filter(|n| n.is_primary(&id)).collect();
+        let [p] = p[..] else {
+            panic!("{} primaries", p.len())
+        };
+        let backups = p.backups_of(&id).unwrap().to_vec();
+        for n in &nodes {
+            if n.session(&id).is_some() {
+                assert!(
+                    n.local == p.local || backups.contains(&n.local),
+                    "stray copy on {}",
+                    n.local.0[0]
+                );
+            }
+        }
     }
 }
