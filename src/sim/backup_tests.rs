@@ -1433,20 +1433,25 @@ impl Cluster {
     }
 
     /// The partition heals: every node sees every other again (`set_members` sends digests to
-    /// the members it regained).
-    fn heal(&mut self) {
+    /// the members it regained). `stagger`: the nodes notice one after another, in random
+    /// order, up to this long apart (the network heals at once: a node may hear from members
+    /// it does not list yet).
+    fn heal(&mut self, stagger: Option<Duration>) {
         self.epoch += 1;
         self.sim.fault(Fault::HealAll);
-        let all: BTreeSet<NodeId> = self.up().into_iter().collect();
-        {
-            let mut w = self.world.borrow_mut();
-            w.healing = true;
-            for n in &all {
-                w.views.insert(*n, all.clone());
-            }
+        let mut order = self.up();
+        let all: BTreeSet<NodeId> = order.iter().copied().collect();
+        self.world.borrow_mut().healing = true;
+        for i in (1..order.len()).rev() {
+            order.swap(i, self.w.below(i as u64 + 1) as usize);
         }
-        for n in self.up() {
+        for n in order {
+            self.world.borrow_mut().views.insert(n, all.clone());
             self.sim.call(n, |node, ctx| node.view_changed(ctx));
+            if let Some(max) = stagger {
+                let until = self.sim.now() + self.w.duration_between(Duration::ZERO, max);
+                self.sim.run_until(until, |_| false);
+            }
         }
     }
 
@@ -1527,6 +1532,7 @@ fn partition_run(
     k: usize,
     merger: Option<Arc<dyn SessionMerger>>,
     end_one_in: u64,
+    stagger: bool,
     t: &mut SplitTotals,
 ) {
     let n = 5;
@@ -1593,7 +1599,7 @@ fn partition_run(
             at_heal.push((s, sides));
         }
     }
-    c.heal();
+    c.heal(stagger.then_some(ms(3)));
     c.settle();
     c.world.borrow_mut().healing = false;
     let mut errors = Vec::new();
@@ -1711,7 +1717,8 @@ enum Side {
     Nothing,
 }
 
-/// Runs [`partition_run`] over `seeds` seeds, backups 1 and 2 alternately.
+/// Runs [`partition_run`] over `seeds` seeds, backups 1 and 2 alternately, and for half the
+/// seeds of each the members notice the heal up to 3 ms apart.
 /// One change in `end_one_in` on each side is an invalidation (0: none).
 fn partition_runs(
     seeds: u64,
@@ -1722,7 +1729,8 @@ fn partition_runs(
     let start = std::time::Instant::now();
     for_each_seed(seeds, |seed| {
         let k = 1 + (seed % 2) as usize;
-        partition_run(seed, k, merger.clone(), end_one_in, &mut t);
+        let stagger = (seed / 2) % 2 == 1;
+        partition_run(seed, k, merger.clone(), end_one_in, stagger, &mut t);
     });
     eprintln!("partitions ({seeds} seeds, {:?}): {t:?}", start.elapsed());
     t
