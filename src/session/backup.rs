@@ -17,9 +17,12 @@
 use super::delta::{Dest, Out as DeltaOut, SessionEvent};
 use super::id::{SessionId, SessionIdError};
 use super::model::{Applied, DeltaOp, Session, SessionState};
+use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger, Stamp};
 use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What BackupManagers say to each other.
@@ -62,8 +65,13 @@ pub enum BackupMessage {
     /// current backups acknowledged their copies, so a session never has fewer copies than
     /// before while it moves.
     Drop { id: SessionId, epoch: u64 },
-    /// Ended (invalidated or expired).
-    Expired { id: SessionId, epoch: u64 },
+    /// Ended (invalidated or expired). `at_ms`: the end's time, the ended copy's last access
+    /// (a copy used after it lives on: see `reconcile::live_beats_end`).
+    Expired {
+        id: SessionId,
+        epoch: u64,
+        at_ms: u64,
+    },
     /// The session's new id, and the backups of the new id's placement.
     ChangeId {
         old: SessionId,
@@ -87,7 +95,8 @@ pub enum BackupMessage {
     /// The sender is now the session's primary (after a fetch or a failover).
     NewPrimary {
         id: SessionId,
-        version: u64,
+        /// The new primary's copy, so a primary that yields knows whether to hand its own on.
+        stamp: Stamp,
         /// The new primary's backups, in failover order. The others keep their copy until the
         /// new primary's `Drop`.
         backups: Vec<MemberId>,
@@ -101,9 +110,31 @@ pub enum BackupMessage {
         epoch: u64,
         primary: MemberId,
     },
-    /// A primary that yielded to the receiver's claim held a newer version: here it is.
-    Newer { state: SessionState },
+    /// A primary that yielded to the receiver's claim held a copy the reconciliation rule (or
+    /// the merger) may prefer (a partition let both serve it): the receiver reconciles it with
+    /// its own and copies the result to its holders. The merger is used only if both copies
+    /// changed since one of the two took the session over: a copy that did not is the other's
+    /// past, and merging it would bring back what the other removed.
+    Reconcile {
+        state: SessionState,
+        /// The (version, fingerprint) of the copy the sender took the session over with (see
+        /// `Entry::base`).
+        base: Option<(u64, u64)>,
+    },
+    /// Sent to a member that joined the sender's list: the sessions the sender serves, with
+    /// its claim and its copy's stamp (at most [`DIGEST_CHUNK`] per message). A receiver that
+    /// serves one of them under a lower claim yields to the sender (after a partition heals,
+    /// both sides may serve a session).
+    Digest {
+        entries: Vec<(SessionId, u64, Stamp)>,
+        /// Sessions ended here, with the end's time (sent only to a member that was listed
+        /// before: one that cannot hold copies from before the end learns nothing from it).
+        ended: Vec<(SessionId, u64)>,
+    },
 }
+
+/// Sessions per `Digest` message (each entry is under 100 bytes, a message well under 1 MiB).
+pub const DIGEST_CHUNK: usize = 1000;
 
 impl BackupMessage {
     /// The session and epoch of a message that carries its sender's claim.
@@ -113,7 +144,7 @@ impl BackupMessage {
             BackupMessage::Delta { id, epoch, .. }
             | BackupMessage::Accessed { id, epoch, .. }
             | BackupMessage::Drop { id, epoch }
-            | BackupMessage::Expired { id, epoch }
+            | BackupMessage::Expired { id, epoch, .. }
             | BackupMessage::NewPrimary { id, epoch, .. } => Some((id, *epoch)),
             BackupMessage::ChangeId { old, epoch, .. } => Some((old, *epoch)),
             _ => None,
@@ -176,6 +207,11 @@ pub fn placement(
     c.into_iter().take(k).map(|(_, m)| m).collect()
 }
 
+/// A copy's (version, content fingerprint).
+fn key(s: &SessionState) -> (u64, u64) {
+    (s.version, fingerprint(s))
+}
+
 /// Members remembered as once listed (see `BackupCore::seen`).
 const MAX_SEEN: usize = 4096;
 
@@ -224,6 +260,9 @@ struct Entry {
     /// deltas wait for it.
     synced: bool,
     replicated_access_ms: u64,
+    /// The (version, fingerprint) of the copy this node took the session over with, if it did
+    /// (failover, fetch): a copy met later with this content is this one's past.
+    base: Option<(u64, u64)>,
 }
 
 impl Entry {
@@ -243,6 +282,7 @@ impl Entry {
             epoch,
             synced: true,
             replicated_access_ms: 0,
+            base: None,
         }
     }
 }
@@ -265,6 +305,15 @@ impl<V> Bounded<V> {
 
     fn get(&self, id: &SessionId) -> Option<&V> {
         self.map.get(id)
+    }
+
+    /// Forgets `id` (its place in the order is freed when it comes up).
+    fn remove(&mut self, id: &SessionId) {
+        self.map.remove(id);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&SessionId, &V)> {
+        self.map.iter()
     }
 
     /// Inserts or replaces; a new id counts against the bound.
@@ -296,8 +345,8 @@ pub struct BackupCore {
     claims: Bounded<Claim>,
     /// Fetches in progress: answers still awaited, and the claim of the copy taken so far.
     fetching: HashMap<SessionId, Fetching>,
-    /// The application's say on diverged copies (partition reconciliation).
-    merger: Option<std::sync::Arc<dyn super::reconcile::SessionMerger>>,
+    /// The application's say on copies that diverged (see `reconcile`).
+    merger: Option<Arc<dyn SessionMerger>>,
 }
 
 impl BackupCore {
@@ -317,6 +366,11 @@ impl BackupCore {
         }
     }
 
+    /// The application's merger of diverged copies (`None`: the rule of `reconcile` alone).
+    pub fn set_merger(&mut self, merger: Option<Arc<dyn SessionMerger>>) {
+        self.merger = merger;
+    }
+
     fn to(m: MemberId, msg: BackupMessage) -> Out {
         Out {
             dest: Dest::Member(m),
@@ -326,7 +380,7 @@ impl BackupCore {
 
     fn bury(&mut self, id: &SessionId, how: Tomb) {
         // An end the application decided is not weakened by a later local record.
-        if self.ended.get(id) != Some(&Tomb::Ended) {
+        if self.ended_at(id).is_none() {
             self.ended.insert(id, how);
         }
     }
@@ -335,15 +389,36 @@ impl BackupCore {
     /// primary's decision: the sender ends it too (an end, even unacknowledged, wins over a
     /// copy that survived it, so every member agrees).
     fn ended_reply(&self, id: &SessionId, to: MemberId) -> Option<Out> {
-        (self.ended.get(id) == Some(&Tomb::Ended)).then(|| {
-            Self::to(
-                to,
-                BackupMessage::Expired {
-                    id: id.clone(),
-                    epoch: u64::MAX,
-                },
-            )
-        })
+        let at_ms = self.ended_at(id)?;
+        Some(Self::to(
+            to,
+            BackupMessage::Expired {
+                id: id.clone(),
+                epoch: u64::MAX,
+                at_ms,
+            },
+        ))
+    }
+
+    /// When `id` was ended by its primary's decision, as known here.
+    fn ended_at(&self, id: &SessionId) -> Option<u64> {
+        match self.ended.get(id) {
+            Some(Tomb::Ended { at_ms }) => Some(*at_ms),
+            _ => None,
+        }
+    }
+
+    /// A regained member serves `id`, last used at `used_ms`: if that was after the end known
+    /// here (a partition: its users were on the other side), the end is forgotten, so the
+    /// copies it places are taken. Only here: elsewhere an end wins over any copy, which may be
+    /// a superseded primary's.
+    fn revive(&mut self, id: &SessionId, used_ms: u64) {
+        if self
+            .ended_at(id)
+            .is_some_and(|at| live_beats_end(used_ms, at))
+        {
+            self.ended.remove(id);
+        }
     }
 
     fn is_ended(&self, id: &SessionId) -> bool {
@@ -375,14 +450,6 @@ impl BackupCore {
     /// Whether a claim is older than one already heard for a session not held here.
     fn superseded(&self, id: &SessionId, c: Claim) -> bool {
         self.claims.get(id).is_some_and(|k| *k > c)
-    }
-
-    /// Lets the application decide between copies that diverged in a partition.
-    pub fn set_merger(
-        &mut self,
-        merger: Option<std::sync::Arc<dyn super::reconcile::SessionMerger>>,
-    ) {
-        self.merger = merger;
     }
 
     /// This node's member id (known once its channel has started).
@@ -489,6 +556,7 @@ impl BackupCore {
             epoch: 0,
             synced: true,
             replicated_access_ms: now_ms,
+            base: None,
         };
         self.entries.insert(id.clone(), entry);
         Ok(id)
@@ -515,6 +583,7 @@ impl BackupCore {
             return Vec::new();
         };
         e.epoch = e.epoch.max(heard);
+        e.base = Some(key(e.session.state()));
         e.role = Role::Primary {
             backups: backups.clone(),
             handover: Handover {
@@ -538,7 +607,7 @@ impl BackupCore {
             dest: Dest::All,
             msg: BackupMessage::NewPrimary {
                 id: id.clone(),
-                version: state.version,
+                stamp: Stamp::of(&state),
                 backups: backups.clone(),
                 epoch,
             },
@@ -671,7 +740,15 @@ impl BackupCore {
             return (Vec::new(), Vec::new());
         };
         let primary = matches!(e.role, Role::Primary { .. });
-        self.bury(id, if primary { Tomb::Ended } else { Tomb::Local });
+        let at_ms = e.session.last_accessed_ms();
+        self.bury(
+            id,
+            if primary {
+                Tomb::Ended { at_ms }
+            } else {
+                Tomb::Local
+            },
+        );
         let outs = match e.role {
             Role::Primary { .. } if !e.unannounced => {
                 let epoch = e.epoch;
@@ -683,6 +760,7 @@ impl BackupCore {
                             BackupMessage::Expired {
                                 id: id.clone(),
                                 epoch,
+                                at_ms,
                             },
                         )
                     })
@@ -776,7 +854,7 @@ impl BackupCore {
                         } else {
                             BackupMessage::NewPrimary {
                                 id: id.clone(),
-                                version: state.version,
+                                stamp: Stamp::of(&state),
                                 backups: now.clone(),
                                 epoch: e.epoch,
                             }
@@ -789,7 +867,7 @@ impl BackupCore {
                     for b in old.iter().filter(|b| !now.contains(b) && alive(b)) {
                         let msg = BackupMessage::NewPrimary {
                             id: id.clone(),
-                            version: state.version,
+                            stamp: Stamp::of(&state),
                             backups: now.clone(),
                             epoch: e.epoch,
                         };
@@ -855,7 +933,7 @@ impl BackupCore {
     /// Why `fetch(id)` asks nobody, if it does not.
     pub fn not_fetched(&self, id: &SessionId) -> Option<&'static str> {
         match self.ended.get(id) {
-            Some(Tomb::Ended) => Some("it ended"),
+            Some(Tomb::Ended { .. }) => Some("it ended"),
             Some(Tomb::Local) => Some("its copy expired here"),
             Some(Tomb::Renamed) => Some("its id was changed"),
             None if self.members.is_empty() => Some("no other member is known"),
@@ -887,6 +965,11 @@ impl BackupCore {
         if self.seen.len() > MAX_SEEN {
             self.seen.clear();
         }
+        let regained: Vec<MemberId> = members
+            .iter()
+            .filter(|m| self.seen.contains(m) && self.members.binary_search(m).is_err())
+            .copied()
+            .collect();
         self.seen.extend(members.iter().copied());
         let members_before = std::mem::replace(&mut self.members, members);
         let mut outs = Vec::new();
@@ -943,28 +1026,97 @@ impl BackupCore {
                 _ => outs.extend(self.promote(&id, true)),
             }
         }
+        // Digests first: on each connection they reach a regained member before the copies
+        // re-placement sends it (which it takes only once it forgot an end they outlived).
+        let mut digests = self.digests(&members_before, &regained);
+        digests.extend(outs);
+        digests
+    }
+
+    /// To each member not in `before`: the sessions served here, so two primaries of one
+    /// session (one on each side of a healed partition) meet; the lower claim yields.
+    fn digests(&self, before: &[MemberId], regained: &[MemberId]) -> Vec<Out> {
+        let added: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|m| before.binary_search(m).is_err())
+            .copied()
+            .collect();
+        if added.is_empty() {
+            return Vec::new();
+        }
+        let mut entries: Vec<(SessionId, u64, Stamp)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.role, Role::Primary { .. }) && !e.unannounced)
+            .map(|(id, e)| (id.clone(), e.epoch, Stamp::of(e.session.state())))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut outs = Vec::new();
+        for chunk in entries.chunks(DIGEST_CHUNK) {
+            for m in &added {
+                let msg = BackupMessage::Digest {
+                    entries: chunk.to_vec(),
+                    ended: Vec::new(),
+                };
+                outs.push(Self::to(*m, msg));
+            }
+        }
+        if regained.is_empty() {
+            return outs;
+        }
+        let mut ended: Vec<(SessionId, u64)> = self
+            .ended
+            .iter()
+            .filter_map(|(id, t)| match t {
+                Tomb::Ended { at_ms } => Some((id.clone(), *at_ms)),
+                _ => None,
+            })
+            .collect();
+        ended.sort();
+        for chunk in ended.chunks(DIGEST_CHUNK) {
+            for m in regained {
+                let msg = BackupMessage::Digest {
+                    entries: Vec::new(),
+                    ended: chunk.to_vec(),
+                };
+                outs.push(Self::to(*m, msg));
+            }
+        }
         outs
     }
 
-    /// This node learns of a claim above the one its copy follows: it follows the claimant.
-    /// A primary that yields hands on a newer version it may hold, and drops the copies it
-    /// placed that the claimant does not list.
+    /// This node learns of a claim above the one its copy follows: it follows the claimant
+    /// (whose copy is `theirs`). A primary that yields hands its copy on if reconciling it
+    /// could change the claimant's, and drops the copies it placed that the claimant does not
+    /// list.
     fn follow(
         &mut self,
         id: &SessionId,
         from: MemberId,
         epoch: u64,
         chosen: &[MemberId],
-        version: u64,
+        theirs: &Stamp,
+        must_hand: bool,
     ) -> Vec<Out> {
         let mut outs = Vec::new();
+        let merging = self.merger.is_some();
         let Some(e) = self.entries.get_mut(id) else {
             return outs;
         };
+        let mine = Stamp::of(e.session.state());
         if let Role::Primary { backups, handover } = &e.role {
-            if e.session.version() > version {
+            // The rule keeps the later access and, between different contents, the higher
+            // rank; a merger may use any content.
+            let differs = !mine.same_contents(theirs);
+            // `must_hand`: the claimant does not know this copy exists and must retire it.
+            let hand = must_hand
+                || (differs && (merging || mine.rank(theirs) == Ordering::Greater))
+                || mine.last_accessed_ms > theirs.last_accessed_ms;
+            if hand {
                 let state = e.session.state().clone();
-                outs.push(Self::to(from, BackupMessage::Newer { state }));
+                let base = e.base;
+                outs.push(Self::to(from, BackupMessage::Reconcile { state, base }));
             }
             let mine = backups.iter().chain(handover.retire.iter());
             for b in mine.filter(|b| **b != from && !chosen.contains(b)) {
@@ -975,7 +1127,7 @@ impl BackupCore {
                 outs.push(Self::to(*b, drop));
             }
         }
-        e.synced = e.session.version() == version;
+        e.synced = mine.same_contents(theirs);
         e.role = Role::Backup {
             primary: from,
             backups: chosen.to_vec(),
@@ -1027,8 +1179,18 @@ impl BackupCore {
                     None => !self.superseded(id, c),
                     Some((ec, _, _, true)) => {
                         if c < ec {
-                            // A superseded primary: tell it who serves the session now.
+                            // A superseded primary: tell it who serves the session now. Its
+                            // copy outside this placement is then dropped (the Drop follows the
+                            // NewPrimary on the connection): after a partition nothing else
+                            // would retire it.
                             outs.extend(self.announce_to(id, from));
+                            if !self.backups_of(id).is_some_and(|b| b.contains(&from)) {
+                                let drop = BackupMessage::Drop {
+                                    id: id.clone(),
+                                    epoch: ec.0,
+                                };
+                                outs.push(Self::to(from, drop));
+                            }
                         }
                         c > ec
                     }
@@ -1037,6 +1199,18 @@ impl BackupCore {
                     }
                 };
                 if take {
+                    if held.is_some_and(|h| h.3) {
+                        // A primary meets a higher claim's copy (a healed partition): it hands
+                        // on its own and drops its backups before taking the copy.
+                        outs.extend(self.follow(
+                            id,
+                            from,
+                            *epoch,
+                            backups,
+                            &Stamp::of(state),
+                            false,
+                        ));
+                    }
                     let had = self.entries.contains_key(id);
                     let entry = Entry::backup(
                         Session::from_state(state.clone()),
@@ -1128,9 +1302,12 @@ impl BackupCore {
                         let ec = e.claim(local);
                         self.remember(id, ec.max(c));
                     }
+                } else if !self.entries.contains_key(id) {
+                    // A copy from a lower claim still on its way is refused when it arrives.
+                    self.remember(id, c);
                 }
             }
-            BackupMessage::Expired { id, epoch } => {
+            BackupMessage::Expired { id, epoch, at_ms } => {
                 let c = (*epoch, from);
                 if self.entries.get(id).is_some_and(|e| e.claim(local) > c) {
                     return (outs, events);
@@ -1145,7 +1322,7 @@ impl BackupCore {
                 if self.entries.remove(id).is_some() {
                     events.push(SessionEvent::Destroyed(id.clone()));
                 }
-                self.bury(id, Tomb::Ended);
+                self.bury(id, Tomb::Ended { at_ms: *at_ms });
             }
             BackupMessage::ChangeId {
                 old,
@@ -1247,7 +1424,7 @@ impl BackupCore {
             }
             BackupMessage::NewPrimary {
                 id,
-                version,
+                stamp,
                 backups: chosen,
                 epoch,
             } => {
@@ -1270,7 +1447,7 @@ impl BackupCore {
                         *backups = chosen.clone();
                     }
                 } else {
-                    outs.extend(self.follow(id, from, *epoch, chosen, *version));
+                    outs.extend(self.follow(id, from, *epoch, chosen, stamp, false));
                 }
             }
             BackupMessage::Orphan {
@@ -1314,26 +1491,118 @@ impl BackupCore {
                     outs.extend(self.promote(id, true));
                 }
             }
-            BackupMessage::Newer { state } => {
-                let id = &state.id;
-                let mine = self.backups_of(id).map(<[MemberId]>::to_vec);
-                if let (Some(mine), Some(e)) = (mine, self.entries.get_mut(id)) {
-                    if e.session.version() < state.version {
-                        e.session = Session::from_state(state.clone());
-                        for b in &mine {
-                            let copy = BackupMessage::Copy {
-                                state: state.clone(),
-                                backups: mine.clone(),
-                                epoch: e.epoch,
-                                ack: false,
-                            };
-                            outs.push(Self::to(*b, copy));
-                        }
+            BackupMessage::Reconcile { state, base } => {
+                outs.extend(self.take_reconciled(from, state, *base))
+            }
+            BackupMessage::Digest { entries, ended } => {
+                // Handled entry by entry, nothing kept: a digest is bounded by the frame size.
+                for (id, at_ms) in ended {
+                    let ends = self.entries.get(id).is_some_and(|e| {
+                        matches!(e.role, Role::Primary { .. })
+                            && !live_beats_end(e.session.last_accessed_ms(), *at_ms)
+                    });
+                    if ends {
+                        let (o, ev) = self.invalidate(id);
+                        outs.extend(o);
+                        events.extend(ev);
+                    }
+                }
+                for (id, epoch, stamp) in entries {
+                    self.revive(id, stamp.last_accessed_ms);
+                    let yields = self.entries.get(id).is_some_and(|e| {
+                        matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
+                    });
+                    if yields {
+                        outs.extend(self.follow(id, from, *epoch, &[], stamp, true));
                     }
                 }
             }
         }
         (outs, events)
+    }
+
+    /// A yielding primary's copy: a primary reconciles it with its own (`reconcile`, with the
+    /// merger if set) and, if that changed its copy, copies the result to its backups and drops
+    /// every other holder once they acknowledged; a holder that is not the primary any more
+    /// passes it on to the claim it follows.
+    fn take_reconciled(
+        &mut self,
+        from: MemberId,
+        state: &SessionState,
+        their_base: Option<(u64, u64)>,
+    ) -> Vec<Out> {
+        let id = &state.id;
+        let local = self.local;
+        let pass_to = |m: MemberId| {
+            (m != local && m != from).then(|| {
+                Self::to(
+                    m,
+                    BackupMessage::Reconcile {
+                        state: state.clone(),
+                        base: their_base,
+                    },
+                )
+            })
+        };
+        let Some(e) = self.entries.get_mut(id) else {
+            return self
+                .claims
+                .get(id)
+                .and_then(|c| pass_to(c.1))
+                .into_iter()
+                .collect();
+        };
+        let Role::Primary { backups, handover } = &mut e.role else {
+            return pass_to(e.claim(local).1).into_iter().collect();
+        };
+        let epoch = e.epoch;
+        // One copy unchanged since either side took the session over is the other's past:
+        // the rule (the higher version) decides, not the merger.
+        let past = [e.base, their_base]
+            .iter()
+            .flatten()
+            .any(|b| *b == key(state) || *b == key(e.session.state()));
+        let merger = if past { None } else { self.merger.as_deref() };
+        let Some(merged) = reconcile(e.session.state(), state, merger) else {
+            // Nothing changes here; the sender still holds its copy, not one of this claim's.
+            let msg = if backups.contains(&from) {
+                BackupMessage::Copy {
+                    state: e.session.state().clone(),
+                    backups: backups.clone(),
+                    epoch,
+                    ack: false,
+                }
+            } else {
+                BackupMessage::Drop {
+                    id: id.clone(),
+                    epoch,
+                }
+            };
+            return vec![Self::to(from, msg)];
+        };
+        e.session = Session::from_state(merged);
+        // Copies of either side's state may be anywhere.
+        handover.retire_all = true;
+        if e.copy_pending {
+            // The end of the request sends the copy, with an ack.
+            return Vec::new();
+        }
+        handover.unacked = backups.clone();
+        let state = e.session.state().clone();
+        let mut outs: Vec<Out> = backups
+            .iter()
+            .map(|b| {
+                let copy = BackupMessage::Copy {
+                    state: state.clone(),
+                    backups: backups.clone(),
+                    epoch,
+                    ack: true,
+                };
+                Self::to(*b, copy)
+            })
+            .collect();
+        outs.extend(self.finish_handover(id));
+        outs
     }
 
     /// Ends a fetch: serves the best copy answered (or the one held here if better, or if
@@ -1382,7 +1651,7 @@ impl BackupCore {
             to,
             BackupMessage::NewPrimary {
                 id: id.clone(),
-                version: e.session.version(),
+                stamp: Stamp::of(e.session.state()),
                 backups: backups.clone(),
                 epoch: e.epoch,
             },
@@ -1417,8 +1686,9 @@ impl BackupCore {
 /// Why an id is remembered as gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tomb {
-    /// Invalidated or expired by its primary (here, or told so).
-    Ended,
+    /// Invalidated or expired by its primary (here, or told so), at `at_ms` (the ended copy's
+    /// last access).
+    Ended { at_ms: u64 },
     /// A backup copy expired here on its own (the primary may still serve it).
     Local,
     /// Renamed: the session lives on under its new id.
@@ -1620,5 +1890,271 @@ mod tests {
             2,
             "primary + 1 backup, old copies dropped"
         );
+    }
+
+    /// Two members that lost each other: each serves the session (the backup took over), both
+    /// change it, then they meet again.
+    fn split_and_heal(
+        a_changes: &[(&str, u8)],
+        b_changes: &[(&str, u8)],
+        merger: Option<Arc<dyn SessionMerger>>,
+    ) -> (Vec<BackupCore>, SessionId, [SessionState; 2]) {
+        let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
+        for n in nodes.iter_mut() {
+            n.set_merger(merger.clone());
+        }
+        let id = nodes[0].create(0).unwrap();
+        nodes[0].session_mut(&id).unwrap().set("u", &7u8).unwrap();
+        let outs = nodes[0].end_request(&id, 0);
+        run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        // The partition: nothing crosses it.
+        nodes[0].set_members(vec![m(1)]);
+        nodes[1].set_members(vec![m(2)]);
+        assert!(nodes[0].is_primary(&id) && nodes[1].is_primary(&id));
+        for (i, changes) in [a_changes, b_changes].into_iter().enumerate() {
+            for (k, v) in changes {
+                nodes[i].session_mut(&id).unwrap().set(k, v).unwrap();
+                nodes[i].end_request(&id, 10 + i as u64);
+            }
+        }
+        let at_heal = [0, 1].map(|i| nodes[i].session(&id).unwrap().state().clone());
+        let mut queue = Vec::new();
+        for n in nodes.iter_mut() {
+            let me = n.local;
+            queue.extend(n.set_members(vec![m(1), m(2)]).into_iter().map(|o| (me, o)));
+        }
+        run(&mut nodes, queue);
+        (nodes, id, at_heal)
+    }
+
+    /// One primary left, both members hold its copy, and it is `want`.
+    fn assert_one_copy(nodes: &[BackupCore], id: &SessionId, want: &SessionState) {
+        let primaries: Vec<_> = nodes.iter().filter(|n| n.is_primary(id)).collect();
+        assert_eq!(primaries.len(), 1);
+        for n in nodes {
+            let s = n.session(id).unwrap().state();
+            assert_eq!(
+                (s.version, &s.attributes, s.last_accessed_ms),
+                (want.version, &want.attributes, want.last_accessed_ms)
+            );
+        }
+    }
+
+    #[test]
+    fn two_primaries_that_meet_again_leave_one_with_the_rules_copy() {
+        // Higher version wins, even from the member whose claim is lower (member 1 yields).
+        let (nodes, id, [a, b]) = split_and_heal(&[("x", 1), ("x", 2)], &[("y", 3)], None);
+        assert!(a.version > b.version);
+        assert!(nodes[1].is_primary(&id), "the higher claim serves");
+        let want = reconcile(&b, &a, None).unwrap();
+        assert_eq!(want.attributes, a.attributes);
+        assert_one_copy(&nodes, &id, &want);
+        // Equal versions: the content fingerprint decides, alike whichever side computes it.
+        let (nodes, id, [a, b]) = split_and_heal(&[("x", 1)], &[("y", 3)], None);
+        assert_eq!(a.version, b.version);
+        let want = reconcile(&b, &a, None).unwrap_or(b);
+        assert_eq!(
+            Some(want.clone()),
+            reconcile(&a, &want, None).or(Some(want.clone()))
+        );
+        assert_one_copy(&nodes, &id, &want);
+    }
+
+    struct Union;
+    impl SessionMerger for Union {
+        fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
+            let mut out = preferred.clone();
+            for (k, v) in &other.attributes {
+                out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn a_merger_decides_instead_of_the_rule() {
+        let (nodes, id, [a, b]) =
+            split_and_heal(&[("x", 1), ("x", 2)], &[("y", 3)], Some(Arc::new(Union)));
+        let want = reconcile(&b, &a, Some(&Union)).unwrap();
+        assert_eq!(want.attributes.len(), 3, "u, x and y");
+        assert_eq!(want.version, a.version.max(b.version) + 1);
+        assert_one_copy(&nodes, &id, &want);
+    }
+
+    /// Members 1 and 2 see each other again; messages are delivered in sending order (on each
+    /// connection a digest comes before the copies sent after it).
+    fn heal_in_order(nodes: &mut [BackupCore]) {
+        let mut queue = VecDeque::new();
+        for n in nodes.iter_mut() {
+            let me = n.local;
+            queue.extend(n.set_members(vec![m(1), m(2)]).into_iter().map(|o| (me, o)));
+        }
+        run_in_order(nodes, queue);
+    }
+
+    /// Delivers messages until quiet, in sending order (FIFO on each connection, as the
+    /// transport is).
+    fn run_in_order(nodes: &mut [BackupCore], mut queue: VecDeque<(MemberId, Out)>) {
+        while let Some((from, out)) = queue.pop_front() {
+            let to = |n: &BackupCore| match out.dest {
+                Dest::Member(t) => n.local == t,
+                Dest::All => n.local != from,
+            };
+            for n in nodes.iter_mut().filter(|n| to(n)) {
+                let me = n.local;
+                let (outs, _) = n.handle(from, &out.msg);
+                queue.extend(outs.into_iter().map(|o| (me, o)));
+            }
+        }
+    }
+
+    #[test]
+    fn an_end_on_one_side_loses_only_to_a_copy_used_after_it() {
+        for used_after in [true, false] {
+            let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
+            let id = nodes[0].create(0).unwrap();
+            let outs = nodes[0].end_request(&id, 0);
+            run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+            nodes[0].set_members(vec![m(1)]);
+            nodes[1].set_members(vec![m(2)]);
+            // Member 1 uses it at 10 and ends it (the end's time is 10).
+            nodes[0].session_mut(&id).unwrap().set("x", &1u8).unwrap();
+            nodes[0].end_request(&id, 10);
+            nodes[0].invalidate(&id);
+            if used_after {
+                nodes[1].session_mut(&id).unwrap().set("y", &2u8).unwrap();
+                nodes[1].end_request(&id, 20);
+            }
+            heal_in_order(&mut nodes);
+            let held: Vec<_> = nodes.iter().filter_map(|n| n.session(&id)).collect();
+            if used_after {
+                assert_eq!(held.len(), 2, "the copy used after the end lives, on both");
+                assert!(held.iter().all(|s| s.get::<u8>("y").unwrap() == Some(2)));
+                assert_eq!(nodes.iter().filter(|n| n.is_primary(&id)).count(), 1);
+            } else {
+                assert!(held.is_empty(), "the end wins over a copy not used since");
+            }
+        }
+    }
+
+    /// The case the rule's end time is for: the session expires on one side only because its
+    /// users were on the other.
+    #[test]
+    fn a_session_that_expired_on_one_side_while_used_on_the_other_lives_on() {
+        let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
+        let id = nodes[0].create(0).unwrap();
+        let outs = nodes[0].end_request(&id, 0);
+        run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        nodes[0].set_members(vec![m(1)]);
+        nodes[1].set_members(vec![m(2)]);
+        nodes[1].session_mut(&id).unwrap().set("y", &2u8).unwrap();
+        nodes[1].end_request(&id, 1_000_000);
+        // 30 minutes idle on member 1: its reaper ends it (at its last access, 0).
+        let (outs, _) = nodes[0].expire(1_800_001);
+        assert!(nodes[0].session(&id).is_none() && outs.is_empty());
+        heal_in_order(&mut nodes);
+        for n in &nodes {
+            assert_eq!(n.session(&id).unwrap().get::<u8>("y").unwrap(), Some(2));
+        }
+        assert!(nodes[1].is_primary(&id) && !nodes[0].is_primary(&id));
+    }
+
+    /// Both sides served the session and neither changed it; the lower claim learns of the
+    /// higher one from a `NewPrimary` before the digest (messages delivered last sent first).
+    /// No copy stays outside the primary's placement.
+    #[test]
+    fn a_primary_that_yields_with_the_same_copy_keeps_no_stray_copy() {
+        for _ in 0..50 {
+            let all = [1u8, 2, 3];
+            let mut nodes: Vec<BackupCore> = all.iter().map(|n| node(*n, &all, 1)).collect();
+            let id = nodes[0].create(0).unwrap();
+            let outs = nodes[0].end_request(&id, 0);
+            run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+            // Member 1 alone on one side; the other side takes the session over if it holds it.
+            nodes[0].set_members(vec![m(1)]);
+            let mut queue = Vec::new();
+            for n in nodes[1..].iter_mut() {
+                let me = n.local;
+                queue.extend(n.set_members(vec![m(2), m(3)]).into_iter().map(|o| (me, o)));
+            }
+            run(&mut nodes[1..], queue);
+            let mut queue = Vec::new();
+            for n in nodes.iter_mut() {
+                let me = n.local;
+                queue.extend(
+                    n.set_members(vec![m(1), m(2), m(3)])
+                        .into_iter()
+                        .map(|o| (me, o)),
+                );
+            }
+            run(&mut nodes, queue);
+            let p: Vec<&BackupCore> = nodes.iter().filter(|n| n.is_primary(&id)).collect();
+            let [p] = p[..] else {
+                panic!("{} primaries", p.len())
+            };
+            let backups = p.backups_of(&id).unwrap().to_vec();
+            for n in &nodes {
+                if n.session(&id).is_some() {
+                    assert!(
+                        n.local == p.local || backups.contains(&n.local),
+                        "stray copy"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The lower claim's member sees the other side again first: its re-placement copy reaches
+    /// the higher claim's primary before that one's digest goes out, so it yields on the
+    /// `NewPrimary` answer, with the same copy. No copy stays outside the primary's placement.
+    #[test]
+    fn a_primary_that_yields_before_the_others_digest_keeps_no_stray_copy() {
+        // The stray copy needs the winner's placement to leave member 1 out: half the ids.
+        for _ in 0..40 {
+            yields_before_the_others_digest();
+        }
+    }
+
+    fn yields_before_the_others_digest() {
+        let all = [1u8, 2, 3];
+        let mut nodes: Vec<BackupCore> = all.iter().map(|n| node(*n, &all, 1)).collect();
+        let id = nodes[0].create(0).unwrap();
+        let outs = nodes[0].end_request(&id, 0);
+        run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        nodes[0].set_members(vec![m(1)]);
+        let mut queue = Vec::new();
+        for n in nodes[1..].iter_mut() {
+            let me = n.local;
+            queue.extend(n.set_members(vec![m(2), m(3)]).into_iter().map(|o| (me, o)));
+        }
+        run(&mut nodes[1..], queue);
+        assert_eq!(nodes.iter().filter(|n| n.is_primary(&id)).count(), 2);
+        // Member 1 first, and its messages delivered before the others notice it.
+        let outs = nodes[0].set_members(vec![m(1), m(2), m(3)]);
+        run_in_order(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+        let mut queue = VecDeque::new();
+        for n in nodes[1..].iter_mut() {
+            let me = n.local;
+            queue.extend(
+                n.set_members(vec![m(1), m(2), m(3)])
+                    .into_iter()
+                    .map(|o| (me, o)),
+            );
+        }
+        run_in_order(&mut nodes, queue);
+        let p: Vec<&BackupCore> = nodes.iter().filter(|n| n.is_primary(&id)).collect();
+        let [p] = p[..] else {
+            panic!("{} primaries", p.len())
+        };
+        let backups = p.backups_of(&id).unwrap().to_vec();
+        for n in &nodes {
+            if n.session(&id).is_some() {
+                assert!(
+                    n.local == p.local || backups.contains(&n.local),
+                    "stray copy on {}",
+                    n.local.0[0]
+                );
+            }
+        }
     }
 }

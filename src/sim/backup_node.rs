@@ -81,6 +81,9 @@ pub struct Acked {
     pub request: bool,
 }
 
+/// A session's attributes.
+pub type Attrs = BTreeMap<String, Vec<u8>>;
+
 /// Every state a primary made and what became of each session. Written by the nodes, read by
 /// the invariants and the tests.
 #[derive(Default)]
@@ -90,6 +93,9 @@ pub struct Oracle {
     pub states: HashMap<SessionId, HashMap<u64, Made>>,
     /// Two states made for one (id, version) while the first one's maker lived.
     pub forks: Vec<String>,
+    /// Other states made for one (id, version) by members that did not see each other (a
+    /// partition), and states a reconciliation made: a copy may be any of them.
+    pub alts: HashMap<(SessionId, u64), Vec<Attrs>>,
     /// Versions made again after their maker died before anyone acked them.
     pub superseded: u64,
     /// Acknowledged versions made again (an acknowledged change was lost).
@@ -129,6 +135,13 @@ impl Oracle {
         id.clone()
     }
 
+    /// Whether `attrs` is one of the other states made for `id` at `version` (see `alts`).
+    pub fn is_alt(&self, id: &SessionId, version: u64, attrs: &BTreeMap<String, Vec<u8>>) -> bool {
+        self.alts
+            .get(&(id.clone(), version))
+            .is_some_and(|v| v.contains(attrs))
+    }
+
     /// The attributes made for the session at `version`, under `id` or an earlier id.
     pub fn state(&self, id: &SessionId, version: u64) -> Option<&BTreeMap<String, Vec<u8>>> {
         let mut id = id;
@@ -155,6 +168,9 @@ pub struct World {
     pub lives: BTreeMap<NodeId, u64>,
     pub down: BTreeSet<NodeId>,
     pub oracle: Oracle,
+    /// A partition is healing: a backup may hold the claimant's copy from before the
+    /// reconciliation for a moment, below a version its side acknowledged.
+    pub healing: bool,
 }
 
 impl World {
@@ -175,6 +191,12 @@ impl World {
             Some((known, ..)) if known == attrs => return,
             Some((known, maker, maker_life)) => {
                 let (known, maker, maker_life) = (known.clone(), *maker, *maker_life);
+                let apart = !self.views.get(&node).is_some_and(|v| v.contains(&maker));
+                if self.alive(maker, maker_life) && apart {
+                    // Both sides of a partition serve the session: reconciled at the heal.
+                    self.add_alt(id, version, attrs);
+                    return;
+                }
                 if self.alive(maker, maker_life) {
                     let msg = format!(
                         "{id} version {version}: {} by {maker} and {} by {node}",
@@ -208,6 +230,28 @@ impl World {
             .entry(id.clone())
             .or_default()
             .insert(version, (attrs.clone(), node, life));
+    }
+
+    fn add_alt(&mut self, id: &SessionId, version: u64, attrs: &BTreeMap<String, Vec<u8>>) {
+        let alts = self.oracle.alts.entry((id.clone(), version)).or_default();
+        if !alts.contains(attrs) {
+            alts.push(attrs.clone());
+        }
+    }
+
+    /// Records the state a reconciliation left on the primary `node`.
+    fn record_reconciled(
+        &mut self,
+        node: NodeId,
+        id: &SessionId,
+        version: u64,
+        attrs: &BTreeMap<String, Vec<u8>>,
+    ) {
+        match self.oracle.states.get(id).and_then(|v| v.get(&version)) {
+            Some((known, ..)) if known == attrs => {}
+            Some(_) => self.add_alt(id, version, attrs),
+            None => self.record(node, id, version, attrs),
+        }
     }
 
     fn note_acked(&mut self, a: Acked) {
@@ -274,7 +318,8 @@ pub fn kind(msg: &BackupMessage) -> &'static str {
         BackupMessage::NewPrimary { .. } => "new-primary",
         BackupMessage::CopyAck { .. } => "copy-ack",
         BackupMessage::Orphan { .. } => "orphan",
-        BackupMessage::Newer { .. } => "newer",
+        BackupMessage::Reconcile { .. } => "reconcile",
+        BackupMessage::Digest { .. } => "digest",
     }
 }
 
@@ -283,7 +328,12 @@ fn ids_of(msg: &BackupMessage) -> Vec<SessionId> {
     match msg {
         BackupMessage::Copy { state, .. }
         | BackupMessage::Orphan { state, .. }
-        | BackupMessage::Newer { state } => vec![state.id.clone()],
+        | BackupMessage::Reconcile { state, .. } => vec![state.id.clone()],
+        BackupMessage::Digest { entries, ended } => entries
+            .iter()
+            .map(|e| e.0.clone())
+            .chain(ended.iter().map(|e| e.0.clone()))
+            .collect(),
         BackupMessage::Delta { id, .. }
         | BackupMessage::Accessed { id, .. }
         | BackupMessage::Drop { id, .. }
@@ -711,7 +761,8 @@ impl BackupNode {
             let v = match &msg {
                 BackupMessage::Delta { base, version, .. } => format!(" v{base}->v{version}"),
                 BackupMessage::Copy { state, .. } => format!(" v{}", state.version),
-                BackupMessage::NewPrimary { version, .. } => format!(" v{version}"),
+                BackupMessage::NewPrimary { stamp, .. } => format!(" v{}", stamp.version),
+                BackupMessage::Reconcile { state, .. } => format!(" v{}", state.version),
                 _ => String::new(),
             };
             let ids = ids_of(&msg);
@@ -724,6 +775,18 @@ impl BackupNode {
         };
         let ids = ids_of(&msg);
         let (outs, events) = self.core.handle(sim_member(from).id, &msg);
+        if let BackupMessage::Reconcile { state, .. } = &msg {
+            if let Some(s) = self
+                .core
+                .session(&state.id)
+                .filter(|_| self.core.is_primary(&state.id))
+            {
+                let (v, attrs) = (s.version(), s.state().attributes.clone());
+                self.world
+                    .borrow_mut()
+                    .record_reconciled(self.id, &state.id, v, &attrs);
+            }
+        }
         // Mirror the ids the core buried (a superseded sender's end is ignored).
         if let BackupMessage::Expired { id, .. } | BackupMessage::ChangeId { old: id, .. } = &msg {
             if self.core.has_ended(id) {
@@ -921,7 +984,8 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 let Some((version, attrs)) = node.copy(id) else {
                     continue;
                 };
-                if ended.ended(n, *life, id) {
+                // After a partition, a copy used after an end on the other side lives on.
+                if ended.ended(n, *life, id) && !w.healing {
                     return Err(format!(
                         "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
                     ));
@@ -929,8 +993,9 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 // A former holder's copy, or one waiting for its new primary's copy, may be a
                 // state the failover superseded: it is not served and is replaced or dropped.
                 let current = node.core.is_current_copy(id);
-                match w.oracle.state(id, version).filter(|_| current) {
-                    None if !current => {}
+                let alt = w.oracle.is_alt(id, version, attrs);
+                match w.oracle.state(id, version).filter(|_| current && !alt) {
+                    None if !current || alt => {}
                     None => {
                         return Err(format!(
                             "copy-is-an-origin-state: {n} holds {id} at version {version}, which no primary made"
@@ -949,7 +1014,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 // A failover may replace a change only some backups got, never an
                 // acknowledged one.
                 let acked = w.oracle.acked_version.get(&w.oracle.root(id)).copied();
-                if version < *last && acked.is_some_and(|a| a >= *last) {
+                if version < *last && acked.is_some_and(|a| a >= *last) && !w.healing {
                     return Err(format!(
                         "versions-never-go-back: {n} holds {id} at version {version} after {last}"
                     ));

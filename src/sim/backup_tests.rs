@@ -20,15 +20,18 @@
 //!   members, distinct) instead of the new id's placement, and count the extra moves it causes.
 
 use super::backup_node::{check_backup, BackupNode, BackupSimConfig, SharedWorld, World};
+use super::delta_node::show;
 use super::delta_node::{Op, Served, EPOCH_MS};
 use super::lane_node::sim_member;
 use super::*;
 use crate::member::MemberId;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
-use crate::session::{Dest, SessionId};
+use crate::session::reconcile::{fingerprint, live_beats_end, reconcile};
+use crate::session::{Dest, SessionId, SessionMerger, SessionState, Stamp};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn ms(n: u64) -> Duration {
@@ -1368,6 +1371,390 @@ fn placement_spreads_evenly_and_moves_few_sessions_on_membership_changes() {
         worst_spread * 100.0,
         worst_move
     );
+}
+
+// ---- 6. partitions ----
+
+/// Keeps both sides' attributes; on a clash the preferred copy's value (deterministic and
+/// idempotent, as `SessionMerger` asks).
+struct Union;
+
+impl SessionMerger for Union {
+    fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
+        let mut out = preferred.clone();
+        for (k, v) in &other.attributes {
+            out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        out
+    }
+}
+
+/// What the partition runs add up to.
+#[derive(Debug, Default)]
+struct SplitTotals {
+    /// Live sessions at the heal.
+    sessions: u64,
+    /// Served on both sides at the heal.
+    both_sides: u64,
+    /// Of those, with different contents on the two sides (changed on both, or on one).
+    diverged: u64,
+    /// Of those, whose expected result is a merge neither side had.
+    merged: u64,
+    /// Ended on one side, served on the other.
+    ended_one_side: u64,
+    /// Of those, used after the end on the live side (the session lives on).
+    revived: u64,
+    digests: u64,
+    reconciles: u64,
+}
+
+impl Cluster {
+    /// The network splits into `sides`, and each node's view becomes its side (the failure
+    /// detectors' verdict): each side fails over the sessions whose primary is on the other.
+    fn split(&mut self, sides: &[BTreeSet<NodeId>]) {
+        self.epoch += 1;
+        for (i, x) in sides.iter().enumerate() {
+            for y in &sides[i + 1..] {
+                for a in x {
+                    for b in y {
+                        self.sim.fault(Fault::Partition(*a, *b));
+                    }
+                }
+            }
+        }
+        for side in sides {
+            for n in side {
+                self.world.borrow_mut().views.insert(*n, side.clone());
+            }
+        }
+        for n in self.up() {
+            self.sim.call(n, |node, ctx| node.view_changed(ctx));
+        }
+    }
+
+    /// The partition heals: every node sees every other again (`set_members` sends digests to
+    /// the members it regained). `stagger`: the nodes notice one after another, in random
+    /// order, up to this long apart (the network heals at once: a node may hear from members
+    /// it does not list yet).
+    fn heal(&mut self, stagger: Option<Duration>) {
+        self.epoch += 1;
+        self.sim.fault(Fault::HealAll);
+        let mut order = self.up();
+        let all: BTreeSet<NodeId> = order.iter().copied().collect();
+        self.world.borrow_mut().healing = true;
+        for i in (1..order.len()).rev() {
+            order.swap(i, self.w.below(i as u64 + 1) as usize);
+        }
+        for n in order {
+            self.world.borrow_mut().views.insert(n, all.clone());
+            self.sim.call(n, |node, ctx| node.view_changed(ctx));
+            if let Some(max) = stagger {
+                let until = self.sim.now() + self.w.duration_between(Duration::ZERO, max);
+                self.sim.run_until(until, |_| false);
+            }
+        }
+    }
+
+    /// The one primary of `id` in `side` (`None` if it has none; fails if it has several).
+    fn primary_in(&self, side: &BTreeSet<NodeId>, id: &SessionId) -> Option<NodeId> {
+        let p: Vec<NodeId> = side
+            .iter()
+            .copied()
+            .filter(|n| self.sim.node(*n).core.is_primary(id))
+            .collect();
+        if p.len() > 1 {
+            self.sim
+                .fail(format_args!("{id} has primaries {p:?} on one side"));
+        }
+        p.first().copied()
+    }
+
+    /// One round of requests on one side of a partition: `creates` new sessions, and changes,
+    /// reads or (one in `end_one_in`) invalidations of `changes` of the sessions this side
+    /// serves, then quiescence. Returns the sessions ended, with the end's time (the ended
+    /// copy's last access).
+    fn side_round(
+        &mut self,
+        side: &BTreeSet<NodeId>,
+        creates: usize,
+        changes: usize,
+        end_one_in: u64,
+    ) -> Vec<(SessionId, u64)> {
+        let nodes: Vec<NodeId> = side.iter().copied().collect();
+        for _ in 0..creates {
+            let n = nodes[self.w.below(nodes.len() as u64) as usize];
+            let mut ops = self.change_ops();
+            ops.retain(|op| matches!(op, Op::Set(_)));
+            self.create_on(n, &ops);
+        }
+        // Every session this side serves, even one the other side ended.
+        let mut served: Vec<(usize, NodeId)> = (0..self.sessions.len())
+            .filter_map(|s| Some((s, self.primary_in(side, &self.sessions[s].id)?)))
+            .collect();
+        let mut ended = Vec::new();
+        for _ in 0..changes.min(served.len()) {
+            let (s, n) = served.swap_remove(self.w.below(served.len() as u64) as usize);
+            let ops = if end_one_in > 0 && self.w.below(end_one_in) == 0 {
+                let id = &self.sessions[s].id;
+                let at = self
+                    .sim
+                    .node(n)
+                    .core
+                    .session(id)
+                    .map(|x| x.last_accessed_ms());
+                ended.push((id.clone(), at.unwrap_or(0)));
+                vec![Op::Invalidate]
+            } else if self.w.chance(0.2) {
+                vec![Op::Read]
+            } else {
+                self.change_ops()
+            };
+            self.serve_at(s, n, &ops, Vec::new());
+        }
+        self.settle();
+        ended
+    }
+}
+
+/// 5 members, backups `k`: requests (all kinds) and quiescence; the network splits 3/2 (the
+/// sides chosen at random) and each side fails over; on both sides, rounds of requests create
+/// sessions and change, read or invalidate sessions it serves (the same sessions on both
+/// sides, and others), without changes of id or moves; then the partition heals. At
+/// quiescence every session is served by exactly one member, held by its placement's backups
+/// at the same version with the same attributes ([`Cluster::assert_settled`]), and it is what
+/// the rule makes of the two sides' primary copies at the heal: `reconcile` (with `merger`) of
+/// two live copies (same version, attributes and last access time), the one side's copy, or,
+/// for a session ended on one side, the other side's copy if it was used after the end
+/// (`live_beats_end`) and nothing otherwise. The merger is expected only for sessions both
+/// sides changed.
+fn partition_run(
+    seed: u64,
+    k: usize,
+    merger: Option<Arc<dyn SessionMerger>>,
+    end_one_in: u64,
+    stagger: bool,
+    t: &mut SplitTotals,
+) {
+    let n = 5;
+    let mut c = Cluster::new(seed, jitter(), &cfg(k), n);
+    for m in c.up() {
+        let merger = merger.clone();
+        c.sim.call(m, |node, _| node.core.set_merger(merger));
+    }
+    let mix = Mix {
+        sessions: 300,
+        ..Mix::default()
+    };
+    let gap = (Duration::ZERO, us(100));
+    let until = c.sim.now() + ms(30);
+    c.run_workload(until, gap, &mix);
+    c.calm(ms(2), gap, &mix);
+    c.settle();
+    // Each session's copy at the split (every copy alike after quiescence).
+    let key = |s: &SessionState| (s.version, fingerprint(s));
+    let mut at_split: HashMap<SessionId, (u64, u64)> = HashMap::new();
+    for s in &c.live {
+        let id = &c.sessions[*s].id;
+        if let Some(p) = c.primaries(id).first() {
+            if let Some(s) = c.sim.node(*p).core.session(id) {
+                at_split.insert(id.clone(), key(s.state()));
+            }
+        }
+    }
+    let mut order: Vec<NodeId> = (0..n).map(NodeId).collect();
+    for i in (1..n).rev() {
+        order.swap(i, c.w.below(i as u64 + 1) as usize);
+    }
+    let sides: [BTreeSet<NodeId>; 2] = [
+        order[..3].iter().copied().collect(),
+        order[3..].iter().copied().collect(),
+    ];
+    c.split(&sides);
+    c.settle();
+    let rounds = c.w.between(2, 5);
+    let mut ended: [HashMap<SessionId, u64>; 2] = Default::default();
+    for _ in 0..rounds {
+        for (i, side) in sides.iter().enumerate() {
+            let creates = c.w.between(0, 20) as usize;
+            let changes = c.w.between(10, 80) as usize;
+            ended[i].extend(c.side_round(side, creates, changes, end_one_in));
+        }
+    }
+    // What each side has of each session at the heal.
+    let mut at_heal: Vec<(usize, [Side; 2])> = Vec::new();
+    for s in 0..c.sessions.len() {
+        let id = c.sessions[s].id.clone();
+        let sides = [0, 1].map(|i| {
+            let copy = c
+                .primary_in(&sides[i], &id)
+                .and_then(|p| c.sim.node(p).core.session(&id))
+                .map(|s| s.state().clone());
+            match (copy, ended[i].get(&id)) {
+                (Some(s), _) => Side::Live(s),
+                (None, Some(at)) => Side::Ended(*at),
+                (None, None) => Side::Nothing,
+            }
+        });
+        if !matches!(sides, [Side::Nothing, Side::Nothing]) {
+            at_heal.push((s, sides));
+        }
+    }
+    c.heal(stagger.then_some(ms(3)));
+    c.settle();
+    c.world.borrow_mut().healing = false;
+    let mut errors = Vec::new();
+    for (s, [a, b]) in &at_heal {
+        let id = &c.sessions[*s].id;
+        let want = match (a, b) {
+            (Side::Live(a), Side::Live(b)) => {
+                t.both_sides += 1;
+                if Stamp::of(a) != Stamp::of(b) {
+                    t.diverged += 1;
+                }
+                // The merger only if both sides changed it (see `BackupMessage::Reconcile`).
+                let past = at_split
+                    .get(id)
+                    .is_some_and(|k| key(a) == *k || key(b) == *k);
+                let m = if past { None } else { merger.as_deref() };
+                let r = reconcile(a, b, m).unwrap_or_else(|| a.clone());
+                if r.version > a.version.max(b.version) {
+                    t.merged += 1;
+                }
+                Some(r)
+            }
+            (Side::Live(x), Side::Ended(at)) | (Side::Ended(at), Side::Live(x)) => {
+                t.ended_one_side += 1;
+                let lives = live_beats_end(x.last_accessed_ms, *at);
+                t.revived += u64::from(lives);
+                lives.then(|| x.clone())
+            }
+            (Side::Live(x), Side::Nothing) | (Side::Nothing, Side::Live(x)) => Some(x.clone()),
+            _ => None,
+        };
+        t.sessions += 1;
+        let got = c
+            .primaries(id)
+            .first()
+            .and_then(|p| c.sim.node(*p).core.session(id))
+            .map(|s| s.state().clone());
+        let brief = |x: &Side| match x {
+            Side::Live(s) => format!(
+                "v{} {} (accessed {})",
+                s.version,
+                show(&s.attributes),
+                s.last_accessed_ms
+            ),
+            Side::Ended(at) => format!("ended at {at}"),
+            Side::Nothing => "nothing".to_string(),
+        };
+        match (got, want) {
+            (None, None) => {
+                if let Some(n) = c
+                    .up()
+                    .into_iter()
+                    .find(|n| c.sim.node(*n).core.session(id).is_some())
+                {
+                    errors.push(format!("{id} ended by the rule, still held by {n}"));
+                }
+            }
+            (Some(g), None) => errors.push(format!(
+                "{id} should have ended ({} and {}), is v{}",
+                brief(a),
+                brief(b),
+                g.version
+            )),
+            (None, Some(_)) => errors.push(format!("{id} is lost ({} and {})", brief(a), brief(b))),
+            (Some(g), Some(want)) => {
+                let key = |s: &SessionState| (s.version, s.attributes.clone(), s.last_accessed_ms);
+                if key(&g) != key(&want) {
+                    errors.push(format!(
+                        "{id}: v{} {} (accessed {}), the rule makes v{} {} (accessed {}) of {} and {}",
+                        g.version,
+                        show(&g.attributes),
+                        g.last_accessed_ms,
+                        want.version,
+                        show(&want.attributes),
+                        want.last_accessed_ms,
+                        brief(a),
+                        brief(b),
+                    ));
+                }
+                // An end the rule overrode: the session lives on for its user, as the other
+                // side had it (what the ended side acknowledged before its end is gone).
+                let root = c.sessions[*s].root.clone();
+                if matches!((a, b), (Side::Ended(_), _) | (_, Side::Ended(_))) {
+                    let mut w = c.world.borrow_mut();
+                    w.oracle.end_acked.remove(&root);
+                    w.oracle.ended.remove(id);
+                    w.oracle.acked_version.insert(root, g.version);
+                }
+                if c.sessions[*s].fate == Fate::Ended {
+                    c.sessions[*s].fate = Fate::Live;
+                    c.live.push(*s);
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        c.sim.fail(format_args!(
+            "{} sessions not as the rule makes them, e.g.:\n  {}",
+            errors.len(),
+            errors[..errors.len().min(6)].join("\n  ")
+        ));
+    }
+    c.assert_settled();
+    let tr = c.traffic();
+    t.digests += tr.sent("digest");
+    t.reconciles += tr.sent("reconcile");
+}
+
+/// A session at the heal, on one side.
+enum Side {
+    /// Served there: its primary's copy.
+    Live(SessionState),
+    /// Ended there (invalidated), at this time.
+    Ended(u64),
+    Nothing,
+}
+
+/// Runs [`partition_run`] over `seeds` seeds, backups 1 and 2 alternately, and for half the
+/// seeds of each the members notice the heal up to 3 ms apart.
+/// One change in `end_one_in` on each side is an invalidation (0: none).
+fn partition_runs(
+    seeds: u64,
+    merger: Option<Arc<dyn SessionMerger>>,
+    end_one_in: u64,
+) -> SplitTotals {
+    let mut t = SplitTotals::default();
+    let start = std::time::Instant::now();
+    for_each_seed(seeds, |seed| {
+        let k = 1 + (seed % 2) as usize;
+        let stagger = (seed / 2) % 2 == 1;
+        partition_run(seed, k, merger.clone(), end_one_in, stagger, &mut t);
+    });
+    eprintln!("partitions ({seeds} seeds, {:?}): {t:?}", start.elapsed());
+    t
+}
+
+/// A 3/2 split of 5 members, requests on both sides, heal: every member converges to the
+/// sessions the reconciliation rule makes (see [`partition_run`]). 200 seeds, backups 1 and 2.
+#[test]
+fn a_healed_partition_converges_to_the_rule_on_every_member() {
+    let t = partition_runs(200, None, 10);
+    if !replaying() {
+        assert!(t.diverged > 1000 && t.both_sides > t.diverged, "{t:?}");
+        assert!(t.revived > 100 && t.ended_one_side > t.revived, "{t:?}");
+    }
+}
+
+/// The same with a merger (the union of both sides' attributes): a session both sides changed
+/// survives as the merge, at a version above both sides'. 100 seeds.
+#[test]
+fn a_healed_partition_with_a_merger_converges_to_the_merged_sessions() {
+    let t = partition_runs(100, Some(Arc::new(Union)), 10);
+    if !replaying() {
+        assert!(t.merged > 500, "{t:?}");
+    }
 }
 
 // ---- the bugs, each reproduced on bare cores with a chosen delivery order ----
