@@ -657,16 +657,16 @@ impl DeltaCore {
             events.extend(attr_events);
         }
         match (&outcome, msg) {
-            (_, SessionMessage::AllSessions { index, count, .. }) => {
-                // Ready once every chunk arrived (one lost on a reset leaves the transfer to
-                // time out rather than pretend it is complete). Only while a transfer runs, and
-                // only indexes below the count: chunks from the network cannot grow the set.
-                if !self.ready && index < count {
-                    self.chunks_seen.insert(*index);
-                    if self.chunks_seen.len() >= *count as usize {
-                        self.ready = true;
-                        self.chunks_seen.clear();
-                    }
+            // Ready once every chunk arrived (one lost on a reset leaves the transfer to time out
+            // rather than pretend it is complete). Only while a transfer runs, and only indexes
+            // below the count: chunks from the network cannot grow the set.
+            (_, SessionMessage::AllSessions { index, count, .. })
+                if !self.ready && index < count =>
+            {
+                self.chunks_seen.insert(*index);
+                if self.chunks_seen.len() >= *count as usize {
+                    self.ready = true;
+                    self.chunks_seen.clear();
                 }
             }
             (Outcome::Applied, SessionMessage::Expired { id, .. }) => {
