@@ -65,12 +65,12 @@ pub enum BackupMessage {
     /// current backups acknowledged their copies, so a session never has fewer copies than
     /// before while it moves.
     Drop { id: SessionId, epoch: u64 },
-    /// Ended (invalidated or expired). `at_ms`: the end's time, the ended copy's last access
-    /// (a copy used after it lives on: see `reconcile::live_beats_end`).
+    /// Ended (invalidated or expired). `version`: the session's version when it ended (a copy
+    /// of a higher version lives on after a partition: see `reconcile::live_beats_end`).
     Expired {
         id: SessionId,
         epoch: u64,
-        at_ms: u64,
+        version: u64,
     },
     /// The session's new id, and the backups of the new id's placement.
     ChangeId {
@@ -127,7 +127,7 @@ pub enum BackupMessage {
     /// both sides may serve a session).
     Digest {
         entries: Vec<(SessionId, u64, Stamp)>,
-        /// Sessions ended here, with the end's time (sent only to a member that was listed
+        /// Sessions ended here, with the version they ended at (sent only to a member that was listed
         /// before: one that cannot hold copies from before the end learns nothing from it).
         ended: Vec<(SessionId, u64)>,
     },
@@ -389,33 +389,33 @@ impl BackupCore {
     /// primary's decision: the sender ends it too (an end, even unacknowledged, wins over a
     /// copy that survived it, so every member agrees).
     fn ended_reply(&self, id: &SessionId, to: MemberId) -> Option<Out> {
-        let at_ms = self.ended_at(id)?;
+        let version = self.ended_at(id)?;
         Some(Self::to(
             to,
             BackupMessage::Expired {
                 id: id.clone(),
                 epoch: u64::MAX,
-                at_ms,
+                version,
             },
         ))
     }
 
-    /// When `id` was ended by its primary's decision, as known here.
+    /// The version at which `id` was ended by its primary's decision, as known here.
     fn ended_at(&self, id: &SessionId) -> Option<u64> {
         match self.ended.get(id) {
-            Some(Tomb::Ended { at_ms }) => Some(*at_ms),
+            Some(Tomb::Ended { version }) => Some(*version),
             _ => None,
         }
     }
 
-    /// A regained member serves `id`, last used at `used_ms`: if that was after the end known
-    /// here (a partition: its users were on the other side), the end is forgotten, so the
-    /// copies it places are taken. Only here: elsewhere an end wins over any copy, which may be
-    /// a superseded primary's.
-    fn revive(&mut self, id: &SessionId, used_ms: u64) {
+    /// A regained member serves `id` at `version`: if that is above the version the end known
+    /// here ended (a partition: its users changed it on the other side), the end is forgotten,
+    /// so the copies it places are taken. Only here: elsewhere an end wins over any copy, which
+    /// may be a superseded primary's.
+    fn revive(&mut self, id: &SessionId, version: u64) {
         if self
             .ended_at(id)
-            .is_some_and(|at| live_beats_end(used_ms, at))
+            .is_some_and(|ended| live_beats_end(version, ended))
         {
             self.ended.remove(id);
         }
@@ -740,11 +740,11 @@ impl BackupCore {
             return (Vec::new(), Vec::new());
         };
         let primary = matches!(e.role, Role::Primary { .. });
-        let at_ms = e.session.last_accessed_ms();
+        let version = e.session.version();
         self.bury(
             id,
             if primary {
-                Tomb::Ended { at_ms }
+                Tomb::Ended { version }
             } else {
                 Tomb::Local
             },
@@ -760,7 +760,7 @@ impl BackupCore {
                             BackupMessage::Expired {
                                 id: id.clone(),
                                 epoch,
-                                at_ms,
+                                version,
                             },
                         )
                     })
@@ -1069,7 +1069,7 @@ impl BackupCore {
             .ended
             .iter()
             .filter_map(|(id, t)| match t {
-                Tomb::Ended { at_ms } => Some((id.clone(), *at_ms)),
+                Tomb::Ended { version } => Some((id.clone(), *version)),
                 _ => None,
             })
             .collect();
@@ -1307,7 +1307,7 @@ impl BackupCore {
                     self.remember(id, c);
                 }
             }
-            BackupMessage::Expired { id, epoch, at_ms } => {
+            BackupMessage::Expired { id, epoch, version } => {
                 let c = (*epoch, from);
                 if self.entries.get(id).is_some_and(|e| e.claim(local) > c) {
                     return (outs, events);
@@ -1322,7 +1322,7 @@ impl BackupCore {
                 if self.entries.remove(id).is_some() {
                     events.push(SessionEvent::Destroyed(id.clone()));
                 }
-                self.bury(id, Tomb::Ended { at_ms: *at_ms });
+                self.bury(id, Tomb::Ended { version: *version });
             }
             BackupMessage::ChangeId {
                 old,
@@ -1496,10 +1496,10 @@ impl BackupCore {
             }
             BackupMessage::Digest { entries, ended } => {
                 // Handled entry by entry, nothing kept: a digest is bounded by the frame size.
-                for (id, at_ms) in ended {
+                for (id, version) in ended {
                     let ends = self.entries.get(id).is_some_and(|e| {
                         matches!(e.role, Role::Primary { .. })
-                            && !live_beats_end(e.session.last_accessed_ms(), *at_ms)
+                            && !live_beats_end(e.session.version(), *version)
                     });
                     if ends {
                         let (o, ev) = self.invalidate(id);
@@ -1508,7 +1508,7 @@ impl BackupCore {
                     }
                 }
                 for (id, epoch, stamp) in entries {
-                    self.revive(id, stamp.last_accessed_ms);
+                    self.revive(id, stamp.version);
                     let yields = self.entries.get(id).is_some_and(|e| {
                         matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
                     });
@@ -1686,9 +1686,9 @@ impl BackupCore {
 /// Why an id is remembered as gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tomb {
-    /// Invalidated or expired by its primary (here, or told so), at `at_ms` (the ended copy's
-    /// last access).
-    Ended { at_ms: u64 },
+    /// Invalidated or expired by its primary (here, or told so), at `version` (the ended
+    /// copy's).
+    Ended { version: u64 },
     /// A backup copy expired here on its own (the primary may still serve it).
     Local,
     /// Renamed: the session lives on under its new id.
@@ -2009,7 +2009,7 @@ mod tests {
     }
 
     #[test]
-    fn an_end_on_one_side_loses_only_to_a_copy_used_after_it() {
+    fn an_end_on_one_side_loses_only_to_a_copy_changed_past_its_version() {
         for used_after in [true, false] {
             let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
             let id = nodes[0].create(0).unwrap();
@@ -2017,28 +2017,38 @@ mod tests {
             run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
             nodes[0].set_members(vec![m(1)]);
             nodes[1].set_members(vec![m(2)]);
-            // Member 1 uses it at 10 and ends it (the end's time is 10).
+            // Member 1 changes it once and ends it (at version 1); member 2 changes it twice
+            // (version 2, above the end), or once (version 1: the end wins the tie).
             nodes[0].session_mut(&id).unwrap().set("x", &1u8).unwrap();
             nodes[0].end_request(&id, 10);
             nodes[0].invalidate(&id);
+            nodes[1].session_mut(&id).unwrap().set("y", &1u8).unwrap();
+            nodes[1].end_request(&id, 20);
             if used_after {
                 nodes[1].session_mut(&id).unwrap().set("y", &2u8).unwrap();
-                nodes[1].end_request(&id, 20);
+                nodes[1].end_request(&id, 30);
             }
             heal_in_order(&mut nodes);
             let held: Vec<_> = nodes.iter().filter_map(|n| n.session(&id)).collect();
             if used_after {
-                assert_eq!(held.len(), 2, "the copy used after the end lives, on both");
+                assert_eq!(
+                    held.len(),
+                    2,
+                    "the copy changed past the end lives, on both"
+                );
                 assert!(held.iter().all(|s| s.get::<u8>("y").unwrap() == Some(2)));
                 assert_eq!(nodes.iter().filter(|n| n.is_primary(&id)).count(), 1);
             } else {
-                assert!(held.is_empty(), "the end wins over a copy not used since");
+                assert!(
+                    held.is_empty(),
+                    "the end wins over a copy of the same version"
+                );
             }
         }
     }
 
-    /// The case the rule's end time is for: the session expires on one side only because its
-    /// users were on the other.
+    /// The session expires on one side only because its users were on the other, where they
+    /// changed it: the changed copy lives on.
     #[test]
     fn a_session_that_expired_on_one_side_while_used_on_the_other_lives_on() {
         let mut nodes = vec![node(1, &[1, 2], 1), node(2, &[1, 2], 1)];
@@ -2049,7 +2059,7 @@ mod tests {
         nodes[1].set_members(vec![m(2)]);
         nodes[1].session_mut(&id).unwrap().set("y", &2u8).unwrap();
         nodes[1].end_request(&id, 1_000_000);
-        // 30 minutes idle on member 1: its reaper ends it (at its last access, 0).
+        // 30 minutes idle on member 1: its reaper ends it (at version 0).
         let (outs, _) = nodes[0].expire(1_800_001);
         assert!(nodes[0].session(&id).is_none() && outs.is_empty());
         heal_in_order(&mut nodes);

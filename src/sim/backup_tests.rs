@@ -1496,12 +1496,7 @@ impl Cluster {
             let (s, n) = served.swap_remove(self.w.below(served.len() as u64) as usize);
             let ops = if end_one_in > 0 && self.w.below(end_one_in) == 0 {
                 let id = &self.sessions[s].id;
-                let at = self
-                    .sim
-                    .node(n)
-                    .core
-                    .session(id)
-                    .map(|x| x.last_accessed_ms());
+                let at = self.sim.node(n).core.session(id).map(|x| x.version());
                 ended.push((id.clone(), at.unwrap_or(0)));
                 vec![Op::Invalidate]
             } else if self.w.chance(0.2) {
@@ -1524,8 +1519,8 @@ impl Cluster {
 /// at the same version with the same attributes ([`Cluster::assert_settled`]), and it is what
 /// the rule makes of the two sides' primary copies at the heal: `reconcile` (with `merger`) of
 /// two live copies (same version, attributes and last access time), the one side's copy, or,
-/// for a session ended on one side, the other side's copy if it was used after the end
-/// (`live_beats_end`) and nothing otherwise. The merger is expected only for sessions both
+/// for a session ended on one side, the other side's copy if its version is above the one the
+/// session ended at (`live_beats_end`) and nothing otherwise. The merger is expected only for sessions both
 /// sides changed.
 fn partition_run(
     seed: u64,
@@ -1624,7 +1619,7 @@ fn partition_run(
             }
             (Side::Live(x), Side::Ended(at)) | (Side::Ended(at), Side::Live(x)) => {
                 t.ended_one_side += 1;
-                let lives = live_beats_end(x.last_accessed_ms, *at);
+                let lives = live_beats_end(x.version, *at);
                 t.revived += u64::from(lives);
                 lives.then(|| x.clone())
             }
@@ -1644,7 +1639,7 @@ fn partition_run(
                 show(&s.attributes),
                 s.last_accessed_ms
             ),
-            Side::Ended(at) => format!("ended at {at}"),
+            Side::Ended(at) => format!("ended at v{at}"),
             Side::Nothing => "nothing".to_string(),
         };
         match (got, want) {
