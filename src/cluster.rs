@@ -144,6 +144,17 @@ struct ClusterMessage {
     msg: Payload,
 }
 
+/// The decoder `ClusterInner::received` uses, for the property tests.
+#[cfg(test)]
+pub(crate) fn decode_cluster_message(bytes: &[u8]) -> Result<(String, Payload), postcard::Error> {
+    decode_body::<ClusterMessage>(bytes).map(|m| (m.context, m.msg))
+}
+
+#[cfg(test)]
+pub(crate) fn encode_cluster_message(context: &str, msg: &Payload) -> Vec<u8> {
+    ClusterInner::encode(context, msg)
+}
+
 pub(crate) struct ClusterInner {
     channel: GroupChannel,
     cfg: ClusterConfig,

@@ -425,6 +425,20 @@ impl BackupCore {
         self.ended.get(id).is_some()
     }
 
+    /// What the network can fill, for the property tests: (ended ids and their order, claims and
+    /// their order, fetches, members seen).
+    #[cfg(test)]
+    pub(crate) fn buffer_load(&self) -> [usize; 6] {
+        [
+            self.ended.map.len(),
+            self.ended.order.len(),
+            self.claims.map.len(),
+            self.claims.order.len(),
+            self.fetching.len(),
+            self.seen.len(),
+        ]
+    }
+
     /// Whether `id` ended (or was renamed) here: a late message cannot bring it back.
     pub fn has_ended(&self, id: &SessionId) -> bool {
         self.is_ended(id)
@@ -597,7 +611,9 @@ impl BackupCore {
                 replace_after: false,
             },
         };
-        e.epoch += 1;
+        // Saturating: an epoch of u64::MAX from the network must neither panic nor wrap to
+        // the lowest claim.
+        e.epoch = e.epoch.saturating_add(1);
         e.copy_pending = !copy_now;
         e.unannounced = false;
         e.synced = true;

@@ -127,6 +127,8 @@ pub struct DeltaCore {
     merger: Option<Arc<dyn SessionMerger>>,
     /// Digests received before this node was ready, read once it is.
     pending_digests: Vec<(MemberId, Vec<DigestEntry>)>,
+    /// Entries in `pending_digests` (kept, not summed per digest: a joiner may hold many).
+    pending_digest_entries: usize,
 }
 
 impl DeltaCore {
@@ -143,6 +145,7 @@ impl DeltaCore {
             members: Vec::new(),
             merger: None,
             pending_digests: Vec::new(),
+            pending_digest_entries: 0,
         }
     }
 
@@ -153,6 +156,14 @@ impl DeltaCore {
 
     pub fn store(&self) -> &ReplicaStore {
         &self.store
+    }
+
+    /// What the network can fill: digests held until ready, their entries, chunk indexes seen.
+    #[cfg(test)]
+    pub(crate) fn buffer_load(&self) -> (usize, usize, usize) {
+        let entries = self.pending_digests.iter().map(|(_, e)| e.len()).sum();
+        assert_eq!(entries, self.pending_digest_entries);
+        (self.pending_digests.len(), entries, self.chunks_seen.len())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -177,6 +188,8 @@ impl DeltaCore {
     /// Gives up waiting for the state transfer (timeout, or the donor has no such application).
     pub fn end_state_transfer(&mut self) -> (Vec<Out>, Vec<SessionEvent>) {
         self.ready = true;
+        // The chunk indexes of a transfer given up are not kept until the next one.
+        self.chunks_seen.clear();
         self.read_pending_digests()
     }
 
@@ -238,6 +251,7 @@ impl DeltaCore {
 
     fn read_pending_digests(&mut self) -> (Vec<Out>, Vec<SessionEvent>) {
         let (mut outs, mut events) = (Vec::new(), Vec::new());
+        self.pending_digest_entries = 0;
         for (from, entries) in std::mem::take(&mut self.pending_digests) {
             let (o, e) = self.read_digest(from, &entries);
             outs.extend(o);
@@ -320,9 +334,13 @@ impl DeltaCore {
 
     /// Copies asked for after a digest (under their current ids here).
     fn answer_get_sessions(&self, from: MemberId, ids: &[SessionId]) -> Vec<Out> {
+        // Each session once, however often it is asked for (or named by old ids): a request
+        // repeating one id must not make this node send its copy that many times.
+        let mut seen = HashSet::new();
         let states: Vec<SessionState> = ids
             .iter()
             .map(|id| self.store.resolve(id))
+            .filter(|id| seen.insert(*id))
             .filter(|id| !self.unannounced.contains(*id))
             .filter_map(|id| self.store.get(id))
             .map(|s| s.state().clone())
@@ -586,8 +604,11 @@ impl DeltaCore {
             }
             SessionMessage::NoContextManager => self.end_state_transfer(),
             SessionMessage::Digest(entries) if !self.ready => {
-                let held: usize = self.pending_digests.iter().map(|(_, e)| e.len()).sum();
-                if held + entries.len() <= MAX_PENDING_DIGEST_ENTRIES {
+                // An empty digest says nothing and is not kept: counted by entries, the bound
+                // would not hold empty ones.
+                let held = self.pending_digest_entries;
+                if !entries.is_empty() && held + entries.len() <= MAX_PENDING_DIGEST_ENTRIES {
+                    self.pending_digest_entries += entries.len();
                     self.pending_digests.push((from, entries.clone()));
                 }
                 (Vec::new(), Vec::new())

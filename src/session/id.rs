@@ -11,7 +11,12 @@ const ID_BYTES: usize = 16;
 const MAX_ID_LEN: usize = ID_BYTES * 2 + 1 + 64;
 
 /// A session id such as `5F1C…9A0B.server1`.
+///
+/// Ids read from the network are checked as [`SessionId::parse`] checks a cookie's: every id
+/// this library makes passes, and a hostile one (megabytes long, say) cannot make the bounded
+/// memories of ids (tombstones, claims, pending digests) hold more than their bound implies.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub struct SessionId(String);
 
 /// Why a string is not a session id.
@@ -53,6 +58,38 @@ fn valid_route(route: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The rules of an id from outside: the length first, so a long one costs nothing to refuse.
+fn check(s: &str) -> Result<(), SessionIdError> {
+    if s.len() > MAX_ID_LEN {
+        return Err(SessionIdError::TooLong(s.len()));
+    }
+    let (random, route) = match s.split_once('.') {
+        Some((r, route)) => (r, Some(route)),
+        None => (s, None),
+    };
+    if random.len() != ID_BYTES * 2
+        || !random
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
+        return Err(SessionIdError::BadRandomPart);
+    }
+    if route.is_some_and(|r| !valid_route(r)) {
+        return Err(SessionIdError::BadRoute);
+    }
+    Ok(())
+}
+
+/// Deserialization (ids in messages from other members) checks as [`SessionId::parse`] does.
+impl TryFrom<String> for SessionId {
+    type Error = SessionIdError;
+
+    fn try_from(s: String) -> Result<SessionId, SessionIdError> {
+        check(&s)?;
+        Ok(SessionId(s))
+    }
+}
+
 impl SessionId {
     /// A new id with `route` as suffix (none when empty).
     pub fn generate(route: &str) -> Result<SessionId, SessionIdError> {
@@ -75,23 +112,7 @@ impl SessionId {
 
     /// Checks an id that came from outside (a cookie, a URL).
     pub fn parse(s: &str) -> Result<SessionId, SessionIdError> {
-        if s.len() > MAX_ID_LEN {
-            return Err(SessionIdError::TooLong(s.len()));
-        }
-        let (random, route) = match s.split_once('.') {
-            Some((r, route)) => (r, Some(route)),
-            None => (s, None),
-        };
-        if random.len() != ID_BYTES * 2
-            || !random
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-        {
-            return Err(SessionIdError::BadRandomPart);
-        }
-        if route.is_some_and(|r| !valid_route(r)) {
-            return Err(SessionIdError::BadRoute);
-        }
+        check(s)?;
         Ok(SessionId(s.to_string()))
     }
 
@@ -174,5 +195,30 @@ mod tests {
             SessionId::generate("../x").unwrap_err(),
             SessionIdError::BadRoute
         );
+    }
+
+    /// Ids in messages were taken as any string: one of megabytes passed, and every bounded
+    /// memory of ids (tombstones, claims, pending digests) could hold that much per entry.
+    #[test]
+    fn ids_from_the_network_are_checked_like_cookies() {
+        use crate::wire::{decode_body, encode_body};
+        let id = SessionId::generate("server1").unwrap();
+        let bytes = encode_body(&id);
+        assert_eq!(bytes, encode_body(&id.as_str()), "encoded as a string");
+        assert_eq!(decode_body::<SessionId>(&bytes), Ok(id));
+        let long = format!("{}.{}", "A".repeat(32), "r".repeat(1 << 20));
+        assert!(decode_body::<SessionId>(&encode_body(&long)).is_err());
+        assert_eq!(
+            SessionId::try_from(long.clone()),
+            Err(SessionIdError::TooLong(long.len()))
+        );
+        for bad in ["", "abc", "0123456789abcdef0123456789abcdef"] {
+            assert!(
+                decode_body::<SessionId>(&encode_body(&bad)).is_err(),
+                "{bad}"
+            );
+        }
+        let no_route = "0123456789ABCDEF0123456789ABCDEF";
+        assert!(decode_body::<SessionId>(&encode_body(&no_route)).is_ok());
     }
 }

@@ -7,6 +7,8 @@ pub(crate) mod engine;
 pub mod id;
 pub mod manager;
 pub mod model;
+#[cfg(test)]
+mod prop_tests;
 pub mod reconcile;
 pub mod replica;
 

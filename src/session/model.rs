@@ -343,7 +343,8 @@ impl Session {
             return None;
         }
         let base = self.state.version;
-        self.state.version += 1;
+        // Saturating: a replica adopted at u64::MAX (from the network) must not panic here.
+        self.state.version = self.state.version.saturating_add(1);
         Some((base, self.state.version, std::mem::take(&mut self.pending)))
     }
 
@@ -481,5 +482,18 @@ mod tests {
         let old = s.change_id(SessionId::generate("n2").unwrap());
         assert_ne!(&old, s.id());
         assert_eq!(s.get::<u8>("k").unwrap(), Some(1));
+    }
+
+    /// A replica adopted at version u64::MAX (from the network), then changed by a request
+    /// here: bumping the version overflowed.
+    #[test]
+    fn a_change_to_a_copy_at_the_highest_version_does_not_overflow() {
+        let mut s = Session::from_state(SessionState {
+            version: u64::MAX,
+            ..session().state().clone()
+        });
+        s.set("a", &1u8).unwrap();
+        let (base, version, ops) = s.take_delta().unwrap();
+        assert_eq!((base, version, ops.len()), (u64::MAX, u64::MAX, 1));
     }
 }

@@ -117,7 +117,7 @@ pub fn reconcile(
                 out.principal = merged.principal;
                 out.auth_type = merged.auth_type;
                 out.max_inactive_ms = merged.max_inactive_ms;
-                out.version = local.version.max(remote.version) + 1;
+                out.version = local.version.max(remote.version).saturating_add(1);
             }
             out
         }
@@ -203,6 +203,17 @@ mod tests {
         // Meeting either input again changes nothing (idempotent).
         assert_eq!(reconcile(&on_a, &a, Some(&Union)), None);
         assert_eq!(reconcile(&on_a, &b, Some(&Union)), None);
+    }
+
+    /// A merged copy's version is one above both: a copy at u64::MAX (from the network)
+    /// overflowed it.
+    #[test]
+    fn merging_a_copy_at_the_highest_version_does_not_overflow() {
+        let id = SessionId::generate("n").unwrap();
+        let a = state(&id, u64::MAX, &[("x", 1)], 100);
+        let b = state(&id, 6, &[("y", 2)], 200);
+        let merged = reconcile(&b, &a, Some(&Union)).unwrap();
+        assert_eq!((merged.version, merged.attributes.len()), (u64::MAX, 2));
     }
 
     #[test]

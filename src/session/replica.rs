@@ -184,6 +184,12 @@ impl ReplicaStore {
             .insert(state.id.clone(), Session::from_state(state));
     }
 
+    /// Tombstones held and the length of their order (both bounded by `max_tombstones`).
+    #[cfg(test)]
+    pub(crate) fn tombstone_load(&self) -> (usize, usize) {
+        (self.tombstones.len(), self.tombstone_order.len())
+    }
+
     /// What is remembered of a session no longer here.
     pub fn tombstone(&self, id: &SessionId) -> Option<&Tombstone> {
         self.tombstones.get(id)
