@@ -1976,16 +1976,7 @@ mod tests {
         assert_one_copy(&nodes, &id, &want);
     }
 
-    struct Union;
-    impl SessionMerger for Union {
-        fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
-            let mut out = preferred.clone();
-            for (k, v) in &other.attributes {
-                out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            out
-        }
-    }
+    use crate::session::reconcile::test_support::UnionMerger as Union;
 
     #[test]
     fn a_merger_decides_instead_of_the_rule() {

@@ -10,7 +10,7 @@ use super::delta::{DeltaConfig, DeltaCore, Dest, Out};
 use super::engine::Payload;
 use super::id::SessionId;
 use super::model::{DeltaOp, SessionState};
-use super::reconcile::{SessionMerger, Stamp};
+use super::reconcile::Stamp;
 use super::replica::{DigestEntry, SessionMessage};
 use crate::cluster::{decode_cluster_message, encode_cluster_message};
 use crate::member::MemberId;
@@ -518,17 +518,7 @@ fn size_of_session_message(m: &SessionMessage) -> usize {
     }
 }
 
-/// Keeps both sides' attributes (exercises the merger path of reconciliation).
-struct Union;
-impl SessionMerger for Union {
-    fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
-        let mut out = preferred.clone();
-        for (k, v) in &other.attributes {
-            out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        out
-    }
-}
+use crate::session::reconcile::test_support::UnionMerger as Union;
 
 /// What happens to the core between two messages, or a message.
 #[derive(Clone, Debug)]

@@ -1375,19 +1375,7 @@ fn placement_spreads_evenly_and_moves_few_sessions_on_membership_changes() {
 
 // ---- 6. partitions ----
 
-/// Keeps both sides' attributes; on a clash the preferred copy's value (deterministic and
-/// idempotent, as `SessionMerger` asks).
-struct Union;
-
-impl SessionMerger for Union {
-    fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
-        let mut out = preferred.clone();
-        for (k, v) in &other.attributes {
-            out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        out
-    }
-}
+use crate::session::reconcile::test_support::UnionMerger as Union;
 
 /// What the partition runs add up to.
 #[derive(Debug, Default)]
