@@ -13,7 +13,7 @@ use crate::membership::state::Source;
 use crate::membership::{Change, Membership};
 use crate::metrics::{ChannelStats, MemberCounters, MemberRegistry};
 use crate::options::SendOptions;
-use crate::transport::lane::Identity;
+use crate::transport::lane::{Identity, PeerSeen};
 use crate::transport::receiver::{self, NioReceiver, ReceiverHandler, ReceiverStats};
 use crate::transport::sender::{PooledParallelSender, SenderStats};
 use crate::wire::{DataBody, Envelope};
@@ -233,6 +233,39 @@ impl ChannelInner {
         }
     }
 
+    /// Remembers the incarnation a member shook hands with, either way round (its handshake to
+    /// us, or its answer to ours). A changed non-zero one means it restarted under the same id
+    /// and lost what it held: it is reported gone (and back with its hello). Returns whether it
+    /// was such a restart.
+    fn note_incarnation(&self, member: &Member, incarnation: u64) -> bool {
+        let before = {
+            let mut known = self.incarnations.lock();
+            // Anyone reaching an unkeyed receiver can claim ids: forget all rather than grow.
+            if known.len() >= MAX_INCARNATIONS && !known.contains_key(&member.id) {
+                known.clear();
+            }
+            known.insert(member.id, incarnation)
+        };
+        let restarted = before.is_some_and(|b| b != incarnation && b != 0 && incarnation != 0);
+        if restarted {
+            // A member killed and restarted faster than the failure detector notices comes
+            // back empty: report it gone and back, so session managers copy to it again.
+            info!("Member [{member}] restarted (a new incarnation): it left and joins again");
+            if let Some(events) = self.membership_events.read().clone() {
+                service::notify(&events, Event::Restarted(member.id), None);
+            }
+        }
+        restarted
+    }
+
+    /// One of our lanes shook hands with a member (`Identity::peer_seen`). A restart it reveals
+    /// is reported gone and back at once, without waiting for the member to connect to us.
+    fn peer_seen(&self, member: &Member, incarnation: u64) {
+        if self.note_incarnation(member, incarnation) {
+            self.peer_event(PeerEvent::Hello(member.clone()));
+        }
+    }
+
     pub(crate) fn members(&self) -> Arc<[Member]> {
         self.membership.lock().snapshot()
     }
@@ -250,22 +283,7 @@ impl ReceiverHandler for ChannelInner {
     }
 
     fn peer_hello(&self, member: &Member, incarnation: u64) {
-        let before = {
-            let mut known = self.incarnations.lock();
-            // Anyone reaching an unkeyed receiver can claim ids: forget all rather than grow.
-            if known.len() >= MAX_INCARNATIONS && !known.contains_key(&member.id) {
-                known.clear();
-            }
-            known.insert(member.id, incarnation)
-        };
-        if before.is_some_and(|b| b != incarnation && b != 0 && incarnation != 0) {
-            // A member killed and restarted faster than the failure detector notices comes
-            // back empty: report it gone and back, so session managers copy to it again.
-            info!("Member [{member}] restarted (a new incarnation): it left and joins again");
-            if let Some(events) = self.membership_events.read().clone() {
-                service::notify(&events, Event::Restarted(member.id), None);
-            }
-        }
+        self.note_incarnation(member, incarnation);
         self.peer_event(PeerEvent::Hello(member.clone()));
     }
 
@@ -436,13 +454,22 @@ impl GroupChannel {
             addr,
             domain: cfg.domain.clone(),
         };
+        let incarnation = random_u64();
+        // Weak: the sender's identity must not keep the channel alive.
+        let seen_by = Arc::downgrade(&self.inner);
+        let peer_seen: PeerSeen = Arc::new(move |m: &Member, incarnation: u64| {
+            if let Some(inner) = seen_by.upgrade() {
+                inner.peer_seen(m, incarnation);
+            }
+        });
         let identity = Arc::new(Identity {
             cluster: cfg.cluster_name.clone(),
             local: local.clone(),
-            incarnation: random_u64(),
+            incarnation,
             max_frame_size: cfg.max_frame_size,
             next_seq: AtomicU64::new(0),
             key: cfg.cluster_key.clone(),
+            peer_seen: Some(peer_seen),
         });
         if cfg.cluster_key.is_some() {
             info!("Cluster key configured: TCP frames and membership datagrams are authenticated and encrypted (AES-256-GCM); members without the key are refused");
@@ -459,7 +486,13 @@ impl GroupChannel {
             sender,
         }));
         let started = (|| {
-            let receiver = NioReceiver::start(listener, local.clone(), cfg, self.inner.clone())?;
+            let receiver = NioReceiver::start(
+                listener,
+                local.clone(),
+                incarnation,
+                cfg,
+                self.inner.clone(),
+            )?;
             for (index, i) in self.inner.interceptors.iter().enumerate() {
                 i.start(StackHandle {
                     inner: Arc::downgrade(&self.inner),

@@ -81,7 +81,10 @@ impl StalledPeer {
                     let _ = s.set_read_timeout(Some(LIMIT));
                     if read_raw_frame(&mut s).is_ok() {
                         let mut f = Vec::new();
-                        let body = encode_body(&HandshakeAccept { member: m.clone() });
+                        let body = encode_body(&HandshakeAccept {
+                            member: m.clone(),
+                            incarnation: 1,
+                        });
                         encode_frame(&mut f, FrameKind::HandshakeAccept, 0, 0, &body);
                         let _ = s.write_all(&f);
                     }

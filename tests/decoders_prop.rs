@@ -682,10 +682,11 @@ proptest! {
     #[test]
     fn handshake_accept_round_trip_and_mutations(
         member in arb_member(),
+        incarnation in any::<u64>(),
         cut in any::<Index>(),
         muts in prop::collection::vec(arb_mutation(), 1..4),
     ) {
-        let acc = HandshakeAccept { member };
+        let acc = HandshakeAccept { member, incarnation };
         let bytes = encode_body(&acc);
         prop_assert_eq!(decode_body::<HandshakeAccept>(&bytes), Ok(acc.clone()));
         prop_assert!(decode_body::<HandshakeAccept>(&bytes[..cut.index(bytes.len())]).is_err());
@@ -739,6 +740,9 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 const CLUSTER: &str = "c";
+
+/// The receiving member's incarnation, in every `HandshakeAccept` it sends.
+const LOCAL_INCARNATION: u64 = 0x1ca1;
 
 fn local_member() -> Member {
     Member {
@@ -804,10 +808,9 @@ fn check_rx_output(
     for (kind, _, _, body) in &replies {
         match kind {
             FrameKind::HandshakeAccept => {
-                prop_assert_eq!(
-                    decode_body::<HandshakeAccept>(body).unwrap().member,
-                    local_member()
-                )
+                let acc = decode_body::<HandshakeAccept>(body).unwrap();
+                prop_assert_eq!(acc.member, local_member());
+                prop_assert_eq!(acc.incarnation, LOCAL_INCARNATION);
             }
             FrameKind::HandshakeRefuse => match result {
                 Err(RxClose::Refused(r)) => {
@@ -1156,6 +1159,7 @@ fn run_session(
     let s = RxSettings {
         cluster: CLUSTER,
         local: &local,
+        incarnation: LOCAL_INCARNATION,
         max_frame_size: max,
         key: None,
     };
@@ -1222,7 +1226,7 @@ proptest! {
     #[test]
     fn rx_arbitrary_bytes(buf in arb_frame_like_bytes(), max in arb_rx_max()) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
+        let s = RxSettings { cluster: CLUSTER, local: &local, incarnation: LOCAL_INCARNATION, max_frame_size: max, key: None };
         let mut out = RxOutput::default();
         let mut rx = RxSession::default();
         let r = rx.on_bytes(&mut buf.to_vec(), &s, &mut DedupTable::new(8), &mut out);
@@ -1240,7 +1244,7 @@ proptest! {
         max in arb_rx_max(),
     ) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
+        let s = RxSettings { cluster: CLUSTER, local: &local, incarnation: LOCAL_INCARNATION, max_frame_size: max, key: None };
         let mut dedup = DedupTable::new(1024);
         let mut model = HashMap::new();
         for c in &conns {
@@ -1311,7 +1315,7 @@ proptest! {
         kind in arb_kind(),
     ) {
         let local = local_member();
-        let s = RxSettings { cluster: CLUSTER, local: &local, max_frame_size: max, key: None };
+        let s = RxSettings { cluster: CLUSTER, local: &local, incarnation: LOCAL_INCARNATION, max_frame_size: max, key: None };
         let pre = max.min(MAX_HANDSHAKE_LEN);
         let header = encode_header(kind, 0, 0, (pre + over) as usize, &body_hasher(&[]));
         let r = RxSession::default().on_bytes(&mut header.to_vec(), &s, &mut DedupTable::new(4), &mut RxOutput::default());
@@ -1458,6 +1462,7 @@ fn doc_receiver_facts() {
     let s = RxSettings {
         cluster: CLUSTER,
         local: &local,
+        incarnation: LOCAL_INCARNATION,
         max_frame_size: 4 << 20,
         key: None,
     };
@@ -1531,6 +1536,7 @@ mod sealed_input {
         let s = RxSettings {
             cluster: CLUSTER,
             local: &local,
+            incarnation: LOCAL_INCARNATION,
             max_frame_size: 1 << 20,
             key: Some(&k),
         };
@@ -1594,6 +1600,7 @@ mod sealed_input {
         let s = RxSettings {
             cluster: CLUSTER,
             local: &local,
+            incarnation: LOCAL_INCARNATION,
             max_frame_size: 1 << 20,
             key: Some(&k),
         };
@@ -1729,6 +1736,7 @@ fn doc_sealed_frames() -> [(&'static str, Vec<u8>); 4] {
     .expect("seal");
     let accept = encode_body(&HandshakeAccept {
         member: doc_member(),
+        incarnation: 301,
     });
     seal_frame(
         &mut r2s,

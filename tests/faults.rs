@@ -18,7 +18,9 @@ use tribecast::transport::receiver::ReceiverStats;
 use tribecast::wire::frame::{
     body_hasher, encode_frame, encode_header, FLAG_ACK, HEADER_LEN, PROTOCOL_VERSION,
 };
-use tribecast::wire::{decode_body, encode_body, parse_frame, FrameKind, Handshake, Reason};
+use tribecast::wire::{
+    decode_body, encode_body, parse_frame, FrameKind, Handshake, HandshakeAccept, Reason,
+};
 use tribecast::{
     ChannelConfig, ChannelError, ChannelMessage, GroupChannel, Member, MemberId, QueueFullPolicy,
     SendFailure, SendOptions,
@@ -1171,5 +1173,162 @@ fn a_member_restarted_under_the_same_id_is_reported_gone_and_back() {
     assert_eq!(events.0.lock().iter().filter(|x| *x == "-b").count(), 1);
     drop(s);
     b.stop();
+    a.stop();
+}
+
+/// A stand-in for a member's first run, killed with -9 later: it accepts handshakes as
+/// `member` with `incarnation`, acks what asks for an ack, and at `kill` closes everything
+/// without a word (no `Leave`), as a killed process does.
+struct FakeRun {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FakeRun {
+    fn start(member: impl Fn(SocketAddr) -> Member, incarnation: u64) -> FakeRun {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let member = member(addr);
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let (st, sv) = (stop.clone(), streams.clone());
+        let accept = std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { continue };
+                if st.load(SeqCst) {
+                    return; // the listener closes with this thread
+                }
+                sv.lock().push(s.try_clone().expect("clone"));
+                let m = member.clone();
+                std::thread::spawn(move || fake_run_conn(s, &m, incarnation));
+            }
+        });
+        FakeRun {
+            addr,
+            stop,
+            streams,
+            accept: Some(accept),
+        }
+    }
+
+    /// Closes the listener and every connection, sending nothing.
+    fn kill(mut self) {
+        self.stop.store(true, SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop, which then returns
+        if let Some(t) = self.accept.take() {
+            t.join().expect("accept thread");
+        }
+        for s in self.streams.lock().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn fake_run_conn(mut s: TcpStream, me: &Member, incarnation: u64) {
+    while let Ok(f) = read_raw_frame(&mut s) {
+        let flags = u16::from_le_bytes([f[6], f[7]]);
+        let seq = u64::from_le_bytes(f[12..20].try_into().expect("8 bytes"));
+        let mut out = Vec::new();
+        match kind_of(&f) {
+            k if k == FrameKind::Handshake as u8 => {
+                let body = encode_body(&HandshakeAccept {
+                    member: me.clone(),
+                    incarnation,
+                });
+                encode_frame(&mut out, FrameKind::HandshakeAccept, 0, 0, &body);
+            }
+            k if k == FrameKind::Ping as u8 => encode_frame(&mut out, FrameKind::Ack, 0, seq, &[]),
+            k if k == FrameKind::Data as u8 && flags & FLAG_ACK != 0 => {
+                encode_frame(&mut out, FrameKind::Ack, 0, seq, &[])
+            }
+            _ => {}
+        }
+        if !out.is_empty() && s.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// The restarted member is the one that connects to nobody: B's first run is killed (-9, no
+/// leave), B starts again under the same id on the same port, knowing no one. A's next send
+/// connects to it, and B's answer to the handshake carries its new incarnation: A reports B
+/// gone and back at once. Pings are an hour apart on both sides, so neither A's pings nor B's
+/// (which would show B's new incarnation to A's receiver) can be what noticed the restart.
+#[test]
+fn a_restarted_member_that_connects_to_nobody_is_reported_gone_and_back_by_its_answer() {
+    init_logs();
+    let quiet = |cfg: &mut ChannelConfig| {
+        cfg.membership.ping_interval = Duration::from_secs(3600);
+        cfg.membership.expiration_time = Duration::from_secs(7200);
+    };
+    let b_id = MemberId::random();
+    let b1 = FakeRun::start(
+        |addr| Member {
+            id: b_id,
+            name: "b".into(),
+            addr,
+            domain: String::new(),
+        },
+        0xb1,
+    );
+    let mut cfg_a = ChannelConfig::loopback("a");
+    quiet(&mut cfg_a);
+    cfg_a.static_members = vec![tribecast::StaticMember {
+        addr: b1.addr,
+        unique_id: Some(b_id),
+    }];
+    let (a, events) = with_events(cfg_a);
+    wait_for("A sees B's first run", LIMIT, || events.has("+b"));
+    let b = a
+        .members()
+        .into_iter()
+        .find(|m| m.id == b_id)
+        .expect("B is a member");
+    a.send(
+        std::slice::from_ref(&b),
+        b"to the first run".to_vec(),
+        SendOptions::USE_ACK,
+    )
+    .expect("send to B's first run");
+
+    b1.kill();
+    let mut cfg_b = ChannelConfig::loopback("b");
+    quiet(&mut cfg_b);
+    cfg_b.unique_id = Some(b_id);
+    cfg_b.receiver.port = b.addr.port();
+    let b2 = GroupChannel::new(cfg_b).expect("config");
+    let inbox = collecting(&b2);
+    b2.start().expect("B's second run binds B's port");
+    assert_eq!(local(&b2).addr, b.addr);
+
+    let t0 = Instant::now();
+    // The pooled connection to the first run is dead: the send reconnects (a retry, or a
+    // failed send that the next one follows) and the second run answers.
+    wait_for("a send reaches B's second run", LIMIT, || {
+        let _ = a.send(
+            std::slice::from_ref(&b),
+            b"to the second run".to_vec(),
+            SendOptions::SYNC_ACK,
+        );
+        inbox.len() > 0
+    });
+    wait_for("A reports B gone and back", LIMIT, || {
+        let e = events.0.lock();
+        e.iter().filter(|x| *x == "+b").count() == 2 && e.iter().any(|x| x == "-b")
+    });
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "noticed after {took:?}: not by the handshake answer"
+    );
+    let seen = events.0.lock().clone();
+    assert_eq!(seen, ["+b", "-b", "+b"], "A's membership events");
+    assert!(
+        a.members().iter().any(|m| m.id == b_id),
+        "B is a member again"
+    );
+    b2.stop();
     a.stop();
 }

@@ -145,6 +145,7 @@ fn identity(name: &str, k: Option<ClusterKey>) -> Identity {
         max_frame_size: 4 << 20,
         next_seq: AtomicU64::new(0),
         key: k,
+        peer_seen: None,
     }
 }
 

@@ -42,7 +42,8 @@ pub struct ChannelMessage<'a> {
 /// What the transport tells interceptors about a peer, for membership decisions.
 #[derive(Clone, Debug)]
 pub enum PeerEvent {
-    /// A member connected to us and shook hands.
+    /// A member connected to us and shook hands; or a member we connected to answered with a
+    /// new incarnation (it restarted), reported on the connecting thread as `SendFailed` is.
     Hello(Member),
     /// A member said it leaves the group.
     Left(Member),

@@ -127,6 +127,8 @@ impl RxSide {
         let settings = RxSettings {
             cluster: &self.cfg.cluster,
             local: &self.member,
+            // Unknown (0): the simulated senders do not look for restarts in the answer.
+            incarnation: 0,
             max_frame_size: self.cfg.max_frame_size,
             key: None,
         };

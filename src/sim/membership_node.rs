@@ -690,6 +690,7 @@ impl MembershipNode {
         let settings = RxSettings {
             cluster: &self.cfg.cluster,
             local: &self.member,
+            incarnation: self.incarnation,
             max_frame_size: self.cfg.max_frame_size,
             key: None,
         };

@@ -14,6 +14,7 @@ use crate::wire::{
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Replies (handshake answers, acks) are small; anything bigger is a protocol error.
@@ -31,7 +32,14 @@ pub struct Identity {
     pub next_seq: AtomicU64,
     /// With a key every connection is sealed (docs/SECURITY.md).
     pub key: Option<ClusterKey>,
+    /// Called after every successful outbound handshake with the member's record and its
+    /// incarnation (from its `HandshakeAccept`), on the connecting thread: return quickly. The
+    /// channel uses it to notice a member that restarted even if that member connects to nobody.
+    pub peer_seen: Option<PeerSeen>,
 }
+
+/// See [`Identity::peer_seen`].
+pub type PeerSeen = Arc<dyn Fn(&Member, u64) + Send + Sync>;
 
 /// A reply frame read from a lane.
 pub enum Reply {
@@ -133,10 +141,18 @@ impl Lane {
             None => self.plain_handshake(&hs, deadline, timeout),
             Some(key) => self.sealed_handshake(key, &hs, deadline, timeout),
         };
-        if result.is_err() {
-            self.disconnect();
+        match result {
+            Ok((member, incarnation)) => {
+                if let Some(seen) = &id.peer_seen {
+                    seen(&member, incarnation);
+                }
+                Ok(member)
+            }
+            Err(e) => {
+                self.disconnect();
+                Err(e)
+            }
         }
-        result
     }
 
     fn plain_handshake(
@@ -144,7 +160,7 @@ impl Lane {
         hs: &Handshake,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<Member, SendFailure> {
+    ) -> Result<(Member, u64), SendFailure> {
         // Not through `wbuf`: it may hold queued frames waiting for this connection.
         let mut hello = Vec::new();
         frame::encode_frame(&mut hello, FrameKind::Handshake, 0, 0, &encode_body(hs));
@@ -167,7 +183,7 @@ impl Lane {
         hs: &Handshake,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<Member, SendFailure> {
+    ) -> Result<(Member, u64), SendFailure> {
         let client = crypto::fresh_nonce().map_err(|e| SendFailure::Io(e.to_string()))?;
         let mut hello = Vec::new();
         frame::encode_frame(&mut hello, FrameKind::Handshake, FLAG_SEALED, 0, &client);
@@ -547,11 +563,11 @@ impl Lane {
     }
 }
 
-/// The member's answer to our handshake.
-fn handshake_answer(h: FrameHeader, body: &[u8]) -> Result<Member, SendFailure> {
+/// The member's answer to our handshake: its record and its incarnation.
+fn handshake_answer(h: FrameHeader, body: &[u8]) -> Result<(Member, u64), SendFailure> {
     match h.kind {
         FrameKind::HandshakeAccept => decode_body::<HandshakeAccept>(body)
-            .map(|a| a.member)
+            .map(|a| (a.member, a.incarnation))
             .map_err(|e| SendFailure::Protocol(format!("undecodable handshake answer: {e}"))),
         FrameKind::HandshakeRefuse => Err(SendFailure::Refused(
             decode_body::<Reason>(body)

@@ -128,6 +128,7 @@ impl NioReceiver {
     pub fn start(
         listener: std::net::TcpListener,
         local: Member,
+        incarnation: u64,
         cfg: &ChannelConfig,
         handler: Arc<dyn ReceiverHandler>,
     ) -> Result<NioReceiver, ChannelError> {
@@ -185,6 +186,7 @@ impl NioReceiver {
             recycled,
             stopping: stopping.clone(),
             local,
+            incarnation,
             cluster: cfg.cluster_name.clone(),
             max_frame_size: cfg.max_frame_size,
             selector_timeout: rc.selector_timeout,
@@ -429,6 +431,8 @@ struct EventLoop {
     recycled: Receiver<Vec<u8>>,
     stopping: Arc<AtomicBool>,
     local: Member,
+    /// Ours, sent back in every `HandshakeAccept`.
+    incarnation: u64,
     cluster: String,
     max_frame_size: u32,
     selector_timeout: std::time::Duration,
@@ -701,6 +705,7 @@ impl EventLoop {
         let settings = RxSettings {
             cluster: &self.cluster,
             local: &self.local,
+            incarnation: self.incarnation,
             max_frame_size: self.max_frame_size,
             key: self.key.as_ref(),
         };

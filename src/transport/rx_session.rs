@@ -19,6 +19,8 @@ pub const MAX_HANDSHAKE_LEN: u32 = 16 * 1024;
 pub struct RxSettings<'a> {
     pub cluster: &'a str,
     pub local: &'a Member,
+    /// This channel's incarnation, sent back in `HandshakeAccept`.
+    pub incarnation: u64,
     pub max_frame_size: u32,
     /// With a key, only sealed connections are accepted (docs/SECURITY.md).
     pub key: Option<&'a ClusterKey>,
@@ -346,6 +348,7 @@ impl RxSession {
         }
         let body = encode_body(&HandshakeAccept {
             member: s.local.clone(),
+            incarnation: s.incarnation,
         });
         frame::encode_frame(&mut out.reply, FrameKind::HandshakeAccept, 0, 0, &body);
         let key = LaneKey {
@@ -441,6 +444,7 @@ mod tests {
         let s = RxSettings {
             cluster: "c",
             local: &local,
+            incarnation: 7,
             max_frame_size: 1 << 20,
             key: None,
         };
@@ -456,6 +460,11 @@ mod tests {
             Ok(bytes.len())
         );
         assert_eq!(out.hello.as_ref().map(|m| m.id), Some(MemberId([2; 16])));
+        // The accept names us and our incarnation.
+        let (f, _) = parse_frame(&out.reply, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.header.kind, FrameKind::HandshakeAccept);
+        let acc: HandshakeAccept = decode_body(f.body).unwrap();
+        assert_eq!((acc.member, acc.incarnation), (local.clone(), 7));
         let seqs: Vec<u64> = out.deliveries.iter().map(|d| d.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(out.duplicates, 1);
@@ -468,6 +477,7 @@ mod tests {
         let s = RxSettings {
             cluster: "mine",
             local: &local,
+            incarnation: 7,
             max_frame_size: 1 << 20,
             key: None,
         };
@@ -489,6 +499,7 @@ mod tests {
         let s = RxSettings {
             cluster: "c",
             local: &local,
+            incarnation: 7,
             max_frame_size: 1 << 20,
             key: None,
         };

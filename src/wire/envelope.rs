@@ -98,6 +98,10 @@ pub struct Handshake {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandshakeAccept {
     pub member: Member,
+    /// The receiver's own incarnation (random per channel start), as a sender's `Handshake`
+    /// carries its own: a new one under a known id tells the connecting side the member
+    /// restarted, even when the restarted member itself connects to nobody.
+    pub incarnation: u64,
 }
 
 /// The body of `HandshakeRefuse` and `FailAck` frames: a human-readable reason.

@@ -19,7 +19,7 @@ pub const HEADER_LEN: usize = 24;
 pub enum FrameKind {
     /// First frame on every connection: cluster name, version, sending member.
     Handshake = 1,
-    /// The receiver accepted the handshake; body names the receiving member.
+    /// The receiver accepted the handshake; body names the receiving member and its incarnation.
     HandshakeAccept = 2,
     /// The receiver refused the handshake; body says why. The connection is then closed.
     HandshakeRefuse = 3,
