@@ -658,11 +658,10 @@ fn delta_manager_strict_replication_loses_no_acknowledged_change_under_sigkill()
 // library is fixed. Run them with `cargo test --test http_faults -- --ignored --nocapture`.
 
 #[test]
-#[ignore = "limit: a member killed and restarted under the same id has lost its copies until \
-            its new incarnation connects to the primary (up to ping_interval, 1 s); a primary \
-            killed inside that window loses the sessions whose only other copy was there (both \
-            copies gone): 1 of 4 runs after restart detection (e8bbc08), most runs before; \
-            docs/RELIABILITY.md"]
+#[ignore = "bug: 2 of 26 runs lose a session or an acknowledged increment (restarts are \
+            detected within 1-4 ms; half the losses come at the first kill, before any \
+            restart: 'session not found on any member', a BackupManager failover problem not \
+            yet found); docs/RELIABILITY.md"]
 fn backup_manager_strict_replication_loses_no_acknowledged_change_under_sigkill() {
     run("backup", true, true);
 }
