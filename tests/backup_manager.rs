@@ -101,9 +101,17 @@ fn the_backup_takes_over_when_the_primary_stops() {
     req.session_or_create().unwrap().set("k", &42u32).unwrap();
     let id = req.session_id().unwrap().to_string();
     req.finish().unwrap();
+    let gone = nodes[0].channel().local_member().map(|m| m.id);
     nodes[0].stop();
     // The backup promotes itself and places a new backup.
     let restored = wait_until(LIMIT, || holders(&nodes, &id) == 2);
+    // Every member has seen the stop (a request on a member that has not yet would send to the
+    // stopped one and fail, as it should).
+    wait_for("the others see the stop", LIMIT, || {
+        nodes[1..]
+            .iter()
+            .all(|n| n.channel().members().iter().all(|m| Some(m.id) != gone))
+    });
     let seen: Vec<(bool, bool)> = nodes
         .iter()
         .map(|n| {
