@@ -58,7 +58,18 @@ fn reference_scenario_with_the_backup_manager() {
     );
     req.session().unwrap().set("seen", &1u8).unwrap();
     req.finish().unwrap();
-    wait_for("two holders again", LIMIT, || holders(&nodes, &id) == 2);
+    let two = wait_until(LIMIT, || holders(&nodes, &id) == 2);
+    let seen: Vec<(bool, Option<u64>)> = nodes
+        .iter()
+        .map(|n| {
+            let m = n.manager("/app").unwrap();
+            (m.find(&id).is_some(), m.stats().primaries)
+        })
+        .collect();
+    assert!(
+        two,
+        "not two holders again: (holds, primaries) per node {seen:?}"
+    );
     // Stop node 1: node 3 still gets it.
     nodes[0].stop();
     let mut req = app(2).request(Some(&id), "/app/profile");

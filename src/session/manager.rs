@@ -94,6 +94,11 @@ pub struct ClusterManager {
     /// Signalled when the core may have changed state a waiter cares about: ready, or a
     /// fetched session arrived.
     ready_changed: Condvar,
+    /// Held by a receiver or membership thread from before it changes the core until what the
+    /// change makes it send is queued; a request that waited for such a change passes through it
+    /// before going on, so its own messages (a hand-over's copies, then its Drop) never overtake
+    /// the change's (the take-over's NewPrimary) on the asynchronous lane.
+    send_order: Mutex<()>,
     rpc_timeout: Duration,
     cluster: Weak<ClusterInner>,
     options: SendOptions,
@@ -141,6 +146,7 @@ impl ClusterManager {
             context: context.to_string(),
             core: Mutex::new(core),
             ready_changed: Condvar::new(),
+            send_order: Mutex::new(()),
             rpc_timeout: cfg.rpc_timeout,
             cluster,
             options,
@@ -292,6 +298,9 @@ impl ClusterManager {
             }
             let served = core.served(id).cloned();
             drop(core);
+            // What the thread that answered the fetch sent because of it is queued before this
+            // request sends anything (see `send_order`).
+            drop(self.send_order.lock());
             if let Err(e) = self.send_background(late) {
                 warn!(
                     "Manager [{}]: taking over session {id} not told to every member: {e}",
@@ -369,6 +378,7 @@ impl ClusterManager {
     /// A message from another member, on a receiver worker.
     pub(crate) fn receive(&self, from: MemberId, msg: &Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        let order = self.send_order.lock();
         let (outs, events, ready, superseded) = {
             let mut core = self.core.lock();
             let was_ready = core.is_ready();
@@ -376,8 +386,6 @@ impl ClusterManager {
             let ready = !was_ready && core.is_ready();
             (outs, events, ready, core.superseded(from, msg))
         };
-        // A fetch may have been answered.
-        self.ready_changed.notify_all();
         let resync = Core::asks_for_session(&outs);
         if resync.is_some() {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +414,11 @@ impl ClusterManager {
             self.ready_changed.notify_all();
         }
         self.notify(&events, false);
-        self.send_background(outs).map_err(|e| e.to_string())?;
+        let sent = self.send_background(outs);
+        drop(order);
+        // A fetch may have been answered (its request passes `send_order` before going on).
+        self.ready_changed.notify_all();
+        sent.map_err(|e| e.to_string())?;
         match (resync, superseded) {
             // Not applied (yet): a synchronized-ack sender must not count this member as done.
             (Some(id), _) => Err(format!(
@@ -453,6 +465,7 @@ impl ClusterManager {
         // Membership events come from more than one thread: read the list under the core's
         // lock, so that whichever call comes last applies the newest list (a departure and a
         // quick rejoin must not end with the departure's list).
+        let order = self.send_order.lock();
         let mut core = self.core.lock();
         let members = self.cluster.upgrade().map_or(members, |c| c.member_ids());
         let outs = core.set_members(members, now_ms());
@@ -467,14 +480,15 @@ impl ClusterManager {
                 self.context
             );
         }
-        // A fetch waiting only for members that left has ended.
-        self.ready_changed.notify_all();
         if let Err(e) = self.send_background(outs) {
             warn!(
                 "Manager [{}]: re-placing sessions not told to every member: {e}",
                 self.context
             );
         }
+        drop(order);
+        // A fetch waiting only for members that left has ended.
+        self.ready_changed.notify_all();
     }
 
     /// The cluster started. With members to expect (static or multicast membership), the
