@@ -658,7 +658,7 @@ fn delta_manager_strict_replication_loses_no_acknowledged_change_under_sigkill()
 // library is fixed. Run them with `cargo test --test http_faults -- --ignored --nocapture`.
 
 #[test]
-#[ignore = "bug: 2 of 26 runs lose a session or an acknowledged increment (restarts are \
+#[ignore = "bug: 3 of 34 runs lose a session or an acknowledged increment (restarts are \
             detected within 1-4 ms; half the losses come at the first kill, before any \
             restart: 'session not found on any member', a BackupManager failover problem not \
             yet found); docs/RELIABILITY.md"]
