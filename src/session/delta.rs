@@ -225,7 +225,11 @@ impl DeltaCore {
     /// What this node holds, in chunks of `send_all_sessions_size`: renames first (so a
     /// receiver moves its copy before comparing), live copies, then ends still relevant.
     fn digest(&self, now_ms: u64) -> Vec<Vec<DigestEntry>> {
-        let tombs = self.store.tombstones();
+        // Ends and renames older than any copy elsewhere could still be are left out.
+        let tombs = self
+            .store
+            .tombstones()
+            .filter(|(_, t)| t.relevant_until_ms > now_ms);
         let (renames, ends): (Vec<_>, Vec<_>) = tombs.partition(|(_, t)| t.renamed.is_some());
         let mut entries: Vec<DigestEntry> = renames
             .into_iter()
@@ -240,7 +244,6 @@ impl DeltaCore {
         );
         entries.extend(
             ends.into_iter()
-                .filter(|(_, t)| t.relevant_until_ms > now_ms)
                 .map(|(id, t)| DigestEntry::Ended(id.clone(), t.version)),
         );
         entries
