@@ -1999,6 +1999,24 @@ mod tests {
         run_in_order(nodes, queue);
     }
 
+    /// One member serves `id`, and only its placement's backups hold a copy besides it.
+    fn assert_one_primary_and_no_stray_copy(nodes: &[BackupCore], id: &SessionId) {
+        let p: Vec<&BackupCore> = nodes.iter().filter(|n| n.is_primary(id)).collect();
+        let [p] = p[..] else {
+            panic!("{} primaries", p.len())
+        };
+        let backups = p.backups_of(id).unwrap_or_default().to_vec();
+        for n in nodes {
+            if n.session(id).is_some() {
+                assert!(
+                    n.local == p.local || backups.contains(&n.local),
+                    "stray copy on {}",
+                    n.local.0[0]
+                );
+            }
+        }
+    }
+
     /// Delivers messages until quiet, in sending order (FIFO on each connection, as the
     /// transport is).
     fn run_in_order(nodes: &mut [BackupCore], mut queue: VecDeque<(MemberId, Out)>) {
@@ -2105,19 +2123,7 @@ mod tests {
                 );
             }
             run(&mut nodes, queue);
-            let p: Vec<&BackupCore> = nodes.iter().filter(|n| n.is_primary(&id)).collect();
-            let [p] = p[..] else {
-                panic!("{} primaries", p.len())
-            };
-            let backups = p.backups_of(&id).unwrap().to_vec();
-            for n in &nodes {
-                if n.session(&id).is_some() {
-                    assert!(
-                        n.local == p.local || backups.contains(&n.local),
-                        "stray copy"
-                    );
-                }
-            }
+            assert_one_primary_and_no_stray_copy(&nodes, &id);
         }
     }
 
@@ -2159,19 +2165,6 @@ mod tests {
             );
         }
         run_in_order(&mut nodes, queue);
-        let p: Vec<&BackupCore> = nodes.iter().filter(|n| n.is_primary(&id)).collect();
-        let [p] = p[..] else {
-            panic!("{} primaries", p.len())
-        };
-        let backups = p.backups_of(&id).unwrap().to_vec();
-        for n in &nodes {
-            if n.session(&id).is_some() {
-                assert!(
-                    n.local == p.local || backups.contains(&n.local),
-                    "stray copy on {}",
-                    n.local.0[0]
-                );
-            }
-        }
+        assert_one_primary_and_no_stray_copy(&nodes, &id);
     }
 }
