@@ -413,11 +413,12 @@ impl ClusterManager {
             );
             self.ready_changed.notify_all();
         }
-        self.notify(&events, false);
         let sent = self.send_background(outs);
         drop(order);
         // A fetch may have been answered (its request passes `send_order` before going on).
         self.ready_changed.notify_all();
+        // Listeners run without `send_order` held: one may make a request of its own.
+        self.notify(&events, false);
         sent.map_err(|e| e.to_string())?;
         match (resync, superseded) {
             // Not applied (yet): a synchronized-ack sender must not count this member as done.
