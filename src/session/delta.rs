@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Digest entries a joiner keeps until its state transfer is done (beyond them it relies on
-/// the transfer alone): about 60 MB at most.
-const MAX_PENDING_DIGEST_ENTRIES: usize = 1_000_000;
+/// the transfer alone). An entry takes about 110 bytes (250 with the longest ids): 22 to 50 MB.
+const MAX_PENDING_DIGEST_ENTRIES: usize = 200_000;
 
 /// Attribute events of `ops`, decided against `session` before they apply to it.
 pub fn attribute_events(session: &Session, ops: &[DeltaOp]) -> Vec<SessionEvent> {

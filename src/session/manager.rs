@@ -97,7 +97,9 @@ pub struct ClusterManager {
     /// Held by a receiver or membership thread from before it changes the core until what the
     /// change makes it send is queued; a request that waited for such a change passes through it
     /// before going on, so its own messages (a hand-over's copies, then its Drop) never overtake
-    /// the change's (the take-over's NewPrimary) on the asynchronous lane.
+    /// the change's (the take-over's NewPrimary) on the asynchronous lane. (With a full
+    /// dispatch queue and the Block policy, the holder waits up to `sender.timeout` and the
+    /// manager's other receiver threads with it.)
     send_order: Mutex<()>,
     rpc_timeout: Duration,
     cluster: Weak<ClusterInner>,
