@@ -210,6 +210,13 @@ impl ClusterManager {
         self.core.lock().session(&id).cloned()
     }
 
+    /// Ends a session on every member: this node's copy, its listeners, then the message.
+    fn end_everywhere(&self, id: &SessionId) -> Result<(), ChannelError> {
+        let (outs, events) = self.core.lock().invalidate(id);
+        self.notify(&events, true);
+        self.send(outs)
+    }
+
     /// Ends a session everywhere, outside a request (an administrator's logout, say).
     pub fn invalidate(&self, id: &str) -> Result<bool, ChannelError> {
         let Ok(id) = SessionId::parse(id) else {
@@ -624,14 +631,13 @@ impl Request {
         self.copy.as_ref().map(Session::id)
     }
 
-    /// Ends the session everywhere.
+    /// Ends the session everywhere, now. `session.invalidate()` on the request's session does
+    /// the same when the request ends.
     pub fn invalidate(&mut self) -> Result<(), ChannelError> {
         let Some(copy) = self.copy.take() else {
             return Ok(());
         };
-        let (outs, events) = self.mgr.core.lock().invalidate(copy.id());
-        self.mgr.notify(&events, true);
-        self.mgr.send(outs)
+        self.mgr.end_everywhere(copy.id())
     }
 
     /// Gives the session a new id everywhere (after login: fixation protection); returns it.
@@ -666,6 +672,11 @@ impl Request {
         let Some(mut copy) = self.copy.take() else {
             return Ok(());
         };
+        // A logout written the Servlet way (`session.invalidate()`) ends the session on every
+        // member, exactly like `Request::invalidate`; its pending changes are dropped.
+        if !copy.is_valid() {
+            return self.mgr.end_everywhere(copy.id());
+        }
         let ops = copy.take_pending();
         let now = now_ms();
         let (outs, local_events) = {

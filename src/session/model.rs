@@ -294,7 +294,9 @@ impl Session {
         ));
     }
 
-    /// Ends the session: every later use fails with `Invalidated`.
+    /// Ends the session: every later use fails with `Invalidated`. On a request's session
+    /// (`Request::session`) the session ends on every member when the request ends (`finish` or
+    /// drop), as `HttpSession.invalidate()` does in a Tomcat cluster.
     pub fn invalidate(&mut self) {
         self.valid = false;
         self.pending.clear();
