@@ -15,13 +15,13 @@
 //! duplicate or stale one is never applied and a gap makes the backup ask for a copy.
 
 use super::delta::{Dest, Out as DeltaOut, SessionEvent};
-use super::id::{SessionId, SessionIdError};
+use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{Applied, DeltaOp, Session, SessionState};
 use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger, Stamp};
 use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -289,7 +289,7 @@ impl Entry {
 
 /// A bounded memory of ids, oldest forgotten first (tombstones and claims).
 struct Bounded<V> {
-    map: HashMap<SessionId, V>,
+    map: BTreeMap<SessionId, V>,
     order: VecDeque<SessionId>,
     max: usize,
 }
@@ -297,7 +297,7 @@ struct Bounded<V> {
 impl<V> Bounded<V> {
     fn new(max: usize) -> Self {
         Bounded {
-            map: HashMap::new(),
+            map: BTreeMap::new(),
             order: VecDeque::new(),
             max,
         }
@@ -337,16 +337,18 @@ pub struct BackupCore {
     members: Vec<MemberId>,
     /// Every member ever in the list: only a primary seen and then gone is failed over (at
     /// start, a copy may arrive from a member the list does not hold yet).
-    seen: std::collections::HashSet<MemberId>,
-    entries: HashMap<SessionId, Entry>,
+    seen: std::collections::BTreeSet<MemberId>,
+    entries: BTreeMap<SessionId, Entry>,
     ended: Bounded<Tomb>,
     /// The highest claim heard for sessions not held here, so a late copy from a superseded
     /// primary is refused.
     claims: Bounded<Claim>,
     /// Fetches in progress: answers still awaited, and the claim of the copy taken so far.
-    fetching: HashMap<SessionId, Fetching>,
+    fetching: BTreeMap<SessionId, Fetching>,
     /// The application's say on copies that diverged (see `reconcile`).
     merger: Option<Arc<dyn SessionMerger>>,
+    /// Where new session ids come from.
+    ids: Box<dyn IdSource>,
 }
 
 impl BackupCore {
@@ -357,13 +359,20 @@ impl BackupCore {
             local,
             route: route.to_string(),
             members: Vec::new(),
-            seen: std::collections::HashSet::new(),
-            entries: HashMap::new(),
+            seen: std::collections::BTreeSet::new(),
+            entries: BTreeMap::new(),
             ended: Bounded::new(max),
             claims: Bounded::new(max),
-            fetching: HashMap::new(),
+            fetching: BTreeMap::new(),
             merger: None,
+            ids: Box::new(OsRandom),
         }
+    }
+
+    /// Draws new session ids from `ids` instead of the operating system (a seeded source makes
+    /// a simulation replay exactly).
+    pub fn set_id_source(&mut self, ids: Box<dyn IdSource>) {
+        self.ids = ids;
     }
 
     /// The application's merger of diverged copies (`None`: the rule of `reconcile` alone).
@@ -557,7 +566,7 @@ impl BackupCore {
 
     /// A new session served here, announced to its backups when its request ends.
     pub fn create(&mut self, now_ms: u64) -> Result<SessionId, SessionIdError> {
-        let id = SessionId::generate(&self.route)?;
+        let id = SessionId::generate_from(&self.route, self.ids.as_mut())?;
         let backups = self.place(&id);
         let entry = Entry {
             session: Session::new(id.clone(), now_ms, self.cfg.max_inactive),
@@ -796,7 +805,7 @@ impl BackupCore {
         if !self.is_primary(old) {
             return Ok(None);
         }
-        let new = SessionId::generate(&self.route)?;
+        let new = SessionId::generate_from(&self.route, self.ids.as_mut())?;
         let Some(mut e) = self.entries.remove(old) else {
             return Ok(None);
         };
@@ -1743,7 +1752,7 @@ mod tests {
         let ids: Vec<SessionId> = (0..4000)
             .map(|_| SessionId::generate("x").unwrap())
             .collect();
-        let mut count = HashMap::new();
+        let mut count = std::collections::HashMap::new();
         for id in &ids {
             let p = placement(id, m(1), &members, 2);
             assert_eq!(p, placement(id, m(1), &members, 2));

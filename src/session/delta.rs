@@ -8,12 +8,12 @@
 //! race Tomcat's asynchronous dispatch has between CREATED and DELTA). Replicas apply changes
 //! by version ([`ReplicaStore`]); a missing change makes them ask the sender for the session.
 
-use super::id::{SessionId, SessionIdError};
+use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{DeltaOp, Session, SessionState};
 use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,13 +114,13 @@ pub struct DeltaCore {
     cfg: DeltaConfig,
     route: String,
     store: ReplicaStore,
-    meta: std::collections::HashMap<SessionId, Meta>,
+    meta: std::collections::BTreeMap<SessionId, Meta>,
     /// Created here and not yet announced: the request that created them has not ended.
-    unannounced: HashSet<SessionId>,
+    unannounced: BTreeSet<SessionId>,
     /// State transfer done (or not needed).
     ready: bool,
     /// Chunks of the current state transfer received so far.
-    chunks_seen: HashSet<u32>,
+    chunks_seen: BTreeSet<u32>,
     /// The other members, sorted: a new one gets this node's digest.
     members: Vec<MemberId>,
     /// The application's say on diverged copies (else the rule of [`super::reconcile`]).
@@ -129,6 +129,8 @@ pub struct DeltaCore {
     pending_digests: Vec<(MemberId, Vec<DigestEntry>)>,
     /// Entries in `pending_digests` (kept, not summed per digest: a joiner may hold many).
     pending_digest_entries: usize,
+    /// Where new session ids come from.
+    ids: Box<dyn IdSource>,
 }
 
 impl DeltaCore {
@@ -139,14 +141,21 @@ impl DeltaCore {
             route: route.to_string(),
             store,
             meta: Default::default(),
-            unannounced: HashSet::new(),
+            unannounced: BTreeSet::new(),
             ready: true,
-            chunks_seen: HashSet::new(),
+            chunks_seen: BTreeSet::new(),
             members: Vec::new(),
             merger: None,
             pending_digests: Vec::new(),
             pending_digest_entries: 0,
+            ids: Box::new(OsRandom),
         }
+    }
+
+    /// Draws new session ids from `ids` instead of the operating system (a seeded source makes
+    /// a simulation replay exactly).
+    pub fn set_id_source(&mut self, ids: Box<dyn IdSource>) {
+        self.ids = ids;
     }
 
     /// Lets the application decide between diverged copies after a partition.
@@ -339,7 +348,7 @@ impl DeltaCore {
     fn answer_get_sessions(&self, from: MemberId, ids: &[SessionId]) -> Vec<Out> {
         // Each session once, however often it is asked for (or named by old ids): a request
         // repeating one id must not make this node send its copy that many times.
-        let mut seen = HashSet::new();
+        let mut seen = BTreeSet::new();
         let states: Vec<SessionState> = ids
             .iter()
             .map(|id| self.store.resolve(id))
@@ -397,7 +406,7 @@ impl DeltaCore {
 
     /// A new session, announced to the others when its request ends.
     pub fn create(&mut self, now_ms: u64) -> Result<SessionId, SessionIdError> {
-        let id = SessionId::generate(&self.route)?;
+        let id = SessionId::generate_from(&self.route, self.ids.as_mut())?;
         self.store
             .insert_local(Session::new(id.clone(), now_ms, self.cfg.max_inactive));
         self.unannounced.insert(id.clone());
@@ -495,7 +504,7 @@ impl DeltaCore {
             // Nothing to rename: the id stays (the caller's session ended meanwhile).
             return Ok((old.clone(), Vec::new(), Vec::new()));
         }
-        let new = SessionId::generate(&self.route)?;
+        let new = SessionId::generate_from(&self.route, self.ids.as_mut())?;
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
         self.store.rename(old, &new);
         if let Some(m) = self.meta.remove(old) {

@@ -90,14 +90,40 @@ impl TryFrom<String> for SessionId {
     }
 }
 
+/// Where the random part of new session ids comes from. A manager core is given one: the
+/// operating system's ([`OsRandom`]) in production, a seeded one in the simulation, so that a
+/// seed replays the same ids (and so the same placements and message order).
+pub trait IdSource: Send {
+    /// Fills `bytes` with random bytes.
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), SessionIdError>;
+}
+
+/// The operating system's random source (`getrandom`), as Tomcat's `SecureRandom`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsRandom;
+
+impl IdSource for OsRandom {
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), SessionIdError> {
+        getrandom::fill(bytes).map_err(|e| SessionIdError::NoRandomness(e.to_string()))
+    }
+}
+
 impl SessionId {
-    /// A new id with `route` as suffix (none when empty).
+    /// A new id with `route` as suffix (none when empty), from the operating system's random.
     pub fn generate(route: &str) -> Result<SessionId, SessionIdError> {
+        SessionId::generate_from(route, &mut OsRandom)
+    }
+
+    /// A new id with `route` as suffix (none when empty), its random part from `source`.
+    pub fn generate_from(
+        route: &str,
+        source: &mut dyn IdSource,
+    ) -> Result<SessionId, SessionIdError> {
         if !route.is_empty() && !valid_route(route) {
             return Err(SessionIdError::BadRoute);
         }
         let mut bytes = [0u8; ID_BYTES];
-        getrandom::fill(&mut bytes).map_err(|e| SessionIdError::NoRandomness(e.to_string()))?;
+        source.fill(&mut bytes)?;
         let mut s = String::with_capacity(MAX_ID_LEN);
         for b in bytes {
             s.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));

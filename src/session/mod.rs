@@ -14,7 +14,7 @@ pub mod replica;
 
 pub use delta::{AttributeChange, DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
 pub use engine::Payload;
-pub use id::{SessionId, SessionIdError};
+pub use id::{IdSource, OsRandom, SessionId, SessionIdError};
 pub use manager::{
     BackupManager, ClusterManager, DeltaManager, ManagerError, Request, SessionListener,
 };

@@ -12,7 +12,7 @@ use super::id::SessionId;
 use super::model::{Applied, DeltaOp, Session, SessionState};
 use super::reconcile::Stamp;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// What the managers of one application say to each other (Tomcat's `SessionMessage` events).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,11 +110,11 @@ fn horizon(s: &Session) -> u64 {
 
 /// Sessions of one application, as replicated to this node.
 pub struct ReplicaStore {
-    sessions: HashMap<SessionId, Session>,
+    sessions: BTreeMap<SessionId, Session>,
     /// Ended sessions, remembered so that a late message cannot bring one back; a renamed one
     /// remembers its new id, so that changes still in flight for the old id follow it. Bounded:
     /// the oldest are forgotten first.
-    tombstones: HashMap<SessionId, Tombstone>,
+    tombstones: BTreeMap<SessionId, Tombstone>,
     tombstone_order: VecDeque<SessionId>,
     max_tombstones: usize,
 }
@@ -122,8 +122,8 @@ pub struct ReplicaStore {
 impl ReplicaStore {
     pub fn new(max_tombstones: usize) -> ReplicaStore {
         ReplicaStore {
-            sessions: HashMap::new(),
-            tombstones: HashMap::new(),
+            sessions: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
             tombstone_order: VecDeque::new(),
             max_tombstones: max_tombstones.max(1),
         }

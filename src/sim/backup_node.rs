@@ -19,15 +19,15 @@
 //! - An [`Oracle`] of every state a primary made, which sessions' changes were acknowledged, and
 //!   how many members each change went to; the invariants ([`check_backup`]) read it.
 //!
-//! Session ids come from the operating system and placement hashes them, so a replayed seed
-//! has the same workload and faults but other ids, hence other placements: a failure that
-//! depends on placement may need a few runs of its seed to come back. Set [`TRACE_ENV`] to
+//! Session ids come from a generator seeded by the run ([`SimIds`]), so a seed replays exactly,
+//! placements included. Set [`TRACE_ENV`] to
 //! print every message applied.
 
 use super::delta_node::{now_ms, show, Made, Op, Served, Val};
 use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Wire};
 use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
+use super::rng::SimIds;
 use super::{Ctx, Node, Sim, SimRng};
 use crate::member::MemberId;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
@@ -385,12 +385,19 @@ pub struct BackupNode {
 }
 
 impl BackupNode {
-    pub fn new(id: NodeId, cfg: BackupSimConfig, world: SharedWorld) -> BackupNode {
-        let core = BackupCore::new(
+    /// A node whose session ids come from `rng` (the run's generator), so a seed replays them.
+    pub fn new(
+        id: NodeId,
+        cfg: BackupSimConfig,
+        world: SharedWorld,
+        rng: &mut SimRng,
+    ) -> BackupNode {
+        let mut core = BackupCore::new(
             cfg.core.clone(),
             sim_member(id).id,
             &format!("node{}", id.0),
         );
+        core.set_id_source(SimIds::from_run(rng));
         BackupNode {
             id,
             cfg,
@@ -903,8 +910,8 @@ impl Node for BackupNode {
         }
     }
 
-    fn restarted(&self, _rng: &mut SimRng) -> BackupNode {
-        let mut n = BackupNode::new(self.id, self.cfg.clone(), self.world.clone());
+    fn restarted(&self, rng: &mut SimRng) -> BackupNode {
+        let mut n = BackupNode::new(self.id, self.cfg.clone(), self.world.clone(), rng);
         n.journal = self.journal.clone();
         n
     }

@@ -60,6 +60,9 @@ fn jitter() -> Faults {
 }
 
 /// Replaying one seed: counts about the whole seed list are not asserted.
+#[path = "replay_backup.rs"]
+pub(super) mod replay;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }
@@ -239,7 +242,7 @@ impl Cluster {
         let mut sim = Sim::new(seed, faults);
         for _ in 0..n {
             let (c, w) = (cfg.clone(), world.clone());
-            sim.add_node(move |id, _| BackupNode::new(id, c, w));
+            sim.add_node(move |id, rng| BackupNode::new(id, c, w, rng));
         }
         check_backup(&mut sim, &world);
         let w = sim.rng().fork();
@@ -280,7 +283,9 @@ impl Cluster {
             }
         }
         let (c, w) = (self.cfg.clone(), self.world.clone());
-        let got = self.sim.add_node(move |id, _| BackupNode::new(id, c, w));
+        let got = self
+            .sim
+            .add_node(move |id, rng| BackupNode::new(id, c, w, rng));
         assert_eq!(got, id);
         for n in up {
             self.sim.call(n, |node, ctx| node.view_changed(ctx));

@@ -18,15 +18,14 @@
 //! - A shared [`World`]: each node's membership view (set by the test, as the membership layer
 //!   would) and the [`Oracle`] of every state an origin produced, which the invariants read.
 //!
-//! Session ids come from the operating system ([`crate::session::SessionId::generate`]) and
-//! the core lists sessions in `HashMap` order. The node puts snapshots and expiries in a
-//! run-independent order (see `DeltaNode::canonical`), so a replayed seed has the same schedule
-//! and decisions, with other ids (and so another trace hash). Set [`TRACE_ENV`] to print every
+//! Session ids come from a generator seeded by the run ([`SimIds`]) and the core lists sessions
+//! in id order, so a seed replays exactly, trace hash included. Set [`TRACE_ENV`] to print every
 //! message applied.
 
 use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Wire};
 use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
+use super::rng::SimIds;
 use super::{Ctx, Node, Sim, SimRng};
 use crate::session::replica::DigestEntry;
 use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent, SessionId, SessionMessage};
@@ -38,7 +37,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// Set (to anything) to print every message each node applies, with the first six characters
-/// of the session ids (which are random, so they differ between replays of a seed).
+/// of the session ids.
 pub const TRACE_ENV: &str = "TRIBECAST_DELTA_TRACE";
 /// Wall-clock milliseconds at virtual time zero (the core takes ms since the epoch).
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
@@ -296,8 +295,6 @@ pub struct DeltaNode {
     next_token: u64,
     /// Print every message applied ([`TRACE_ENV`]).
     trace: bool,
-    /// When this node first held each session: a run-independent order (ids are random).
-    first_seen: HashMap<SessionId, u64>,
     pub journal: Journal,
 }
 
@@ -345,8 +342,10 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
 }
 
 impl DeltaNode {
-    pub fn new(id: NodeId, cfg: DeltaSimConfig, world: SharedWorld) -> DeltaNode {
-        let core = DeltaCore::new(cfg.core.clone(), &format!("node{}", id.0));
+    /// A node whose session ids come from `rng` (the run's generator), so a seed replays them.
+    pub fn new(id: NodeId, cfg: DeltaSimConfig, world: SharedWorld, rng: &mut SimRng) -> DeltaNode {
+        let mut core = DeltaCore::new(cfg.core.clone(), &format!("node{}", id.0));
+        core.set_id_source(SimIds::from_run(rng));
         DeltaNode {
             id,
             cfg,
@@ -357,7 +356,6 @@ impl DeltaNode {
             held: BTreeMap::new(),
             next_token: HELD_BASE,
             trace: std::env::var_os(TRACE_ENV).is_some(),
-            first_seen: HashMap::new(),
             journal: Journal::default(),
         }
     }
@@ -444,7 +442,6 @@ impl DeltaNode {
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
         let members = self.view().iter().map(|n| sim_member(*n).id).collect();
         let outs = self.core.set_members(members, now_ms(ctx));
-        let outs = self.canonical(outs);
         self.send_outs(outs, false, ctx);
         self.settle_waiting(ctx.now());
     }
@@ -457,95 +454,7 @@ impl DeltaNode {
         self.journal.touched.push((self.journal.life, id.clone()));
         if self.core.store().get(id).is_some() {
             self.journal.held_ever.insert(id.clone());
-            let next = self.first_seen.len() as u64;
-            self.first_seen.entry(id.clone()).or_insert(next);
         }
-    }
-
-    fn seen(&self, id: &SessionId) -> u64 {
-        self.first_seen.get(id).copied().unwrap_or(u64::MAX)
-    }
-
-    /// The core lists sessions in `HashMap` order, which differs from process to process; the
-    /// simulation puts state-transfer chunks and expiries in the order this node first held
-    /// the sessions, so that a seed replays the same schedule. (Same sessions, same chunk
-    /// sizes; only the order within the snapshot changes, which the protocol leaves open.)
-    fn canonical(&self, mut outs: Vec<Out>) -> Vec<Out> {
-        let chunks: Vec<usize> = outs
-            .iter()
-            .filter_map(|o| match &o.msg {
-                SessionMessage::AllSessions { states, .. } => Some(states.len()),
-                _ => None,
-            })
-            .collect();
-        if chunks.len() == outs.len() && !outs.is_empty() {
-            let mut states: Vec<_> = outs
-                .iter_mut()
-                .flat_map(|o| match &mut o.msg {
-                    SessionMessage::AllSessions { states, .. } => std::mem::take(states),
-                    _ => Vec::new(),
-                })
-                .collect();
-            states.sort_by_key(|s| self.seen(&s.id));
-            let mut rest = states.into_iter();
-            for (o, n) in outs.iter_mut().zip(chunks) {
-                if let SessionMessage::AllSessions { states, .. } = &mut o.msg {
-                    *states = rest.by_ref().take(n).collect();
-                }
-            }
-            return outs;
-        }
-        outs.sort_by_key(|o| match &o.msg {
-            SessionMessage::Expired { id, .. } => self.seen(id),
-            _ => u64::MAX,
-        });
-        for o in &mut outs {
-            self.sort_within(&mut o.msg);
-        }
-        self.rechunk_digests(outs)
-    }
-
-    /// The reconciliation messages list sessions in `HashMap` order too: sorted here.
-    fn sort_within(&self, msg: &mut SessionMessage) {
-        match msg {
-            SessionMessage::GetSessions(ids) => ids.sort_by_key(|id| self.seen(id)),
-            SessionMessage::Merge(states) => states.sort_by_key(|s| self.seen(&s.id)),
-            _ => {}
-        }
-    }
-
-    /// Digests to one member: entries re-dealt over the same chunks in a run-independent order
-    /// (renames, live copies, ends; each by when this node first held the session).
-    fn rechunk_digests(&self, mut outs: Vec<Out>) -> Vec<Out> {
-        let rank = |e: &DigestEntry| match e {
-            DigestEntry::Renamed(id, _) => (0, self.seen(id)),
-            DigestEntry::Live(id, _) => (1, self.seen(id)),
-            DigestEntry::Ended(id, _) => (2, self.seen(id)),
-        };
-        let mut dests: Vec<Dest> = Vec::new();
-        for o in &outs {
-            if matches!(o.msg, SessionMessage::Digest(_)) && !dests.contains(&o.dest) {
-                dests.push(o.dest.clone());
-            }
-        }
-        let per = self.cfg.core.send_all_sessions_size.max(1);
-        for d in dests {
-            let mut chunks: Vec<&mut Vec<DigestEntry>> = outs
-                .iter_mut()
-                .filter(|o| o.dest == d)
-                .filter_map(|o| match &mut o.msg {
-                    SessionMessage::Digest(e) => Some(e),
-                    _ => None,
-                })
-                .collect();
-            let mut all: Vec<DigestEntry> = chunks.iter_mut().flat_map(|e| e.drain(..)).collect();
-            all.sort_by_key(|e| rank(e));
-            let mut rest = all.into_iter();
-            for c in chunks {
-                c.extend(rest.by_ref().take(per));
-            }
-        }
-        outs
     }
 
     fn note_events(&mut self, events: Vec<SessionEvent>) {
@@ -721,7 +630,6 @@ impl DeltaNode {
             );
         }
         let (outs, events) = self.core.handle(sim_member(from).id, &msg);
-        let outs = self.canonical(outs);
         self.journal.resyncs += outs
             .iter()
             .filter(|o| matches!(o.msg, SessionMessage::GetSession { .. }))
@@ -759,12 +667,7 @@ impl DeltaNode {
     }
 
     fn reap(&mut self, ctx: &mut Ctx<'_>) {
-        let (outs, mut events) = self.core.expire(now_ms(ctx));
-        let outs = self.canonical(outs);
-        events.sort_by_key(|e| match e {
-            SessionEvent::Destroyed(id) => self.seen(id),
-            _ => u64::MAX,
-        });
+        let (outs, events) = self.core.expire(now_ms(ctx));
         let now = now_ms(ctx);
         for e in &events {
             if let SessionEvent::Destroyed(id) = e {
@@ -836,8 +739,8 @@ impl Node for DeltaNode {
         }
     }
 
-    fn restarted(&self, _rng: &mut SimRng) -> DeltaNode {
-        let mut n = DeltaNode::new(self.id, self.cfg.clone(), self.world.clone());
+    fn restarted(&self, rng: &mut SimRng) -> DeltaNode {
+        let mut n = DeltaNode::new(self.id, self.cfg.clone(), self.world.clone(), rng);
         n.journal = self.journal.clone();
         n
     }

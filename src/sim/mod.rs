@@ -37,6 +37,8 @@ mod harness_tests;
 mod lane_tests;
 #[cfg(test)]
 mod membership_tests;
+#[cfg(test)]
+mod replay_tests;
 
 pub use harness::{Ctx, Fault, Node, Sim};
 pub use net::{CloseReason, ConnId, Faults, NetStats, NodeId};

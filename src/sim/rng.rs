@@ -67,6 +67,26 @@ impl SimRng {
     }
 }
 
+/// Session ids for a simulated node, drawn from a seed taken from the run's generator: a seed
+/// replays the same ids, so the same placements and the same message order.
+pub struct SimIds(SimRng);
+
+impl SimIds {
+    pub fn from_run(rng: &mut SimRng) -> Box<SimIds> {
+        Box::new(SimIds(SimRng::new(rng.next_u64())))
+    }
+}
+
+impl crate::session::IdSource for SimIds {
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), crate::session::SessionIdError> {
+        for chunk in bytes.chunks_mut(8) {
+            let r = self.0.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

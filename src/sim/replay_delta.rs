@@ -1,0 +1,70 @@
+//! The DeltaManager's replay workload: requests of every kind (changes of id included), a kill
+//! and a restart under the same member id within milliseconds, a partition and its heal. The
+//! same seed must give the same trace, message for message and event for event.
+
+use super::*;
+use crate::sim::replay_tests::Trace;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// One run of `seed`: the hash of every message delivered and every listener event, and what
+/// the run did.
+pub(in crate::sim) fn trace(seed: u64) -> Trace {
+    let cfg = DeltaSimConfig {
+        core: DeltaConfig {
+            max_inactive: secs(10),
+            ..DeltaConfig::default()
+        },
+        reaper: Some(secs(1)),
+        chaos: None,
+    };
+    let mut c = Cluster::new(seed, jitter(), &cfg, 4);
+    let mix = Mix {
+        change_id: 2,
+        careful_change_id: true,
+        ..Mix::default()
+    };
+    let gap = (Duration::ZERO, ms(1));
+    c.run_workload(ms(60), gap, &mix);
+    // A kill, noticed a few milliseconds later, and a restart under the same member id.
+    let victim = NodeId(c.w.below(4) as usize);
+    c.crash(victim);
+    let detect = c.sim.now() + c.w.duration_between(ms(1), ms(5));
+    c.run_workload(detect, gap, &mix);
+    c.forget(victim);
+    c.restart(victim);
+    c.run_workload(c.sim.now() + ms(60), gap, &mix);
+    c.settle(ms(100));
+    // A partition 2/2 with requests on both sides, then the heal.
+    let up = c.up();
+    let (a, b) = (up[..2].to_vec(), up[2..].to_vec());
+    c.split([&a, &b]);
+    let mut ids: Vec<SessionId> = c
+        .live()
+        .into_iter()
+        .map(|s| c.sessions[s].id.clone())
+        .collect();
+    for _ in 0..40 {
+        let side = if c.w.below(2) == 0 { &a } else { &b };
+        if let Some(new) = c.side_request(side, &ids, true) {
+            ids.push(new);
+        }
+        let t = c.sim.now() + c.w.duration_between(Duration::ZERO, ms(1));
+        c.sim.run_until(t, |_| false);
+    }
+    c.heal();
+    c.settle(ms(200));
+    let mut h = DefaultHasher::new();
+    h.write_u64(c.sim.trace_hash());
+    for n in c.sim.node_ids() {
+        for (life, e) in &c.sim.node(n).journal.events {
+            (n.0, life, format!("{e:?}")).hash(&mut h);
+        }
+    }
+    Trace {
+        hash: h.finish(),
+        steps: c.sim.steps(),
+        requests: c.counts.creates + c.counts.changes + c.counts.reads,
+        change_ids: c.counts.change_ids,
+        restarts: c.sim.stats().restarts,
+    }
+}
