@@ -2,7 +2,7 @@
 //! managers themselves (DeltaManager, BackupManager) come next.
 
 pub mod backup;
-pub mod config;
+pub(crate) mod config;
 pub mod delta;
 pub(crate) mod engine;
 pub mod id;
