@@ -5,7 +5,7 @@ use crate::config::ChannelConfig;
 use crate::error::{ChannelError, FaultyMember, SendFailure};
 use crate::interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, Next, OutMessage, PeerEvent,
-    StackHandle, Up,
+    StackEnds, StackHandle, Up,
 };
 use crate::member::{Member, MemberId};
 use crate::membership::service::{self, Event, MembershipService, Sink};
@@ -62,9 +62,9 @@ struct Runtime {
     sender: PooledParallelSender,
 }
 
-pub(crate) struct ChannelInner {
+struct ChannelInner {
     config: ChannelConfig,
-    pub(crate) interceptors: Vec<Arc<dyn ChannelInterceptor>>,
+    interceptors: Vec<Arc<dyn ChannelInterceptor>>,
     listeners: RwLock<Vec<Arc<dyn ChannelListener>>>,
     membership_listeners: RwLock<Vec<Arc<dyn MembershipListener>>>,
     membership: Mutex<Membership>,
@@ -98,10 +98,7 @@ impl ChannelInner {
     }
 
     fn up(&self) -> Up<'_> {
-        Up {
-            rest: &self.interceptors,
-            inner: self,
-        }
+        Up::bottom(self)
     }
 
     fn peer_event(&self, ev: PeerEvent) {
@@ -121,50 +118,6 @@ impl ChannelInner {
         service::notify(&events, ev, None);
     }
 
-    /// Bottom of the send path: encode the envelope and hand it to the sender.
-    pub(crate) fn transport_send(
-        &self,
-        dests: &Arc<[Member]>,
-        msg: OutMessage,
-    ) -> Result<(), ChannelError> {
-        let rt = self.runtime().ok_or(ChannelError::NotRunning)?;
-        if dests.is_empty() {
-            return Ok(());
-        }
-        let body = DataBody::new(rt.local.id, msg.msg_id, msg.options.0, &msg.payload);
-        let max = self.config.max_frame_size as usize;
-        if body.len() > max {
-            return Err(ChannelError::TooLarge {
-                len: body.len(),
-                max,
-            });
-        }
-        if msg.options.is_async() {
-            let mut failures = rt.sender.queue_async(dests, &body, msg.options);
-            if !msg.batched {
-                failures.extend(rt.sender.flush_async().0);
-            }
-            self.async_failures(failures);
-            return Ok(());
-        }
-        rt.sender.send(dests, &body, msg.options).map_err(|faulty| {
-            for f in &faulty {
-                self.report_send_failure(f);
-            }
-            ChannelError::Faulty(faulty)
-        })
-    }
-
-    /// True if frames are still waiting for a member that does not read.
-    pub(crate) fn transport_flush(&self) -> bool {
-        let Some(rt) = self.runtime() else {
-            return false;
-        };
-        let (failures, pending) = rt.sender.flush_async();
-        self.async_failures(failures);
-        pending
-    }
-
     fn async_failures(&self, failures: Vec<crate::transport::sender::AsyncFailure>) {
         for f in failures {
             // A stall (nothing lost yet) is logged by the lane itself.
@@ -181,29 +134,6 @@ impl ChannelInner {
     fn report_send_failure(&self, f: &FaultyMember) {
         if let Some(m) = &f.member {
             self.peer_event(PeerEvent::SendFailed(m.clone(), f.reason.clone()));
-        }
-    }
-
-    pub(crate) fn deliver_to_listeners(&self, msg: &ChannelMessage<'_>) -> Result<(), String> {
-        let listeners = self.listeners.read();
-        let mut result = Ok(());
-        for l in listeners.iter().filter(|l| l.accept(msg)) {
-            if let Err(e) = l.message_received(msg) {
-                result = Err(e);
-            }
-        }
-        result
-    }
-
-    pub(crate) fn notify_member_added(&self, m: &Member) {
-        for l in self.membership_listeners.read().iter() {
-            l.member_added(m);
-        }
-    }
-
-    pub(crate) fn notify_member_disappeared(&self, m: &Member) {
-        for l in self.membership_listeners.read().iter() {
-            l.member_disappeared(m);
         }
     }
 
@@ -265,8 +195,77 @@ impl ChannelInner {
             self.peer_event(PeerEvent::Hello(member.clone()));
         }
     }
+}
 
-    pub(crate) fn members(&self) -> Arc<[Member]> {
+impl StackEnds for ChannelInner {
+    fn interceptors(&self) -> &[Arc<dyn ChannelInterceptor>] {
+        &self.interceptors
+    }
+
+    /// Bottom of the send path: encode the envelope and hand it to the sender.
+    fn transport_send(&self, dests: &Arc<[Member]>, msg: OutMessage) -> Result<(), ChannelError> {
+        let rt = self.runtime().ok_or(ChannelError::NotRunning)?;
+        if dests.is_empty() {
+            return Ok(());
+        }
+        let body = DataBody::new(rt.local.id, msg.msg_id, msg.options.0, &msg.payload);
+        let max = self.config.max_frame_size as usize;
+        if body.len() > max {
+            return Err(ChannelError::TooLarge {
+                len: body.len(),
+                max,
+            });
+        }
+        if msg.options.is_async() {
+            let mut failures = rt.sender.queue_async(dests, &body, msg.options);
+            if !msg.batched {
+                failures.extend(rt.sender.flush_async().0);
+            }
+            self.async_failures(failures);
+            return Ok(());
+        }
+        rt.sender.send(dests, &body, msg.options).map_err(|faulty| {
+            for f in &faulty {
+                self.report_send_failure(f);
+            }
+            ChannelError::Faulty(faulty)
+        })
+    }
+
+    /// True if frames are still waiting for a member that does not read.
+    fn transport_flush(&self) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        let (failures, pending) = rt.sender.flush_async();
+        self.async_failures(failures);
+        pending
+    }
+
+    fn deliver_to_listeners(&self, msg: &ChannelMessage<'_>) -> Result<(), String> {
+        let listeners = self.listeners.read();
+        let mut result = Ok(());
+        for l in listeners.iter().filter(|l| l.accept(msg)) {
+            if let Err(e) = l.message_received(msg) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn notify_member_added(&self, m: &Member) {
+        for l in self.membership_listeners.read().iter() {
+            l.member_added(m);
+        }
+    }
+
+    fn notify_member_disappeared(&self, m: &Member) {
+        for l in self.membership_listeners.read().iter() {
+            l.member_disappeared(m);
+        }
+    }
+
+    fn members(&self) -> Arc<[Member]> {
         self.membership.lock().snapshot()
     }
 }
@@ -494,10 +493,8 @@ impl GroupChannel {
                 self.inner.clone(),
             )?;
             for (index, i) in self.inner.interceptors.iter().enumerate() {
-                i.start(StackHandle {
-                    inner: Arc::downgrade(&self.inner),
-                    index,
-                })?;
+                let ends = Arc::downgrade(&self.inner) as std::sync::Weak<dyn StackEnds>;
+                i.start(StackHandle::new(ends, index))?;
             }
             let (heartbeat_stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
             let inner = Arc::downgrade(&self.inner);
@@ -636,11 +633,7 @@ impl GroupChannel {
             payload,
             batched: false,
         };
-        Next {
-            rest: &self.inner.interceptors,
-            inner: &self.inner,
-        }
-        .send_message(dests, msg)
+        Next::top(&*self.inner).send_message(dests, msg)
     }
 
     /// Membership counters (heartbeats, refused datagrams, verifications), while running.

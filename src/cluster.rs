@@ -6,80 +6,23 @@
 
 use crate::channel::{ChannelListener, GroupChannel, MembershipListener};
 use crate::config::ChannelConfig;
-use crate::error::{ChannelError, ConfigError};
+use crate::error::ChannelError;
 use crate::interceptor::ChannelMessage;
 use crate::member::{Member, MemberId};
+use crate::metrics::{self, ManagerSnapshot};
 use crate::options::SendOptions;
+pub use crate::session::config::{compile_filter, ManagerConfig, ManagerKind};
 use crate::session::engine::Payload;
 use crate::session::manager::ClusterManager;
+use crate::session::outbound::{decode_cluster_message, encode_cluster_message, Outbound};
 use crate::session::replica::SessionMessage;
-use crate::wire::{decode_body, encode_body};
 use log::{info, warn};
 use parking_lot::{Mutex, RwLock};
 use regex::Regex;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Which manager replicates an application's sessions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ManagerKind {
-    /// Every change to every member (Tomcat's `DeltaManager`): for 2 to 4 servers.
-    Delta,
-    /// One primary and `backups` backups per session (Tomcat's `BackupManager`): the cost of a
-    /// change does not grow with the cluster.
-    Backup,
-}
-
-/// Settings of the session managers (Tomcat's `<Manager>` attributes).
-#[derive(Clone, Debug)]
-pub struct ManagerConfig {
-    /// `Delta` (default) or `Backup` (Tomcat: the `<Manager className>`).
-    pub kind: ManagerKind,
-    /// Backup copies per session, with `Backup` (Tomcat: exactly 1). Default 1.
-    pub backups: usize,
-    /// How a BackupManager sends changes to the backups (Tomcat: `mapSendOptions`, 6:
-    /// use-ack and synchronized-ack).
-    pub map_send_options: SendOptions,
-    /// How long a BackupManager waits for a session it fetches from another member (Tomcat:
-    /// `rpcTimeout`, 15 s).
-    pub rpc_timeout: Duration,
-    /// Max inactive interval of new sessions (`<session-timeout>`, 30 min).
-    pub max_inactive: Duration,
-    /// Period of the expiry check (Tomcat: `processExpiresFrequency` 6 × background delay
-    /// 10 s = 60 s).
-    pub expire_frequency: Duration,
-    /// How long a starting manager waits for the sessions of an existing member
-    /// (`stateTransferTimeout`, 60 s).
-    pub state_transfer_timeout: Duration,
-    /// Sessions per state-transfer chunk (`sendAllSessionsSize`, 1000).
-    pub send_all_sessions_size: usize,
-    /// End every session everywhere when this node stops (`expireSessionsOnShutdown`, false:
-    /// the other members keep them).
-    pub expire_sessions_on_shutdown: bool,
-    /// Tell the application's listeners about changes made on other members
-    /// (`notifyListenersOnReplication`, true).
-    pub notify_listeners_on_replication: bool,
-}
-
-impl Default for ManagerConfig {
-    fn default() -> Self {
-        ManagerConfig {
-            kind: ManagerKind::Delta,
-            backups: 1,
-            map_send_options: SendOptions::SYNC_ACK,
-            rpc_timeout: Duration::from_secs(15),
-            max_inactive: Duration::from_secs(30 * 60),
-            expire_frequency: Duration::from_secs(60),
-            state_transfer_timeout: Duration::from_secs(60),
-            send_all_sessions_size: 1000,
-            expire_sessions_on_shutdown: false,
-            notify_listeners_on_replication: true,
-        }
-    }
-}
 
 /// Everything a [`SimpleTcpCluster`] needs.
 #[derive(Clone, Debug)]
@@ -107,57 +50,10 @@ impl Default for ClusterConfig {
     }
 }
 
-/// Compiles Tomcat's filter list into one anchored regex (`None` for an empty list).
-pub fn compile_filter(filter: &str) -> Result<Option<Regex>, ConfigError> {
-    let parts: Vec<&str> = filter
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
-    if parts.is_empty() {
-        return Ok(None);
-    }
-    for p in &parts {
-        Regex::new(p).map_err(|e| ConfigError {
-            key: "valve_filter",
-            reason: format!("'{p}': {e}"),
-        })?;
-    }
-    let joined = format!(
-        "^(?:{})$",
-        parts
-            .iter()
-            .map(|p| format!("(?:{p})"))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    Regex::new(&joined).map(Some).map_err(|e| ConfigError {
-        key: "valve_filter",
-        reason: e.to_string(),
-    })
-}
-
-/// A session message on the wire: which application it is for, and what.
-#[derive(Serialize, Deserialize)]
-struct ClusterMessage {
-    context: String,
-    msg: Payload,
-}
-
-/// The decoder `ClusterInner::received` uses, for the property tests.
-#[cfg(test)]
-pub(crate) fn decode_cluster_message(bytes: &[u8]) -> Result<(String, Payload), postcard::Error> {
-    decode_body::<ClusterMessage>(bytes).map(|m| (m.context, m.msg))
-}
-
-#[cfg(test)]
-pub(crate) fn encode_cluster_message(context: &str, msg: &Payload) -> Vec<u8> {
-    ClusterInner::encode(context, msg)
-}
-
 pub(crate) struct ClusterInner {
     channel: GroupChannel,
     cfg: ClusterConfig,
+    /// The valve filter, compiled once; each manager is given it.
     filter: Option<Regex>,
     managers: RwLock<HashMap<String, Arc<ClusterManager>>>,
     /// Senders of messages received, by id: a reply (to GET_ALL_SESSIONS, say) can reach a
@@ -169,34 +65,22 @@ pub(crate) struct ClusterInner {
 /// Most senders remembered; past it the map starts over (it is only a fallback).
 const MAX_SENDERS: usize = 1024;
 
-impl ClusterInner {
-    /// The ids of the members the channel sees now.
-    pub(crate) fn member_ids(&self) -> Vec<MemberId> {
+impl Outbound for ClusterInner {
+    fn member_ids(&self) -> Vec<MemberId> {
         self.channel.members().iter().map(|m| m.id).collect()
     }
 
-    pub(crate) fn filtered(&self, uri: &str) -> bool {
-        self.filter.as_ref().is_some_and(|f| f.is_match(uri))
-    }
-
-    fn encode(context: &str, msg: &Payload) -> Vec<u8> {
-        encode_body(&ClusterMessage {
-            context: context.to_string(),
-            msg: msg.clone(),
-        })
-    }
-
-    pub(crate) fn send_all(
+    fn send_all(
         &self,
         context: &str,
         msg: &Payload,
         options: SendOptions,
     ) -> Result<(), ChannelError> {
         self.channel
-            .send_to_all(Self::encode(context, msg), options)
+            .send_to_all(encode_cluster_message(context, msg), options)
     }
 
-    pub(crate) fn send_to(
+    fn send_to(
         &self,
         id: MemberId,
         context: &str,
@@ -207,13 +91,16 @@ impl ClusterInner {
         let Some(m) = known.or_else(|| self.senders.lock().get(&id).cloned()) else {
             return Ok(()); // it left: nothing to answer
         };
-        self.channel.send(&[m], Self::encode(context, msg), options)
+        self.channel
+            .send(&[m], encode_cluster_message(context, msg), options)
     }
+}
 
+impl ClusterInner {
     /// The ClusterSessionListener: routes a message to its application's manager.
     fn received(&self, m: &ChannelMessage<'_>) -> Result<(), String> {
-        let cm: ClusterMessage =
-            decode_body(&m.payload).map_err(|e| format!("not a session message: {e}"))?;
+        let (context, msg) = decode_cluster_message(&m.payload)
+            .map_err(|e| format!("not a session message: {e}"))?;
         {
             let mut senders = self.senders.lock();
             if senders.get(&m.from.id) != Some(m.from) {
@@ -223,22 +110,22 @@ impl ClusterInner {
                 senders.insert(m.from.id, m.from.clone());
             }
         }
-        let mgr = self.managers.read().get(&cm.context).cloned();
+        let mgr = self.managers.read().get(&context).cloned();
         match mgr {
-            Some(mgr) => mgr.receive(m.from.id, &cm.msg),
+            Some(mgr) => mgr.receive(m.from.id, &msg),
             None => {
-                if !matches!(cm.msg, Payload::Delta(SessionMessage::NoContextManager)) {
+                if !matches!(msg, Payload::Delta(SessionMessage::NoContextManager)) {
                     // Say so, rather than leave a joining member waiting for state.
                     let _ = self.send_to(
                         m.from.id,
-                        &cm.context,
+                        &context,
                         &Payload::Delta(SessionMessage::NoContextManager),
                         SendOptions::ASYNCHRONOUS,
                     );
                 }
                 Err(format!(
                     "no application '{}' on member {}",
-                    cm.context, self.cfg.jvm_route
+                    context, self.cfg.jvm_route
                 ))
             }
         }
@@ -312,6 +199,8 @@ impl SimpleTcpCluster {
     /// `ManagerConfig::kind` names (a DeltaManager by default).
     pub fn add_application(&self, context: &str) -> Arc<ClusterManager> {
         let c = &self.inner.cfg;
+        // Weak: the cluster owns its managers.
+        let outbound = Arc::downgrade(&self.inner) as Weak<dyn Outbound>;
         let options = match c.manager.kind {
             ManagerKind::Delta => c.channel_send_options,
             ManagerKind::Backup => c.manager.map_send_options,
@@ -321,7 +210,8 @@ impl SimpleTcpCluster {
             &c.jvm_route,
             &c.manager,
             options,
-            Arc::downgrade(&self.inner),
+            self.inner.filter.clone(),
+            outbound,
         ));
         self.inner
             .managers
@@ -340,6 +230,17 @@ impl SimpleTcpCluster {
             self.inner.managers.read().values().cloned().collect();
         v.sort_by(|a, b| a.context().cmp(b.context()));
         v
+    }
+
+    /// A snapshot of every application's manager, sorted by context.
+    pub fn manager_stats(&self) -> Vec<ManagerSnapshot> {
+        self.managers().iter().map(|m| m.stats()).collect()
+    }
+
+    /// The Prometheus text (format 0.0.4) of this node: its channel's member figures and each
+    /// application's manager. Serve it with content type `text/plain; version=0.0.4`.
+    pub fn prometheus_text(&self) -> String {
+        metrics::render(&self.inner.channel.stats(), &self.manager_stats())
     }
 
     pub fn channel(&self) -> &GroupChannel {
@@ -437,28 +338,5 @@ impl SimpleTcpCluster {
 impl Drop for SimpleTcpCluster {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tomcat_filter_list_matches_whole_uris() {
-        let f = compile_filter(
-            r".*\.gif;.*\.js;.*\.jpeg;.*\.jpg;.*\.png;.*\.htm;.*\.html;.*\.css;.*\.txt",
-        )
-        .unwrap()
-        .unwrap();
-        assert!(f.is_match("/app/static/site.css"));
-        assert!(f.is_match("/logo.gif"));
-        assert!(!f.is_match("/app/profile"));
-        assert!(
-            !f.is_match("/app/style.css/edit"),
-            "whole-URI match, as Tomcat's matches()"
-        );
-        assert!(compile_filter("").unwrap().is_none());
-        assert_eq!(compile_filter("(").unwrap_err().key, "valve_filter");
     }
 }

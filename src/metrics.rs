@@ -6,7 +6,6 @@
 //! hands) and then keeps, so counting a message costs a few uncontended atomic adds and no lock
 //! or map lookup.
 
-use crate::cluster::SimpleTcpCluster;
 use crate::member::{Member, MemberId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -261,13 +260,6 @@ pub struct ManagerSnapshot {
     pub reconciled: u64,
 }
 
-/// The Prometheus text (format 0.0.4) of a cluster: its channel's member figures and each
-/// application's manager. Serve it with content type `text/plain; version=0.0.4`.
-pub fn prometheus_text(cluster: &SimpleTcpCluster) -> String {
-    let managers: Vec<ManagerSnapshot> = cluster.managers().iter().map(|m| m.stats()).collect();
-    render(&cluster.channel().stats(), &managers)
-}
-
 /// Escapes a label value: backslash, double quote and newline (format 0.0.4).
 fn escape_label(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
@@ -452,7 +444,10 @@ const MANAGER_METRICS: &[ManagerMetric] = &[
     ),
 ];
 
-/// The text exposition of a channel's and managers' figures.
+/// The Prometheus text (format 0.0.4) of a channel's and managers' figures, from snapshots
+/// handed in ([`GroupChannel::stats`](crate::GroupChannel::stats),
+/// [`ClusterManager::stats`](crate::ClusterManager::stats)); the cluster composes them for a
+/// node (its `prometheus_text`).
 pub fn render(ch: &ChannelStats, managers: &[ManagerSnapshot]) -> String {
     let mut out = String::new();
     let member_labels = |m: &MemberStats| {

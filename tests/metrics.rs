@@ -136,7 +136,7 @@ fn cluster_prometheus_text_lists_members_and_managers() {
     wait_for("n1 holds the session", LIMIT, || {
         n1.manager("/app").unwrap().stats().sessions == 1
     });
-    let text = tribecast::metrics::prometheus_text(&n2);
+    let text = n2.prometheus_text();
     assert!(text.contains("# TYPE tribecast_member_messages_sent_total counter\n"));
     assert!(
         text.contains("tribecast_manager_sessions{context=\"/app\"} 1\n"),

@@ -289,7 +289,7 @@ impl App {
             "metrics" if method_ok("GET") => Response::new(
                 200,
                 "text/plain; version=0.0.4",
-                tribecast::metrics::prometheus_text(&self.cluster),
+                self.cluster.prometheus_text(),
             ),
             "login" if method_ok("POST") => self.ready_then(|| self.login(req)),
             "logout" if method_ok("POST") => self.ready_then(|| self.logout(req)),

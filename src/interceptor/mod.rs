@@ -8,7 +8,6 @@
 
 pub mod dispatch;
 
-use crate::channel::ChannelInner;
 use crate::error::{ChannelError, SendFailure};
 use crate::member::Member;
 use crate::options::SendOptions;
@@ -49,6 +48,32 @@ pub enum PeerEvent {
     Left(Member),
     /// A send to this member failed.
     SendFailed(Member, SendFailure),
+}
+
+/// What lies beyond the two ends of the stack: the transport below the last interceptor, the
+/// listeners above the first, and the member list. The channel implements it; the stack reaches
+/// the channel only through it.
+pub(crate) trait StackEnds: Send + Sync {
+    /// The interceptors, top first.
+    fn interceptors(&self) -> &[Arc<dyn ChannelInterceptor>];
+
+    /// Below the last interceptor: hand the message to the transport.
+    fn transport_send(&self, dests: &Arc<[Member]>, msg: OutMessage) -> Result<(), ChannelError>;
+
+    /// Below the last interceptor: push out batched frames; true if some are still waiting.
+    fn transport_flush(&self) -> bool;
+
+    /// Above the first interceptor: hand a message to the listeners.
+    fn deliver_to_listeners(&self, msg: &ChannelMessage<'_>) -> Result<(), String>;
+
+    /// Above the first interceptor: tell the membership listeners.
+    fn notify_member_added(&self, m: &Member);
+
+    /// Above the first interceptor: tell the membership listeners.
+    fn notify_member_disappeared(&self, m: &Member);
+
+    /// Current members.
+    fn members(&self) -> Arc<[Member]>;
 }
 
 /// One layer of the channel.
@@ -102,11 +127,19 @@ pub trait ChannelInterceptor: Send + Sync + 'static {
 /// The rest of the stack below an interceptor.
 #[derive(Clone, Copy)]
 pub struct Next<'a> {
-    pub(crate) rest: &'a [Arc<dyn ChannelInterceptor>],
-    pub(crate) inner: &'a ChannelInner,
+    rest: &'a [Arc<dyn ChannelInterceptor>],
+    inner: &'a dyn StackEnds,
 }
 
-impl Next<'_> {
+impl<'a> Next<'a> {
+    /// The whole stack, from the top: where a send starts.
+    pub(crate) fn top(ends: &'a dyn StackEnds) -> Next<'a> {
+        Next {
+            rest: ends.interceptors(),
+            inner: ends,
+        }
+    }
+
     pub fn send_message(self, dests: &Arc<[Member]>, msg: OutMessage) -> Result<(), ChannelError> {
         match self.rest.split_first() {
             Some((first, rest)) => first.send_message(
@@ -135,11 +168,19 @@ impl Next<'_> {
 /// The rest of the stack above an interceptor, up to the listeners.
 #[derive(Clone, Copy)]
 pub struct Up<'a> {
-    pub(crate) rest: &'a [Arc<dyn ChannelInterceptor>],
-    pub(crate) inner: &'a ChannelInner,
+    rest: &'a [Arc<dyn ChannelInterceptor>],
+    inner: &'a dyn StackEnds,
 }
 
-impl Up<'_> {
+impl<'a> Up<'a> {
+    /// The whole stack, from the bottom: where a received message or membership event starts.
+    pub(crate) fn bottom(ends: &'a dyn StackEnds) -> Up<'a> {
+        Up {
+            rest: ends.interceptors(),
+            inner: ends,
+        }
+    }
+
     pub fn message_received(self, msg: &ChannelMessage<'_>) -> Result<(), String> {
         match self.rest.split_last() {
             Some((last, rest)) => last.message_received(
@@ -183,20 +224,25 @@ impl Up<'_> {
 /// An interceptor's way back into the channel from its own threads.
 #[derive(Clone)]
 pub struct StackHandle {
-    pub(crate) inner: Weak<ChannelInner>,
-    pub(crate) index: usize,
+    inner: Weak<dyn StackEnds>,
+    index: usize,
 }
 
 impl StackHandle {
-    fn with<R>(&self, f: impl FnOnce(&ChannelInner) -> R) -> Option<R> {
-        self.inner.upgrade().map(|i| f(&i))
+    /// The handle of the interceptor at `index` (0 = top).
+    pub(crate) fn new(ends: Weak<dyn StackEnds>, index: usize) -> StackHandle {
+        StackHandle { inner: ends, index }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&dyn StackEnds) -> R) -> Option<R> {
+        self.inner.upgrade().map(|i| f(&*i))
     }
 
     /// Sends through the interceptors below this one.
     pub fn send_below(&self, dests: &Arc<[Member]>, msg: OutMessage) -> Result<(), ChannelError> {
         self.with(|i| {
             Next {
-                rest: &i.interceptors[self.index + 1..],
+                rest: i.interceptors().get(self.index + 1..).unwrap_or_default(),
                 inner: i,
             }
             .send_message(dests, msg)
@@ -208,7 +254,7 @@ impl StackHandle {
     pub fn flush_below(&self) -> bool {
         self.with(|i| {
             Next {
-                rest: &i.interceptors[self.index + 1..],
+                rest: i.interceptors().get(self.index + 1..).unwrap_or_default(),
                 inner: i,
             }
             .flush()

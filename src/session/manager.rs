@@ -12,18 +12,19 @@
 //! returns once every member applied the change, or an error naming those that did not.
 
 use super::backup::{BackupConfig, BackupCore};
+use super::config::{ManagerConfig, ManagerKind};
 use super::delta::{DeltaConfig, DeltaCore, Dest, SessionEvent};
 use super::engine::{Core, POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
+use super::outbound::Outbound;
 use super::replica::SessionMessage;
-use crate::cluster::ClusterInner;
-use crate::cluster::ManagerKind;
 use crate::error::ChannelError;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
 use log::{error, info, warn};
 use parking_lot::{Condvar, Mutex, RwLock};
+use regex::Regex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -102,7 +103,10 @@ pub struct ClusterManager {
     /// manager's other receiver threads with it.)
     send_order: Mutex<()>,
     rpc_timeout: Duration,
-    cluster: Weak<ClusterInner>,
+    /// Where messages go (the cluster); nothing is sent once it is gone.
+    outbound: Weak<dyn Outbound>,
+    /// URIs whose requests are not replicated (the `ReplicationValve` filter).
+    filter: Option<Regex>,
     options: SendOptions,
     notify_on_replication: bool,
     state_transfer_timeout: Duration,
@@ -121,9 +125,10 @@ impl ClusterManager {
     pub(crate) fn new(
         context: &str,
         route: &str,
-        cfg: &crate::cluster::ManagerConfig,
+        cfg: &ManagerConfig,
         options: SendOptions,
-        cluster: Weak<ClusterInner>,
+        filter: Option<Regex>,
+        outbound: Weak<dyn Outbound>,
     ) -> ClusterManager {
         let core = match cfg.kind {
             ManagerKind::Delta => {
@@ -150,7 +155,8 @@ impl ClusterManager {
             ready_changed: Condvar::new(),
             send_order: Mutex::new(()),
             rpc_timeout: cfg.rpc_timeout,
-            cluster,
+            outbound,
+            filter,
             options,
             notify_on_replication: cfg.notify_listeners_on_replication,
             state_transfer_timeout: cfg.state_transfer_timeout,
@@ -253,7 +259,7 @@ impl ClusterManager {
     /// Starts a request. `cookie` is the session id the client sent (`JSESSIONID`), if any;
     /// `uri` is checked against the valve filter.
     pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> Request {
-        let replicate = self.cluster.upgrade().is_none_or(|c| !c.filtered(uri));
+        let replicate = !self.filter.as_ref().is_some_and(|f| f.is_match(uri));
         let mut copy = None;
         if let Some(id) = cookie.and_then(|c| SessionId::parse(c).ok()) {
             copy = self.acquire(&id);
@@ -360,7 +366,7 @@ impl ClusterManager {
     }
 
     fn send_with(&self, outs: Vec<POut>, options: SendOptions) -> Result<(), ChannelError> {
-        let Some(cluster) = self.cluster.upgrade() else {
+        let Some(outbound) = self.outbound.upgrade() else {
             return Ok(());
         };
         let mut faulty = Vec::new();
@@ -368,8 +374,8 @@ impl ClusterManager {
         for out in outs {
             self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
             let r = match out.dest {
-                Dest::All => cluster.send_all(&self.context, &out.msg, options),
-                Dest::Member(id) => cluster.send_to(id, &self.context, &out.msg, options),
+                Dest::All => outbound.send_all(&self.context, &out.msg, options),
+                Dest::Member(id) => outbound.send_to(id, &self.context, &out.msg, options),
             };
             match r {
                 Ok(()) => {}
@@ -477,7 +483,7 @@ impl ClusterManager {
         // quick rejoin must not end with the departure's list).
         let order = self.send_order.lock();
         let mut core = self.core.lock();
-        let members = self.cluster.upgrade().map_or(members, |c| c.member_ids());
+        let members = self.outbound.upgrade().map_or(members, |o| o.member_ids());
         let outs = core.set_members(members, now_ms());
         drop(core);
         let digests = outs

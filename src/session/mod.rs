@@ -2,16 +2,19 @@
 //! managers themselves (DeltaManager, BackupManager) come next.
 
 pub mod backup;
+pub(crate) mod config;
 pub mod delta;
 pub(crate) mod engine;
 pub mod id;
 pub mod manager;
 pub mod model;
+pub(crate) mod outbound;
 #[cfg(test)]
 mod prop_tests;
 pub mod reconcile;
 pub mod replica;
 
+pub use config::{compile_filter, ManagerConfig, ManagerKind};
 pub use delta::{AttributeChange, DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
 pub use engine::Payload;
 pub use id::{IdSource, OsRandom, SessionId, SessionIdError};

@@ -10,9 +10,9 @@ use super::delta::{DeltaConfig, DeltaCore, Dest, Out};
 use super::engine::Payload;
 use super::id::SessionId;
 use super::model::{DeltaOp, SessionState};
+use super::outbound::{decode_cluster_message, encode_cluster_message};
 use super::reconcile::Stamp;
 use super::replica::{DigestEntry, SessionMessage};
-use crate::cluster::{decode_cluster_message, encode_cluster_message};
 use crate::member::MemberId;
 use crate::wire::{decode_body, encode_body};
 use proptest::prelude::*;
@@ -316,7 +316,7 @@ fn arb_context() -> impl Strategy<Value = String> {
 // 1. Decoders: arbitrary and mutated bytes
 // ---------------------------------------------------------------------------------------------
 
-/// What `ClusterInner::received` and the managers decode must guarantee on any input: no
+/// What the cluster's receiving side and the managers decode must guarantee on any input: no
 /// panic, round-trip, and no amplification (the canonical encoding of what was decoded is never
 /// longer than the input: every string, byte string and element comes from the input).
 fn check_decoders(bytes: &[u8]) {

@@ -1,0 +1,120 @@
+//! What the session layer is configured with: which manager replicates an application's
+//! sessions and how (Tomcat's `<Manager>` attributes), and the `ReplicationValve`'s filter of
+//! URIs whose requests are not replicated. The cluster's `ClusterConfig` holds them (and
+//! re-exports them, as the crate root does).
+
+use crate::error::ConfigError;
+use crate::options::SendOptions;
+use regex::Regex;
+use std::time::Duration;
+
+/// Which manager replicates an application's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagerKind {
+    /// Every change to every member (Tomcat's `DeltaManager`): for 2 to 4 servers.
+    Delta,
+    /// One primary and `backups` backups per session (Tomcat's `BackupManager`): the cost of a
+    /// change does not grow with the cluster.
+    Backup,
+}
+
+/// Settings of the session managers (Tomcat's `<Manager>` attributes).
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// `Delta` (default) or `Backup` (Tomcat: the `<Manager className>`).
+    pub kind: ManagerKind,
+    /// Backup copies per session, with `Backup` (Tomcat: exactly 1). Default 1.
+    pub backups: usize,
+    /// How a BackupManager sends changes to the backups (Tomcat: `mapSendOptions`, 6:
+    /// use-ack and synchronized-ack).
+    pub map_send_options: SendOptions,
+    /// How long a BackupManager waits for a session it fetches from another member (Tomcat:
+    /// `rpcTimeout`, 15 s).
+    pub rpc_timeout: Duration,
+    /// Max inactive interval of new sessions (`<session-timeout>`, 30 min).
+    pub max_inactive: Duration,
+    /// Period of the expiry check (Tomcat: `processExpiresFrequency` 6 × background delay
+    /// 10 s = 60 s).
+    pub expire_frequency: Duration,
+    /// How long a starting manager waits for the sessions of an existing member
+    /// (`stateTransferTimeout`, 60 s).
+    pub state_transfer_timeout: Duration,
+    /// Sessions per state-transfer chunk (`sendAllSessionsSize`, 1000).
+    pub send_all_sessions_size: usize,
+    /// End every session everywhere when this node stops (`expireSessionsOnShutdown`, false:
+    /// the other members keep them).
+    pub expire_sessions_on_shutdown: bool,
+    /// Tell the application's listeners about changes made on other members
+    /// (`notifyListenersOnReplication`, true).
+    pub notify_listeners_on_replication: bool,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            kind: ManagerKind::Delta,
+            backups: 1,
+            map_send_options: SendOptions::SYNC_ACK,
+            rpc_timeout: Duration::from_secs(15),
+            max_inactive: Duration::from_secs(30 * 60),
+            expire_frequency: Duration::from_secs(60),
+            state_transfer_timeout: Duration::from_secs(60),
+            send_all_sessions_size: 1000,
+            expire_sessions_on_shutdown: false,
+            notify_listeners_on_replication: true,
+        }
+    }
+}
+
+/// Compiles Tomcat's filter list into one anchored regex (`None` for an empty list).
+pub fn compile_filter(filter: &str) -> Result<Option<Regex>, ConfigError> {
+    let parts: Vec<&str> = filter
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    for p in &parts {
+        Regex::new(p).map_err(|e| ConfigError {
+            key: "valve_filter",
+            reason: format!("'{p}': {e}"),
+        })?;
+    }
+    let joined = format!(
+        "^(?:{})$",
+        parts
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    Regex::new(&joined).map(Some).map_err(|e| ConfigError {
+        key: "valve_filter",
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tomcat_filter_list_matches_whole_uris() {
+        let f = compile_filter(
+            r".*\.gif;.*\.js;.*\.jpeg;.*\.jpg;.*\.png;.*\.htm;.*\.html;.*\.css;.*\.txt",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(f.is_match("/app/static/site.css"));
+        assert!(f.is_match("/logo.gif"));
+        assert!(!f.is_match("/app/profile"));
+        assert!(
+            !f.is_match("/app/style.css/edit"),
+            "whole-URI match, as Tomcat's matches()"
+        );
+        assert!(compile_filter("").unwrap().is_none());
+        assert_eq!(compile_filter("(").unwrap_err().key, "valve_filter");
+    }
+}
