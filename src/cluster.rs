@@ -22,7 +22,7 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Everything a [`SimpleTcpCluster`] needs.
 #[derive(Clone, Debug)]
@@ -277,34 +277,30 @@ impl SimpleTcpCluster {
         }
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let weak = Arc::downgrade(&self.inner);
-        // Expiry at its frequency; state-transfer deadlines checked at least every second.
+        // The managers' cores decide what is due (expiry at its frequency, fetch and
+        // state-transfer deadlines); this thread only tells them the time, at least every second.
         let period = self
             .inner
             .cfg
             .manager
             .expire_frequency
             .min(Duration::from_secs(1));
-        let expire_every = self.inner.cfg.manager.expire_frequency;
         let t = std::thread::Builder::new()
             .name("tribecast-reaper".into())
             .spawn(move || {
-                let mut next_expire = Instant::now() + expire_every;
+                let mut wait = period;
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(period)
+                    stop_rx.recv_timeout(wait)
                 {
                     let Some(inner) = weak.upgrade() else { return };
-                    let now = Instant::now();
                     let managers: Vec<Arc<ClusterManager>> =
                         inner.managers.read().values().cloned().collect();
+                    wait = period;
                     for mgr in managers {
-                        if now >= next_expire {
-                            mgr.background(now);
-                        } else {
-                            mgr.background_transfer_only(now);
+                        mgr.tick();
+                        if let Some(due) = mgr.next_due() {
+                            wait = wait.min(due.max(Duration::from_millis(5)));
                         }
-                    }
-                    if now >= next_expire {
-                        next_expire = now + expire_every;
                     }
                 }
             })

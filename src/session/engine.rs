@@ -3,6 +3,8 @@
 
 use super::backup::{BackupCore, BackupMessage};
 use super::delta::{DeltaCore, Out, SessionEvent};
+#[cfg(test)]
+use super::id::IdSource;
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
 use super::reconcile::SessionMerger;
@@ -205,6 +207,15 @@ impl Core {
                 (wrap(o, Payload::Delta), e)
             }
             Core::Backup(_) => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Where new session ids come from (see [`IdSource`]).
+    #[cfg(test)]
+    pub fn set_id_source(&mut self, ids: Box<dyn IdSource>) {
+        match self {
+            Core::Delta(c) => c.set_id_source(ids),
+            Core::Backup(c) => c.set_id_source(ids),
         }
     }
 

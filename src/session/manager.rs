@@ -11,20 +11,20 @@
 //! cluster's send options 8 (asynchronous) `finish` never waits; with 6 (synchronized ack) it
 //! returns once every member applied the change, or an error naming those that did not.
 
-use super::backup::{BackupConfig, BackupCore};
-use super::config::{ManagerConfig, ManagerKind};
-use super::delta::{DeltaConfig, DeltaCore, Dest, SessionEvent};
-use super::engine::{Core, POut, Payload};
+use super::config::ManagerConfig;
+use super::delta::{Dest, SessionEvent};
+use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
+use super::manager_core::{Begin, ManagerCore, Ready, Token};
 use super::model::Session;
 use super::outbound::Outbound;
-use super::replica::SessionMessage;
 use crate::error::ChannelError;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
-use log::{error, info, warn};
-use parking_lot::{Condvar, Mutex, RwLock};
+use log::warn;
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use regex::Regex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -80,38 +80,29 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-struct Transfer {
-    /// No state transfer asked for yet: the first member seen is asked.
-    pending: bool,
-    /// When to stop waiting: for a first member to appear (`None`), or for its sessions.
-    deadline: Option<(Instant, Option<Member>)>,
-}
-
 /// The sessions of one distributable application, replicated by a DeltaManager or a
 /// BackupManager (Tomcat's `ClusterManager`).
+///
+/// A thin shell over [`ManagerCore`], which makes every decision: each call locks the core,
+/// feeds it one input, takes the [`Ready`] batch, unlocks, and performs the batch in order.
 pub struct ClusterManager {
     context: String,
-    core: Mutex<Core>,
-    /// Signalled when the core may have changed state a waiter cares about: ready, or a
-    /// fetched session arrived.
+    core: Mutex<ManagerCore>,
+    /// Signalled (with `core`) when the manager becomes ready.
     ready_changed: Condvar,
-    /// Held by a receiver or membership thread from before it changes the core until what the
-    /// change makes it send is queued; a request that waited for such a change passes through it
-    /// before going on, so its own messages (a hand-over's copies, then its Drop) never overtake
-    /// the change's (the take-over's NewPrimary) on the asynchronous lane. (With a full
-    /// dispatch queue and the Block policy, the holder waits up to `sender.timeout` and the
-    /// manager's other receiver threads with it.)
-    send_order: Mutex<()>,
-    rpc_timeout: Duration,
+    /// Batches leave in the order the core made them: taken before the core is unlocked, held
+    /// while a background batch is queued. A request's own batch (which may wait for acks)
+    /// only passes through it, so it never overtakes an earlier batch and never makes a
+    /// receiver thread wait on another member.
+    perform: Mutex<()>,
+    /// Verdicts for requests waiting for a fetched session, by token.
+    verdicts: Mutex<HashMap<Token, Option<Session>>>,
+    verdict_ready: Condvar,
     /// Where messages go (the cluster); nothing is sent once it is gone.
     outbound: Weak<dyn Outbound>,
     /// URIs whose requests are not replicated (the `ReplicationValve` filter).
     filter: Option<Regex>,
-    options: SendOptions,
-    notify_on_replication: bool,
-    state_transfer_timeout: Duration,
     listeners: RwLock<Vec<Arc<dyn SessionListener>>>,
-    transfer: Mutex<Transfer>,
     pub stats: ManagerStats,
 }
 
@@ -130,41 +121,16 @@ impl ClusterManager {
         filter: Option<Regex>,
         outbound: Weak<dyn Outbound>,
     ) -> ClusterManager {
-        let core = match cfg.kind {
-            ManagerKind::Delta => {
-                let dcfg = DeltaConfig {
-                    max_inactive: cfg.max_inactive,
-                    send_all_sessions_size: cfg.send_all_sessions_size,
-                    ..DeltaConfig::default()
-                };
-                Core::Delta(DeltaCore::new(dcfg, route))
-            }
-            ManagerKind::Backup => {
-                let bcfg = BackupConfig {
-                    backups: cfg.backups,
-                    max_inactive: cfg.max_inactive,
-                    ..BackupConfig::default()
-                };
-                // The local member id is known once the channel has started (`started`).
-                Core::Backup(BackupCore::new(bcfg, MemberId([0; 16]), route))
-            }
-        };
         ClusterManager {
             context: context.to_string(),
-            core: Mutex::new(core),
+            core: Mutex::new(ManagerCore::new(context, route, cfg, options)),
             ready_changed: Condvar::new(),
-            send_order: Mutex::new(()),
-            rpc_timeout: cfg.rpc_timeout,
+            perform: Mutex::new(()),
+            verdicts: Mutex::new(HashMap::new()),
+            verdict_ready: Condvar::new(),
             outbound,
             filter,
-            options,
-            notify_on_replication: cfg.notify_listeners_on_replication,
-            state_transfer_timeout: cfg.state_transfer_timeout,
             listeners: RwLock::new(Vec::new()),
-            transfer: Mutex::new(Transfer {
-                pending: true,
-                deadline: None,
-            }),
             stats: ManagerStats::default(),
         }
     }
@@ -178,7 +144,7 @@ impl ClusterManager {
     /// partition are merged when the members meet again (by default the copy with the higher
     /// version wins; see docs/RELIABILITY.md). Call it on every member, before traffic.
     pub fn set_merger(&self, merger: Arc<dyn super::reconcile::SessionMerger>) {
-        self.core.lock().set_merger(Some(merger));
+        self.core.lock().core_mut().set_merger(Some(merger));
     }
 
     pub fn add_listener(&self, l: Arc<dyn SessionListener>) {
@@ -189,6 +155,7 @@ impl ClusterManager {
     pub fn stats(&self) -> crate::metrics::ManagerSnapshot {
         let (sessions, primaries) = {
             let core = self.core.lock();
+            let core = core.core();
             (core.len() as u64, core.primaries().map(|p| p as u64))
         };
         let s = &self.stats;
@@ -207,20 +174,13 @@ impl ClusterManager {
 
     /// Live sessions held here (own and replicated).
     pub fn session_count(&self) -> usize {
-        self.core.lock().len()
+        self.core.lock().core().len()
     }
 
     /// A copy of a session, for reading outside a request.
     pub fn find(&self, id: &str) -> Option<Session> {
         let id = SessionId::parse(id).ok()?;
-        self.core.lock().session(&id).cloned()
-    }
-
-    /// Ends a session on every member: this node's copy, its listeners, then the message.
-    fn end_everywhere(&self, id: &SessionId) -> Result<(), ChannelError> {
-        let (outs, events) = self.core.lock().invalidate(id);
-        self.notify(&events, true);
-        self.send(outs)
+        self.core.lock().core().session(&id).cloned()
     }
 
     /// Ends a session everywhere, outside a request (an administrator's logout, say).
@@ -228,10 +188,8 @@ impl ClusterManager {
         let Ok(id) = SessionId::parse(id) else {
             return Ok(false);
         };
-        let (outs, events) = self.core.lock().invalidate(&id);
-        let existed = !events.is_empty();
-        self.notify(&events, true);
-        self.send(outs)?;
+        let (existed, sent) = self.input(|c| c.invalidate(&id));
+        sent?;
         Ok(existed)
     }
 
@@ -260,15 +218,9 @@ impl ClusterManager {
     /// `uri` is checked against the valve filter.
     pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> Request {
         let replicate = !self.filter.as_ref().is_some_and(|f| f.is_match(uri));
-        let mut copy = None;
-        if let Some(id) = cookie.and_then(|c| SessionId::parse(c).ok()) {
-            copy = self.acquire(&id);
-        }
-        // The copy starts with no changes of its own: what the stored session still has pending
-        // (a filtered request's) stays there and is not applied twice.
-        if let Some(c) = copy.as_mut() {
-            c.take_pending();
-        }
+        let copy = cookie
+            .and_then(|c| SessionId::parse(c).ok())
+            .and_then(|id| self.acquire(&id));
         Request {
             mgr: self.clone(),
             copy,
@@ -277,95 +229,104 @@ impl ClusterManager {
         }
     }
 
-    /// The stored session for a request. A backup manager makes itself the session's primary
-    /// first: it fetches the session from its primary (or, if the primary is gone, the best copy
-    /// any member has), waiting up to `rpc_timeout`.
+    /// The stored session for a request, as a working copy. A backup manager makes itself the
+    /// session's primary first; when it asked the other members, the request waits for the
+    /// core's verdict (at most `rpc_timeout`: the core ends the wait at its deadline).
     fn acquire(&self, id: &SessionId) -> Option<Session> {
-        // Two rounds: a node that took over a copy it backed up may lose to a claim made at the
-        // same time elsewhere (and drop the copy); then it fetches from the winner.
-        for _ in 0..2 {
-            let (outs, wait) = self.core.lock().acquire(id);
-            if let Err(e) = self.send_background(outs) {
-                warn!(
-                    "Manager [{}]: taking over session {id} not told to every member: {e}",
-                    self.context
-                );
-            }
-            let mut core = self.core.lock();
-            let mut late = Vec::new();
-            if wait {
-                let deadline = Instant::now() + self.rpc_timeout;
-                while core.served(id).is_none() && core.is_fetching(id) {
-                    if self
-                        .ready_changed
-                        .wait_until(&mut core, deadline)
-                        .timed_out()
-                    {
-                        warn!(
-                            "Manager [{}]: session {id} not fetched within {} ms; serving the best copy answered or held here, if any",
-                            self.context,
-                            self.rpc_timeout.as_millis()
-                        );
-                        late = core.end_fetch(id);
-                        break;
-                    }
-                }
-            }
-            let served = core.served(id).cloned();
-            drop(core);
-            // What the thread that answered the fetch sent because of it is queued before this
-            // request sends anything (see `send_order`).
-            drop(self.send_order.lock());
-            if let Err(e) = self.send_background(late) {
-                warn!(
-                    "Manager [{}]: taking over session {id} not told to every member: {e}",
-                    self.context
-                );
-            }
-            if let Some(s) = served {
-                return Some(s);
-            }
-            if wait {
-                info!(
-                    "Manager [{}]: session {id} not found on any member; the request has none",
-                    self.context
-                );
-                return None;
-            }
-        }
-        if let Some(why) = self.core.lock().not_fetched(id) {
-            info!(
-                "Manager [{}]: session {id} not fetched: {why}; the request has none",
+        let (begin, sent) = self.input(|c| c.begin_request(id, now_ms()));
+        if let Err(e) = sent {
+            warn!(
+                "Manager [{}]: taking over session {id} not told to every member: {e}",
                 self.context
             );
         }
-        None
+        let copy = match begin {
+            Begin::Now(s) => s,
+            Begin::Wait { token, deadline_ms } => self.wait_verdict(token, deadline_ms),
+        };
+        // The copy starts with no changes of its own: what the stored session still has pending
+        // (a filtered request's) stays there and is not applied twice.
+        copy.map(|mut c| {
+            c.take_pending();
+            c
+        })
     }
 
-    fn notify(&self, events: &[SessionEvent], local: bool) {
-        if events.is_empty() || (!local && !self.notify_on_replication) {
-            return;
+    /// Waits for the verdict on `token`; past its deadline this thread ticks the core itself.
+    fn wait_verdict(&self, token: Token, deadline_ms: u64) -> Option<Session> {
+        let mut verdicts = self.verdicts.lock();
+        loop {
+            if let Some(s) = verdicts.remove(&token) {
+                return s;
+            }
+            let now = now_ms();
+            if now > deadline_ms {
+                drop(verdicts);
+                self.tick_at(now);
+                verdicts = self.verdicts.lock();
+                continue;
+            }
+            let left = Duration::from_millis(deadline_ms - now + 1);
+            self.verdict_ready.wait_for(&mut verdicts, left);
         }
-        for l in self.listeners.read().iter() {
-            for e in events {
-                l.event(&self.context, e);
+    }
+
+    /// Feeds one input to the core and performs the batch it makes. Returns the input's own
+    /// result and whether the batch's messages reached every member.
+    fn input<R>(
+        &self,
+        f: impl FnOnce(&mut ManagerCore) -> (R, Ready),
+    ) -> (R, Result<(), ChannelError>) {
+        let mut core = self.core.lock();
+        let (r, ready) = f(&mut core);
+        let order = self.perform.lock();
+        drop(core);
+        (r, self.perform(ready, order))
+    }
+
+    /// Performs a batch: its messages, then the verdicts of waiting requests, then listeners.
+    fn perform(&self, ready: Ready, order: MutexGuard<'_, ()>) -> Result<(), ChannelError> {
+        let c = ready.counts;
+        for (counter, n) in [
+            (&self.stats.resyncs, c.resyncs),
+            (&self.stats.state_transfers, c.state_transfers),
+            (&self.stats.reconciled, c.reconciled),
+            (&self.stats.replications, c.replications),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
             }
         }
-    }
-
-    /// Sends what the core decided for a request, with the manager's send options (the caller
-    /// waits as they say).
-    fn send(&self, outs: Vec<POut>) -> Result<(), ChannelError> {
-        self.send_with(outs, self.options)
-    }
-
-    /// Sends from a receiver worker or a background thread: asynchronously, as such a thread
-    /// must not wait on another member.
-    fn send_background(&self, outs: Vec<POut>) -> Result<(), ChannelError> {
-        self.send_with(outs, SendOptions::ASYNCHRONOUS)
+        let sent = if ready.options.is_async() {
+            let sent = self.send_with(ready.outs, ready.options);
+            drop(order);
+            sent
+        } else {
+            drop(order);
+            self.send_with(ready.outs, ready.options)
+        };
+        if ready.became_ready {
+            self.ready_changed.notify_all();
+        }
+        if !ready.verdicts.is_empty() {
+            self.verdicts.lock().extend(ready.verdicts);
+            self.verdict_ready.notify_all();
+        }
+        // Listeners run with nothing held: one may make a request of its own.
+        if !ready.events.is_empty() {
+            for l in self.listeners.read().iter() {
+                for e in &ready.events {
+                    l.event(&self.context, e);
+                }
+            }
+        }
+        sent
     }
 
     fn send_with(&self, outs: Vec<POut>, options: SendOptions) -> Result<(), ChannelError> {
+        if outs.is_empty() {
+            return Ok(());
+        }
         let Some(outbound) = self.outbound.upgrade() else {
             return Ok(());
         };
@@ -390,85 +351,22 @@ impl ClusterManager {
         }
     }
 
-    /// A message from another member, on a receiver worker.
+    /// A message from another member, on a receiver worker. `Err` is the core's verdict for a
+    /// synchronized-ack sender (not applied here), or a send that failed.
     pub(crate) fn receive(&self, from: MemberId, msg: &Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        let order = self.send_order.lock();
-        let (outs, events, ready, superseded) = {
-            let mut core = self.core.lock();
-            let was_ready = core.is_ready();
-            let (outs, events) = core.handle(from, msg)?;
-            let ready = !was_ready && core.is_ready();
-            (outs, events, ready, core.superseded(from, msg))
-        };
-        let resync = Core::asks_for_session(&outs);
-        if resync.is_some() {
-            self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-        }
-        match msg {
-            Payload::Delta(SessionMessage::GetAllSessions) => {
-                self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
-            }
-            Payload::Delta(SessionMessage::Merge(states)) => {
-                let n = states.len() as u64;
-                self.stats.reconciled.fetch_add(n, Ordering::Relaxed);
-                info!(
-                    "Manager [{}]: reconciled {n} session(s) with member {from}",
-                    self.context
-                );
-            }
-            _ => {}
-        }
-        if ready {
-            self.transfer.lock().deadline = None;
-            info!(
-                "Manager [{}]: session state transfer complete, {} session(s)",
-                self.context,
-                self.session_count()
-            );
-            self.ready_changed.notify_all();
-        }
-        let sent = self.send_background(outs);
-        drop(order);
-        // A fetch may have been answered (its request passes `send_order` before going on).
-        self.ready_changed.notify_all();
-        // Listeners run without `send_order` held: one may make a request of its own.
-        self.notify(&events, false);
+        let (verdict, sent) = self.input(|c| {
+            let (ready, verdict) = c.receive(from, msg);
+            (verdict, ready)
+        });
         sent.map_err(|e| e.to_string())?;
-        match (resync, superseded) {
-            // Not applied (yet): a synchronized-ack sender must not count this member as done.
-            (Some(id), _) => Err(format!(
-                "session {id} not applied here: an earlier change is missing; asked for the session"
-            )),
-            // Ignored: the sender no longer serves the session; its request must not succeed.
-            (None, Some(id)) => Err(format!(
-                "session {id} not applied here: another member serves it now"
-            )),
-            (None, None) => Ok(()),
-        }
+        verdict
     }
 
     /// A member appeared: a manager that has not yet asked anyone for the sessions asks it.
     pub(crate) fn member_added(&self, m: &Member) {
-        if matches!(*self.core.lock(), Core::Backup(_)) {
-            return; // joins take their share by re-placement (members_changed)
-        }
-        let mut t = self.transfer.lock();
-        if !t.pending {
-            return;
-        }
-        t.pending = false;
-        t.deadline = Some((
-            Instant::now() + self.state_transfer_timeout,
-            Some(m.clone()),
-        ));
-        drop(t);
-        let outs = self.core.lock().begin_state_transfer(m.id);
-        if outs.is_empty() {
-            return;
-        }
-        info!("Manager [{}]: asking [{m}] for all sessions", self.context);
-        if let Err(e) = self.send_background(outs) {
+        let ((), sent) = self.input(|c| ((), c.member_added(m, now_ms())));
+        if let Err(e) = sent {
             warn!(
                 "Manager [{}]: cannot ask [{m}] for sessions: {e}",
                 self.context
@@ -478,121 +376,51 @@ impl ClusterManager {
 
     /// The members changed: a backup manager fails over and re-places its sessions.
     pub(crate) fn members_changed(&self, members: Vec<MemberId>) {
-        // Membership events come from more than one thread: read the list under the core's
+        // Membership events come from more than one thread: the list is read under the core's
         // lock, so that whichever call comes last applies the newest list (a departure and a
         // quick rejoin must not end with the departure's list).
-        let order = self.send_order.lock();
-        let mut core = self.core.lock();
-        let members = self.outbound.upgrade().map_or(members, |o| o.member_ids());
-        let outs = core.set_members(members, now_ms());
-        drop(core);
-        let digests = outs
-            .iter()
-            .filter(|o| matches!(o.msg, Payload::Delta(SessionMessage::Digest(_))))
-            .count();
-        if digests > 0 {
-            info!(
-                "Manager [{}]: members appeared: sent them this node's session digest ({digests} message(s)) to reconcile",
-                self.context
-            );
-        }
-        if let Err(e) = self.send_background(outs) {
+        let outbound = self.outbound.upgrade();
+        let ((), sent) = self.input(|c| {
+            let members = outbound.as_ref().map_or(members, |o| o.member_ids());
+            ((), c.members_changed(members, now_ms()))
+        });
+        if let Err(e) = sent {
             warn!(
                 "Manager [{}]: re-placing sessions not told to every member: {e}",
                 self.context
             );
         }
-        drop(order);
-        // A fetch waiting only for members that left has ended.
-        self.ready_changed.notify_all();
     }
 
-    /// The cluster started. With members to expect (static or multicast membership), the
-    /// manager is not ready until the first one is asked for its sessions, or `settle` passes
-    /// without any: then it starts empty, as the first node of a cluster does.
+    /// The cluster started (see [`ManagerCore::started`]).
     pub(crate) fn started(&self, local: MemberId, settle: Option<Duration>) {
-        if let Core::Backup(c) = &mut *self.core.lock() {
-            c.set_local(local);
-        }
-        if let Some(settle) = settle.filter(|_| matches!(*self.core.lock(), Core::Delta(_))) {
-            let mut t = self.transfer.lock();
-            if t.pending {
-                t.deadline = Some((Instant::now() + settle, None));
-                drop(t);
-                self.core.lock().expect_members();
-            }
-        }
-        self.ready_changed.notify_all();
+        let ((), _) = self.input(|c| ((), c.started(local, settle, now_ms())));
     }
 
-    /// The reaper's periodic work: expire idle sessions, give up on a late state transfer.
-    pub(crate) fn background(&self, now: Instant) {
-        let (outs, events) = self.core.lock().expire(now_ms());
-        if !events.is_empty() {
-            info!(
-                "Manager [{}]: {} session(s) expired",
-                self.context,
-                events.len()
-            );
-        }
-        self.notify(&events, true);
-        if let Err(e) = self.send_background(outs) {
+    /// How long until the core has something due (expiry, a deadline), if anything.
+    pub(crate) fn next_due(&self) -> Option<Duration> {
+        let due = self.core.lock().next_deadline()?;
+        Some(Duration::from_millis(due.saturating_sub(now_ms())))
+    }
+
+    /// Time passed: expiry, fetch and state-transfer deadlines, as the core decides.
+    pub(crate) fn tick(&self) {
+        self.tick_at(now_ms());
+    }
+
+    fn tick_at(&self, now: u64) {
+        let ((), sent) = self.input(|c| ((), c.tick(now)));
+        if let Err(e) = sent {
             warn!(
-                "Manager [{}]: expiry not replicated to every member: {e}",
+                "Manager [{}]: expiry or a fetch's end not replicated to every member: {e}",
                 self.context
             );
         }
-        self.check_transfer_deadline(now);
-    }
-
-    fn check_transfer_deadline(&self, now: Instant) {
-        let late = {
-            let mut t = self.transfer.lock();
-            match &t.deadline {
-                Some((d, m)) if now >= *d => {
-                    let m = m.clone();
-                    t.deadline = None;
-                    Some(m)
-                }
-                _ => None,
-            }
-        };
-        match late {
-            Some(Some(m)) => error!(
-                "Manager [{}]: no session state received from [{m}] within {} ms; starting with what arrived",
-                self.context,
-                self.state_transfer_timeout.as_millis()
-            ),
-            Some(None) => info!("Manager [{}]: no other member found; starting with no sessions", self.context),
-            None => return,
-        }
-        self.transfer.lock().pending = false;
-        let (outs, events) = self.core.lock().end_state_transfer();
-        self.ready_changed.notify_all();
-        self.notify(&events, false);
-        if let Err(e) = self.send_background(outs) {
-            warn!(
-                "Manager [{}]: reconciliation after the state transfer not sent to every member: {e}",
-                self.context
-            );
-        }
-    }
-
-    /// Only the state-transfer deadline (between expiry runs).
-    pub(crate) fn background_transfer_only(&self, now: Instant) {
-        self.check_transfer_deadline(now);
     }
 
     /// On shutdown with `expire_sessions_on_shutdown`: ends every session everywhere.
     pub(crate) fn expire_all(&self, everywhere: bool) {
-        let ids: Vec<SessionId> = self.core.lock().ids();
-        for id in ids {
-            let (outs, events) = self.core.lock().invalidate(&id);
-            self.notify(&events, true);
-            if everywhere {
-                let _ = self.send(outs);
-            }
-        }
+        let ((), _) = self.input(|c| ((), c.expire_all(everywhere)));
     }
 }
 
@@ -613,19 +441,14 @@ impl Request {
     /// The request's session, created if there is none.
     pub fn session_or_create(&mut self) -> Result<&mut Session, ManagerError> {
         if self.copy.is_none() {
-            let copy = {
-                let mut core = self.mgr.core.lock();
-                let id = core.create(now_ms()).map_err(ManagerError::Id)?;
-                core.session(&id).cloned().map(|mut c| {
-                    c.take_pending();
-                    c
-                })
-            };
-            if let Some(c) = &copy {
-                self.mgr
-                    .notify(&[SessionEvent::Created(c.id().clone())], true);
-            }
-            self.copy = copy;
+            let (made, _) = self.mgr.input(|c| match c.create(now_ms()) {
+                Ok((mut copy, ready)) => {
+                    copy.take_pending();
+                    (Ok(copy), ready)
+                }
+                Err(e) => (Err(e), Ready::default()),
+            });
+            self.copy = Some(made.map_err(ManagerError::Id)?);
         }
         self.copy
             .as_mut()
@@ -643,7 +466,7 @@ impl Request {
         let Some(copy) = self.copy.take() else {
             return Ok(());
         };
-        self.mgr.end_everywhere(copy.id())
+        self.mgr.input(|c| c.invalidate(copy.id())).1
     }
 
     /// Gives the session a new id everywhere (after login: fixation protection); returns it.
@@ -651,22 +474,21 @@ impl Request {
         let Some(copy) = self.copy.as_mut() else {
             return Ok(None);
         };
-        let changed = self
-            .mgr
-            .core
-            .lock()
-            .change_id(copy.id())
-            .map_err(ManagerError::Id)?;
-        let Some((new, outs, events)) = changed else {
+        let (changed, sent) = self.mgr.input(|c| match c.change_id(copy.id()) {
+            Ok(Some((new, ready))) => (Ok(Some(new)), ready),
+            Ok(None) => (Ok(None), Ready::default()),
+            Err(e) => (Err(e), Ready::default()),
+        });
+        let Some(new) = changed.map_err(ManagerError::Id)? else {
             return Ok(None);
         };
         copy.change_id(new.clone());
-        self.mgr.notify(&events, true);
-        self.mgr.send(outs).map_err(ManagerError::Send)?;
+        sent.map_err(ManagerError::Send)?;
         Ok(Some(new))
     }
 
-    /// Ends the request: its changes go into the session and out to the members.
+    /// Ends the request: its changes go into the session and out to the members. A session
+    /// the request invalidated (`session.invalidate()`) ends on every member.
     pub fn finish(mut self) -> Result<(), ChannelError> {
         self.end()
     }
@@ -675,37 +497,13 @@ impl Request {
         if std::mem::replace(&mut self.done, true) {
             return Ok(());
         }
-        let Some(mut copy) = self.copy.take() else {
+        let Some(copy) = self.copy.take() else {
             return Ok(());
         };
-        // A logout written the Servlet way (`session.invalidate()`) ends the session on every
-        // member, exactly like `Request::invalidate`; its pending changes are dropped.
-        if !copy.is_valid() {
-            return self.mgr.end_everywhere(copy.id());
-        }
-        let ops = copy.take_pending();
-        let now = now_ms();
-        let (outs, local_events) = {
-            let mut core = self.mgr.core.lock();
-            let Some(stored) = core.session_mut(copy.id()) else {
-                return Ok(()); // invalidated or expired meanwhile
-            };
-            let events = super::delta::attribute_events(stored, &ops);
-            stored.record_ops(ops);
-            let outs = if self.replicate {
-                core.end_request(copy.id(), now)
-            } else {
-                // A filtered URI (a static file): changes stay pending for the next request.
-                stored.access(now);
-                Vec::new()
-            };
-            (outs, events)
-        };
-        self.mgr.notify(&local_events, true);
-        if !outs.is_empty() {
-            self.mgr.stats.replications.fetch_add(1, Ordering::Relaxed);
-        }
-        self.mgr.send(outs)
+        let replicate = self.replicate;
+        self.mgr
+            .input(|c| ((), c.end_request(copy, replicate, now_ms())))
+            .1
     }
 }
 

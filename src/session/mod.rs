@@ -7,6 +7,7 @@ pub mod delta;
 pub(crate) mod engine;
 pub mod id;
 pub mod manager;
+pub(crate) mod manager_core;
 pub mod model;
 pub(crate) mod outbound;
 #[cfg(test)]

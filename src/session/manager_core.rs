@@ -1,0 +1,696 @@
+//! The sans-IO core of one application's manager: every protocol decision of a DeltaManager or
+//! BackupManager that is not about one message's content lives here, next to the replication
+//! core ([`Core`]): how long a request waits for a fetched session and what it gets then, the
+//! verdict a synchronized-ack sender gets for its message, the state-transfer deadline, when
+//! sessions expire, and which options each batch of messages leaves with.
+//!
+//! It follows raft-rs's `Ready` loop: the shell locks it, feeds one input (a request's begin or
+//! end, a received message, a membership change, `tick(now)`), takes the [`Ready`] batch out,
+//! unlocks, and performs the batch in order: sends, then listener events, then wakes the requests
+//! the batch has verdicts for. A waiting request is woken only after the messages its answer made
+//! this node send are queued, so its own messages never overtake them. Time comes in as
+//! milliseconds since the epoch; nothing here reads a clock, sleeps or does I/O.
+
+use super::backup::{BackupConfig, BackupCore};
+use super::config::{ManagerConfig, ManagerKind};
+use super::delta::{DeltaConfig, DeltaCore, SessionEvent};
+use super::engine::{Core, POut, Payload};
+#[cfg(test)]
+use super::id::IdSource;
+use super::id::{SessionId, SessionIdError};
+use super::model::Session;
+use super::replica::SessionMessage;
+use crate::member::{Member, MemberId};
+use crate::options::SendOptions;
+use log::{error, info};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a request that asked for a session waits for.
+pub(crate) type Token = u64;
+
+/// One batch of work for the shell, performed in this order: `outs` (with `options`), then
+/// `events` to the listeners, then `verdicts` to the waiting requests.
+#[derive(Default)]
+pub(crate) struct Ready {
+    pub outs: Vec<POut>,
+    /// Send options of `outs`: the manager's for a request's own changes; asynchronous for what
+    /// a receiver, membership or background thread sends (it must not wait on a member).
+    pub options: SendOptions,
+    /// Listener events (those of other members' changes only with
+    /// `notify_listeners_on_replication`).
+    pub events: Vec<SessionEvent>,
+    /// Requests whose wait for a session is over, and what they get.
+    pub verdicts: Vec<(Token, Option<Session>)>,
+    /// The manager became ready (state transfer done, or given up).
+    pub became_ready: bool,
+    /// Counters for the manager's statistics.
+    pub counts: Counts,
+}
+
+/// What one input adds to the manager's counters.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub resyncs: u64,
+    pub state_transfers: u64,
+    pub reconciled: u64,
+    pub replications: u64,
+}
+
+impl Ready {
+    fn background(outs: Vec<POut>) -> Ready {
+        Ready {
+            outs,
+            options: SendOptions::ASYNCHRONOUS,
+            ..Ready::default()
+        }
+    }
+}
+
+/// How a request starts.
+pub(crate) enum Begin {
+    /// Served now: the session, or none.
+    Now(Option<Session>),
+    /// Asked the other members; the verdict comes with the [`Ready`] of a later input, at the
+    /// latest with the first `tick` at or after `deadline_ms`.
+    Wait { token: Token, deadline_ms: u64 },
+}
+
+/// The state transfer of a joining DeltaManager.
+struct Transfer {
+    /// No member asked yet: the first member seen is asked.
+    pending: bool,
+    /// When to stop waiting: for a first member to appear (`None`), or for its sessions.
+    deadline: Option<(u64, Option<Member>)>,
+}
+
+struct Wait {
+    id: SessionId,
+    deadline_ms: u64,
+}
+
+/// One application's manager, without threads, sockets or clocks.
+pub(crate) struct ManagerCore {
+    context: String,
+    core: Core,
+    options: SendOptions,
+    notify_on_replication: bool,
+    rpc_timeout_ms: u64,
+    state_transfer_timeout_ms: u64,
+    expire_every_ms: u64,
+    next_expire_ms: Option<u64>,
+    transfer: Transfer,
+    waits: BTreeMap<Token, Wait>,
+    next_token: Token,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ManagerCore {
+    pub fn new(context: &str, route: &str, cfg: &ManagerConfig, options: SendOptions) -> Self {
+        let core = match cfg.kind {
+            ManagerKind::Delta => Core::Delta(DeltaCore::new(
+                DeltaConfig {
+                    max_inactive: cfg.max_inactive,
+                    send_all_sessions_size: cfg.send_all_sessions_size,
+                    ..DeltaConfig::default()
+                },
+                route,
+            )),
+            // The local member id is known once the channel has started (`started`).
+            ManagerKind::Backup => Core::Backup(BackupCore::new(
+                BackupConfig {
+                    backups: cfg.backups,
+                    max_inactive: cfg.max_inactive,
+                    ..BackupConfig::default()
+                },
+                MemberId([0; 16]),
+                route,
+            )),
+        };
+        ManagerCore {
+            context: context.to_string(),
+            core,
+            options,
+            notify_on_replication: cfg.notify_listeners_on_replication,
+            rpc_timeout_ms: ms(cfg.rpc_timeout),
+            state_transfer_timeout_ms: ms(cfg.state_transfer_timeout),
+            expire_every_ms: ms(cfg.expire_frequency).max(1),
+            next_expire_ms: None,
+            transfer: Transfer {
+                pending: true,
+                deadline: None,
+            },
+            waits: BTreeMap::new(),
+            next_token: 0,
+        }
+    }
+
+    /// The replication core, for reads (and for tests that drive it directly).
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    pub fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    #[cfg(test)]
+    pub fn set_id_source(&mut self, ids: Box<dyn IdSource>) {
+        self.core.set_id_source(ids);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.core.is_ready()
+    }
+
+    /// The earliest time `tick` has something to do, if any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let fetch = self.waits.values().map(|w| w.deadline_ms).min();
+        let transfer = self.transfer.deadline.as_ref().map(|(d, _)| *d);
+        [fetch, transfer, self.next_expire_ms]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    // ---- requests ----
+
+    /// A request for session `id`. A DeltaManager serves its copy; a BackupManager serves a
+    /// session it is primary for, and otherwise makes itself primary: it takes over or asks the
+    /// other members (`Fetch`) and the request waits up to `rpc_timeout` for the answer.
+    pub fn begin_request(&mut self, id: &SessionId, now_ms: u64) -> (Begin, Ready) {
+        if let Some(s) = self.core.served(id) {
+            return (Begin::Now(Some(s.clone())), Ready::default());
+        }
+        let (outs, wait) = self.core.acquire(id);
+        let mut ready = Ready::background(outs);
+        if !wait {
+            if let Some(why) = self.core.not_fetched(id) {
+                info!(
+                    "Manager [{}]: session {id} not fetched: {why}; the request has none",
+                    self.context
+                );
+            }
+            return (Begin::Now(self.served_copy(id)), ready);
+        }
+        if !self.core.is_fetching(id) {
+            // Taken over here at once (a copy this node backed up).
+            return (Begin::Now(self.served_copy(id)), ready);
+        }
+        self.next_token += 1;
+        let token = self.next_token;
+        let deadline_ms = now_ms.saturating_add(self.rpc_timeout_ms);
+        self.waits.insert(
+            token,
+            Wait {
+                id: id.clone(),
+                deadline_ms,
+            },
+        );
+        self.settle_waits(&mut ready);
+        match ready.verdicts.iter().position(|(t, _)| *t == token) {
+            Some(i) => {
+                let (_, s) = ready.verdicts.remove(i);
+                (Begin::Now(s), ready)
+            }
+            None => (Begin::Wait { token, deadline_ms }, ready),
+        }
+    }
+
+    /// The session a request may use here.
+    fn served_copy(&self, id: &SessionId) -> Option<Session> {
+        self.core.served(id).cloned()
+    }
+
+    /// A new session for a request; its creation is announced when the request ends.
+    pub fn create(&mut self, now_ms: u64) -> Result<(Session, Ready), SessionIdError> {
+        let id = self.core.create(now_ms)?;
+        let copy = self
+            .core
+            .session(&id)
+            .cloned()
+            .ok_or(SessionIdError::BadRandomPart)?;
+        let ready = Ready {
+            events: vec![SessionEvent::Created(id)],
+            ..Ready::default()
+        };
+        Ok((copy, ready))
+    }
+
+    /// The end of a request: the working copy's changes go into the stored session and out to
+    /// the members (unless `replicate` is false: the valve filter matched, and the changes wait
+    /// for the next request). A copy the request invalidated ends the session everywhere.
+    pub fn end_request(&mut self, mut copy: Session, replicate: bool, now_ms: u64) -> Ready {
+        if !copy.is_valid() {
+            return self.invalidate(copy.id()).1;
+        }
+        let ops = copy.take_pending();
+        let Some(stored) = self.core.session_mut(copy.id()) else {
+            return Ready::default(); // invalidated or expired meanwhile
+        };
+        let events = super::delta::attribute_events(stored, &ops);
+        stored.record_ops(ops);
+        let outs = if replicate {
+            self.core.end_request(copy.id(), now_ms)
+        } else {
+            stored.access(now_ms);
+            Vec::new()
+        };
+        Ready {
+            counts: Counts {
+                replications: u64::from(!outs.is_empty()),
+                ..Counts::default()
+            },
+            outs,
+            options: self.options,
+            events,
+            ..Ready::default()
+        }
+    }
+
+    /// Ends a session on every member; returns whether it was here.
+    pub fn invalidate(&mut self, id: &SessionId) -> (bool, Ready) {
+        let (outs, events) = self.core.invalidate(id);
+        let existed = !events.is_empty();
+        let ready = Ready {
+            outs,
+            options: self.options,
+            events,
+            ..Ready::default()
+        };
+        (existed, ready)
+    }
+
+    /// Gives the session a new id everywhere; `None` when it is not served here.
+    pub fn change_id(
+        &mut self,
+        id: &SessionId,
+    ) -> Result<Option<(SessionId, Ready)>, SessionIdError> {
+        Ok(self.core.change_id(id)?.map(|(new, outs, events)| {
+            let ready = Ready {
+                outs,
+                options: self.options,
+                events,
+                ..Ready::default()
+            };
+            (new, ready)
+        }))
+    }
+
+    // ---- other members ----
+
+    /// A message from another member. The verdict is what a synchronized-ack sender gets: `Err`
+    /// when the change was not applied here (a gap: the session was asked for; or the sender
+    /// no longer serves the session), so its request is not acknowledged.
+    pub fn receive(&mut self, from: MemberId, msg: &Payload) -> (Ready, Result<(), String>) {
+        let was_ready = self.core.is_ready();
+        let (outs, events) = match self.core.handle(from, msg) {
+            Ok(r) => r,
+            Err(why) => return (Ready::default(), Err(why)),
+        };
+        let mut ready = Ready::background(outs);
+        ready.events = self.replicated(events);
+        let resync = Core::asks_for_session(&ready.outs);
+        let superseded = self.core.superseded(from, msg);
+        ready.counts.resyncs = u64::from(resync.is_some());
+        match msg {
+            Payload::Delta(SessionMessage::GetAllSessions) => ready.counts.state_transfers = 1,
+            Payload::Delta(SessionMessage::Merge(states)) => {
+                ready.counts.reconciled = states.len() as u64;
+                info!(
+                    "Manager [{}]: reconciled {} session(s) with member {from}",
+                    self.context,
+                    states.len()
+                );
+            }
+            _ => {}
+        }
+        if !was_ready && self.core.is_ready() {
+            self.transfer.deadline = None;
+            ready.became_ready = true;
+            info!(
+                "Manager [{}]: session state transfer complete, {} session(s)",
+                self.context,
+                self.core.len()
+            );
+        }
+        self.settle_waits(&mut ready);
+        let verdict = match (resync, superseded) {
+            (Some(id), _) => Err(format!(
+                "session {id} not applied here: an earlier change is missing; asked for the session"
+            )),
+            (None, Some(id)) => Err(format!(
+                "session {id} not applied here: another member serves it now"
+            )),
+            (None, None) => Ok(()),
+        };
+        (ready, verdict)
+    }
+
+    /// A member appeared: a DeltaManager that has not yet asked anyone for the sessions asks it.
+    pub fn member_added(&mut self, m: &Member, now_ms: u64) -> Ready {
+        if matches!(self.core, Core::Backup(_)) || !self.transfer.pending {
+            return Ready::default(); // a BackupManager's joins take their share by re-placement
+        }
+        self.transfer.pending = false;
+        self.transfer.deadline = Some((
+            now_ms.saturating_add(self.state_transfer_timeout_ms),
+            Some(m.clone()),
+        ));
+        let outs = self.core.begin_state_transfer(m.id);
+        if !outs.is_empty() {
+            info!("Manager [{}]: asking [{m}] for all sessions", self.context);
+        }
+        Ready::background(outs)
+    }
+
+    /// The member list is now `members`: failover, re-placement, digests to new members.
+    pub fn members_changed(&mut self, members: Vec<MemberId>, now_ms: u64) -> Ready {
+        let outs = self.core.set_members(members, now_ms);
+        let digests = outs
+            .iter()
+            .filter(|o| matches!(o.msg, Payload::Delta(SessionMessage::Digest(_))))
+            .count();
+        if digests > 0 {
+            info!(
+                "Manager [{}]: members appeared: sent them this node's session digest ({digests} message(s)) to reconcile",
+                self.context
+            );
+        }
+        let mut ready = Ready::background(outs);
+        // A fetch waiting only for members that left has ended.
+        self.settle_waits(&mut ready);
+        ready
+    }
+
+    /// The cluster started. With members to expect (static or multicast membership), a
+    /// DeltaManager is not ready until the first one is asked for its sessions, or `settle`
+    /// passes without any: then it starts empty, as the first node of a cluster does.
+    pub fn started(&mut self, local: MemberId, settle: Option<Duration>, now_ms: u64) -> Ready {
+        self.next_expire_ms = Some(now_ms.saturating_add(self.expire_every_ms));
+        if let Core::Backup(c) = &mut self.core {
+            c.set_local(local);
+        }
+        if let Some(settle) = settle.filter(|_| matches!(self.core, Core::Delta(_))) {
+            if self.transfer.pending {
+                self.transfer.deadline = Some((now_ms.saturating_add(ms(settle)), None));
+                self.core.expect_members();
+            }
+        }
+        Ready {
+            became_ready: true,
+            ..Ready::default()
+        }
+    }
+
+    // ---- time ----
+
+    /// Time passed: fetches past their deadline serve the best copy answered (or none), a
+    /// state transfer past its deadline is given up, and idle sessions expire when due.
+    pub fn tick(&mut self, now_ms: u64) -> Ready {
+        let mut ready = Ready::background(Vec::new());
+        let late: Vec<Token> = self
+            .waits
+            .iter()
+            .filter(|(_, w)| now_ms >= w.deadline_ms)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            let Some(w) = self.waits.remove(&token) else {
+                continue;
+            };
+            if self.core.served(&w.id).is_none() && self.core.is_fetching(&w.id) {
+                log::warn!(
+                    "Manager [{}]: session {} not fetched within {} ms; serving the best copy answered or held here, if any",
+                    self.context,
+                    w.id,
+                    self.rpc_timeout_ms
+                );
+                ready.outs.extend(self.core.end_fetch(&w.id));
+            }
+            let s = self.served_copy(&w.id);
+            if s.is_none() {
+                info!(
+                    "Manager [{}]: session {} not found on any member; the request has none",
+                    self.context, w.id
+                );
+            }
+            ready.verdicts.push((token, s));
+        }
+        // Other requests for the same sessions see what the given-up fetches served.
+        self.settle_waits(&mut ready);
+        if self.next_expire_ms.is_some_and(|t| now_ms >= t) {
+            self.next_expire_ms = Some(now_ms.saturating_add(self.expire_every_ms));
+            let (outs, events) = self.core.expire(now_ms);
+            if !events.is_empty() {
+                info!(
+                    "Manager [{}]: {} session(s) expired",
+                    self.context,
+                    events.len()
+                );
+            }
+            ready.outs.extend(outs);
+            ready.events.extend(events);
+        }
+        self.check_transfer_deadline(now_ms, &mut ready);
+        ready
+    }
+
+    fn check_transfer_deadline(&mut self, now_ms: u64, ready: &mut Ready) {
+        let late = match &self.transfer.deadline {
+            Some((d, m)) if now_ms >= *d => m.clone(),
+            _ => return,
+        };
+        self.transfer.deadline = None;
+        match late {
+            Some(m) => error!(
+                "Manager [{}]: no session state received from [{m}] within {} ms; starting with what arrived",
+                self.context, self.state_transfer_timeout_ms
+            ),
+            None => info!(
+                "Manager [{}]: no other member found; starting with no sessions",
+                self.context
+            ),
+        }
+        self.transfer.pending = false;
+        let (outs, events) = self.core.end_state_transfer();
+        ready.outs.extend(outs);
+        ready.events.extend(self.replicated(events));
+        ready.became_ready = true;
+    }
+
+    /// On shutdown: ends every session here (and, with `everywhere`, on every member).
+    pub fn expire_all(&mut self, everywhere: bool) -> Ready {
+        let mut ready = Ready {
+            options: self.options,
+            ..Ready::default()
+        };
+        for id in self.core.ids() {
+            let (outs, events) = self.core.invalidate(&id);
+            if everywhere {
+                ready.outs.extend(outs);
+            }
+            ready.events.extend(events);
+        }
+        ready
+    }
+
+    // ---- helpers ----
+
+    /// Events of other members' changes, for listeners that asked for them.
+    fn replicated(&self, events: Vec<SessionEvent>) -> Vec<SessionEvent> {
+        if self.notify_on_replication {
+            events
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Waiting requests whose session is now served here, or whose fetch ended without it.
+    fn settle_waits(&mut self, ready: &mut Ready) {
+        let done: Vec<Token> = self
+            .waits
+            .iter()
+            .filter(|(_, w)| self.core.served(&w.id).is_some() || !self.core.is_fetching(&w.id))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in done {
+            if let Some(w) = self.waits.remove(&token) {
+                let s = self.served_copy(&w.id);
+                if s.is_none() {
+                    info!(
+                        "Manager [{}]: session {} not found on any member; the request has none",
+                        self.context, w.id
+                    );
+                }
+                ready.verdicts.push((token, s));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::delta::Dest;
+    use crate::session::id::OsRandom;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn m(i: u8) -> MemberId {
+        MemberId([i; 16])
+    }
+
+    /// Members 1..=n, each a ManagerCore of `kind`, started and seeing every other.
+    fn cluster(kind: ManagerKind, n: u8) -> Vec<ManagerCore> {
+        let cfg = ManagerConfig {
+            kind,
+            rpc_timeout: Duration::from_millis(100),
+            ..ManagerConfig::default()
+        };
+        let all: Vec<MemberId> = (1..=n).map(m).collect();
+        (1..=n)
+            .map(|i| {
+                let mut c = ManagerCore::new("/app", &format!("n{i}"), &cfg, SendOptions::SYNC_ACK);
+                c.set_id_source(Box::new(OsRandom));
+                c.started(m(i), None, T0);
+                c.members_changed(all.clone(), T0);
+                c
+            })
+            .collect()
+    }
+
+    /// Delivers `outs` of member `from` and everything they cause; returns the verdicts given.
+    fn deliver(
+        nodes: &mut [ManagerCore],
+        from: u8,
+        outs: Vec<POut>,
+    ) -> Vec<(u8, Token, Option<Session>)> {
+        let mut queue: Vec<(u8, POut)> = outs.into_iter().map(|o| (from, o)).collect();
+        let mut verdicts = Vec::new();
+        while !queue.is_empty() {
+            let (src, out) = queue.remove(0);
+            let dests: Vec<u8> = match out.dest {
+                Dest::All => (1..=nodes.len() as u8).filter(|d| *d != src).collect(),
+                Dest::Member(id) => vec![id.0[0]],
+            };
+            for d in dests {
+                let (ready, _) = nodes[usize::from(d - 1)].receive(m(src), &out.msg);
+                verdicts.extend(ready.verdicts.into_iter().map(|(t, s)| (d, t, s)));
+                queue.extend(ready.outs.into_iter().map(|o| (d, o)));
+            }
+        }
+        verdicts
+    }
+
+    fn login(nodes: &mut [ManagerCore], on: u8) -> SessionId {
+        let c = &mut nodes[usize::from(on - 1)];
+        let (mut copy, _) = c.create(T0).expect("id");
+        copy.set("user", &"ann").expect("set");
+        let id = copy.id().clone();
+        let ready = c.end_request(copy, true, T0);
+        assert_eq!(
+            ready.options,
+            SendOptions::SYNC_ACK,
+            "a request's own options"
+        );
+        deliver(nodes, on, ready.outs);
+        id
+    }
+
+    /// A backup manager asked for a session another member serves waits; the verdict comes in
+    /// the batch of the answer, after the messages the answer made this member send.
+    #[test]
+    fn a_fetch_waits_and_its_verdict_follows_the_messages_of_the_answer() {
+        let mut nodes = cluster(ManagerKind::Backup, 3);
+        let id = login(&mut nodes, 1);
+        // The member that is neither primary nor backup.
+        let third = (2..=3u8)
+            .find(|i| nodes[usize::from(i - 1)].core().session(&id).is_none())
+            .expect("one member holds no copy");
+        let (begin, ready) = nodes[usize::from(third - 1)].begin_request(&id, T0);
+        let Begin::Wait { token, deadline_ms } = begin else {
+            panic!("a session served elsewhere is fetched");
+        };
+        assert_eq!(deadline_ms, T0 + 100);
+        assert_eq!(
+            nodes[usize::from(third - 1)].next_deadline(),
+            Some(T0 + 100)
+        );
+        assert!(
+            ready.options.is_async(),
+            "a fetch is sent in the background"
+        );
+        let verdicts = deliver(&mut nodes, third, ready.outs);
+        let got: Vec<_> = verdicts
+            .iter()
+            .filter(|(n, t, _)| *n == third && *t == token)
+            .collect();
+        assert_eq!(got.len(), 1, "one verdict: {verdicts:?}");
+        let s = got[0].2.as_ref().expect("the session");
+        assert_eq!(s.get::<String>("user").unwrap().as_deref(), Some("ann"));
+        assert!(nodes[usize::from(third - 1)].core().served(&id).is_some());
+    }
+
+    /// Nobody answers: the first tick at the deadline gives the request its verdict (the copy
+    /// held here, or none), not before.
+    #[test]
+    fn an_unanswered_fetch_ends_at_its_deadline() {
+        let mut nodes = cluster(ManagerKind::Backup, 3);
+        let id = login(&mut nodes, 1);
+        let third = (2..=3u8)
+            .find(|i| nodes[usize::from(i - 1)].core().session(&id).is_none())
+            .expect("one member holds no copy");
+        let c = &mut nodes[usize::from(third - 1)];
+        let (Begin::Wait { token, deadline_ms }, _) = c.begin_request(&id, T0) else {
+            panic!("fetched");
+        };
+        assert!(
+            c.tick(deadline_ms - 1).verdicts.is_empty(),
+            "not before the deadline"
+        );
+        let ready = c.tick(deadline_ms);
+        assert_eq!(ready.verdicts.len(), 1);
+        assert_eq!(ready.verdicts[0].0, token);
+        assert!(
+            ready.verdicts[0].1.is_none(),
+            "no copy anywhere it heard from"
+        );
+    }
+
+    /// A change that cannot be applied (a gap) is refused for a synchronized-ack sender, and
+    /// the session is asked for.
+    #[test]
+    fn a_change_with_a_gap_gets_a_refusal_verdict() {
+        let mut nodes = cluster(ManagerKind::Delta, 2);
+        let (copy, _) = nodes[0].create(T0).expect("id");
+        let id = copy.id().clone();
+        let created = nodes[0].end_request(copy, true, T0);
+        // Member 2 never gets the creation; the next change shows it the gap.
+        drop(created);
+        let mut copy = nodes[0].core().session(&id).cloned().expect("held");
+        copy.set("n", &1u8).expect("set");
+        let change = nodes[0].end_request(copy, true, T0 + 1);
+        let (ready, verdict) = nodes[1].receive(m(1), &change.outs[0].msg);
+        let why = verdict.expect_err("not applied");
+        assert!(why.contains("an earlier change is missing"), "{why}");
+        assert_eq!(ready.counts.resyncs, 1);
+    }
+
+    /// A DeltaManager expecting members is not ready until its state-transfer deadline; the
+    /// tick at the deadline makes it ready with no sessions.
+    #[test]
+    fn the_state_transfer_deadline_is_kept_by_tick() {
+        let cfg = ManagerConfig::default();
+        let mut c = ManagerCore::new("/app", "n1", &cfg, SendOptions::ASYNCHRONOUS);
+        c.started(m(1), Some(Duration::from_millis(500)), T0);
+        assert!(!c.is_ready());
+        assert_eq!(c.next_deadline(), Some(T0 + 500));
+        assert!(!c.tick(T0 + 499).became_ready);
+        assert!(c.tick(T0 + 500).became_ready);
+        assert!(c.is_ready());
+    }
+}
