@@ -210,6 +210,23 @@ impl Core {
         }
     }
 
+    /// The BackupManager's core, for the simulation's checks.
+    #[cfg(test)]
+    pub fn backup(&self) -> Option<&BackupCore> {
+        match self {
+            Core::Backup(c) => Some(c),
+            Core::Delta(_) => None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn backup_mut(&mut self) -> Option<&mut BackupCore> {
+        match self {
+            Core::Backup(c) => Some(c),
+            Core::Delta(_) => None,
+        }
+    }
+
     /// Where new session ids come from (see [`IdSource`]).
     #[cfg(test)]
     pub fn set_id_source(&mut self, ids: Box<dyn IdSource>) {

@@ -130,6 +130,12 @@ impl ManagerCore {
                 route,
             )),
         };
+        ManagerCore::with_core(context, core, cfg, options)
+    }
+
+    /// A manager over a replication core the caller made (the simulation's, with its own
+    /// settings); `cfg` gives the rest.
+    pub fn with_core(context: &str, core: Core, cfg: &ManagerConfig, options: SendOptions) -> Self {
         ManagerCore {
             context: context.to_string(),
             core,

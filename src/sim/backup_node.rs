@@ -1,13 +1,18 @@
-//! A simulated member running the BackupManager's pure core ([`BackupCore`]) the way a shell
-//! runs it: every [`Out`] goes to its destination(s) as a postcard body in a real data frame,
-//! over one FIFO connection per destination (a crash resets them, losing what was in flight),
-//! and every message received is applied with [`BackupCore::handle`] and its answers sent.
+//! A simulated member running the BackupManager as production runs it: the manager's core
+//! ([`ManagerCore`] over a [`BackupCore`]) fed the same inputs the shell feeds it, and its
+//! [`Ready`] batches performed in the shell's order (messages, then verdicts, then events).
+//! Every message goes to its destination(s) as a postcard body in a real data frame, over one
+//! FIFO connection per destination (a crash resets them, losing what was in flight). A request
+//! begins and ends through the manager on a working copy; a request for a session served
+//! elsewhere waits for the manager's verdict on its fetch (a timer ticks the manager at the
+//! fetch's deadline); a received message gets the manager's sync-ack verdict (a refusal fails
+//! the sender's send). Nothing here decides what the shell would decide.
 //!
 //! Around the core, for the tests (mirroring `delta_node`):
 //! - Acknowledged changes, modelled on `map_send_options` 6 (use-ack + sync-ack): every message
 //!   that changes something on its receiver (a copy, a delta, an end, a change of id, a new
-//!   primary) carries a request number per call and change; a receiver acks it once the change
-//!   is in its core (possibly only after the copy a gap made it ask for); the sender records the
+//!   primary) carries a request number per call and change; a receiver the manager refused it
+//!   answers `Refused`, otherwise it acks once the change is in its core; the sender records the
 //!   change as acknowledged when every member it was sent to acked. `Drop` and `Accessed` are
 //!   acked on arrival (a sync-ack send waits for them too). A member that leaves the
 //!   sender's view before acking makes the send fail: the change is never acknowledged (a
@@ -20,8 +25,7 @@
 //!   how many members each change went to; the invariants ([`check_backup`]) read it.
 //!
 //! Session ids come from a generator seeded by the run ([`SimIds`]), so a seed replays exactly,
-//! placements included. Set [`TRACE_ENV`] to
-//! print every message applied.
+//! placements included. Set [`TRACE_ENV`] to print every message applied.
 
 use super::delta_node::{now_ms, show, Made, Op, Served, Val};
 use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Wire};
@@ -30,8 +34,12 @@ use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
 use super::{Ctx, Node, Sim, SimRng};
 use crate::member::MemberId;
+use crate::options::SendOptions;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
-use crate::session::{Dest, SessionEvent, SessionId};
+use crate::session::config::{ManagerConfig, ManagerKind};
+use crate::session::engine::{Core, POut, Payload};
+use crate::session::manager_core::{Begin, ManagerCore, Ready, Token};
+use crate::session::{Dest, Session, SessionEvent, SessionId};
 use crate::wire::encode_body;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -40,15 +48,38 @@ use std::time::Duration;
 
 /// Set (to anything) to print every message each node applies.
 pub const TRACE_ENV: &str = "TRIBECAST_BACKUP_TRACE";
-/// Timer token of the reaper.
+/// Timer token of the reaper; a fetch's deadline uses `TICK`.
 const REAPER: u64 = 1;
+const TICK: u64 = 2;
 
 /// Settings of a simulated BackupManager member.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BackupSimConfig {
     pub core: BackupConfig,
-    /// Period of the reaper ([`BackupCore::expire`]); `None`: no reaper.
+    /// Period of the reaper (the manager's `expire_frequency`); `None`: no reaper.
     pub reaper: Option<Duration>,
+    /// How long a request waits for a fetched session (the manager's `rpc_timeout`).
+    pub rpc_timeout: Duration,
+}
+
+impl Default for BackupSimConfig {
+    fn default() -> Self {
+        BackupSimConfig {
+            core: BackupConfig::default(),
+            reaper: None,
+            rpc_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The backup messages of a batch (the manager wraps them for the wire).
+fn backup_outs(outs: Vec<POut>) -> Vec<Out> {
+    outs.into_iter()
+        .filter_map(|o| match o.msg {
+            Payload::Backup(msg) => Some(Out { dest: o.dest, msg }),
+            Payload::Delta(_) => None,
+        })
+        .collect()
 }
 
 /// What a receiver must have done before it acks a message.
@@ -363,12 +394,17 @@ fn change_of(msg: &BackupMessage) -> Option<Change> {
     }
 }
 
-/// A simulated member running a [`BackupCore`].
+/// A simulated member running the manager's core ([`ManagerCore`] over a [`BackupCore`]), the
+/// same one production runs: requests begin and end through it, fetches wait for its verdict,
+/// and a message's sync-ack verdict is the one it gives.
 pub struct BackupNode {
     pub id: NodeId,
     pub cfg: BackupSimConfig,
     world: SharedWorld,
-    pub core: BackupCore,
+    pub mgr: ManagerCore,
+    /// Fetches waiting for the manager's verdict, and the verdicts given (per session).
+    waits: BTreeMap<Token, SessionId>,
+    fetched: BTreeMap<SessionId, Option<Session>>,
     frames: Frames,
     /// Sends waiting for acks, and acks owed once their change is in the core.
     acks: Acks<Change>,
@@ -392,17 +428,30 @@ impl BackupNode {
         world: SharedWorld,
         rng: &mut SimRng,
     ) -> BackupNode {
-        let mut core = BackupCore::new(
+        let core = BackupCore::new(
             cfg.core.clone(),
             sim_member(id).id,
             &format!("node{}", id.0),
         );
-        core.set_id_source(SimIds::from_run(rng));
+        let mcfg = ManagerConfig {
+            kind: ManagerKind::Backup,
+            backups: cfg.core.backups,
+            max_inactive: cfg.core.max_inactive,
+            rpc_timeout: cfg.rpc_timeout,
+            expire_frequency: cfg.reaper.unwrap_or(Duration::MAX),
+            notify_listeners_on_replication: true,
+            ..ManagerConfig::default()
+        };
+        let mut mgr =
+            ManagerCore::with_core("/app", Core::Backup(core), &mcfg, SendOptions::SYNC_ACK);
+        mgr.set_id_source(SimIds::from_run(rng));
         BackupNode {
             id,
             cfg,
             world,
-            core,
+            mgr,
+            waits: BTreeMap::new(),
+            fetched: BTreeMap::new(),
             frames: Frames::default(),
             acks: Acks::default(),
             ended_here: HashSet::new(),
@@ -416,6 +465,35 @@ impl BackupNode {
 
     pub fn member(&self) -> MemberId {
         sim_member(self.id).id
+    }
+
+    /// The replication core under the manager, for reads.
+    pub fn core(&self) -> &BackupCore {
+        self.mgr.core().backup().expect("a BackupManager")
+    }
+
+    pub fn core_mut(&mut self) -> &mut BackupCore {
+        self.mgr.core_mut().backup_mut().expect("a BackupManager")
+    }
+
+    /// Performs a batch the manager made, as the shell does: messages (`request`: made by a
+    /// request, tracked as the application's changes), then verdicts, then events. Returns
+    /// the request numbers of the messages.
+    fn perform(&mut self, ready: Ready, request: bool, ctx: &mut Ctx<'_>) -> Vec<u64> {
+        let reqs = self.send_outs(backup_outs(ready.outs), request, ctx);
+        for (token, copy) in ready.verdicts {
+            if let Some(id) = self.waits.remove(&token) {
+                self.fetched.insert(id, copy);
+            }
+        }
+        self.note_events(ready.events);
+        reqs
+    }
+
+    /// The verdict of the fetch of `id` begun here, once given: `Some(None)` when the request
+    /// gets no session.
+    pub fn take_fetched(&mut self, id: &SessionId) -> Option<Option<Session>> {
+        self.fetched.remove(id)
     }
 
     /// The other members, as this node sees them.
@@ -432,7 +510,7 @@ impl BackupNode {
 
     /// This node's copy of `id`: version and attributes.
     pub fn copy(&self, id: &SessionId) -> Option<(u64, &BTreeMap<String, Vec<u8>>)> {
-        self.core
+        self.core()
             .session(id)
             .map(|s| (s.version(), &s.state().attributes))
     }
@@ -464,29 +542,51 @@ impl BackupNode {
 
     /// A new session, then `ops` on it, in one request.
     pub fn create(&mut self, ctx: &mut Ctx<'_>, ops: &[Op]) -> (Served, Vec<u64>) {
-        let id = match self.core.create(now_ms(ctx)) {
-            Ok(id) => id,
+        let (copy, ready) = match self.mgr.create(now_ms(ctx)) {
+            Ok(r) => r,
             Err(e) => panic!("{}: no session id: {e}", self.id),
         };
-        self.request(ctx, &id, ops)
+        self.perform(ready, true, ctx);
+        let id = copy.id().clone();
+        self.request(ctx, &id, ops, Some(copy))
     }
 
-    /// One request on a session this node serves: `ops`, then the request's end. Returns what
-    /// became of the session and the request numbers whose acks the user waits for.
-    pub fn request(&mut self, ctx: &mut Ctx<'_>, id: &SessionId, ops: &[Op]) -> (Served, Vec<u64>) {
-        if !self.core.is_primary(id) || self.core.session(id).is_none() {
+    /// One request on a session this node serves: `ops` on the request's working copy (the
+    /// one the manager gave it: `copy`, or the one it gives now), then the request's end.
+    /// Returns what became of the session and the request numbers whose acks the user waits
+    /// for.
+    pub fn request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: &SessionId,
+        ops: &[Op],
+        copy: Option<Session>,
+    ) -> (Served, Vec<u64>) {
+        let copy = match copy {
+            Some(c) => Some(c),
+            None if self.core().is_primary(id) => match self.mgr.begin_request(id, now_ms(ctx)) {
+                (Begin::Now(s), ready) => {
+                    self.perform(ready, true, ctx);
+                    s
+                }
+                (Begin::Wait { .. }, _) => panic!("{}: a primary fetched {id}", self.id),
+            },
+            None => None,
+        };
+        let Some(mut copy) = copy else {
             return (Served::Missing, Vec::new());
-        }
+        };
+        copy.take_pending();
         let mut ticket = Vec::new();
         let mut id = id.clone();
         for op in ops {
             match op {
                 Op::Set(_) | Op::Remove(_) | Op::Read | Op::MaxInactive(_) => {
                     let val = matches!(op, Op::Set(_)).then(|| self.next_val());
-                    edit(self.id, &id, self.core.session_mut(&id), op, val);
+                    edit(self.id, &id, Some(&mut copy), op, val);
                 }
                 Op::ChangeId => {
-                    let (new, outs) = match self.core.change_id(&id) {
+                    let (new, ready) = match self.mgr.change_id(&id) {
                         Ok(Some(r)) => r,
                         Ok(None) => panic!("{}: change of id of {id} refused", self.id),
                         Err(e) => panic!("{}: change of id of {id}: {e}", self.id),
@@ -496,32 +596,28 @@ impl BackupNode {
                         w.oracle.renamed.insert(id.clone(), new.clone());
                         w.oracle.previous.insert(new.clone(), id.clone());
                     }
-                    self.ended_here.insert(id.clone());
-                    self.renamed_here.insert(id.clone(), new.clone());
-                    let ev = SessionEvent::IdChanged {
-                        old: id.clone(),
-                        new: new.clone(),
-                    };
-                    self.note_events(vec![ev]);
+                    copy.change_id(new.clone());
                     self.touch(&id);
                     self.touch(&new);
-                    ticket.extend(self.send_outs(outs, true, ctx));
+                    ticket.extend(self.perform(ready, true, ctx));
                     id = new;
                 }
                 Op::Invalidate => {
-                    let (outs, events) = self.core.invalidate(&id);
+                    // The Servlet way: the request's session, ended when the request ends.
+                    copy.invalidate();
+                    let ready = self.mgr.end_request(copy, true, now_ms(ctx));
                     self.world.borrow_mut().oracle.ended.insert(id.clone());
                     self.ended_here.insert(id.clone());
                     self.touch(&id);
-                    self.note_events(events);
-                    ticket.extend(self.send_outs(outs, true, ctx));
+                    ticket.extend(self.perform(ready, true, ctx));
                     return (Served::Ended, ticket);
                 }
             }
         }
-        let outs = self.core.end_request(&id, now_ms(ctx));
+        let mut ready = self.mgr.end_request(copy, true, now_ms(ctx));
+        let outs = backup_outs(std::mem::take(&mut ready.outs));
         self.check_fanout(&id, &outs);
-        if let Some(s) = self.core.session(&id) {
+        if let Some(s) = self.core().session(&id) {
             let (version, attrs) = (s.version(), s.state().attributes.clone());
             self.world
                 .borrow_mut()
@@ -529,25 +625,64 @@ impl BackupNode {
         }
         self.touch(&id);
         ticket.extend(self.send_outs(outs, true, ctx));
+        ticket.extend(self.perform(ready, true, ctx));
         (Served::Live(id), ticket)
     }
 
-    /// The fetch of `id` timed out: serve the best copy answered or held, if any.
-    pub fn end_fetch(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) {
-        let outs = self.core.end_fetch(id);
-        if !outs.is_empty() {
-            self.journal.fetched += 1;
-            self.touch(id);
-            let reqs = self.send_outs(outs, true, ctx);
-            self.moves.entry(id.clone()).or_default().extend(reqs);
+    /// A request reached this node, which does not serve `id`: the manager takes the session
+    /// over or asks the others, and the request waits for its verdict ([`Self::take_fetched`]),
+    /// at the latest until its deadline (a timer ticks the manager then).
+    pub fn fetch(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) {
+        self.journal.fetches += 1;
+        let now = now_ms(ctx);
+        let (begin, ready) = self.mgr.begin_request(id, now);
+        let reqs = self.perform(ready, false, ctx);
+        match begin {
+            Begin::Now(copy) => {
+                if copy.is_some() && !reqs.is_empty() {
+                    self.journal.fetched += 1;
+                    self.moves.entry(id.clone()).or_default().extend(reqs);
+                }
+                self.fetched.insert(id.clone(), copy);
+            }
+            Begin::Wait { token, deadline_ms } => {
+                self.waits.insert(token, id.clone());
+                ctx.set_timer(Duration::from_millis(deadline_ms.saturating_sub(now)), TICK);
+            }
         }
     }
 
-    /// A request reached this node, which does not hold `id`: ask the others.
-    pub fn fetch(&mut self, ctx: &mut Ctx<'_>, id: &SessionId) {
-        self.journal.fetches += 1;
-        let outs = self.core.fetch(id);
-        self.send_outs(outs, false, ctx);
+    /// Time passed: the manager ends fetches past their deadline (serving the best copy
+    /// answered or held, if any) and expires idle sessions when due.
+    fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        let mut ready = self.mgr.tick(now_ms(ctx));
+        let ended_fetches: Vec<SessionId> = ready
+            .verdicts
+            .iter()
+            .filter(|(_, s)| s.is_some())
+            .filter_map(|(t, _)| self.waits.get(t).cloned())
+            .collect();
+        for e in &ready.events {
+            if let SessionEvent::Destroyed(id) = e {
+                self.touch(id);
+            }
+        }
+        let outs = backup_outs(std::mem::take(&mut ready.outs));
+        // Only a primary's expiry is the application's decision; its Expired goes out.
+        for o in &outs {
+            if let BackupMessage::Expired { id, .. } = &o.msg {
+                self.world.borrow_mut().oracle.ended.insert(id.clone());
+            }
+        }
+        let reqs = self.send_outs(outs, true, ctx);
+        if let [id] = &ended_fetches[..] {
+            if !reqs.is_empty() {
+                self.journal.fetched += 1;
+                self.touch(id);
+                self.moves.entry(id.clone()).or_default().extend(reqs);
+            }
+        }
+        self.perform(ready, true, ctx);
     }
 
     /// The test changed this node's view (the failure detector's verdict, or a join): the core
@@ -557,13 +692,15 @@ impl BackupNode {
         self.world.borrow_mut().oracle.failed += self.acks.fail_outside(&view);
         self.frames.keep_only(&view);
         self.known = (view, self.members());
-        let outs = self.core.set_members(self.known.1.clone());
-        for o in &outs {
-            for id in ids_of(&o.msg) {
-                self.touch(&id);
+        let ready = self.mgr.members_changed(self.known.1.clone(), now_ms(ctx));
+        for o in &ready.outs {
+            if let Payload::Backup(msg) = &o.msg {
+                for id in ids_of(msg) {
+                    self.touch(&id);
+                }
             }
         }
-        self.send_outs(outs, false, ctx);
+        self.perform(ready, false, ctx);
     }
 
     /// Every change a request makes goes to exactly the session's backups: `min(backups,
@@ -583,7 +720,7 @@ impl BackupNode {
         let distinct: BTreeSet<MemberId> = dests.iter().copied().collect();
         let want_n = self.cfg.core.backups.min(self.known.0.len());
         let listed: BTreeSet<MemberId> = self
-            .core
+            .core()
             .backups_of(id)
             .unwrap_or_default()
             .iter()
@@ -653,7 +790,7 @@ impl BackupNode {
             Change::Version(id, v) => {
                 let mut id = id;
                 for _ in 0..=self.renamed_here.len() {
-                    if self.core.session(id).is_some_and(|s| s.version() >= *v) {
+                    if self.core().session(id).is_some_and(|s| s.version() >= *v) {
                         return true;
                     }
                     match self.renamed_here.get(id) {
@@ -663,13 +800,13 @@ impl BackupNode {
                 }
                 self.ended_here.contains(id)
             }
-            Change::Ended(id) => self.core.session(id).is_none(),
+            Change::Ended(id) => self.core().session(id).is_none(),
             Change::Renamed(new, old) => {
-                self.core.session(new).is_some()
+                self.core().session(new).is_some()
                     || self.ended_here.contains(new)
-                    || self.core.session(old).is_none()
+                    || self.core().session(old).is_none()
             }
-            Change::Moved(id) => !self.core.is_primary(id),
+            Change::Moved(id) => !self.core().is_primary(id),
             Change::Delivered(_) => true,
         }
     }
@@ -781,12 +918,14 @@ impl BackupNode {
             _ => None,
         };
         let ids = ids_of(&msg);
-        let (outs, events) = self.core.handle(sim_member(from).id, &msg);
+        let (ready, verdict) = self
+            .mgr
+            .receive(sim_member(from).id, &Payload::Backup(msg.clone()));
         if let BackupMessage::Reconcile { state, .. } = &msg {
             if let Some(s) = self
-                .core
+                .core()
                 .session(&state.id)
-                .filter(|_| self.core.is_primary(&state.id))
+                .filter(|_| self.core().is_primary(&state.id))
             {
                 let (v, attrs) = (s.version(), s.state().attributes.clone());
                 self.world
@@ -796,32 +935,29 @@ impl BackupNode {
         }
         // Mirror the ids the core buried (a superseded sender's end is ignored).
         if let BackupMessage::Expired { id, .. } | BackupMessage::ChangeId { old: id, .. } = &msg {
-            if self.core.has_ended(id) {
+            if self.core().has_ended(id) {
                 self.ended_here.insert(id.clone());
             }
         }
         for id in &ids {
             self.touch(id);
         }
-        self.note_events(events);
         match fetched {
-            Some(id) if !outs.is_empty() => {
+            Some(id) if !ready.outs.is_empty() => {
                 self.journal.fetched += 1;
-                let reqs = self.send_outs(outs, true, ctx);
+                let reqs = self.perform(ready, true, ctx);
                 self.moves.entry(id).or_default().extend(reqs);
             }
             _ => {
-                self.send_outs(outs, false, ctx);
+                self.perform(ready, false, ctx);
             }
         }
         if req > 0 {
-            // A message from a superseded primary is ignored: its send fails (as a real
-            // listener's error fails a sync-ack send).
-            let refused = msg
-                .claim()
-                .is_some_and(|(id, epoch)| self.core.is_superseded(id, epoch, sim_member(from).id));
+            // The manager's verdict is what a synchronized-ack sender gets: a refusal (the
+            // change was not applied: a gap, or the sender no longer serves the session) fails
+            // its send, as a real listener's error does.
             match change_of(&msg) {
-                _ if refused => {
+                _ if verdict.is_err() => {
                     let body = encode_body(&Wire::<BackupMessage>::Refused { req });
                     *self.journal.sent.entry("refused").or_default() += 1;
                     self.send_body(from, &body, ctx);
@@ -850,23 +986,6 @@ impl BackupNode {
             self.send_ack(o.to, o.req, ctx);
         }
     }
-
-    fn reap(&mut self, ctx: &mut Ctx<'_>) {
-        let (outs, events) = self.core.expire(now_ms(ctx));
-        for e in &events {
-            if let SessionEvent::Destroyed(id) = e {
-                self.touch(id);
-            }
-        }
-        // Only a primary's expiry is the application's decision; its Expired goes out.
-        for o in &outs {
-            if let BackupMessage::Expired { id, .. } = &o.msg {
-                self.world.borrow_mut().oracle.ended.insert(id.clone());
-            }
-        }
-        self.note_events(events);
-        self.send_outs(outs, true, ctx);
-    }
 }
 
 impl Node for BackupNode {
@@ -879,9 +998,11 @@ impl Node for BackupNode {
         if let Some(period) = self.cfg.reaper {
             ctx.set_timer(period, REAPER);
         }
+        let ready = self.mgr.started(self.member(), None, now_ms(ctx));
+        self.perform(ready, false, ctx);
         self.known = (self.view(), self.members());
-        let outs = self.core.set_members(self.known.1.clone());
-        self.send_outs(outs, false, ctx);
+        let ready = self.mgr.members_changed(self.known.1.clone(), now_ms(ctx));
+        self.perform(ready, false, ctx);
     }
 
     fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
@@ -902,11 +1023,15 @@ impl Node for BackupNode {
     }
 
     fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
-        if token == REAPER {
-            self.reap(ctx);
-            if let Some(period) = self.cfg.reaper {
-                ctx.set_timer(period, REAPER);
+        match token {
+            REAPER => {
+                self.tick(ctx);
+                if let Some(period) = self.cfg.reaper {
+                    ctx.set_timer(period, REAPER);
+                }
             }
+            TICK => self.tick(ctx),
+            _ => {}
         }
     }
 
@@ -999,7 +1124,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 }
                 // A former holder's copy, or one waiting for its new primary's copy, may be a
                 // state the failover superseded: it is not served and is replaced or dropped.
-                let current = node.core.is_current_copy(id);
+                let current = node.core().is_current_copy(id);
                 let alt = w.oracle.is_alt(id, version, attrs);
                 match w.oracle.state(id, version).filter(|_| current && !alt) {
                     None if !current || alt => {}
@@ -1052,12 +1177,12 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 // copy (re-placement, a new primary elsewhere): then it holds none and no
                 // primary counts on it.
                 let chain = w.oracle.chain(&w.oracle.root(id));
-                let has_copy = chain.iter().any(|c| sim.node(n).core.session(c).is_some());
+                let has_copy = chain.iter().any(|c| sim.node(n).core().session(c).is_some());
                 // A primary still handing the session over to it will send its copy.
                 let me = sim_member(n).id;
                 let counted_on = sim.node_ids().filter(|p| sim.is_up(*p)).any(|p| {
                     chain.iter().any(|c| {
-                        let core = &sim.node(p).core;
+                        let core = sim.node(p).core();
                         core.backups_of(c).is_some_and(|b| b.contains(&me))
                             && !core.awaits_copy(c, me)
                     })
@@ -1067,7 +1192,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                         .node_ids()
                         .filter(|p| sim.is_up(*p))
                         .filter_map(|p| {
-                            let b = chain.iter().find_map(|c| sim.node(p).core.backups_of(c))?;
+                            let b = chain.iter().find_map(|c| sim.node(p).core().backups_of(c))?;
                             let b: Vec<NodeId> = b.iter().filter_map(node_of).collect();
                             Some(format!("{p} with backups {b:?}"))
                         })

@@ -27,7 +27,7 @@ use super::*;
 use crate::member::MemberId;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
 use crate::session::reconcile::{fingerprint, live_beats_end, reconcile};
-use crate::session::{Dest, SessionId, SessionMerger, SessionState, Stamp};
+use crate::session::{Dest, Session, SessionId, SessionMerger, SessionState, Stamp};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -77,6 +77,7 @@ fn cfg(backups: usize) -> BackupSimConfig {
             ..BackupConfig::default()
         },
         reaper: None,
+        rpc_timeout: RPC_TIMEOUT,
     }
 }
 
@@ -320,7 +321,7 @@ impl Cluster {
     fn primaries(&self, id: &SessionId) -> Vec<NodeId> {
         self.up()
             .into_iter()
-            .filter(|n| self.sim.node(*n).core.is_primary(id))
+            .filter(|n| self.sim.node(*n).core().is_primary(id))
             .collect()
     }
 
@@ -334,7 +335,7 @@ impl Cluster {
     /// The member serving session `s`: its last one, or the one that took over.
     fn route(&mut self, s: usize) -> Option<NodeId> {
         let (id, cur) = (self.sessions[s].id.clone(), self.sessions[s].server);
-        if self.sim.is_up(cur) && self.sim.node(cur).core.is_primary(&id) {
+        if self.sim.is_up(cur) && self.sim.node(cur).core().is_primary(&id) {
             return Some(cur);
         }
         match self.primaries(&id)[..] {
@@ -383,12 +384,20 @@ impl Cluster {
         }
     }
 
-    /// Request `ops` on session `s` at node `n`, which serves it.
-    fn serve_at(&mut self, s: usize, n: NodeId, ops: &[Op], mut ticket: Vec<u64>) {
+    /// Request `ops` on session `s` at node `n`, which serves it (`copy`: the working copy
+    /// the manager gave a request that waited for a fetch).
+    fn serve_at(
+        &mut self,
+        s: usize,
+        n: NodeId,
+        ops: &[Op],
+        mut ticket: Vec<u64>,
+        copy: Option<Session>,
+    ) {
         let id = self.sessions[s].id.clone();
         let mut r = (Served::Missing, Vec::new());
         self.sim
-            .call(n, |node, ctx| r = node.request(ctx, &id, ops));
+            .call(n, |node, ctx| r = node.request(ctx, &id, ops, copy));
         ticket.extend(r.1);
         let l = &mut self.sessions[s];
         l.ticket = (n, ticket);
@@ -420,12 +429,13 @@ impl Cluster {
         self.moving.push(s);
     }
 
-    /// Serves the requests whose fetch has ended; gives up fetches older than [`RPC_TIMEOUT`]
-    /// (all of them if `give_up`).
-    fn progress_moves(&mut self, give_up: bool) {
+    /// Serves the requests whose fetch has ended with the manager's verdict: the copy it
+    /// gave, or none (counted; the user's request has no session). A fetch nobody answers
+    /// ends at its deadline ([`RPC_TIMEOUT`]), when the node's timer ticks its manager.
+    fn progress_moves(&mut self) {
         let moving = std::mem::take(&mut self.moving);
         for s in moving {
-            let Some((t, since, ops)) = self.sessions[s].moving.clone() else {
+            let Some((t, _, ops)) = self.sessions[s].moving.clone() else {
                 continue;
             };
             let id = self.sessions[s].id.clone();
@@ -433,22 +443,22 @@ impl Cluster {
                 self.sessions[s].moving = None;
                 continue;
             }
-            let node = self.sim.node(t);
-            if node.core.is_primary(&id) {
-                self.sessions[s].moving = None;
-                self.sessions[s].check_move = true;
-                self.to_check.push(s);
-                let mut ticket = Vec::new();
-                self.sim.call(t, |node, _| ticket = node.take_move(&id));
-                self.serve_at(s, t, &ops, ticket);
-            } else if !node.core.is_fetching(&id) {
-                self.counts.fetch_failed += 1;
-                self.sessions[s].moving = None;
-            } else if give_up || self.sim.now() > since + RPC_TIMEOUT {
-                self.sim.call(t, |node, ctx| node.end_fetch(ctx, &id));
-                self.moving.push(s);
-            } else {
-                self.moving.push(s);
+            let mut verdict = None;
+            self.sim.call(t, |node, _| verdict = node.take_fetched(&id));
+            match verdict {
+                Some(Some(copy)) => {
+                    self.sessions[s].moving = None;
+                    self.sessions[s].check_move = true;
+                    self.to_check.push(s);
+                    let mut ticket = Vec::new();
+                    self.sim.call(t, |node, _| ticket = node.take_move(&id));
+                    self.serve_at(s, t, &ops, ticket, Some(copy));
+                }
+                Some(None) => {
+                    self.counts.fetch_failed += 1;
+                    self.sessions[s].moving = None;
+                }
+                None => self.moving.push(s),
             }
         }
     }
@@ -481,7 +491,7 @@ impl Cluster {
 
     /// One request drawn from `mix`.
     fn request(&mut self, mix: &Mix) {
-        self.progress_moves(false);
+        self.progress_moves();
         self.check_moves();
         let up = self.up();
         let weights = [
@@ -544,7 +554,7 @@ impl Cluster {
                 return;
             }
         };
-        self.serve_at(s, n, &ops, Vec::new());
+        self.serve_at(s, n, &ops, Vec::new(), None);
     }
 
     /// Requests at random gaps in `gap` until virtual time `until`.
@@ -600,10 +610,11 @@ impl Cluster {
                 break;
             }
             let before = self.moving.len();
-            self.progress_moves(false);
-            if self.moving.len() == before && self.sim.run_until_idle(deadline) {
-                // Quiet, and some fetch still waits for an answer that will not come.
-                self.progress_moves(true);
+            self.progress_moves();
+            if self.moving.len() == before {
+                // Quiet, so every fetch's deadline has passed: each has its verdict.
+                self.sim
+                    .fail("a request waits for a fetch the manager never ended");
             }
         }
         self.check_moves();
@@ -625,7 +636,7 @@ impl Cluster {
         let holders: Vec<NodeId> = up
             .iter()
             .copied()
-            .filter(|n| self.sim.node(*n).core.session(id).is_some())
+            .filter(|n| self.sim.node(*n).core().session(id).is_some())
             .collect();
         let primaries = self.primaries(id);
         let [p] = primaries[..] else {
@@ -642,7 +653,7 @@ impl Cluster {
             .collect();
         let node = self.sim.node(p);
         let listed: Vec<NodeId> = node
-            .core
+            .core()
             .backups_of(id)
             .unwrap_or_default()
             .iter()
@@ -660,7 +671,7 @@ impl Cluster {
         // primary's Drop (quiescence allows none).
         let holders: Vec<NodeId> = holders
             .into_iter()
-            .filter(|h| expect.contains(h) || !strict || !self.sim.node(*h).core.is_retiring(id))
+            .filter(|h| expect.contains(h) || !strict || !self.sim.node(*h).core().is_retiring(id))
             .collect();
         let have: BTreeSet<NodeId> = holders.iter().copied().collect();
         if have != expect {
@@ -701,7 +712,7 @@ impl Cluster {
                 .filter(|id| {
                     self.up()
                         .iter()
-                        .any(|n| self.sim.node(*n).core.session(id).is_some())
+                        .any(|n| self.sim.node(*n).core().session(id).is_some())
                 })
                 .collect();
             if w.oracle.end_acked.contains(&l.root) {
@@ -737,10 +748,10 @@ impl Cluster {
         }
         for n in self.up() {
             let node = self.sim.node(n);
-            let listed = node.core.len();
+            let listed = node.core().len();
             let known = owned
                 .iter()
-                .filter(|id| node.core.session(id).is_some())
+                .filter(|id| node.core().session(id).is_some())
                 .count();
             if listed != known {
                 errors.push(format!("{n} holds {} sessions no user has", listed - known));
@@ -1127,7 +1138,7 @@ fn joins_rebalance_without_loss_and_move_only_what_placement_moves() {
         for p in c.up() {
             let node = c.sim.node(p);
             for id in &known {
-                let Some(old) = node.core.backups_of(id) else {
+                let Some(old) = node.core().backups_of(id) else {
                     continue;
                 };
                 sessions += 1;
@@ -1453,7 +1464,7 @@ impl Cluster {
         let p: Vec<NodeId> = side
             .iter()
             .copied()
-            .filter(|n| self.sim.node(*n).core.is_primary(id))
+            .filter(|n| self.sim.node(*n).core().is_primary(id))
             .collect();
         if p.len() > 1 {
             self.sim
@@ -1489,7 +1500,7 @@ impl Cluster {
             let (s, n) = served.swap_remove(self.w.below(served.len() as u64) as usize);
             let ops = if end_one_in > 0 && self.w.below(end_one_in) == 0 {
                 let id = &self.sessions[s].id;
-                let at = self.sim.node(n).core.session(id).map(|x| x.version());
+                let at = self.sim.node(n).core().session(id).map(|x| x.version());
                 ended.push((id.clone(), at.unwrap_or(0)));
                 vec![Op::Invalidate]
             } else if self.w.chance(0.2) {
@@ -1497,7 +1508,7 @@ impl Cluster {
             } else {
                 self.change_ops()
             };
-            self.serve_at(s, n, &ops, Vec::new());
+            self.serve_at(s, n, &ops, Vec::new(), None);
         }
         self.settle();
         ended
@@ -1527,7 +1538,7 @@ fn partition_run(
     let mut c = Cluster::new(seed, jitter(), &cfg(k), n);
     for m in c.up() {
         let merger = merger.clone();
-        c.sim.call(m, |node, _| node.core.set_merger(merger));
+        c.sim.call(m, |node, _| node.core_mut().set_merger(merger));
     }
     let mix = Mix {
         sessions: 300,
@@ -1544,7 +1555,7 @@ fn partition_run(
     for s in &c.live {
         let id = &c.sessions[*s].id;
         if let Some(p) = c.primaries(id).first() {
-            if let Some(s) = c.sim.node(*p).core.session(id) {
+            if let Some(s) = c.sim.node(*p).core().session(id) {
                 at_split.insert(id.clone(), key(s.state()));
             }
         }
@@ -1575,7 +1586,7 @@ fn partition_run(
         let sides = [0, 1].map(|i| {
             let copy = c
                 .primary_in(&sides[i], &id)
-                .and_then(|p| c.sim.node(p).core.session(&id))
+                .and_then(|p| c.sim.node(p).core().session(&id))
                 .map(|s| s.state().clone());
             match (copy, ended[i].get(&id)) {
                 (Some(s), _) => Side::Live(s),
@@ -1623,7 +1634,7 @@ fn partition_run(
         let got = c
             .primaries(id)
             .first()
-            .and_then(|p| c.sim.node(*p).core.session(id))
+            .and_then(|p| c.sim.node(*p).core().session(id))
             .map(|s| s.state().clone());
         let brief = |x: &Side| match x {
             Side::Live(s) => format!(
@@ -1640,7 +1651,7 @@ fn partition_run(
                 if let Some(n) = c
                     .up()
                     .into_iter()
-                    .find(|n| c.sim.node(*n).core.session(id).is_some())
+                    .find(|n| c.sim.node(*n).core().session(id).is_some())
                 {
                     errors.push(format!("{id} ended by the rule, still held by {n}"));
                 }
