@@ -210,6 +210,23 @@ impl Core {
         }
     }
 
+    /// The DeltaManager's core, for the simulation's checks.
+    #[cfg(test)]
+    pub fn delta(&self) -> Option<&DeltaCore> {
+        match self {
+            Core::Delta(c) => Some(c),
+            Core::Backup(_) => None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn delta_mut(&mut self) -> Option<&mut DeltaCore> {
+        match self {
+            Core::Delta(c) => Some(c),
+            Core::Backup(_) => None,
+        }
+    }
+
     /// The BackupManager's core, for the simulation's checks.
     #[cfg(test)]
     pub fn backup(&self) -> Option<&BackupCore> {

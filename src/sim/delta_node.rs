@@ -1,20 +1,20 @@
-//! A simulated member running the DeltaManager's pure core ([`DeltaCore`]) the way a shell
-//! runs it: every [`Out`] goes to its destination(s) as a postcard body in a real data frame,
-//! over one FIFO connection per destination (order is kept per destination, as the channel keeps
-//! it for asynchronous sends, and a reset loses what was in flight, as asynchronous sending
-//! allows), and every message received is applied with [`DeltaCore::handle`] and its answers
-//! sent back.
+//! A simulated member running the DeltaManager as production runs it: the manager's core
+//! ([`ManagerCore`] over a [`DeltaCore`]) fed the inputs the shell feeds it (a request's begin
+//! and end on a working copy, a received message, the member list, `tick`), its batches
+//! performed in the shell's order. Every message goes to its destination(s) as a postcard body
+//! in a real data frame, over one FIFO connection per destination (order is kept per
+//! destination, as the channel keeps it for asynchronous sends, and a reset loses what was in
+//! flight, as asynchronous sending allows).
 //!
-//! Around the core, for the tests:
+//! Around the manager, for the tests:
 //! - Acknowledged changes, modelled on the sync-ack mode: each change a node sends to every
-//!   member carries a request number; a receiver acks it once the change is in its store (at
-//!   the change's version or newer, or the session has a tombstone there), which may be only
-//!   after the resync the message caused; the originator records the change as acknowledged
-//!   when every current member acked. (This is stricter than a transport-level sync ack, which
-//!   is sent once the listener returns, even if it only asked for a resync.)
+//!   member carries a request number; a receiver whose manager refused it (a gap: it asked for
+//!   the session) answers `Refused`, as a listener's error fails a real sync-ack send; otherwise
+//!   it acks once the change is in its store; the originator records the change as acknowledged
+//!   when every current member acked.
 //! - A shuffler ([`Chaos`]) that delivers some received messages twice and some late, standing
 //!   in for Tomcat's reordering dispatch threads and for retries that duplicate.
-//! - A reaper timer that calls [`DeltaCore::expire`].
+//! - A reaper timer that ticks the manager (which expires what is due).
 //! - A shared [`World`]: each node's membership view (set by the test, as the membership layer
 //!   would) and the [`Oracle`] of every state an origin produced, which the invariants read.
 //!
@@ -27,8 +27,14 @@ use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
 use super::{Ctx, Node, Sim, SimRng};
+use crate::options::SendOptions;
+use crate::session::config::{ManagerConfig, ManagerKind};
+use crate::session::engine::{Core, Payload};
+use crate::session::manager_core::{Begin, ManagerCore, Ready};
 use crate::session::replica::DigestEntry;
-use crate::session::{DeltaConfig, DeltaCore, Dest, Out, SessionEvent, SessionId, SessionMessage};
+use crate::session::{
+    DeltaConfig, DeltaCore, Dest, Out, Session, SessionEvent, SessionId, SessionMessage,
+};
 use crate::wire::{decode_body, encode_body};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -282,12 +288,13 @@ pub enum Served {
     Missing,
 }
 
-/// A simulated member running a [`DeltaCore`].
+/// A simulated member running the DeltaManager as production runs it: the manager's core
+/// ([`ManagerCore`] over a [`DeltaCore`]).
 pub struct DeltaNode {
     pub id: NodeId,
     pub cfg: DeltaSimConfig,
     world: SharedWorld,
-    pub core: DeltaCore,
+    pub mgr: ManagerCore,
     frames: Frames,
     /// Sends waiting for acks, and acks owed once their change is in the store.
     acks: Acks<Change>,
@@ -344,13 +351,23 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
 impl DeltaNode {
     /// A node whose session ids come from `rng` (the run's generator), so a seed replays them.
     pub fn new(id: NodeId, cfg: DeltaSimConfig, world: SharedWorld, rng: &mut SimRng) -> DeltaNode {
-        let mut core = DeltaCore::new(cfg.core.clone(), &format!("node{}", id.0));
-        core.set_id_source(SimIds::from_run(rng));
+        let core = DeltaCore::new(cfg.core.clone(), &format!("node{}", id.0));
+        let mcfg = ManagerConfig {
+            kind: ManagerKind::Delta,
+            max_inactive: cfg.core.max_inactive,
+            send_all_sessions_size: cfg.core.send_all_sessions_size,
+            expire_frequency: cfg.reaper.unwrap_or(Duration::MAX),
+            notify_listeners_on_replication: true,
+            ..ManagerConfig::default()
+        };
+        let mut mgr =
+            ManagerCore::with_core("/app", Core::Delta(core), &mcfg, SendOptions::SYNC_ACK);
+        mgr.set_id_source(SimIds::from_run(rng));
         DeltaNode {
             id,
             cfg,
             world,
-            core,
+            mgr,
             frames: Frames::default(),
             acks: Acks::default(),
             held: BTreeMap::new(),
@@ -365,41 +382,91 @@ impl DeltaNode {
         view_of(&self.world.borrow().views, self.id)
     }
 
+    /// The replication core under the manager, for reads.
+    pub fn core(&self) -> &DeltaCore {
+        self.mgr.core().delta().expect("a DeltaManager")
+    }
+
+    pub fn core_mut(&mut self) -> &mut DeltaCore {
+        self.mgr.core_mut().delta_mut().expect("a DeltaManager")
+    }
+
+    /// Performs a batch the manager made, in the shell's order: messages (`track`: the
+    /// application's changes, whose acks are awaited), then events.
+    fn perform(&mut self, ready: Ready, track: bool, ctx: &mut Ctx<'_>) {
+        self.journal.resyncs += ready.counts.resyncs;
+        let outs = ready
+            .outs
+            .into_iter()
+            .filter_map(|o| match o.msg {
+                Payload::Delta(msg) => Some(Out { dest: o.dest, msg }),
+                Payload::Backup(_) => None,
+            })
+            .collect();
+        self.send_outs(outs, track, ctx);
+        self.note_events(ready.events);
+    }
+
     /// This node's copy of `id`: version and attributes.
     pub fn copy(&self, id: &SessionId) -> Option<(u64, &BTreeMap<String, Vec<u8>>)> {
-        self.core
+        self.core()
             .session(id)
             .map(|s| (s.version(), &s.state().attributes))
     }
 
     /// A new session, then `ops` on it, in one request.
     pub fn create(&mut self, ctx: &mut Ctx<'_>, ops: &[Op]) -> Served {
-        let id = match self.core.create(now_ms(ctx)) {
-            Ok(id) => id,
+        let (copy, ready) = match self.mgr.create(now_ms(ctx)) {
+            Ok(r) => r,
             Err(e) => panic!("{}: no session id: {e}", self.id),
         };
-        self.request(ctx, &id, ops)
+        self.perform(ready, true, ctx);
+        let id = copy.id().clone();
+        self.request_with(ctx, &id, ops, Some(copy))
     }
 
-    /// One request on session `id`: `ops`, then the request's end (which sends its changes).
+    /// One request on session `id`: `ops` on the request's working copy, then the request's
+    /// end (which sends its changes), both through the manager.
     pub fn request(&mut self, ctx: &mut Ctx<'_>, id: &SessionId, ops: &[Op]) -> Served {
-        if self.core.session(id).is_none() {
-            return if self.core.store().is_ended(id) {
+        self.request_with(ctx, id, ops, None)
+    }
+
+    fn request_with(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: &SessionId,
+        ops: &[Op],
+        copy: Option<Session>,
+    ) -> Served {
+        let copy = match copy {
+            Some(c) => Some(c),
+            None => match self.mgr.begin_request(id, now_ms(ctx)) {
+                (Begin::Now(s), ready) => {
+                    self.perform(ready, true, ctx);
+                    s
+                }
+                (Begin::Wait { .. }, _) => panic!("{}: a DeltaManager fetched {id}", self.id),
+            },
+        };
+        let Some(mut copy) = copy else {
+            return if self.core().store().is_ended(id) {
                 Served::Ended
             } else {
                 Served::Missing
             };
-        }
+        };
+        copy.take_pending();
         let mut id = id.clone();
         for op in ops {
             match op {
                 Op::Set(_) | Op::Remove(_) | Op::Read | Op::MaxInactive(_) => {
                     let val = matches!(op, Op::Set(_)).then(|| self.next_val());
-                    edit(self.id, &id, self.core.session_mut(&id), op, val);
+                    edit(self.id, &id, Some(&mut copy), op, val);
                 }
                 Op::ChangeId => {
-                    let (new, outs, events) = match self.core.change_id(&id) {
-                        Ok(r) => r,
+                    let (new, ready) = match self.mgr.change_id(&id) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => panic!("{}: change of id of {id} refused", self.id),
                         Err(e) => panic!("{}: change of id of {id}: {e}", self.id),
                     };
                     {
@@ -407,24 +474,25 @@ impl DeltaNode {
                         w.oracle.renamed.insert(id.clone(), new.clone());
                         w.oracle.previous.insert(new.clone(), id.clone());
                     }
+                    copy.change_id(new.clone());
                     self.touch(&id);
                     self.touch(&new);
-                    self.note_events(events);
-                    self.send_outs(outs, true, ctx);
+                    self.perform(ready, true, ctx);
                     id = new;
                 }
                 Op::Invalidate => {
-                    let (outs, events) = self.core.invalidate(&id);
+                    // The Servlet way: the request's session, ended when the request ends.
+                    copy.invalidate();
+                    let ready = self.mgr.end_request(copy, true, now_ms(ctx));
                     self.world.borrow_mut().oracle.ended.insert(id.clone());
                     self.touch(&id);
-                    self.note_events(events);
-                    self.send_outs(outs, true, ctx);
+                    self.perform(ready, true, ctx);
                     return Served::Ended;
                 }
             }
         }
-        let outs = self.core.end_request(&id, now_ms(ctx));
-        if let Some(s) = self.core.session(&id) {
+        let ready = self.mgr.end_request(copy, true, now_ms(ctx));
+        if let Some(s) = self.core().session(&id) {
             let (version, attrs) = (s.version(), s.state().attributes.clone());
             let max = s.state().max_inactive_ms;
             let mut w = self.world.borrow_mut();
@@ -432,7 +500,7 @@ impl DeltaNode {
             w.oracle.last_request.insert(id.clone(), (now_ms(ctx), max));
         }
         self.touch(&id);
-        self.send_outs(outs, true, ctx);
+        self.perform(ready, true, ctx);
         Served::Live(id)
     }
 
@@ -441,8 +509,8 @@ impl DeltaNode {
     /// that left are now acknowledged.
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
         let members = self.view().iter().map(|n| sim_member(*n).id).collect();
-        let outs = self.core.set_members(members, now_ms(ctx));
-        self.send_outs(outs, false, ctx);
+        let ready = self.mgr.members_changed(members, now_ms(ctx));
+        self.perform(ready, false, ctx);
         self.settle_waiting(ctx.now());
     }
 
@@ -452,7 +520,7 @@ impl DeltaNode {
 
     fn touch(&mut self, id: &SessionId) {
         self.journal.touched.push((self.journal.life, id.clone()));
-        if self.core.store().get(id).is_some() {
+        if self.core().store().get(id).is_some() {
             self.journal.held_ever.insert(id.clone());
         }
     }
@@ -480,7 +548,7 @@ impl DeltaNode {
 
     /// Whether `change` is in this node's store: the session at that version or newer, or ended.
     fn has(&self, change: &Change) -> bool {
-        let store = self.core.store();
+        let store = self.core().store();
         match change {
             Change::Version(id, v) => {
                 store.get(id).is_some_and(|s| s.version() >= *v) || store.is_ended(id)
@@ -543,8 +611,10 @@ impl DeltaNode {
                 self.acks.acked(req, from, life);
                 self.settle_waiting(ctx.now());
             }
-            // DeltaManager nodes never refuse.
-            Wire::Refused { .. } => {}
+            // A member the manager refused it to (a gap): the send failed.
+            Wire::Refused { req } => {
+                self.acks.refuse(req);
+            }
             Wire::Msg { req, msg } => {
                 if let Some(chaos) = self.cfg.chaos.clone() {
                     if ctx.rng().chance(chaos.delay) {
@@ -581,7 +651,7 @@ impl DeltaNode {
         let k = kind(&msg);
         *self.journal.received.entry(k).or_default() += 1;
         let ids = ids_of(&msg);
-        if ids.iter().any(|id| self.core.store().is_ended(id))
+        if ids.iter().any(|id| self.core().store().is_ended(id))
             && matches!(
                 msg,
                 SessionMessage::Created(_)
@@ -598,7 +668,7 @@ impl DeltaNode {
                 | SessionMessage::Expired { .. }
                 | SessionMessage::ChangeId { .. }
         );
-        if is_change && !self.core.is_ready() {
+        if is_change && !self.mgr.is_ready() {
             self.journal.during_transfer += 1;
         }
         if let SessionMessage::AllSessions { states, .. } = &msg {
@@ -626,21 +696,24 @@ impl DeltaNode {
                 "{:?} {} <- {from}: {k} {short:?}{versions} (ready: {})",
                 ctx.now(),
                 self.id,
-                self.core.is_ready()
+                self.mgr.is_ready()
             );
         }
-        let (outs, events) = self.core.handle(sim_member(from).id, &msg);
-        self.journal.resyncs += outs
-            .iter()
-            .filter(|o| matches!(o.msg, SessionMessage::GetSession { .. }))
-            .count() as u64;
+        let (ready, verdict) = self
+            .mgr
+            .receive(sim_member(from).id, &Payload::Delta(msg.clone()));
         for id in &ids {
             self.touch(id);
         }
-        self.note_events(events);
-        self.send_outs(outs, false, ctx);
+        self.perform(ready, false, ctx);
         if req > 0 {
             match self.change_of(&msg) {
+                // The manager's verdict is what a synchronized-ack sender gets: a change it
+                // could not apply (a gap: it asked for the session) fails the send.
+                _ if verdict.is_err() => {
+                    let body = encode_body(&Wire::<SessionMessage>::Refused { req });
+                    self.send_body(from, &body, ctx);
+                }
                 Some(change) => self.acks.owe(from, req, change),
                 // Nothing to wait for (an access): acked on receipt.
                 None => self.send_ack(from, req, ctx),
@@ -666,8 +739,10 @@ impl DeltaNode {
         }
     }
 
+    /// The reaper's period: the manager expires what is due.
     fn reap(&mut self, ctx: &mut Ctx<'_>) {
-        let (outs, events) = self.core.expire(now_ms(ctx));
+        let mut ready = self.mgr.tick(now_ms(ctx));
+        let events = std::mem::take(&mut ready.events);
         let now = now_ms(ctx);
         for e in &events {
             if let SessionEvent::Destroyed(id) = e {
@@ -688,7 +763,7 @@ impl DeltaNode {
             }
         }
         self.note_events(events);
-        self.send_outs(outs, true, ctx);
+        self.perform(ready, true, ctx);
     }
 }
 
@@ -703,9 +778,11 @@ impl Node for DeltaNode {
             ctx.set_timer(period, REAPER);
         }
         // Tomcat asks the first member of its view (the oldest); here the lowest id.
+        let ready = self.mgr.started(sim_member(self.id).id, None, now_ms(ctx));
+        self.perform(ready, false, ctx);
         if let Some(&donor) = self.view().iter().next() {
-            let ask = self.core.begin_state_transfer(sim_member(donor).id);
-            self.send_outs(vec![ask], false, ctx);
+            let ready = self.mgr.member_added(&sim_member(donor), now_ms(ctx));
+            self.perform(ready, false, ctx);
         }
         // The members it starts with (a joiner sends them no digest).
         self.view_changed(ctx);
@@ -762,7 +839,7 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
                 .iter()
                 .any(|id| node.copy(id).is_some_and(|(have, _)| have >= *v))
                 || chain.last().is_some_and(|last| {
-                    world.oracle.ended.contains(last) || node.core.store().is_ended(last)
+                    world.oracle.ended.contains(last) || node.core().store().is_ended(last)
                 })
         }
         Change::Ended(id) => node.copy(id).is_none(),
@@ -913,7 +990,7 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
                             format!(
                                 "{id}: {:?} ended here {}",
                                 sim.node(n).copy(id).map(|(v, _)| v),
-                                sim.node(n).core.store().is_ended(id)
+                                sim.node(n).core().store().is_ended(id)
                             )
                         })
                         .collect();

@@ -222,7 +222,7 @@ impl Cluster {
     fn serving(&self) -> Vec<NodeId> {
         self.up()
             .into_iter()
-            .filter(|n| self.sim.node(*n).core.is_ready())
+            .filter(|n| self.sim.node(*n).core().is_ready())
             .collect()
     }
 
@@ -532,7 +532,7 @@ impl Cluster {
         }
         let w = self.world.borrow();
         for n in self.up() {
-            for id in self.sim.node(n).core.store().ids() {
+            for id in self.sim.node(n).core().store().ids() {
                 if !live.contains(id) {
                     let why = if w.oracle.renamed.contains_key(id) {
                         "renamed"
@@ -761,9 +761,9 @@ fn late_join(seeds: u64, quiet_before_join: bool) {
         }
         let live_at_join = c.live().len();
         let j = c.join();
-        assert!(!c.sim.node(j).core.is_ready());
+        assert!(!c.sim.node(j).core().is_ready());
         c.run_workload(ms(300), (Duration::ZERO, ms(1)), &mix);
-        if !c.sim.node(j).core.is_ready() {
+        if !c.sim.node(j).core().is_ready() {
             c.sim.fail("the joiner never finished its state transfer");
         }
         c.settle(secs(10));
@@ -771,7 +771,7 @@ fn late_join(seeds: u64, quiet_before_join: bool) {
         let jj = &c.sim.node(j).journal;
         assert!(jj.transferred >= live_at_join as u64 / 2);
         chunks += jj.received("all-sessions");
-        joiner_sessions += c.sim.node(j).core.store().len();
+        joiner_sessions += c.sim.node(j).core().store().len();
         net += &c.net();
     });
     eprintln!(
@@ -1014,7 +1014,7 @@ fn expiry_happens_once_on_every_node_and_nothing_late_revives_a_session() {
         c.settle(secs(12));
         let w = c.world.borrow();
         for node in c.up() {
-            let held = c.sim.node(node).core.store().len();
+            let held = c.sim.node(node).core().store().len();
             if held > 0 {
                 c.sim
                     .fail(format_args!("{node} still holds {held} sessions"));
@@ -1239,12 +1239,12 @@ impl Cluster {
     fn side_copies(&self, side: &[NodeId]) -> BTreeMap<SessionId, SideCopy> {
         let first = self.sim.node(side[0]);
         let mut out = BTreeMap::new();
-        for id in first.core.store().ids() {
-            if let Some(s) = first.core.session(id) {
+        for id in first.core().store().ids() {
+            if let Some(s) = first.core().session(id) {
                 out.insert(id.clone(), SideCopy::Live(s.state().clone()));
             }
         }
-        for (id, t) in first.core.store().tombstones() {
+        for (id, t) in first.core().store().tombstones() {
             let copy = match &t.renamed {
                 Some(new) => SideCopy::Renamed(new.clone()),
                 None => SideCopy::Ended(t.version),
@@ -1253,7 +1253,7 @@ impl Cluster {
         }
         for &n in &side[1..] {
             for (id, copy) in &out {
-                let here = self.sim.node(n).core.session(id).map(|s| s.state());
+                let here = self.sim.node(n).core().session(id).map(|s| s.state());
                 let same = match (copy, here) {
                     (SideCopy::Live(a), Some(b)) => {
                         (a.version, &a.attributes) == (b.version, &b.attributes)
@@ -1324,7 +1324,7 @@ type Holdings = BTreeMap<SessionId, (u64, BTreeMap<String, Vec<u8>>)>;
 /// Node `n`'s live sessions: version and attributes.
 fn holdings(c: &Cluster, n: NodeId) -> Holdings {
     let node = c.sim.node(n);
-    node.core
+    node.core()
         .store()
         .ids()
         .filter_map(|id| node.copy(id).map(|(v, a)| (id.clone(), (v, a.clone()))))
@@ -1432,7 +1432,7 @@ fn partition_and_heal(
         let mut c = Cluster::new(seed, jitter(), &cfg, 5);
         for n in c.up() {
             let m = merger.clone();
-            c.sim.call(n, |node, _| node.core.set_merger(m));
+            c.sim.call(n, |node, _| node.core_mut().set_merger(m));
         }
         let mix = Mix {
             change_id: 0,
@@ -1446,7 +1446,7 @@ fn partition_and_heal(
         let at_split: BTreeMap<SessionId, u64> = c
             .sim
             .node(a[0])
-            .core
+            .core()
             .store()
             .ids()
             .filter_map(|id| c.version(a[0], id).map(|v| (id.clone(), v)))
