@@ -14,9 +14,9 @@
 //! or joins, the primary re-places. Changes carry the same versions as the DeltaManager's, so a
 //! duplicate or stale one is never applied and a gap makes the backup ask for a copy.
 
-use super::delta::{Dest, Out as DeltaOut, SessionEvent};
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{Applied, DeltaOp, Session, SessionState};
+use super::outputs::{Dest, Out as DeltaOut, SessionEvent};
 use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger, Stamp};
 use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
@@ -1271,7 +1271,7 @@ impl BackupCore {
                 match self.follows(id, c) {
                     Follows::Yes => {
                         if let Some(e) = self.entries.get_mut(id) {
-                            let attr = super::delta::attribute_events(&e.session, ops);
+                            let attr = super::outputs::attribute_events(&e.session, ops);
                             match e.session.apply_delta(*base, *version, ops) {
                                 Applied::Applied => {
                                     e.session.access(*last_accessed_ms);

@@ -13,11 +13,12 @@
 
 use super::backup::{BackupConfig, BackupCore};
 use super::config::{ManagerConfig, ManagerKind};
-use super::delta::{DeltaConfig, DeltaCore, Dest, SessionEvent};
+use super::delta::{DeltaConfig, DeltaCore};
 use super::engine::{Core, POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
 use super::outbound::Outbound;
+use super::outputs::{Dest, SessionEvent};
 use super::replica::SessionMessage;
 use crate::error::ChannelError;
 use crate::member::{Member, MemberId};
@@ -690,7 +691,7 @@ impl Request {
             let Some(stored) = core.session_mut(copy.id()) else {
                 return Ok(()); // invalidated or expired meanwhile
             };
-            let events = super::delta::attribute_events(stored, &ops);
+            let events = super::outputs::attribute_events(stored, &ops);
             stored.record_ops(ops);
             let outs = if self.replicate {
                 core.end_request(copy.id(), now)
