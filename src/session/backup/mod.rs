@@ -67,6 +67,7 @@ impl Default for BackupConfig {
     }
 }
 
+/// What this node is to a session it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Role {
     Primary {
@@ -81,6 +82,7 @@ enum Role {
     },
 }
 
+/// A session held here, with what this node knows of its ownership.
 struct Entry {
     session: Session,
     role: Role,
@@ -102,6 +104,7 @@ struct Entry {
 }
 
 impl Entry {
+    /// A copy kept for `primary`, in step with its claim.
     fn backup(session: Session, primary: MemberId, backups: Vec<MemberId>, epoch: u64) -> Entry {
         Entry {
             session,
@@ -167,6 +170,7 @@ impl BackupCore {
         self.merger = merger;
     }
 
+    /// A message to one member.
     fn to(m: MemberId, msg: BackupMessage) -> Out {
         Out {
             dest: Dest::Member(m),
