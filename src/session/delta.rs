@@ -9,7 +9,8 @@
 //! by version ([`ReplicaStore`]); a missing change makes them ask the sender for the session.
 
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
-use super::model::{DeltaOp, Session, SessionState};
+use super::model::{Session, SessionState};
+use super::outputs::{attribute_events, Dest, Out, SessionEvent};
 use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
@@ -20,26 +21,6 @@ use std::time::Duration;
 /// Digest entries a joiner keeps until its state transfer is done (beyond them it relies on
 /// the transfer alone). An entry takes about 110 bytes (250 with the longest ids): 22 to 50 MB.
 const MAX_PENDING_DIGEST_ENTRIES: usize = 200_000;
-
-/// Attribute events of `ops`, decided against `session` before they apply to it.
-pub fn attribute_events(session: &Session, ops: &[DeltaOp]) -> Vec<SessionEvent> {
-    let had = |n: &str| session.state().attributes.contains_key(n);
-    ops.iter()
-        .filter_map(|op| {
-            let (name, change) = match op {
-                DeltaOp::SetAttribute(n, _) if had(n) => (n, AttributeChange::Replaced),
-                DeltaOp::SetAttribute(n, _) => (n, AttributeChange::Added),
-                DeltaOp::RemoveAttribute(n) if had(n) => (n, AttributeChange::Removed),
-                _ => return None,
-            };
-            Some(SessionEvent::Attribute {
-                id: session.id().clone(),
-                name: name.clone(),
-                change,
-            })
-        })
-        .collect()
-}
 
 /// Settings of a DeltaManager (Tomcat's `<Manager className="…DeltaManager">` attributes).
 #[derive(Clone, Debug)]
@@ -60,46 +41,6 @@ impl Default for DeltaConfig {
             max_tombstones: 100_000,
         }
     }
-}
-
-/// Where a message goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Dest {
-    All,
-    Member(MemberId),
-}
-
-/// A message to send (a `SessionMessage` for the DeltaManager).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Out<M = SessionMessage> {
-    pub dest: Dest,
-    pub msg: M,
-}
-
-/// What the application's listeners hear (when `notify_listeners_on_replication` allows it for
-/// replicated changes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SessionEvent {
-    Created(SessionId),
-    Destroyed(SessionId),
-    IdChanged {
-        old: SessionId,
-        new: SessionId,
-    },
-    /// An attribute was added, replaced or removed by a change from another member.
-    Attribute {
-        id: SessionId,
-        name: String,
-        change: AttributeChange,
-    },
-}
-
-/// What happened to an attribute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttributeChange {
-    Added,
-    Replaced,
-    Removed,
 }
 
 struct Meta {
@@ -751,6 +692,7 @@ impl DeltaCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::outputs::AttributeChange;
 
     const A: MemberId = MemberId([1; 16]);
     const B: MemberId = MemberId([2; 16]);

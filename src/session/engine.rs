@@ -2,11 +2,12 @@
 //! shell: the application-facing API is the same and the configuration chooses.
 
 use super::backup::{BackupCore, BackupMessage};
-use super::delta::{DeltaCore, Out, SessionEvent};
+use super::delta::DeltaCore;
 #[cfg(test)]
 use super::id::IdSource;
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
+use super::outputs::{Out, SessionEvent};
 use super::reconcile::SessionMerger;
 use super::replica::SessionMessage;
 use crate::member::MemberId;

@@ -12,12 +12,12 @@
 //! returns once every member applied the change, or an error naming those that did not.
 
 use super::config::ManagerConfig;
-use super::delta::{Dest, SessionEvent};
 use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::manager_core::{Begin, ManagerCore, Ready, Token};
 use super::model::Session;
 use super::outbound::Outbound;
+use super::outputs::{Dest, SessionEvent};
 use crate::error::ChannelError;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;

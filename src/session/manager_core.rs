@@ -13,12 +13,13 @@
 
 use super::backup::{BackupConfig, BackupCore};
 use super::config::{ManagerConfig, ManagerKind};
-use super::delta::{DeltaConfig, DeltaCore, SessionEvent};
+use super::delta::{DeltaConfig, DeltaCore};
 use super::engine::{Core, POut, Payload};
 #[cfg(test)]
 use super::id::IdSource;
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
+use super::outputs::SessionEvent;
 use super::replica::SessionMessage;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
@@ -257,7 +258,7 @@ impl ManagerCore {
         let Some(stored) = self.core.session_mut(copy.id()) else {
             return Ready::default(); // invalidated or expired meanwhile
         };
-        let events = super::delta::attribute_events(stored, &ops);
+        let events = super::outputs::attribute_events(stored, &ops);
         stored.record_ops(ops);
         let outs = if replicate {
             self.core.end_request(copy.id(), now_ms)
@@ -541,8 +542,8 @@ impl ManagerCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::delta::Dest;
     use crate::session::id::OsRandom;
+    use crate::session::outputs::Dest;
 
     const T0: u64 = 1_700_000_000_000;
 

@@ -10,18 +10,20 @@ pub mod manager;
 pub(crate) mod manager_core;
 pub mod model;
 pub(crate) mod outbound;
+pub(crate) mod outputs;
 #[cfg(test)]
 mod prop_tests;
 pub mod reconcile;
 pub mod replica;
 
 pub use config::{compile_filter, ManagerConfig, ManagerKind};
-pub use delta::{AttributeChange, DeltaConfig, DeltaCore, Dest, Out, SessionEvent};
+pub use delta::{DeltaConfig, DeltaCore};
 pub use engine::Payload;
 pub use id::{IdSource, OsRandom, SessionId, SessionIdError};
 pub use manager::{
     BackupManager, ClusterManager, DeltaManager, ManagerError, Request, SessionListener,
 };
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
+pub use outputs::{AttributeChange, Dest, Out, SessionEvent};
 pub use reconcile::{SessionMerger, Stamp};
 pub use replica::{Outcome, ReplicaStore, SessionMessage};

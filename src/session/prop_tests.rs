@@ -6,11 +6,12 @@
 //! Run: `cargo test --release --lib session::prop_tests`.
 
 use super::backup::{BackupConfig, BackupCore, BackupMessage};
-use super::delta::{DeltaConfig, DeltaCore, Dest, Out};
+use super::delta::{DeltaConfig, DeltaCore};
 use super::engine::Payload;
 use super::id::SessionId;
 use super::model::{DeltaOp, SessionState};
 use super::outbound::{decode_cluster_message, encode_cluster_message};
+use super::outputs::{Dest, Out};
 use super::reconcile::Stamp;
 use super::replica::{DigestEntry, SessionMessage};
 use crate::member::MemberId;

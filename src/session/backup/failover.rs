@@ -1,0 +1,121 @@
+//! Members coming and going. When a primary disappears, the first of its backups still alive
+//! (in the order the primary last sent) promotes itself and restores the backup count; a holder
+//! that is not first hands that backup its copy (`Orphan`) in case it never got one. When a
+//! backup disappears or joins, the primary re-places.
+
+use super::{BackupCore, BackupMessage, Entry, Out, Role};
+use crate::member::MemberId;
+use crate::session::id::SessionId;
+use crate::session::model::{Session, SessionState};
+use crate::session::outputs::SessionEvent;
+
+/// Members remembered as once listed (see `BackupCore::seen`).
+const MAX_SEEN: usize = 4096;
+
+impl BackupCore {
+    /// The members changed: failover and re-placement.
+    pub fn set_members(&mut self, mut members: Vec<MemberId>) -> Vec<Out> {
+        members.retain(|m| *m != self.local);
+        members.sort();
+        members.dedup();
+        // Bounded: ids that keep coming and going (an unkeyed cluster lets anyone claim one)
+        // must not grow it; after a reset only members seen since fail over.
+        if self.seen.len() > MAX_SEEN {
+            self.seen.clear();
+        }
+        let regained: Vec<MemberId> = members
+            .iter()
+            .filter(|m| self.seen.contains(m) && self.members.binary_search(m).is_err())
+            .copied()
+            .collect();
+        self.seen.extend(members.iter().copied());
+        let members_before = std::mem::replace(&mut self.members, members);
+        let mut outs = self.refetch(&members_before);
+        let ids: Vec<SessionId> = self.entries.keys().cloned().collect();
+        for id in ids {
+            let Some(e) = self.entries.get(&id) else {
+                continue;
+            };
+            let Role::Backup { primary, backups } = &e.role else {
+                outs.extend(self.replace(&id));
+                continue;
+            };
+            if self.members.binary_search(primary).is_ok() || !self.seen.contains(primary) {
+                continue;
+            }
+            // The first of the primary's backups still alive takes over; a holder that is not
+            // first hands it its copy, in case it never got one.
+            let first = backups
+                .iter()
+                .find(|b| **b == self.local || self.members.binary_search(b).is_ok())
+                .copied();
+            match first {
+                Some(f) if f != self.local => {
+                    let orphan = BackupMessage::Orphan {
+                        state: e.session.state().clone(),
+                        epoch: e.epoch,
+                        primary: *primary,
+                    };
+                    outs.push(Self::to(f, orphan));
+                }
+                _ => outs.extend(self.promote(&id, true)),
+            }
+        }
+        // Digests first: on each connection they reach a regained member before the copies
+        // re-placement sends it (which it takes only once it forgot an end they outlived).
+        let mut digests = self.digests(&members_before, &regained);
+        digests.extend(outs);
+        digests
+    }
+
+    /// `Orphan`: the primary of claim `(epoch, primary)` is gone and this node comes first in
+    /// its failover order: it takes the session over, with `state` unless it holds that
+    /// claim's copy in step.
+    pub(super) fn on_orphan(
+        &mut self,
+        from: MemberId,
+        state: &SessionState,
+        epoch: u64,
+        primary: MemberId,
+    ) -> (Vec<Out>, Vec<SessionEvent>) {
+        let mut events = Vec::new();
+        let mut outs = Vec::new();
+        let local = self.local;
+        let id = &state.id;
+        let oc = (epoch, primary);
+        if self.is_ended(id) {
+            outs.extend(self.ended_reply(id, from));
+            return (outs, events);
+        }
+        // A primary whose claim is older than the dead one's never heard of it (its
+        // NewPrimary was lost with it): the dead claim's copy is the one that counts.
+        let take = match self.entries.get(id) {
+            None => !self.superseded(id, oc),
+            Some(e) => match e.role {
+                Role::Primary { .. } => e.claim(local) < oc,
+                Role::Backup { .. } => e.claim(local) <= oc,
+            },
+        };
+        if take {
+            let keep = self
+                .entries
+                .get(id)
+                .is_some_and(|e| e.claim(local) == oc && e.synced);
+            if !keep {
+                let had = self.entries.contains_key(id);
+                let entry = Entry::backup(
+                    Session::from_state(state.clone()),
+                    primary,
+                    Vec::new(),
+                    epoch,
+                );
+                self.entries.insert(id.clone(), entry);
+                if !had {
+                    events.push(SessionEvent::Created(id.clone()));
+                }
+            }
+            outs.extend(self.promote(id, true));
+        }
+        (outs, events)
+    }
+}

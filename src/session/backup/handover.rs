@@ -1,0 +1,387 @@
+//! A session changing primary or backups. The new primary (after a take-over, a fetch or a
+//! failover) announces itself with `NewPrimary` and copies the session to its backups; a
+//! primary whose placement changed copies it to the newcomers. Either way the holders the
+//! session leaves are told `Drop` only once every backup acknowledged its copy (`CopyAck`), so
+//! a session never has fewer copies than before while it moves.
+
+use super::heal::key;
+use super::{BackupCore, BackupMessage, Entry, Out, Role};
+use crate::member::MemberId;
+use crate::session::id::SessionId;
+use crate::session::model::{Session, SessionState};
+use crate::session::outputs::{Dest, SessionEvent};
+use crate::session::reconcile::Stamp;
+
+/// A primary's hand-over in progress: the copies it waits to be acknowledged, and the members
+/// to tell `Drop` once they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Handover {
+    pub(super) unacked: Vec<MemberId>,
+    pub(super) retire: Vec<MemberId>,
+    /// Copies may be anywhere (after a take-over or a failover): tell every non-backup.
+    pub(super) retire_all: bool,
+    /// A change of id waits for its backups to rename their copies before the new id is
+    /// placed (so a crash never leaves copies under both ids).
+    pub(super) replace_after: bool,
+}
+
+impl BackupCore {
+    /// Makes this node the primary of a session it backs up, in step with its primary, without
+    /// asking anyone (the manager fetches instead; the simulation uses this to stage moves):
+    /// tells every member, and copies it to its backups when the request ends.
+    pub fn take_over(&mut self, id: &SessionId) -> Vec<Out> {
+        if !self.is_current_copy(id) || self.is_primary(id) {
+            return Vec::new();
+        }
+        self.promote(id, false)
+    }
+
+    /// Makes this node the session's primary with a claim above the one its copy follows. With
+    /// `copy_now` its backups get a copy at once (failover); otherwise with the end of the
+    /// request that needed it. The other holders keep their copies until the backups have
+    /// acknowledged theirs.
+    pub(super) fn promote(&mut self, id: &SessionId, copy_now: bool) -> Vec<Out> {
+        let backups = self.place(id);
+        let heard = self.claims.get(id).map_or(0, |c| c.0);
+        let Some(e) = self.entries.get_mut(id) else {
+            return Vec::new();
+        };
+        e.epoch = e.epoch.max(heard);
+        e.base = Some(key(e.session.state()));
+        e.role = Role::Primary {
+            backups: backups.clone(),
+            handover: Handover {
+                unacked: if copy_now {
+                    backups.clone()
+                } else {
+                    Vec::new()
+                },
+                retire: Vec::new(),
+                retire_all: true,
+                replace_after: false,
+            },
+        };
+        // Saturating: an epoch of u64::MAX from the network must neither panic nor wrap to
+        // the lowest claim.
+        e.epoch = e.epoch.saturating_add(1);
+        e.copy_pending = !copy_now;
+        e.unannounced = false;
+        e.synced = true;
+        let epoch = e.epoch;
+        let state = e.session.state().clone();
+        let mut outs = vec![Out {
+            dest: Dest::All,
+            msg: BackupMessage::NewPrimary {
+                id: id.clone(),
+                stamp: Stamp::of(&state),
+                backups: backups.clone(),
+                epoch,
+            },
+        }];
+        if copy_now {
+            for b in &backups {
+                let copy = BackupMessage::Copy {
+                    state: state.clone(),
+                    backups: backups.clone(),
+                    epoch,
+                    ack: true,
+                };
+                outs.push(Self::to(*b, copy));
+            }
+            outs.extend(self.finish_handover(id));
+        }
+        outs
+    }
+
+    /// Once every backup acknowledged its copy: `Drop` to the holders the session left.
+    pub(super) fn finish_handover(&mut self, id: &SessionId) -> Vec<Out> {
+        let members = &self.members;
+        let Some(e) = self.entries.get_mut(id) else {
+            return Vec::new();
+        };
+        let Role::Primary { backups, handover } = &mut e.role else {
+            return Vec::new();
+        };
+        if e.copy_pending || !handover.unacked.is_empty() {
+            return Vec::new();
+        }
+        if std::mem::take(&mut handover.replace_after) {
+            return self.replace(id);
+        }
+        let targets: Vec<MemberId> = members
+            .iter()
+            .filter(|m| {
+                !backups.contains(m) && (handover.retire_all || handover.retire.contains(m))
+            })
+            .copied()
+            .collect();
+        handover.retire.clear();
+        handover.retire_all = false;
+        let epoch = e.epoch;
+        targets
+            .into_iter()
+            .map(|m| {
+                Self::to(
+                    m,
+                    BackupMessage::Drop {
+                        id: id.clone(),
+                        epoch,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Members that may hold a copy of a session served here (for `Expired`, `ChangeId`).
+    pub(super) fn holders_of(&self, e: &Entry) -> Vec<MemberId> {
+        match &e.role {
+            Role::Primary { handover, .. } if handover.retire_all => self.members.clone(),
+            Role::Primary { backups, handover } => {
+                let mut h = backups.clone();
+                h.extend(handover.retire.iter().filter(|m| !backups.contains(m)));
+                h
+            }
+            Role::Backup { .. } => Vec::new(),
+        }
+    }
+
+    /// Re-places a session served here after its placement changed: a copy to every member of
+    /// the new placement (so each learns the new failover order), `Drop` to the old backups
+    /// once those copies are acknowledged.
+    pub(super) fn replace(&mut self, id: &SessionId) -> Vec<Out> {
+        let now = self.place(id);
+        let members = &self.members;
+        let alive = |m: &MemberId| members.binary_search(m).is_ok();
+        let Some(e) = self.entries.get_mut(id) else {
+            return Vec::new();
+        };
+        let Role::Primary { backups, handover } = &mut e.role else {
+            return Vec::new();
+        };
+        handover.unacked.retain(alive);
+        let mut outs = Vec::new();
+        if handover.replace_after {
+            // A change of id in progress places the new id when its renames are acknowledged.
+            return self.finish_handover(id);
+        }
+        if now != *backups {
+            if !e.unannounced {
+                let old = std::mem::replace(backups, now.clone());
+                handover
+                    .retire
+                    .extend(old.iter().filter(|b| !now.contains(b)));
+                if !e.copy_pending {
+                    // Newcomers get a copy; kept backups only the new failover order.
+                    handover.unacked.retain(|m| now.contains(m));
+                    let state = e.session.state().clone();
+                    for b in &now {
+                        let msg = if !old.contains(b) {
+                            if !handover.unacked.contains(b) {
+                                handover.unacked.push(*b);
+                            }
+                            BackupMessage::Copy {
+                                state: state.clone(),
+                                backups: now.clone(),
+                                epoch: e.epoch,
+                                ack: true,
+                            }
+                        } else {
+                            BackupMessage::NewPrimary {
+                                id: id.clone(),
+                                stamp: Stamp::of(&state),
+                                backups: now.clone(),
+                                epoch: e.epoch,
+                            }
+                        };
+                        outs.push(Self::to(*b, msg));
+                    }
+                    // The old backups learn at once that they no longer are (a request
+                    // reaching one fetches rather than serving its copy, which stops
+                    // following); they keep the copy until the Drop.
+                    for b in old.iter().filter(|b| !now.contains(b) && alive(b)) {
+                        let msg = BackupMessage::NewPrimary {
+                            id: id.clone(),
+                            stamp: Stamp::of(&state),
+                            backups: now.clone(),
+                            epoch: e.epoch,
+                        };
+                        outs.push(Self::to(*b, msg));
+                    }
+                }
+            } else {
+                *backups = now.clone();
+            }
+        }
+        handover.retire.retain(|m| alive(m) && !now.contains(m));
+        outs.extend(self.finish_handover(id));
+        outs
+    }
+
+    /// Tells `to`, whose claim lost, who serves the session here.
+    fn announce_to(&self, id: &SessionId, to: MemberId) -> Vec<Out> {
+        let Some(e) = self.entries.get(id) else {
+            return Vec::new();
+        };
+        let Role::Primary { backups, .. } = &e.role else {
+            return Vec::new();
+        };
+        vec![Self::to(
+            to,
+            BackupMessage::NewPrimary {
+                id: id.clone(),
+                stamp: Stamp::of(e.session.state()),
+                backups: backups.clone(),
+                epoch: e.epoch,
+            },
+        )]
+    }
+
+    /// `Copy`: a whole copy from the primary of claim `(epoch, from)`, taken if that claim is
+    /// not below the one followed here; with `ack` the sender waits for a `CopyAck`.
+    pub(super) fn on_copy(
+        &mut self,
+        from: MemberId,
+        state: &SessionState,
+        backups: &[MemberId],
+        epoch: u64,
+        ack: bool,
+    ) -> (Vec<Out>, Vec<SessionEvent>) {
+        let mut events = Vec::new();
+        let mut outs = Vec::new();
+        let local = self.local;
+        let id = &state.id;
+        let c = (epoch, from);
+        let ack_msg = Self::to(
+            from,
+            BackupMessage::CopyAck {
+                id: id.clone(),
+                epoch,
+            },
+        );
+        if self.is_ended(id) {
+            // Nothing to keep; the primary must not wait for it.
+            if ack {
+                outs.push(ack_msg);
+            }
+            outs.extend(self.ended_reply(id, from));
+            return (outs, events);
+        }
+        let held = self.entries.get(id).map(|e| {
+            (
+                e.claim(local),
+                e.synced,
+                e.session.version(),
+                matches!(e.role, Role::Primary { .. }),
+            )
+        });
+        let take = match held {
+            None => !self.superseded(id, c),
+            Some((ec, _, _, true)) => {
+                if c < ec {
+                    // A superseded primary: tell it who serves the session now. Its
+                    // copy outside this placement is then dropped (the Drop follows the
+                    // NewPrimary on the connection): after a partition nothing else
+                    // would retire it.
+                    outs.extend(self.announce_to(id, from));
+                    if !self.backups_of(id).is_some_and(|b| b.contains(&from)) {
+                        let drop = BackupMessage::Drop {
+                            id: id.clone(),
+                            epoch: ec.0,
+                        };
+                        outs.push(Self::to(from, drop));
+                    }
+                }
+                c > ec
+            }
+            Some((ec, synced, v, false)) => c > ec || (c == ec && (!synced || state.version >= v)),
+        };
+        if take {
+            if held.is_some_and(|h| h.3) {
+                // A primary meets a higher claim's copy (a healed partition): it hands
+                // on its own and drops its backups before taking the copy.
+                outs.extend(self.follow(id, from, epoch, backups, &Stamp::of(state), false));
+            }
+            let had = self.entries.contains_key(id);
+            let entry = Entry::backup(
+                Session::from_state(state.clone()),
+                from,
+                backups.to_vec(),
+                epoch,
+            );
+            self.entries.insert(id.clone(), entry);
+            if !had {
+                events.push(SessionEvent::Created(id.clone()));
+            }
+        }
+        if ack && (take || held.is_some_and(|h| h.0 == c)) {
+            outs.push(ack_msg);
+        }
+        (outs, events)
+    }
+
+    /// `CopyAck`: `from` holds the copy of claim `epoch`; the hand-over may finish.
+    pub(super) fn on_copy_ack(&mut self, from: MemberId, id: &SessionId, epoch: u64) -> Vec<Out> {
+        let mut outs = Vec::new();
+        let e = self.entries.get_mut(id).filter(|e| e.epoch == epoch);
+        if let Some(Role::Primary { handover, .. }) = e.map(|e| &mut e.role) {
+            handover.unacked.retain(|m| *m != from);
+            outs.extend(self.finish_handover(id));
+        }
+        outs
+    }
+
+    /// `Drop`: this node is no longer a holder of the session under claim `(epoch, from)`.
+    pub(super) fn on_drop(&mut self, from: MemberId, id: &SessionId, epoch: u64) {
+        let local = self.local;
+        let c = (epoch, from);
+        let drop = self
+            .entries
+            .get(id)
+            .is_some_and(|e| matches!(e.role, Role::Backup { .. }) && e.claim(local) <= c);
+        if drop {
+            if let Some(e) = self.entries.remove(id) {
+                let ec = e.claim(local);
+                self.remember(id, ec.max(c));
+            }
+        } else if !self.entries.contains_key(id) {
+            // A copy from a lower claim still on its way is refused when it arrives.
+            self.remember(id, c);
+        }
+    }
+
+    /// `NewPrimary`: `from` serves the session now, with backups `chosen`. A lower claim is
+    /// told who serves it here; a higher one is followed.
+    pub(super) fn on_new_primary(
+        &mut self,
+        from: MemberId,
+        id: &SessionId,
+        stamp: &Stamp,
+        chosen: &[MemberId],
+        epoch: u64,
+    ) -> Vec<Out> {
+        let mut outs = Vec::new();
+        let local = self.local;
+        let c = (epoch, from);
+        let Some(e) = self.entries.get(id) else {
+            self.remember(id, c);
+            return outs;
+        };
+        let ec = e.claim(local);
+        if c < ec {
+            if matches!(e.role, Role::Primary { .. }) {
+                outs.extend(self.announce_to(id, from));
+            }
+        } else if c == ec {
+            if let Some(Entry {
+                role: Role::Backup { backups, .. },
+                ..
+            }) = self.entries.get_mut(id)
+            {
+                *backups = chosen.to_vec();
+            }
+        } else {
+            outs.extend(self.follow(id, from, epoch, chosen, stamp, false));
+        }
+        outs
+    }
+}
