@@ -670,6 +670,16 @@ impl Request {
         let now = now_ms();
         let (outs, local_events) = {
             let mut core = self.mgr.core.lock();
+            if let Some(m) = core.served_elsewhere(copy.id()) {
+                // Another member took the session over while this request ran: its change is
+                // not kept, so the request must not succeed.
+                let why = format!("session {} not applied: it serves it now", copy.id());
+                return Err(ChannelError::Faulty(vec![crate::error::FaultyMember {
+                    id: m,
+                    member: None,
+                    reason: crate::error::SendFailure::Remote(why),
+                }]));
+            }
             let Some(stored) = core.session_mut(copy.id()) else {
                 return Ok(()); // invalidated or expired meanwhile
             };

@@ -2378,6 +2378,9 @@ impl Cores {
         id: &SessionId,
         value: u32,
     ) -> Result<(), MemberId> {
+        if let Some(m) = self.core(t).served_elsewhere(id) {
+            return Err(m);
+        }
         let Some(stored) = self.core(t).session_mut(id) else {
             return Ok(()); // invalidated meanwhile
         };
@@ -2427,11 +2430,17 @@ fn a_fetch_racing_the_failover_of_the_copy_it_takes_keeps_the_requests_change() 
         c.deliver_all();
         let ended = c.end_request_like_the_shell(t, &id, 7);
         c.deliver_all();
-        assert_eq!(ended, Ok(()), "a request on the member that won the session");
+        assert_eq!(
+            ended,
+            Ok(()),
+            "a request on the member that won the session"
+        );
         c.assert_placed(&id, "after the race");
         let primary = c.primaries(&id)[0];
         for h in c.holders(&id) {
-            let n = c.nodes[&h].session(&id).and_then(|s| s.get::<u32>("n").ok().flatten());
+            let n = c.nodes[&h]
+                .session(&id)
+                .and_then(|s| s.get::<u32>("n").ok().flatten());
             assert_eq!(
                 n,
                 Some(7),
@@ -2440,4 +2449,36 @@ fn a_fetch_racing_the_failover_of_the_copy_it_takes_keeps_the_requests_change() 
         }
     }
     assert!(hits > 50, "{hits} sessions with the wanted placement");
+}
+
+/// The other half of the loss above, for any higher claim: a member whose request is running on
+/// the session yields it to a higher claim (here another member's fetch) before the request
+/// ends. The request must be refused: before, its change was recorded on what had become a
+/// backup copy, `end_request` sent nothing, and the shell answered 200 with the change on no
+/// member that kept the session.
+#[test]
+fn a_request_whose_session_moved_away_while_it_ran_is_refused() {
+    let mut c = Cores::new(4, 1);
+    let id = c.session_on(0);
+    let all = c.alive();
+    let b = c.backups(0, &id)[0];
+    let mut others = all.iter().copied().filter(|m| *m != 0 && *m != b);
+    let (t, u) = (others.next().expect("T"), others.next().expect("U"));
+    c.fetch_to(t, &id, &all); // T serves the session; its request reads it
+    assert_eq!(c.primaries(&id), vec![t]);
+    c.fetch_to(u, &id, &all); // a request for it on U: U takes it from T, T yields
+    c.deliver_all();
+    assert_eq!(c.core(t).served_elsewhere(&id), Some(member(u)));
+    assert_eq!(c.end_request_like_the_shell(t, &id, 7), Err(member(u)));
+    let outs = c.core(u).end_request(&id, EPOCH_MS + 3); // U's request ends: the hand-over
+    c.send(u, outs);
+    c.deliver_all();
+    c.assert_placed(&id, "after the move");
+    assert_eq!(c.primaries(&id), vec![u]);
+    for h in c.holders(&id) {
+        let n = c.nodes[&h]
+            .session(&id)
+            .and_then(|s| s.get::<u32>("n").ok().flatten());
+        assert_eq!(n, None, "the refused change on holder {h}");
+    }
 }
