@@ -17,7 +17,9 @@
 //! acknowledged change lost mid-run would show as a counter going back), no request ever lands on
 //! a node that no longer knows the session (the app would make a new one), and at the end every
 //! user's counter, read on its home node, is at least its last acknowledged value and its profile is
-//! still there. The figures are printed (`--nocapture`) and recorded in docs/RELIABILITY.md.
+//! still there. Availability is checked too: the control fails no request, and a run with faults
+//! at most [`MAX_FAILED_PER_KILL`] per kill (a cluster that keeps data by refusing every change
+//! fails). The figures are printed (`--nocapture`) and recorded in docs/RELIABILITY.md.
 //!
 //! Faults are one at a time: before each kill the test waits until the three nodes are ready and
 //! see each other. Two nodes down at once is outside what one backup copy can survive.
@@ -62,6 +64,15 @@ const PACE: Duration = Duration::from_millis(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for a node to start, rejoin, or the cluster to be whole.
 const LIMIT: Duration = Duration::from_secs(20);
+/// Failed requests (I/O error, timeout, any status but 200) allowed per kill in a run with
+/// faults. A kill costs each user whose node dies a refused connection or two, and a request
+/// in flight on a change the dead member does not acknowledge a 503 (strict) or nothing: the
+/// worst measured was 77 failed in a run of 8 kills (under 10 per kill: DeltaManager, strict,
+/// debug build, 2 busy cores); BackupManager strict runs fail 10-20 requests in 8 kills
+/// (release build, 30 runs, docs/RELIABILITY.md). 16 per kill leaves a margin of 1.6 over the
+/// worst and still fails a cluster that stops acknowledging (answers 503 from the first kill
+/// on: about 4 users x 150 requests a second).
+const MAX_FAILED_PER_KILL: u64 = 16;
 
 // ---------------------------------------------------------------------------------------------
 // http_node processes
@@ -633,6 +644,22 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
         );
     }
     assert!(figures.acknowledged > 0, "{figures}");
+    if faults {
+        let bound = MAX_FAILED_PER_KILL * u64::from(figures.kills);
+        assert!(
+            figures.failed <= bound,
+            "{} failed requests, more than {bound} ({MAX_FAILED_PER_KILL} per kill):\n{figures}logs in {}",
+            figures.failed,
+            path.display()
+        );
+    } else {
+        assert_eq!(
+            figures.failed,
+            0,
+            "the control failed requests:\n{figures}logs in {}",
+            path.display()
+        );
+    }
     figures
 }
 
