@@ -17,14 +17,17 @@
 //! acknowledged change lost mid-run would show as a counter going back), no request ever lands on
 //! a node that no longer knows the session (the app would make a new one), and at the end every
 //! user's counter, read on its home node, is at least its last acknowledged value and its profile is
-//! still there. The figures are printed (`--nocapture`) and recorded in docs/RELIABILITY.md.
+//! still there. Availability is checked too: the control fails no request, and a run with faults
+//! at most [`MAX_FAILED_PER_KILL`] per kill (a cluster that keeps data by refusing every change
+//! fails). The figures are printed (`--nocapture`) and recorded in docs/RELIABILITY.md.
 //!
 //! Faults are one at a time: before each kill the test waits until the three nodes are ready and
 //! see each other. Two nodes down at once is outside what one backup copy can survive.
 //!
-//! `cargo test` runs the control (same load and checks, no faults) and the DeltaManager strict
-//! variant; the other variants with faults still find real losses and are ignored with the
-//! reason. All of them: `cargo test --test http_faults -- --include-ignored --nocapture`.
+//! `cargo test` runs the control (same load and checks, no faults) and the two strict variants
+//! (DeltaManager and BackupManager); the variants that answer 200 on a failed replication are
+//! ignored with the reason. All of them:
+//! `cargo test --test http_faults -- --include-ignored --nocapture`.
 
 #[path = "../examples/http_node/client.rs"]
 mod client;
@@ -62,6 +65,15 @@ const PACE: Duration = Duration::from_millis(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for a node to start, rejoin, or the cluster to be whole.
 const LIMIT: Duration = Duration::from_secs(20);
+/// Failed requests (I/O error, timeout, any status but 200) allowed per kill in a run with
+/// faults. A kill costs each user whose node dies a refused connection or two, and a request
+/// in flight on a change the dead member does not acknowledge a 503 (strict) or nothing: the
+/// worst measured was 77 failed in a run of 8 kills (under 10 per kill: DeltaManager, strict,
+/// debug build, 2 busy cores); BackupManager strict runs fail 10-20 requests in 8 kills
+/// (release build, 30 runs, docs/RELIABILITY.md). 16 per kill leaves a margin of 1.6 over the
+/// worst and still fails a cluster that stops acknowledging (answers 503 from the first kill
+/// on: about 4 users x 150 requests a second).
+const MAX_FAILED_PER_KILL: u64 = 16;
 
 // ---------------------------------------------------------------------------------------------
 // http_node processes
@@ -633,6 +645,22 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
         );
     }
     assert!(figures.acknowledged > 0, "{figures}");
+    if faults {
+        let bound = MAX_FAILED_PER_KILL * u64::from(figures.kills);
+        assert!(
+            figures.failed <= bound,
+            "{} failed requests, more than {bound} ({MAX_FAILED_PER_KILL} per kill):\n{figures}logs in {}",
+            figures.failed,
+            path.display()
+        );
+    } else {
+        assert_eq!(
+            figures.failed,
+            0,
+            "the control failed requests:\n{figures}logs in {}",
+            path.display()
+        );
+    }
     figures
 }
 
@@ -653,18 +681,21 @@ fn delta_manager_strict_replication_loses_no_acknowledged_change_under_sigkill()
     run("delta", true, true);
 }
 
-// The other variants with faults expose real losses at some rate (docs/RELIABILITY.md, "Fault
-// test on real processes", has the figures and the log lines): they are ignored until the
-// library is fixed. Run them with `cargo test --test http_faults -- --ignored --nocapture`.
-
+/// BackupManager, synchronized ack, `--strict-replication`: no acknowledged change or session
+/// lost. It lost one in 3 of 15 runs (and 3 of 34 before) while a fetch for the user's request
+/// and the failover of the dead primary's backup claimed the session at once with one epoch:
+/// when the backup won the tie, the member serving the user yielded while the request ran, and
+/// the request found no session or its 200 covered no member that kept the change. A take-over
+/// without the primary's answer now outranks that failover, and a request whose session moved
+/// away while it ran is refused (docs/RELIABILITY.md: 30 of 30 runs lost nothing since).
 #[test]
-#[ignore = "bug: 3 of 34 runs lose a session or an acknowledged increment (restarts are \
-            detected within 1-4 ms; half the losses come at the first kill, before any \
-            restart: 'session not found on any member', a BackupManager failover problem not \
-            yet found); docs/RELIABILITY.md"]
 fn backup_manager_strict_replication_loses_no_acknowledged_change_under_sigkill() {
     run("backup", true, true);
 }
+
+// The other variants with faults expose real losses at some rate (docs/RELIABILITY.md, "Fault
+// test on real processes", has the figures and the log lines): they are ignored until the
+// library is fixed. Run them with `cargo test --test http_faults -- --ignored --nocapture`.
 
 #[test]
 #[ignore = "bug: without --strict-replication http_node answers 200 although finish() said a \

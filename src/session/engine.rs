@@ -293,6 +293,15 @@ impl Core {
         }
     }
 
+    /// Backup: the member serving `id` now, if a request that began here on the session can
+    /// no longer end here (see `BackupCore::served_elsewhere`).
+    pub fn served_elsewhere(&self, id: &SessionId) -> Option<MemberId> {
+        match self {
+            Core::Backup(c) => c.served_elsewhere(id),
+            Core::Delta(_) => None,
+        }
+    }
+
     pub fn is_fetching(&self, id: &SessionId) -> bool {
         matches!(self, Core::Backup(c) if c.is_fetching(id))
     }

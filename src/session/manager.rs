@@ -14,11 +14,11 @@
 use super::config::ManagerConfig;
 use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
-use super::manager_core::{Begin, ManagerCore, Ready, Token};
+use super::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere, Token};
 use super::model::Session;
 use super::outbound::Outbound;
 use super::outputs::{Dest, SessionEvent};
-use crate::error::ChannelError;
+use crate::error::{ChannelError, FaultyMember, SendFailure};
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
 use log::warn;
@@ -501,9 +501,18 @@ impl Request {
             return Ok(());
         };
         let replicate = self.replicate;
-        self.mgr
-            .input(|c| ((), c.end_request(copy, replicate, now_ms())))
-            .1
+        let (ended, sent) = self.mgr.input(|c| c.end_request(copy, replicate, now_ms()));
+        if let Err(ServedElsewhere { id, by }) = ended {
+            // Another member took the session over while this request ran: its change is not
+            // kept, so the request must not succeed.
+            let why = format!("session {id} not applied: this member serves it now");
+            return Err(ChannelError::Faulty(vec![FaultyMember {
+                id: by,
+                member: None,
+                reason: SendFailure::Remote(why),
+            }]));
+        }
+        sent
     }
 }
 

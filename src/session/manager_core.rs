@@ -68,6 +68,15 @@ impl Ready {
     }
 }
 
+/// A request's end that must not be acknowledged: while it ran, this member yielded the
+/// session to another member's higher claim, so its change would be made on a copy that follows
+/// `by`, which never gets it.
+#[derive(Debug)]
+pub(crate) struct ServedElsewhere {
+    pub id: SessionId,
+    pub by: MemberId,
+}
+
 /// How a request starts.
 pub(crate) enum Begin {
     /// Served now: the session, or none.
@@ -249,14 +258,24 @@ impl ManagerCore {
 
     /// The end of a request: the working copy's changes go into the stored session and out to
     /// the members (unless `replicate` is false: the valve filter matched, and the changes wait
-    /// for the next request). A copy the request invalidated ends the session everywhere.
-    pub fn end_request(&mut self, mut copy: Session, replicate: bool, now_ms: u64) -> Ready {
+    /// for the next request). A copy the request invalidated ends the session everywhere. A
+    /// BackupManager that no longer serves the session refuses the end ([`ServedElsewhere`]).
+    pub fn end_request(
+        &mut self,
+        mut copy: Session,
+        replicate: bool,
+        now_ms: u64,
+    ) -> (Result<(), ServedElsewhere>, Ready) {
+        if let Some(by) = self.core.served_elsewhere(copy.id()) {
+            let id = copy.id().clone();
+            return (Err(ServedElsewhere { id, by }), Ready::default());
+        }
         if !copy.is_valid() {
-            return self.invalidate(copy.id()).1;
+            return (Ok(()), self.invalidate(copy.id()).1);
         }
         let ops = copy.take_pending();
         let Some(stored) = self.core.session_mut(copy.id()) else {
-            return Ready::default(); // invalidated or expired meanwhile
+            return (Ok(()), Ready::default()); // invalidated or expired meanwhile
         };
         let events = super::outputs::attribute_events(stored, &ops);
         stored.record_ops(ops);
@@ -266,7 +285,7 @@ impl ManagerCore {
             stored.access(now_ms);
             Vec::new()
         };
-        Ready {
+        let ready = Ready {
             counts: Counts {
                 replications: u64::from(!outs.is_empty()),
                 ..Counts::default()
@@ -275,7 +294,8 @@ impl ManagerCore {
             options: self.options,
             events,
             ..Ready::default()
-        }
+        };
+        (Ok(()), ready)
     }
 
     /// Ends a session on every member; returns whether it was here.
@@ -598,7 +618,7 @@ mod tests {
         let (mut copy, _) = c.create(T0).expect("id");
         copy.set("user", &"ann").expect("set");
         let id = copy.id().clone();
-        let ready = c.end_request(copy, true, T0);
+        let (_, ready) = c.end_request(copy, true, T0);
         assert_eq!(
             ready.options,
             SendOptions::SYNC_ACK,
@@ -675,12 +695,12 @@ mod tests {
         let mut nodes = cluster(ManagerKind::Delta, 2);
         let (copy, _) = nodes[0].create(T0).expect("id");
         let id = copy.id().clone();
-        let created = nodes[0].end_request(copy, true, T0);
+        let (_, created) = nodes[0].end_request(copy, true, T0);
         // Member 2 never gets the creation; the next change shows it the gap.
         drop(created);
         let mut copy = nodes[0].core().session(&id).cloned().expect("held");
         copy.set("n", &1u8).expect("set");
-        let change = nodes[0].end_request(copy, true, T0 + 1);
+        let (_, change) = nodes[0].end_request(copy, true, T0 + 1);
         let (ready, verdict) = nodes[1].receive(m(1), &change.outs[0].msg);
         let why = verdict.expect_err("not applied");
         assert!(why.contains("an earlier change is missing"), "{why}");

@@ -2380,3 +2380,121 @@ fn a_new_primary_that_dies_right_after_a_move_leaves_a_primary() {
     }
     panic!("no session with the wanted placement");
 }
+
+// ---- found on real processes (tests/http_faults.rs, BackupManager, strict) ----
+
+impl Cores {
+    /// Ends a request on `t` that began on the copy `t` served (`value` set in the request's
+    /// own copy of the session) the way `Request::end` does: the change recorded on the stored
+    /// session, `end_request`'s messages sent. `Err(m)`: the request is refused (answered 503
+    /// under `--strict-replication`): `m` serves the session now.
+    fn end_request_like_the_shell(
+        &mut self,
+        t: usize,
+        id: &SessionId,
+        value: u32,
+    ) -> Result<(), MemberId> {
+        if let Some(m) = self.core(t).served_elsewhere(id) {
+            return Err(m);
+        }
+        let Some(stored) = self.core(t).session_mut(id) else {
+            return Ok(()); // invalidated meanwhile
+        };
+        stored.set("n", &value).expect("set");
+        let outs = self.core(t).end_request(id, EPOCH_MS + 2);
+        self.send(t, outs);
+        Ok(())
+    }
+}
+
+/// Found by `backup_manager_strict_replication_loses_no_acknowledged_change_under_sigkill`
+/// (3 of 15 runs, docs/RELIABILITY.md): primary P (node 0) dies; its backup B fails over while
+/// the member T the user's next request reached fetches the session and, P not answering, takes
+/// B's copy over. Both claims come from the same copy with the same epoch, and the tie went to
+/// the higher member id, B: T yielded while the request ran, so the request found no session
+/// (the app made a new one), or its change, recorded on what was now a backup copy, sent
+/// nothing and was answered 200 with no member keeping it. The member serving the user must
+/// keep the session, and a change answered 200 must be on the primary and its backup.
+#[test]
+fn a_fetch_racing_the_failover_of_the_copy_it_takes_keeps_the_requests_change() {
+    let mut hits = 0;
+    for _ in 0..400 {
+        let mut c = Cores::new(3, 1);
+        let id = c.session_on(0);
+        let b = c.backups(0, &id)[0];
+        if b != 2 {
+            continue; // the race lost: B's member id above T's
+        }
+        let t = 1;
+        hits += 1;
+        c.crash(0);
+        // The user's request reaches T, which asks every member; B answers with its copy (P's
+        // claim, not current); T still waits for P.
+        let ask = c.core(t).fetch(&id);
+        c.send(t, ask);
+        c.deliver(t, b);
+        c.deliver(b, t);
+        assert!(c.core(t).is_fetching(&id));
+        // Both notice that P left (the restart detection's "gone and back"): T's fetch ends on
+        // B's copy, B fails over. Neither has heard the other's claim yet.
+        c.set_members();
+        assert!(
+            c.core(t).is_primary(&id),
+            "T serves the session for the waiting request"
+        );
+        // The request reads T's copy, then the claims cross while it runs.
+        c.deliver_all();
+        let ended = c.end_request_like_the_shell(t, &id, 7);
+        c.deliver_all();
+        assert_eq!(
+            ended,
+            Ok(()),
+            "a request on the member that won the session"
+        );
+        c.assert_placed(&id, "after the race");
+        let primary = c.primaries(&id)[0];
+        for h in c.holders(&id) {
+            let n = c.nodes[&h]
+                .session(&id)
+                .and_then(|s| s.get::<u32>("n").ok().flatten());
+            assert_eq!(
+                n,
+                Some(7),
+                "the change answered 200 on {t}: holder {h} (primary {primary})"
+            );
+        }
+    }
+    assert!(hits > 50, "{hits} sessions with the wanted placement");
+}
+
+/// The other half of the loss above, for any higher claim: a member whose request is running on
+/// the session yields it to a higher claim (here another member's fetch) before the request
+/// ends. The request must be refused: before, its change was recorded on what had become a
+/// backup copy, `end_request` sent nothing, and the shell answered 200 with the change on no
+/// member that kept the session.
+#[test]
+fn a_request_whose_session_moved_away_while_it_ran_is_refused() {
+    let mut c = Cores::new(4, 1);
+    let id = c.session_on(0);
+    let all = c.alive();
+    let b = c.backups(0, &id)[0];
+    let mut others = all.iter().copied().filter(|m| *m != 0 && *m != b);
+    let (t, u) = (others.next().expect("T"), others.next().expect("U"));
+    c.fetch_to(t, &id, &all); // T serves the session; its request reads it
+    assert_eq!(c.primaries(&id), vec![t]);
+    c.fetch_to(u, &id, &all); // a request for it on U: U takes it from T, T yields
+    c.deliver_all();
+    assert_eq!(c.core(t).served_elsewhere(&id), Some(member(u)));
+    assert_eq!(c.end_request_like_the_shell(t, &id, 7), Err(member(u)));
+    let outs = c.core(u).end_request(&id, EPOCH_MS + 3); // U's request ends: the hand-over
+    c.send(u, outs);
+    c.deliver_all();
+    c.assert_placed(&id, "after the move");
+    assert_eq!(c.primaries(&id), vec![u]);
+    for h in c.holders(&id) {
+        let n = c.nodes[&h]
+            .session(&id)
+            .and_then(|s| s.get::<u32>("n").ok().flatten());
+        assert_eq!(n, None, "the refused change on holder {h}");
+    }
+}

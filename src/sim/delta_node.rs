@@ -30,7 +30,7 @@ use super::{Ctx, Node, Sim, SimRng};
 use crate::options::SendOptions;
 use crate::session::config::{ManagerConfig, ManagerKind};
 use crate::session::engine::{Core, Payload};
-use crate::session::manager_core::{Begin, ManagerCore, Ready};
+use crate::session::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere};
 use crate::session::replica::DigestEntry;
 use crate::session::{
     DeltaConfig, DeltaCore, Dest, Out, Session, SessionEvent, SessionId, SessionMessage,
@@ -391,6 +391,15 @@ impl DeltaNode {
         self.mgr.core_mut().delta_mut().expect("a DeltaManager")
     }
 
+    /// A request's end: a request here runs in one step, so nothing can take its session
+    /// over while it runs and the manager never refuses its end.
+    fn ended(me: NodeId, (ended, ready): (Result<(), ServedElsewhere>, Ready)) -> Ready {
+        if let Err(e) = ended {
+            panic!("{me}: the end of a one-step request was refused: {e:?}");
+        }
+        ready
+    }
+
     /// Performs a batch the manager made, in the shell's order: messages (`track`: the
     /// application's changes, whose acks are awaited), then events.
     fn perform(&mut self, ready: Ready, track: bool, ctx: &mut Ctx<'_>) {
@@ -483,7 +492,7 @@ impl DeltaNode {
                 Op::Invalidate => {
                     // The Servlet way: the request's session, ended when the request ends.
                     copy.invalidate();
-                    let ready = self.mgr.end_request(copy, true, now_ms(ctx));
+                    let ready = Self::ended(self.id, self.mgr.end_request(copy, true, now_ms(ctx)));
                     self.world.borrow_mut().oracle.ended.insert(id.clone());
                     self.touch(&id);
                     self.perform(ready, true, ctx);
@@ -491,7 +500,7 @@ impl DeltaNode {
                 }
             }
         }
-        let ready = self.mgr.end_request(copy, true, now_ms(ctx));
+        let ready = Self::ended(self.id, self.mgr.end_request(copy, true, now_ms(ctx)));
         if let Some(s) = self.core().session(&id) {
             let (version, attrs) = (s.version(), s.state().attributes.clone());
             let max = s.state().max_inactive_ms;

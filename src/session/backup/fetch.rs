@@ -58,7 +58,7 @@ impl BackupCore {
         // died, or restarted under the same id before anyone saw it go) must not cost the user
         // the session.
         let best = self.fetching.remove(id).and_then(|f| f.best);
-        self.adopt(id, best, &mut Vec::new())
+        self.adopt(id, best, false, &mut Vec::new())
     }
 
     /// The members changed from `before`: fetches stop waiting for members that left (one
@@ -85,17 +85,27 @@ impl BackupCore {
         let mut events = Vec::new();
         for id in done {
             let best = self.fetching.remove(&id).and_then(|f| f.best);
-            outs.extend(self.adopt(&id, best, &mut events));
+            outs.extend(self.adopt(&id, best, false, &mut events));
         }
         outs
     }
 
     /// Ends a fetch: serves the best copy answered (or the one held here if better, or if
-    /// nobody answered one) from now on.
+    /// nobody answered one) from now on. `from_primary`: the copy is the primary's answer.
+    ///
+    /// Without the primary's answer the primary is gone (or restarted empty), and its first
+    /// backup fails it over at the same moment, from the same copy, with the epoch + 1. This
+    /// claim takes the epoch + 2, above that failover's: the member a request waits on keeps
+    /// the session. (With + 1 the tie went to the higher member id; when that was the backup,
+    /// this member yielded while its request ran: the request found no session, or its change,
+    /// made on what had become a backup copy, reached no member that kept it. Found on real
+    /// processes, `tests/http_faults.rs`; reproduced in `src/sim/backup_tests.rs`,
+    /// `a_fetch_racing_the_failover_of_the_copy_it_takes_keeps_the_requests_change`.)
     fn adopt(
         &mut self,
         id: &SessionId,
         best: Option<(Claim, SessionState)>,
+        from_primary: bool,
         events: &mut Vec<SessionEvent>,
     ) -> Vec<Out> {
         if self.is_ended(id) || self.is_primary(id) {
@@ -118,7 +128,7 @@ impl BackupCore {
             }
         }
         if self.entries.contains_key(id) {
-            self.promote(id, false)
+            self.promote_by(id, false, if from_primary { 1 } else { 2 })
         } else {
             Vec::new()
         }
@@ -175,7 +185,7 @@ impl BackupCore {
         let (done, ready) = (f.waiting.is_empty(), current && state.is_some());
         if ready || done {
             let best = self.fetching.remove(id).and_then(|f| f.best);
-            outs.extend(self.adopt(id, best, &mut events));
+            outs.extend(self.adopt(id, best, ready, &mut events));
         }
         (outs, events)
     }

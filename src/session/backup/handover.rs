@@ -41,6 +41,11 @@ impl BackupCore {
     /// request that needed it. The other holders keep their copies until the backups have
     /// acknowledged theirs.
     pub(super) fn promote(&mut self, id: &SessionId, copy_now: bool) -> Vec<Out> {
+        self.promote_by(id, copy_now, 1)
+    }
+
+    /// `promote`, the epoch raised by `by` above the highest one known.
+    pub(super) fn promote_by(&mut self, id: &SessionId, copy_now: bool, by: u64) -> Vec<Out> {
         let backups = self.place(id);
         let heard = self.claims.get(id).map_or(0, |c| c.0);
         let Some(e) = self.entries.get_mut(id) else {
@@ -63,7 +68,7 @@ impl BackupCore {
         };
         // Saturating: an epoch of u64::MAX from the network must neither panic nor wrap to
         // the lowest claim.
-        e.epoch = e.epoch.saturating_add(1);
+        e.epoch = e.epoch.saturating_add(by);
         e.copy_pending = !copy_now;
         e.unannounced = false;
         e.synced = true;

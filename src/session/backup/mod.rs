@@ -221,6 +221,21 @@ impl BackupCore {
         })
     }
 
+    /// The member that serves `id` now, when a request that began on this node's primary copy
+    /// can no longer end here: this node yielded to a higher claim while the request ran (it
+    /// holds a copy for that claim, or the claim's `Drop` took it). Such a request must be
+    /// refused, not acknowledged: its change would be made on a copy that follows another
+    /// primary, which never gets it. `None`: this node serves `id`, or holds nothing of it and
+    /// knows no claim (it ended: nothing to refuse).
+    pub fn served_elsewhere(&self, id: &SessionId) -> Option<MemberId> {
+        match self.entries.get(id).map(|e| &e.role) {
+            Some(Role::Primary { .. }) => None,
+            Some(Role::Backup { primary, .. }) => Some(*primary),
+            None if self.is_ended(id) => None,
+            None => self.claims.get(id).map(|c| c.1),
+        }
+    }
+
     /// Whether this primary still owes `member` a copy of `id` it has not seen acknowledged (a
     /// hand-over in progress: the copy goes out with the end of the request, or is on its way).
     pub fn awaits_copy(&self, id: &SessionId, member: MemberId) -> bool {
