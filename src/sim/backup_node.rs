@@ -38,7 +38,7 @@ use crate::options::SendOptions;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
 use crate::session::config::{ManagerConfig, ManagerKind};
 use crate::session::engine::{Core, POut, Payload};
-use crate::session::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere, Token};
+use crate::session::manager_core::{Begin, ManagerCore, Ready, Token};
 use crate::session::{Dest, Session, SessionEvent, SessionId};
 use crate::wire::encode_body;
 use std::cell::RefCell;
@@ -323,6 +323,8 @@ pub struct Journal {
     /// Fetches this node started, and how many ended with it serving the session.
     pub fetches: u64,
     pub fetched: u64,
+    /// Request ends the manager refused (the session moved away while the request waited).
+    pub refused_ends: u64,
 }
 
 impl Journal {
@@ -476,15 +478,6 @@ impl BackupNode {
         self.mgr.core_mut().backup_mut().expect("a BackupManager")
     }
 
-    /// A request's end: a request here runs in one step, so nothing can take its session
-    /// over while it runs and the manager never refuses its end.
-    fn ended(me: NodeId, (ended, ready): (Result<(), ServedElsewhere>, Ready)) -> Ready {
-        if let Err(e) = ended {
-            panic!("{me}: the end of a one-step request was refused: {e:?}");
-        }
-        ready
-    }
-
     /// Performs a batch the manager made, as the shell does: messages (`request`: made by a
     /// request, tracked as the application's changes), then verdicts, then events. Returns
     /// the request numbers of the messages.
@@ -614,7 +607,11 @@ impl BackupNode {
                 Op::Invalidate => {
                     // The Servlet way: the request's session, ended when the request ends.
                     copy.invalidate();
-                    let ready = Self::ended(self.id, self.mgr.end_request(copy, true, now_ms(ctx)));
+                    let (ended, ready) = self.mgr.end_request(copy, true, now_ms(ctx));
+                    if ended.is_err() {
+                        self.journal.refused_ends += 1;
+                        return (Served::Live(id), ticket);
+                    }
                     self.world.borrow_mut().oracle.ended.insert(id.clone());
                     self.ended_here.insert(id.clone());
                     self.touch(&id);
@@ -623,7 +620,13 @@ impl BackupNode {
                 }
             }
         }
-        let mut ready = Self::ended(self.id, self.mgr.end_request(copy, true, now_ms(ctx)));
+        let (ended, mut ready) = self.mgr.end_request(copy, true, now_ms(ctx));
+        if ended.is_err() {
+            // The session moved to a higher claim between the fetch's verdict and the end of
+            // the request: the manager refused the end; the user's request failed.
+            self.journal.refused_ends += 1;
+            return (Served::Live(id), ticket);
+        }
         let outs = backup_outs(std::mem::take(&mut ready.outs));
         self.check_fanout(&id, &outs);
         if let Some(s) = self.core().session(&id) {
