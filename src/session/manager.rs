@@ -356,7 +356,7 @@ impl ClusterManager {
     pub(crate) fn receive(&self, from: MemberId, msg: &Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let (verdict, sent) = self.input(|c| {
-            let (ready, verdict) = c.receive(from, msg);
+            let (ready, verdict) = c.receive(from, msg, now_ms());
             (verdict, ready)
         });
         sent.map_err(|e| e.to_string())?;

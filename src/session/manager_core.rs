@@ -112,7 +112,14 @@ pub(crate) struct ManagerCore {
     transfer: Transfer,
     waits: BTreeMap<Token, Wait>,
     next_token: Token,
+    /// Sessions this member knows its copy of is behind (it asked a member for the session
+    /// after a gap), until the copy arrives or the deadline: a request for one waits for the
+    /// copy rather than be served the stale one. Bounded by `MAX_RESYNCING`.
+    resyncing: BTreeMap<SessionId, u64>,
 }
+
+/// Sessions remembered as behind at most (a member that sends many gaps cannot grow it).
+const MAX_RESYNCING: usize = 10_000;
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -161,6 +168,7 @@ impl ManagerCore {
             },
             waits: BTreeMap::new(),
             next_token: 0,
+            resyncing: BTreeMap::new(),
         }
     }
 
@@ -197,7 +205,14 @@ impl ManagerCore {
     /// A request for session `id`. A DeltaManager serves its copy; a BackupManager serves a
     /// session it is primary for, and otherwise makes itself primary: it takes over or asks the
     /// other members (`Fetch`) and the request waits up to `rpc_timeout` for the answer.
+    ///
+    /// A DeltaManager whose copy is known to be behind (it asked for the session after a gap)
+    /// waits the same way for the copy, rather than serve a state older than a change another
+    /// member made.
     pub fn begin_request(&mut self, id: &SessionId, now_ms: u64) -> (Begin, Ready) {
+        if let Some(&until) = self.resyncing.get(id).filter(|d| now_ms < **d) {
+            return (self.wait_for(id, until), Ready::default());
+        }
         if let Some(s) = self.core.served(id) {
             return (Begin::Now(Some(s.clone())), Ready::default());
         }
@@ -216,9 +231,25 @@ impl ManagerCore {
             // Taken over here at once (a copy this node backed up).
             return (Begin::Now(self.served_copy(id)), ready);
         }
+        let begin = self.wait_for(id, now_ms.saturating_add(self.rpc_timeout_ms));
+        self.settle_waits(&mut ready);
+        match begin {
+            Begin::Wait { token, .. } => match ready.verdicts.iter().position(|(t, _)| *t == token)
+            {
+                Some(i) => {
+                    let (_, s) = ready.verdicts.remove(i);
+                    (Begin::Now(s), ready)
+                }
+                None => (begin, ready),
+            },
+            now => (now, ready),
+        }
+    }
+
+    /// A request that waits for `id` to arrive here, until `deadline_ms`.
+    fn wait_for(&mut self, id: &SessionId, deadline_ms: u64) -> Begin {
         self.next_token += 1;
         let token = self.next_token;
-        let deadline_ms = now_ms.saturating_add(self.rpc_timeout_ms);
         self.waits.insert(
             token,
             Wait {
@@ -226,13 +257,37 @@ impl ManagerCore {
                 deadline_ms,
             },
         );
-        self.settle_waits(&mut ready);
-        match ready.verdicts.iter().position(|(t, _)| *t == token) {
-            Some(i) => {
-                let (_, s) = ready.verdicts.remove(i);
-                (Begin::Now(s), ready)
+        Begin::Wait { token, deadline_ms }
+    }
+
+    /// Whether a request for `id` still waits: for a fetch's answer, or for the copy this
+    /// member asked for after a gap.
+    fn still_waiting(&self, id: &SessionId) -> bool {
+        self.resyncing.contains_key(id)
+            || (self.core.served(id).is_none() && self.core.is_fetching(id))
+    }
+
+    /// Keeps track of the sessions this member asked for after a gap, and of their arrival.
+    fn note_resync(&mut self, msg: &Payload, asked: Option<&SessionId>, now_ms: u64) {
+        if let Payload::Delta(m) = msg {
+            match m {
+                SessionMessage::State(st) | SessionMessage::Created(st) => {
+                    self.resyncing.remove(&st.id);
+                }
+                SessionMessage::Expired { id, .. } | SessionMessage::ChangeId { old: id, .. } => {
+                    self.resyncing.remove(id);
+                }
+                _ => {}
             }
-            None => (Begin::Wait { token, deadline_ms }, ready),
+        }
+        if let Some(id) = asked {
+            if self.resyncing.len() >= MAX_RESYNCING {
+                self.resyncing.retain(|_, d| now_ms < *d);
+            }
+            if self.resyncing.len() < MAX_RESYNCING {
+                let deadline = now_ms.saturating_add(self.rpc_timeout_ms);
+                self.resyncing.insert(id.clone(), deadline);
+            }
         }
     }
 
@@ -332,7 +387,12 @@ impl ManagerCore {
     /// A message from another member. The verdict is what a synchronized-ack sender gets: `Err`
     /// when the change was not applied here (a gap: the session was asked for; or the sender
     /// no longer serves the session), so its request is not acknowledged.
-    pub fn receive(&mut self, from: MemberId, msg: &Payload) -> (Ready, Result<(), String>) {
+    pub fn receive(
+        &mut self,
+        from: MemberId,
+        msg: &Payload,
+        now_ms: u64,
+    ) -> (Ready, Result<(), String>) {
         let was_ready = self.core.is_ready();
         let (outs, events) = match self.core.handle(from, msg) {
             Ok(r) => r,
@@ -341,6 +401,7 @@ impl ManagerCore {
         let mut ready = Ready::background(outs);
         ready.events = self.replicated(events);
         let resync = Core::asks_for_session(&ready.outs);
+        self.note_resync(msg, resync.as_ref(), now_ms);
         let superseded = self.core.superseded(from, msg);
         ready.counts.resyncs = u64::from(resync.is_some());
         match msg {
@@ -439,6 +500,7 @@ impl ManagerCore {
     /// state transfer past its deadline is given up, and idle sessions expire when due.
     pub fn tick(&mut self, now_ms: u64) -> Ready {
         let mut ready = Ready::background(Vec::new());
+        self.resyncing.retain(|_, d| now_ms < *d);
         let late: Vec<Token> = self
             .waits
             .iter()
@@ -449,7 +511,14 @@ impl ManagerCore {
             let Some(w) = self.waits.remove(&token) else {
                 continue;
             };
-            if self.core.served(&w.id).is_none() && self.core.is_fetching(&w.id) {
+            if self.resyncing.remove(&w.id).is_some() {
+                log::warn!(
+                    "Manager [{}]: the copy of session {} asked for after a gap did not arrive within {} ms; serving the copy held here",
+                    self.context,
+                    w.id,
+                    self.rpc_timeout_ms
+                );
+            } else if self.core.served(&w.id).is_none() && self.core.is_fetching(&w.id) {
                 log::warn!(
                     "Manager [{}]: session {} not fetched within {} ms; serving the best copy answered or held here, if any",
                     self.context,
@@ -541,7 +610,7 @@ impl ManagerCore {
         let done: Vec<Token> = self
             .waits
             .iter()
-            .filter(|(_, w)| self.core.served(&w.id).is_some() || !self.core.is_fetching(&w.id))
+            .filter(|(_, w)| !self.still_waiting(&w.id))
             .map(|(t, _)| *t)
             .collect();
         for token in done {
@@ -605,7 +674,7 @@ mod tests {
                 Dest::Member(id) => vec![id.0[0]],
             };
             for d in dests {
-                let (ready, _) = nodes[usize::from(d - 1)].receive(m(src), &out.msg);
+                let (ready, _) = nodes[usize::from(d - 1)].receive(m(src), &out.msg, T0);
                 verdicts.extend(ready.verdicts.into_iter().map(|(t, s)| (d, t, s)));
                 queue.extend(ready.outs.into_iter().map(|o| (d, o)));
             }
@@ -701,10 +770,71 @@ mod tests {
         let mut copy = nodes[0].core().session(&id).cloned().expect("held");
         copy.set("n", &1u8).expect("set");
         let (_, change) = nodes[0].end_request(copy, true, T0 + 1);
-        let (ready, verdict) = nodes[1].receive(m(1), &change.outs[0].msg);
+        let (ready, verdict) = nodes[1].receive(m(1), &change.outs[0].msg, T0 + 1);
         let why = verdict.expect_err("not applied");
         assert!(why.contains("an earlier change is missing"), "{why}");
         assert_eq!(ready.counts.resyncs, 1);
+    }
+
+    /// Two changes on member 1; member 2 gets only the second (a gap). Returns the session
+    /// and what member 2 sent after the gap (its request for the session).
+    fn behind_on_member_two(nodes: &mut [ManagerCore]) -> (SessionId, Vec<POut>) {
+        let (copy, _) = nodes[0].create(T0).expect("id");
+        let id = copy.id().clone();
+        let (_, created) = nodes[0].end_request(copy, true, T0);
+        deliver(nodes, 1, created.outs);
+        let mut outs = Vec::new();
+        for n in 1..=2u8 {
+            let mut c = nodes[0].core().session(&id).cloned().expect("held");
+            c.set("n", &n).expect("set");
+            let (_, ready) = nodes[0].end_request(c, true, T0 + u64::from(n));
+            outs.push(ready.outs);
+        }
+        let (ready, verdict) = nodes[1].receive(m(1), &outs[1][0].msg, T0 + 3);
+        assert!(verdict.is_err(), "a gap is refused");
+        (id, ready.outs)
+    }
+
+    /// A DeltaManager that asked for a session after a gap does not serve its stale copy: a
+    /// request waits, and gets the copy when it arrives.
+    #[test]
+    fn a_request_for_a_copy_known_to_be_behind_waits_for_the_copy() {
+        let mut nodes = cluster(ManagerKind::Delta, 2);
+        let (id, asked) = behind_on_member_two(&mut nodes);
+        let (Begin::Wait { token, .. }, _) = nodes[1].begin_request(&id, T0 + 4) else {
+            panic!("a copy known to be behind was served");
+        };
+        let verdicts = deliver(&mut nodes, 2, asked);
+        let (_, _, copy) = verdicts
+            .iter()
+            .find(|(n, t, _)| *n == 2 && *t == token)
+            .expect("the copy's arrival gives the verdict");
+        let copy = copy.as_ref().expect("the session");
+        assert_eq!(copy.get::<u8>("n").unwrap(), Some(2), "the current copy");
+        let (Begin::Now(Some(_)), _) = nodes[1].begin_request(&id, T0 + 5) else {
+            panic!("once the copy is here, requests are served at once");
+        };
+    }
+
+    /// The copy asked for never comes (its sender died): at the deadline the request is served
+    /// the copy held here.
+    #[test]
+    fn a_copy_asked_for_that_never_comes_is_given_up_at_the_deadline() {
+        let mut nodes = cluster(ManagerKind::Delta, 2);
+        let (id, _lost) = behind_on_member_two(&mut nodes);
+        let (Begin::Wait { token, deadline_ms }, _) = nodes[1].begin_request(&id, T0 + 4) else {
+            panic!("waits");
+        };
+        assert!(nodes[1].tick(deadline_ms - 1).verdicts.is_empty());
+        let ready = nodes[1].tick(deadline_ms);
+        assert_eq!(ready.verdicts.len(), 1);
+        assert_eq!(ready.verdicts[0].0, token);
+        let copy = ready.verdicts[0].1.as_ref().expect("the copy held here");
+        assert_eq!(
+            copy.get::<u8>("n").unwrap(),
+            None,
+            "behind, but the best there is"
+        );
     }
 
     /// A DeltaManager expecting members is not ready until its state-transfer deadline; the

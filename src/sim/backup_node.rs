@@ -930,9 +930,11 @@ impl BackupNode {
             _ => None,
         };
         let ids = ids_of(&msg);
-        let (ready, verdict) = self
-            .mgr
-            .receive(sim_member(from).id, &Payload::Backup(msg.clone()));
+        let (ready, verdict) = self.mgr.receive(
+            sim_member(from).id,
+            &Payload::Backup(msg.clone()),
+            now_ms(ctx),
+        );
         if let BackupMessage::Reconcile { state, .. } = &msg {
             if let Some(s) = self
                 .core()

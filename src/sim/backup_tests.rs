@@ -410,7 +410,7 @@ impl Cluster {
                 l.fate = Fate::Ended;
                 self.live.retain(|x| *x != s);
             }
-            Served::Missing => self
+            Served::Missing | Served::Waiting => self
                 .sim
                 .fail(format_args!("{n} was routed {id} but does not serve it")),
         }

@@ -252,6 +252,8 @@ pub struct Journal {
     pub held_ever: BTreeSet<SessionId>,
     /// Sessions that came in a state-transfer chunk.
     pub transferred: u64,
+    /// Requests the manager held for a copy it asked for (its own was behind).
+    pub waited: u64,
 }
 
 impl Journal {
@@ -286,6 +288,9 @@ pub enum Served {
     Ended,
     /// This node does not have it.
     Missing,
+    /// The manager holds the request until a copy it asked for arrives (its own is known to
+    /// be behind); the user tries again later.
+    Waiting,
 }
 
 /// A simulated member running the DeltaManager as production runs it: the manager's core
@@ -454,7 +459,11 @@ impl DeltaNode {
                     self.perform(ready, true, ctx);
                     s
                 }
-                (Begin::Wait { .. }, _) => panic!("{}: a DeltaManager fetched {id}", self.id),
+                (Begin::Wait { .. }, ready) => {
+                    self.perform(ready, true, ctx);
+                    self.journal.waited += 1;
+                    return Served::Waiting;
+                }
             },
         };
         let Some(mut copy) = copy else {
@@ -708,9 +717,11 @@ impl DeltaNode {
                 self.mgr.is_ready()
             );
         }
-        let (ready, verdict) = self
-            .mgr
-            .receive(sim_member(from).id, &Payload::Delta(msg.clone()));
+        let (ready, verdict) = self.mgr.receive(
+            sim_member(from).id,
+            &Payload::Delta(msg.clone()),
+            now_ms(ctx),
+        );
         for id in &ids {
             self.touch(id);
         }

@@ -375,6 +375,8 @@ impl Cluster {
                 self.sessions[s].server = n;
             }
             Served::Ended => self.sessions[s].fate = Fate::Ended,
+            // Its copy is behind: the user's request waits for the copy (counted by the node).
+            Served::Waiting => {}
             Served::Missing => self
                 .sim
                 .fail(format_args!("{n} was routed {id} but lacks it")),
