@@ -316,6 +316,12 @@ impl<V> Bounded<V> {
         self.map.iter()
     }
 
+    /// Keeps only the entries `keep` says to (the places of the others are freed when they
+    /// come up).
+    fn retain(&mut self, keep: impl FnMut(&SessionId, &mut V) -> bool) {
+        self.map.retain(keep);
+    }
+
     /// Inserts or replaces; a new id counts against the bound.
     fn insert(&mut self, id: &SessionId, v: V) {
         if self.map.insert(id.clone(), v).is_none() {
@@ -1008,6 +1014,14 @@ impl BackupCore {
             .collect();
         self.seen.extend(members.iter().copied());
         let members_before = std::mem::replace(&mut self.members, members);
+        // A claim remembered for a session not held here dies with its member: nobody serves
+        // the session under it any more. Kept, it refused forever the copies and changes of a
+        // live primary with a lower claim that never heard of it (the claimant died with its
+        // `NewPrimary` on the way there). Claims of members not listed yet are kept (at start a
+        // member lists the others one at a time).
+        let (listed, seen) = (&self.members, &self.seen);
+        self.claims
+            .retain(|_, c| listed.binary_search(&c.1).is_ok() || !seen.contains(&c.1));
         let mut outs = Vec::new();
         // Fetches stop waiting for members that left (one with nobody left to ask ends) and
         // ask the ones that joined: a member that restarted under its id answers again.
