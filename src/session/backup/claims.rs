@@ -71,6 +71,12 @@ impl<V> Bounded<V> {
         self.map.iter()
     }
 
+    /// Keeps only the entries `keep` says to (the places of the others are freed when they
+    /// come up).
+    pub(super) fn retain(&mut self, keep: impl FnMut(&SessionId, &mut V) -> bool) {
+        self.map.retain(keep);
+    }
+
     /// Inserts or replaces; a new id counts against the bound.
     pub(super) fn insert(&mut self, id: &SessionId, v: V) {
         if self.map.insert(id.clone(), v).is_none() {

@@ -30,6 +30,14 @@ impl BackupCore {
             .collect();
         self.seen.extend(members.iter().copied());
         let members_before = std::mem::replace(&mut self.members, members);
+        // A claim remembered for a session not held here dies with its member: nobody serves
+        // the session under it any more. Kept, it refused forever the copies and changes of a
+        // live primary with a lower claim that never heard of it (the claimant died with its
+        // `NewPrimary` on the way there). Claims of members not listed yet are kept (at start a
+        // member lists the others one at a time).
+        let (listed, seen) = (&self.members, &self.seen);
+        self.claims
+            .retain(|_, c| listed.binary_search(&c.1).is_ok() || !seen.contains(&c.1));
         let mut outs = self.refetch(&members_before);
         let ids: Vec<SessionId> = self.entries.keys().cloned().collect();
         for id in ids {
