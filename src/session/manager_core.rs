@@ -837,6 +837,72 @@ mod tests {
         );
     }
 
+    /// Known limit (docs/design.md, "The catch-up is not awaited"): a joiner is ready once its
+    /// state transfer is complete, and a change its donor made after the snapshot, before the
+    /// donor listed the joiner, reaches the joiner only with the donor's digest a moment later;
+    /// a request served in between sees the older copy.
+    #[test]
+    #[ignore = "known limit: the catch-up is not awaited (a joiner serves its snapshot's copy until the donor's digest arrives); docs/design.md"]
+    fn a_joiner_does_not_serve_a_copy_older_than_its_donors_latest_change() {
+        let cfg = ManagerConfig::default();
+        let mut donor = ManagerCore::new("/app", "n1", &cfg, SendOptions::SYNC_ACK);
+        donor.started(m(1), None, T0);
+        let (mut copy, _) = donor.create(T0).expect("id");
+        copy.set("n", &1u8).expect("set");
+        let id = copy.id().clone();
+        let _ = donor.end_request(copy, true, T0);
+        let mut joiner = ManagerCore::new("/app", "n2", &cfg, SendOptions::SYNC_ACK);
+        joiner.started(m(2), Some(Duration::from_secs(1)), T0);
+        let donor_member = Member {
+            id: m(1),
+            name: "n1".into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
+            domain: String::new(),
+        };
+        let ask = joiner.member_added(&donor_member, T0);
+        let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
+        // The donor changes the session before it lists the joiner: not sent to it.
+        let mut c = donor.core().session(&id).cloned().expect("held");
+        c.set("n", &2u8).expect("set");
+        let _ = donor.end_request(c, true, T0 + 1);
+        for o in snapshot.outs {
+            let _ = joiner.receive(m(1), &o.msg, T0 + 2);
+        }
+        assert!(joiner.is_ready());
+        let (begin, _) = joiner.begin_request(&id, T0 + 3);
+        let Begin::Now(Some(s)) = begin else {
+            return; // held until the catch-up: the limit is gone
+        };
+        assert_eq!(
+            s.get::<u8>("n").unwrap(),
+            Some(2),
+            "served the snapshot's copy"
+        );
+    }
+
+    /// Known limit (docs/design.md): the donor of a state transfer makes every chunk of the
+    /// snapshot in one step, under the manager's lock (issue 15 streams it).
+    #[test]
+    #[ignore = "known limit: the state-transfer snapshot is made whole under the lock, not streamed (issue 15); docs/design.md"]
+    fn a_state_transfer_is_streamed_a_few_chunks_at_a_time() {
+        let cfg = ManagerConfig {
+            send_all_sessions_size: 10,
+            ..ManagerConfig::default()
+        };
+        let mut donor = ManagerCore::new("/app", "n1", &cfg, SendOptions::SYNC_ACK);
+        donor.started(m(1), None, T0);
+        for _ in 0..100 {
+            let (copy, _) = donor.create(T0).expect("id");
+            let _ = donor.end_request(copy, true, T0);
+        }
+        let (ready, _) = donor.receive(m(2), &Payload::Delta(SessionMessage::GetAllSessions), T0);
+        assert!(
+            ready.outs.len() <= 2,
+            "{} chunks made at once",
+            ready.outs.len()
+        );
+    }
+
     /// A DeltaManager expecting members is not ready until its state-transfer deadline; the
     /// tick at the deadline makes it ready with no sessions.
     #[test]
