@@ -399,6 +399,41 @@ fn reference_scenario_over_http_backup_manager_survives_sigkill() {
     scenario("backup");
 }
 
+/// Logout written the Servlet way (`session.invalidate()` in http_node's `/app/logout`): after
+/// it, every node answers 401 to the user's cookie.
+fn logout_ends_the_session_everywhere(manager: &str) {
+    common::init_logs();
+    let nodes = cluster(manager);
+    let mut browser = Client::new();
+    let login = browser
+        .post_form(
+            nodes[0].http,
+            "/app/login",
+            &[("user", "admin"), ("pass", "secret")],
+        )
+        .expect("login");
+    assert_eq!(login.status, 200, "{login:?}");
+    get_until(&mut browser, &nodes[1], "/app/profile", 200);
+    settle(&nodes, manager);
+    let out = browser
+        .post_form(nodes[1].http, "/app/logout", &[])
+        .expect("logout");
+    assert_eq!(out.status, 200, "{out:?}");
+    for n in &nodes {
+        get_until(&mut browser, n, "/app/profile", 401);
+    }
+}
+
+#[test]
+fn logout_by_session_invalidate_gets_401_on_every_node_delta_manager() {
+    logout_ends_the_session_everywhere("delta");
+}
+
+#[test]
+fn logout_by_session_invalidate_gets_401_on_every_node_backup_manager() {
+    logout_ends_the_session_everywhere("backup");
+}
+
 /// The valve filter: a request for a static file with the session's cookie touches the session
 /// but replicates nothing, where a request for a page on the same node does.
 #[test]

@@ -400,8 +400,12 @@ impl App {
 
     fn logout(&self, req: &Request) -> Response {
         let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
-        if let Err(e) = r.invalidate() {
-            warn!("Node {}: logout not replicated everywhere: {e}", self.node);
+        // The Servlet way: the session ends on every member when the request ends.
+        if let Some(session) = r.session() {
+            session.invalidate();
+        }
+        if let Some(refused) = self.finish_changed(r) {
+            return refused;
         }
         Response::json(200, r#"{"logged_out":true}"#)
     }
