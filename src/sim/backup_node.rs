@@ -28,7 +28,9 @@
 //! placements included. Set [`TRACE_ENV`] to print every message applied.
 
 use super::delta_node::{now_ms, show, Made, Op, Served, Val};
-use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Wire};
+use super::frame_node::{
+    chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Lane, Wire,
+};
 use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
@@ -60,6 +62,8 @@ pub struct BackupSimConfig {
     pub reaper: Option<Duration>,
     /// How long a request waits for a fetched session (the manager's `rpc_timeout`).
     pub rpc_timeout: Duration,
+    /// Production's two lanes per member (see [`Frames::two_lanes`]).
+    pub two_lanes: bool,
 }
 
 impl Default for BackupSimConfig {
@@ -68,6 +72,7 @@ impl Default for BackupSimConfig {
             core: BackupConfig::default(),
             reaper: None,
             rpc_timeout: Duration::from_millis(50),
+            two_lanes: false,
         }
     }
 }
@@ -447,6 +452,8 @@ impl BackupNode {
         let mut mgr =
             ManagerCore::with_core("/app", Core::Backup(core), &mcfg, SendOptions::SYNC_ACK);
         mgr.set_id_source(SimIds::from_run(rng));
+        let mut frames = Frames::default();
+        frames.two_lanes = cfg.two_lanes;
         BackupNode {
             id,
             cfg,
@@ -454,7 +461,7 @@ impl BackupNode {
             mgr,
             waits: BTreeMap::new(),
             fetched: BTreeMap::new(),
-            frames: Frames::default(),
+            frames,
             acks: Acks::default(),
             ended_here: HashSet::new(),
             renamed_here: HashMap::new(),
@@ -482,7 +489,8 @@ impl BackupNode {
     /// request, tracked as the application's changes), then verdicts, then events. Returns
     /// the request numbers of the messages.
     fn perform(&mut self, ready: Ready, request: bool, ctx: &mut Ctx<'_>) -> Vec<u64> {
-        let reqs = self.send_outs(backup_outs(ready.outs), request, ctx);
+        let lane = Lane::of(ready.options);
+        let reqs = self.send_outs(backup_outs(ready.outs), request, lane, ctx);
         for (token, copy) in ready.verdicts {
             if let Some(id) = self.waits.remove(&token) {
                 self.fetched.insert(id, copy);
@@ -636,7 +644,7 @@ impl BackupNode {
                 .record(self.id, &id, version, &attrs);
         }
         self.touch(&id);
-        ticket.extend(self.send_outs(outs, true, ctx));
+        ticket.extend(self.send_outs(outs, true, Lane::of(ready.options), ctx));
         ticket.extend(self.perform(ready, true, ctx));
         (Served::Live(id), ticket)
     }
@@ -686,7 +694,7 @@ impl BackupNode {
                 self.world.borrow_mut().oracle.ended.insert(id.clone());
             }
         }
-        let reqs = self.send_outs(outs, true, ctx);
+        let reqs = self.send_outs(outs, true, Lane::of(ready.options), ctx);
         if let [id] = &ended_fetches[..] {
             if !reqs.is_empty() {
                 self.journal.fetched += 1;
@@ -825,7 +833,13 @@ impl BackupNode {
 
     /// Sends `outs`; each change gets one request number for all the members it goes to.
     /// `request`: made by a request (the application's change). Returns the request numbers.
-    fn send_outs(&mut self, outs: Vec<Out>, request: bool, ctx: &mut Ctx<'_>) -> Vec<u64> {
+    fn send_outs(
+        &mut self,
+        outs: Vec<Out>,
+        request: bool,
+        lane: Lane,
+        ctx: &mut Ctx<'_>,
+    ) -> Vec<u64> {
         let mut reqs: Vec<(Change, u64)> = Vec::new();
         let mut made = Vec::new();
         for out in outs {
@@ -858,7 +872,7 @@ impl BackupNode {
             let body = encode_body(&Wire::Msg { req, msg: out.msg });
             for t in targets {
                 *self.journal.sent.entry(k).or_default() += 1;
-                self.send_body(t, &body, ctx);
+                self.journal.bytes += self.frames.send_on(self.id, t, lane, &body, ctx);
             }
         }
         for r in &made {

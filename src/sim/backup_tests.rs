@@ -63,6 +63,9 @@ fn jitter() -> Faults {
 #[path = "replay_backup.rs"]
 pub(super) mod replay;
 
+#[path = "lanes_backup.rs"]
+mod lanes;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }
@@ -78,6 +81,7 @@ fn cfg(backups: usize) -> BackupSimConfig {
         },
         reaper: None,
         rpc_timeout: RPC_TIMEOUT,
+        two_lanes: false,
     }
 }
 
@@ -913,15 +917,21 @@ struct CrashTotals {
 /// requests go on again; at quiescence [`Cluster::assert_settled`] holds. `careful`: no move is
 /// in progress from before the crash until failover and re-placement are acknowledged (see
 /// [`Cluster::calm`]).
-fn crash_run(
+fn crash_run(seed: u64, n: usize, k: usize, kill: usize, flags: (bool, bool), t: &mut CrashTotals) {
+    crash_run_with(seed, n, &cfg(k), kill, flags, t);
+}
+
+/// [`crash_run`] with the members' settings given.
+fn crash_run_with(
     seed: u64,
     n: usize,
-    k: usize,
+    settings: &BackupSimConfig,
     kill: usize,
     (quiet, careful): (bool, bool),
     t: &mut CrashTotals,
 ) {
-    let mut c = Cluster::new(seed, jitter(), &cfg(k), n);
+    let k = settings.core.backups;
+    let mut c = Cluster::new(seed, jitter(), settings, n);
     let mix = Mix {
         sessions: 1000,
         ..Mix::default()

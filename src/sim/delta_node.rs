@@ -22,7 +22,9 @@
 //! in id order, so a seed replays exactly, trace hash included. Set [`TRACE_ENV`] to print every
 //! message applied.
 
-use super::frame_node::{chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Wire};
+use super::frame_node::{
+    chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Lane, Wire,
+};
 use super::lane_node::{node_of, sim_member};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
@@ -89,6 +91,8 @@ pub struct DeltaSimConfig {
     /// no reaper.
     pub reaper: Option<Duration>,
     pub chaos: Option<Chaos>,
+    /// Production's two lanes per member (see [`Frames::two_lanes`]).
+    pub two_lanes: bool,
 }
 
 /// A change whose acknowledgement a node waits for, and what "applied" means for it.
@@ -368,12 +372,14 @@ impl DeltaNode {
         let mut mgr =
             ManagerCore::with_core("/app", Core::Delta(core), &mcfg, SendOptions::SYNC_ACK);
         mgr.set_id_source(SimIds::from_run(rng));
+        let mut frames = Frames::default();
+        frames.two_lanes = cfg.two_lanes;
         DeltaNode {
             id,
             cfg,
             world,
             mgr,
-            frames: Frames::default(),
+            frames,
             acks: Acks::default(),
             held: BTreeMap::new(),
             next_token: HELD_BASE,
@@ -417,7 +423,7 @@ impl DeltaNode {
                 Payload::Backup(_) => None,
             })
             .collect();
-        self.send_outs(outs, track, ctx);
+        self.send_outs(outs, track, Lane::of(ready.options), ctx);
         self.note_events(ready.events);
     }
 
@@ -575,7 +581,7 @@ impl DeltaNode {
         }
     }
 
-    fn send_outs(&mut self, outs: Vec<Out>, track: bool, ctx: &mut Ctx<'_>) {
+    fn send_outs(&mut self, outs: Vec<Out>, track: bool, lane: Lane, ctx: &mut Ctx<'_>) {
         for out in outs {
             *self.journal.sent.entry(kind(&out.msg)).or_default() += 1;
             match out.dest {
@@ -587,7 +593,7 @@ impl DeltaNode {
                     };
                     let body = encode_body(&Wire::Msg { req, msg: out.msg });
                     for t in targets {
-                        self.send_body(t, &body, ctx);
+                        self.frames.send_on(self.id, t, lane, &body, ctx);
                     }
                     self.settle_waiting(ctx.now());
                 }
@@ -599,7 +605,7 @@ impl DeltaNode {
                         req: 0,
                         msg: out.msg,
                     });
-                    self.send_body(to, &body, ctx);
+                    self.frames.send_on(self.id, to, lane, &body, ctx);
                 }
             }
         }

@@ -67,6 +67,9 @@ fn jitter() -> Faults {
 #[path = "replay_delta.rs"]
 pub(super) mod replay;
 
+#[path = "lanes_delta.rs"]
+mod lanes;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }
@@ -660,6 +663,7 @@ fn with_resets_no_stale_state_is_ever_shown_and_the_next_change_plus_the_reaper_
         },
         reaper: Some(secs(1)),
         chaos: None,
+        two_lanes: false,
     };
     for_each_seed(16, |seed| {
         let n = 3 + (seed % 3) as usize;
@@ -810,6 +814,7 @@ fn a_crashed_origin_loses_nothing_the_others_acknowledged() {
         },
         reaper: Some(secs(1)),
         chaos: None,
+        two_lanes: false,
     };
     for_each_seed(16, |seed| {
         let mut c = Cluster::new(seed, jitter(), &cfg, 4);
@@ -993,6 +998,7 @@ fn expiry_happens_once_on_every_node_and_nothing_late_revives_a_session() {
             delay: 0.2,
             max_delay: secs(3),
         }),
+        two_lanes: false,
     };
     for_each_seed(16, |seed| {
         let n = 3 + (seed % 2) as usize;
@@ -1601,6 +1607,7 @@ fn a_seed_replays_the_same_schedule() {
                 delay: 0.1,
                 max_delay: ms(10),
             }),
+            two_lanes: false,
         };
         let mix = Mix {
             change_id: 0,

@@ -38,11 +38,33 @@ pub enum Wire<M> {
 /// sequence number of its frames.
 #[derive(Default)]
 pub struct Frames {
-    /// This node's connection to each destination.
-    out: BTreeMap<NodeId, ConnId>,
+    /// This node's connection to each destination, per lane.
+    out: BTreeMap<(NodeId, Lane), ConnId>,
+    /// Two connections per destination, as production's sender has (a synchronous lane for
+    /// sends that wait for acks, an asynchronous one for the rest): messages on different
+    /// lanes can overtake each other. Off: one FIFO connection per destination.
+    pub two_lanes: bool,
     /// Accepted connections: who is at the other end, and bytes not yet a whole frame.
     inbound: BTreeMap<ConnId, (NodeId, Vec<u8>)>,
     seq: u64,
+}
+
+/// Which of production's two lanes to a member a message takes: the one its send options
+/// choose (synchronized ack, or asynchronous).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    Sync,
+    Async,
+}
+
+impl Lane {
+    pub fn of(options: crate::options::SendOptions) -> Lane {
+        if options.is_async() {
+            Lane::Async
+        } else {
+            Lane::Sync
+        }
+    }
 }
 
 impl Frames {
@@ -59,20 +81,33 @@ impl Frames {
 
     /// Forgets the connections to destinations not in `view`.
     pub fn keep_only(&mut self, view: &BTreeSet<NodeId>) {
-        self.out.retain(|n, _| view.contains(n));
+        self.out.retain(|(n, _), _| view.contains(n));
     }
 
     /// Sends `body` from `me` to `to` in a data frame, over the connection to `to` (opened if
     /// there is none). Returns the bytes written (none to `me` itself).
     pub fn send(&mut self, me: NodeId, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) -> u64 {
+        self.send_on(me, to, Lane::Async, body, ctx)
+    }
+
+    /// [`Frames::send`] on `lane` (the same connection for both unless `two_lanes`).
+    pub fn send_on(
+        &mut self,
+        me: NodeId,
+        to: NodeId,
+        lane: Lane,
+        body: &[u8],
+        ctx: &mut Ctx<'_>,
+    ) -> u64 {
         if to == me {
             return 0;
         }
-        let conn = match self.out.get(&to) {
+        let key = (to, if self.two_lanes { lane } else { Lane::Async });
+        let conn = match self.out.get(&key) {
             Some(c) => *c,
             None => {
                 let c = ctx.connect(to);
-                self.out.insert(to, c);
+                self.out.insert(key, c);
                 c
             }
         };
