@@ -116,6 +116,11 @@ impl DeltaCore {
         (self.pending_digests.len(), entries, self.chunks_seen.len())
     }
 
+    /// Chunks of the current state transfer received so far.
+    pub fn transfer_chunks(&self) -> usize {
+        self.chunks_seen.len()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready
     }

@@ -194,6 +194,14 @@ impl Core {
         }
     }
 
+    /// Delta: chunks of the current state transfer received so far.
+    pub fn transfer_chunks(&self) -> usize {
+        match self {
+            Core::Delta(c) => c.transfer_chunks(),
+            Core::Backup(_) => 0,
+        }
+    }
+
     pub fn expect_members(&mut self) {
         if let Core::Delta(c) = self {
             c.expect_members();

@@ -92,7 +92,13 @@ struct Transfer {
     pending: bool,
     /// When to stop waiting: for a first member to appear (`None`), or for its sessions.
     deadline: Option<(u64, Option<Member>)>,
+    /// When to ask the donor again if none of its chunks has come (the answer can be lost: a
+    /// donor that answers over a connection to this member's previous incarnation).
+    reask_at: Option<u64>,
 }
+
+/// How long a joiner waits for the first chunk of its state transfer before it asks again.
+const TRANSFER_REASK_MS: u64 = 2_000;
 
 struct Wait {
     id: SessionId,
@@ -165,6 +171,7 @@ impl ManagerCore {
             transfer: Transfer {
                 pending: true,
                 deadline: None,
+                reask_at: None,
             },
             waits: BTreeMap::new(),
             next_token: 0,
@@ -194,7 +201,7 @@ impl ManagerCore {
     pub fn next_deadline(&self) -> Option<u64> {
         let fetch = self.waits.values().map(|w| w.deadline_ms).min();
         let transfer = self.transfer.deadline.as_ref().map(|(d, _)| *d);
-        [fetch, transfer, self.next_expire_ms]
+        [fetch, transfer, self.transfer.reask_at, self.next_expire_ms]
             .into_iter()
             .flatten()
             .min()
@@ -418,6 +425,7 @@ impl ManagerCore {
         }
         if !was_ready && self.core.is_ready() {
             self.transfer.deadline = None;
+            self.transfer.reask_at = None;
             ready.became_ready = true;
             info!(
                 "Manager [{}]: session state transfer complete, {} session(s)",
@@ -448,6 +456,7 @@ impl ManagerCore {
             now_ms.saturating_add(self.state_transfer_timeout_ms),
             Some(m.clone()),
         ));
+        self.transfer.reask_at = Some(now_ms.saturating_add(TRANSFER_REASK_MS));
         let outs = self.core.begin_state_transfer(m.id);
         if !outs.is_empty() {
             info!("Manager [{}]: asking [{m}] for all sessions", self.context);
@@ -552,7 +561,33 @@ impl ManagerCore {
             ready.events.extend(events);
         }
         self.check_transfer_deadline(now_ms, &mut ready);
+        self.reask_transfer(now_ms, &mut ready);
         ready
+    }
+
+    /// A joiner that has had no chunk of its state transfer for `TRANSFER_REASK_MS` asks its
+    /// donor again (until the transfer's deadline).
+    fn reask_transfer(&mut self, now_ms: u64, ready: &mut Ready) {
+        let Some(at) = self.transfer.reask_at.filter(|at| now_ms >= *at) else {
+            return;
+        };
+        let donor = match &self.transfer.deadline {
+            Some((_, Some(m))) if !self.core.is_ready() => m.clone(),
+            _ => {
+                self.transfer.reask_at = None;
+                return;
+            }
+        };
+        self.transfer.reask_at = Some(now_ms.saturating_add(TRANSFER_REASK_MS));
+        if self.core.transfer_chunks() > 0 {
+            return; // chunks are coming
+        }
+        info!(
+            "Manager [{}]: no session state from [{donor}] after {} ms; asking again",
+            self.context,
+            now_ms.saturating_sub(at) + TRANSFER_REASK_MS
+        );
+        ready.outs.extend(self.core.begin_state_transfer(donor.id));
     }
 
     fn check_transfer_deadline(&mut self, now_ms: u64, ready: &mut Ready) {
@@ -561,6 +596,7 @@ impl ManagerCore {
             _ => return,
         };
         self.transfer.deadline = None;
+        self.transfer.reask_at = None;
         match late {
             Some(m) => error!(
                 "Manager [{}]: no session state received from [{m}] within {} ms; starting with what arrived",
@@ -900,6 +936,49 @@ mod tests {
             ready.outs.len() <= 2,
             "{} chunks made at once",
             ready.outs.len()
+        );
+    }
+
+    /// A joiner whose donor's answer is lost (it went to this member's previous incarnation)
+    /// asks again after `TRANSFER_REASK_MS` and becomes ready with the second answer, long
+    /// before `state_transfer_timeout`.
+    #[test]
+    fn a_joiner_asks_again_when_no_chunk_of_its_state_transfer_comes() {
+        let mut nodes = cluster(ManagerKind::Delta, 1);
+        let (copy, _) = nodes[0].create(T0).expect("id");
+        let _ = nodes[0].end_request(copy, true, T0);
+        let cfg = ManagerConfig::default();
+        let mut joiner = ManagerCore::new("/app", "n2", &cfg, SendOptions::SYNC_ACK);
+        joiner.started(m(2), Some(Duration::from_secs(1)), T0);
+        let donor = Member {
+            id: m(1),
+            name: "n1".into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
+            domain: String::new(),
+        };
+        let lost = joiner.member_added(&donor, T0);
+        assert_eq!(lost.outs.len(), 1, "asked once");
+        assert!(joiner.tick(T0 + TRANSFER_REASK_MS - 1).outs.is_empty());
+        let again = joiner.tick(T0 + TRANSFER_REASK_MS);
+        assert!(
+            matches!(
+                again.outs.as_slice(),
+                [POut {
+                    msg: Payload::Delta(SessionMessage::GetAllSessions),
+                    ..
+                }]
+            ),
+            "asked again"
+        );
+        let (answer, _) = nodes[0].receive(m(2), &again.outs[0].msg, T0 + TRANSFER_REASK_MS);
+        for o in answer.outs {
+            let _ = joiner.receive(m(1), &o.msg, T0 + TRANSFER_REASK_MS + 1);
+        }
+        assert!(joiner.is_ready());
+        assert_eq!(joiner.core().len(), 1);
+        assert!(
+            joiner.tick(T0 + 3 * TRANSFER_REASK_MS).outs.is_empty(),
+            "not again"
         );
     }
 
