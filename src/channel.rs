@@ -8,6 +8,7 @@ use crate::interceptor::{
     StackEnds, StackHandle, Up,
 };
 use crate::member::{Member, MemberId};
+use crate::membership::incarnation::Incarnations;
 use crate::membership::service::{self, Event, MembershipService, Sink};
 use crate::membership::state::Source;
 use crate::membership::{Change, Membership};
@@ -72,15 +73,11 @@ struct ChannelInner {
     /// Where transport news about members goes while running (the membership service).
     membership_events: RwLock<Option<crossbeam_channel::Sender<Event>>>,
     next_msg_id: AtomicU64,
-    /// The incarnation each member last shook hands with: a new one means it restarted under
-    /// the same id and lost what it held. Bounded (see `MAX_INCARNATIONS`).
-    incarnations: Mutex<std::collections::HashMap<MemberId, u64>>,
+    /// The incarnation each member last shook hands with (restart detection).
+    incarnations: Mutex<Incarnations>,
     /// Per-member counters; kept across restarts of the channel.
     member_counters: Arc<MemberRegistry>,
 }
-
-/// Members whose incarnation is remembered for restart detection.
-const MAX_INCARNATIONS: usize = 4096;
 
 fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -168,15 +165,7 @@ impl ChannelInner {
     /// and lost what it held: it is reported gone (and back with its hello). Returns whether it
     /// was such a restart.
     fn note_incarnation(&self, member: &Member, incarnation: u64) -> bool {
-        let before = {
-            let mut known = self.incarnations.lock();
-            // Anyone reaching an unkeyed receiver can claim ids: forget all rather than grow.
-            if known.len() >= MAX_INCARNATIONS && !known.contains_key(&member.id) {
-                known.clear();
-            }
-            known.insert(member.id, incarnation)
-        };
-        let restarted = before.is_some_and(|b| b != incarnation && b != 0 && incarnation != 0);
+        let restarted = self.incarnations.lock().note(member.id, incarnation);
         if restarted {
             // A member killed and restarted faster than the failure detector notices comes
             // back empty: report it gone and back, so session managers copy to it again.
@@ -399,7 +388,7 @@ impl ChannelBuilder {
                 runtime: RwLock::new(None),
                 membership_events: RwLock::new(None),
                 next_msg_id: AtomicU64::new(1),
-                incarnations: Mutex::new(std::collections::HashMap::new()),
+                incarnations: Mutex::new(Incarnations::default()),
                 member_counters: Arc::default(),
             }),
             running: Mutex::new(None),

@@ -5,6 +5,7 @@
 //! sends in, with `now`; members added, suspects to verify and members gone out. The shell
 //! ([`service`]) runs the multicast socket and a prober thread that pings and verifies.
 
+pub mod incarnation;
 pub mod list;
 pub mod mcast;
 pub mod record;
