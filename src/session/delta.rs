@@ -55,9 +55,9 @@ pub struct DeltaCore {
     cfg: DeltaConfig,
     route: String,
     store: ReplicaStore,
-    meta: std::collections::BTreeMap<SessionId, Meta>,
+    meta: std::collections::HashMap<SessionId, Meta>,
     /// Created here and not yet announced: the request that created them has not ended.
-    unannounced: BTreeSet<SessionId>,
+    unannounced: std::collections::HashSet<SessionId>,
     /// State transfer done (or not needed).
     ready: bool,
     /// Chunks of the current state transfer received so far.
@@ -82,7 +82,7 @@ impl DeltaCore {
             route: route.to_string(),
             store,
             meta: Default::default(),
-            unannounced: BTreeSet::new(),
+            unannounced: Default::default(),
             ready: true,
             chunks_seen: BTreeSet::new(),
             members: Vec::new(),

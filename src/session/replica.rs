@@ -12,7 +12,7 @@ use super::id::SessionId;
 use super::model::{Applied, DeltaOp, Session, SessionState};
 use super::reconcile::Stamp;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// What the managers of one application say to each other (Tomcat's `SessionMessage` events).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +110,9 @@ fn horizon(s: &Session) -> u64 {
 
 /// Sessions of one application, as replicated to this node.
 pub struct ReplicaStore {
-    sessions: BTreeMap<SessionId, Session>,
+    /// Looked up on every message, so hashed; whatever iterates it (and makes messages from
+    /// it) goes in id order, so a run does not depend on the hasher's keys.
+    sessions: HashMap<SessionId, Session>,
     /// Ended sessions, remembered so that a late message cannot bring one back; a renamed one
     /// remembers its new id, so that changes still in flight for the old id follow it. Bounded:
     /// the oldest are forgotten first.
@@ -122,7 +124,7 @@ pub struct ReplicaStore {
 impl ReplicaStore {
     pub fn new(max_tombstones: usize) -> ReplicaStore {
         ReplicaStore {
-            sessions: BTreeMap::new(),
+            sessions: HashMap::new(),
             tombstones: BTreeMap::new(),
             tombstone_order: VecDeque::new(),
             max_tombstones: max_tombstones.max(1),
@@ -146,7 +148,9 @@ impl ReplicaStore {
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &SessionId> {
-        self.sessions.keys()
+        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
     /// Adds a session made on this node.
@@ -269,16 +273,21 @@ impl ReplicaStore {
 
     /// Sessions idle past their max inactive interval at `now_ms` (for the reaper).
     pub fn expired(&self, now_ms: u64) -> Vec<SessionId> {
-        self.sessions
+        let mut ids: Vec<SessionId> = self
+            .sessions
             .values()
             .filter(|s| s.is_expired(now_ms))
             .map(|s| s.id().clone())
-            .collect()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Every session's state, in chunks of at most `chunk` (state transfer).
     pub fn snapshot_chunks(&self, chunk: usize) -> Vec<Vec<SessionState>> {
-        let states: Vec<SessionState> = self.sessions.values().map(|s| s.state().clone()).collect();
+        let mut states: Vec<SessionState> =
+            self.sessions.values().map(|s| s.state().clone()).collect();
+        states.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         if states.is_empty() {
             return vec![Vec::new()];
         }
