@@ -718,6 +718,22 @@ mod tests {
         verdicts
     }
 
+    /// A DeltaManager member 2 that expects members, and its request for every session to
+    /// member 1, which it has just seen.
+    fn joiner_asking_member_one() -> (ManagerCore, Ready) {
+        let cfg = ManagerConfig::default();
+        let mut joiner = ManagerCore::new("/app", "n2", &cfg, SendOptions::SYNC_ACK);
+        joiner.started(m(2), Some(Duration::from_secs(1)), T0);
+        let donor = Member {
+            id: m(1),
+            name: "n1".into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
+            domain: String::new(),
+        };
+        let ask = joiner.member_added(&donor, T0);
+        (joiner, ask)
+    }
+
     fn login(nodes: &mut [ManagerCore], on: u8) -> SessionId {
         let c = &mut nodes[usize::from(on - 1)];
         let (mut copy, _) = c.create(T0).expect("id");
@@ -887,15 +903,7 @@ mod tests {
         copy.set("n", &1u8).expect("set");
         let id = copy.id().clone();
         let _ = donor.end_request(copy, true, T0);
-        let mut joiner = ManagerCore::new("/app", "n2", &cfg, SendOptions::SYNC_ACK);
-        joiner.started(m(2), Some(Duration::from_secs(1)), T0);
-        let donor_member = Member {
-            id: m(1),
-            name: "n1".into(),
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
-            domain: String::new(),
-        };
-        let ask = joiner.member_added(&donor_member, T0);
+        let (mut joiner, ask) = joiner_asking_member_one();
         let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
         // The donor changes the session before it lists the joiner: not sent to it.
         let mut c = donor.core().session(&id).cloned().expect("held");
@@ -947,16 +955,7 @@ mod tests {
         let mut nodes = cluster(ManagerKind::Delta, 1);
         let (copy, _) = nodes[0].create(T0).expect("id");
         let _ = nodes[0].end_request(copy, true, T0);
-        let cfg = ManagerConfig::default();
-        let mut joiner = ManagerCore::new("/app", "n2", &cfg, SendOptions::SYNC_ACK);
-        joiner.started(m(2), Some(Duration::from_secs(1)), T0);
-        let donor = Member {
-            id: m(1),
-            name: "n1".into(),
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
-            domain: String::new(),
-        };
-        let lost = joiner.member_added(&donor, T0);
+        let (mut joiner, lost) = joiner_asking_member_one();
         assert_eq!(lost.outs.len(), 1, "asked once");
         assert!(joiner.tick(T0 + TRANSFER_REASK_MS - 1).outs.is_empty());
         let again = joiner.tick(T0 + TRANSFER_REASK_MS);

@@ -4,8 +4,7 @@
 //! event.
 
 use super::*;
-use crate::sim::replay_tests::Trace;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use crate::sim::replay_tests::{run_hash, Trace};
 
 impl Cluster {
     /// `n` starts again under the same member id, with nothing in memory; every up member sees
@@ -69,15 +68,12 @@ pub(in crate::sim) fn trace(seed: u64) -> Trace {
     }
     c.heal(Some(ms(2)));
     c.settle();
-    let mut h = DefaultHasher::new();
-    h.write_u64(c.sim.trace_hash());
-    for n in c.sim.node_ids() {
-        for (life, e) in &c.sim.node(n).journal.events {
-            (n.0, life, format!("{e:?}")).hash(&mut h);
-        }
-    }
+    let events = c
+        .sim
+        .node_ids()
+        .map(|n| (n.0, c.sim.node(n).journal.events.as_slice()));
     Trace {
-        hash: h.finish(),
+        hash: run_hash(c.sim.trace_hash(), events),
         steps: c.sim.steps(),
         requests: c.counts.creates + c.counts.changes + c.counts.reads,
         change_ids: c.counts.change_ids,

@@ -5,6 +5,8 @@
 //! process it runs in.
 
 use super::{backup_tests, delta_tests, seeds};
+use crate::session::SessionEvent;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// What one run did, and the hash of all of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +16,22 @@ pub struct Trace {
     pub requests: u64,
     pub change_ids: u64,
     pub restarts: u64,
+}
+
+/// The hash of a run: the simulator's trace (every message and event it processed) and every
+/// node's listener events, with the node and its life.
+pub fn run_hash<'a>(
+    sim_trace: u64,
+    events: impl Iterator<Item = (usize, &'a [(u64, SessionEvent)])>,
+) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write_u64(sim_trace);
+    for (node, events) in events {
+        for (life, e) in events {
+            (node, life, format!("{e:?}")).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 fn replays(manager: &str, run: fn(u64) -> Trace) {
