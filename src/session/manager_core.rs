@@ -536,14 +536,7 @@ impl ManagerCore {
                 );
                 ready.outs.extend(self.core.end_fetch(&w.id));
             }
-            let s = self.served_copy(&w.id);
-            if s.is_none() {
-                info!(
-                    "Manager [{}]: session {} not found on any member; the request has none",
-                    self.context, w.id
-                );
-            }
-            ready.verdicts.push((token, s));
+            self.give_verdict(token, &w.id, &mut ready);
         }
         // Other requests for the same sessions see what the given-up fetches served.
         self.settle_waits(&mut ready);
@@ -651,16 +644,21 @@ impl ManagerCore {
             .collect();
         for token in done {
             if let Some(w) = self.waits.remove(&token) {
-                let s = self.served_copy(&w.id);
-                if s.is_none() {
-                    info!(
-                        "Manager [{}]: session {} not found on any member; the request has none",
-                        self.context, w.id
-                    );
-                }
-                ready.verdicts.push((token, s));
+                self.give_verdict(token, &w.id, ready);
             }
         }
+    }
+
+    /// The waiting request `token` gets the session as served here now, or none.
+    fn give_verdict(&self, token: Token, id: &SessionId, ready: &mut Ready) {
+        let s = self.served_copy(id);
+        if s.is_none() {
+            info!(
+                "Manager [{}]: session {id} not found on any member; the request has none",
+                self.context
+            );
+        }
+        ready.verdicts.push((token, s));
     }
 }
 
