@@ -26,17 +26,20 @@ pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
 };
-pub use config_file::{ConfigFileError, NodeConfig};
-pub use crypto::{ClusterKey, KeyError};
+pub use config_file::{ConfigFileError, ConfigFileErrorKind, NodeConfig};
+pub use crypto::{ClusterKey, CryptoError, KeyError};
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
 pub use interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, OutMessage, PeerEvent,
 };
 pub use member::{Member, MemberId};
 pub use options::SendOptions;
+#[allow(deprecated)]
+pub use session::Request;
 pub use session::{
-    BackupManager, ClusterManager, DeltaManager, Request, Session, SessionEvent, SessionId,
-    SessionListener, SessionMerger, SessionState,
+    BackupManager, ClusterManager, DeltaManager, ManagerError, Session, SessionError, SessionEvent,
+    SessionId, SessionIdError, SessionListener, SessionMerger, SessionRequest, SessionRequestError,
+    SessionState,
 };
 #[cfg(test)]
 mod sim;

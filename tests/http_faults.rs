@@ -5,7 +5,7 @@
 //! Each client thread is one user with its own cookie jar: it logs in once, then loops on
 //! `GET /app/counter`, which increments a counter in its session. A request answered 200 is
 //! *acknowledged*. With http_node's `--strict-replication` (the `strict` variants) a 200 means
-//! `Request::finish()` returned `Ok`: every member the serving node knew applied the change;
+//! `SessionRequest::finish()` returned `Ok`: every member the serving node knew applied the change;
 //! without it (Tomcat's `ReplicationValve` behaviour) the node answers 200 even when `finish()`
 //! reported members that did not apply it. A request that fails or times out is not acknowledged
 //! and may or may not have applied. The load balancer is a sticky one: each user has a home node

@@ -69,7 +69,7 @@ pub struct NodeOptions {
     /// When the process started: the first member seen is logged relative to it.
     pub started: Instant,
     /// A request that changed the session (login, counter) answers 503 instead of 200 when
-    /// its change was not applied by every member (`Request::finish` returned an error), so a
+    /// its change was not applied by every member (`SessionRequest::finish` returned an error), so a
     /// 200 means what synchronized ack promises. Off (Tomcat's `ReplicationValve`): the error
     /// is logged and the answer is 200.
     pub strict_replication: bool,
@@ -327,13 +327,13 @@ impl App {
         format!("JSESSIONID={id}; Path={}; HttpOnly", self.context)
     }
 
-    fn finish(&self, r: tribecast::session::Request) {
+    fn finish(&self, r: tribecast::SessionRequest) {
         let _ = self.finish_changed(r);
     }
 
     /// Ends a request that changed the session. `Some(503)` when the change was not applied by
     /// every member and `strict_replication` is on.
-    fn finish_changed(&self, r: tribecast::session::Request) -> Option<Response> {
+    fn finish_changed(&self, r: tribecast::SessionRequest) -> Option<Response> {
         let e = r.finish().err()?;
         warn!(
             "Node {}: session change not replicated everywhere: {e}",

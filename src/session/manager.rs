@@ -15,7 +15,7 @@ use super::config::ManagerConfig;
 use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere, Token};
-use super::model::Session;
+use super::model::{Session, SessionError};
 use super::outbound::Outbound;
 use super::outputs::{Dest, SessionEvent};
 use crate::error::{ChannelError, FaultyMember, SendFailure};
@@ -59,7 +59,89 @@ impl std::fmt::Display for ManagerError {
     }
 }
 
-impl std::error::Error for ManagerError {}
+impl std::error::Error for ManagerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ManagerError::Id(e) => Some(e),
+            ManagerError::Send(e) => Some(e),
+        }
+    }
+}
+
+/// Any error of a request's use of its session, so that `?` works in a handler that returns
+/// one error type: getting or creating the session ([`ManagerError`]), reading or changing an
+/// attribute ([`SessionError`]), and sending the request's changes ([`ChannelError`], from
+/// `finish`, `invalidate`).
+///
+/// ```no_run
+/// # use tribecast::{ClusterManager, SessionRequestError};
+/// # use std::sync::Arc;
+/// fn login(app: &Arc<ClusterManager>, cookie: Option<&str>) -> Result<Option<String>, SessionRequestError> {
+///     let mut req = app.request(cookie, "/app/login");
+///     req.session_or_create()?.set("user", "ann")?;
+///     req.change_id()?;
+///     let set_cookie = req.set_cookie();
+///     req.finish()?;
+///     Ok(set_cookie)
+/// }
+/// ```
+#[derive(Debug)]
+pub enum SessionRequestError {
+    /// A session id could not be made (no randomness) or is not valid.
+    Id(SessionIdError),
+    /// An attribute could not be stored or read, or the session was invalidated.
+    Attribute(SessionError),
+    /// The request's changes did not reach every member (or could not be sent at all); the
+    /// members that failed are named ([`ChannelError::faulty_members`]).
+    Send(ChannelError),
+}
+
+impl std::fmt::Display for SessionRequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRequestError::Id(e) => e.fmt(f),
+            SessionRequestError::Attribute(e) => e.fmt(f),
+            SessionRequestError::Send(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SessionRequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionRequestError::Id(e) => Some(e),
+            SessionRequestError::Attribute(e) => Some(e),
+            SessionRequestError::Send(e) => Some(e),
+        }
+    }
+}
+
+impl From<ManagerError> for SessionRequestError {
+    fn from(e: ManagerError) -> Self {
+        match e {
+            ManagerError::Id(e) => SessionRequestError::Id(e),
+            ManagerError::Send(e) => SessionRequestError::Send(e),
+        }
+    }
+}
+
+impl From<SessionError> for SessionRequestError {
+    fn from(e: SessionError) -> Self {
+        SessionRequestError::Attribute(e)
+    }
+}
+
+impl From<ChannelError> for SessionRequestError {
+    fn from(e: ChannelError) -> Self {
+        SessionRequestError::Send(e)
+    }
+}
+
+impl From<SessionIdError> for SessionRequestError {
+    fn from(e: SessionIdError) -> Self {
+        SessionRequestError::Id(e)
+    }
+}
 
 /// Counters of a manager.
 #[derive(Default, Debug)]
@@ -216,12 +298,12 @@ impl ClusterManager {
 
     /// Starts a request. `cookie` is the session id the client sent (`JSESSIONID`), if any;
     /// `uri` is checked against the valve filter.
-    pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> Request {
+    pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> SessionRequest {
         let replicate = !self.filter.as_ref().is_some_and(|f| f.is_match(uri));
         let copy = cookie
             .and_then(|c| SessionId::parse(c).ok())
             .and_then(|id| self.acquire(&id));
-        Request {
+        SessionRequest {
             mgr: self.clone(),
             copy,
             replicate,
@@ -425,14 +507,14 @@ impl ClusterManager {
 }
 
 /// One request's use of its session. Ends when `finish` is called or it is dropped.
-pub struct Request {
+pub struct SessionRequest {
     mgr: Arc<DeltaManager>,
     copy: Option<Session>,
     replicate: bool,
     done: bool,
 }
 
-impl Request {
+impl SessionRequest {
     /// The session the client's cookie named, if it exists here.
     pub fn session(&mut self) -> Option<&mut Session> {
         self.copy.as_mut()
@@ -516,7 +598,11 @@ impl Request {
     }
 }
 
-impl Drop for Request {
+/// The former name of [`SessionRequest`].
+#[deprecated(note = "renamed SessionRequest (it clashed with every server's Request)")]
+pub type Request = SessionRequest;
+
+impl Drop for SessionRequest {
     fn drop(&mut self) {
         if let Err(e) = self.end() {
             warn!(

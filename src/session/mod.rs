@@ -20,8 +20,11 @@ pub use config::{compile_filter, ManagerConfig, ManagerKind};
 pub use delta::{DeltaConfig, DeltaCore};
 pub use engine::Payload;
 pub use id::{IdSource, OsRandom, SessionId, SessionIdError};
+#[allow(deprecated)]
+pub use manager::Request;
 pub use manager::{
-    BackupManager, ClusterManager, DeltaManager, ManagerError, Request, SessionListener,
+    BackupManager, ClusterManager, DeltaManager, ManagerError, SessionListener, SessionRequest,
+    SessionRequestError,
 };
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
 pub use outputs::{AttributeChange, Dest, Out, SessionEvent};
