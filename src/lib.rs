@@ -21,7 +21,7 @@ pub mod transport;
 pub mod wire;
 
 pub use channel::{ChannelBuilder, ChannelListener, GroupChannel, MembershipListener};
-pub use cluster::{ClusterConfig, ManagerConfig, ManagerKind, SimpleTcpCluster};
+pub use cluster::{ClusterConfig, ManagerConfig, ManagerKind, RebindRoute, SimpleTcpCluster};
 pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
@@ -37,9 +37,9 @@ pub use options::SendOptions;
 #[allow(deprecated)]
 pub use session::Request;
 pub use session::{
-    BackupManager, ClusterManager, DeltaManager, ManagerError, Session, SessionError, SessionEvent,
-    SessionId, SessionIdError, SessionListener, SessionMerger, SessionRequest, SessionRequestError,
-    SessionState,
+    BackupManager, ClusterManager, CookieConfig, DeltaManager, ManagerError, SameSite, Session,
+    SessionError, SessionEvent, SessionId, SessionIdError, SessionListener, SessionMerger,
+    SessionRequest, SessionRequestError, SessionState,
 };
 #[cfg(test)]
 mod sim;

@@ -12,6 +12,7 @@
 //! returns once every member applied the change, or an error naming those that did not.
 
 use super::config::ManagerConfig;
+use super::cookie::{cookie_change, CookieChange, CookieConfig};
 use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere, Token};
@@ -185,6 +186,8 @@ pub struct ClusterManager {
     /// URIs whose requests are not replicated (the `ReplicationValve` filter).
     filter: Option<Regex>,
     listeners: RwLock<Vec<Arc<dyn SessionListener>>>,
+    /// The session cookie's policy.
+    cookie: CookieConfig,
     pub stats: ManagerStats,
 }
 
@@ -213,6 +216,7 @@ impl ClusterManager {
             outbound,
             filter,
             listeners: RwLock::new(Vec::new()),
+            cookie: cfg.cookie.clone(),
             stats: ManagerStats::default(),
         }
     }
@@ -296,18 +300,65 @@ impl ClusterManager {
         true
     }
 
-    /// Starts a request. `cookie` is the session id the client sent (`JSESSIONID`), if any;
+    /// Starts a request. `cookie` is the session id the client sent (`JSESSIONID`), if any
+    /// (from a `Cookie` header: [`session_id_from_cookie_header`](Self::session_id_from_cookie_header));
     /// `uri` is checked against the valve filter.
+    ///
+    /// A session whose id names another node's route is renamed to this node's route first,
+    /// as [`ManagerConfig::rebind_route`] says (Tomcat's `JvmRouteBinderValve`); the request's
+    /// [`set_cookie`](SessionRequest::set_cookie) then gives the client the new id.
     pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> SessionRequest {
         let replicate = !self.filter.as_ref().is_some_and(|f| f.is_match(uri));
-        let copy = cookie
+        let mut copy = cookie
             .and_then(|c| SessionId::parse(c).ok())
             .and_then(|id| self.acquire(&id));
+        if let Some(c) = copy.as_mut() {
+            self.rebind(c);
+        }
         SessionRequest {
             mgr: self.clone(),
+            sent: cookie.map(str::to_string),
             copy,
+            ended: false,
             replicate,
             done: false,
+        }
+    }
+
+    /// The session id in a `Cookie` request header, by the cookie policy's name
+    /// ([`CookieConfig::session_id_from_cookie_header`]).
+    pub fn session_id_from_cookie_header<'h>(&self, header: &'h str) -> Option<&'h str> {
+        self.cookie.session_id_from_cookie_header(header)
+    }
+
+    /// The session cookie's policy.
+    pub fn cookie_config(&self) -> &CookieConfig {
+        &self.cookie
+    }
+
+    /// Renames the request's session to this node's route if the core says so.
+    fn rebind(&self, copy: &mut Session) {
+        let (renamed, sent) = self.input(|c| match c.rebind_route(copy.id()) {
+            Ok(Some((new, ready))) => (Some(new), ready),
+            Ok(None) => (None, Ready::default()),
+            Err(e) => {
+                warn!(
+                    "Manager [{}]: session {} not rebound to this node's route: {e}",
+                    self.context,
+                    copy.id()
+                );
+                (None, Ready::default())
+            }
+        });
+        if let Some(new) = renamed {
+            copy.change_id(new);
+        }
+        if let Err(e) = sent {
+            warn!(
+                "Manager [{}]: rebinding session {} not told to every member: {e}",
+                self.context,
+                copy.id()
+            );
         }
     }
 
@@ -464,6 +515,9 @@ impl ClusterManager {
         let outbound = self.outbound.upgrade();
         let ((), sent) = self.input(|c| {
             let members = outbound.as_ref().map_or(members, |o| o.member_ids());
+            if let Some(o) = &outbound {
+                c.member_routes(o.member_routes());
+            }
             ((), c.members_changed(members, now_ms()))
         });
         if let Err(e) = sent {
@@ -509,7 +563,11 @@ impl ClusterManager {
 /// One request's use of its session. Ends when `finish` is called or it is dropped.
 pub struct SessionRequest {
     mgr: Arc<DeltaManager>,
+    /// The session id the client's cookie named, as sent.
+    sent: Option<String>,
     copy: Option<Session>,
+    /// The request ended its session (`invalidate`).
+    ended: bool,
     replicate: bool,
     done: bool,
 }
@@ -548,6 +606,7 @@ impl SessionRequest {
         let Some(copy) = self.copy.take() else {
             return Ok(());
         };
+        self.ended = true;
         self.mgr.input(|c| c.invalidate(copy.id())).1
     }
 
@@ -567,6 +626,23 @@ impl SessionRequest {
         copy.change_id(new.clone());
         sent.map_err(ManagerError::Send)?;
         Ok(Some(new))
+    }
+
+    /// The `Set-Cookie` header value the response needs, by the manager's cookie policy
+    /// ([`ManagerConfig::cookie`]), or `None` when the client's cookie is right: the new id for
+    /// a new session, a changed id (`change_id`) or a route rebound after failover; an expired
+    /// cookie (`Max-Age=0`) for a session the request ended (`invalidate`, on the request or on
+    /// its session). Call it after the handler's last change to the session and before
+    /// `finish` (which consumes the request); what `finish` does cannot change it.
+    pub fn set_cookie(&self) -> Option<String> {
+        let valid = self.copy.as_ref().filter(|c| c.is_valid());
+        let ended = self.ended || (self.copy.is_some() && valid.is_none());
+        let cookie = &self.mgr.cookie;
+        match cookie_change(self.sent.as_deref(), valid.map(Session::id), ended) {
+            CookieChange::Keep => None,
+            CookieChange::Set(id) => Some(cookie.set_cookie(&self.mgr.context, &id)),
+            CookieChange::Expire => Some(cookie.expire_cookie(&self.mgr.context)),
+        }
     }
 
     /// Ends the request: its changes go into the session and out to the members. A session

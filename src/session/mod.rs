@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub(crate) mod config;
+pub mod cookie;
 pub mod delta;
 pub(crate) mod engine;
 pub mod id;
@@ -16,7 +17,8 @@ mod prop_tests;
 pub mod reconcile;
 pub mod replica;
 
-pub use config::{compile_filter, ManagerConfig, ManagerKind};
+pub use config::{compile_filter, ManagerConfig, ManagerKind, RebindRoute};
+pub use cookie::{CookieConfig, SameSite};
 pub use delta::{DeltaConfig, DeltaCore};
 pub use engine::Payload;
 pub use id::{IdSource, OsRandom, SessionId, SessionIdError};
