@@ -60,6 +60,7 @@ struct Cookie {
 }
 
 /// A client with a cookie jar.
+#[derive(Clone)]
 pub struct Client {
     jar: Vec<Cookie>,
     pub timeout: Duration,
