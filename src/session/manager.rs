@@ -1,6 +1,6 @@
 //! The session manager of one application (Tomcat's `ClusterManager`: a `DeltaManager` or a
 //! `BackupManager`, chosen by `ManagerConfig::kind`, with the `ReplicationValve`'s request hook):
-//! the request API a synchronous server calls, over a pure core ([`DeltaCore`] or
+//! the request API a synchronous server calls, over a pure core ([`DeltaCore`](super::delta::DeltaCore) or
 //! [`BackupCore`](super::backup::BackupCore)).
 //!
 //! A request takes a working copy of its session; the application reads and changes it freely;
@@ -166,8 +166,8 @@ pub(crate) fn now_ms() -> u64 {
 /// The sessions of one distributable application, replicated by a DeltaManager or a
 /// BackupManager (Tomcat's `ClusterManager`).
 ///
-/// A thin shell over [`ManagerCore`], which makes every decision: each call locks the core,
-/// feeds it one input, takes the [`Ready`] batch, unlocks, and performs the batch in order.
+/// A thin shell over `ManagerCore`, which makes every decision: each call locks the core,
+/// feeds it one input, takes the `Ready` batch, unlocks, and performs the batch in order.
 pub struct ClusterManager {
     context: String,
     core: Mutex<ManagerCore>,
