@@ -11,7 +11,7 @@ use crate::interceptor::ChannelMessage;
 use crate::member::{Member, MemberId};
 use crate::metrics::{self, ManagerSnapshot};
 use crate::options::SendOptions;
-pub use crate::session::config::{compile_filter, ManagerConfig, ManagerKind};
+pub use crate::session::config::{compile_filter, ManagerConfig, ManagerKind, RebindRoute};
 use crate::session::engine::Payload;
 use crate::session::manager::ClusterManager;
 use crate::session::outbound::{decode_cluster_message, encode_cluster_message, Outbound};
@@ -68,6 +68,10 @@ const MAX_SENDERS: usize = 1024;
 impl Outbound for ClusterInner {
     fn member_ids(&self) -> Vec<MemberId> {
         self.channel.members().iter().map(|m| m.id).collect()
+    }
+
+    fn member_routes(&self) -> Vec<String> {
+        self.channel.members().into_iter().map(|m| m.name).collect()
     }
 
     fn send_all(
@@ -175,6 +179,7 @@ pub struct SimpleTcpCluster {
 impl SimpleTcpCluster {
     pub fn new(mut cfg: ClusterConfig) -> Result<SimpleTcpCluster, ChannelError> {
         let filter = compile_filter(&cfg.valve_filter)?;
+        cfg.manager.cookie.validate()?;
         if cfg.channel.local_name.is_empty() {
             cfg.channel.local_name = cfg.jvm_route.clone();
         }

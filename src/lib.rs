@@ -21,22 +21,25 @@ pub mod transport;
 pub mod wire;
 
 pub use channel::{ChannelBuilder, ChannelListener, GroupChannel, MembershipListener};
-pub use cluster::{ClusterConfig, ManagerConfig, ManagerKind, SimpleTcpCluster};
+pub use cluster::{ClusterConfig, ManagerConfig, ManagerKind, RebindRoute, SimpleTcpCluster};
 pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
 };
-pub use config_file::{ConfigFileError, NodeConfig};
-pub use crypto::{ClusterKey, KeyError};
+pub use config_file::{ConfigFileError, ConfigFileErrorKind, NodeConfig};
+pub use crypto::{ClusterKey, CryptoError, KeyError};
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
 pub use interceptor::{
     ChannelInterceptor, ChannelMessage, MessageDispatchInterceptor, OutMessage, PeerEvent,
 };
 pub use member::{Member, MemberId};
 pub use options::SendOptions;
+#[allow(deprecated)]
+pub use session::Request;
 pub use session::{
-    BackupManager, ClusterManager, DeltaManager, Request, Session, SessionEvent, SessionId,
-    SessionListener, SessionMerger, SessionState,
+    BackupManager, ClusterManager, CookieConfig, DeltaManager, ManagerError, SameSite, Session,
+    SessionError, SessionEvent, SessionId, SessionIdError, SessionListener, SessionMerger,
+    SessionRequest, SessionRequestError, SessionState,
 };
 #[cfg(test)]
 mod sim;

@@ -136,6 +136,9 @@ fn the_backup_takes_over_when_the_primary_stops() {
         restored,
         "backup count not restored: (running, holds) per node {seen:?}"
     );
+    // The client follows the cookie: the first request renames the session to the serving
+    // node's route (node 1's is gone: RebindRoute::WhenRouteGone).
+    let mut id = id;
     for n in &nodes[1..] {
         let mut req = n
             .manager("/app")
@@ -148,6 +151,9 @@ fn the_backup_takes_over_when_the_primary_stops() {
                 .unwrap(),
             Some(42)
         );
+        if let Some(new) = req.session_id().filter(|_| req.set_cookie().is_some()) {
+            id = new.to_string();
+        }
         req.finish().unwrap();
     }
 }

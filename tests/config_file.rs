@@ -1070,3 +1070,62 @@ fn the_cluster_key_comes_from_a_file_or_the_environment_and_is_never_shown() {
     check(zero, Kind::Invalid, "cluster.channel.replay_window_ms", 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The session cookie (Tomcat's `Context` attributes, in `[context]`) and route rebinding
+/// (`JvmRouteBinderValve`, `[cluster.manager] rebind_route`); a cookie that cannot be written and
+/// an unknown policy are errors naming their key.
+#[test]
+fn cookie_policy_and_route_rebinding_from_a_file() {
+    use tribecast::{RebindRoute, SameSite};
+    let n = NodeConfig::from_toml_str(
+        r#"
+[context]
+path = "/shop"
+session_cookie_name = "SID"
+session_cookie_path = "/"
+session_cookie_domain = "example.com"
+use_http_only = true
+session_cookie_secure = true
+same_site_cookies = "strict"
+
+[cluster.manager]
+rebind_route = "always"
+"#,
+    )
+    .expect("loads");
+    let c = &n.cluster.manager.cookie;
+    assert_eq!(c.name, "SID");
+    assert_eq!(c.path.as_deref(), Some("/"));
+    assert_eq!(c.domain.as_deref(), Some("example.com"));
+    assert!(c.http_only && c.secure);
+    assert_eq!(c.same_site, SameSite::Strict);
+    assert_eq!(n.cluster.manager.rebind_route, RebindRoute::Always);
+    let defaults = NodeConfig::from_toml_str("").expect("empty");
+    assert_eq!(
+        defaults.cluster.manager.rebind_route,
+        RebindRoute::WhenRouteGone
+    );
+    assert_eq!(defaults.cluster.manager.cookie.same_site, SameSite::Lax);
+    for (text, key) in [
+        (
+            "[context]\nsame_site_cookies = \"sometimes\"\n",
+            "same_site_cookies",
+        ),
+        (
+            "[context]\nsame_site_cookies = \"none\"\n",
+            "same_site_cookies",
+        ),
+        (
+            "[context]\nsession_cookie_name = \"a b\"\n",
+            "session_cookie_name",
+        ),
+        (
+            "[cluster.manager]\nrebind_route = \"maybe\"\n",
+            "rebind_route",
+        ),
+    ] {
+        let e = NodeConfig::from_toml_str(text).expect_err(text);
+        assert_eq!(e.kind, Kind::BadValue, "{e}");
+        assert!(e.to_string().contains(key), "{text}: {e}");
+    }
+}

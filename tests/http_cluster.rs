@@ -258,7 +258,10 @@ fn scenario(manager: &str) {
         .expect("login");
     assert_eq!(login.status, 200, "{login:?}");
     let set_cookie = login.header("set-cookie").expect("Set-Cookie").to_string();
-    assert!(set_cookie.contains("; Path=/app; HttpOnly"), "{set_cookie}");
+    assert!(
+        set_cookie.ends_with("; Path=/app; HttpOnly; SameSite=Lax"),
+        "{set_cookie}"
+    );
     let id = browser
         .cookie("JSESSIONID")
         .expect("cookie stored")
@@ -322,14 +325,34 @@ fn scenario(manager: &str) {
 
     // 3. SIGKILL node 1: no goodbye, no final replication.
     nodes[0].kill();
+    // A balancer's health check (and the next request) finds node 3 without node 1.
+    let ok = wait_until(LIMIT, || {
+        !get(&mut Client::new(), &nodes[2], "/app/health")
+            .body
+            .contains("\"name\":\"node1\"")
+    });
+    assert!(ok, "node 3 never dropped the killed node 1");
 
-    // 4. Node 3 still has the login and the counter.
+    // 4. Node 3 still has the login and the counter, and rebinds the session to its own
+    // route (Tomcat's JvmRouteBinderValve): the same random part, `.node3`, in the cookie.
     let profile = get_until(&mut browser, &nodes[2], "/app/profile", 200);
     assert!(
         profile.body.contains("\"username\":\"admin\""),
         "{}",
         profile.body
     );
+    let set_cookie = profile
+        .header("set-cookie")
+        .expect("the rebound id is sent")
+        .to_string();
+    let rebound = format!("{}.node3", &id[..32]);
+    assert!(
+        set_cookie.starts_with(&format!(
+            "JSESSIONID={rebound}; Path=/app; HttpOnly; SameSite=Lax"
+        )),
+        "{set_cookie}"
+    );
+    assert_eq!(browser.cookie("JSESSIONID"), Some(rebound.as_str()));
     let r = get(&mut browser, &nodes[2], "/app/counter");
     assert_eq!(
         json_number(&r.body, "counter"),
@@ -337,10 +360,19 @@ fn scenario(manager: &str) {
         "counter survives: {}",
         r.body
     );
+    assert!(r.header("set-cookie").is_none(), "the cookie is right now");
+    // Later reads on node 3 are served from its own copy: nothing sent (no fetch).
+    let sent =
+        |c: &mut Client| json_number(&get(c, &nodes[2], "/app/health").body, "messages_sent");
+    let before = sent(&mut Client::new());
+    for _ in 0..3 {
+        let r = get(&mut browser, &nodes[2], "/app/counter?peek");
+        assert_eq!(json_number(&r.body, "counter"), 4, "{}", r.body);
+    }
     assert_eq!(
-        browser.cookie("JSESSIONID"),
-        Some(id.as_str()),
-        "same session"
+        sent(&mut Client::new()),
+        before,
+        "reads on node 3 sent messages"
     );
     // And node 2, after it (once the change reached it, with asynchronous replication).
     let ok = wait_until(LIMIT, || {
@@ -415,12 +447,20 @@ fn logout_ends_the_session_everywhere(manager: &str) {
     assert_eq!(login.status, 200, "{login:?}");
     get_until(&mut browser, &nodes[1], "/app/profile", 200);
     settle(&nodes, manager);
+    // Someone who kept the cookie (a copy of the browser from before the logout).
+    let mut kept = browser.clone();
     let out = browser
         .post_form(nodes[1].http, "/app/logout", &[])
         .expect("logout");
     assert_eq!(out.status, 200, "{out:?}");
+    let set_cookie = out.header("set-cookie").expect("the cookie is expired");
+    assert!(
+        set_cookie.starts_with("JSESSIONID=; Path=/app; Max-Age=0;"),
+        "{set_cookie}"
+    );
+    assert_eq!(browser.cookie("JSESSIONID"), None, "the browser dropped it");
     for n in &nodes {
-        get_until(&mut browser, n, "/app/profile", 401);
+        get_until(&mut kept, n, "/app/profile", 401);
     }
 }
 

@@ -5,7 +5,7 @@
 //! Each client thread is one user with its own cookie jar: it logs in once, then loops on
 //! `GET /app/counter`, which increments a counter in its session. A request answered 200 is
 //! *acknowledged*. With http_node's `--strict-replication` (the `strict` variants) a 200 means
-//! `Request::finish()` returned `Ok`: every member the serving node knew applied the change;
+//! `SessionRequest::finish()` returned `Ok`: every member the serving node knew applied the change;
 //! without it (Tomcat's `ReplicationValve` behaviour) the node answers 200 even when `finish()`
 //! reported members that did not apply it. A request that fails or times out is not acknowledged
 //! and may or may not have applied. The load balancer is a sticky one: each user has a home node
@@ -252,6 +252,13 @@ fn json_string<'a>(json: &'a str, key: &str) -> Option<&'a str> {
 // ---------------------------------------------------------------------------------------------
 // The load balancer and the users
 
+/// Whether two session ids name the same session: the same random part, whatever the route
+/// (a session rebound to another node's route after a failover keeps its random part).
+fn same_session(a: &str, b: &str) -> bool {
+    let random = |s: &str| s.split_once('.').map_or(s, |(r, _)| r).to_string();
+    random(a) == random(b)
+}
+
 /// Which nodes take requests: a sticky load balancer's view.
 struct Router {
     http: Vec<SocketAddr>,
@@ -352,6 +359,11 @@ fn user_loop(
             Ok(r) if r.status == 200 => {
                 let n = json_number(&r.body, "counter").expect("counter in the answer");
                 let session = json_string(&r.body, "session").unwrap_or("");
+                if session != rep.session && same_session(session, &rep.session) {
+                    // Rebound to the serving node's route after its node left (the
+                    // JvmRouteBinderValve's change of id): the same session, a new cookie.
+                    rep.session = session.to_string();
+                }
                 if session != rep.session {
                     // The node made a new session: the user's was not there. The jar now holds
                     // the new cookie, so this user's figures end here.
@@ -602,7 +614,8 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
         rep.final_node = node.name.clone();
         let peek = c.get(node.http, "/app/counter?peek");
         rep.final_counter = peek.ok().and_then(|r| {
-            let same = json_string(&r.body, "session") == Some(rep.session.as_str());
+            let same =
+                json_string(&r.body, "session").is_some_and(|s| same_session(s, &rep.session));
             json_number(&r.body, "counter").filter(|_| r.status == 200 && same)
         });
         rep.final_profile = c.get(node.http, "/app/profile").ok().map(|r| {

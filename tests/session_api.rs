@@ -5,7 +5,10 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use tribecast::{ClusterConfig, ManagerConfig, ManagerKind, SimpleTcpCluster};
+use tribecast::{
+    ClusterConfig, CookieConfig, ManagerConfig, ManagerKind, RebindRoute, SameSite,
+    SessionRequestError, SimpleTcpCluster,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -71,4 +74,287 @@ fn delta_manager_logout_by_session_invalidate_ends_it_on_every_node() {
 #[test]
 fn backup_manager_logout_by_session_invalidate_ends_it_on_every_node() {
     logout_by_session_invalidate_ends_it_everywhere(ManagerKind::Backup);
+}
+
+/// What a browser keeps of a `Set-Cookie`: the session id, or `None` for an expired cookie.
+fn cookie_value(set_cookie: &str) -> Option<String> {
+    let (pair, attrs) = set_cookie.split_once(';').unwrap_or((set_cookie, ""));
+    let (name, value) = pair.split_once('=').expect("name=value");
+    assert_eq!(name, "JSESSIONID");
+    if attrs.contains("Max-Age=0") {
+        assert!(
+            value.is_empty(),
+            "an expired cookie has no value: {set_cookie}"
+        );
+        None
+    } else {
+        Some(value.to_string())
+    }
+}
+
+/// Every `Set-Cookie` a response needs, decided by the request and written by the policy: a new
+/// session, none for the same session, a change of id at login, an expired cookie at logout
+/// (`session.invalidate()` and `SessionRequest::invalidate`), and the attributes as configured.
+fn set_cookie_cases(kind: ManagerKind) {
+    init_logs();
+    let nodes = cluster_of(kind);
+    let app = |i: usize| nodes[i].manager("/app").expect("app");
+    // A new session.
+    let mut req = app(0).request(None, "/app/login");
+    req.session_or_create()
+        .expect("session")
+        .set("user", &"ann")
+        .expect("set");
+    let id = req.session_id().expect("id").to_string();
+    let set = req.set_cookie().expect("a new session sets the cookie");
+    assert_eq!(
+        set,
+        format!("JSESSIONID={id}; Path=/app; HttpOnly; SameSite=Lax")
+    );
+    req.finish().expect("finish");
+    // The cookie read back from a Cookie header; the same session needs no Set-Cookie.
+    let header = format!("theme=dark; JSESSIONID={id}");
+    let sent = app(0).session_id_from_cookie_header(&header);
+    assert_eq!(sent, Some(id.as_str()));
+    let req = app(0).request(sent, "/app/profile");
+    assert_eq!(req.set_cookie(), None, "nothing changed");
+    req.finish().expect("finish");
+    // A change of id (login): the new id.
+    let mut req = app(0).request(Some(&id), "/app/login");
+    let new = req.change_id().expect("changed").expect("a session");
+    assert_eq!(
+        cookie_value(&req.set_cookie().expect("new id")),
+        Some(new.to_string())
+    );
+    req.finish().expect("finish");
+    let id = new.to_string();
+    // A cookie for no session here, and none made: nothing to send.
+    let other = "0123456789ABCDEF0123456789ABCDEF.server9";
+    let req = app(0).request(Some(other), "/app/profile");
+    assert_eq!(req.set_cookie(), None);
+    drop(req);
+    // Logout the Servlet way: the cookie expires.
+    let mut req = app(0).request(Some(&id), "/app/logout");
+    req.session().expect("logged in").invalidate();
+    let set = req.set_cookie().expect("the cookie expires");
+    assert_eq!(
+        set,
+        "JSESSIONID=; Path=/app; Max-Age=0; HttpOnly; SameSite=Lax; \
+         Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+    );
+    req.finish().expect("finish");
+    // Logout by the request, and a session made and ended in one request.
+    let mut req = app(0).request(None, "/app/login");
+    req.session_or_create().expect("session");
+    let id = req.session_id().expect("id").to_string();
+    req.finish().expect("finish");
+    let mut req = app(0).request(Some(&id), "/app/logout");
+    req.invalidate().expect("ended everywhere");
+    assert_eq!(req.set_cookie().and_then(|s| cookie_value(&s)), None);
+    assert!(req.set_cookie().is_some(), "an expired cookie is sent");
+    let mut req = app(0).request(None, "/app/login");
+    req.session_or_create().expect("session").invalidate();
+    assert_eq!(req.set_cookie(), None, "no cookie was sent, none to remove");
+}
+
+#[test]
+fn delta_manager_set_cookie_for_each_case() {
+    set_cookie_cases(ManagerKind::Delta);
+}
+
+#[test]
+fn backup_manager_set_cookie_for_each_case() {
+    set_cookie_cases(ManagerKind::Backup);
+}
+
+/// The cookie as configured: Secure, SameSite=Strict, Max-Age, Domain, Path, another name.
+#[test]
+fn set_cookie_follows_the_configured_policy() {
+    init_logs();
+    let manager = ManagerConfig {
+        cookie: CookieConfig {
+            name: "SID".into(),
+            path: Some("/".into()),
+            domain: Some("example.com".into()),
+            secure: true,
+            same_site: SameSite::Strict,
+            max_age: Some(Duration::from_secs(1800)),
+            ..CookieConfig::default()
+        },
+        ..ManagerConfig::default()
+    };
+    let node = cluster_node(
+        "server1",
+        &[],
+        &ClusterConfig {
+            manager,
+            ..ClusterConfig::default()
+        },
+    );
+    let app = node.manager("/app").expect("app");
+    let mut req = app.request(None, "/app/login");
+    req.session_or_create().expect("session");
+    let id = req.session_id().expect("id").to_string();
+    assert_eq!(
+        req.set_cookie().expect("new"),
+        format!(
+            "SID={id}; Path=/; Domain=example.com; Max-Age=1800; Secure; HttpOnly; SameSite=Strict"
+        )
+    );
+    req.finish().expect("finish");
+    assert_eq!(
+        app.session_id_from_cookie_header(&format!("JSESSIONID=x; SID={id}")),
+        Some(id.as_str())
+    );
+    // A cookie that cannot be written is refused when the cluster is made.
+    let bad = ClusterConfig {
+        manager: ManagerConfig {
+            cookie: CookieConfig {
+                same_site: SameSite::None,
+                ..CookieConfig::default()
+            },
+            ..ManagerConfig::default()
+        },
+        ..ClusterConfig::default()
+    };
+    let err = SimpleTcpCluster::new(bad).err().expect("refused");
+    assert!(err.to_string().contains("SameSite=None"), "{err}");
+}
+
+/// Tomcat's JvmRouteBinderValve: node 1 stops, the user's next request goes to node 3 with
+/// `id.server1`; node 3 renames the session `id.server3` (the same random part), the response's
+/// cookie carries it, the session keeps its data, the old id is refused everywhere, and later
+/// requests on node 3 are served from node 3's own copy (no fetch, nothing sent for a read).
+fn rebinds_the_route_after_a_failover(kind: ManagerKind) {
+    init_logs();
+    let nodes = cluster_of(kind);
+    let app = |i: usize| nodes[i].manager("/app").expect("app");
+    let mut req = app(0).request(None, "/app/login");
+    req.session_or_create()
+        .expect("session")
+        .set("user", &"ann")
+        .expect("set");
+    let id = req.session_id().expect("id").to_string();
+    assert!(id.ends_with(".server1"), "{id}");
+    req.finish().expect("login replicated");
+    wait_for("node 3 serves the login", LIMIT, || served(&nodes, 2, &id));
+    // While node 1 lives, a request on node 3 keeps the id (WhenRouteGone, the default).
+    let req = app(2).request(Some(&id), "/app/profile");
+    assert_eq!(req.set_cookie(), None, "node 1 is alive: no rebind");
+    req.finish().expect("finish");
+    let gone = nodes[0].channel().local_member().map(|m| m.id);
+    nodes[0].stop();
+    wait_for("the others see node 1 go", LIMIT, || {
+        nodes[1..]
+            .iter()
+            .all(|n| n.channel().members().iter().all(|m| Some(m.id) != gone))
+    });
+    let mut req = app(2).request(Some(&id), "/app/profile");
+    let s = req.session().expect("node 3 serves the session");
+    assert_eq!(
+        s.get::<String>("user").expect("get").as_deref(),
+        Some("ann")
+    );
+    s.set("seen", &1u8).expect("set");
+    let set = req.set_cookie().expect("the rebound id is sent");
+    let new = cookie_value(&set).expect("an id");
+    assert_eq!(new, format!("{}.server3", &id[..32]), "{set}");
+    assert_eq!(req.session_id().map(|s| s.to_string()), Some(new.clone()));
+    req.finish().expect("replicated");
+    // The old id is gone everywhere; the new one is served with its data on both live nodes.
+    for i in 1..3 {
+        wait_for(&format!("node {} drops the old id", i + 1), LIMIT, || {
+            app(i).find(&id).is_none()
+        });
+    }
+    assert!(!served(&nodes, 2, &id), "the old id is refused on node 3");
+    // Later requests on node 3: served from its own copy, nothing sent for a read.
+    let sent_before = app(2).stats().messages_sent;
+    for _ in 0..3 {
+        let req = app(2).request(Some(&new), "/app/profile");
+        assert_eq!(req.set_cookie(), None, "the cookie is right now");
+        req.finish().expect("finish");
+    }
+    let mut req = app(2).request(Some(&new), "/app/profile");
+    let s = req.session().expect("served on node 3");
+    assert_eq!(
+        s.get::<String>("user").expect("get").as_deref(),
+        Some("ann")
+    );
+    assert_eq!(s.get::<u8>("seen").expect("get"), Some(1));
+    drop(req);
+    assert_eq!(
+        app(2).stats().messages_sent,
+        sent_before,
+        "no fetch (or anything else) for reads on the node that serves the session"
+    );
+    // Node 2 serves it too (a delta copy, or fetched from node 3) under the new id.
+    wait_for("node 2 serves the new id", LIMIT, || {
+        served(&nodes, 1, &new)
+    });
+}
+
+#[test]
+fn delta_manager_rebinds_the_route_after_node_1_stops() {
+    rebinds_the_route_after_a_failover(ManagerKind::Delta);
+}
+
+#[test]
+fn backup_manager_rebinds_the_route_after_node_1_stops() {
+    rebinds_the_route_after_a_failover(ManagerKind::Backup);
+}
+
+/// `RebindRoute::Never` (Tomcat without the valve) keeps the dead node's route.
+#[test]
+fn with_rebind_never_the_id_keeps_its_route() {
+    init_logs();
+    let manager = ManagerConfig {
+        rebind_route: RebindRoute::Never,
+        ..ManagerConfig::default()
+    };
+    let nodes = cluster_nodes(
+        2,
+        &ClusterConfig {
+            manager,
+            ..ClusterConfig::default()
+        },
+    );
+    let app = |i: usize| nodes[i].manager("/app").expect("app");
+    let mut req = app(0).request(None, "/app/login");
+    req.session_or_create().expect("session");
+    let id = req.session_id().expect("id").to_string();
+    req.finish().expect("finish");
+    wait_for("node 2 has it", LIMIT, || app(1).find(&id).is_some());
+    nodes[0].stop();
+    wait_for("node 2 sees node 1 go", LIMIT, || {
+        nodes[1].channel().members().is_empty()
+    });
+    let req = app(1).request(Some(&id), "/app/profile");
+    assert_eq!(req.session_id().map(|s| s.to_string()), Some(id));
+    assert_eq!(req.set_cookie(), None);
+}
+
+/// One error type for a handler: `?` on the manager's, the attribute's and the send's errors.
+#[test]
+fn one_error_type_serves_a_handler() {
+    fn handler(
+        app: &std::sync::Arc<tribecast::ClusterManager>,
+    ) -> Result<Option<String>, SessionRequestError> {
+        let mut req = app.request(None, "/app/login");
+        req.session_or_create()?.set("user", "ann")?;
+        req.change_id()?;
+        let cookie = req.set_cookie();
+        req.finish()?;
+        Ok(cookie)
+    }
+    init_logs();
+    let node = cluster_node("server1", &[], &ClusterConfig::default());
+    let app = node.manager("/app").expect("app");
+    assert!(handler(&app).expect("ok").is_some());
+    let mut req = app.request(None, "/app/x");
+    let s = req.session_or_create().expect("session");
+    s.invalidate();
+    let err: SessionRequestError = s.set("k", &1u8).expect_err("ended").into();
+    assert!(matches!(err, SessionRequestError::Attribute(_)), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
 }

@@ -69,7 +69,7 @@ pub struct NodeOptions {
     /// When the process started: the first member seen is logged relative to it.
     pub started: Instant,
     /// A request that changed the session (login, counter) answers 503 instead of 200 when
-    /// its change was not applied by every member (`Request::finish` returned an error), so a
+    /// its change was not applied by every member (`SessionRequest::finish` returned an error), so a
     /// 200 means what synchronized ack promises. Off (Tomcat's `ReplicationValve`): the error
     /// is logged and the answer is 200.
     pub strict_replication: bool,
@@ -322,18 +322,37 @@ impl App {
         req.path.clone()
     }
 
-    fn set_cookie(&self, id: &tribecast::SessionId) -> String {
-        // The id's Display carries the `.jvmRoute` suffix, as Tomcat's does.
-        format!("JSESSIONID={id}; Path={}; HttpOnly", self.context)
+    /// The session a request names: the library reads it from the `Cookie` headers by the
+    /// manager's cookie policy (`JSESSIONID` by default).
+    fn session_cookie<'r>(&self, req: &'r Request) -> Option<&'r str> {
+        req.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .find_map(|(_, v)| self.mgr.session_id_from_cookie_header(v))
     }
 
-    fn finish(&self, r: tribecast::session::Request) {
+    /// A session request for `req`: a session whose node is gone is rebound to this node's
+    /// route here (the library's `rebind_route`, `WhenRouteGone` by default).
+    fn begin(&self, req: &Request) -> tribecast::SessionRequest {
+        self.mgr.request(self.session_cookie(req), &self.uri(req))
+    }
+
+    /// `resp` with the `Set-Cookie` the request decided (new session, changed id, rebound
+    /// route, ended session), written by the library's cookie policy.
+    fn with_cookie(resp: Response, set_cookie: Option<String>) -> Response {
+        match set_cookie {
+            Some(c) => resp.with_header("Set-Cookie", c),
+            None => resp,
+        }
+    }
+
+    fn finish(&self, r: tribecast::SessionRequest) {
         let _ = self.finish_changed(r);
     }
 
     /// Ends a request that changed the session. `Some(503)` when the change was not applied by
     /// every member and `strict_replication` is on.
-    fn finish_changed(&self, r: tribecast::session::Request) -> Option<Response> {
+    fn finish_changed(&self, r: tribecast::SessionRequest) -> Option<Response> {
         let e = r.finish().err()?;
         warn!(
             "Node {}: session change not replicated everywhere: {e}",
@@ -375,7 +394,7 @@ impl App {
             role: role.to_string(),
             login_time_ms: now_ms(),
         };
-        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+        let mut r = self.begin(req);
         // An existing session gets a new id at login (session fixation protection).
         let had_session = r.session().is_some();
         if had_session {
@@ -391,35 +410,39 @@ impl App {
             return error_json(500, &e.to_string());
         }
         session.set_principal(Some(user), Some("FORM"));
-        let id = session.id().clone();
+        let cookie = r.set_cookie();
         if let Some(refused) = self.finish_changed(r) {
             return refused;
         }
-        Response::json(200, record.to_json()).with_header("Set-Cookie", self.set_cookie(&id))
+        Self::with_cookie(Response::json(200, record.to_json()), cookie)
     }
 
     fn logout(&self, req: &Request) -> Response {
-        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
-        // The Servlet way: the session ends on every member when the request ends.
+        let mut r = self.begin(req);
+        // The Servlet way: the session ends on every member when the request ends, and the
+        // response expires the cookie.
         if let Some(session) = r.session() {
             session.invalidate();
         }
+        let cookie = r.set_cookie();
         if let Some(refused) = self.finish_changed(r) {
             return refused;
         }
-        Response::json(200, r#"{"logged_out":true}"#)
+        Self::with_cookie(Response::json(200, r#"{"logged_out":true}"#), cookie)
     }
 
     fn profile(&self, req: &Request) -> Response {
-        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+        let mut r = self.begin(req);
         let user = r
             .session()
             .and_then(|s| s.get::<User>("user").ok().flatten());
+        let cookie = r.set_cookie();
         self.finish(r);
-        match user {
+        let resp = match user {
             Some(u) => Response::json(200, u.to_json()),
             None => error_json(401, "not logged in"),
-        }
+        };
+        Self::with_cookie(resp, cookie)
     }
 
     /// Increments the session's counter (`?peek` reads it without a change).
@@ -427,15 +450,14 @@ impl App {
         let peek = http::parse_form(&req.query)
             .iter()
             .any(|(k, _)| k == "peek");
-        let mut r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
-        let (n, id, created) = if peek {
+        let mut r = self.begin(req);
+        let (n, id) = if peek {
             let n = r
                 .session()
                 .and_then(|s| s.get::<u64>("counter").ok().flatten())
                 .unwrap_or(0);
-            (n, r.session_id().cloned(), false)
+            (n, r.session_id().cloned())
         } else {
-            let created = r.session().is_none();
             let s = match r.session_or_create() {
                 Ok(s) => s,
                 Err(e) => return error_json(500, &format!("no session: {e}")),
@@ -444,8 +466,9 @@ impl App {
             if let Err(e) = s.set("counter", &n) {
                 return error_json(500, &e.to_string());
             }
-            (n, Some(s.id().clone()), created)
+            (n, Some(s.id().clone()))
         };
+        let cookie = r.set_cookie();
         if peek {
             self.finish(r);
         } else if let Some(refused) = self.finish_changed(r) {
@@ -457,11 +480,7 @@ impl App {
             id.as_ref()
                 .map_or("null".to_string(), |i| json_str(i.as_str()))
         );
-        let resp = Response::json(200, body);
-        match id {
-            Some(id) if created => resp.with_header("Set-Cookie", self.set_cookie(&id)),
-            _ => resp,
-        }
+        Self::with_cookie(Response::json(200, body), cookie)
     }
 
     fn health(&self) -> Response {
@@ -514,11 +533,13 @@ impl App {
             Some(b) => b,
             None => return error_json(404, "not found"),
         };
-        if req.cookie("JSESSIONID").is_some() {
-            let r = self.mgr.request(req.cookie("JSESSIONID"), &self.uri(req));
+        let mut cookie = None;
+        if self.session_cookie(req).is_some() {
+            let r = self.begin(req);
+            cookie = r.set_cookie();
             self.finish(r);
         }
-        Response::new(200, content_type(name), body)
+        Self::with_cookie(Response::new(200, content_type(name), body), cookie)
     }
 }
 

@@ -60,6 +60,7 @@ struct Cookie {
 }
 
 /// A client with a cookie jar.
+#[derive(Clone)]
 pub struct Client {
     jar: Vec<Cookie>,
     pub timeout: Duration,
@@ -146,6 +147,16 @@ impl Client {
             .find(|(k, _)| k.eq_ignore_ascii_case("path"))
             .map_or("/".to_string(), |(_, p)| p.to_string());
         self.jar.retain(|c| !(c.name == name && c.path == path));
+        // `Max-Age=0` (or less) removes the cookie, as a browser does.
+        let expired = set_cookie
+            .split(';')
+            .filter_map(|a| a.trim().split_once('='))
+            .any(|(k, v)| {
+                k.eq_ignore_ascii_case("max-age") && v.trim().parse::<i64>().is_ok_and(|n| n <= 0)
+            });
+        if expired {
+            return;
+        }
         self.jar.push(Cookie {
             name: name.to_string(),
             value: value.to_string(),

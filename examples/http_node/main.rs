@@ -9,6 +9,9 @@
 //! `--member ADDR` (repeat; replaces the file's static members), `--no-members` (none of the
 //! file's static members: a first node on OS-chosen ports), `--multicast` (discover members
 //! by multicast: only inside a private network namespace), `--manager delta|backup`,
+//! `--rebind-route never|when_route_gone|always` (Tomcat's JvmRouteBinderValve: a session whose
+//! node is gone is renamed to this node's route and the new cookie sent; `when_route_gone` by
+//! default),
 //! `--cluster-key-file FILE` (authenticate and encrypt all cluster traffic with this key; see
 //! docs/SECURITY.md),
 //! `--send-options OPTS` (how session changes are sent: `channel_send_options` for the
@@ -32,7 +35,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use tribecast::{ClusterConfig, ManagerKind, McastConfig, NodeConfig, SendOptions, StaticMember};
+use tribecast::{
+    ClusterConfig, ManagerKind, McastConfig, NodeConfig, RebindRoute, SendOptions, StaticMember,
+};
 
 struct Args {
     config: Option<PathBuf>,
@@ -43,6 +48,7 @@ struct Args {
     no_members: bool,
     multicast: bool,
     manager: Option<ManagerKind>,
+    rebind_route: Option<RebindRoute>,
     cluster_key_file: Option<PathBuf>,
     send_options: Option<SendOptions>,
     strict_replication: bool,
@@ -55,7 +61,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: http_node [--config FILE] [--name NAME] [--http ADDR] [--receiver ADDR] \
-[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--cluster-key-file FILE] [--send-options OPTS] [--strict-replication] [--static DIR] [--http-threads N] \
+[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--rebind-route never|when_route_gone|always] [--cluster-key-file FILE] [--send-options OPTS] [--strict-replication] [--static DIR] [--http-threads N] \
 [--preload N] [--preload-size BYTES] [--stop-on-stdin-eof]";
 
 fn parse_args() -> Result<Args, String> {
@@ -68,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         no_members: false,
         multicast: false,
         manager: None,
+        rebind_route: None,
         cluster_key_file: None,
         send_options: None,
         strict_replication: false,
@@ -99,6 +106,18 @@ fn parse_args() -> Result<Args, String> {
                     "delta" => ManagerKind::Delta,
                     "backup" => ManagerKind::Backup,
                     m => return Err(format!("--manager {m}: delta or backup")),
+                })
+            }
+            "--rebind-route" => {
+                a.rebind_route = Some(match value()?.as_str() {
+                    "never" => RebindRoute::Never,
+                    "when_route_gone" => RebindRoute::WhenRouteGone,
+                    "always" => RebindRoute::Always,
+                    r => {
+                        return Err(format!(
+                            "--rebind-route {r}: never, when_route_gone or always"
+                        ))
+                    }
                 })
             }
             "--send-options" => {
@@ -164,6 +183,9 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
     }
     if let Some(kind) = a.manager {
         cluster.manager.kind = kind;
+    }
+    if let Some(r) = a.rebind_route {
+        cluster.manager.rebind_route = r;
     }
     if let Some(path) = &a.cluster_key_file {
         let key = tribecast::ClusterKey::from_file(path)

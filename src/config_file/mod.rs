@@ -12,7 +12,7 @@ mod convert;
 
 pub use convert::{convert_server_xml, Conversion};
 
-use crate::cluster::{compile_filter, ClusterConfig, ManagerKind};
+use crate::cluster::{compile_filter, ClusterConfig, ManagerKind, RebindRoute};
 use crate::config::{QueueFullPolicy, StaticMember};
 use crate::member::MemberId;
 use crate::options::SendOptions;
@@ -588,7 +588,19 @@ impl<'s> Walker<'s> {
         }
         if let Some((p, t)) = self.table(top, "context")? {
             let c = Tbl { path: &p, t };
-            self.only(c, &["path"])?;
+            self.only(
+                c,
+                &[
+                    "path",
+                    "session_cookie_name",
+                    "session_cookie_path",
+                    "session_cookie_domain",
+                    "use_http_only",
+                    "session_cookie_secure",
+                    "same_site_cookies",
+                ],
+            )?;
+            self.cookie(c, &mut node.cluster.manager.cookie)?;
             if let Some((s, path, span)) = self.string(c, "path", "")? {
                 if !s.starts_with('/') || s.chars().any(char::is_whitespace) {
                     return Err(self.err(
@@ -693,8 +705,27 @@ impl<'s> Walker<'s> {
                 "send_all_sessions_size",
                 "expire_sessions_on_shutdown",
                 "notify_listeners_on_replication",
+                "rebind_route",
             ],
         )?;
+        if let Some((s, path, span)) = self.string(m, "rebind_route", "")? {
+            cfg.manager.rebind_route = match s.to_ascii_lowercase().as_str() {
+                "never" => RebindRoute::Never,
+                "when_route_gone" => RebindRoute::WhenRouteGone,
+                "always" => RebindRoute::Always,
+                _ => {
+                    return Err(self.err(
+                        Kind::BadValue,
+                        path,
+                        Some(span),
+                        format!(
+                            "expected \"never\", \"when_route_gone\" or \"always\", got \"{}\"",
+                            s.escape_debug()
+                        ),
+                    ))
+                }
+            };
+        }
         let mc = &mut cfg.manager;
         if let Some(k) = self.class_is(m, &["DeltaManager", "BackupManager"])? {
             mc.kind = if k == "BackupManager" {
@@ -729,6 +760,63 @@ impl<'s> Walker<'s> {
         }
         if let Some(b) = self.boolean(m, "notify_listeners_on_replication")? {
             mc.notify_listeners_on_replication = b;
+        }
+        Ok(())
+    }
+
+    /// The session cookie's keys of `[context]` (Tomcat's `Context` attributes), checked as
+    /// `CookieConfig::validate` checks them.
+    fn cookie(
+        &mut self,
+        c: Tbl<'_, '_>,
+        cookie: &mut crate::session::CookieConfig,
+    ) -> Result<(), ConfigFileError> {
+        use crate::session::SameSite;
+        let mut last = None;
+        if let Some((s, path, span)) = self.string(c, "session_cookie_name", "")? {
+            cookie.name = s;
+            last = Some((path, span));
+        }
+        if let Some((s, path, span)) = self.string(c, "session_cookie_path", "")? {
+            cookie.path = Some(s);
+            last = Some((path, span));
+        }
+        if let Some((s, path, span)) = self.string(c, "session_cookie_domain", "")? {
+            cookie.domain = Some(s);
+            last = Some((path, span));
+        }
+        if let Some(b) = self.boolean(c, "use_http_only")? {
+            cookie.http_only = b;
+        }
+        if let Some(b) = self.boolean(c, "session_cookie_secure")? {
+            cookie.secure = b;
+        }
+        if let Some((s, path, span)) = self.string(c, "same_site_cookies", "")? {
+            cookie.same_site = match s.to_ascii_lowercase().as_str() {
+                "unset" => SameSite::Unset,
+                "none" => SameSite::None,
+                "lax" => SameSite::Lax,
+                "strict" => SameSite::Strict,
+                _ => {
+                    return Err(self.err(
+                        Kind::BadValue,
+                        path,
+                        Some(span),
+                        format!(
+                            "expected \"unset\", \"none\", \"lax\" or \"strict\", got \"{}\"",
+                            s.escape_debug()
+                        ),
+                    ))
+                }
+            };
+            last = Some((path, span));
+        }
+        if let Err(e) = cookie.validate() {
+            let (path, span) = last
+                .map_or((join(c.path, "session_cookie_name"), None), |(p, s)| {
+                    (p, Some(s))
+                });
+            return Err(self.err(Kind::BadValue, path, span, e.reason));
         }
         Ok(())
     }

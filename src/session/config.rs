@@ -3,6 +3,7 @@
 //! URIs whose requests are not replicated. The cluster's `ClusterConfig` holds them (and
 //! re-exports them, as the crate root does).
 
+use super::cookie::CookieConfig;
 use crate::error::ConfigError;
 use crate::options::SendOptions;
 use regex::Regex;
@@ -16,6 +17,21 @@ pub enum ManagerKind {
     /// One primary and `backups` backups per session (Tomcat's `BackupManager`): the cost of a
     /// change does not grow with the cluster.
     Backup,
+}
+
+/// When a request for a session whose id names another node's route renames the session to
+/// this node's route (Tomcat's `JvmRouteBinderValve`): the same random part, this node's
+/// jvmRoute, through a change of id replicated like any other, and a new cookie in the response,
+/// so that a sticky load balancer sends the user to the node that now serves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebindRoute {
+    /// Never: the id keeps the route it was made with (Tomcat without the valve).
+    Never,
+    /// When the route is not the name of a current member (its node failed or stopped): the
+    /// default. A request the balancer sent elsewhere while the node lives keeps its id.
+    WhenRouteGone,
+    /// Whenever the route is not this node's (Tomcat's `JvmRouteBinderValve` as installed).
+    Always,
 }
 
 /// Settings of the session managers (Tomcat's `<Manager>` attributes).
@@ -47,6 +63,14 @@ pub struct ManagerConfig {
     /// Tell the application's listeners about changes made on other members
     /// (`notifyListenersOnReplication`, true).
     pub notify_listeners_on_replication: bool,
+    /// Rename a session whose id names another node's route, after a failover (Tomcat:
+    /// `JvmRouteBinderValve`, with `enabled`). Default `WhenRouteGone`. The member name must
+    /// be the node's jvmRoute (`ClusterConfig::jvm_route`, the default name) for
+    /// `WhenRouteGone` to see that a route's node is alive.
+    pub rebind_route: RebindRoute,
+    /// The session cookie (Tomcat: the `Context`'s `sessionCookieName`, `sessionCookiePath`,
+    /// `useHttpOnly`, ...; `sameSiteCookies`).
+    pub cookie: CookieConfig,
 }
 
 impl Default for ManagerConfig {
@@ -62,6 +86,8 @@ impl Default for ManagerConfig {
             send_all_sessions_size: 1000,
             expire_sessions_on_shutdown: false,
             notify_listeners_on_replication: true,
+            rebind_route: RebindRoute::WhenRouteGone,
+            cookie: CookieConfig::default(),
         }
     }
 }

@@ -451,6 +451,32 @@ impl DeltaCore {
             return Ok((old.clone(), Vec::new(), Vec::new()));
         }
         let new = SessionId::generate_from(&self.route, self.ids.as_mut())?;
+        Ok(self
+            .change_id_to(old, new)
+            .unwrap_or_else(|| (old.clone(), Vec::new(), Vec::new())))
+    }
+
+    /// This node's route (the suffix of the ids it makes).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Whether `id` names a session here, or one that ended or was renamed here: a rename to
+    /// it would be refused (or lost) by the members that remember it.
+    pub fn id_known(&self, id: &SessionId) -> bool {
+        self.store.get(id).is_some() || self.store.tombstone(id).is_some()
+    }
+
+    /// Gives session `old` the id `new`, everywhere, as a change of id does (a rebound route
+    /// keeps the random part). `None` when `old` is not here or `new` is known here.
+    pub fn change_id_to(
+        &mut self,
+        old: &SessionId,
+        new: SessionId,
+    ) -> Option<(SessionId, Vec<Out>, Vec<SessionEvent>)> {
+        if self.session(old).is_none() || self.id_known(&new) {
+            return None;
+        }
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
         self.store.rename(old, &new);
         if let Some(m) = self.meta.remove(old) {
@@ -462,9 +488,9 @@ impl DeltaCore {
         }];
         if self.unannounced.remove(old) {
             self.unannounced.insert(new.clone());
-            return Ok((new, Vec::new(), ev));
+            return Some((new, Vec::new(), ev));
         }
-        Ok((
+        Some((
             new.clone(),
             vec![Out {
                 dest: Dest::All,

@@ -132,6 +132,39 @@ impl Core {
         }
     }
 
+    /// Gives the session the id `new` (see [`DeltaCore::change_id_to`]); `None` when it is
+    /// not served here or `new` is known here.
+    pub fn change_id_to(&mut self, old: &SessionId, new: SessionId) -> Option<Renamed> {
+        match self {
+            Core::Delta(c) => c
+                .change_id_to(old, new)
+                .map(|(new, o, e)| (new, wrap(o, Payload::Delta), e)),
+            Core::Backup(c) => c.change_id_to(old, new).map(|(new, o)| {
+                let e = vec![SessionEvent::IdChanged {
+                    old: old.clone(),
+                    new: new.clone(),
+                }];
+                (new, wrap(o, Payload::Backup), e)
+            }),
+        }
+    }
+
+    /// This node's route (the suffix of the ids it makes; empty for none).
+    pub fn route(&self) -> &str {
+        match self {
+            Core::Delta(c) => c.route(),
+            Core::Backup(c) => c.route(),
+        }
+    }
+
+    /// Whether `id` names a session here, or one that ended or was renamed here.
+    pub fn id_known(&self, id: &SessionId) -> bool {
+        match self {
+            Core::Delta(c) => c.id_known(id),
+            Core::Backup(c) => c.id_known(id),
+        }
+    }
+
     pub fn expire(&mut self, now_ms: u64) -> (Vec<POut>, Vec<SessionEvent>) {
         match self {
             Core::Delta(c) => {

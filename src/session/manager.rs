@@ -1,6 +1,6 @@
 //! The session manager of one application (Tomcat's `ClusterManager`: a `DeltaManager` or a
 //! `BackupManager`, chosen by `ManagerConfig::kind`, with the `ReplicationValve`'s request hook):
-//! the request API a synchronous server calls, over a pure core ([`DeltaCore`] or
+//! the request API a synchronous server calls, over a pure core ([`DeltaCore`](super::delta::DeltaCore) or
 //! [`BackupCore`](super::backup::BackupCore)).
 //!
 //! A request takes a working copy of its session; the application reads and changes it freely;
@@ -12,10 +12,11 @@
 //! returns once every member applied the change, or an error naming those that did not.
 
 use super::config::ManagerConfig;
+use super::cookie::{cookie_change, CookieChange, CookieConfig};
 use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere, Token};
-use super::model::Session;
+use super::model::{Session, SessionError};
 use super::outbound::Outbound;
 use super::outputs::{Dest, SessionEvent};
 use crate::error::{ChannelError, FaultyMember, SendFailure};
@@ -59,7 +60,89 @@ impl std::fmt::Display for ManagerError {
     }
 }
 
-impl std::error::Error for ManagerError {}
+impl std::error::Error for ManagerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ManagerError::Id(e) => Some(e),
+            ManagerError::Send(e) => Some(e),
+        }
+    }
+}
+
+/// Any error of a request's use of its session, so that `?` works in a handler that returns
+/// one error type: getting or creating the session ([`ManagerError`]), reading or changing an
+/// attribute ([`SessionError`]), and sending the request's changes ([`ChannelError`], from
+/// `finish`, `invalidate`).
+///
+/// ```no_run
+/// # use tribecast::{ClusterManager, SessionRequestError};
+/// # use std::sync::Arc;
+/// fn login(app: &Arc<ClusterManager>, cookie: Option<&str>) -> Result<Option<String>, SessionRequestError> {
+///     let mut req = app.request(cookie, "/app/login");
+///     req.session_or_create()?.set("user", "ann")?;
+///     req.change_id()?;
+///     let set_cookie = req.set_cookie();
+///     req.finish()?;
+///     Ok(set_cookie)
+/// }
+/// ```
+#[derive(Debug)]
+pub enum SessionRequestError {
+    /// A session id could not be made (no randomness) or is not valid.
+    Id(SessionIdError),
+    /// An attribute could not be stored or read, or the session was invalidated.
+    Attribute(SessionError),
+    /// The request's changes did not reach every member (or could not be sent at all); the
+    /// members that failed are named ([`ChannelError::faulty_members`]).
+    Send(ChannelError),
+}
+
+impl std::fmt::Display for SessionRequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRequestError::Id(e) => e.fmt(f),
+            SessionRequestError::Attribute(e) => e.fmt(f),
+            SessionRequestError::Send(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SessionRequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionRequestError::Id(e) => Some(e),
+            SessionRequestError::Attribute(e) => Some(e),
+            SessionRequestError::Send(e) => Some(e),
+        }
+    }
+}
+
+impl From<ManagerError> for SessionRequestError {
+    fn from(e: ManagerError) -> Self {
+        match e {
+            ManagerError::Id(e) => SessionRequestError::Id(e),
+            ManagerError::Send(e) => SessionRequestError::Send(e),
+        }
+    }
+}
+
+impl From<SessionError> for SessionRequestError {
+    fn from(e: SessionError) -> Self {
+        SessionRequestError::Attribute(e)
+    }
+}
+
+impl From<ChannelError> for SessionRequestError {
+    fn from(e: ChannelError) -> Self {
+        SessionRequestError::Send(e)
+    }
+}
+
+impl From<SessionIdError> for SessionRequestError {
+    fn from(e: SessionIdError) -> Self {
+        SessionRequestError::Id(e)
+    }
+}
 
 /// Counters of a manager.
 #[derive(Default, Debug)]
@@ -83,8 +166,8 @@ pub(crate) fn now_ms() -> u64 {
 /// The sessions of one distributable application, replicated by a DeltaManager or a
 /// BackupManager (Tomcat's `ClusterManager`).
 ///
-/// A thin shell over [`ManagerCore`], which makes every decision: each call locks the core,
-/// feeds it one input, takes the [`Ready`] batch, unlocks, and performs the batch in order.
+/// A thin shell over `ManagerCore`, which makes every decision: each call locks the core,
+/// feeds it one input, takes the `Ready` batch, unlocks, and performs the batch in order.
 pub struct ClusterManager {
     context: String,
     core: Mutex<ManagerCore>,
@@ -103,6 +186,8 @@ pub struct ClusterManager {
     /// URIs whose requests are not replicated (the `ReplicationValve` filter).
     filter: Option<Regex>,
     listeners: RwLock<Vec<Arc<dyn SessionListener>>>,
+    /// The session cookie's policy.
+    cookie: CookieConfig,
     pub stats: ManagerStats,
 }
 
@@ -131,6 +216,7 @@ impl ClusterManager {
             outbound,
             filter,
             listeners: RwLock::new(Vec::new()),
+            cookie: cfg.cookie.clone(),
             stats: ManagerStats::default(),
         }
     }
@@ -214,18 +300,65 @@ impl ClusterManager {
         true
     }
 
-    /// Starts a request. `cookie` is the session id the client sent (`JSESSIONID`), if any;
+    /// Starts a request. `cookie` is the session id the client sent (`JSESSIONID`), if any
+    /// (from a `Cookie` header: [`session_id_from_cookie_header`](Self::session_id_from_cookie_header));
     /// `uri` is checked against the valve filter.
-    pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> Request {
+    ///
+    /// A session whose id names another node's route is renamed to this node's route first,
+    /// as [`ManagerConfig::rebind_route`] says (Tomcat's `JvmRouteBinderValve`); the request's
+    /// [`set_cookie`](SessionRequest::set_cookie) then gives the client the new id.
+    pub fn request(self: &Arc<Self>, cookie: Option<&str>, uri: &str) -> SessionRequest {
         let replicate = !self.filter.as_ref().is_some_and(|f| f.is_match(uri));
-        let copy = cookie
+        let mut copy = cookie
             .and_then(|c| SessionId::parse(c).ok())
             .and_then(|id| self.acquire(&id));
-        Request {
+        if let Some(c) = copy.as_mut() {
+            self.rebind(c);
+        }
+        SessionRequest {
             mgr: self.clone(),
+            sent: cookie.map(str::to_string),
             copy,
+            ended: false,
             replicate,
             done: false,
+        }
+    }
+
+    /// The session id in a `Cookie` request header, by the cookie policy's name
+    /// ([`CookieConfig::session_id_from_cookie_header`]).
+    pub fn session_id_from_cookie_header<'h>(&self, header: &'h str) -> Option<&'h str> {
+        self.cookie.session_id_from_cookie_header(header)
+    }
+
+    /// The session cookie's policy.
+    pub fn cookie_config(&self) -> &CookieConfig {
+        &self.cookie
+    }
+
+    /// Renames the request's session to this node's route if the core says so.
+    fn rebind(&self, copy: &mut Session) {
+        let (renamed, sent) = self.input(|c| match c.rebind_route(copy.id()) {
+            Ok(Some((new, ready))) => (Some(new), ready),
+            Ok(None) => (None, Ready::default()),
+            Err(e) => {
+                warn!(
+                    "Manager [{}]: session {} not rebound to this node's route: {e}",
+                    self.context,
+                    copy.id()
+                );
+                (None, Ready::default())
+            }
+        });
+        if let Some(new) = renamed {
+            copy.change_id(new);
+        }
+        if let Err(e) = sent {
+            warn!(
+                "Manager [{}]: rebinding session {} not told to every member: {e}",
+                self.context,
+                copy.id()
+            );
         }
     }
 
@@ -382,6 +515,9 @@ impl ClusterManager {
         let outbound = self.outbound.upgrade();
         let ((), sent) = self.input(|c| {
             let members = outbound.as_ref().map_or(members, |o| o.member_ids());
+            if let Some(o) = &outbound {
+                c.member_routes(o.member_routes());
+            }
             ((), c.members_changed(members, now_ms()))
         });
         if let Err(e) = sent {
@@ -425,14 +561,18 @@ impl ClusterManager {
 }
 
 /// One request's use of its session. Ends when `finish` is called or it is dropped.
-pub struct Request {
+pub struct SessionRequest {
     mgr: Arc<DeltaManager>,
+    /// The session id the client's cookie named, as sent.
+    sent: Option<String>,
     copy: Option<Session>,
+    /// The request ended its session (`invalidate`).
+    ended: bool,
     replicate: bool,
     done: bool,
 }
 
-impl Request {
+impl SessionRequest {
     /// The session the client's cookie named, if it exists here.
     pub fn session(&mut self) -> Option<&mut Session> {
         self.copy.as_mut()
@@ -466,6 +606,7 @@ impl Request {
         let Some(copy) = self.copy.take() else {
             return Ok(());
         };
+        self.ended = true;
         self.mgr.input(|c| c.invalidate(copy.id())).1
     }
 
@@ -485,6 +626,23 @@ impl Request {
         copy.change_id(new.clone());
         sent.map_err(ManagerError::Send)?;
         Ok(Some(new))
+    }
+
+    /// The `Set-Cookie` header value the response needs, by the manager's cookie policy
+    /// ([`ManagerConfig::cookie`]), or `None` when the client's cookie is right: the new id for
+    /// a new session, a changed id (`change_id`) or a route rebound after failover; an expired
+    /// cookie (`Max-Age=0`) for a session the request ended (`invalidate`, on the request or on
+    /// its session). Call it after the handler's last change to the session and before
+    /// `finish` (which consumes the request); what `finish` does cannot change it.
+    pub fn set_cookie(&self) -> Option<String> {
+        let valid = self.copy.as_ref().filter(|c| c.is_valid());
+        let ended = self.ended || (self.copy.is_some() && valid.is_none());
+        let cookie = &self.mgr.cookie;
+        match cookie_change(self.sent.as_deref(), valid.map(Session::id), ended) {
+            CookieChange::Keep => None,
+            CookieChange::Set(id) => Some(cookie.set_cookie(&self.mgr.context, &id)),
+            CookieChange::Expire => Some(cookie.expire_cookie(&self.mgr.context)),
+        }
     }
 
     /// Ends the request: its changes go into the session and out to the members. A session
@@ -516,7 +674,11 @@ impl Request {
     }
 }
 
-impl Drop for Request {
+/// The former name of [`SessionRequest`].
+#[deprecated(note = "renamed SessionRequest (it clashed with every server's Request)")]
+pub type Request = SessionRequest;
+
+impl Drop for SessionRequest {
     fn drop(&mut self) {
         if let Err(e) = self.end() {
             warn!(

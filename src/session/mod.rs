@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub(crate) mod config;
+pub mod cookie;
 pub mod delta;
 pub(crate) mod engine;
 pub mod id;
@@ -16,12 +17,16 @@ mod prop_tests;
 pub mod reconcile;
 pub mod replica;
 
-pub use config::{compile_filter, ManagerConfig, ManagerKind};
+pub use config::{compile_filter, ManagerConfig, ManagerKind, RebindRoute};
+pub use cookie::{CookieConfig, SameSite};
 pub use delta::{DeltaConfig, DeltaCore};
 pub use engine::Payload;
 pub use id::{IdSource, OsRandom, SessionId, SessionIdError};
+#[allow(deprecated)]
+pub use manager::Request;
 pub use manager::{
-    BackupManager, ClusterManager, DeltaManager, ManagerError, Request, SessionListener,
+    BackupManager, ClusterManager, DeltaManager, ManagerError, SessionListener, SessionRequest,
+    SessionRequestError,
 };
 pub use model::{Applied, DeltaOp, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
 pub use outputs::{AttributeChange, Dest, Out, SessionEvent};

@@ -295,7 +295,7 @@ impl Session {
     }
 
     /// Ends the session: every later use fails with `Invalidated`. On a request's session
-    /// (`Request::session`) the session ends on every member when the request ends (`finish` or
+    /// (`SessionRequest::session`) the session ends on every member when the request ends (`finish` or
     /// drop), as `HttpSession.invalidate()` does in a Tomcat cluster.
     pub fn invalidate(&mut self) {
         self.valid = false;

@@ -33,6 +33,9 @@ pub(crate) trait Outbound: Send + Sync {
 
     /// The ids of the current members (other than this node).
     fn member_ids(&self) -> Vec<MemberId>;
+
+    /// The names (jvmRoutes) of the current members (other than this node).
+    fn member_routes(&self) -> Vec<String>;
 }
 
 /// A session message on the wire, as decoded: which application it is for, and what.

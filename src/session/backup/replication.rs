@@ -136,9 +136,31 @@ impl BackupCore {
             return Ok(None);
         }
         let new = SessionId::generate_from(&self.route, self.ids.as_mut())?;
-        let Some(mut e) = self.entries.remove(old) else {
-            return Ok(None);
-        };
+        Ok(self.change_id_to(old, new))
+    }
+
+    /// This node's route (the suffix of the ids it makes).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Whether `id` names a session held here, or one that ended or was renamed here.
+    pub fn id_known(&self, id: &SessionId) -> bool {
+        self.entries.contains_key(id) || self.is_ended(id)
+    }
+
+    /// Gives a session served here the id `new` (a rebound route keeps the random part), as
+    /// [`change_id`](Self::change_id) does. `None` when it is not served here or `new` is
+    /// known here.
+    pub fn change_id_to(
+        &mut self,
+        old: &SessionId,
+        new: SessionId,
+    ) -> Option<(SessionId, Vec<Out>)> {
+        if !self.is_primary(old) || self.id_known(&new) {
+            return None;
+        }
+        let mut e = self.entries.remove(old)?;
         self.bury(old, Tomb::Renamed);
         e.session.change_id(new.clone());
         let holders = self.holders_of(&e);
@@ -163,7 +185,7 @@ impl BackupCore {
         }
         self.entries.insert(new.clone(), e);
         outs.extend(self.finish_handover(&new));
-        Ok(Some((new, outs)))
+        Some((new, outs))
     }
 
     /// The reaper: sessions served here expire at their max inactive interval and their holders
