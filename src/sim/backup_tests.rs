@@ -63,6 +63,10 @@ fn jitter() -> Faults {
 #[path = "replay_backup.rs"]
 pub(super) mod replay;
 
+/// Kill -9 and restart of a random member in a loop, with sticky users.
+#[path = "faults_backup.rs"]
+mod faults;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }

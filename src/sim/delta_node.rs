@@ -303,6 +303,9 @@ pub struct DeltaNode {
     /// Print every message applied ([`TRACE_ENV`]).
     trace: bool,
     pub journal: Journal,
+    /// Request numbers of the tracked sends made since the test last emptied it (a request's
+    /// ticket: the user's answer waits for them).
+    pub ticket: Vec<u64>,
 }
 
 /// The message's kind, for counters.
@@ -374,7 +377,18 @@ impl DeltaNode {
             next_token: HELD_BASE,
             trace: std::env::var_os(TRACE_ENV).is_some(),
             journal: Journal::default(),
+            ticket: Vec::new(),
         }
+    }
+
+    /// Whether every send of `ticket` is settled (acknowledged or failed).
+    pub fn settled(&self, ticket: &[u64]) -> bool {
+        ticket.iter().all(|r| !self.acks.waiting.contains_key(r))
+    }
+
+    /// Whether a send of `ticket` failed (a member refused it).
+    pub fn failed(&self, ticket: &[u64]) -> bool {
+        ticket.iter().any(|r| self.acks.has_failed(*r))
     }
 
     /// The other members, as this node sees them.
@@ -520,6 +534,7 @@ impl DeltaNode {
         let members = self.view().iter().map(|n| sim_member(*n).id).collect();
         let ready = self.mgr.members_changed(members, now_ms(ctx));
         self.perform(ready, false, ctx);
+        self.acks.forget_outside(&self.view());
         self.settle_waiting(ctx.now());
     }
 
@@ -576,6 +591,9 @@ impl DeltaNode {
                         Some(change) => self.acks.track(change, targets.clone(), false),
                         None => 0,
                     };
+                    if req > 0 {
+                        self.ticket.push(req);
+                    }
                     let body = encode_body(&Wire::Msg { req, msg: out.msg });
                     for t in targets {
                         self.send_body(t, &body, ctx);

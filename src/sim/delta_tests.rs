@@ -67,6 +67,10 @@ fn jitter() -> Faults {
 #[path = "replay_delta.rs"]
 pub(super) mod replay;
 
+/// Kill -9 and restart of a random member in a loop, with sticky users.
+#[path = "faults_delta.rs"]
+mod faults;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }
