@@ -750,6 +750,36 @@ fn survey(seeds: u64, quiet: bool) -> (Figures, Vec<(u64, String)>) {
     (total, failing)
 }
 
+/// The control run, as `tests/http_faults.rs` has one: the same users, routing, checks and
+/// convergence for 80 ms of virtual time without a fault, 100 seeds. Nothing may fail: no
+/// request refused or failed, no session or acknowledged change lost.
+#[test]
+fn control_without_faults_loses_nothing() {
+    let mut total = Figures::default();
+    for_each_seed(100, |seed| {
+        let mut r = Run::new(seed, members(seed), 4, false);
+        r.kills_left = 0;
+        r.drive(ms(80));
+        r.quiesce();
+        r.assert_converged();
+        if !r.errors.is_empty() || r.f.failed + r.f.refused > 0 {
+            r.c.sim.fail(format_args!(
+                "control run: {:?}; {}",
+                r.f,
+                r.errors[..r.errors.len().min(6)].join("\n  ")
+            ));
+        }
+        total.add(&r.f);
+    });
+    eprintln!("DeltaManager control, no faults: {total:?}");
+    if !replaying() {
+        assert!(
+            total.acked_changes > 5_000 && total.sessions > 300,
+            "{total:?}"
+        );
+    }
+}
+
 /// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
 /// moment (requests in flight included).
 #[test]
