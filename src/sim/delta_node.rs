@@ -386,6 +386,14 @@ impl DeltaNode {
         ticket.iter().all(|r| !self.acks.waiting.contains_key(r))
     }
 
+    /// What the send `req` still waits for (for failure messages).
+    pub fn pending_of(&self, req: u64) -> Option<String> {
+        self.acks
+            .waiting
+            .get(&req)
+            .map(|w| format!("{:?}: acks from {:?}", w.change, w.pending))
+    }
+
     /// Whether a send of `ticket` failed (a member refused it).
     pub fn failed(&self, ticket: &[u64]) -> bool {
         ticket.iter().any(|r| self.acks.has_failed(*r))
@@ -528,8 +536,8 @@ impl DeltaNode {
     }
 
     /// The test changed this node's view (a member joined or left), as the membership layer
-    /// tells the manager: new members get this node's digest; changes waiting only for members
-    /// that left are now acknowledged.
+    /// tells the manager: new members get this node's digest; acks are no longer awaited from
+    /// members that left, and changes that waited only for them are now acknowledged.
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
         let members = self.view().iter().map(|n| sim_member(*n).id).collect();
         let ready = self.mgr.members_changed(members, now_ms(ctx));

@@ -617,7 +617,27 @@ impl Run {
         let deadline = self.c.sim.now() + secs(10);
         while self.users.iter().any(|u| u.waiting.is_some()) {
             if self.c.sim.now() > deadline {
-                self.c.sim.fail("a request never got its answer");
+                let stuck: Vec<String> = self
+                    .users
+                    .iter()
+                    .filter_map(|u| u.waiting.as_ref())
+                    .map(|w| {
+                        let node = self.c.sim.node(w.node);
+                        let pending: Vec<String> = w
+                            .ticket
+                            .iter()
+                            .filter_map(|r| node.pending_of(*r))
+                            .collect();
+                        format!(
+                            "{:?} on {} (life {}) waits for {pending:?}",
+                            w.did, w.node, w.life
+                        )
+                    })
+                    .collect();
+                self.c.sim.fail(format_args!(
+                    "a request never got its answer: {stuck:?}; views {:?}",
+                    self.c.world.borrow().views
+                ));
             }
             let t = self.c.sim.now() + us(50);
             self.c.sim.run_until(t, |_| false);
