@@ -530,6 +530,11 @@ impl BackupNode {
         ticket.iter().all(|r| !self.acks.waiting.contains_key(r))
     }
 
+    /// Whether a send of `ticket` failed (refused, or a member left before acking).
+    pub fn failed(&self, ticket: &[u64]) -> bool {
+        ticket.iter().any(|r| self.acks.has_failed(*r))
+    }
+
     /// Tracked sends still waiting for acks.
     pub fn unsettled(&self) -> usize {
         self.acks.waiting.len()

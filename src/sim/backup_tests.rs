@@ -66,6 +66,10 @@ pub(super) mod replay;
 #[path = "lanes_backup.rs"]
 mod lanes;
 
+/// Kill -9 and restart of a random member in a loop, with sticky users.
+#[path = "faults_backup.rs"]
+mod faults;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }

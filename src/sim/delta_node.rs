@@ -312,6 +312,9 @@ pub struct DeltaNode {
     /// Print every message applied ([`TRACE_ENV`]).
     trace: bool,
     pub journal: Journal,
+    /// Request numbers of the tracked sends made since the test last emptied it (a request's
+    /// ticket: the user's answer waits for them).
+    pub ticket: Vec<u64>,
 }
 
 /// The message's kind, for counters.
@@ -385,7 +388,26 @@ impl DeltaNode {
             next_token: HELD_BASE,
             trace: std::env::var_os(TRACE_ENV).is_some(),
             journal: Journal::default(),
+            ticket: Vec::new(),
         }
+    }
+
+    /// Whether every send of `ticket` is settled (acknowledged or failed).
+    pub fn settled(&self, ticket: &[u64]) -> bool {
+        ticket.iter().all(|r| !self.acks.waiting.contains_key(r))
+    }
+
+    /// What the send `req` still waits for (for failure messages).
+    pub fn pending_of(&self, req: u64) -> Option<String> {
+        self.acks
+            .waiting
+            .get(&req)
+            .map(|w| format!("{:?}: acks from {:?}", w.change, w.pending))
+    }
+
+    /// Whether a send of `ticket` failed (a member refused it).
+    pub fn failed(&self, ticket: &[u64]) -> bool {
+        ticket.iter().any(|r| self.acks.has_failed(*r))
     }
 
     /// The other members, as this node sees them.
@@ -529,12 +551,13 @@ impl DeltaNode {
     }
 
     /// The test changed this node's view (a member joined or left), as the membership layer
-    /// tells the manager: new members get this node's digest; changes waiting only for members
-    /// that left are now acknowledged.
+    /// tells the manager: new members get this node's digest; acks are no longer awaited from
+    /// members that left, and changes that waited only for them are now acknowledged.
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
         let members = self.view().iter().map(|n| sim_member(*n).id).collect();
         let ready = self.mgr.members_changed(members, now_ms(ctx));
         self.perform(ready, false, ctx);
+        self.acks.forget_outside(&self.view());
         self.settle_waiting(ctx.now());
     }
 
@@ -591,6 +614,9 @@ impl DeltaNode {
                         Some(change) => self.acks.track(change, targets.clone(), false),
                         None => 0,
                     };
+                    if req > 0 {
+                        self.ticket.push(req);
+                    }
                     let body = encode_body(&Wire::Msg { req, msg: out.msg });
                     for t in targets {
                         self.frames.send_on(self.id, t, lane, &body, ctx);

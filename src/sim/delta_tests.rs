@@ -70,6 +70,10 @@ pub(super) mod replay;
 #[path = "lanes_delta.rs"]
 mod lanes;
 
+/// Kill -9 and restart of a random member in a loop, with sticky users.
+#[path = "faults_delta.rs"]
+mod faults;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }

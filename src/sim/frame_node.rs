@@ -174,6 +174,8 @@ pub struct Acks<C> {
     next_req: u64,
     pub waiting: BTreeMap<u64, Waiting<C>>,
     owed: Vec<Owed<C>>,
+    /// Sends that failed (refused, or a member left before acking), by request number.
+    failed: BTreeSet<u64>,
 }
 
 impl<C> Default for Acks<C> {
@@ -182,6 +184,7 @@ impl<C> Default for Acks<C> {
             next_req: 0,
             waiting: BTreeMap::new(),
             owed: Vec::new(),
+            failed: BTreeSet::new(),
         }
     }
 }
@@ -234,7 +237,16 @@ impl<C> Acks<C> {
 
     /// A receiver refused `req`: the send failed. Returns whether it was still waited for.
     pub fn refuse(&mut self, req: u64) -> bool {
-        self.waiting.remove(&req).is_some()
+        let waited = self.waiting.remove(&req).is_some();
+        if waited {
+            self.failed.insert(req);
+        }
+        waited
+    }
+
+    /// Whether the send `req` failed (refused, or a member left before acking).
+    pub fn has_failed(&self, req: u64) -> bool {
+        self.failed.contains(&req)
     }
 
     /// Removes the sends still waiting for a member not in `view`; returns how many.
@@ -247,8 +259,18 @@ impl<C> Acks<C> {
             .collect();
         for r in &failed {
             self.waiting.remove(r);
+            self.failed.insert(*r);
         }
         failed.len() as u64
+    }
+
+    /// Stops waiting for acks from members not in `view` (they left: the channel no longer
+    /// sends to them), so a member that leaves and comes back (a restart) is not waited for on
+    /// a send its former life never got.
+    pub fn forget_outside(&mut self, view: &BTreeSet<NodeId>) {
+        for w in self.waiting.values_mut() {
+            w.pending.retain(|n| view.contains(n));
+        }
     }
 
     /// Owes `to` an ack of `req` once `change` is applied.

@@ -1,0 +1,839 @@
+//! Kill -9 and restart, simulated (DeltaManager): the scenario of `tests/http_faults.rs` on the
+//! simulated cluster. 3 or 4 members, synchronized ack (a change is acknowledged when every
+//! member in the sender's view applied it; a member whose manager refuses it fails the
+//! request), a few users, each with a sticky home chosen as a balancer chooses it: the member
+//! named by the route suffix of the session id (`.nodeN`, the member that made the id: created
+//! the session or changed its id), while that member is in service (up, state transfer done,
+//! seeing every other up member and seen by each); otherwise the next member in service after
+//! it (in member order), with the same session id; back home as soon as it is in service again.
+//! The balancer knows nothing else (no copy's version, no oracle).
+//!
+//! Faults, one at a time as in the real test: a random member is killed (kill -9: its memory and
+//! every byte in flight to or from it are gone); each other member notices after its own
+//! detection delay (1-10 ms); the killed member restarts under the same member id 0-5 ms after
+//! the kill (with its static member list: it sees every up member at once) and each other
+//! member notices the new incarnation 0-2 ms after the restart (the handshake of the first
+//! connection). A member that notices the restart before it noticed the death sees the member
+//! gone and back (its view drops it and takes it again at once, as the channel's restart
+//! detection reports it). The next kill comes 10-30 ms after the previous one, and only once the
+//! cluster is whole again (every member up, in service, seeing every other); 3 to 5 kills per
+//! seed.
+//!
+//! Scale: the real test kills every 1.5 s, with requests every 5 ms per user, detection and
+//! restart within a few milliseconds and loopback latency of tens of microseconds. Here virtual
+//! time is compressed about 100 times for the faults and 5-10 times for the requests (a kill
+//! every 10-30 ms, a user's next request 0.5-1 ms after its answer), but the detection delays
+//! (1-10 ms), the restart delay (0-5 ms) and the latency (20 µs-1 ms per chunk) keep their
+//! order: latency < detection and restart < the gap between kills, so each kill still sees
+//! requests in flight, a detection window in which users have moved and the others have not
+//! noticed, restarts before and after detection, and a whole cluster before the next kill.
+//! Users wait for each answer as a sync-ack client does (a request's answer comes when every
+//! member acked its change, or one refused it, or its member died).
+//!
+//! Checked: the invariants of `check_delta` after every step; per user, every request is served
+//! from the state of the user's last acknowledged request or a later one made by a request of
+//! the user's that failed (no acknowledged change lost, no stale copy served), and a member in
+//! service never answers "no session" for a session whose creation was acknowledged and that
+//! the user has not ended (no session lost; a session whose last request failed while it
+//! changed id or ended is uncertain and not counted); at the end, after the faults stop, the
+//! users go on for a while and the cluster settles, every member holds the same sessions at the
+//! same versions with the same attributes, and each user's session at its acknowledged state.
+
+use super::*;
+
+type Attrs = BTreeMap<String, Vec<u8>>;
+
+/// Latency from 20 µs to 1 ms per chunk: below the detection and restart delays.
+fn latency() -> Faults {
+    Faults {
+        latency: (Duration::from_micros(20), ms(1)),
+        max_chunk: 512,
+        ..Faults::default()
+    }
+}
+
+fn us(n: u64) -> Duration {
+    Duration::from_micros(n)
+}
+
+/// What a request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Did {
+    Created,
+    Changed,
+    Read,
+    Renamed,
+    Ended,
+}
+
+/// A request waiting for its answer.
+struct Waiting {
+    node: NodeId,
+    life: u64,
+    ticket: Vec<u64>,
+    did: Did,
+    /// The session as the request left it on its member (none if it ended).
+    after: Option<(SessionId, u64, Attrs)>,
+}
+
+/// A user: a cookie jar and what the answers told it.
+struct User {
+    /// Where its logins go first.
+    login_home: NodeId,
+    /// Its session's id (cookie), if logged in.
+    id: Option<SessionId>,
+    /// A request that changed the id or ended the session failed, leaving it at most at this
+    /// version: the session may be gone or under another id until a change above that version
+    /// is acknowledged (an end beats a copy of its version or below, docs/design.md).
+    uncertain: bool,
+    doubt: u64,
+    /// The session's state (version, attributes) after the last acknowledged request.
+    acked: Option<(u64, Attrs)>,
+    /// States made by requests that failed since then (each may or may not have survived).
+    since: Vec<(u64, Attrs)>,
+    waiting: Option<Waiting>,
+    next_at: Duration,
+    /// Its last request went to another member than the home.
+    away: bool,
+}
+
+/// What the runs did.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Figures {
+    pub seeds: u64,
+    pub sessions: u64,
+    pub kills: u64,
+    pub restarts: u64,
+    /// Members that noticed a restart before they noticed the death (gone and back).
+    pub gone_and_back: u64,
+    pub requests: u64,
+    /// Requests served by another member than the session's home (it was down or not in
+    /// service).
+    pub failovers: u64,
+    /// Users sent back home after a failover.
+    pub returns: u64,
+    /// Acknowledged requests that changed a session (created, changed, renamed, ended it).
+    pub acked_changes: u64,
+    /// Requests whose member died before the answer.
+    pub failed: u64,
+    /// Requests a member refused (the answer is an error).
+    pub refused: u64,
+    /// Requests for an uncertain session that found none.
+    pub gone_after_failure: u64,
+    /// Moments a user found no member in service.
+    pub waited: u64,
+    pub lost_sessions: u64,
+    pub lost_changes: u64,
+}
+
+/// The fault in progress.
+struct Outage {
+    victim: NodeId,
+    others: Vec<NodeId>,
+    restart_at: Duration,
+    restarted: bool,
+    /// Each other member: when it notices the death, and when it notices the restart.
+    detect: BTreeMap<NodeId, Duration>,
+    back: BTreeMap<NodeId, Duration>,
+}
+
+struct Run {
+    c: Cluster,
+    users: Vec<User>,
+    f: Figures,
+    errors: Vec<String>,
+    kills_left: u32,
+    next_kill: Duration,
+    outage: Option<Outage>,
+    /// Kill only while no user waits for an answer (no request in flight).
+    quiet: bool,
+}
+
+impl Run {
+    fn new(seed: u64, members: usize, users: usize, quiet: bool) -> Run {
+        let mut c = Cluster::new(seed, latency(), &DeltaSimConfig::default(), members);
+        let kills = 3 + c.w.below(3) as u32;
+        let next_kill = ms(10) + c.w.duration_between(Duration::ZERO, ms(20));
+        let users = (0..users)
+            .map(|u| User {
+                login_home: NodeId(u % members),
+                id: None,
+                uncertain: false,
+                doubt: 0,
+                acked: None,
+                since: Vec::new(),
+                waiting: None,
+                next_at: Duration::ZERO,
+                away: false,
+            })
+            .collect();
+        Run {
+            c,
+            users,
+            f: Figures {
+                seeds: 1,
+                ..Figures::default()
+            },
+            errors: Vec::new(),
+            kills_left: kills,
+            next_kill,
+            outage: None,
+            quiet,
+        }
+    }
+
+    fn view(&self, n: NodeId) -> BTreeSet<NodeId> {
+        self.c
+            .world
+            .borrow()
+            .views
+            .get(&n)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Up, state transfer done, sees every other up member and is seen by each.
+    fn in_service(&self, n: NodeId) -> bool {
+        if !self.c.sim.is_up(n) || !self.c.sim.node(n).core().is_ready() {
+            return false;
+        }
+        let up = self.c.up();
+        let mine = self.view(n);
+        up.iter()
+            .all(|&m| m == n || (mine.contains(&m) && self.view(m).contains(&n)))
+    }
+
+    /// The member a balancer sends a request with home `home` to.
+    fn route(&self, home: NodeId) -> Option<NodeId> {
+        let n = self.c.sim.node_ids().count();
+        (0..n)
+            .map(|i| NodeId((home.0 + i) % n))
+            .find(|&m| self.in_service(m))
+    }
+
+    fn take_ticket(&mut self, n: NodeId) -> Vec<u64> {
+        let mut ticket = Vec::new();
+        self.c
+            .sim
+            .call(n, |node, _| ticket = std::mem::take(&mut node.ticket));
+        ticket
+    }
+
+    fn whole(&self) -> bool {
+        self.c.sim.node_ids().all(|n| self.in_service(n))
+    }
+
+    fn set_view(&mut self, m: NodeId, v: NodeId, present: bool) {
+        {
+            let mut w = self.c.world.borrow_mut();
+            let view = w.views.entry(m).or_default();
+            if present {
+                view.insert(v);
+            } else {
+                view.remove(&v);
+            }
+        }
+        self.c.sim.call(m, |node, ctx| node.view_changed(ctx));
+    }
+
+    // ---- faults ----
+
+    fn faults(&mut self) {
+        let now = self.c.sim.now();
+        let in_flight = self.users.iter().any(|u| u.waiting.is_some());
+        if self.outage.is_none()
+            && self.kills_left > 0
+            && now >= self.next_kill
+            && self.whole()
+            && !(self.quiet && in_flight)
+        {
+            let up = self.c.up();
+            let victim = up[self.c.w.below(up.len() as u64) as usize];
+            self.kills_left -= 1;
+            self.f.kills += 1;
+            self.c.crash(victim);
+            let mut detect = BTreeMap::new();
+            let others: Vec<NodeId> = up.into_iter().filter(|m| *m != victim).collect();
+            for &m in &others {
+                detect.insert(m, now + self.c.w.duration_between(ms(1), ms(10)));
+            }
+            self.outage = Some(Outage {
+                victim,
+                others,
+                restart_at: now + self.c.w.duration_between(Duration::ZERO, ms(5)),
+                restarted: false,
+                detect,
+                back: BTreeMap::new(),
+            });
+            self.next_kill = now + self.c.w.duration_between(ms(10), ms(30));
+        }
+        let Some(mut o) = self.outage.take() else {
+            return;
+        };
+        if !o.restarted && now >= o.restart_at {
+            o.restarted = true;
+            self.f.restarts += 1;
+            let v = o.victim;
+            let others = o.others.clone();
+            {
+                let mut w = self.c.world.borrow_mut();
+                w.down.remove(&v);
+                let mut all: BTreeSet<NodeId> = others.iter().copied().collect();
+                all.insert(v);
+                w.views.insert(v, all);
+            }
+            self.c.sim.fault(Fault::Restart(v));
+            for m in others {
+                let at = now + self.c.w.duration_between(Duration::ZERO, ms(2));
+                o.back.insert(m, at);
+            }
+        }
+        let v = o.victim;
+        let due: Vec<NodeId> = o
+            .detect
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in due {
+            o.detect.remove(&m);
+            // Noticed the new incarnation first: the old one's death is news to nobody.
+            if o.back.get(&m).is_none_or(|t| *t != Duration::MAX) {
+                self.set_view(m, v, false);
+            }
+        }
+        let due: Vec<NodeId> = o
+            .back
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in due {
+            if self.view(m).contains(&v) {
+                self.f.gone_and_back += 1;
+                self.set_view(m, v, false);
+            }
+            self.set_view(m, v, true);
+            o.back.insert(m, Duration::MAX);
+        }
+        let done =
+            o.restarted && o.back.values().all(|t| *t == Duration::MAX) && o.detect.is_empty();
+        if !done {
+            self.outage = Some(o);
+        }
+    }
+
+    /// When the fault plan next has something to do.
+    fn next_fault(&self) -> Duration {
+        match &self.outage {
+            Some(o) => {
+                let mut t = o.detect.values().chain(o.back.values()).copied().min();
+                if !o.restarted {
+                    t = Some(t.map_or(o.restart_at, |t| t.min(o.restart_at)));
+                }
+                t.unwrap_or(Duration::MAX)
+            }
+            None if self.kills_left > 0 => self.next_kill,
+            None => Duration::MAX,
+        }
+    }
+
+    // ---- users ----
+
+    fn answers(&mut self) {
+        let now = self.c.sim.now();
+        for u in 0..self.users.len() {
+            let Some(wt) = self.users[u].waiting.as_ref() else {
+                continue;
+            };
+            let life = self.c.world.borrow().lives.get(&wt.node).copied();
+            let alive = self.c.sim.is_up(wt.node) && life == Some(wt.life);
+            let outcome = if !alive {
+                Some(false)
+            } else {
+                let node = self.c.sim.node(wt.node);
+                node.settled(&wt.ticket).then(|| !node.failed(&wt.ticket))
+            };
+            let Some(ok) = outcome else { continue };
+            let wt = self.users[u].waiting.take().expect("waiting");
+            let next = now + self.c.w.duration_between(us(500), ms(1));
+            let user = &mut self.users[u];
+            user.next_at = next;
+            if ok {
+                match (wt.did, wt.after) {
+                    (Did::Ended, _) | (_, None) => {
+                        self.f.acked_changes += u64::from(wt.did == Did::Ended);
+                        user.id = None;
+                        user.acked = None;
+                        user.since.clear();
+                        user.uncertain = false;
+                    }
+                    (did, Some((id, v, attrs))) => {
+                        if did == Did::Created {
+                            self.f.sessions += 1;
+                        }
+                        if did != Did::Read {
+                            self.f.acked_changes += 1;
+                        }
+                        user.id = Some(id);
+                        user.acked = Some((v, attrs));
+                        user.since.clear();
+                        user.uncertain &= v <= user.doubt;
+                    }
+                }
+                continue;
+            }
+            self.failed_request(u, wt.did, wt.after, alive);
+        }
+    }
+
+    /// The user's request failed: its member answered with an error (`alive`), or died first.
+    fn failed_request(
+        &mut self,
+        u: usize,
+        did: Did,
+        after: Option<(SessionId, u64, Attrs)>,
+        alive: bool,
+    ) {
+        if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+            eprintln!(
+                "{:?} user {u}: {did:?} failed (alive {alive}) after {:?}",
+                self.c.sim.now(),
+                after.as_ref().map(|a| (&a.0.as_str()[..6], a.1))
+            );
+        }
+        if alive {
+            self.f.refused += 1;
+        } else {
+            self.f.failed += 1;
+        }
+        let user = &mut self.users[u];
+        match did {
+            // No 200: the user logs in again.
+            Did::Created => {
+                user.id = None;
+                user.acked = None;
+                user.since.clear();
+            }
+            Did::Changed | Did::Read => {
+                if let Some((_, v, attrs)) = after {
+                    user.since.push((v, attrs));
+                }
+            }
+            Did::Renamed => {
+                user.uncertain = true;
+                user.doubt = after
+                    .as_ref()
+                    .map(|a| a.1)
+                    .or(user.acked.as_ref().map(|a| a.0))
+                    .unwrap_or(0)
+                    .max(user.since.iter().map(|s| s.0).max().unwrap_or(0));
+                if let Some((id, v, attrs)) = after {
+                    // An error page still carries the new cookie; a dead member sends none.
+                    if alive {
+                        user.id = Some(id);
+                    }
+                    user.since.push((v, attrs));
+                }
+            }
+            Did::Ended => {
+                user.uncertain = true;
+                user.doubt = user
+                    .acked
+                    .as_ref()
+                    .map_or(0, |a| a.0)
+                    .max(user.since.iter().map(|s| s.0).max().unwrap_or(0));
+            }
+        }
+    }
+
+    fn ops(&mut self) -> (Did, Vec<Op>) {
+        let roll = self.c.w.below(100);
+        if roll < 8 {
+            (Did::Renamed, vec![Op::ChangeId, Op::Set("user")])
+        } else if roll < 11 {
+            (Did::Ended, vec![Op::Invalidate])
+        } else if roll < 25 {
+            (Did::Read, vec![Op::Read])
+        } else {
+            (Did::Changed, self.c.change_ops())
+        }
+    }
+
+    fn request(&mut self, u: usize) {
+        let now = self.c.sim.now();
+        let home = match &self.users[u].id {
+            Some(id) => id
+                .route()
+                .and_then(|r| r.strip_prefix("node"))
+                .and_then(|n| n.parse().ok())
+                .map_or(self.users[u].login_home, NodeId),
+            None => self.users[u].login_home,
+        };
+        let Some(n) = self.route(home) else {
+            self.f.waited += 1;
+            self.users[u].next_at = now + us(500);
+            return;
+        };
+        self.f.requests += 1;
+        if n != home {
+            self.f.failovers += 1;
+        } else if self.users[u].away {
+            self.f.returns += 1;
+        }
+        self.users[u].away = n != home;
+        let life = self.c.world.borrow().lives.get(&n).copied().unwrap_or(0);
+        let Some(id) = self.users[u].id.clone() else {
+            self.c.sim.call(n, |node, _| node.ticket.clear());
+            let s = self.c.create_on(n, &[Op::Set("user")]);
+            let after = s.and_then(|s| {
+                let id = self.c.sessions[s].id.clone();
+                let (v, a) = self.c.sim.node(n).copy(&id)?;
+                Some((id, v, a.clone()))
+            });
+            let ticket = self.take_ticket(n);
+            self.users[u].waiting = Some(Waiting {
+                node: n,
+                life,
+                ticket,
+                did: Did::Created,
+                after,
+            });
+            return;
+        };
+        let copy = self.c.sim.node(n).copy(&id).map(|(v, a)| (v, a.clone()));
+        let Some(copy) = copy else {
+            let user = &mut self.users[u];
+            if user.uncertain || user.acked.is_none() {
+                self.f.gone_after_failure += 1;
+            } else {
+                self.f.lost_sessions += 1;
+                let ended = self.c.sim.node(n).core().store().is_ended(&id);
+                self.errors.push(format!(
+                    "session lost: {n} (in service) has no {id} (ended there: {ended}) at {now:?}; acknowledged at version {:?}",
+                    user.acked.as_ref().map(|a| a.0)
+                ));
+            }
+            user.id = None;
+            user.acked = None;
+            user.since.clear();
+            user.uncertain = false;
+            user.next_at = now + us(500);
+            return;
+        };
+        {
+            let user = &self.users[u];
+            let known = user.acked.as_ref() == Some(&copy) || user.since.contains(&copy);
+            if let (false, Some((av, aa))) = (known, user.acked.as_ref()) {
+                self.f.lost_changes += 1;
+                self.errors.push(format!(
+                    "acknowledged change lost: {n} serves {id} at v{} {}, acknowledged v{av} {} at {now:?} (later failed: {:?})",
+                    copy.0,
+                    show(&copy.1),
+                    show(aa),
+                    user.since.iter().map(|s| s.0).collect::<Vec<_>>()
+                ));
+            }
+        }
+        let (did, ops) = self.ops();
+        self.c.sim.call(n, |node, _| node.ticket.clear());
+        let mut served = Served::Missing;
+        self.c
+            .sim
+            .call(n, |node, ctx| served = node.request(ctx, &id, &ops));
+        let ticket = self.take_ticket(n);
+        let after = match &served {
+            Served::Live(new) => self
+                .c
+                .sim
+                .node(n)
+                .copy(new)
+                .map(|(v, a)| (new.clone(), v, a.clone())),
+            _ => None,
+        };
+        self.users[u].waiting = Some(Waiting {
+            node: n,
+            life,
+            ticket,
+            did,
+            after,
+        });
+    }
+
+    fn requests(&mut self, open: bool) {
+        for u in 0..self.users.len() {
+            if self.users[u].waiting.is_none() && open && self.users[u].next_at <= self.c.sim.now()
+            {
+                self.request(u);
+            }
+        }
+    }
+
+    fn next_request(&self) -> Duration {
+        self.users
+            .iter()
+            .filter(|u| u.waiting.is_none())
+            .map(|u| u.next_at)
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Requests and faults until the last outage is over and `after` more has passed.
+    fn drive(&mut self, after: Duration) {
+        let mut stop: Option<Duration> = None;
+        loop {
+            let now = self.c.sim.now();
+            self.answers();
+            self.faults();
+            self.requests(true);
+            if stop.is_none() && self.kills_left == 0 && self.outage.is_none() {
+                stop = Some(now + after);
+            }
+            if stop.is_some_and(|s| now >= s) {
+                return;
+            }
+            if now > secs(2) {
+                let up = self.c.up();
+                let service: Vec<bool> =
+                    self.c.sim.node_ids().map(|n| self.in_service(n)).collect();
+                self.c.sim.fail(format_args!(
+                    "the faults never ended: {} kills left, outage {}, up {up:?}, in service {service:?}",
+                    self.kills_left,
+                    self.outage.is_some()
+                ));
+            }
+            let poll = now + us(50);
+            let next = poll
+                .min(self.next_fault())
+                .min(self.next_request())
+                .min(stop.unwrap_or(Duration::MAX))
+                .max(now + us(1));
+            self.c.sim.run_until(next, |_| false);
+        }
+    }
+
+    /// No new requests; every answer comes; then the cluster settles.
+    fn quiesce(&mut self) {
+        let deadline = self.c.sim.now() + secs(10);
+        while self.users.iter().any(|u| u.waiting.is_some()) {
+            if self.c.sim.now() > deadline {
+                let stuck: Vec<String> = self
+                    .users
+                    .iter()
+                    .filter_map(|u| u.waiting.as_ref())
+                    .map(|w| {
+                        let node = self.c.sim.node(w.node);
+                        let pending: Vec<String> = w
+                            .ticket
+                            .iter()
+                            .filter_map(|r| node.pending_of(*r))
+                            .collect();
+                        format!(
+                            "{:?} on {} (life {}) waits for {pending:?}",
+                            w.did, w.node, w.life
+                        )
+                    })
+                    .collect();
+                self.c.sim.fail(format_args!(
+                    "a request never got its answer: {stuck:?}; views {:?}",
+                    self.c.world.borrow().views
+                ));
+            }
+            let t = self.c.sim.now() + us(50);
+            self.c.sim.run_until(t, |_| false);
+            self.answers();
+        }
+        self.c.settle(secs(10));
+    }
+
+    /// Every up member holds the same sessions, at the same versions and attributes; each user's
+    /// session is there at its acknowledged state (or a later one it made).
+    fn assert_converged(&mut self) {
+        let up = self.c.up();
+        let mut ids: BTreeSet<SessionId> = BTreeSet::new();
+        for &n in &up {
+            ids.extend(self.c.sim.node(n).core().store().ids().cloned());
+        }
+        for id in &ids {
+            let copies: Vec<(NodeId, Option<(u64, Attrs)>)> = up
+                .iter()
+                .map(|&n| (n, self.c.sim.node(n).copy(id).map(|(v, a)| (v, a.clone()))))
+                .collect();
+            if copies.iter().any(|(_, c)| *c != copies[0].1) {
+                let shown: Vec<String> = copies
+                    .iter()
+                    .map(|(n, c)| match c {
+                        Some((v, a)) => format!("{n}: v{v} {}", show(a)),
+                        None => format!("{n}: none"),
+                    })
+                    .collect();
+                self.errors
+                    .push(format!("not converged: {id}: {}", shown.join("; ")));
+            }
+        }
+        for user in &self.users {
+            let (Some(id), Some(acked)) = (&user.id, &user.acked) else {
+                continue;
+            };
+            if user.uncertain {
+                continue;
+            }
+            for &n in &up {
+                let copy = self.c.sim.node(n).copy(id).map(|(v, a)| (v, a.clone()));
+                let ok = copy
+                    .as_ref()
+                    .is_some_and(|c| c == acked || user.since.contains(c));
+                if !ok {
+                    self.errors.push(format!(
+                        "at the end {n} has {id} as {:?}, acknowledged at v{}",
+                        copy.map(|c| c.0),
+                        acked.0
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// One seed: faults while users work, then the users go on for `ms(20)` and the cluster settles.
+fn run(seed: u64, members: usize, quiet: bool, total: &mut Figures) {
+    let mut r = Run::new(seed, members, 4, quiet);
+    r.drive(ms(20));
+    r.quiesce();
+    r.assert_converged();
+    if !r.errors.is_empty() {
+        r.c.sim.fail(format_args!(
+            "{} problems, e.g.:\n  {}",
+            r.errors.len(),
+            r.errors[..r.errors.len().min(6)].join("\n  ")
+        ));
+    }
+    total.add(&r.f);
+}
+
+impl Figures {
+    fn add(&mut self, f: &Figures) {
+        self.seeds += f.seeds;
+        self.sessions += f.sessions;
+        self.kills += f.kills;
+        self.restarts += f.restarts;
+        self.gone_and_back += f.gone_and_back;
+        self.requests += f.requests;
+        self.failovers += f.failovers;
+        self.returns += f.returns;
+        self.acked_changes += f.acked_changes;
+        self.failed += f.failed;
+        self.refused += f.refused;
+
+        self.gone_after_failure += f.gone_after_failure;
+        self.waited += f.waited;
+        self.lost_sessions += f.lost_sessions;
+        self.lost_changes += f.lost_changes;
+    }
+}
+
+/// 3 members, every fourth seed 4.
+fn members(seed: u64) -> usize {
+    if seed % 4 == 3 {
+        4
+    } else {
+        3
+    }
+}
+
+/// Runs `seeds` seeds and returns the failing ones with the first line of their failure,
+/// instead of stopping at the first (for measuring how often the open races hit).
+fn survey(seeds: u64, quiet: bool) -> (Figures, Vec<(u64, String)>) {
+    let mut total = Figures::default();
+    let mut failing = Vec::new();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    for seed in super::seeds(seeds) {
+        let mut f = Figures::default();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(seed, members(seed), quiet, &mut f);
+        }));
+        match r {
+            Ok(()) => total.add(&f),
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                    .unwrap_or_default();
+                let first = msg.lines().take(2).collect::<Vec<_>>().join(" / ");
+                failing.push((seed, first));
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    (total, failing)
+}
+
+/// The control run, as `tests/http_faults.rs` has one: the same users, routing, checks and
+/// convergence for 80 ms of virtual time without a fault, 100 seeds. Nothing may fail: no
+/// request refused or failed, no session or acknowledged change lost.
+#[test]
+fn control_without_faults_loses_nothing() {
+    let mut total = Figures::default();
+    for_each_seed(100, |seed| {
+        let mut r = Run::new(seed, members(seed), 4, false);
+        r.kills_left = 0;
+        r.drive(ms(80));
+        r.quiesce();
+        r.assert_converged();
+        if !r.errors.is_empty() || r.f.failed + r.f.refused > 0 {
+            r.c.sim.fail(format_args!(
+                "control run: {:?}; {}",
+                r.f,
+                r.errors[..r.errors.len().min(6)].join("\n  ")
+            ));
+        }
+        total.add(&r.f);
+    });
+    eprintln!("DeltaManager control, no faults: {total:?}");
+    if !replaying() {
+        assert!(
+            total.acked_changes > 5_000 && total.sessions > 300,
+            "{total:?}"
+        );
+    }
+}
+
+/// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
+/// moment (requests in flight included).
+#[test]
+#[ignore = "fails: 308 of 500 seeds (first: seed 2). A failover to a copy that missed the killed member's last (unacknowledged) DELTA makes version n+1 again; a member that got the dead member's n+1 takes the new DELTA n -> n+1 for a duplicate, acks it and keeps the other content (copy-is-an-origin-state, history-never-forks): an acknowledged change that member does not hold. Versions carry no origin (docs/design.md, Two writers of one session fork it). Also the restarted home serving before its catch-up arrived (seed 16 of the quiet variant)"]
+fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
+    let mut total = Figures::default();
+    for_each_seed(500, |seed| run(seed, members(seed), false, &mut total));
+    eprintln!("DeltaManager kill -9 and restart loop: {total:?}");
+}
+
+/// The same with kills only at a moment when no user waits for an answer.
+#[test]
+#[ignore = "fails: 89 of 500 seeds (first: seed 0, then 16, 20, 21). Mostly history-never-forks between the restarted home and the member that served the user while it was down: the home is in service (transfer done, views whole) before the digest's catch-up copy arrives and serves the older copy (docs/design.md, The catch-up is not awaited); seed 9: a request never gets its answer; seed 90: the quiet moment never comes"]
+fn kill_and_restart_loop_between_requests_loses_no_acknowledged_change_or_session() {
+    let mut total = Figures::default();
+    for_each_seed(500, |seed| run(seed, members(seed), true, &mut total));
+    eprintln!("DeltaManager kill -9 and restart loop, quiet kills: {total:?}");
+}
+
+/// Kills at any moment, requests in flight included, 500 seeds: how many fail, and how (run it
+/// alone, `--test-threads 1`: it silences the panic hook while it runs).
+#[test]
+#[ignore = "measures the open races (see the module doc); run with --nocapture"]
+fn kill_and_restart_loop_survey() {
+    let modes: &[bool] = match std::env::var("TRIBECAST_FAULTS_QUIET").as_deref() {
+        Ok("1") => &[true],
+        Ok("0") => &[false],
+        _ => &[false, true],
+    };
+    for &quiet in modes {
+        let (f, failing) = survey(500, quiet);
+        eprintln!("DeltaManager survey (quiet kills: {quiet}): {} failing seeds of 500; passing seeds: {f:?}", failing.len());
+        for (seed, msg) in failing.iter().take(20) {
+            eprintln!("  seed {seed}: {msg}");
+        }
+    }
+}
