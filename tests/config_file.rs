@@ -1101,10 +1101,7 @@ rebind_route = "always"
     assert_eq!(c.same_site, SameSite::Strict);
     assert_eq!(n.cluster.manager.rebind_route, RebindRoute::Always);
     let defaults = NodeConfig::from_toml_str("").expect("empty");
-    assert_eq!(
-        defaults.cluster.manager.rebind_route,
-        RebindRoute::WhenRouteGone
-    );
+    assert_eq!(defaults.cluster.manager.rebind_route, RebindRoute::Never);
     assert_eq!(defaults.cluster.manager.cookie.same_site, SameSite::Lax);
     for (text, key) in [
         (

@@ -41,8 +41,14 @@ struct Proc {
 impl Proc {
     /// Starts node `name` (`node1` reads the settings of `examples/config/server1.toml` when that
     /// file exists), on ephemeral ports, listing `members`' receivers as static members.
+    /// A node with route rebinding on (what these scenarios check; off by default).
     fn spawn(name: &str, manager: &str, members: &[&Proc]) -> Proc {
-        Proc::spawn_with(name, manager, members, &[])
+        Proc::spawn_with(
+            name,
+            manager,
+            members,
+            &["--rebind-route", "when_route_gone"],
+        )
     }
 
     fn spawn_with(name: &str, manager: &str, members: &[&Proc], extra: &[&str]) -> Proc {

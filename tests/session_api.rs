@@ -15,6 +15,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 fn cluster_of(kind: ManagerKind) -> Vec<SimpleTcpCluster> {
     let manager = ManagerConfig {
         kind,
+        rebind_route: RebindRoute::WhenRouteGone,
         ..ManagerConfig::default()
     };
     cluster_nodes(
@@ -238,7 +239,7 @@ fn rebinds_the_route_after_a_failover(kind: ManagerKind) {
     assert!(id.ends_with(".server1"), "{id}");
     req.finish().expect("login replicated");
     wait_for("node 3 serves the login", LIMIT, || served(&nodes, 2, &id));
-    // While node 1 lives, a request on node 3 keeps the id (WhenRouteGone, the default).
+    // While node 1 lives, a request on node 3 keeps the id (WhenRouteGone).
     let req = app(2).request(Some(&id), "/app/profile");
     assert_eq!(req.set_cookie(), None, "node 1 is alive: no rebind");
     req.finish().expect("finish");
