@@ -63,6 +63,10 @@ fn jitter() -> Faults {
 #[path = "replay_backup.rs"]
 pub(super) mod replay;
 
+/// The members' views come from the real failure detector (see `detected`).
+#[path = "detected_backup_tests.rs"]
+mod detected;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }
@@ -245,6 +249,11 @@ impl Cluster {
             let (c, w) = (cfg.clone(), world.clone());
             sim.add_node(move |id, rng| BackupNode::new(id, c, w, rng));
         }
+        Cluster::around(sim, world, cfg)
+    }
+
+    /// A cluster of `sim`'s nodes, which share `world`; installs the invariants.
+    fn around(mut sim: Sim<BackupNode>, world: SharedWorld, cfg: &BackupSimConfig) -> Cluster {
         check_backup(&mut sim, &world);
         let w = sim.rng().fork();
         Cluster {
