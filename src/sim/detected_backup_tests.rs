@@ -471,9 +471,10 @@ fn membership_detected_failover_loses_no_acknowledged_change() {
     }
 }
 
-/// The crashed member restarts under the same id 10 to 250 ms after its crash (no partition).
+/// [`detected_run`] with the crashed member restarting under the same id 10 to 250 ms after its
+/// crash (before or after the others noticed; a new incarnation in a handshake is "gone and
+/// back"), with changes of id, no partition. 100 seeds.
 #[test]
-#[ignore = "bug: about 38 of 100 seeds (e.g. 14): a primary that has re-added a restarted member (its heartbeat) before a handshake shows the new incarnation still sends it changes of id and deltas of sessions it held in its former life; the restarted member keeps a copy nobody lists and nobody drops (it answers CopyAck), so a session whose end was acknowledged is still held there, or a session is held by one member more than its placement (e.g. seed 11)"]
 fn membership_detected_restart_loses_no_acknowledged_change() {
     let v = Variant {
         moves: false,
@@ -483,12 +484,31 @@ fn membership_detected_restart_loses_no_acknowledged_change() {
         renames: true,
         split_ends: false,
     };
+    let t = detected_runs(100, v);
+    if !replaying() {
+        assert!(t.detections > 0 && t.restarts_seen > 0, "{t:#?}");
+        assert!(t.acked_changes > 1000, "{t:#?}");
+    }
+}
+
+/// The restart and the partition in one run.
+#[test]
+#[ignore = "bug, not diagnosed: 6 of 100 seeds (21, 37, 48, 61, 64, 68) break history-never-forks (two states for one version of a session), e.g. seed 37 at 597 ms: version 8 made by n0 and by n1"]
+fn membership_detected_restart_and_partition_lose_no_acknowledged_change() {
+    let v = Variant {
+        moves: false,
+        restart: true,
+        split: true,
+        split_renames: false,
+        renames: false,
+        split_ends: false,
+    };
     detected_runs(100, v);
 }
 
 /// Changes of id before the split (the default mix).
 #[test]
-#[ignore = "bug: about 30 of 100 seeds (e.g. 4): a change of id in flight when the network splits never reaches the backup on the other side, which fails the session over under its old id; at the heal the digests meet a `Renamed` tombstone, which nothing reconciles: one user's session lives under two ids, and an acknowledged end of the new id leaves the old one held"]
+#[ignore = "bug: 32 of 100 seeds (e.g. 4): a change of id in flight when the network splits never reaches the backup on the other side, which fails the session over under its old id; at the heal the digests meet a `Renamed` tombstone, which nothing reconciles: one user's session lives under two ids, and an acknowledged end of the new id leaves the old one held"]
 fn membership_detected_partition_with_renames_loses_no_acknowledged_change() {
     let v = Variant {
         moves: false,

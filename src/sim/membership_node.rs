@@ -424,6 +424,8 @@ impl MembershipNode {
             }
             Action::Disappeared(m, why) => {
                 self.list.remove(&m.id);
+                // As the channel's `member_gone`: its next incarnation is not a restart.
+                self.incarnations.remove(&m.id);
                 let e = event(&m, EventKind::Disappeared(why));
                 self.journal.events.push(e);
                 // The sender forgets the member's connections.
