@@ -153,6 +153,9 @@ impl ChannelInner {
         let removed = self.membership.lock().remove(&m.id);
         if let Some(m) = removed {
             info!("Member disappeared [{m}]: {why}");
+            // Its next incarnation is a new member anyway: a restart noticed as a disappearance
+            // first must not be reported gone and back again at its first handshake.
+            self.incarnations.lock().forget(&m.id);
             if let Some(rt) = self.runtime() {
                 rt.sender.forget(&m.id);
             }

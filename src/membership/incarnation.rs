@@ -27,6 +27,12 @@ impl Incarnations {
         let before = self.known.insert(member, incarnation);
         before.is_some_and(|b| b != incarnation && b != 0 && incarnation != 0)
     }
+
+    /// The member left the list: its next incarnation is a new member, not a restart (a
+    /// restart noticed as a disappearance first must not be reported gone and back again).
+    pub fn forget(&mut self, member: &MemberId) {
+        self.known.remove(member);
+    }
 }
 
 #[cfg(test)]

@@ -28,10 +28,12 @@
 //! placements included. Set [`TRACE_ENV`] to print every message applied.
 
 use super::delta_node::{now_ms, show, Made, Op, Served, Val};
+use super::detected::{Detector, Routed, ViewEvent};
 use super::frame_node::{
     chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Lane, Wire,
 };
 use super::lane_node::{node_of, sim_member};
+use super::membership_node::MembershipSimConfig;
 use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
 use super::{Ctx, Node, Sim, SimRng};
@@ -207,6 +209,11 @@ pub struct World {
     /// A partition is healing: a backup may hold the claimant's copy from before the
     /// reconciliation for a moment, below a version its side acknowledged.
     pub healing: bool,
+    /// Pairs (low, high) on different sides of a partition, from the split until the heal
+    /// has settled: while members notice the heal one after another, each side may still
+    /// serve a session the other serves until the reconciliation, so the states they make
+    /// are alternatives (`Oracle::alts`), not a fork, even once they list each other again.
+    pub split: BTreeSet<(NodeId, NodeId)>,
 }
 
 impl World {
@@ -227,7 +234,8 @@ impl World {
             Some((known, ..)) if known == attrs => return,
             Some((known, maker, maker_life)) => {
                 let (known, maker, maker_life) = (known.clone(), *maker, *maker_life);
-                let apart = !self.views.get(&node).is_some_and(|v| v.contains(&maker));
+                let apart = !self.views.get(&node).is_some_and(|v| v.contains(&maker))
+                    || self.split.contains(&(node.min(maker), node.max(maker)));
                 if self.alive(maker, maker_life) && apart {
                     // Both sides of a partition serve the session: reconciled at the heal.
                     self.add_alt(id, version, attrs);
@@ -425,6 +433,9 @@ pub struct BackupNode {
     known: (BTreeSet<NodeId>, Vec<MemberId>),
     trace: bool,
     pub journal: Journal,
+    /// The member's failure detector, when its view comes from one ([`BackupNode::detected`])
+    /// rather than from the test.
+    pub detector: Option<Detector>,
 }
 
 impl BackupNode {
@@ -469,6 +480,40 @@ impl BackupNode {
             known: (BTreeSet::new(), Vec::new()),
             trace: std::env::var_os(TRACE_ENV).is_some(),
             journal: Journal::default(),
+            detector: None,
+        }
+    }
+
+    /// This node with the real failure detector embedded (see `detected`): its view is the
+    /// detector's member list only, fed to the manager as production's cluster listener does;
+    /// the test no longer sets it.
+    pub fn detected(mut self, cfg: &MembershipSimConfig, rng: &mut SimRng) -> BackupNode {
+        self.detector = Some(Detector::new(self.id, cfg, rng));
+        self
+    }
+
+    /// The detector's announcements, in order, as `cluster.rs`'s listener hands them to the
+    /// manager: the view becomes the member list after each, and an addition is
+    /// `member_added(m)` then `members_changed`, a disappearance `members_changed`.
+    fn view_events(&mut self, events: Vec<ViewEvent>, ctx: &mut Ctx<'_>) {
+        for e in events {
+            let mut view = e.list().clone();
+            view.insert(self.id);
+            self.world.borrow_mut().views.insert(self.id, view);
+            if let ViewEvent::Added { member, .. } = e {
+                let ready = self.mgr.member_added(&sim_member(member), now_ms(ctx));
+                self.perform(ready, false, ctx);
+            }
+            self.view_changed(ctx);
+        }
+    }
+
+    fn frames_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
+        let Some((from, wires)) = self.frames.read(self.id, conn, bytes) else {
+            return;
+        };
+        for wire in wires {
+            self.receive(from, wire, ctx);
         }
     }
 
@@ -550,6 +595,17 @@ impl BackupNode {
         self.acks.owed()
     }
 
+    /// The acks this node still owes, and the sends it waits for, described.
+    pub fn waiting_for(&self) -> Vec<String> {
+        let owed = self
+            .acks
+            .owed_list()
+            .map(|(to, c)| format!("owes {to} {c:?}"));
+        let waits = self.acks.waiting.values();
+        owed.chain(waits.map(|w| format!("waits for {:?}: {:?}", w.pending, w.change)))
+            .collect()
+    }
+
     /// Takes the acks awaited for the promotion a fetch of `id` ended with.
     pub fn take_move(&mut self, id: &SessionId) -> Vec<u64> {
         self.moves.remove(id).unwrap_or_default()
@@ -618,6 +674,9 @@ impl BackupNode {
                     id = new;
                 }
                 Op::Invalidate => {
+                    if self.trace {
+                        eprintln!("{:?} {}: invalidate {id}", ctx.now(), self.id);
+                    }
                     // The Servlet way: the request's session, ended when the request ends.
                     copy.invalidate();
                     let (ended, ready) = self.mgr.end_request(copy, true, now_ms(ctx));
@@ -849,6 +908,18 @@ impl BackupNode {
         let mut made = Vec::new();
         for out in outs {
             let k = kind(&out.msg);
+            if self.trace {
+                let ids: Vec<String> = ids_of(&out.msg)
+                    .iter()
+                    .map(|i| i.as_str()[..6].to_string())
+                    .collect();
+                eprintln!(
+                    "{:?} {} -> {:?}: {k} {ids:?} (request {request})",
+                    ctx.now(),
+                    self.id,
+                    out.dest
+                );
+            }
             let targets: BTreeSet<NodeId> = match out.dest {
                 Dest::All => self.known.0.clone(),
                 Dest::Member(m) => match node_of(&m) {
@@ -1023,6 +1094,11 @@ impl BackupNode {
 
 impl Node for BackupNode {
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        if self.detector.is_some() {
+            // A (re)started member knows nobody until its detector hears from them.
+            let me: BTreeSet<NodeId> = [self.id].into_iter().collect();
+            self.world.borrow_mut().views.insert(self.id, me);
+        }
         self.journal.life += 1;
         self.world
             .borrow_mut()
@@ -1036,26 +1112,56 @@ impl Node for BackupNode {
         self.known = (self.view(), self.members());
         let ready = self.mgr.members_changed(self.known.1.clone(), now_ms(ctx));
         self.perform(ready, false, ctx);
-    }
-
-    fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
-        self.frames.accept(conn, from);
-    }
-
-    fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
-        let Some((from, wires)) = self.frames.read(self.id, conn, bytes) else {
-            return;
-        };
-        for wire in wires {
-            self.receive(from, wire, ctx);
+        if let Some(events) = self.detector.as_mut().map(|d| d.on_start(ctx)) {
+            self.view_events(events, ctx);
         }
     }
 
-    fn on_closed(&mut self, conn: ConnId, _why: CloseReason, _ctx: &mut Ctx<'_>) {
+    fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
+        match &mut self.detector {
+            Some(d) => d.on_accept(conn, from),
+            None => self.frames.accept(conn, from),
+        }
+    }
+
+    fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
+        match self.detector.as_mut().map(|d| d.on_bytes(conn, bytes, ctx)) {
+            Some(Routed::Taken(events)) => self.view_events(events, ctx),
+            Some(Routed::Accepted { from, bytes }) => {
+                self.frames.accept(conn, from);
+                self.frames_bytes(conn, &bytes, ctx);
+            }
+            Some(Routed::Pass) | None => self.frames_bytes(conn, bytes, ctx),
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, why: CloseReason, ctx: &mut Ctx<'_>) {
+        if let Some(events) = self
+            .detector
+            .as_mut()
+            .and_then(|d| d.on_closed(conn, why, ctx))
+        {
+            self.view_events(events, ctx);
+            return;
+        }
         self.frames.closed(conn);
     }
 
+    fn on_datagram(&mut self, from: NodeId, bytes: &[u8], ctx: &mut Ctx<'_>) {
+        if let Some(events) = self
+            .detector
+            .as_mut()
+            .map(|d| d.on_datagram(from, bytes, ctx))
+        {
+            self.view_events(events, ctx);
+        }
+    }
+
     fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
+        if let Some(events) = self.detector.as_mut().and_then(|d| d.on_timer(token, ctx)) {
+            self.view_events(events, ctx);
+            return;
+        }
         match token {
             REAPER => {
                 self.tick(ctx);
@@ -1071,6 +1177,7 @@ impl Node for BackupNode {
     fn restarted(&self, rng: &mut SimRng) -> BackupNode {
         let mut n = BackupNode::new(self.id, self.cfg.clone(), self.world.clone(), rng);
         n.journal = self.journal.clone();
+        n.detector = self.detector.as_ref().map(|d| d.restarted(rng));
         n
     }
 }
@@ -1104,7 +1211,9 @@ type Seen = HashMap<(NodeId, u64, SessionId), u64>;
 /// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
 ///   is still in the same life) holds it, unless it was told to drop the session meanwhile (it
 ///   then holds no copy and no primary counts on it: none lists it as a backup, or the one that
-///   does still owes it a copy).
+///   does still owes it a copy). While a partition heals (`World::healing`), not for a session
+///   a member of the other side of the split (`World::split`) serves: the acker may follow
+///   that claimant's copy until the reconciliation.
 pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
     let w = world.clone();
     sim.invariant("history-never-forks", move |_| {
@@ -1210,6 +1319,17 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 // copy (re-placement, a new primary elsewhere): then it holds none and no
                 // primary counts on it.
                 let chain = w.oracle.chain(&w.oracle.root(id));
+                // While a split heals, the acker may already follow the other side's claimant
+                // and hold its copy from before the reconciliation (which then decides by the
+                // rule; the end of the run checks the outcome).
+                let other_side = |p: NodeId| w.split.contains(&(p.min(a.origin), p.max(a.origin)));
+                if w.healing
+                    && sim.node_ids().filter(|p| sim.is_up(*p)).any(|p| {
+                        other_side(p) && chain.iter().any(|c| sim.node(p).core().is_primary(c))
+                    })
+                {
+                    continue;
+                }
                 let has_copy = chain.iter().any(|c| sim.node(n).core().session(c).is_some());
                 // A primary still handing the session over to it will send its copy.
                 let me = sim_member(n).id;

@@ -70,6 +70,10 @@ mod lanes;
 #[path = "faults_backup.rs"]
 mod faults;
 
+/// The members' views come from the real failure detector (see `detected`).
+#[path = "detected_backup_tests.rs"]
+mod detected;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }
@@ -253,6 +257,11 @@ impl Cluster {
             let (c, w) = (cfg.clone(), world.clone());
             sim.add_node(move |id, rng| BackupNode::new(id, c, w, rng));
         }
+        Cluster::around(sim, world, cfg)
+    }
+
+    /// A cluster of `sim`'s nodes, which share `world`; installs the invariants.
+    fn around(mut sim: Sim<BackupNode>, world: SharedWorld, cfg: &BackupSimConfig) -> Cluster {
         check_backup(&mut sim, &world);
         let w = sim.rng().fork();
         Cluster {
@@ -2544,4 +2553,62 @@ fn a_claim_remembered_for_a_member_that_left_does_not_refuse_the_live_primary() 
     }
     c.assert_placed(&id, "after B left");
     assert_eq!(c.attrs(r, &id), c.attrs(0, &id), "R follows P");
+}
+
+/// Backups = 1, members 0, 1, 2; a session served by 0. The network splits {0} | {1, 2}: its
+/// backup takes it over on the other side, where it stays at version 1; on 0 its users change
+/// it (version 3). The members notice the heal one after another: 0 first, which sends its
+/// digest; then 0's user ends the session (version 3). The other side's claimant (the higher
+/// claim) gets 0's digest (it does not yield to a lower claim), notices the heal, sends its
+/// digest, then gets 0's copy and `Expired`, which it ignores (a superseded claim). Its digest
+/// reaches 0, which no longer serves the session: before the fix 0 said nothing, and the
+/// claimant's older copy lived on. The rule says an end beats a copy not changed past its version: the session must
+/// end everywhere, not live on at version 1 (found by the detected-membership simulation,
+/// seed 4: the session lived on below a version acknowledged on 0's side).
+#[test]
+fn an_end_made_while_a_heal_is_noticed_beats_the_other_sides_older_copy() {
+    let mut c = Cores::new(3, 1);
+    let id = c.session_on(0);
+    let b = c.backups(0, &id)[0];
+    let other = 3 - b; // the third member, on b's side
+    let (all, side): (Vec<MemberId>, Vec<MemberId>) =
+        ((0..3).map(member).collect(), vec![member(b), member(other)]);
+    // The split: each side's detector drops the other.
+    let outs = c.core(0).set_members(vec![member(0)]);
+    c.send(0, outs);
+    for i in [b, other] {
+        let outs = c.core(i).set_members(side.clone());
+        c.send(i, outs);
+    }
+    c.queues.retain(|(f, t), _| (*f == 0) == (*t == 0));
+    c.deliver_all();
+    assert_eq!(c.primaries(&id), vec![0, b], "both sides serve it");
+    c.change(0, &id, "a", 2);
+    c.change(0, &id, "a", 3);
+    c.queues.clear(); // 0 has no backup on its side
+    assert_eq!(c.attrs(0, &id).map(|a| a.0), Some(3));
+    // The heal, noticed by 0 first: its digest goes out, then its user ends the session.
+    let outs = c.core(0).set_members(all.clone());
+    c.send(0, outs);
+    let (outs, _) = c.core(0).invalidate(&id);
+    c.send(0, outs);
+    // 0's digest reaches the claimant, which then notices the heal; 0's copy and end follow.
+    let digest = c.queues.get_mut(&(0, b)).and_then(|q| q.pop_front());
+    assert!(matches!(digest, Some(BackupMessage::Digest { .. })));
+    if let Some(msg) = digest {
+        let (outs, _) = c.core(b).handle(member(0), &msg);
+        c.send(b, outs);
+    }
+    for i in [b, other] {
+        let outs = c.core(i).set_members(all.clone());
+        c.send(i, outs);
+    }
+    c.deliver(0, b);
+    c.deliver(0, other);
+    c.deliver_all();
+    assert_eq!(
+        c.holders(&id),
+        Vec::<usize>::new(),
+        "the end at version 3 beats the copy at version 1"
+    );
 }

@@ -288,6 +288,11 @@ impl<C> Acks<C> {
         self.owed.len()
     }
 
+    /// The acks owed: to whom, and for which change.
+    pub fn owed_list(&self) -> impl Iterator<Item = (NodeId, &C)> + '_ {
+        self.owed.iter().map(|o| (o.to, &o.change))
+    }
+
     /// Takes every owed ack whose change `has` applied, in order; the others stay owed, marked
     /// deferred.
     pub fn take_due(&mut self, has: impl Fn(&C) -> bool) -> Vec<Owed<C>> {

@@ -25,6 +25,7 @@ use super::{Ctx, Node, Sim, SimRng};
 use crate::config::{McastConfig, MembershipConfig};
 use crate::error::SendFailure;
 use crate::member::{Member, MemberId};
+use crate::membership::incarnation::Incarnations;
 use crate::membership::record::{self, Kind, McastRecord};
 use crate::membership::state::{Action, DetectorConfig, MembershipState, Source};
 use crate::membership::Membership;
@@ -36,12 +37,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const TIMER_START: u64 = 1;
-const TIMER_BEAT: u64 = 2;
-const TIMER_TICK: u64 = 3;
-const TIMER_ROUND: u64 = 4;
+/// Every timer token of this node is at or above this, so that a node embedding it (a session
+/// manager's member, see `detected`) tells its timers from the detector's.
+pub const TIMER_BASE: u64 = 1 << 56;
+const TIMER_START: u64 = TIMER_BASE + 1;
+const TIMER_BEAT: u64 = TIMER_BASE + 2;
+const TIMER_TICK: u64 = TIMER_BASE + 3;
+const TIMER_ROUND: u64 = TIMER_BASE + 4;
 /// Timeout of prober operation `n` is token `TIMER_OP + n`.
-const TIMER_OP: u64 = 1 << 32;
+const TIMER_OP: u64 = TIMER_BASE + (1 << 32);
 /// Lane number of the pooled ping connection (pooled lanes start at 1) and of a probe.
 const PING_LANE: u32 = 1;
 const PROBE_LANE: u32 = u32::MAX;
@@ -137,6 +141,9 @@ pub struct MembershipJournal {
     pub last_heartbeat_sent: Duration,
     pub heartbeats_received: u64,
     pub leaves_received: u64,
+    /// Handshakes that showed a known member with a new incarnation (it restarted under the
+    /// same id): reported gone, then back with its hello, as the channel does.
+    pub restarts_seen: u64,
     pub datagrams_refused: u64,
     pub pings_ok: u64,
     pub pings_failed: u64,
@@ -241,6 +248,8 @@ pub struct MembershipNode {
     client: BTreeMap<ConnId, ClientBuf>,
     accepted: BTreeMap<ConnId, RxConn>,
     dedup: DedupTable,
+    /// The incarnation each member last shook hands with (the channel's `incarnations`).
+    incarnations: Incarnations,
     /// Bumped by every action of the detector and by a restart: the invariants re-read the
     /// member lists only when it moved.
     version: u64,
@@ -281,6 +290,7 @@ impl MembershipNode {
             client: BTreeMap::new(),
             accepted: BTreeMap::new(),
             dedup: DedupTable::new(64),
+            incarnations: Incarnations::default(),
             version: 0,
             journal: MembershipJournal::default(),
         }
@@ -313,6 +323,26 @@ impl MembershipNode {
             .members()
             .map(|m| m.id)
             .eq(snapshot.iter().map(|m| m.id))
+    }
+
+    /// Whether `conn` is a connection of this node's (one it opened, or accepted and reads).
+    pub fn owns(&self, conn: ConnId) -> bool {
+        self.client.contains_key(&conn) || self.accepted.contains_key(&conn)
+    }
+
+    /// Remembers the incarnation `member` shook hands with, either way round, as the channel's
+    /// `note_incarnation` does: a changed non-zero one means it restarted under the same id and
+    /// lost what it held, so it is reported gone now (`MembershipState::restarted`); its hello
+    /// then adds it back.
+    /// Returns whether it was such a restart.
+    fn note_incarnation(&mut self, member: &Member, incarnation: u64, ctx: &mut Ctx<'_>) -> bool {
+        let restarted = self.incarnations.note(member.id, incarnation);
+        if restarted {
+            self.journal.restarts_seen += 1;
+            let a = self.state.restarted(&member.id);
+            self.act(a, ctx);
+        }
+        restarted
     }
 
     /// Graceful stop: the leave datagram goes out, then the node does nothing more (its
@@ -394,6 +424,8 @@ impl MembershipNode {
             }
             Action::Disappeared(m, why) => {
                 self.list.remove(&m.id);
+                // As the channel's `member_gone`: its next incarnation is not a restart.
+                self.incarnations.forget(&m.id);
                 let e = event(&m, EventKind::Disappeared(why));
                 self.journal.events.push(e);
                 // The sender forgets the member's connections.
@@ -596,13 +628,23 @@ impl MembershipNode {
             };
             match (op.awaiting, kind) {
                 (Awaiting::Accept, FrameKind::HandshakeAccept) => {
-                    let answered = match decode_body::<HandshakeAccept>(&body) {
-                        Ok(a) => a.member,
+                    let (answered, incarnation) = match decode_body::<HandshakeAccept>(&body) {
+                        Ok(a) => (a.member, a.incarnation),
                         Err(e) => {
                             let e = format!("undecodable handshake answer: {e}");
                             self.client_failed(conn, SendFailure::Protocol(e), ctx);
                             return;
                         }
+                    };
+                    // The sender's `peer_seen`: a restart the answer reveals is reported gone
+                    // and back at once (a ping on the dropped member's link fails with it).
+                    if self.note_incarnation(&answered, incarnation, ctx) {
+                        let now = self.now(ctx);
+                        let a = self.state.heard(&answered, Source::Direct, now);
+                        self.act(a, ctx);
+                    }
+                    let Some(op) = self.op.as_mut().filter(|op| op.conn == conn) else {
+                        continue;
                     };
                     match op.kind {
                         OpKind::Probe => {
@@ -699,6 +741,7 @@ impl MembershipNode {
             .session
             .on_bytes(&mut c.buf, &settings, &mut self.dedup, &mut out);
         let peer = c.session.peer().map(|p| p.id);
+        let incarnation = c.session.lane_key().map_or(0, |k| k.incarnation);
         let mut reply = std::mem::take(&mut out.reply);
         // Read-test pings are answered by a worker; there is no data here to hand on.
         for d in out.deliveries.iter().filter(|d| d.ping) {
@@ -717,6 +760,8 @@ impl MembershipNode {
         let now = self.now(ctx);
         if let Some(peer) = out.hello {
             self.journal.hellos += 1;
+            // The channel's `peer_hello`: a new incarnation is a restart (gone, then back).
+            self.note_incarnation(&peer, incarnation, ctx);
             let a = self.state.heard(&peer, Source::Direct, now);
             self.act(a, ctx);
         }

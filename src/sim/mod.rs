@@ -12,12 +12,15 @@
 //!   membership view the test sets.
 //! - `membership_*`: the membership detector with heartbeat datagrams, pings and verification
 //!   as a simulated member.
+//! - [`detected`]: that detector embedded in a session manager's member, whose view it feeds
+//!   as production's cluster listener does (no view set by the test).
 //!
 //! A failing run prints its seed; `TRIBECAST_SIM_SEED=<seed> cargo test --lib sim` reruns the
 //! seeded tests with that seed only.
 
 pub mod backup_node;
 pub mod delta_node;
+pub mod detected;
 pub mod frame_node;
 pub mod harness;
 pub mod lane_node;

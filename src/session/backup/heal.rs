@@ -244,14 +244,34 @@ impl BackupCore {
                 events.extend(ev);
             }
         }
+        // Sessions `from` serves that ended here at a version its copy does not beat: an end
+        // made after this node's digest went out (its users ended the session while the members
+        // noticed the heal one after another) reached `from` only as an `Expired` of a
+        // superseded claim, which it ignored. Told now, so the end wins as the rule says.
+        let mut ends = Vec::new();
         for (id, epoch, stamp) in entries {
             self.revive(id, stamp.version);
+            if !self.entries.contains_key(id) {
+                if let Some(ended) = self
+                    .ended_at(id)
+                    .filter(|ended| !live_beats_end(stamp.version, *ended))
+                {
+                    ends.push((id.clone(), ended));
+                }
+            }
             let yields = self.entries.get(id).is_some_and(|e| {
                 matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
             });
             if yields {
                 outs.extend(self.follow(id, from, *epoch, &[], stamp, true));
             }
+        }
+        for chunk in ends.chunks(DIGEST_CHUNK) {
+            let msg = BackupMessage::Digest {
+                entries: Vec::new(),
+                ended: chunk.to_vec(),
+            };
+            outs.push(Self::to(from, msg));
         }
         (outs, events)
     }
