@@ -41,7 +41,7 @@
 
 use super::*;
 
-type Attrs = BTreeMap<String, Vec<u8>>;
+use crate::sim::fault_users::{self, Attrs, Did, Jar};
 
 /// Latency from 20 µs to 1 ms per chunk: below the detection and restart delays.
 fn latency() -> Faults {
@@ -54,16 +54,6 @@ fn latency() -> Faults {
 
 fn us(n: u64) -> Duration {
     Duration::from_micros(n)
-}
-
-/// What a request did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Did {
-    Created,
-    Changed,
-    Read,
-    Renamed,
-    Ended,
 }
 
 /// A request waiting for its answer.
@@ -95,6 +85,18 @@ struct User {
     next_at: Duration,
     /// Its last request went to another member than the home.
     away: bool,
+}
+
+impl User {
+    fn jar(&mut self) -> Jar<'_> {
+        Jar {
+            id: &mut self.id,
+            uncertain: &mut self.uncertain,
+            doubt: &mut self.doubt,
+            acked: &mut self.acked,
+            since: &mut self.since,
+        }
+    }
 }
 
 /// What the runs did.
@@ -360,27 +362,9 @@ impl Run {
             let user = &mut self.users[u];
             user.next_at = next;
             if ok {
-                match (wt.did, wt.after) {
-                    (Did::Ended, _) | (_, None) => {
-                        self.f.acked_changes += u64::from(wt.did == Did::Ended);
-                        user.id = None;
-                        user.acked = None;
-                        user.since.clear();
-                        user.uncertain = false;
-                    }
-                    (did, Some((id, v, attrs))) => {
-                        if did == Did::Created {
-                            self.f.sessions += 1;
-                        }
-                        if did != Did::Read {
-                            self.f.acked_changes += 1;
-                        }
-                        user.id = Some(id);
-                        user.acked = Some((v, attrs));
-                        user.since.clear();
-                        user.uncertain &= v <= user.doubt;
-                    }
-                }
+                let got = user.jar().acknowledged(wt.did, wt.after);
+                self.f.sessions += u64::from(got.session);
+                self.f.acked_changes += u64::from(got.change);
                 continue;
             }
             self.failed_request(u, wt.did, wt.after, alive);
@@ -407,57 +391,12 @@ impl Run {
         } else {
             self.f.failed += 1;
         }
-        let user = &mut self.users[u];
-        match did {
-            // No 200: the user logs in again.
-            Did::Created => {
-                user.id = None;
-                user.acked = None;
-                user.since.clear();
-            }
-            Did::Changed | Did::Read => {
-                if let Some((_, v, attrs)) = after {
-                    user.since.push((v, attrs));
-                }
-            }
-            Did::Renamed => {
-                user.uncertain = true;
-                user.doubt = after
-                    .as_ref()
-                    .map(|a| a.1)
-                    .or(user.acked.as_ref().map(|a| a.0))
-                    .unwrap_or(0)
-                    .max(user.since.iter().map(|s| s.0).max().unwrap_or(0));
-                if let Some((id, v, attrs)) = after {
-                    // An error page still carries the new cookie; a dead member sends none.
-                    if alive {
-                        user.id = Some(id);
-                    }
-                    user.since.push((v, attrs));
-                }
-            }
-            Did::Ended => {
-                user.uncertain = true;
-                user.doubt = user
-                    .acked
-                    .as_ref()
-                    .map_or(0, |a| a.0)
-                    .max(user.since.iter().map(|s| s.0).max().unwrap_or(0));
-            }
-        }
+        self.users[u].jar().failed(did, after, alive);
     }
 
     fn ops(&mut self) -> (Did, Vec<Op>) {
         let roll = self.c.w.below(100);
-        if roll < 8 {
-            (Did::Renamed, vec![Op::ChangeId, Op::Set("user")])
-        } else if roll < 11 {
-            (Did::Ended, vec![Op::Invalidate])
-        } else if roll < 25 {
-            (Did::Read, vec![Op::Read])
-        } else {
-            (Did::Changed, self.c.change_ops())
-        }
+        fault_users::ops(roll, || self.c.change_ops())
     }
 
     fn request(&mut self, u: usize) {

@@ -35,6 +35,8 @@ mod backup_tests;
 #[cfg(test)]
 mod delta_tests;
 #[cfg(test)]
+mod fault_users;
+#[cfg(test)]
 mod harness_tests;
 #[cfg(test)]
 mod lane_tests;

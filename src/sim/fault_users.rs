@@ -1,0 +1,119 @@
+//! The users of the kill -9 loop simulations (`faults_delta`, `faults_backup`): what a user's
+//! cookie jar knows after each answer, the same for both managers.
+
+use super::delta_node::Op;
+use crate::session::SessionId;
+use std::collections::BTreeMap;
+
+/// A session's attributes.
+pub type Attrs = BTreeMap<String, Vec<u8>>;
+
+/// What a request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Did {
+    Created,
+    Changed,
+    Read,
+    Renamed,
+    Ended,
+}
+
+/// A request of each kind, from a roll in 0..100 (`change`: the ops of a change).
+pub fn ops(roll: u64, change: impl FnOnce() -> Vec<Op>) -> (Did, Vec<Op>) {
+    if roll < 8 {
+        (Did::Renamed, vec![Op::ChangeId, Op::Set("user")])
+    } else if roll < 11 {
+        (Did::Ended, vec![Op::Invalidate])
+    } else if roll < 25 {
+        (Did::Read, vec![Op::Read])
+    } else {
+        (Did::Changed, change())
+    }
+}
+
+/// A user's cookie jar and what the answers told it, borrowed from the user.
+pub struct Jar<'a> {
+    /// Its session's id (cookie), if logged in.
+    pub id: &'a mut Option<SessionId>,
+    /// A request that changed the id or ended the session failed, leaving it at most at
+    /// `doubt`: the session may be gone or under another id until a change above that version
+    /// is acknowledged (an end beats a copy of its version or below, docs/design.md).
+    pub uncertain: &'a mut bool,
+    pub doubt: &'a mut u64,
+    /// The session's state (version, attributes) after the last acknowledged request.
+    pub acked: &'a mut Option<(u64, Attrs)>,
+    /// States made by requests that failed since then (each may or may not have survived).
+    pub since: &'a mut Vec<(u64, Attrs)>,
+}
+
+/// What an acknowledged answer adds to the figures.
+pub struct Acknowledged {
+    pub session: bool,
+    pub change: bool,
+}
+
+impl Jar<'_> {
+    /// The request was acknowledged (200): `after` is the session as it left it.
+    pub fn acknowledged(self, did: Did, after: Option<(SessionId, u64, Attrs)>) -> Acknowledged {
+        match (did, after) {
+            (Did::Ended, _) | (_, None) => {
+                *self.id = None;
+                *self.acked = None;
+                self.since.clear();
+                *self.uncertain = false;
+                Acknowledged {
+                    session: false,
+                    change: did == Did::Ended,
+                }
+            }
+            (did, Some((id, v, attrs))) => {
+                *self.id = Some(id);
+                *self.acked = Some((v, attrs));
+                self.since.clear();
+                *self.uncertain &= v <= *self.doubt;
+                Acknowledged {
+                    session: did == Did::Created,
+                    change: did != Did::Read,
+                }
+            }
+        }
+    }
+
+    /// The request failed: its member answered with an error (`alive`), or died first.
+    pub fn failed(self, did: Did, after: Option<(SessionId, u64, Attrs)>, alive: bool) {
+        let newest_since = self.since.iter().map(|s| s.0).max().unwrap_or(0);
+        match did {
+            // No 200: the user logs in again.
+            Did::Created => {
+                *self.id = None;
+                *self.acked = None;
+                self.since.clear();
+            }
+            Did::Changed | Did::Read => {
+                if let Some((_, v, attrs)) = after {
+                    self.since.push((v, attrs));
+                }
+            }
+            Did::Renamed => {
+                *self.uncertain = true;
+                *self.doubt = after
+                    .as_ref()
+                    .map(|a| a.1)
+                    .or(self.acked.as_ref().map(|a| a.0))
+                    .unwrap_or(0)
+                    .max(newest_since);
+                if let Some((id, v, attrs)) = after {
+                    // An error page still carries the new cookie; a dead member sends none.
+                    if alive {
+                        *self.id = Some(id);
+                    }
+                    self.since.push((v, attrs));
+                }
+            }
+            Did::Ended => {
+                *self.uncertain = true;
+                *self.doubt = self.acked.as_ref().map_or(0, |a| a.0).max(newest_since);
+            }
+        }
+    }
+}
