@@ -412,6 +412,10 @@ impl ClusterManager {
     ) -> (R, Result<(), ChannelError>) {
         let mut core = self.core.lock();
         let (r, ready) = f(&mut core);
+        if ready.is_empty() {
+            // Nothing leaves, so nothing can overtake: no need to pass the `perform` lock.
+            return (r, Ok(()));
+        }
         let order = self.perform.lock();
         drop(core);
         (r, self.perform(ready, order))

@@ -66,6 +66,16 @@ impl Ready {
             ..Ready::default()
         }
     }
+
+    /// Nothing to perform (a request for a session served here, most of the time).
+    pub fn is_empty(&self) -> bool {
+        let c = self.counts;
+        self.outs.is_empty()
+            && self.events.is_empty()
+            && self.verdicts.is_empty()
+            && !self.became_ready
+            && c.resyncs + c.state_transfers + c.reconciled + c.replications == 0
+    }
 }
 
 /// A request's end that must not be acknowledged: while it ran, this member yielded the
