@@ -12,7 +12,7 @@ use super::id::SessionId;
 use super::model::{Applied, DeltaOp, Session, SessionState};
 use super::reconcile::Stamp;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// What the managers of one application say to each other (Tomcat's `SessionMessage` events).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +115,9 @@ pub struct ReplicaStore {
     sessions: HashMap<SessionId, Session>,
     /// Ended sessions, remembered so that a late message cannot bring one back; a renamed one
     /// remembers its new id, so that changes still in flight for the old id follow it. Bounded:
-    /// the oldest are forgotten first.
-    tombstones: BTreeMap<SessionId, Tombstone>,
+    /// the oldest are forgotten first. Hashed (looked up on every message); iterated only
+    /// through `tombstone_order`.
+    tombstones: HashMap<SessionId, Tombstone>,
     tombstone_order: VecDeque<SessionId>,
     max_tombstones: usize,
 }
@@ -125,7 +126,7 @@ impl ReplicaStore {
     pub fn new(max_tombstones: usize) -> ReplicaStore {
         ReplicaStore {
             sessions: HashMap::new(),
-            tombstones: BTreeMap::new(),
+            tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
             max_tombstones: max_tombstones.max(1),
         }
