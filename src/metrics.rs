@@ -10,9 +10,30 @@ use crate::member::{Member, MemberId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A counter the library updates and the application only reads: the statistics structs
+/// (`ReceiverStats`, `SenderStats`, ...) hand these out, so no caller can change a figure.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The current value, read with `order` (what `AtomicU64::load` takes).
+    pub fn load(&self, order: Ordering) -> u64 {
+        self.0.load(order)
+    }
+
+    pub(crate) fn fetch_add(&self, n: u64, order: Ordering) -> u64 {
+        self.0.fetch_add(n, order)
+    }
+}
 
 /// Counters of one member, shared by every lane and connection to or from it.
 #[derive(Default, Debug)]

@@ -32,7 +32,7 @@ fn local(ch: &GroupChannel) -> Member {
     ch.local_member().expect("running")
 }
 
-fn stat(s: &AtomicU64) -> u64 {
+fn stat(s: &tribecast::metrics::Counter) -> u64 {
     s.load(SeqCst)
 }
 

@@ -17,7 +17,7 @@ use crate::member::Member;
 use log::warn;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -145,9 +145,9 @@ impl ByteQueue {
 /// Counters of the dispatch queue.
 #[derive(Default, Debug)]
 pub struct DispatchStats {
-    pub queued: AtomicU64,
-    pub refused_full: AtomicU64,
-    pub send_errors: AtomicU64,
+    pub queued: crate::metrics::Counter,
+    pub refused_full: crate::metrics::Counter,
+    pub send_errors: crate::metrics::Counter,
 }
 
 pub struct MessageDispatchInterceptor {

@@ -109,11 +109,11 @@ enum Job {
 /// Counters of the membership service.
 #[derive(Default, Debug)]
 pub struct MembershipStats {
-    pub heartbeats_sent: AtomicU64,
-    pub heartbeats_received: AtomicU64,
-    pub datagrams_refused: AtomicU64,
-    pub events_dropped: AtomicU64,
-    pub verifications: AtomicU64,
+    pub heartbeats_sent: crate::metrics::Counter,
+    pub heartbeats_received: crate::metrics::Counter,
+    pub datagrams_refused: crate::metrics::Counter,
+    pub events_dropped: crate::metrics::Counter,
+    pub verifications: crate::metrics::Counter,
 }
 
 pub struct MembershipService {

@@ -26,7 +26,7 @@ use log::warn;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use regex::Regex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -147,14 +147,14 @@ impl From<SessionIdError> for SessionRequestError {
 /// Counters of a manager.
 #[derive(Default, Debug)]
 pub struct ManagerStats {
-    pub messages_sent: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub resyncs: AtomicU64,
-    pub state_transfers: AtomicU64,
+    pub messages_sent: crate::metrics::Counter,
+    pub messages_received: crate::metrics::Counter,
+    pub resyncs: crate::metrics::Counter,
+    pub state_transfers: crate::metrics::Counter,
     /// Session copies received for reconciliation.
-    pub reconciled: AtomicU64,
+    pub reconciled: crate::metrics::Counter,
     /// Requests whose session changes were sent.
-    pub replications: AtomicU64,
+    pub replications: crate::metrics::Counter,
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -75,16 +75,16 @@ pub trait ReceiverHandler: Send + Sync + 'static {
 /// Counters of the receiver, readable while it runs.
 #[derive(Default, Debug)]
 pub struct ReceiverStats {
-    pub connections_accepted: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub connections_closed_on_error: AtomicU64,
-    pub frames_received: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub duplicates_dropped: AtomicU64,
-    pub messages_delivered: AtomicU64,
+    pub connections_accepted: crate::metrics::Counter,
+    pub connections_refused: crate::metrics::Counter,
+    pub connections_closed_on_error: crate::metrics::Counter,
+    pub frames_received: crate::metrics::Counter,
+    pub bytes_received: crate::metrics::Counter,
+    pub duplicates_dropped: crate::metrics::Counter,
+    pub messages_delivered: crate::metrics::Counter,
     /// Connections closed because a frame failed authentication (keyed clusters): no or wrong
     /// key, forgery, replay.
-    pub auth_failures: AtomicU64,
+    pub auth_failures: crate::metrics::Counter,
 }
 
 /// Binds the first free port of `[port, port + auto_bind)`, as Tribes' `autoBind` does.

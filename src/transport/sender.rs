@@ -17,20 +17,20 @@ use crate::wire::DataBody;
 use log::debug;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Counters of the sender.
 #[derive(Default, Debug)]
 pub struct SenderStats {
-    pub messages_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub retries: AtomicU64,
-    pub failures: AtomicU64,
-    pub connects: AtomicU64,
+    pub messages_sent: crate::metrics::Counter,
+    pub bytes_sent: crate::metrics::Counter,
+    pub retries: crate::metrics::Counter,
+    pub failures: crate::metrics::Counter,
+    pub connects: crate::metrics::Counter,
     /// Times an asynchronous lane found its member not reading.
-    pub stalls: AtomicU64,
+    pub stalls: crate::metrics::Counter,
 }
 
 /// First lane id of asynchronous lanes; pooled lanes count up from 1.

@@ -370,9 +370,7 @@ pub mod node {
                 }
                 "stats" => {
                     let st = ch.membership_stats().expect("running");
-                    let get = |a: &std::sync::atomic::AtomicU64| {
-                        a.load(std::sync::atomic::Ordering::SeqCst)
-                    };
+                    let get = tribecast::metrics::Counter::get;
                     format!(
                         "hb_rx={} hb_tx={} refused={} verifications={}",
                         get(&st.heartbeats_received),
