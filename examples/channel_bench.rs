@@ -333,13 +333,7 @@ fn run() -> Result<(), String> {
         }
     }
     let mut cfg = bench_config("sender", &a);
-    cfg.static_members = addrs
-        .iter()
-        .map(|&addr| StaticMember {
-            addr,
-            unique_id: None,
-        })
-        .collect();
+    cfg.static_members = addrs.iter().map(|&addr| StaticMember::new(addr)).collect();
     let sender = GroupChannel::new(cfg).map_err(|e| e.to_string())?;
     sender.start().map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(10);

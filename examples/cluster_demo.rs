@@ -36,11 +36,9 @@ fn node_options(
     members: &[&Node],
     started: Instant,
 ) -> NodeOptions {
-    let mut cluster = ClusterConfig {
-        jvm_route: name.into(),
-        valve_filter: REFERENCE_VALVE_FILTER.into(),
-        ..ClusterConfig::default()
-    };
+    let mut cluster = ClusterConfig::default();
+    cluster.jvm_route = name.into();
+    cluster.valve_filter = REFERENCE_VALVE_FILTER.into();
     cluster.manager.kind = kind;
     cluster.channel.local_name = name.into();
     cluster.channel.receiver.port = 0; // the OS chooses: the demo runs beside anything
@@ -49,10 +47,7 @@ fn node_options(
     cluster.channel.static_members = members
         .iter()
         .filter_map(|n| n.receiver_addr())
-        .map(|addr| StaticMember {
-            addr,
-            unique_id: None,
-        })
+        .map(StaticMember::new)
         .collect();
     NodeOptions {
         http: SocketAddr::from(([127, 0, 0, 1], http_port)),

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tribecast::session::AttributeChange;
 use tribecast::{
-    ChannelConfig, ClusterConfig, ManagerConfig, ManagerKind, SendOptions, SessionEvent,
-    SimpleTcpCluster, StaticMember,
+    ChannelConfig, ClusterConfig, ManagerKind, SendOptions, SessionEvent, SimpleTcpCluster,
+    StaticMember,
 };
 
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -117,23 +117,15 @@ fn run() -> Result<(), String> {
         channel.static_members = nodes
             .iter()
             .filter_map(|n| n.channel().local_member())
-            .map(|m| StaticMember {
-                addr: m.addr,
-                unique_id: None,
-            })
+            .map(|m| StaticMember::new(m.addr))
             .collect();
-        let cfg = ClusterConfig {
-            channel,
-            jvm_route: format!("n{i}"),
-            channel_send_options: options,
-            manager: ManagerConfig {
-                kind,
-                backups: a.backups,
-                map_send_options: options,
-                ..ManagerConfig::default()
-            },
-            ..ClusterConfig::default()
-        };
+        let mut cfg = ClusterConfig::default();
+        cfg.channel = channel;
+        cfg.jvm_route = format!("n{i}");
+        cfg.channel_send_options = options;
+        cfg.manager.kind = kind;
+        cfg.manager.backups = a.backups;
+        cfg.manager.map_send_options = options;
         let c = SimpleTcpCluster::new(cfg).map_err(|e| e.to_string())?;
         let m = c.add_application("/bench");
         let count = Arc::new(AtomicU64::new(0));

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 /// Everything a [`SimpleTcpCluster`] needs.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ClusterConfig {
     pub channel: ChannelConfig,
     /// This node's jvmRoute: the suffix of the session ids it makes, and its member name.

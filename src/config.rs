@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// Everything a [`GroupChannel`](crate::GroupChannel) needs.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ChannelConfig {
     /// Name every member of this cluster shares; a peer with another name is refused at the
     /// handshake. (Tomcat: `SimpleTcpCluster.clusterName`.)
@@ -46,6 +47,7 @@ pub struct ChannelConfig {
 /// How members are found and judged alive (Tomcat: `McastService`, `StaticMembershipService`,
 /// `TcpFailureDetector`, `TcpPingInterceptor`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MembershipConfig {
     /// Multicast discovery; `None` (the default) for static members only. Tomcat's default
     /// cluster uses multicast; here it is opt-in, as multicast must stay off real networks
@@ -70,6 +72,7 @@ pub struct MembershipConfig {
 
 /// Multicast heartbeats (Tomcat: `McastService`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct McastConfig {
     /// Group address (Tomcat: `address`, 228.0.0.4).
     pub address: std::net::Ipv4Addr,
@@ -113,6 +116,7 @@ impl Default for McastConfig {
 
 /// The NIO receiver (Tomcat: `NioReceiver`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ReceiverConfig {
     /// Address to bind and to advertise (Tomcat: `address`, default `auto`). Default 127.0.0.1:
     /// set the address other members reach this one on.
@@ -139,6 +143,7 @@ pub struct ReceiverConfig {
 
 /// The sender (Tomcat: `ReplicationTransmitter` + `PooledParallelSender`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SenderConfig {
     /// Deadline of one send, connect and ack included (Tomcat: `timeout`, 3000 ms).
     pub timeout: Duration,
@@ -166,6 +171,7 @@ pub enum QueueFullPolicy {
 
 /// The asynchronous queue (Tomcat: `MessageDispatchInterceptor`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct DispatchConfig {
     /// Bytes the queue may hold (Tomcat: `maxQueueSize`, 64 MiB).
     pub max_queue_size: usize,
@@ -176,11 +182,30 @@ pub struct DispatchConfig {
 
 /// One statically listed member (Tomcat: `StaticMember` host, port, uniqueId).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StaticMember {
     /// Its receiver's address (host and port).
     pub addr: SocketAddr,
     /// Its id, when known; checked against what the member says at the handshake.
     pub unique_id: Option<MemberId>,
+}
+
+impl StaticMember {
+    /// The member at `addr`, its id not given (learnt at the handshake).
+    pub fn new(addr: SocketAddr) -> StaticMember {
+        StaticMember {
+            addr,
+            unique_id: None,
+        }
+    }
+
+    /// The member at `addr` whose id must be `id`.
+    pub fn with_unique_id(addr: SocketAddr, id: MemberId) -> StaticMember {
+        StaticMember {
+            addr,
+            unique_id: Some(id),
+        }
+    }
 }
 
 impl Default for ChannelConfig {

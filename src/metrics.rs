@@ -171,6 +171,7 @@ impl MemberRegistry {
 
 /// One member's figures, as counted by this node since it first talked to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberStats {
     pub id: MemberId,
     pub name: String,
@@ -201,6 +202,7 @@ pub struct MemberStats {
 
 /// Sums over every member listed, plus channel-wide counters that belong to no member.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChannelTotals {
     /// Current members (other than this node).
     pub members: u64,
@@ -226,6 +228,7 @@ pub struct ChannelTotals {
 
 /// A snapshot of [`GroupChannel::stats`](crate::GroupChannel::stats).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChannelStats {
     /// Sorted by name, then id.
     pub members: Vec<MemberStats>,
@@ -262,6 +265,7 @@ impl ChannelStats {
 
 /// A snapshot of [`ClusterManager::stats`](crate::ClusterManager::stats).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ManagerSnapshot {
     pub context: String,
     /// Live sessions held here (own and replicated).

@@ -12,18 +12,17 @@ use tribecast::{ClusterConfig, ManagerConfig, ManagerKind, SimpleTcpCluster};
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn cluster_of(n: usize, backups: usize) -> Vec<SimpleTcpCluster> {
-    let manager = ManagerConfig {
-        kind: ManagerKind::Backup,
-        backups,
-        ..ManagerConfig::default()
+    let manager = {
+        let mut manager = ManagerConfig::default();
+        manager.kind = ManagerKind::Backup;
+        manager.backups = backups;
+        manager
     };
-    cluster_nodes(
-        n,
-        &ClusterConfig {
-            manager,
-            ..ClusterConfig::default()
-        },
-    )
+    cluster_nodes(n, &{
+        let mut cluster = ClusterConfig::default();
+        cluster.manager = manager;
+        cluster
+    })
 }
 
 fn holders(nodes: &[SimpleTcpCluster], id: &str) -> usize {

@@ -551,14 +551,8 @@ fn converts_the_reference_static_unicast_channel() {
     assert_eq!(
         ch.static_members,
         vec![
-            StaticMember {
-                addr: SocketAddr::from(([10, 0, 0, 2], 4000)),
-                unique_id: id(2)
-            },
-            StaticMember {
-                addr: SocketAddr::from(([10, 0, 0, 3], 4000)),
-                unique_id: id(3)
-            },
+            listed(SocketAddr::from(([10, 0, 0, 2], 4000)), id(2)),
+            listed(SocketAddr::from(([10, 0, 0, 3], 4000)), id(3)),
         ]
     );
 }
@@ -932,20 +926,22 @@ fn example_files_point_at_each_other() {
         .map(|i| NodeConfig::from_file(&dir.join(format!("server{i}.toml"))).unwrap())
         .collect();
     for (i, a) in nodes.iter().enumerate() {
-        let listed: Vec<StaticMember> = a.cluster.channel.static_members.clone();
+        let held: Vec<StaticMember> = a.cluster.channel.static_members.clone();
         let others: Vec<StaticMember> = nodes
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, b)| StaticMember {
-                addr: SocketAddr::new(
-                    b.cluster.channel.receiver.address,
-                    b.cluster.channel.receiver.port,
-                ),
-                unique_id: b.cluster.channel.unique_id,
+            .map(|(_, b)| {
+                listed(
+                    SocketAddr::new(
+                        b.cluster.channel.receiver.address,
+                        b.cluster.channel.receiver.port,
+                    ),
+                    b.cluster.channel.unique_id,
+                )
             })
             .collect();
-        assert_eq!(listed, others, "server{}.toml", i + 1);
+        assert_eq!(held, others, "server{}.toml", i + 1);
         assert_eq!(
             a.cluster.channel.receiver.auto_bind, 1,
             "fixed ports: others expect them"
@@ -1125,4 +1121,11 @@ rebind_route = "always"
         assert_eq!(e.kind, Kind::BadValue, "{e}");
         assert!(e.to_string().contains(key), "{text}: {e}");
     }
+}
+
+/// A static member entry as the config file gives it.
+fn listed(addr: SocketAddr, unique_id: Option<tribecast::MemberId>) -> StaticMember {
+    let mut m = StaticMember::new(addr);
+    m.unique_id = unique_id;
+    m
 }

@@ -20,10 +20,11 @@ struct User {
 }
 
 fn template(options: SendOptions) -> ClusterConfig {
-    ClusterConfig {
-        channel_send_options: options,
-        valve_filter: r".*\.gif;.*\.js;.*\.css".into(),
-        ..ClusterConfig::default()
+    {
+        let mut cluster = ClusterConfig::default();
+        cluster.channel_send_options = options;
+        cluster.valve_filter = r".*\.gif;.*\.js;.*\.css".into();
+        cluster
     }
 }
 

@@ -1275,10 +1275,7 @@ fn a_restarted_member_that_connects_to_nobody_is_reported_gone_and_back_by_its_a
     );
     let mut cfg_a = ChannelConfig::loopback("a");
     quiet(&mut cfg_a);
-    cfg_a.static_members = vec![tribecast::StaticMember {
-        addr: b1.addr,
-        unique_id: Some(b_id),
-    }];
+    cfg_a.static_members = vec![tribecast::StaticMember::with_unique_id(b1.addr, b_id)];
     let (a, events) = with_events(cfg_a);
     wait_for("A sees B's first run", LIMIT, || events.has("+b"));
     let b = a

@@ -112,11 +112,12 @@ fn per_member_counters_count_messages_bytes_rtt_and_errors() {
 fn cluster_prometheus_text_lists_members_and_managers() {
     init_logs();
     let mk = |route: &str, peers: &[&GroupChannel]| {
-        let cfg = tribecast::ClusterConfig {
-            channel: config_with_peers(route, peers),
-            jvm_route: route.into(),
-            channel_send_options: SendOptions::SYNC_ACK,
-            ..Default::default()
+        let cfg = {
+            let mut cluster = tribecast::ClusterConfig::default();
+            cluster.channel = config_with_peers(route, peers);
+            cluster.jvm_route = route.into();
+            cluster.channel_send_options = SendOptions::SYNC_ACK;
+            cluster
         };
         let c = tribecast::SimpleTcpCluster::new(cfg).unwrap();
         c.add_application("/app");

@@ -262,11 +262,12 @@ struct GroupTap {
 impl GroupTap {
     fn start() -> GroupTap {
         let group = group();
-        let cfg = McastConfig {
-            address: *group.ip(),
-            port: group.port(),
-            bind: IFACE,
-            ..McastConfig::default()
+        let cfg = {
+            let mut mcast = McastConfig::default();
+            mcast.address = *group.ip();
+            mcast.port = group.port();
+            mcast.bind = IFACE;
+            mcast
         };
         let sock = mcast::open(&cfg, [127, 0, 0, 1].into(), Duration::from_millis(20))
             .expect("open the group");
@@ -516,13 +517,14 @@ fn inner_hostile() {
     let group = group();
     let mut cfg = ChannelConfig::loopback("target");
     cfg.membership.ping_interval = Duration::from_millis(NO_PINGS_MS);
-    cfg.membership.mcast = Some(McastConfig {
-        address: *group.ip(),
-        port: group.port(),
-        frequency: Duration::from_millis(FREQ_MS),
-        drop_time: Duration::from_millis(DROP_MS),
-        bind: IFACE,
-        ..McastConfig::default()
+    cfg.membership.mcast = Some({
+        let mut mcast = McastConfig::default();
+        mcast.address = *group.ip();
+        mcast.port = group.port();
+        mcast.frequency = Duration::from_millis(FREQ_MS);
+        mcast.drop_time = Duration::from_millis(DROP_MS);
+        mcast.bind = IFACE;
+        mcast
     });
     let ch = GroupChannel::new(cfg).expect("config");
     let events = Arc::new(Events::default());
@@ -640,12 +642,13 @@ fn inner_default_interface() {
     let group = group();
     let make = |name: &str| {
         let mut cfg = ChannelConfig::loopback(name);
-        cfg.membership.mcast = Some(McastConfig {
-            address: *group.ip(),
-            port: group.port(),
-            frequency: Duration::from_millis(FREQ_MS),
-            drop_time: Duration::from_millis(DROP_MS),
-            ..McastConfig::default()
+        cfg.membership.mcast = Some({
+            let mut mcast = McastConfig::default();
+            mcast.address = *group.ip();
+            mcast.port = group.port();
+            mcast.frequency = Duration::from_millis(FREQ_MS);
+            mcast.drop_time = Duration::from_millis(DROP_MS);
+            mcast
         });
         let ch = GroupChannel::new(cfg).expect("config");
         ch.start().expect("start");
@@ -683,13 +686,14 @@ fn inner_leave_once() {
     let make = |name: &str| {
         let mut cfg = ChannelConfig::loopback(name);
         cfg.membership.ping_interval = Duration::from_millis(NO_PINGS_MS);
-        cfg.membership.mcast = Some(McastConfig {
-            address: *group.ip(),
-            port: group.port(),
-            frequency: Duration::from_millis(FREQ_MS),
-            drop_time: Duration::from_millis(DROP_MS),
-            bind: IFACE,
-            ..McastConfig::default()
+        cfg.membership.mcast = Some({
+            let mut mcast = McastConfig::default();
+            mcast.address = *group.ip();
+            mcast.port = group.port();
+            mcast.frequency = Duration::from_millis(FREQ_MS);
+            mcast.drop_time = Duration::from_millis(DROP_MS);
+            mcast.bind = IFACE;
+            mcast
         });
         let ch = GroupChannel::new(cfg).expect("config");
         let ev = Arc::new(Events::default());
@@ -726,13 +730,14 @@ fn inner_keyed() {
     }
     init_logs();
     let group = group();
-    let mc = McastConfig {
-        address: *group.ip(),
-        port: group.port(),
-        frequency: Duration::from_millis(FREQ_MS),
-        drop_time: Duration::from_millis(DROP_MS),
-        bind: IFACE,
-        ..McastConfig::default()
+    let mc = {
+        let mut mcast = McastConfig::default();
+        mcast.address = *group.ip();
+        mcast.port = group.port();
+        mcast.frequency = Duration::from_millis(FREQ_MS);
+        mcast.drop_time = Duration::from_millis(DROP_MS);
+        mcast.bind = IFACE;
+        mcast
     };
     let key = ClusterKey::parse("3f1c0e6d2a9b8c7d6e5f40312233445566778899aabbccddeeff001122334455")
         .expect("key");

@@ -32,13 +32,7 @@ fn key(text: &str) -> Option<ClusterKey> {
 fn node(name: &str, k: Option<ClusterKey>, peers: &[SocketAddr]) -> GroupChannel {
     let mut cfg = ChannelConfig::loopback(name);
     cfg.cluster_key = k;
-    cfg.static_members = peers
-        .iter()
-        .map(|&addr| StaticMember {
-            addr,
-            unique_id: None,
-        })
-        .collect();
+    cfg.static_members = peers.iter().map(|&addr| StaticMember::new(addr)).collect();
     let ch = GroupChannel::new(cfg).expect("valid config");
     ch.start().expect("start");
     ch
@@ -488,13 +482,7 @@ fn other_domains_are_not_members_and_their_messages_are_dropped() {
     let with_domain = |name: &str, domain: &str, peers: &[SocketAddr]| {
         let mut cfg = ChannelConfig::loopback(name);
         cfg.domain = domain.into();
-        cfg.static_members = peers
-            .iter()
-            .map(|&addr| StaticMember {
-                addr,
-                unique_id: None,
-            })
-            .collect();
+        cfg.static_members = peers.iter().map(|&addr| StaticMember::new(addr)).collect();
         let ch = GroupChannel::new(cfg).expect("valid config");
         ch.start().expect("start");
         ch

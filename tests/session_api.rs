@@ -13,18 +13,17 @@ use tribecast::{
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn cluster_of(kind: ManagerKind) -> Vec<SimpleTcpCluster> {
-    let manager = ManagerConfig {
-        kind,
-        rebind_route: RebindRoute::WhenRouteGone,
-        ..ManagerConfig::default()
+    let manager = {
+        let mut manager = ManagerConfig::default();
+        manager.kind = kind;
+        manager.rebind_route = RebindRoute::WhenRouteGone;
+        manager
     };
-    cluster_nodes(
-        3,
-        &ClusterConfig {
-            manager,
-            ..ClusterConfig::default()
-        },
-    )
+    cluster_nodes(3, &{
+        let mut cluster = ClusterConfig::default();
+        cluster.manager = manager;
+        cluster
+    })
 }
 
 /// Whether a request for `id` on node `i` finds a session (a BackupManager node fetches it).
@@ -172,26 +171,25 @@ fn backup_manager_set_cookie_for_each_case() {
 #[test]
 fn set_cookie_follows_the_configured_policy() {
     init_logs();
-    let manager = ManagerConfig {
-        cookie: CookieConfig {
-            name: "SID".into(),
-            path: Some("/".into()),
-            domain: Some("example.com".into()),
-            secure: true,
-            same_site: SameSite::Strict,
-            max_age: Some(Duration::from_secs(1800)),
-            ..CookieConfig::default()
-        },
-        ..ManagerConfig::default()
+    let manager = {
+        let mut manager = ManagerConfig::default();
+        manager.cookie = {
+            let mut cookie = CookieConfig::default();
+            cookie.name = "SID".into();
+            cookie.path = Some("/".into());
+            cookie.domain = Some("example.com".into());
+            cookie.secure = true;
+            cookie.same_site = SameSite::Strict;
+            cookie.max_age = Some(Duration::from_secs(1800));
+            cookie
+        };
+        manager
     };
-    let node = cluster_node(
-        "server1",
-        &[],
-        &ClusterConfig {
-            manager,
-            ..ClusterConfig::default()
-        },
-    );
+    let node = cluster_node("server1", &[], &{
+        let mut cluster = ClusterConfig::default();
+        cluster.manager = manager;
+        cluster
+    });
     let app = node.manager("/app").expect("app");
     let mut req = app.request(None, "/app/login");
     req.session_or_create().expect("session");
@@ -208,15 +206,18 @@ fn set_cookie_follows_the_configured_policy() {
         Some(id.as_str())
     );
     // A cookie that cannot be written is refused when the cluster is made.
-    let bad = ClusterConfig {
-        manager: ManagerConfig {
-            cookie: CookieConfig {
-                same_site: SameSite::None,
-                ..CookieConfig::default()
-            },
-            ..ManagerConfig::default()
-        },
-        ..ClusterConfig::default()
+    let bad = {
+        let mut cluster = ClusterConfig::default();
+        cluster.manager = {
+            let mut manager = ManagerConfig::default();
+            manager.cookie = {
+                let mut cookie = CookieConfig::default();
+                cookie.same_site = SameSite::None;
+                cookie
+            };
+            manager
+        };
+        cluster
     };
     let err = SimpleTcpCluster::new(bad).err().expect("refused");
     assert!(err.to_string().contains("SameSite=None"), "{err}");
@@ -309,17 +310,16 @@ fn backup_manager_rebinds_the_route_after_node_1_stops() {
 #[test]
 fn with_rebind_never_the_id_keeps_its_route() {
     init_logs();
-    let manager = ManagerConfig {
-        rebind_route: RebindRoute::Never,
-        ..ManagerConfig::default()
+    let manager = {
+        let mut manager = ManagerConfig::default();
+        manager.rebind_route = RebindRoute::Never;
+        manager
     };
-    let nodes = cluster_nodes(
-        2,
-        &ClusterConfig {
-            manager,
-            ..ClusterConfig::default()
-        },
-    );
+    let nodes = cluster_nodes(2, &{
+        let mut cluster = ClusterConfig::default();
+        cluster.manager = manager;
+        cluster
+    });
     let app = |i: usize| nodes[i].manager("/app").expect("app");
     let mut req = app(0).request(None, "/app/login");
     req.session_or_create().expect("session");

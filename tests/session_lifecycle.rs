@@ -38,19 +38,18 @@ fn describe(e: &SessionEvent) -> String {
 }
 
 fn cluster_of(kind: ManagerKind) -> (Vec<SimpleTcpCluster>, Arc<Heard>) {
-    let manager = ManagerConfig {
-        kind,
-        max_inactive: MAX_INACTIVE,
-        expire_frequency: Duration::from_millis(100),
-        ..ManagerConfig::default()
+    let manager = {
+        let mut manager = ManagerConfig::default();
+        manager.kind = kind;
+        manager.max_inactive = MAX_INACTIVE;
+        manager.expire_frequency = Duration::from_millis(100);
+        manager
     };
-    let nodes = cluster_nodes(
-        3,
-        &ClusterConfig {
-            manager,
-            ..ClusterConfig::default()
-        },
-    );
+    let nodes = cluster_nodes(3, &{
+        let mut cluster = ClusterConfig::default();
+        cluster.manager = manager;
+        cluster
+    });
     let heard = Arc::new(Heard(Mutex::new(vec![Vec::new(); nodes.len()])));
     for (i, n) in nodes.iter().enumerate() {
         let h = heard.clone();

@@ -144,10 +144,8 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
     let (mut http, context, mut cluster) = match &a.config {
         Some(path) => load_config(path)?,
         None => {
-            let mut c = ClusterConfig {
-                valve_filter: REFERENCE_VALVE_FILTER.into(),
-                ..ClusterConfig::default()
-            };
+            let mut c = ClusterConfig::default();
+            c.valve_filter = REFERENCE_VALVE_FILTER.into();
             c.jvm_route = "node1".into();
             // The reference server.xml's NioReceiver maxThreads.
             c.channel.receiver.max_threads = 6;
@@ -172,10 +170,7 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
         cluster.channel.static_members = a
             .members
             .iter()
-            .map(|&addr| StaticMember {
-                addr,
-                unique_id: None,
-            })
+            .map(|&addr| StaticMember::new(addr))
             .collect();
     }
     if a.multicast && cluster.channel.membership.mcast.is_none() {

@@ -27,6 +27,7 @@ use toml::Spanned;
 
 /// One server's configuration file.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct NodeConfig {
     /// Where the application's HTTP server listens (`[connector]`, Tomcat `<Connector port>`);
     /// `None` when the file has no `[connector]`.

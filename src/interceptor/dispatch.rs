@@ -144,6 +144,7 @@ impl ByteQueue {
 
 /// Counters of the dispatch queue.
 #[derive(Default, Debug)]
+#[non_exhaustive]
 pub struct DispatchStats {
     pub queued: crate::metrics::Counter,
     pub refused_full: crate::metrics::Counter,

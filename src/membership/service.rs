@@ -108,6 +108,7 @@ enum Job {
 
 /// Counters of the membership service.
 #[derive(Default, Debug)]
+#[non_exhaustive]
 pub struct MembershipStats {
     pub heartbeats_sent: crate::metrics::Counter,
     pub heartbeats_received: crate::metrics::Counter,

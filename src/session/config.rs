@@ -38,6 +38,7 @@ pub enum RebindRoute {
 
 /// Settings of the session managers (Tomcat's `<Manager>` attributes).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ManagerConfig {
     /// `Delta` (default) or `Backup` (Tomcat: the `<Manager className>`).
     pub kind: ManagerKind,

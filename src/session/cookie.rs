@@ -31,6 +31,7 @@ pub enum SameSite {
 /// `sessionCookiePath`, `sessionCookieDomain`, `useHttpOnly`, the Servlet `SessionCookieConfig`
 /// `secure` and `maxAge`, and `sameSiteCookies`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CookieConfig {
     /// The cookie's name (Tomcat: `sessionCookieName`, `JSESSIONID`).
     pub name: String,

@@ -146,6 +146,7 @@ impl From<SessionIdError> for SessionRequestError {
 
 /// Counters of a manager.
 #[derive(Default, Debug)]
+#[non_exhaustive]
 pub struct ManagerStats {
     pub messages_sent: crate::metrics::Counter,
     pub messages_received: crate::metrics::Counter,

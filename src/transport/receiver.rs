@@ -74,6 +74,7 @@ pub trait ReceiverHandler: Send + Sync + 'static {
 
 /// Counters of the receiver, readable while it runs.
 #[derive(Default, Debug)]
+#[non_exhaustive]
 pub struct ReceiverStats {
     pub connections_accepted: crate::metrics::Counter,
     pub connections_refused: crate::metrics::Counter,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Counters of the sender.
 #[derive(Default, Debug)]
+#[non_exhaustive]
 pub struct SenderStats {
     pub messages_sent: crate::metrics::Counter,
     pub bytes_sent: crate::metrics::Counter,

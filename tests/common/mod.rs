@@ -77,10 +77,7 @@ pub fn started_with_peers(name: &str, peers: &[&GroupChannel]) -> GroupChannel {
     let mut cfg = ChannelConfig::loopback(name);
     cfg.static_members = peers
         .iter()
-        .map(|p| StaticMember {
-            addr: p.local_member().expect("running").addr,
-            unique_id: None,
-        })
+        .map(|p| StaticMember::new(p.local_member().expect("running").addr))
         .collect();
     let ch = GroupChannel::new(cfg).expect("valid config");
     ch.start().expect("start");
@@ -93,10 +90,7 @@ pub fn config_with_peers(name: &str, peers: &[&GroupChannel]) -> ChannelConfig {
     let mut cfg = ChannelConfig::loopback(name);
     cfg.static_members = peers
         .iter()
-        .map(|p| StaticMember {
-            addr: p.local_member().expect("running").addr,
-            unique_id: None,
-        })
+        .map(|p| StaticMember::new(p.local_member().expect("running").addr))
         .collect();
     cfg
 }
@@ -262,10 +256,7 @@ pub mod node {
             cfg.static_members = self
                 .peers
                 .iter()
-                .map(|&addr| StaticMember {
-                    addr,
-                    unique_id: None,
-                })
+                .map(|&addr| StaticMember::new(addr))
                 .collect();
             let ms = &mut cfg.membership;
             let set = |d: &mut Duration, v: u64| {
@@ -277,11 +268,12 @@ pub mod node {
             set(&mut ms.expiration_time, self.expiration_ms);
             set(&mut ms.connect_timeout, self.connect_ms);
             if let Some(SocketAddr::V4(group)) = self.mcast {
-                let mut mc = McastConfig {
-                    address: *group.ip(),
-                    port: group.port(),
-                    bind: self.mcast_bind,
-                    ..McastConfig::default()
+                let mut mc = {
+                    let mut mcast = McastConfig::default();
+                    mcast.address = *group.ip();
+                    mcast.port = group.port();
+                    mcast.bind = self.mcast_bind;
+                    mcast
                 };
                 set(&mut mc.frequency, self.frequency_ms);
                 set(&mut mc.drop_time, self.drop_time_ms);
@@ -725,10 +717,7 @@ pub fn cluster_node(
     cfg.channel = ChannelConfig::loopback(route);
     cfg.channel.static_members = peers
         .iter()
-        .map(|p| StaticMember {
-            addr: p.channel().local_member().expect("running").addr,
-            unique_id: None,
-        })
+        .map(|p| StaticMember::new(p.channel().local_member().expect("running").addr))
         .collect();
     cfg.jvm_route = route.into();
     let c = tribecast::SimpleTcpCluster::new(cfg).expect("config");
