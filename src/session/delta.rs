@@ -93,6 +93,7 @@ impl DeltaCore {
         }
     }
 
+    #[cfg(test)]
     /// Draws new session ids from `ids` instead of the operating system (a seeded source makes
     /// a simulation replay exactly).
     pub fn set_id_source(&mut self, ids: Box<dyn IdSource>) {

@@ -1,7 +1,7 @@
 //! The session manager of one application (Tomcat's `ClusterManager`: a `DeltaManager` or a
 //! `BackupManager`, chosen by `ManagerConfig::kind`, with the `ReplicationValve`'s request hook):
-//! the request API a synchronous server calls, over a pure core ([`DeltaCore`](super::delta::DeltaCore) or
-//! [`BackupCore`](super::backup::BackupCore)).
+//! the request API a synchronous server calls, over a pure core (`DeltaCore` or
+//! `BackupCore`).
 //!
 //! A request takes a working copy of its session; the application reads and changes it freely;
 //! when the request ends (`finish`, or drop) the copy's changes go into the stored session and,

@@ -144,10 +144,6 @@ impl ReplicaStore {
         self.sessions.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
     pub fn ids(&self) -> impl Iterator<Item = &SessionId> {
         let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
         ids.sort_unstable();
@@ -272,6 +268,7 @@ impl ReplicaStore {
         self.tombstones.contains_key(id)
     }
 
+    #[cfg(test)]
     /// Sessions idle past their max inactive interval at `now_ms` (for the reaper).
     pub fn expired(&self, now_ms: u64) -> Vec<SessionId> {
         let mut ids: Vec<SessionId> = self
@@ -284,6 +281,7 @@ impl ReplicaStore {
         ids
     }
 
+    #[cfg(test)]
     /// Every session's state, in chunks of at most `chunk` (state transfer).
     pub fn snapshot_chunks(&self, chunk: usize) -> Vec<Vec<SessionState>> {
         let mut states: Vec<SessionState> =

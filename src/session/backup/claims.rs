@@ -139,6 +139,7 @@ impl BackupCore {
         ]
     }
 
+    #[cfg(test)]
     /// Whether `id` ended (or was renamed) here: a late message cannot bring it back.
     pub fn has_ended(&self, id: &SessionId) -> bool {
         self.is_ended(id)

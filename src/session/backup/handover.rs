@@ -26,6 +26,7 @@ pub(super) struct Handover {
 }
 
 impl BackupCore {
+    #[cfg(test)]
     /// Makes this node the primary of a session it backs up, in step with its primary, without
     /// asking anyone (the manager fetches instead; the simulation uses this to stage moves):
     /// tells every member, and copies it to its backups when the request ends.

@@ -33,6 +33,7 @@ mod replication;
 mod tests;
 
 pub use messages::{BackupMessage, Out, DIGEST_CHUNK};
+#[cfg(test)]
 pub use placement::placement;
 
 use crate::member::MemberId;
@@ -159,6 +160,7 @@ impl BackupCore {
         }
     }
 
+    #[cfg(test)]
     /// Draws new session ids from `ids` instead of the operating system (a seeded source makes
     /// a simulation replay exactly).
     pub fn set_id_source(&mut self, ids: Box<dyn IdSource>) {
@@ -201,16 +203,13 @@ impl BackupCore {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn is_primary(&self, id: &SessionId) -> bool {
         self.entries
             .get(id)
             .is_some_and(|e| matches!(e.role, Role::Primary { .. }))
     }
 
+    #[cfg(test)]
     /// Whether the copy held here follows its primary: this node is the primary, or a listed
     /// backup in step with it. (A request still fetches from the primary first: the primary may
     /// have re-placed the session a moment ago, which this backup learns only later.)
@@ -236,6 +235,7 @@ impl BackupCore {
         }
     }
 
+    #[cfg(test)]
     /// Whether this primary still owes `member` a copy of `id` it has not seen acknowledged (a
     /// hand-over in progress: the copy goes out with the end of the request, or is on its way).
     pub fn awaits_copy(&self, id: &SessionId, member: MemberId) -> bool {
@@ -247,6 +247,7 @@ impl BackupCore {
         })
     }
 
+    #[cfg(test)]
     /// Whether this node keeps a copy of `id` only until its primary's `Drop` (it is not one
     /// of the primary's backups: a hand-over is in progress).
     pub fn is_retiring(&self, id: &SessionId) -> bool {
