@@ -55,7 +55,7 @@ impl std::error::Error for SessionError {}
 
 /// One change to a session, as replicated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeltaOp {
+pub(crate) enum DeltaOp {
     SetAttribute(String, #[serde(with = "crate::wire::bytes")] Vec<u8>),
     RemoveAttribute(String),
     MaxInactive(u64),
@@ -94,7 +94,8 @@ pub struct SessionState {
 
 /// What became of a replicated delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Applied {
+#[allow(clippy::enum_variant_names)] // `Applied::Applied` reads as the outcome it is
+pub(crate) enum Applied {
     Applied,
     /// Made from an older version than this copy has: a duplicate or an overtaken change.
     Stale,
@@ -113,7 +114,7 @@ pub struct Session {
 
 impl Session {
     /// A new session, created at `now_ms` (ms since the epoch).
-    pub fn new(id: SessionId, now_ms: u64, max_inactive: Duration) -> Session {
+    pub(crate) fn new(id: SessionId, now_ms: u64, max_inactive: Duration) -> Session {
         Session {
             state: SessionState {
                 id,
@@ -132,7 +133,7 @@ impl Session {
     }
 
     /// A replica made from replicated state.
-    pub fn from_state(state: SessionState) -> Session {
+    pub(crate) fn from_state(state: SessionState) -> Session {
         Session {
             state,
             is_new: false,
@@ -191,7 +192,7 @@ impl Session {
     /// Whether the others' view of the access time, last sent at `replicated_ms`, needs a
     /// refresh at `now_ms`: after half the max inactive interval (never for a session that never
     /// expires), so a replica never expires a session in use.
-    pub fn access_refresh_due(&self, replicated_ms: u64, now_ms: u64) -> bool {
+    pub(crate) fn access_refresh_due(&self, replicated_ms: u64, now_ms: u64) -> bool {
         let throttle = match self.state.max_inactive_ms {
             0 => u64::MAX,
             max => max / 2,
@@ -200,12 +201,12 @@ impl Session {
     }
 
     /// Records a request's access (not a replicated change by itself).
-    pub fn access(&mut self, now_ms: u64) {
+    pub(crate) fn access(&mut self, now_ms: u64) {
         self.state.last_accessed_ms = self.state.last_accessed_ms.max(now_ms);
     }
 
     /// The client came back with the id: the session is no longer new.
-    pub fn mark_not_new(&mut self) {
+    pub(crate) fn mark_not_new(&mut self) {
         self.is_new = false;
     }
 
@@ -304,7 +305,7 @@ impl Session {
 
     /// Takes the changes recorded since the last call, without touching the version: a
     /// request's working copy hands them to the stored session this way.
-    pub fn take_pending(&mut self) -> Vec<DeltaOp> {
+    pub(crate) fn take_pending(&mut self) -> Vec<DeltaOp> {
         std::mem::take(&mut self.pending)
     }
 
@@ -326,21 +327,16 @@ impl Session {
 
     /// Applies changes made elsewhere on this node (a request's working copy) as local changes:
     /// the state takes them and they are recorded for replication.
-    pub fn record_ops(&mut self, ops: Vec<DeltaOp>) {
+    pub(crate) fn record_ops(&mut self, ops: Vec<DeltaOp>) {
         for op in ops {
             self.apply_op(&op);
             self.record(op);
         }
     }
 
-    /// Whether changes wait to be replicated.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Takes the changes made since the last call, bumping the version: returns the version the
     /// changes apply to, the new version and the changes. `None` when nothing changed.
-    pub fn take_delta(&mut self) -> Option<(u64, u64, Vec<DeltaOp>)> {
+    pub(crate) fn take_delta(&mut self) -> Option<(u64, u64, Vec<DeltaOp>)> {
         if self.pending.is_empty() {
             return None;
         }
@@ -352,7 +348,7 @@ impl Session {
 
     /// Applies a replicated delta made from version `base` (giving `version`), if this copy is
     /// at `base`; a stale or duplicate delta changes nothing.
-    pub fn apply_delta(&mut self, base: u64, version: u64, ops: &[DeltaOp]) -> Applied {
+    pub(crate) fn apply_delta(&mut self, base: u64, version: u64, ops: &[DeltaOp]) -> Applied {
         if base < self.state.version || version <= self.state.version {
             return Applied::Stale;
         }
@@ -367,7 +363,7 @@ impl Session {
     }
 
     /// Replaces the id (fixation protection after login); the caller re-keys its map.
-    pub fn change_id(&mut self, new: SessionId) -> SessionId {
+    pub(crate) fn change_id(&mut self, new: SessionId) -> SessionId {
         std::mem::replace(&mut self.state.id, new)
     }
 }
