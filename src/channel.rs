@@ -50,7 +50,9 @@ where
 /// Hears members come and go (Tribes' `MembershipListener`). Called on the channel's threads:
 /// return quickly.
 pub trait MembershipListener: Send + Sync + 'static {
+    /// A member joined (or came back).
     fn member_added(&self, member: &Member);
+    /// A member left, crashed or was dropped by the failure detector.
     fn member_disappeared(&self, member: &Member);
 }
 
@@ -400,6 +402,7 @@ impl ChannelBuilder {
 }
 
 impl GroupChannel {
+    /// A builder for a channel with its own interceptor stack (Tomcat's `<Channel>` element).
     pub fn builder(config: ChannelConfig) -> ChannelBuilder {
         ChannelBuilder {
             config,
@@ -413,14 +416,17 @@ impl GroupChannel {
         Self::builder(config).build()
     }
 
+    /// The configuration this channel was made with.
     pub fn config(&self) -> &ChannelConfig {
         &self.inner.config
     }
 
+    /// Adds a listener for the messages this channel receives (Tomcat's `ChannelListener`).
     pub fn add_channel_listener(&self, l: Arc<dyn ChannelListener>) {
         self.inner.listeners.write().push(l);
     }
 
+    /// Adds a listener for members joining and leaving (Tomcat's `MembershipListener`).
     pub fn add_membership_listener(&self, l: Arc<dyn MembershipListener>) {
         self.inner.membership_listeners.write().push(l);
     }
@@ -571,6 +577,7 @@ impl GroupChannel {
         info!("Channel stopped");
     }
 
+    /// Whether the channel has started and not stopped.
     pub fn is_running(&self) -> bool {
         self.running.lock().is_some()
     }

@@ -28,11 +28,13 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ClusterConfig {
+    /// The channel under the cluster (Tomcat's `<Channel>`).
     pub channel: ChannelConfig,
     /// This node's jvmRoute: the suffix of the session ids it makes, and its member name.
     pub jvm_route: String,
     /// How session changes are sent (Tomcat: `channelSendOptions`, 8 asynchronous).
     pub channel_send_options: SendOptions,
+    /// The session manager of every application (Tomcat's `<Manager>`).
     pub manager: ManagerConfig,
     /// URIs not replicated (Tomcat's `ReplicationValve` `filter`): semicolon-separated regular
     /// expressions, each matched against the whole URI, e.g. `.*\.gif;.*\.js;.*\.css`.
@@ -178,6 +180,7 @@ pub struct SimpleTcpCluster {
 }
 
 impl SimpleTcpCluster {
+    /// A cluster from `cfg` (validated); `start` starts its channel.
     pub fn new(mut cfg: ClusterConfig) -> Result<SimpleTcpCluster, ChannelError> {
         let filter = compile_filter(&cfg.valve_filter)?;
         cfg.manager.cookie.validate()?;
@@ -226,6 +229,7 @@ impl SimpleTcpCluster {
         mgr
     }
 
+    /// The manager of the application at `context`, if one was added.
     pub fn manager(&self, context: &str) -> Option<Arc<ClusterManager>> {
         self.inner.managers.read().get(context).cloned()
     }
@@ -249,6 +253,7 @@ impl SimpleTcpCluster {
         metrics::render(&self.inner.channel.stats(), &self.manager_stats())
     }
 
+    /// The channel under this cluster (for members, statistics and raw sends).
     pub fn channel(&self) -> &GroupChannel {
         &self.inner.channel
     }

@@ -24,11 +24,15 @@ pub struct ChannelConfig {
     /// Period of the channel heartbeat that runs interceptors' periodic work
     /// (Tomcat: `GroupChannel.heartbeatSleeptime`, 5000 ms).
     pub heartbeat_interval: Duration,
+    /// The receiver (Tomcat's `NioReceiver`).
     pub receiver: ReceiverConfig,
+    /// The sender (Tomcat's `ReplicationTransmitter` and its `PooledParallelSender`).
     pub sender: SenderConfig,
+    /// The asynchronous dispatch queue (Tomcat's `MessageDispatchInterceptor`).
     pub dispatch: DispatchConfig,
     /// Statically listed members (Tomcat: `StaticMembershipInterceptor` `<Member>` elements).
     pub static_members: Vec<StaticMember>,
+    /// Membership: multicast, static members and failure detection (Tomcat's `McastService`, `StaticMembershipService`, `TcpFailureDetector`).
     pub membership: MembershipConfig,
     /// The secret shared by every member (Tomcat: `EncryptInterceptor.encryptionKey`; the
     /// algorithm is fixed, AES-256-GCM, Tomcat's default `encryptionAlgorithm` AES/GCM/NoPadding

@@ -36,19 +36,31 @@ impl fmt::Debug for ClusterKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyError {
     /// The environment variable is not set.
-    NotSet { var: String },
+    NotSet {
+        /// The variable's name.
+        var: String,
+    },
     /// The environment variable is not valid Unicode.
-    NotUnicode { var: String },
+    NotUnicode {
+        /// The variable's name.
+        var: String,
+    },
     /// The key file cannot be read.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error kind.
         kind: std::io::ErrorKind,
+        /// The operating system's message.
         message: String,
     },
     /// The text is neither 64 hex digits nor base64.
     BadEncoding,
     /// The text decodes, but not to 32 bytes.
-    BadLength { len: usize },
+    BadLength {
+        /// How many bytes the text decodes to.
+        len: usize,
+    },
     /// Every byte is zero: a placeholder, not a key.
     AllZero,
 }
@@ -317,6 +329,8 @@ impl DatagramKey {
         Ok((nonce, tag.into()))
     }
 
+    /// Decrypts `buf` in place; `CryptoError::Auth` when it was not sealed with this key and
+    /// `nonce`, or was altered.
     pub fn open(
         &self,
         aad: &[u8],

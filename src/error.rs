@@ -10,7 +10,9 @@ use std::time::Duration;
 /// A configuration value that cannot work. Names the key as it appears in the config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The key, as its field path (e.g. `receiver.max_threads`).
     pub key: &'static str,
+    /// What is wrong with its value.
     pub reason: String,
 }
 
@@ -67,9 +69,11 @@ impl fmt::Display for SendFailure {
 /// One destination that failed, and why (Tribes' `ChannelException.FaultyMember`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultyMember {
+    /// The member's id.
     pub id: MemberId,
     /// The member record, when it is known.
     pub member: Option<Member>,
+    /// Why the send to it failed.
     pub reason: SendFailure,
 }
 
@@ -85,23 +89,31 @@ impl fmt::Display for FaultyMember {
 /// Errors of the channel API.
 #[derive(Debug)]
 pub enum ChannelError {
+    /// The configuration is not valid.
     Config(ConfigError),
     /// No port in `[port, port + auto_bind)` could be bound.
     Bind {
+        /// The address.
         address: SocketAddr,
+        /// How many ports above it were tried.
         auto_bind: u16,
+        /// The last bind error.
         source: io::Error,
     },
     /// Some destinations failed; the others got the message.
     Faulty(Vec<FaultyMember>),
     /// The asynchronous queue is full and the policy refused to wait longer.
     QueueFull {
+        /// Bytes queued when the message was refused.
         queued_bytes: usize,
+        /// The queue's bound (`dispatch.max_queue_size`).
         max_bytes: usize,
     },
     /// The message is larger than `max_frame_size` allows.
     TooLarge {
+        /// The message's length in bytes.
         len: usize,
+        /// The largest the channel accepts.
         max: usize,
     },
     /// The channel is not running (not started yet, or stopped).

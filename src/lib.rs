@@ -1,6 +1,7 @@
 //! tribecast: in-memory HTTP session replication for synchronous Rust servers, after Tomcat's
 //! Tribes clustering. See README.md and docs/.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod channel;
 pub mod cluster;

@@ -49,7 +49,9 @@ impl fmt::Debug for MemberId {
 /// cluster), the address of its receiver and its domain.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
+    /// Its unique id (Tomcat's `uniqueId`).
     pub id: MemberId,
+    /// Its name (the jvmRoute of its cluster).
     pub name: String,
     /// Where its receiver listens: what others connect to.
     pub addr: SocketAddr,

@@ -173,7 +173,9 @@ impl MemberRegistry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemberStats {
+    /// The member's id.
     pub id: MemberId,
+    /// The member's name.
     pub name: String,
     /// Whether it is a member now (figures of members that left are kept).
     pub current: bool,
@@ -183,6 +185,7 @@ pub struct MemberStats {
     pub bytes_sent: u64,
     /// Messages received from it and handed to the listeners.
     pub messages_received: u64,
+    /// Payload bytes of those messages.
     pub bytes_received: u64,
     /// Messages to it that failed (not reachable, timed out, refused, failed in its listener).
     pub send_errors: u64,
@@ -196,7 +199,9 @@ pub struct MemberStats {
     pub rtt_last_us: u64,
     /// Mean of all round trips measured, in µs (0: none yet).
     pub rtt_avg_us: u64,
+    /// Sum of the measured round trips, in µs.
     pub rtt_sum_us: u64,
+    /// Round trips measured.
     pub rtt_count: u64,
 }
 
@@ -206,23 +211,37 @@ pub struct MemberStats {
 pub struct ChannelTotals {
     /// Current members (other than this node).
     pub members: u64,
+    /// Messages sent, over every member.
     pub messages_sent: u64,
+    /// Payload bytes sent.
     pub bytes_sent: u64,
+    /// Messages received.
     pub messages_received: u64,
+    /// Payload bytes received.
     pub bytes_received: u64,
+    /// Sends that failed.
     pub send_errors: u64,
+    /// Reconnect-and-resend attempts.
     pub retries: u64,
+    /// Bytes waiting in asynchronous lanes now.
     pub async_queued_bytes: u64,
+    /// Asynchronous messages dropped on a full queue.
     pub async_dropped: u64,
+    /// Mean round trip over every member, in µs.
     pub rtt_avg_us: u64,
     /// Connections made by the sender (pooled, asynchronous, probes).
     pub connects: u64,
     /// Times an asynchronous lane found its member not reading.
     pub stalls: u64,
+    /// Connections the receiver accepted.
     pub connections_accepted: u64,
+    /// Connections refused (over the limit, or a bad handshake).
     pub connections_refused: u64,
+    /// Connections closed because of bad input.
     pub connections_closed_on_error: u64,
+    /// Frames that failed authentication (wrong cluster key, altered).
     pub auth_failures: u64,
+    /// Duplicate messages dropped (a resend of one already delivered).
     pub duplicates_dropped: u64,
 }
 
@@ -232,10 +251,12 @@ pub struct ChannelTotals {
 pub struct ChannelStats {
     /// Sorted by name, then id.
     pub members: Vec<MemberStats>,
+    /// Sums over every member, and channel-wide counters.
     pub totals: ChannelTotals,
 }
 
 impl ChannelStats {
+    /// The figures of member `id`, if this node talked to it.
     pub fn member(&self, id: &MemberId) -> Option<&MemberStats> {
         self.members.iter().find(|m| m.id == *id)
     }
@@ -267,12 +288,15 @@ impl ChannelStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ManagerSnapshot {
+    /// The application's context path.
     pub context: String,
     /// Live sessions held here (own and replicated).
     pub sessions: u64,
     /// BackupManager: sessions this node is primary for; `None` for a DeltaManager.
     pub primaries: Option<u64>,
+    /// Session messages this manager sent.
     pub messages_sent: u64,
+    /// Session messages this manager received.
     pub messages_received: u64,
     /// Requests whose session changes were sent to the other members.
     pub replications: u64,

@@ -19,9 +19,11 @@ impl SendOptions {
     /// Synchronized ack as Tomcat users write it: `6`.
     pub const SYNC_ACK: SendOptions = SendOptions(0x06);
 
+    /// Whether every flag of `other` is set.
     pub fn contains(self, other: SendOptions) -> bool {
         self.0 & other.0 == other.0
     }
+    /// Whether the send is asynchronous (queued, answered before it leaves).
     pub fn is_async(self) -> bool {
         self.contains(SendOptions::ASYNCHRONOUS)
     }
@@ -29,6 +31,7 @@ impl SendOptions {
     pub fn wants_ack(self) -> bool {
         self.contains(SendOptions::USE_ACK) || self.contains(SendOptions::SYNCHRONIZED_ACK)
     }
+    /// Whether the sender waits until the receiver's listeners handled the message.
     pub fn wants_sync_ack(self) -> bool {
         self.contains(SendOptions::SYNCHRONIZED_ACK)
     }

@@ -91,7 +91,9 @@ pub struct ConfigFileError {
     pub key: String,
     /// 1-based line of the key or value, when known.
     pub line: Option<usize>,
+    /// What kind of mistake it is.
     pub kind: ConfigFileErrorKind,
+    /// The file's path and key, and what is wrong with it.
     pub message: String,
 }
 

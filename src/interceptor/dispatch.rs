@@ -146,16 +146,21 @@ impl ByteQueue {
 #[derive(Default, Debug)]
 #[non_exhaustive]
 pub struct DispatchStats {
+    /// Messages put on the queue.
     pub queued: crate::metrics::Counter,
+    /// Messages refused because the queue stayed full.
     pub refused_full: crate::metrics::Counter,
+    /// Queued messages whose send failed.
     pub send_errors: crate::metrics::Counter,
 }
 
+/// Tomcat's `MessageDispatchInterceptor`: asynchronous sends go on a bounded queue that one thread drains.
 pub struct MessageDispatchInterceptor {
     cfg: DispatchConfig,
     timeout: Duration,
     queue: Arc<ByteQueue>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Its counters.
     pub stats: Arc<DispatchStats>,
 }
 

@@ -22,7 +22,9 @@ pub use dispatch::MessageDispatchInterceptor;
 pub struct OutMessage {
     /// Unique per sender and channel start (Tribes' `ChannelData.uniqueId`).
     pub msg_id: u64,
+    /// How it was sent.
     pub options: SendOptions,
+    /// The application's bytes.
     pub payload: Vec<u8>,
     /// Set by the dispatch thread: the transport may hold the frame until `flush`.
     pub(crate) batched: bool,
@@ -33,8 +35,11 @@ pub struct OutMessage {
 pub struct ChannelMessage<'a> {
     /// The member that sent it, as it introduced itself on its connection.
     pub from: &'a Member,
+    /// The sender's id of this message (for duplicates and acks).
     pub msg_id: u64,
+    /// How to send it.
     pub options: SendOptions,
+    /// The bytes, as interceptors above made them.
     pub payload: Cow<'a, [u8]>,
 }
 
@@ -89,6 +94,7 @@ pub trait ChannelInterceptor: Send + Sync + 'static {
     /// Called when the channel stops, top to bottom. Must return once its threads are joined.
     fn stop(&self) {}
 
+    /// A message on its way down to the transport; pass it on with `down.send_message`.
     fn send_message(
         &self,
         dests: &Arc<[Member]>,
@@ -109,10 +115,12 @@ pub trait ChannelInterceptor: Send + Sync + 'static {
         up.message_received(msg)
     }
 
+    /// A member joined; pass it on with `up.member_added`.
     fn member_added(&self, member: &Member, up: Up<'_>) {
         up.member_added(member)
     }
 
+    /// A member left; pass it on with `up.member_disappeared`.
     fn member_disappeared(&self, member: &Member, up: Up<'_>) {
         up.member_disappeared(member)
     }
@@ -140,6 +148,7 @@ impl<'a> Next<'a> {
         }
     }
 
+    /// Sends `msg` to `dests` through the interceptors below (then the transport).
     pub fn send_message(self, dests: &Arc<[Member]>, msg: OutMessage) -> Result<(), ChannelError> {
         match self.rest.split_first() {
             Some((first, rest)) => first.send_message(
@@ -154,6 +163,7 @@ impl<'a> Next<'a> {
         }
     }
 
+    /// Flushes what the interceptors below hold (a dispatch queue): `true` when all was sent.
     pub fn flush(self) -> bool {
         match self.rest.split_first() {
             Some((first, rest)) => first.flush(Next {
@@ -181,6 +191,7 @@ impl<'a> Up<'a> {
         }
     }
 
+    /// Hands `msg` to the interceptors above (then the channel's listeners).
     pub fn message_received(self, msg: &ChannelMessage<'_>) -> Result<(), String> {
         match self.rest.split_last() {
             Some((last, rest)) => last.message_received(
@@ -194,6 +205,7 @@ impl<'a> Up<'a> {
         }
     }
 
+    /// Tells the interceptors above (then the membership listeners) that `m` joined.
     pub fn member_added(self, m: &Member) {
         match self.rest.split_last() {
             Some((last, rest)) => last.member_added(
@@ -207,6 +219,7 @@ impl<'a> Up<'a> {
         }
     }
 
+    /// Tells the interceptors above (then the membership listeners) that `m` left.
     pub fn member_disappeared(self, m: &Member) {
         match self.rest.split_last() {
             Some((last, rest)) => last.member_disappeared(

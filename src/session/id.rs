@@ -142,6 +142,7 @@ impl SessionId {
         Ok(SessionId(s.to_string()))
     }
 
+    /// The id as text (what the cookie carries).
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// `HttpSessionAttributeListener`). Called for local changes and, with
 /// `notify_listeners_on_replication`, for changes made on other members.
 pub trait SessionListener: Send + Sync + 'static {
+    /// Called for every event of application `context`, on the thread that caused it.
     fn event(&self, context: &str, event: &SessionEvent);
 }
 
@@ -46,6 +47,7 @@ impl<F: Fn(&str, &SessionEvent) + Send + Sync + 'static> SessionListener for F {
 /// Why a request could not get its session.
 #[derive(Debug)]
 pub enum ManagerError {
+    /// The session id could not be made (the operating system's random source failed).
     Id(SessionIdError),
     /// The session was replicated but could not be sent.
     Send(ChannelError),
@@ -148,9 +150,13 @@ impl From<SessionIdError> for SessionRequestError {
 #[derive(Default, Debug)]
 #[non_exhaustive]
 pub struct ManagerStats {
+    /// Session messages sent.
     pub messages_sent: crate::metrics::Counter,
+    /// Session messages received.
     pub messages_received: crate::metrics::Counter,
+    /// Sessions asked for again because a change arrived out of step.
     pub resyncs: crate::metrics::Counter,
+    /// Full state transfers served to a joining member.
     pub state_transfers: crate::metrics::Counter,
     /// Session copies received for reconciliation.
     pub reconciled: crate::metrics::Counter,
@@ -189,6 +195,7 @@ pub struct ClusterManager {
     listeners: RwLock<Vec<Arc<dyn SessionListener>>>,
     /// The session cookie's policy.
     cookie: CookieConfig,
+    /// Its counters (read them with `stats()` for a snapshot).
     pub stats: ManagerStats,
 }
 
@@ -234,6 +241,7 @@ impl ClusterManager {
         self.core.lock().core_mut().set_merger(Some(merger));
     }
 
+    /// Adds a listener for this application's session events (Tomcat's `HttpSessionListener` and attribute listeners).
     pub fn add_listener(&self, l: Arc<dyn SessionListener>) {
         self.listeners.write().push(l);
     }

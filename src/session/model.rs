@@ -23,9 +23,19 @@ pub const MAX_NAME_LEN: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionError {
     /// The value could not be serialized.
-    Encode { name: String, reason: String },
+    Encode {
+        /// The attribute.
+        name: String,
+        /// The encoder's message.
+        reason: String,
+    },
     /// The stored bytes are not a `T` (another type was stored under this name).
-    Decode { name: String, reason: String },
+    Decode {
+        /// The attribute.
+        name: String,
+        /// The decoder's message.
+        reason: String,
+    },
     /// The name is empty or longer than `MAX_NAME_LEN`.
     BadName(usize),
     /// The session was invalidated.
@@ -78,14 +88,20 @@ impl DeltaOp {
 /// Everything replicated about a session (for CREATED and full state transfer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
+    /// Its id.
     pub id: SessionId,
     #[serde(with = "crate::wire::bytes::map")]
+    /// Its attributes, each the bytes of its encoded value, by name.
     pub attributes: BTreeMap<String, Vec<u8>>,
+    /// When it was created, in ms since the epoch.
     pub creation_ms: u64,
+    /// When it was last used, in ms since the epoch.
     pub last_accessed_ms: u64,
     /// 0: never expires.
     pub max_inactive_ms: u64,
+    /// The authenticated user's name, if any (Tomcat's `principal`).
     pub principal: Option<String>,
+    /// How the user authenticated (`BASIC`, `FORM`, ...), if any.
     pub auth_type: Option<String>,
     /// Changes applied so far; a replica applies a delta only on top of the version it was made
     /// from.
@@ -142,14 +158,17 @@ impl Session {
         }
     }
 
+    /// Its replicated state (id, version, attributes, times).
     pub fn state(&self) -> &SessionState {
         &self.state
     }
 
+    /// Its id.
     pub fn id(&self) -> &SessionId {
         &self.state.id
     }
 
+    /// Its version: one more for every change replicated.
     pub fn version(&self) -> u64 {
         self.state.version
     }
@@ -159,26 +178,32 @@ impl Session {
         self.is_new
     }
 
+    /// Whether it is still live (not invalidated or expired).
     pub fn is_valid(&self) -> bool {
         self.valid
     }
 
+    /// When it was created, in ms since the epoch.
     pub fn creation_ms(&self) -> u64 {
         self.state.creation_ms
     }
 
+    /// When it was last used, in ms since the epoch.
     pub fn last_accessed_ms(&self) -> u64 {
         self.state.last_accessed_ms
     }
 
+    /// How long it may stay unused before it expires.
     pub fn max_inactive(&self) -> Duration {
         Duration::from_millis(self.state.max_inactive_ms)
     }
 
+    /// The authenticated user's name, if any.
     pub fn principal(&self) -> Option<&str> {
         self.state.principal.as_deref()
     }
 
+    /// How the user authenticated, if any.
     pub fn auth_type(&self) -> Option<&str> {
         self.state.auth_type.as_deref()
     }
@@ -265,6 +290,7 @@ impl Session {
             .transpose()
     }
 
+    /// Removes attribute `name` (nothing happens if it is not there).
     pub fn remove(&mut self, name: &str) -> Result<(), SessionError> {
         self.check(name)?;
         if self.state.attributes.remove(name).is_some() {
@@ -273,10 +299,12 @@ impl Session {
         Ok(())
     }
 
+    /// The names of its attributes, in alphabetical order.
     pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
         self.state.attributes.keys().map(String::as_str)
     }
 
+    /// Sets how long it may stay unused before it expires (Servlet `setMaxInactiveInterval`).
     pub fn set_max_inactive(&mut self, d: Duration) {
         let ms = d.as_millis().min(u64::MAX as u128) as u64;
         if ms != self.state.max_inactive_ms {

@@ -25,16 +25,24 @@ pub struct Out<M = SessionMessage> {
 /// replicated changes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {
+    /// A session was created (here, or on another member and replicated here).
     Created(SessionId),
+    /// A session ended: invalidated, expired, or ended elsewhere.
     Destroyed(SessionId),
+    /// A session was given a new id (a change of id at login, or a rebound route).
     IdChanged {
+        /// The id it had.
         old: SessionId,
+        /// The id it has now.
         new: SessionId,
     },
     /// An attribute was added, replaced or removed by a change from another member.
     Attribute {
+        /// The session.
         id: SessionId,
+        /// The attribute's name.
         name: String,
+        /// What happened to it.
         change: AttributeChange,
     },
 }
@@ -42,8 +50,11 @@ pub enum SessionEvent {
 /// What happened to an attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttributeChange {
+    /// It was not there before.
     Added,
+    /// It had another value.
     Replaced,
+    /// It was removed.
     Removed,
 }
 

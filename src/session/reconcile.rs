@@ -63,12 +63,16 @@ pub fn fingerprint(s: &SessionState) -> u64 {
 /// one the rule prefers, without sending the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stamp {
+    /// The session's version.
     pub version: u64,
+    /// A fingerprint of its contents (FNV-1a over attributes, principal, auth type, max inactive).
     pub fingerprint: u64,
+    /// When it was last used, in ms since the epoch.
     pub last_accessed_ms: u64,
 }
 
 impl Stamp {
+    /// The stamp of a session's state.
     pub fn of(s: &SessionState) -> Stamp {
         Stamp {
             version: s.version,
