@@ -1,4 +1,5 @@
-//! The session (Tomcat's `DeltaSession`): attributes as postcard bytes with typed access, the
+//! The session (Tomcat's `DeltaSession`): attributes as self-describing bytes with typed access
+//! (MessagePack with field names, `attr.rs`, so a session type can gain and lose fields), the
 //! times that decide expiry, the authenticated principal, and a per-session version that orders
 //! replicated changes.
 //!
@@ -24,7 +25,10 @@ pub const MAX_NAME_LEN: usize = 1024;
 pub enum SessionError {
     /// The value could not be serialized.
     Encode { name: String, reason: String },
-    /// The stored bytes are not a `T` (another type was stored under this name).
+    /// The stored bytes are not a `T`: another type was stored under this name, the type changed
+    /// in a way that is not compatible (a field added without `#[serde(default)]`, a field renamed
+    /// or retyped, an enum variant this version does not know), or the bytes are of an attribute
+    /// encoding this version does not read. `reason` says which.
     Decode { name: String, reason: String },
     /// The name is empty or longer than `MAX_NAME_LEN`.
     BadName(usize),
@@ -234,9 +238,9 @@ impl Session {
         value: &T,
     ) -> Result<(), SessionError> {
         self.check(name)?;
-        let bytes = postcard::to_stdvec(value).map_err(|e| SessionError::Encode {
+        let bytes = super::attr::encode(value).map_err(|reason| SessionError::Encode {
             name: name.into(),
-            reason: e.to_string(),
+            reason,
         })?;
         self.state
             .attributes
@@ -254,11 +258,9 @@ impl Session {
             .attributes
             .get(name)
             .map(|b| {
-                // Exactly one value: bytes left over mean another type was stored. (postcard
-                // is not self-describing, so not every mismatch can be caught.)
-                crate::wire::decode_body(b).map_err(|e| SessionError::Decode {
+                super::attr::decode(b).map_err(|reason| SessionError::Decode {
                     name: name.into(),
-                    reason: e.to_string(),
+                    reason,
                 })
             })
             .transpose()
@@ -415,7 +417,7 @@ mod tests {
         ));
         assert!(
             matches!(s.get::<u8>("n"), Err(SessionError::Decode { .. })),
-            "bytes left over"
+            "out of range"
         );
         assert_eq!(s.set("", &1u8), Err(SessionError::BadName(0)));
     }
@@ -474,7 +476,13 @@ mod tests {
         stored.record_ops(copy.take_pending());
         assert_eq!(stored.get::<u8>("a").unwrap(), Some(1));
         let (_, _, ops) = stored.take_delta().unwrap();
-        assert_eq!(ops, vec![DeltaOp::SetAttribute("a".into(), vec![1])]);
+        assert_eq!(
+            ops,
+            vec![DeltaOp::SetAttribute(
+                "a".into(),
+                vec![super::super::attr::TAG_MSGPACK_NAMED, 1]
+            )]
+        );
     }
 
     #[test]
