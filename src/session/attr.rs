@@ -234,4 +234,18 @@ mod tests {
         deep.push(0xc0);
         assert!(decode::<UserV3>(&deep).is_err());
     }
+
+    proptest::proptest! {
+        /// Any bytes from the network decode to a value or an error, never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), tag in 0u8..3) {
+            let mut bytes = vec![tag];
+            bytes.extend(body);
+            let _ = decode::<UserV2>(&bytes);
+            let _ = decode::<RoleV2>(&bytes);
+            let _ = decode::<Vec<u64>>(&bytes);
+            let _ = decode::<String>(&bytes);
+            let _ = decode::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(&bytes);
+        }
+    }
 }

@@ -423,6 +423,28 @@ mod tests {
     }
 
     #[test]
+    fn bytes_that_are_not_a_value_are_a_decode_error() {
+        let mut state = session().state().clone();
+        for (name, bytes) in [
+            ("empty", vec![]),
+            ("unknown encoding", vec![0x7f, 1]),
+            (
+                "truncated",
+                vec![super::super::attr::TAG_MSGPACK_NAMED, 0x92, 1],
+            ),
+        ] {
+            state.attributes.insert(name.into(), bytes);
+        }
+        let s = Session::from_state(state);
+        for name in ["empty", "unknown encoding", "truncated"] {
+            assert!(
+                matches!(s.get::<Vec<u8>>(name), Err(SessionError::Decode { .. })),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn a_request_sends_only_the_last_change_per_name_and_bumps_the_version() {
         let mut s = session();
         s.set("a", &1u32).unwrap();
