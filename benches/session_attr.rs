@@ -57,6 +57,27 @@ fn cart() -> Cart {
 type Enc<T> = fn(&T) -> Vec<u8>;
 type Dec<T> = fn(&[u8]) -> T;
 
+/// What `Session::set` does (src/session/attr.rs): the tag, then MessagePack with field names.
+fn tribecast_encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(1);
+    let mut ser = rmp_serde::Serializer::new(&mut out)
+        .with_struct_map()
+        .with_binary();
+    v.serialize(&mut ser).unwrap();
+    out
+}
+
+/// What `Session::get` does: the tag checked, then one value read in place.
+fn tribecast_decode<T: DeserializeOwned>(b: &[u8]) -> T {
+    let (1, rest) = (b[0], &b[1..]) else {
+        panic!("tag")
+    };
+    let mut de = rmp_serde::Deserializer::from_read_ref(rest).with_binary();
+    de.set_max_depth(128);
+    T::deserialize(&mut de).unwrap()
+}
+
 fn formats<T: Serialize + DeserializeOwned>() -> Vec<(&'static str, Enc<T>, Dec<T>)> {
     vec![
         (
@@ -69,6 +90,7 @@ fn formats<T: Serialize + DeserializeOwned>() -> Vec<(&'static str, Enc<T>, Dec<
             |v| rmp_serde::to_vec_named(v).unwrap(),
             |b| rmp_serde::from_slice(b).unwrap(),
         ),
+        ("tribecast", tribecast_encode, tribecast_decode),
         (
             "cbor",
             |v| {
