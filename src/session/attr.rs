@@ -151,6 +151,27 @@ mod tests {
     }
 
     #[test]
+    fn an_option_field_needs_no_default_and_integers_read_across_widths() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct WithOption {
+            id: u64,
+            nick: Option<String>,
+        }
+        let b = encode(&UserV1 {
+            id: 7,
+            name: "ann".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            decode::<WithOption>(&b).unwrap(),
+            WithOption { id: 7, nick: None }
+        );
+        assert_eq!(decode::<u64>(&encode(&7u32).unwrap()).unwrap(), 7);
+        assert_eq!(decode::<u16>(&encode(&7u64).unwrap()).unwrap(), 7);
+        assert!(decode::<u16>(&encode(&70_000u64).unwrap()).is_err());
+    }
+
+    #[test]
     fn what_does_not_evolve_fails_with_an_error() {
         let b = encode(&UserV1 {
             id: 7,
