@@ -34,9 +34,9 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String
 }
 
 /// The value in `bytes` as a `T`, if they start with the tag of a known encoding. Bytes after
-/// the value are not looked at (as in the wire's postcard bodies): MessagePack's markers already
-/// catch a value of another type, and checking for the end would cost a copy of every string
-/// (rmp-serde tells the position only through its copying reader; docs/PERFORMANCE.md).
+/// the value are not looked at: MessagePack's markers already catch a value of another type,
+/// and checking for the end would cost a copy of every string (rmp-serde tells the position only
+/// through its copying reader; docs/PERFORMANCE.md).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let (tag, rest) = match bytes.split_first() {
         Some((t, rest)) => (*t, rest),
