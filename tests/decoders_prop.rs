@@ -86,7 +86,7 @@ fn reference_parse(buf: &[u8], max: u32) -> Result<Option<usize>, FrameError> {
     if buf.len() < 24 {
         return Ok(None);
     }
-    if buf[4] != 1 {
+    if buf[4] != 2 {
         return Err(FrameError::UnsupportedVersion(buf[4]));
     }
     if !(1..=9).contains(&buf[5]) {
@@ -1467,7 +1467,8 @@ fn doc_receiver_facts() {
         key: None,
     };
     // A header of another protocol version closes the connection, after a HandshakeRefuse
-    // (in version 1) that says why: parse_frame rejects the header before the body is read.
+    // (in this node's version) that says why: parse_frame rejects the header before the body
+    // is read.
     let mut hs = encode_conn(&Conn {
         hello: Hello::Good,
         peer: 1,
@@ -1476,13 +1477,13 @@ fn doc_receiver_facts() {
         ops: vec![],
     })
     .0;
-    hs[4] = 2;
+    hs[4] = 1; // the first version: attributes in postcard, no compression flag
     let mut out = RxOutput::default();
     let r = RxSession::default().on_bytes(&mut hs.to_vec(), &s, &mut DedupTable::new(4), &mut out);
     assert_eq!(
         r,
         Err(RxClose::Refused(
-            "protocol version 2 is not this node's 1".into()
+            "protocol version 1 is not this node's 2".into()
         ))
     );
     let (replies, _) = parse_all(&out.reply, u32::MAX);

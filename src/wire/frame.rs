@@ -9,7 +9,7 @@ use std::fmt;
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"TBCF";
 /// Wire protocol version spoken by this build; a frame with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of the frame header in bytes.
 pub const HEADER_LEN: usize = 24;
 
