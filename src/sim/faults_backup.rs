@@ -709,7 +709,22 @@ impl Run {
             .any(|u| u.waiting.is_some() || u.fetching.is_some())
         {
             if self.c.sim.now() > deadline {
-                self.c.sim.fail("a request never got its answer");
+                let waits: Vec<String> = self
+                    .c
+                    .sim
+                    .node_ids()
+                    .filter(|n| self.c.sim.is_up(*n))
+                    .flat_map(|n| {
+                        let node = self.c.sim.node(n);
+                        node.waiting_for()
+                            .into_iter()
+                            .map(move |w| format!("{n} {w}"))
+                    })
+                    .collect();
+                self.c.sim.fail(format_args!(
+                    "a request never got its answer; {}",
+                    waits.join("; ")
+                ));
             }
             let t = self.c.sim.now() + us(50);
             self.c.sim.run_until(t, |_| false);
