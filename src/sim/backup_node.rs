@@ -720,6 +720,18 @@ impl BackupNode {
         self.journal.fetches += 1;
         let now = now_ms(ctx);
         let (begin, ready) = self.mgr.begin_request(id, now);
+        if self.trace {
+            eprintln!(
+                "{:?} {}: request for {id} begins: {}",
+                ctx.now(),
+                self.id,
+                match &begin {
+                    Begin::Now(Some(_)) => "served at once".to_string(),
+                    Begin::Now(None) => "no session".to_string(),
+                    Begin::Wait { deadline_ms, .. } => format!("waits until {deadline_ms} ms"),
+                }
+            );
+        }
         let reqs = self.perform(ready, false, ctx);
         match begin {
             Begin::Now(copy) => {

@@ -2525,10 +2525,11 @@ fn a_request_whose_session_moved_away_while_it_ran_is_refused() {
 /// Why a refusal loop ("not applied here: another member serves it now" for every change of a
 /// session its primary keeps serving) never ended: a claim remembered for a session not held
 /// here outlived its claimant. Backups = 1, primary P, backup B. Q takes the session over (a
-/// request reached it) and dies with its `NewPrimary` on the way to P, after R got it: R, which
-/// holds no copy, remembers Q's claim. P never heard of Q and serves on. B dies too: P places
-/// the session on R, which refuses P's copy and then every change as coming from a superseded
-/// claim, although nobody serves the session under Q's claim any more.
+/// request reached it; its fetch never reached P, whose answer would have handed the session
+/// over, and ended at its deadline on B's copy) and dies with its `NewPrimary` on the way to P,
+/// after R got it: R, which holds no copy, remembers Q's claim. P never heard of Q and serves
+/// on. B dies too: P places the session on R, which refuses P's copy and then every change as
+/// coming from a superseded claim, although nobody serves the session under Q's claim any more.
 #[test]
 fn a_claim_remembered_for_a_member_that_left_does_not_refuse_the_live_primary() {
     let mut c = Cores::new(4, 1);
@@ -2536,7 +2537,15 @@ fn a_claim_remembered_for_a_member_that_left_does_not_refuse_the_live_primary() 
     let b = c.backups(0, &id)[0];
     let mut others = (1..4).filter(|m| *m != b);
     let (q, r) = (others.next().expect("Q"), others.next().expect("R"));
-    c.fetch_to(q, &id, &[r]); // Q's claim reaches R only
+    let ask = c.core(q).fetch(&id);
+    c.send(q, ask);
+    for o in [b, r] {
+        c.deliver(q, o);
+        c.deliver(o, q);
+    }
+    let outs = c.core(q).end_fetch(&id); // the deadline: B's copy
+    c.send(q, outs);
+    c.deliver(q, r); // Q's claim reaches R only
     assert!(c.core(q).is_primary(&id), "Q serves it");
     assert!(c.core(r).is_superseded(&id, 0, member(0)));
     c.crash(q); // its NewPrimary to P and B dies with it

@@ -709,7 +709,22 @@ impl Run {
             .any(|u| u.waiting.is_some() || u.fetching.is_some())
         {
             if self.c.sim.now() > deadline {
-                self.c.sim.fail("a request never got its answer");
+                let waits: Vec<String> = self
+                    .c
+                    .sim
+                    .node_ids()
+                    .filter(|n| self.c.sim.is_up(*n))
+                    .flat_map(|n| {
+                        let node = self.c.sim.node(n);
+                        node.waiting_for()
+                            .into_iter()
+                            .map(move |w| format!("{n} {w}"))
+                    })
+                    .collect();
+                self.c.sim.fail(format_args!(
+                    "a request never got its answer; {}",
+                    waits.join("; ")
+                ));
             }
             let t = self.c.sim.now() + us(50);
             self.c.sim.run_until(t, |_| false);
@@ -864,20 +879,26 @@ fn control_without_faults_loses_nothing() {
 /// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
 /// moment (requests and fetches in flight included).
 #[test]
-#[ignore = "fails: 13 of 500 seeds (43, 101, 149, 200, 267, 287, 295, 376, 408, 422, 447, 471, 492): two members serve one session before they hear of each other's claim (history-never-forks, seed 43), an acker without the change (acked-is-on-every-acker, seed 149), a session left under two ids (seed 101), an acknowledged end undone (seed 267), a session lost (seed 422): the open races of moves with failover (docs/design.md, Known limits of the BackupManager)"]
+#[ignore = "fails: 1 of 500 seeds (447): a change of id whose ChangeId reached the former holders but not the backup before the primary died leaves the session under both ids (the backup fails the old id over, a former holder orphans the new one to it); see docs/design.md, Known limits of the BackupManager"]
 fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| run(seed, members(seed), false, &mut total));
     eprintln!("BackupManager kill -9 and restart loop: {total:?}");
 }
 
-/// The same with kills only at a moment when no user waits for an answer or a fetch.
+/// The same with kills only at a moment when no user waits for an answer or a fetch: 500
+/// seeds, none failing (about 3 s in a release build).
 #[test]
-#[ignore = "fails: 5 of 500 seeds (15, 282, 315, 348, 467): history-never-forks (15, 282, 467), an acknowledged version made again (315), an acknowledged change lost to the user (348): the restarted home fetching the session back from the member that served it meanwhile races that member's own requests or failover"]
 fn kill_and_restart_loop_between_requests_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| run(seed, members(seed), true, &mut total));
     eprintln!("BackupManager kill -9 and restart loop, quiet kills: {total:?}");
+    if !replaying() {
+        assert!(
+            total.kills > 1_500 && total.failovers > 2_000 && total.acked_changes > 100_000,
+            "{total:?}"
+        );
+    }
 }
 
 /// Kills at any moment, requests in flight included, 500 seeds: how many fail, and how (run it

@@ -4,7 +4,7 @@
 //! timeout (`end_fetch`) serves the best copy so far.
 
 use super::claims::{Claim, Tomb};
-use super::{BackupCore, BackupMessage, Entry, Out};
+use super::{BackupCore, BackupMessage, Entry, Out, Role};
 use crate::member::MemberId;
 use crate::session::id::SessionId;
 use crate::session::model::{Session, SessionState};
@@ -58,7 +58,7 @@ impl BackupCore {
         // died, or restarted under the same id before anyone saw it go) must not cost the user
         // the session.
         let best = self.fetching.remove(id).and_then(|f| f.best);
-        self.adopt(id, best, false, &mut Vec::new())
+        self.adopt(id, best, false, false, &mut Vec::new())
     }
 
     /// The members changed from `before`: fetches stop waiting for members that left (one
@@ -85,7 +85,7 @@ impl BackupCore {
         let mut events = Vec::new();
         for id in done {
             let best = self.fetching.remove(&id).and_then(|f| f.best);
-            outs.extend(self.adopt(&id, best, false, &mut events));
+            outs.extend(self.adopt(&id, best, false, false, &mut events));
         }
         outs
     }
@@ -101,11 +101,15 @@ impl BackupCore {
     /// made on what had become a backup copy, reached no member that kept it. Found on real
     /// processes, `tests/http_faults.rs`; reproduced in `src/sim/backup_tests.rs`,
     /// `a_fetch_racing_the_failover_of_the_copy_it_takes_keeps_the_requests_change`.)
+    ///
+    /// `copy_now`: no request waits for the session (the primary's answer came after the fetch
+    /// ended); its backups get the copy at once rather than at the end of a request.
     fn adopt(
         &mut self,
         id: &SessionId,
         best: Option<(Claim, SessionState)>,
         from_primary: bool,
+        copy_now: bool,
         events: &mut Vec<SessionEvent>,
     ) -> Vec<Out> {
         if self.is_ended(id) || self.is_primary(id) {
@@ -115,12 +119,26 @@ impl BackupCore {
         let mine = self
             .entries
             .get(id)
-            .map(|e| (e.claim(local), e.session.version()));
+            .map(|e| (e.claim(local), e.session.version(), e.synced));
         if let Some((c, state)) = best {
-            let better = mine.is_none_or(|(m, v)| c > m || (c == m && state.version > v));
+            // A copy held here that awaits its claim's copy (`synced` false: it followed a new
+            // claim's `NewPrimary` only) has the content of an older claim: it is compared by
+            // version alone. Compared by the new claim it lost to nothing, and a member that
+            // heard of a failover while its fetch ran served its own older copy instead of the
+            // failed-over one answered (the kill -9 loop simulation, seed 407: an acknowledged
+            // version made again).
+            let better = mine.is_none_or(|(m, v, synced)| {
+                if synced {
+                    c > m || (c == m && state.version > v)
+                } else {
+                    state.version >= v
+                }
+            });
             if better {
                 let had = mine.is_some();
-                let entry = Entry::backup(Session::from_state(state), c.1, Vec::new(), c.0);
+                // The epoch known here stays: the claim made on this copy must outrank it.
+                let epoch = mine.map_or(c.0, |(m, _, _)| m.0.max(c.0));
+                let entry = Entry::backup(Session::from_state(state), c.1, Vec::new(), epoch);
                 self.entries.insert(id.clone(), entry);
                 if !had {
                     events.push(SessionEvent::Created(id.clone()));
@@ -128,7 +146,7 @@ impl BackupCore {
             }
         }
         if self.entries.contains_key(id) {
-            self.promote_by(id, false, if from_primary { 1 } else { 2 })
+            self.promote_by(id, copy_now, if from_primary { 1 } else { 2 })
         } else {
             Vec::new()
         }
@@ -136,12 +154,25 @@ impl BackupCore {
 
     /// `Fetch`: `from` needs the session; the answer is the copy held here, if any, with the
     /// claim it follows.
-    pub(super) fn on_fetch(&self, from: MemberId, id: &SessionId) -> Vec<Out> {
+    ///
+    /// A primary that answers hands the session over at once: the fetcher serves from this
+    /// answer and claims the session one epoch above it, so this node follows that claim from
+    /// now on (as a backup first in its failover order, in case the fetcher dies before its
+    /// `NewPrimary` arrives). Serving on until that `NewPrimary` arrives let both members serve
+    /// one session: a request here in that window made a second state of the version the
+    /// fetcher's request made (the kill -9 loop simulation, `faults_backup.rs`, seed 15 of the
+    /// quiet variant: the user's home answered the fetch of the member the user had gone to,
+    /// then served the user back home before the fetcher's claim reached it). A request running
+    /// here meanwhile is refused at its end (`served_elsewhere`).
+    pub(super) fn on_fetch(&mut self, from: MemberId, id: &SessionId) -> Vec<Out> {
         let local = self.local;
         let held = self.entries.get(id).filter(|e| !e.unannounced);
         let state = held.map(|e| e.session.state().clone());
         let (epoch, owner) = held.map_or((0, local), |e| e.claim(local));
         let current = self.is_primary(id);
+        if current && state.is_some() && from != local {
+            self.hand_over_to(id, from, epoch.saturating_add(1));
+        }
         vec![Self::to(
             from,
             BackupMessage::Fetched {
@@ -152,6 +183,22 @@ impl BackupCore {
                 current,
             },
         )]
+    }
+
+    /// This primary answered `fetcher`'s fetch with its copy: it follows the claim the fetcher
+    /// makes with it, `(epoch, fetcher)`, listing only itself as backup so that it takes the
+    /// session back if the fetcher leaves before saying more.
+    fn hand_over_to(&mut self, id: &SessionId, fetcher: MemberId, epoch: u64) {
+        let local = self.local;
+        if let Some(e) = self.entries.get_mut(id) {
+            e.role = Role::Backup {
+                primary: fetcher,
+                backups: vec![local],
+            };
+            e.epoch = epoch;
+            e.copy_pending = false;
+            e.synced = true;
+        }
     }
 
     /// `Fetched`: one member's answer to this node's fetch.
@@ -166,6 +213,18 @@ impl BackupCore {
         let mut events = Vec::new();
         let mut outs = Vec::new();
         let Some(f) = self.fetching.get_mut(id) else {
+            // The primary's answer after this fetch ended (its deadline passed): that primary
+            // handed the session over when it answered (`on_fetch`) and follows this node's
+            // claim now, so this node takes the session, as a move without a request: its
+            // backups get the copy at once. Ignored, the session would have no primary.
+            if let Some(state) = state.filter(|_| current) {
+                if self.is_ended(id) {
+                    outs.extend(self.ended_reply(id, from));
+                } else {
+                    let best = Some(((epoch, owner), state.clone()));
+                    outs.extend(self.adopt(id, best, true, true, &mut events));
+                }
+            }
             return (outs, events);
         };
         f.waiting.retain(|m| *m != from);
@@ -185,7 +244,7 @@ impl BackupCore {
         let (done, ready) = (f.waiting.is_empty(), current && state.is_some());
         if ready || done {
             let best = self.fetching.remove(id).and_then(|f| f.best);
-            outs.extend(self.adopt(id, best, ready, &mut events));
+            outs.extend(self.adopt(id, best, ready, false, &mut events));
         }
         (outs, events)
     }

@@ -181,6 +181,170 @@ fn a_request_on_a_third_node_fetches_the_session_and_serves_it_from_then_on() {
     );
 }
 
+/// A primary that answers a fetch hands the session over at once: a request on it before the
+/// fetcher's `NewPrimary` arrives does not serve the session (it fetches it back), so two
+/// members never serve one session and make two states of one version (the kill -9 loop
+/// simulation, `faults_backup.rs`, seed 15 of the quiet variant).
+#[test]
+fn a_primary_that_answered_a_fetch_no_longer_serves_the_session() {
+    let all = [1u8, 2, 3];
+    let mut nodes: Vec<BackupCore> = all.iter().map(|n| node(*n, &all, 1)).collect();
+    let id = nodes[0].create(0).unwrap();
+    let outs = nodes[0].end_request(&id, 0);
+    run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+    let t = (1..3).find(|i| nodes[*i].session(&id).is_none()).unwrap();
+    let ask = nodes[t].fetch(&id);
+    assert!(matches!(
+        ask[..],
+        [Out {
+            msg: BackupMessage::Fetch { .. },
+            ..
+        }]
+    ));
+    let me = nodes[t].local;
+    let (answer, _) = nodes[0].handle(me, &ask[0].msg);
+    assert!(!nodes[0].is_primary(&id), "handed over with its answer");
+    assert_eq!(nodes[0].served_elsewhere(&id), Some(me));
+    // The answer makes the fetcher the primary, one epoch above; it dies before its
+    // `NewPrimary` goes out, and the old primary takes the session back.
+    let (outs, _) = nodes[t].handle(m(1), &answer[0].msg);
+    assert!(nodes[t].is_primary(&id), "{outs:?}");
+    let mut rest: Vec<BackupCore> = nodes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != t)
+        .map(|(_, n)| n)
+        .collect();
+    let left: Vec<MemberId> = rest.iter().map(|n| n.local).collect();
+    let outs = rest[0].set_members(left);
+    assert!(rest[0].is_primary(&id), "{outs:?}");
+}
+
+/// A backup the primary displaced (a member joined and took its place) never heard of it: the
+/// `NewPrimary` and the `Drop` telling it were lost when the primary died. A change the new
+/// backup acknowledged is not on it. A request reaches it while the primary is gone: its fetch
+/// must end on the new backup's copy, not on a failover of its own older copy (which served the
+/// request from a state missing an acknowledged change: the kill -9 loop simulation, seed 315
+/// of the quiet variant).
+#[test]
+fn a_displaced_backup_fetching_the_session_does_not_fail_it_over_on_its_older_copy() {
+    let mut p = node(1, &[1, 2, 3], 1);
+    let (id, old) = loop {
+        let id = p.create(0).unwrap();
+        let before = placement(&id, m(1), &[m(2), m(3)], 1);
+        let after = placement(&id, m(1), &[m(2), m(3), m(4)], 1);
+        if after == vec![m(4)] {
+            break (id, before[0]);
+        }
+        p.invalidate(&id);
+    };
+    let mut b = node(old.0[0], &[1, 2, 3], 1);
+    let mut n = node(4, &[1, 2, 3, 4], 1);
+    let other = if old == m(2) { m(3) } else { m(2) };
+    let mut o = node(other.0[0], &[1, 2, 3], 1);
+    for out in p.end_request(&id, 0) {
+        b.handle(m(1), &out.msg);
+    }
+    // Member 4 joins; the primary re-places the session on it; the displaced backup hears
+    // nothing of it.
+    for out in p.set_members(vec![m(2), m(3), m(4)]) {
+        if out.dest == Dest::Member(m(4)) {
+            for ack in n.handle(m(1), &out.msg).0 {
+                p.handle(m(4), &ack.msg);
+            }
+        }
+    }
+    p.session_mut(&id).unwrap().set("n", &1u8).unwrap();
+    let outs = p.end_request(&id, 1);
+    assert_eq!(outs.len(), 1);
+    n.handle(m(1), &outs[0].msg);
+    assert_eq!(
+        n.session(&id).map(|s| s.version()),
+        Some(1),
+        "acknowledged by 4"
+    );
+    // A request on the displaced backup; the primary dies meanwhile.
+    let ask = b.fetch(&id);
+    let others = vec![other, m(4)];
+    let mut members = others.clone();
+    members.push(old);
+    b.set_members(members);
+    assert!(!b.is_primary(&id), "no failover while its fetch runs");
+    let mut outs = Vec::new();
+    for (from, core) in [(other, &mut o), (m(4), &mut n)] {
+        for answer in core.handle(old, &ask[0].msg).0 {
+            outs.extend(b.handle(from, &answer.msg).0);
+        }
+    }
+    assert!(b.is_primary(&id), "{outs:?}");
+    let s = b.session(&id).unwrap();
+    assert_eq!((s.version(), s.get::<u8>("n").unwrap()), (1, Some(1)));
+}
+
+/// A fetch whose member hears of a failover while it runs: it followed the new claim's
+/// `NewPrimary` without its copy, so its own older copy must not outrank the newer one the
+/// failed-over backup answered (seed 407 of the kill -9 loop simulation: an acknowledged
+/// version made again).
+#[test]
+fn a_fetch_that_heard_of_a_failover_takes_the_newer_copy_answered() {
+    let mut p = node(1, &[1, 2, 3], 1);
+    let id = p.create(0).unwrap();
+    let b = placement(&id, m(1), &[m(2), m(3)], 1)[0];
+    let t = if b == m(2) { m(3) } else { m(2) };
+    let (mut bn, mut tn) = (node(b.0[0], &[1, 2, 3], 1), node(t.0[0], &[1, 2, 3], 1));
+    // T holds the first copy too (a former holder), B gets the change after it.
+    for out in p.end_request(&id, 0) {
+        bn.handle(m(1), &out.msg);
+        tn.handle(m(1), &out.msg);
+    }
+    p.session_mut(&id).unwrap().set("n", &1u8).unwrap();
+    for out in p.end_request(&id, 1) {
+        bn.handle(m(1), &out.msg);
+    }
+    // A request on T: B answers its copy; then the primary dies, B fails it over, and T
+    // hears B's claim before it notices the primary gone.
+    let ask = tn.fetch(&id);
+    for answer in bn.handle(t, &ask[0].msg).0 {
+        tn.handle(b, &answer.msg);
+    }
+    for out in bn.set_members(vec![b, t]) {
+        if matches!(out.msg, BackupMessage::NewPrimary { .. }) {
+            tn.handle(b, &out.msg);
+        }
+    }
+    let outs = tn.set_members(vec![b, t]);
+    assert!(tn.is_primary(&id), "{outs:?}");
+    let s = tn.session(&id).unwrap();
+    assert_eq!((s.version(), s.get::<u8>("n").unwrap()), (1, Some(1)));
+}
+
+/// The primary's answer comes after the fetch ended at its deadline: the primary handed the
+/// session over when it answered, so the fetcher takes it (its backups get the copy at once)
+/// rather than leave the session without a primary.
+#[test]
+fn a_primarys_answer_after_the_fetch_ended_is_taken() {
+    let all = [1u8, 2, 3];
+    let mut nodes: Vec<BackupCore> = all.iter().map(|n| node(*n, &all, 1)).collect();
+    let id = nodes[0].create(0).unwrap();
+    let outs = nodes[0].end_request(&id, 0);
+    run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+    let t = (1..3).find(|i| nodes[*i].session(&id).is_none()).unwrap();
+    let ask = nodes[t].fetch(&id);
+    assert!(nodes[t].end_fetch(&id).is_empty(), "nothing answered yet");
+    assert!(!nodes[t].is_primary(&id));
+    let me = nodes[t].local;
+    let (answer, _) = nodes[0].handle(me, &ask[0].msg);
+    let (outs, _) = nodes[t].handle(m(1), &answer[0].msg);
+    assert!(nodes[t].is_primary(&id), "the late answer is taken");
+    run(&mut nodes, outs.into_iter().map(|o| (me, o)).collect());
+    assert_eq!(nodes.iter().filter(|n| n.is_primary(&id)).count(), 1);
+    assert_eq!(
+        nodes.iter().filter(|n| n.session(&id).is_some()).count(),
+        2,
+        "primary + 1 backup"
+    );
+}
+
 /// Two members that lost each other: each serves the session (the backup took over), both
 /// change it, then they meet again.
 fn split_and_heal(
