@@ -52,6 +52,7 @@ fn node_options(
     NodeOptions {
         http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         http_threads: 4,
+        http_max_connections: 1024,
         context: "/app".into(),
         cluster,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
