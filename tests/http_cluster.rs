@@ -10,6 +10,10 @@
 #[path = "../examples/http_node/client.rs"]
 mod client;
 mod common;
+// The example's server, for its unit tests (request parsing) run here: examples' own
+// `#[cfg(test)]` modules are not run by `cargo test`.
+#[path = "../examples/http_node/http.rs"]
+mod http;
 
 use client::{exchange, Client, Reply};
 use common::procs::{example_exe, pump, Output};
@@ -1399,4 +1403,40 @@ fn the_page_in_a_headless_browser_survives_the_loss_of_its_node() {
     b.wait_page("logged out", |p| {
         p["user"] == "" && p["message"] == "Logged out."
     });
+}
+
+/// The connection table is bounded: with `--http-max-connections 8` and 8 idle connections
+/// open, one more is answered 503 at once and closed; once they are gone, requests are served.
+#[test]
+fn connections_past_the_limit_get_503_at_once() {
+    use std::net::TcpStream;
+    common::init_logs();
+    let mut node = Proc::spawn_with("node1", "delta", &[], &["--http-max-connections", "8"]);
+    let t = Duration::from_secs(10);
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect_timeout(&node.http, t).expect("connect"))
+        .collect();
+    // The loop takes them in order: a request on a 9th connection is refused at accept, or
+    // (if the accept of the 8th came later) served; within the limit, the first refusal comes.
+    let t0 = Instant::now();
+    let r = exchange(
+        node.http,
+        b"GET /app/health HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("too many connections"), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    drop(idle);
+    let ok = wait_until(LIMIT, || {
+        exchange(
+            node.http,
+            b"GET /app/health HTTP/1.1\r\nConnection: close\r\n\r\n",
+            t,
+        )
+        .is_ok_and(|r| r.status == 200)
+    });
+    assert!(ok, "not served again once the idle connections closed");
+    node.stop();
 }

@@ -10,7 +10,8 @@
 //!
 //! Bounds and what happens when they are reached:
 //! - connections: at most [`Limits::max_connections`] open; one more is answered `503` at once
-//!   and closed;
+//!   and closed (up to 64 of those are kept for a second to read what they sent, so the answer
+//!   is not lost to a reset; past that they are closed at once);
 //! - a request: head [`Limits::max_head_bytes`] (`431`), body [`Limits::max_body_bytes`]
 //!   (`413`), [`Limits::max_headers`] (`431`); head and body within
 //!   [`Limits::request_timeout`] of the first byte (`408`);
@@ -210,6 +211,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// before closing (closing with unread bytes resets the connection, and the client could lose
 /// the answer).
 const LINGER: Duration = Duration::from_secs(1);
+/// Connections past `max_connections` kept at once just to answer them 503 properly.
+const REFUSED_LINGERING: usize = 64;
 /// After a failed `accept` (out of descriptors), when to try again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -478,7 +481,10 @@ impl EventLoop {
                     return;
                 }
             };
-            if self.open() >= self.limits.max_connections {
+            // Past the limit a connection is only answered 503: kept (a few) until that is
+            // written and the client's request read and dropped, or a reset could lose it.
+            let over = self.open() >= self.limits.max_connections;
+            if over && self.open() >= self.limits.max_connections + REFUSED_LINGERING {
                 // Best effort on a fresh socket, whose send buffer is empty.
                 let busy = Response::text(503, "too many connections").encode(false);
                 let _ = stream.write(&busy);
@@ -500,7 +506,7 @@ impl EventLoop {
                 continue;
             }
             self.next_id += 1;
-            self.conns[slot] = Some(Conn {
+            let mut c = Conn {
                 stream,
                 id: self.next_id,
                 buf: Vec::new(),
@@ -508,7 +514,12 @@ impl EventLoop {
                 deadline: Instant::now() + self.limits.keep_alive,
                 served: 0,
                 eof: false,
-            });
+            };
+            if over {
+                refuse(&mut c, &self.limits, 503, "too many connections");
+                c.deadline = Instant::now() + LINGER;
+            }
+            self.conns[slot] = Some(c);
             // Bytes may already be there: the edge came before the registration.
             self.drive(slot);
         }
