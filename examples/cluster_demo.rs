@@ -210,7 +210,8 @@ fn scenario(mut nodes: Vec<Node>) -> bool {
 fn serve(mut nodes: Vec<Node>) {
     let a = |i: usize| addr(&nodes[i]);
     println!(
-        "\nThe cluster is up. Try, from another terminal:\n\n\
+        "\nThe cluster is up. In a browser: http://{}/app/ (log in, count), then after\n\
+         stopping node1 below, http://{}/app/: still logged in. Or, from another terminal:\n\n\
          curl -c cookies.txt -X POST http://{}/app/login -d \"user=admin&pass=secret\"\n\
          curl -b cookies.txt http://{}/app/profile\n\
          curl -b cookies.txt -c cookies.txt http://{}/app/counter\n\
@@ -218,6 +219,8 @@ fn serve(mut nodes: Vec<Node>) {
          Press Enter here to stop node1, then:\n\n\
          curl -b cookies.txt http://{}/app/profile\n\n\
          Press Enter again (or Ctrl-D) to stop everything; Ctrl-C ends it at once.",
+        a(0),
+        a(1),
         a(0),
         a(1),
         a(1),
