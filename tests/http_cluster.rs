@@ -1103,6 +1103,33 @@ fn help_describes_every_flag_and_equals_form_is_accepted() {
         .output()
         .expect("run");
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    // The benchmark binaries too.
+    for (bench, flags) in [
+        (
+            "channel_bench",
+            &["--size", "--count", "--receivers", "--threads", "--mode"][..],
+        ),
+        (
+            "session_bench",
+            &[
+                "--nodes",
+                "--sessions",
+                "--updates",
+                "--attr-size",
+                "--manager",
+            ],
+        ),
+    ] {
+        let out = Command::new(example_exe(bench))
+            .arg("--help")
+            .output()
+            .expect("run --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bench} --help: {out:?}");
+        for flag in flags {
+            assert!(help.contains(flag), "{bench} --help lacks {flag}:\n{help}");
+        }
+    }
     // The `=` form, end to end.
     let mut n = Proc::spawn_with(
         "node1",
