@@ -289,6 +289,7 @@ impl HttpServer {
             done: done_rx,
             stopping: server.stopping.clone(),
             accept_retry: None,
+            accept_failing: false,
         };
         event_loop.poll.registry().register(
             event_loop.listener.as_mut().expect("just set"),
@@ -386,6 +387,8 @@ struct EventLoop {
     stopping: Arc<AtomicBool>,
     /// Set after a failed `accept`: when to try again.
     accept_retry: Option<Instant>,
+    /// The last `accept` failed (its warning is logged once).
+    accept_failing: bool,
 }
 
 impl EventLoop {
@@ -470,13 +473,22 @@ impl EventLoop {
                 return;
             };
             let (mut stream, _) = match listener.accept() {
-                Ok(s) => s,
+                Ok(s) => {
+                    self.accept_failing = false;
+                    s
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Out of descriptors and the like: the pending connections wait in the
                     // backlog, and the next try is on a timer, as no new event may come.
-                    log::warn!("HTTP accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    // Logged once per run of failures, not every retry.
+                    if self.accept_failing {
+                        log::debug!("HTTP accept failed again: {e}");
+                    } else {
+                        log::warn!("HTTP accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
+                    }
+                    self.accept_failing = true;
                     self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
