@@ -85,7 +85,7 @@ LOADED_PID=$PID
 # Wait until the peer holds every session (health counts them).
 peer_http=$(grep -o 'http://[0-9.:]*' "$WORK/peer.out")
 deadline=$((SECONDS + 60))
-until curl -s "$peer_http/app/health" | grep -q "\"sessions\":$SESSIONS,"; do
+until curl -s "$peer_http/app/health" | grep -Eq "\"sessions\":$SESSIONS[,}]"; do
   if ((SECONDS >= deadline)); then
     echo "peer never held $SESSIONS sessions: $(curl -s "$peer_http/app/health")" >&2
     exit 1

@@ -52,6 +52,7 @@ fn node_options(
     NodeOptions {
         http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         http_threads: 4,
+        http_max_connections: 1024,
         context: "/app".into(),
         cluster,
         static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
@@ -209,7 +210,8 @@ fn scenario(mut nodes: Vec<Node>) -> bool {
 fn serve(mut nodes: Vec<Node>) {
     let a = |i: usize| addr(&nodes[i]);
     println!(
-        "\nThe cluster is up. Try, from another terminal:\n\n\
+        "\nThe cluster is up. In a browser: http://{}/app/ (log in, count), then after\n\
+         stopping node1 below, http://{}/app/: still logged in. Or, from another terminal:\n\n\
          curl -c cookies.txt -X POST http://{}/app/login -d \"user=admin&pass=secret\"\n\
          curl -b cookies.txt http://{}/app/profile\n\
          curl -b cookies.txt -c cookies.txt http://{}/app/counter\n\
@@ -217,6 +219,8 @@ fn serve(mut nodes: Vec<Node>) {
          Press Enter here to stop node1, then:\n\n\
          curl -b cookies.txt http://{}/app/profile\n\n\
          Press Enter again (or Ctrl-D) to stop everything; Ctrl-C ends it at once.",
+        a(0),
+        a(1),
         a(0),
         a(1),
         a(1),

@@ -27,51 +27,48 @@ use tribecast::{
 
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
+/// Session replication throughput: N nodes in this process on 127.0.0.1, one application;
+/// node 1 creates the sessions, then runs requests that each set one attribute of one of them
+/// (round robin), replicated to the others.
+#[derive(clap::Parser)]
+#[command(name = "session_bench", version, args_override_self = true)]
 struct Args {
+    /// Cluster nodes (at least 2).
+    #[arg(long, value_name = "N", default_value_t = 3)]
     nodes: usize,
+    /// Sessions node 1 creates (at least 1).
+    #[arg(long, value_name = "S", default_value_t = 1000)]
     sessions: usize,
+    /// Requests, each setting one attribute.
+    #[arg(long, value_name = "U", default_value_t = 100_000)]
     updates: u64,
+    /// Bytes of each attribute value.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     attr_size: usize,
+    /// Session manager: delta (every change to every member) or backup (primary + backups).
+    #[arg(long, default_value = "delta", value_parser = ["delta", "backup"])]
+    manager: String,
+    #[arg(skip)]
     backup: bool,
+    /// Backup copies per session (backup manager).
+    #[arg(long, value_name = "K", default_value_t = 1)]
     backups: usize,
-    options: Option<SendOptions>,
+    /// How changes are sent: async or sync-ack (default: async for delta, sync-ack for
+    /// backup, as Tomcat's defaults).
+    #[arg(long, value_parser = ["async", "sync-ack"])]
+    options: Option<String>,
+    #[arg(skip)]
+    send_options: Option<SendOptions>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        nodes: 3,
-        sessions: 1000,
-        updates: 100_000,
-        attr_size: 1024,
-        backup: false,
-        backups: 1,
-        options: None,
+    let mut a = <Args as clap::Parser>::parse();
+    a.backup = a.manager == "backup";
+    a.send_options = match a.options.as_deref() {
+        Some("sync-ack") => Some(SendOptions::SYNC_ACK),
+        Some(_) => Some(SendOptions::ASYNCHRONOUS),
+        None => None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        let num = |v: String, name: &str| v.parse::<u64>().map_err(|e| format!("{name}: {e}"));
-        match flag.as_str() {
-            "--nodes" => a.nodes = num(value("--nodes")?, "--nodes")? as usize,
-            "--sessions" => a.sessions = num(value("--sessions")?, "--sessions")? as usize,
-            "--updates" => a.updates = num(value("--updates")?, "--updates")?,
-            "--attr-size" => a.attr_size = num(value("--attr-size")?, "--attr-size")? as usize,
-            "--manager" => match value("--manager")?.as_str() {
-                "delta" => a.backup = false,
-                "backup" => a.backup = true,
-                m => return Err(format!("--manager {m}: delta or backup")),
-            },
-            "--backups" => a.backups = num(value("--backups")?, "--backups")? as usize,
-            "--options" => {
-                a.options = Some(match value("--options")?.as_str() {
-                    "async" => SendOptions::ASYNCHRONOUS,
-                    "sync-ack" => SendOptions::SYNC_ACK,
-                    o => return Err(format!("--options {o}: async or sync-ack")),
-                })
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
     if a.nodes < 2 || a.sessions == 0 {
         return Err("--nodes must be >= 2 and --sessions >= 1".into());
     }
@@ -103,7 +100,7 @@ fn run() -> Result<(), String> {
     } else {
         SendOptions::ASYNCHRONOUS
     };
-    let options = a.options.unwrap_or(default);
+    let options = a.send_options.unwrap_or(default);
     let kind = if a.backup {
         ManagerKind::Backup
     } else {

@@ -10,12 +10,17 @@
 #[path = "../examples/http_node/client.rs"]
 mod client;
 mod common;
+// The example's server, for its unit tests (request parsing) run here: examples' own
+// `#[cfg(test)]` modules are not run by `cargo test`.
+#[path = "../examples/http_node/http.rs"]
+mod http;
 
 use client::{exchange, Client, Reply};
 use common::procs::{example_exe, pump, Output};
 use common::wait_until;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
@@ -53,7 +58,6 @@ impl Proc {
 
     fn spawn_with(name: &str, manager: &str, members: &[&Proc], extra: &[&str]) -> Proc {
         let mut cmd = Command::new(http_node_exe());
-        cmd.args(extra);
         let n = name.trim_start_matches("node");
         let config =
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/config/server{n}.toml"));
@@ -68,6 +72,8 @@ impl Proc {
         for m in members {
             cmd.args(["--member", &m.receiver.to_string()]);
         }
+        // Last: a flag given twice counts once, the last time.
+        cmd.args(extra);
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
@@ -108,7 +114,16 @@ impl Proc {
     }
 
     fn wait_line(&self, what: &str, pred: impl Fn(bool, &str) -> bool) -> String {
-        let deadline = Instant::now() + LIMIT;
+        self.wait_line_by(Instant::now() + LIMIT, what, pred)
+    }
+
+    /// Like `wait_line`, by `deadline`.
+    fn wait_line_by(
+        &self,
+        deadline: Instant,
+        what: &str,
+        pred: impl Fn(bool, &str) -> bool,
+    ) -> String {
         let mut lines = self.out.lines.lock();
         loop {
             if let Some((_, l)) = lines.iter().find(|(s, l)| pred(*s, l)) {
@@ -153,13 +168,42 @@ impl Proc {
         );
     }
 
-    /// `/app/health`, as text.
+    /// `/app/health`, as text (200 when ready, 503 before: the same JSON).
     fn health(&self) -> String {
+        self.health_reply().body
+    }
+
+    fn health_reply(&self) -> Reply {
         let r = Client::new().get(self.http, "/app/health");
         match r {
-            Ok(r) if r.status == 200 => r.body,
+            Ok(r) if r.status == 200 || r.status == 503 => r,
             other => panic!("{} health: {other:?}\n{}", self.name, self.dump()),
         }
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to the process with kill(1).
+    fn signal(&self, signal: &str) {
+        let st = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{signal} {}: {st}", self.name);
+    }
+
+    /// Waits for the process to end, and checks that it ended with status 0.
+    fn wait_exit_ok(&mut self) {
+        let mut status = None;
+        let exited = wait_until(LIMIT, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        self.exited = exited;
+        assert!(
+            exited && status.is_some_and(|s| s.success()),
+            "{} did not stop cleanly ({status:?})\n{}",
+            self.name,
+            self.dump()
+        );
     }
 
     fn health_number(&self, key: &str) -> u64 {
@@ -826,4 +870,600 @@ fn nodes_with_the_cluster_key_replicate_and_a_node_without_it_is_refused() {
         assert_eq!(n.health().matches("\"name\":").count(), 1, "{}", n.health());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Slow and idle clients hold no thread: 64 connections open at once against a node with two
+/// HTTP workers (16 silent, 16 that sent half a request head, 32 that send one byte every 2 s),
+/// and a normal request beside them is answered within 1 s, again after each round of
+/// trickled bytes. Then the whole-request deadline: a trickling connection gets `408` within
+/// the 10 s request timeout (plus slack), however regularly it sends.
+#[test]
+fn slow_and_idle_clients_do_not_block_a_normal_request() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    common::init_logs();
+    let mut node = Proc::spawn("node1", "delta", &[]);
+    let t = Duration::from_secs(10);
+    let connect = || {
+        let s = TcpStream::connect_timeout(&node.http, t).expect("connect");
+        s.set_write_timeout(Some(t)).expect("timeout");
+        s
+    };
+    let silent: Vec<TcpStream> = (0..16).map(|_| connect()).collect();
+    let mut half: Vec<TcpStream> = (0..16).map(|_| connect()).collect();
+    for s in &mut half {
+        s.write_all(b"GET /app/health HTTP/1.1\r\nHost: x\r\n")
+            .expect("half a head");
+    }
+    let mut trickling: Vec<TcpStream> = (0..32).map(|_| connect()).collect();
+    let trickle =
+        b"GET /app/health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = Instant::now();
+    // One byte on each trickling connection every 2 s, for at most 8 rounds; a normal request
+    // after each round, answered within 1 s.
+    let answer_within_1s = |round: usize| {
+        let mut c = Client::new();
+        c.timeout = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let r = c.get(node.http, "/app/health");
+        let took = t0.elapsed();
+        match r {
+            Ok(r) if r.status == 200 && took <= Duration::from_secs(1) => {}
+            other => panic!(
+                "round {round}: /app/health beside 64 slow connections: {other:?} after {took:?}\n{}",
+                node.dump()
+            ),
+        }
+    };
+    answer_within_1s(0);
+    let mut sent = 0;
+    let mut next = Instant::now();
+    for round in 1..=3 {
+        // Pacing of the load, not synchronisation: the next byte is due 2 s after the last.
+        next += Duration::from_secs(2);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        for s in &mut trickling {
+            s.write_all(&trickle[sent..=sent]).expect("trickle");
+        }
+        sent += 1;
+        answer_within_1s(round);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the load took too long to mean anything: {:?}",
+        started.elapsed()
+    );
+    // The deadline is for the whole request: a client that keeps sending a byte every 2 s is
+    // answered 408 once 10 s passed since its first byte.
+    let mut reader = trickling.remove(0);
+    reader
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let deadline = started + Duration::from_secs(10) + LIMIT;
+    let mut data = Vec::new();
+    while Instant::now() < deadline && !data.windows(3).any(|w| w == b"408") {
+        if sent < trickle.len() && next <= Instant::now() {
+            next += Duration::from_secs(2);
+            let _ = reader.write_all(&trickle[sent..=sent]);
+            sent += 1;
+        }
+        let mut buf = [0u8; 512];
+        match std::io::Read::read(&mut reader, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(_) => {} // the read timeout: go round
+        }
+    }
+    let text = String::from_utf8_lossy(&data);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "a trickling request was not cut at its deadline: {text:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10) + Duration::from_secs(5),
+        "408 came late: {:?}",
+        started.elapsed()
+    );
+    answer_within_1s(99);
+    drop((silent, half, trickling));
+    node.stop();
+}
+
+/// SIGTERM and SIGINT stop a node cleanly: it leaves the group, so the other processes log
+/// `Member disappeared` for it within 1 s, and it exits 0.
+#[test]
+fn sigterm_and_sigint_stop_cleanly_and_the_others_see_it_within_1s() {
+    common::init_logs();
+    let mut nodes = cluster("delta");
+    for (i, signal) in [(0, "TERM"), (1, "INT")] {
+        let gone = nodes[i].name.clone();
+        let sent = Instant::now();
+        nodes[i].signal(signal);
+        let by = sent + Duration::from_secs(1);
+        for other in &nodes[i + 1..] {
+            let line = other.wait_line_by(by, "the departure within 1 s", |stderr, l| {
+                stderr && l.contains("Member disappeared") && l.contains(&format!("name={gone} "))
+            });
+            assert!(line.contains("left the group"), "{line}");
+        }
+        nodes[i].wait_exit_ok();
+        nodes[i].wait_line(&format!("SIG{signal} received"), |stderr, l| {
+            stderr && l.contains(&format!("SIG{signal} received: stopping"))
+        });
+        nodes[i].wait_line("its stop", |stderr, l| stderr && l.contains("Node stopped"));
+    }
+    nodes[2].stop();
+}
+
+/// `/app/health` is 503 until the manager is ready (here: node 2 lists node 1, which is not up
+/// yet, so no state transfer has run and none has been given up on), 200 once node 1 is up and
+/// the state transfer is done.
+#[test]
+fn health_is_503_until_the_state_transfer_is_done() {
+    common::init_logs();
+    // Node 1's receiver port, known before it starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // server2.toml, with a first-member wait far past this test's length.
+    let dir = std::env::temp_dir().join(format!("tribecast-http-ready-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config/server2.toml"),
+    )
+    .expect("server2.toml");
+    let patched = base.replacen(
+        "class_name = \"TcpFailureDetector\"",
+        "class_name = \"TcpFailureDetector\"\nconnect_timeout_ms = 120000",
+        1,
+    );
+    assert_ne!(
+        patched, base,
+        "server2.toml has no TcpFailureDetector to patch"
+    );
+    let config = dir.join("server2.toml");
+    std::fs::write(&config, patched).expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let member = format!("127.0.0.1:{port}");
+    let n2 = Proc::spawn_with(
+        "node2",
+        "delta",
+        &[],
+        &["--config", config.as_str(), "--member", member.as_str()],
+    );
+    let r = n2.health_reply();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("\"ready\":false"), "{r:?}");
+    // Session pages wait (a bounded time) and then answer 503 too; the page itself is served.
+    let mut c = Client::new();
+    assert_eq!(get(&mut c, &n2, "/app/").status, 200);
+    let rx = format!("127.0.0.1:{port}");
+    let n1 = Proc::spawn_with(
+        "node1",
+        "delta",
+        &[],
+        &[
+            "--receiver",
+            rx.as_str(),
+            "--member",
+            &n2.receiver.to_string(),
+        ],
+    );
+    let ok = wait_until(LIMIT, || n2.health_reply().status == 200);
+    assert!(ok, "node 2 never ready: {}", n2.health());
+    assert!(n2.health().contains("\"ready\":true"));
+    assert_eq!(n1.health_reply().status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--help` describes every flag and exits 0; `--flag=value` is accepted like `--flag value`.
+#[test]
+fn help_describes_every_flag_and_equals_form_is_accepted() {
+    let out = Command::new(http_node_exe())
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--name",
+        "--http",
+        "--receiver",
+        "--member",
+        "--no-members",
+        "--multicast",
+        "--manager",
+        "--rebind-route",
+        "--cluster-key-file",
+        "--send-options",
+        "--strict-replication",
+        "--static",
+        "--http-threads",
+        "--http-max-connections",
+        "--preload",
+        "--preload-size",
+        "--stop-on-stdin-eof",
+    ] {
+        let line = help
+            .lines()
+            .position(|l| l.trim_start().starts_with(&format!("{flag} ")) || l.trim() == flag)
+            .unwrap_or_else(|| panic!("{flag} not in --help:\n{help}"));
+        let described = help
+            .lines()
+            .nth(line + 1)
+            .is_some_and(|l| !l.trim().is_empty());
+        assert!(described, "{flag} has no description:\n{help}");
+    }
+    assert!(help.contains("SIGTERM"), "{help}");
+    let bad = Command::new(http_node_exe())
+        .arg("--manager=nope")
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    // The benchmark binaries too.
+    for (bench, flags) in [
+        (
+            "channel_bench",
+            &["--size", "--count", "--receivers", "--threads", "--mode"][..],
+        ),
+        (
+            "session_bench",
+            &[
+                "--nodes",
+                "--sessions",
+                "--updates",
+                "--attr-size",
+                "--manager",
+            ],
+        ),
+    ] {
+        let out = Command::new(example_exe(bench))
+            .arg("--help")
+            .output()
+            .expect("run --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bench} --help: {out:?}");
+        for flag in flags {
+            assert!(help.contains(flag), "{bench} --help lacks {flag}:\n{help}");
+        }
+    }
+    // The `=` form, end to end.
+    let mut n = Proc::spawn_with(
+        "node1",
+        "backup",
+        &[],
+        &["--http=127.0.0.1:0", "--manager=delta"],
+    );
+    assert!(
+        n.health().contains("\"manager\":\"delta\""),
+        "{}",
+        n.health()
+    );
+    n.stop();
+}
+
+/// A WebDriver session on Debian's chromium (headless, through chromedriver on 127.0.0.1),
+/// driven with plain HTTP and serde_json. Ended (browser closed, driver killed) on drop.
+struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    profile: PathBuf,
+}
+
+impl Browser {
+    const CHROMIUM: &'static str = "/usr/bin/chromium";
+    const CHROMEDRIVER: &'static str = "/usr/bin/chromedriver";
+    /// Chromium starts slowly on a busy machine.
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    fn start() -> Browser {
+        for bin in [Self::CHROMIUM, Self::CHROMEDRIVER] {
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} is missing: this test needs Debian's chromium and chromium-driver \
+                 (`apt-get install -y chromium chromium-driver`; .ci/run installs them)"
+            );
+        }
+        let mut driver = Command::new(Self::CHROMEDRIVER)
+            .args(["--port=0", "--allowed-ips=127.0.0.1"])
+            // Its own process group, with the browser it starts: all of it is ended on drop.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chromedriver");
+        let out = Arc::new(Output::default());
+        pump(out.clone(), false, driver.stdout.take().expect("stdout"));
+        pump(out.clone(), true, driver.stderr.take().expect("stderr"));
+        // `ChromeDriver was started successfully on port 40731.`
+        let mut port = None;
+        let ok = wait_until(Self::LIMIT, || {
+            port = out
+                .text()
+                .split("started successfully on port ")
+                .nth(1)
+                .and_then(|r| {
+                    r.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok())
+                });
+            port.is_some()
+        });
+        if !ok {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("chromedriver did not start:\n{}", out.text());
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.expect("port")));
+        let profile = std::env::temp_dir().join(format!(
+            "tribecast-chromium-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        let mut b = Browser {
+            driver,
+            addr,
+            session: String::new(),
+            profile,
+        };
+        let profile_arg = format!("--user-data-dir={}", b.profile.display());
+        let caps = serde_json::json!({
+            "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": Self::CHROMIUM,
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", "--disable-default-apps", "--disable-extensions",
+                        "--no-proxy-server", "--no-pings",
+                        // Nothing but 127.0.0.1 resolves (the network rule).
+                        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                        profile_arg,
+                    ],
+                },
+            }},
+        });
+        let v = b.call("POST", "/session", Some(caps));
+        b.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sessionId in {v}"))
+            .to_string();
+        b
+    }
+
+    /// One WebDriver command; its `value`. Panics on a WebDriver error.
+    fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        let r = exchange_by_length(self.addr, raw.as_bytes(), Self::LIMIT)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}: {r:?}"));
+        assert_eq!(r.status, 200, "WebDriver {method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn session_call(
+        &mut self,
+        method: &str,
+        what: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let path = format!("/session/{}{what}", self.session);
+        self.call(method, &path, Some(body))
+    }
+
+    fn open(&mut self, url: &str) {
+        self.session_call("POST", "/url", serde_json::json!({ "url": url }));
+    }
+
+    fn click(&mut self, css: &str) {
+        let el = self.session_call(
+            "POST",
+            "/element",
+            serde_json::json!({ "using": "css selector", "value": css }),
+        );
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_string();
+        self.session_call(
+            "POST",
+            &format!("/element/{id}/click"),
+            serde_json::json!({}),
+        );
+    }
+
+    /// What the page shows: the node that answered, who is logged in, the counter, how many
+    /// times the page finished loading its data, and the members listed.
+    fn page(&mut self) -> serde_json::Value {
+        let script = "const g = (id) => document.getElementById(id); \
+            return g('who') ? { node: g('node').textContent, user: g('who').dataset.user || '', \
+            counter: g('counter').textContent, loaded: document.body.dataset.loaded || '0', \
+            members: g('members').textContent, message: g('message').textContent } : null;";
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({ "script": script, "args": [] }),
+        )
+    }
+
+    /// Waits until the page shows what `want` checks.
+    fn wait_page(
+        &mut self,
+        what: &str,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Self::LIMIT;
+        loop {
+            let p = self.page();
+            if want(&p) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {what}: {p}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let path = format!("/session/{}", self.session);
+            let raw = format!(
+                "DELETE {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.addr
+            );
+            let _ = exchange_by_length(self.addr, raw.as_bytes(), Duration::from_secs(20));
+        }
+        // The driver's process group (this test made it): the driver and any browser left.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Sends `raw` and reads one answer by its `Content-Length` (chromedriver keeps the connection
+/// open whatever the request's `Connection: close` says).
+fn exchange_by_length(
+    addr: SocketAddr,
+    raw: &[u8],
+    t: Duration,
+) -> Result<Reply, client::ClientError> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, t)?;
+    s.set_read_timeout(Some(t))?;
+    s.set_write_timeout(Some(t))?;
+    s.write_all(raw)?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| data.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 || data.len() > 16 << 20 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    client::parse_reply(&data)
+}
+
+/// The page at `/app/` in a real headless browser: log in on node 1 by clicking, count twice,
+/// kill node 1 (SIGKILL), open the page through node 2 (same host, another port: the browser
+/// sends the same cookie): still logged in, same counter, answered by node 2.
+#[test]
+fn the_page_in_a_headless_browser_survives_the_loss_of_its_node() {
+    common::init_logs();
+    let mut n1 = Proc::spawn("node1", "delta", &[]);
+    let n2 = Proc::spawn("node2", "delta", &[&n1]);
+    for n in [&n1, &n2] {
+        let ok = wait_until(LIMIT, || {
+            let h = n.health();
+            h.contains("\"ready\":true") && h.matches("\"name\":").count() == 1
+        });
+        assert!(ok, "{} never saw the other: {}", n.name, n.health());
+    }
+    let mut b = Browser::start();
+    b.open(&format!("http://{}/app/", n1.http));
+    let p = b.wait_page("node 1, nobody logged in", |p| {
+        p["loaded"] != "0" && p["node"] == "node1" && p["user"] == ""
+    });
+    assert!(
+        p["members"].as_str().is_some_and(|m| m.contains("node2")),
+        "{p}"
+    );
+    b.click("#login");
+    b.wait_page("guest logged in", |p| p["user"] == "guest");
+    b.click("#count");
+    b.wait_page("counter 1", |p| p["counter"] == "1");
+    b.click("#count");
+    b.wait_page("counter 2", |p| p["counter"] == "2");
+    // Node 2 holds the session with its counter before node 1 goes.
+    let ok = wait_until(LIMIT, || n2.health_number("sessions") == 1);
+    assert!(ok, "node 2 never got the session: {}", n2.health());
+    n1.kill();
+    b.open(&format!("http://{}/app/", n2.http));
+    let p = b.wait_page("guest still logged in, through node 2", |p| {
+        p["loaded"] != "0" && p["node"] == "node2" && p["user"] == "guest"
+    });
+    assert_eq!(p["counter"], "2", "{p}");
+    b.click("#count");
+    b.wait_page("counter 3 on node 2", |p| {
+        p["counter"] == "3" && p["node"] == "node2"
+    });
+    b.click("#logout");
+    b.wait_page("logged out", |p| {
+        p["user"] == "" && p["message"] == "Logged out."
+    });
+}
+
+/// The connection table is bounded: with `--http-max-connections 8` and 8 idle connections
+/// open, one more is answered 503 at once and closed; once they are gone, requests are served.
+#[test]
+fn connections_past_the_limit_get_503_at_once() {
+    use std::net::TcpStream;
+    common::init_logs();
+    let mut node = Proc::spawn_with("node1", "delta", &[], &["--http-max-connections", "8"]);
+    let t = Duration::from_secs(10);
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect_timeout(&node.http, t).expect("connect"))
+        .collect();
+    // The loop takes them in order: a request on a 9th connection is refused at accept, or
+    // (if the accept of the 8th came later) served; within the limit, the first refusal comes.
+    let t0 = Instant::now();
+    let r = exchange(
+        node.http,
+        b"GET /app/health HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("too many connections"), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    drop(idle);
+    let ok = wait_until(LIMIT, || {
+        exchange(
+            node.http,
+            b"GET /app/health HTTP/1.1\r\nConnection: close\r\n\r\n",
+            t,
+        )
+        .is_ok_and(|r| r.status == 200)
+    });
+    assert!(ok, "not served again once the idle connections closed");
+    node.stop();
 }

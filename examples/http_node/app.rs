@@ -4,9 +4,10 @@
 //! the session, `finish()` (which replicates the changes, unless the valve filter matched).
 #![allow(dead_code)] // shared by http_node and cluster_demo, which use different parts
 
-use crate::http::{self, json_str, HttpServer, Limits, Request, Response};
+use crate::http::{self, HttpServer, Limits, Request, Response};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,14 +39,15 @@ pub struct User {
 }
 
 impl User {
-    fn to_json(&self) -> String {
-        format!(
-            r#"{{"user_id":{},"username":{},"role":{},"login_time":{}}}"#,
-            self.user_id,
-            json_str(&self.username),
-            json_str(&self.role),
-            json_str(&iso_utc(self.login_time_ms))
-        )
+    /// The record as the JSON endpoints show it, with the node that answered.
+    fn to_json(&self, node: &str) -> serde_json::Value {
+        json!({
+            "user_id": self.user_id,
+            "username": self.username,
+            "role": self.role,
+            "login_time": iso_utc(self.login_time_ms),
+            "node": node,
+        })
     }
 }
 
@@ -61,6 +63,8 @@ pub struct NodeOptions {
     /// HTTP address; port 0 lets the OS choose.
     pub http: SocketAddr,
     pub http_threads: usize,
+    /// HTTP connections open at once.
+    pub http_max_connections: usize,
     /// The application's context path, e.g. `/app`.
     pub context: String,
     pub cluster: ClusterConfig,
@@ -158,8 +162,12 @@ impl Node {
             strict_replication: opts.strict_replication,
         });
         let handler: Arc<http::Handler> = Arc::new(move |req: &Request| state.handle(req));
-        let server = HttpServer::start(opts.http, opts.http_threads, Limits::default(), handler)
-            .map_err(|e| {
+        let limits = Limits {
+            max_connections: opts.http_max_connections,
+            ..Limits::default()
+        };
+        let server =
+            HttpServer::start(opts.http, opts.http_threads, limits, handler).map_err(|e| {
                 cluster.stop();
                 NodeError::Http(opts.http, e)
             })?;
@@ -234,27 +242,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `2026-11-26T06:12:00.123Z` from ms since the epoch (Howard Hinnant's civil-from-days).
+/// `2026-11-26T06:12:00.123Z` (RFC 3339, UTC) from ms since the epoch.
 pub fn iso_utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(|| "?".to_string(), |t| format!("{t:.3}"))
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -271,11 +264,16 @@ fn content_type(name: &str) -> &'static str {
 }
 
 fn error_json(status: u16, msg: &str) -> Response {
-    Response::json(status, format!(r#"{{"error":{}}}"#, json_str(msg)))
+    Response::json(status, &json!({ "error": msg }))
 }
 
 impl App {
     fn handle(&self, req: &Request) -> Response {
+        let method_ok = |m: &str| req.method == m;
+        if req.path == self.context && method_ok("GET") {
+            let to = format!("{}/", self.context);
+            return Response::text(301, to.clone()).with_header("Location", to);
+        }
         let Some(rest) = req
             .path
             .strip_prefix(&self.context)
@@ -283,8 +281,10 @@ impl App {
         else {
             return error_json(404, "not found");
         };
-        let method_ok = |m: &str| req.method == m;
         match rest {
+            // The page: a static file that calls the JSON endpoints below. Served without
+            // touching the session, as any static file.
+            "" | "index.html" if method_ok("GET") => self.page(),
             "health" if method_ok("GET") => self.health(),
             "metrics" if method_ok("GET") => Response::new(
                 200,
@@ -295,7 +295,7 @@ impl App {
             "logout" if method_ok("POST") => self.ready_then(|| self.logout(req)),
             "profile" if method_ok("GET") => self.ready_then(|| self.profile(req)),
             "counter" if method_ok("GET") => self.ready_then(|| self.counter(req)),
-            "health" | "metrics" | "profile" | "counter" => {
+            "" | "index.html" | "health" | "metrics" | "profile" | "counter" => {
                 error_json(405, "method not allowed").with_header("Allow", "GET")
             }
             "login" | "logout" => {
@@ -414,7 +414,7 @@ impl App {
         if let Some(refused) = self.finish_changed(r) {
             return refused;
         }
-        Self::with_cookie(Response::json(200, record.to_json()), cookie)
+        Self::with_cookie(Response::json(200, &record.to_json(&self.node)), cookie)
     }
 
     fn logout(&self, req: &Request) -> Response {
@@ -428,7 +428,10 @@ impl App {
         if let Some(refused) = self.finish_changed(r) {
             return refused;
         }
-        Self::with_cookie(Response::json(200, r#"{"logged_out":true}"#), cookie)
+        Self::with_cookie(
+            Response::json(200, &json!({ "logged_out": true, "node": self.node })),
+            cookie,
+        )
     }
 
     fn profile(&self, req: &Request) -> Response {
@@ -439,7 +442,7 @@ impl App {
         let cookie = r.set_cookie();
         self.finish(r);
         let resp = match user {
-            Some(u) => Response::json(200, u.to_json()),
+            Some(u) => Response::json(200, &u.to_json(&self.node)),
             None => error_json(401, "not logged in"),
         };
         Self::with_cookie(resp, cookie)
@@ -474,45 +477,47 @@ impl App {
         } else if let Some(refused) = self.finish_changed(r) {
             return refused;
         }
-        let body = format!(
-            r#"{{"counter":{n},"node":{},"session":{}}}"#,
-            json_str(&self.node),
-            id.as_ref()
-                .map_or("null".to_string(), |i| json_str(i.as_str()))
-        );
-        Self::with_cookie(Response::json(200, body), cookie)
+        let body = json!({
+            "counter": n,
+            "node": self.node,
+            "session": id.as_ref().map(|i| i.as_str()),
+        });
+        Self::with_cookie(Response::json(200, &body), cookie)
     }
 
+    /// What the node sees; `503` until the manager is ready (the state transfer from an
+    /// existing member done), so a balancer sends no user here before then.
     fn health(&self) -> Response {
         let mut members: Vec<Member> = self.cluster.channel().members();
         members.sort_by(|a, b| a.name.cmp(&b.name));
-        let list: Vec<String> = members
+        let members: Vec<serde_json::Value> = members
             .iter()
-            .map(|m| {
-                format!(
-                    r#"{{"name":{},"addr":{}}}"#,
-                    json_str(&m.name),
-                    json_str(&m.addr.to_string())
-                )
-            })
+            .map(|m| json!({ "name": m.name, "addr": m.addr.to_string() }))
             .collect();
         let stats = &self.mgr.stats;
-        Response::json(
-            200,
-            format!(
-                r#"{{"node":{},"manager":{},"ready":{},"members":[{}],"sessions":{},"messages_sent":{},"messages_received":{}}}"#,
-                json_str(&self.node),
-                json_str(match self.kind {
-                    ManagerKind::Delta => "delta",
-                    ManagerKind::Backup => "backup",
-                }),
-                self.mgr.is_ready(),
-                list.join(","),
-                self.mgr.session_count(),
-                stats.messages_sent.load(Ordering::Relaxed),
-                stats.messages_received.load(Ordering::Relaxed),
-            ),
-        )
+        let ready = self.mgr.is_ready();
+        let body = json!({
+            "node": self.node,
+            "manager": match self.kind {
+                ManagerKind::Delta => "delta",
+                ManagerKind::Backup => "backup",
+            },
+            "ready": ready,
+            "members": members,
+            "sessions": self.mgr.session_count(),
+            "messages_sent": stats.messages_sent.load(Ordering::Relaxed),
+            "messages_received": stats.messages_received.load(Ordering::Relaxed),
+        });
+        Response::json(if ready { 200 } else { 503 }, &body)
+    }
+
+    /// The page at `/app/`: `index.html` of the static directory.
+    fn page(&self) -> Response {
+        match read_small(&self.static_dir.join("index.html")) {
+            Some(b) => Response::new(200, "text/html; charset=utf-8", b)
+                .with_header("Cache-Control", "no-store"),
+            None => error_json(404, "no index.html in the static directory"),
+        }
     }
 
     /// A file of the static directory. The request still goes through the session manager, as

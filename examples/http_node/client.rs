@@ -137,29 +137,24 @@ impl Client {
         Ok(reply)
     }
 
+    /// Keeps (or, when expired, removes) the cookie of a `Set-Cookie` header, parsed by the
+    /// `cookie` crate; a malformed header is ignored, as a browser does.
     fn store(&mut self, set_cookie: &str) {
-        let mut attrs = set_cookie.split(';').map(str::trim);
-        let Some((name, value)) = attrs.next().and_then(|kv| kv.split_once('=')) else {
+        let Ok(c) = cookie::Cookie::parse(set_cookie) else {
             return;
         };
-        let path = attrs
-            .filter_map(|a| a.split_once('='))
-            .find(|(k, _)| k.eq_ignore_ascii_case("path"))
-            .map_or("/".to_string(), |(_, p)| p.to_string());
-        self.jar.retain(|c| !(c.name == name && c.path == path));
+        let path = c.path().unwrap_or("/").to_string();
+        self.jar.retain(|k| !(k.name == c.name() && k.path == path));
         // `Max-Age=0` (or less) removes the cookie, as a browser does.
-        let expired = set_cookie
-            .split(';')
-            .filter_map(|a| a.trim().split_once('='))
-            .any(|(k, v)| {
-                k.eq_ignore_ascii_case("max-age") && v.trim().parse::<i64>().is_ok_and(|n| n <= 0)
-            });
+        let expired = c
+            .max_age()
+            .is_some_and(|age| age.is_zero() || age.is_negative());
         if expired {
             return;
         }
         self.jar.push(Cookie {
-            name: name.to_string(),
-            value: value.to_string(),
+            name: c.name().to_string(),
+            value: c.value().to_string(),
             path,
         });
     }

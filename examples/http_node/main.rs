@@ -1,142 +1,144 @@
 //! One cluster node per process: tribecast embedded in a small synchronous HTTP/1.1 server,
-//! serving the demo application at `/app` (login, profile, counter, health, Prometheus
-//! metrics at `/app/metrics`, static files).
+//! serving the demo application at `/app`: a page for a person at `/app/` (log in, profile,
+//! counter, log out, the node that answered and the members it sees), the JSON endpoints it
+//! calls (`/app/login`, `/app/profile`, `/app/counter`, `/app/logout`, `/app/health`),
+//! Prometheus metrics at `/app/metrics` and static files under `/app/static/`.
 //!
 //!     cargo run --release --example http_node -- --name node1 --http 127.0.0.1:8081 \
 //!         --receiver 127.0.0.1:4001 --member 127.0.0.1:4002 --member 127.0.0.1:4003
 //!
-//! Flags: `--config FILE` (TOML), `--name NAME` (the jvmRoute), `--http ADDR`, `--receiver ADDR`,
-//! `--member ADDR` (repeat; replaces the file's static members), `--no-members` (none of the
-//! file's static members: a first node on OS-chosen ports), `--multicast` (discover members
-//! by multicast: only inside a private network namespace), `--manager delta|backup`,
-//! `--rebind-route never|when_route_gone|always` (Tomcat's JvmRouteBinderValve: a session whose
-//! node is gone is renamed to this node's route and the new cookie sent; `when_route_gone` by
-//! default),
-//! `--cluster-key-file FILE` (authenticate and encrypt all cluster traffic with this key; see
-//! docs/SECURITY.md),
-//! `--send-options OPTS` (how session changes are sent: `channel_send_options` for the
-//! DeltaManager and `map_send_options` for the BackupManager, e.g. `6` (synchronized ack: a
-//! request ends once the members applied its change), `8` (asynchronous) or names like
-//! `use_ack,sync`), `--strict-replication` (a login or counter request whose change was not
-//! applied by every member answers 503, not 200: with `--send-options 6` a 200 then means the
-//! change is on every member this node knows), `--static DIR`, `--http-threads N`, `--preload N` and `--preload-size BYTES` (sessions made at
-//! start, for footprint measurements), `--stop-on-stdin-eof` (stop cleanly when stdin closes).
-//! Flags override the file. Once serving it prints one line on stdout:
+//! `--help` describes every flag; `--flag value` and `--flag=value` are both accepted. Flags
+//! override the config file. Once serving it prints one line on stdout:
 //! `http_node node1 listening on http://127.0.0.1:8081 (cluster receiver 127.0.0.1:4001)`.
 //! The log (stderr, `RUST_LOG`, default info) carries the membership lines
 //! (`Added member [...]`, `Member disappeared [...]`).
+//!
+//! SIGTERM and SIGINT stop it cleanly: the HTTP server stops accepting and answers the
+//! requests it has (at most 2 s), then the node leaves the cluster, so the other members log
+//! `Member disappeared [...]` at once and keep the sessions. A second signal during the stop
+//! ends the process at once. `/app/health` answers 503 until the session manager is ready (the
+//! state transfer from an existing member done), 200 after.
 
 mod app;
 mod http;
 
 use app::{Node, NodeOptions, REFERENCE_VALVE_FILTER};
+use clap::{Parser, ValueEnum};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 use tribecast::{
     ClusterConfig, ManagerKind, McastConfig, NodeConfig, RebindRoute, SendOptions, StaticMember,
 };
 
+/// One tribecast cluster node serving the demo application over HTTP.
+#[derive(Parser, Debug)]
+#[command(name = "http_node", version, after_help = AFTER_HELP, args_override_self = true)]
 struct Args {
+    /// A TOML file with the node's settings (the layout of examples/config/server1.toml);
+    /// the flags below override it.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The node's name: its jvmRoute, the suffix of its session ids (default node1).
+    #[arg(long)]
     name: Option<String>,
+    /// HTTP address to serve on; port 0 lets the OS choose (default 127.0.0.1:8080).
+    #[arg(long, value_name = "IP:PORT")]
     http: Option<SocketAddr>,
+    /// Cluster receiver address (Tomcat's NioReceiver address and port); port 0 lets the OS
+    /// choose.
+    #[arg(long, value_name = "IP:PORT")]
     receiver: Option<SocketAddr>,
+    /// A static member's receiver address; repeat for each. Replaces the file's static members.
+    #[arg(long = "member", value_name = "IP:PORT")]
     members: Vec<SocketAddr>,
+    /// None of the config file's static members (a first node on OS-chosen ports).
+    #[arg(long)]
     no_members: bool,
+    /// Discover members by multicast heartbeats (Tomcat's McastService defaults). Only inside
+    /// a private network namespace: never on a real interface.
+    #[arg(long)]
     multicast: bool,
-    manager: Option<ManagerKind>,
-    rebind_route: Option<RebindRoute>,
+    /// Session manager: delta (every change to every member) or backup (one primary, one
+    /// backup).
+    #[arg(long, value_enum)]
+    manager: Option<Manager>,
+    /// Tomcat's JvmRouteBinderValve: whether a session whose node is gone is renamed to this
+    /// node's route (and the new cookie sent).
+    #[arg(long, value_enum, value_name = "WHEN")]
+    rebind_route: Option<Rebind>,
+    /// Authenticate and encrypt all cluster traffic with the key in this file (see
+    /// docs/SECURITY.md).
+    #[arg(long, value_name = "FILE")]
     cluster_key_file: Option<PathBuf>,
+    /// How session changes are sent: a number like 6 (synchronized ack: a request ends once the
+    /// members applied its change) or 8 (asynchronous), or names like use_ack,sync. Sets the
+    /// DeltaManager's channel_send_options and the BackupManager's map_send_options.
+    #[arg(long, value_name = "OPTS", value_parser = parse_send_options)]
     send_options: Option<SendOptions>,
+    /// A login, logout or counter request whose change was not applied by every member answers
+    /// 503, not 200 (with --send-options 6 a 200 then means every member has the change).
+    #[arg(long)]
     strict_replication: bool,
+    /// Directory of the page (index.html) and the files under /app/static/.
+    #[arg(long = "static", value_name = "DIR",
+          default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static"))]
     static_dir: PathBuf,
-    http_threads: usize,
+    /// HTTP worker threads: they run complete requests only; reading and writing is one event
+    /// loop, so slow or idle clients hold no worker.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    http_threads: u16,
+    /// HTTP connections open at once; one more is answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    http_max_connections: u32,
+    /// Sessions made at start, for footprint measurements.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     preload: usize,
+    /// Bytes of data in each preloaded session.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     preload_size: usize,
+    /// Also stop cleanly when stdin closes (for a parent process that cannot send signals).
+    #[arg(long)]
     stop_on_stdin_eof: bool,
 }
 
-const USAGE: &str =
-    "usage: http_node [--config FILE] [--name NAME] [--http ADDR] [--receiver ADDR] \
-[--member ADDR]... [--no-members] [--multicast] [--manager delta|backup] [--rebind-route never|when_route_gone|always] [--cluster-key-file FILE] [--send-options OPTS] [--strict-replication] [--static DIR] [--http-threads N] \
-[--preload N] [--preload-size BYTES] [--stop-on-stdin-eof]";
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Manager {
+    /// DeltaManager: every change to every member, full state transfer to a joining member.
+    Delta,
+    /// BackupManager: one primary and one backup per session.
+    Backup,
+}
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        config: None,
-        name: None,
-        http: None,
-        receiver: None,
-        members: Vec::new(),
-        no_members: false,
-        multicast: false,
-        manager: None,
-        rebind_route: None,
-        cluster_key_file: None,
-        send_options: None,
-        strict_replication: false,
-        static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/static")),
-        http_threads: 4,
-        preload: 0,
-        preload_size: 1024,
-        stop_on_stdin_eof: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let addr = |v: String| {
-            v.parse::<SocketAddr>()
-                .map_err(|e| format!("{flag} {v}: {e} (want IP:PORT)"))
-        };
-        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
-        match flag.as_str() {
-            "--config" => a.config = Some(PathBuf::from(value()?)),
-            "--name" => a.name = Some(value()?),
-            "--http" => a.http = Some(addr(value()?)?),
-            "--receiver" => a.receiver = Some(addr(value()?)?),
-            "--member" => a.members.push(addr(value()?)?),
-            "--no-members" => a.no_members = true,
-            "--multicast" => a.multicast = true,
-            "--cluster-key-file" => a.cluster_key_file = Some(PathBuf::from(value()?)),
-            "--manager" => {
-                a.manager = Some(match value()?.as_str() {
-                    "delta" => ManagerKind::Delta,
-                    "backup" => ManagerKind::Backup,
-                    m => return Err(format!("--manager {m}: delta or backup")),
-                })
-            }
-            "--rebind-route" => {
-                a.rebind_route = Some(match value()?.as_str() {
-                    "never" => RebindRoute::Never,
-                    "when_route_gone" => RebindRoute::WhenRouteGone,
-                    "always" => RebindRoute::Always,
-                    r => {
-                        return Err(format!(
-                            "--rebind-route {r}: never, when_route_gone or always"
-                        ))
-                    }
-                })
-            }
-            "--send-options" => {
-                let v = value()?;
-                a.send_options = Some(SendOptions::parse(&v).map_err(|e| {
-                    format!("--send-options {v}: {e} (a number like 6 or 8, or names like use_ack,sync)")
-                })?)
-            }
-            "--strict-replication" => a.strict_replication = true,
-            "--static" => a.static_dir = PathBuf::from(value()?),
-            "--http-threads" => a.http_threads = num(value()?)?.clamp(1, 256),
-            "--preload" => a.preload = num(value()?)?,
-            "--preload-size" => a.preload_size = num(value()?)?,
-            "--stop-on-stdin-eof" => a.stop_on_stdin_eof = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
-        }
-    }
-    Ok(a)
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Rebind {
+    /// Never rename a session (the library's default).
+    Never,
+    /// Rename a session whose node is no longer a member.
+    WhenRouteGone,
+    /// Rename every session served here whose route is another node's.
+    Always,
+}
+
+const AFTER_HELP: &str = "\
+Endpoints: /app/ (the page), /app/login (POST user, pass), /app/profile, /app/counter, \
+/app/logout (POST), /app/health (200 when ready, 503 before), /app/metrics, /app/static/FILE.
+Signals: SIGTERM or SIGINT stop the node cleanly (the other members log `Member disappeared` \
+at once); a second one ends it at once.
+Log: stderr, filtered by RUST_LOG (default info).";
+
+fn parse_send_options(v: &str) -> Result<SendOptions, String> {
+    SendOptions::parse(v)
+        .map_err(|e| format!("{e} (a number like 6 or 8, or names like use_ack,sync)"))
 }
 
 /// The node's settings: the file's (or the defaults), then the flags over them.
@@ -177,10 +179,17 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
         cluster.channel.membership.mcast = Some(McastConfig::default());
     }
     if let Some(kind) = a.manager {
-        cluster.manager.kind = kind;
+        cluster.manager.kind = match kind {
+            Manager::Delta => ManagerKind::Delta,
+            Manager::Backup => ManagerKind::Backup,
+        };
     }
     if let Some(r) = a.rebind_route {
-        cluster.manager.rebind_route = r;
+        cluster.manager.rebind_route = match r {
+            Rebind::Never => RebindRoute::Never,
+            Rebind::WhenRouteGone => RebindRoute::WhenRouteGone,
+            Rebind::Always => RebindRoute::Always,
+        };
     }
     if let Some(path) = &a.cluster_key_file {
         let key = tribecast::ClusterKey::from_file(path)
@@ -195,7 +204,8 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
     }
     Ok(NodeOptions {
         http: http.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-        http_threads: a.http_threads,
+        http_threads: usize::from(a.http_threads),
+        http_max_connections: a.http_max_connections as usize,
         context,
         cluster,
         static_dir: a.static_dir.clone(),
@@ -215,21 +225,24 @@ fn load_config(
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    // `--help` and `--version` print and exit 0; a bad flag prints why and exits 2.
+    let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     let opts = match node_options(&args, started) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("http_node: {e}");
             return ExitCode::from(2);
+        }
+    };
+    // Registered before the node starts: a signal from then on is a clean stop.
+    let mut signals = match stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("http_node: cannot handle SIGTERM and SIGINT: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let mut node = match Node::start(opts) {
@@ -263,18 +276,41 @@ fn main() -> ExitCode {
         );
         let _ = out.flush();
     }
+    let handle = signals.handle();
     if args.stop_on_stdin_eof {
-        // std has no signal handling without unsafe code: a parent closes our stdin instead.
-        let mut sink = [0u8; 256];
-        let mut stdin = std::io::stdin().lock();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        log::info!("stdin closed: stopping");
-        node.stop();
-        log::info!("Node stopped");
-        return ExitCode::SUCCESS;
+        let spawned = std::thread::Builder::new()
+            .name("stdin-eof".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut sink = [0u8; 256];
+                let mut stdin = std::io::stdin().lock();
+                while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+                log::info!("stdin closed: stopping");
+                // Ends the wait for a signal below.
+                handle.close();
+            });
+        if let Err(e) = spawned {
+            log::warn!("--stop-on-stdin-eof: cannot watch stdin: {e}");
+        }
     }
-    // SIGTERM and SIGINT end the process (their default action); the others keep the sessions.
-    loop {
-        std::thread::park();
+    // Waits for SIGTERM or SIGINT (or the stdin watcher's close).
+    if let Some(sig) = signals.forever().next() {
+        let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+        log::info!("{name} received: stopping");
     }
+    node.stop();
+    log::info!("Node stopped");
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT, delivered to the iterator; a second one (while the first one's clean
+/// stop runs) ends the process at once with status 1.
+fn stop_signals() -> std::io::Result<Signals> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        // In this order: the exit checks the flag before the first signal sets it.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, signalled.clone())?;
+        signal_hook::flag::register(sig, signalled.clone())?;
+    }
+    Signals::new([SIGTERM, SIGINT])
 }

@@ -30,6 +30,10 @@ pub fn example_exe(name: &str) -> PathBuf {
             "http_node",
             "--example",
             "cluster_demo",
+            "--example",
+            "channel_bench",
+            "--example",
+            "session_bench",
         ]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
