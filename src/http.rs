@@ -91,14 +91,34 @@ mod tests {
     fn the_session_cookie_is_found_in_any_cookie_header() {
         let cluster = SimpleTcpCluster::new(ClusterConfig::default()).expect("cluster");
         let app = cluster.add_application("/app");
+        let id = "0123456789ABCDEF0123456789ABCDEF.node1";
+        let second = format!("a=1; JSESSIONID={id}");
         let headers = [
             ("Host", "x"),
             ("cookie", "theme=dark"),
-            ("Cookie", "a=1; JSESSIONID=ABC.node1"),
+            ("Cookie", second.as_str()),
         ];
-        assert_eq!(session_id(&app, headers), Some("ABC.node1"));
+        assert_eq!(session_id(&app, headers), Some(id));
         assert_eq!(session_id(&app, [("Cookie", "a=1")]), None);
         assert_eq!(session_id(&app, [("Set-Cookie", "JSESSIONID=x")]), None);
+    }
+
+    #[test]
+    fn begin_reads_the_cookie_once_ready() {
+        let cluster = SimpleTcpCluster::new(ClusterConfig::default()).expect("cluster");
+        let app = cluster.add_application("/app");
+        // A node with no members has nothing to receive: ready at once.
+        assert!(app.is_ready());
+        let mut req = begin(
+            &app,
+            "/app/x",
+            [("Cookie", "JSESSIONID=junk")],
+            Duration::ZERO,
+        )
+        .expect("ready");
+        assert!(req.session().is_none(), "no such session");
+        assert_eq!(req.set_cookie(), None);
+        req.finish().expect("nothing to send");
     }
 
     #[test]
