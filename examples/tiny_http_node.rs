@@ -152,18 +152,16 @@ impl Node {
                     .as_str()
                     .starts_with("application/x-www-form-urlencoded")
         });
-        let mut body = Vec::new();
-        if !form_ok
-            || request
-                .as_reader()
-                .take(MAX_BODY)
-                .read_to_end(&mut body)
-                .is_err()
-        {
+        if !form_ok {
             return Ok(error(
                 415,
                 "send the form as application/x-www-form-urlencoded",
             ));
+        }
+        let mut body = Vec::new();
+        let mut reader = request.as_reader().take(MAX_BODY);
+        if reader.read_to_end(&mut body).is_err() {
+            return Ok(error(400, "unreadable request body"));
         }
         let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
