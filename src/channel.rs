@@ -17,7 +17,7 @@ use crate::options::SendOptions;
 use crate::transport::lane::{Identity, PeerSeen};
 use crate::transport::receiver::{self, NioReceiver, ReceiverHandler, ReceiverStats};
 use crate::transport::sender::{PooledParallelSender, SenderStats};
-use crate::wire::{DataBody, Envelope};
+use crate::wire::{compress, DataBody, Envelope};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use log::{info, warn};
 use parking_lot::{Mutex, RwLock};
@@ -202,14 +202,27 @@ impl StackEnds for ChannelInner {
         if dests.is_empty() {
             return Ok(());
         }
-        let body = DataBody::new(rt.local.id, msg.msg_id, msg.options.0, &msg.payload);
+        // The limit is on the message as the application made it: a receiver never holds more
+        // than `max_frame_size` of it, compressed or not.
+        let options = msg.options.0 & !SendOptions::COMPRESSED;
         let max = self.config.max_frame_size as usize;
-        if body.len() > max {
-            return Err(ChannelError::TooLarge {
-                len: body.len(),
-                max,
-            });
+        let whole = DataBody::new(rt.local.id, msg.msg_id, options, &msg.payload).len();
+        if whole > max {
+            return Err(ChannelError::TooLarge { len: whole, max });
         }
+        let packed = self
+            .config
+            .compression_min_size
+            .and_then(|min| compress::compress(&msg.payload, min));
+        let body = match &packed {
+            Some(p) => DataBody::new(
+                rt.local.id,
+                msg.msg_id,
+                options | SendOptions::COMPRESSED,
+                p,
+            ),
+            None => DataBody::new(rt.local.id, msg.msg_id, options, &msg.payload),
+        };
         if msg.options.is_async() {
             let mut failures = rt.sender.queue_async(dests, &body, msg.options);
             if !msg.batched {
@@ -266,11 +279,21 @@ impl StackEnds for ChannelInner {
 
 impl ReceiverHandler for ChannelInner {
     fn message_received(&self, from: &Member, env: Envelope<'_>) -> Result<(), String> {
+        let payload = if env.options & SendOptions::COMPRESSED == 0 {
+            Cow::Borrowed(env.payload)
+        } else {
+            let max = self.config.max_frame_size as usize;
+            let bytes = compress::decompress(env.payload, max).map_err(|e| {
+                warn!("Message {} from {from} refused: {e}", env.msg_id);
+                e.to_string()
+            })?;
+            Cow::Owned(bytes)
+        };
         let msg = ChannelMessage {
             from,
             msg_id: env.msg_id,
-            options: SendOptions(env.options),
-            payload: Cow::Borrowed(env.payload),
+            options: SendOptions(env.options & !SendOptions::COMPRESSED),
+            payload,
         };
         self.up().message_received(&msg)
     }

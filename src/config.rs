@@ -21,6 +21,11 @@ pub struct ChannelConfig {
     pub domain: String,
     /// Largest frame body accepted or sent, in bytes (Tribes has no limit). Default 4 MiB.
     pub max_frame_size: u32,
+    /// Compress (LZ4) every payload of at least this many bytes before it is sent, when that
+    /// makes it smaller (Tomcat: `GzipInterceptor.compressionMinSize`). `None` (default): send
+    /// uncompressed. Every member reads compressed payloads whatever its own setting, so
+    /// members with different settings work together.
+    pub compression_min_size: Option<u32>,
     /// Period of the channel heartbeat that runs interceptors' periodic work
     /// (Tomcat: `GroupChannel.heartbeatSleeptime`, 5000 ms).
     pub heartbeat_interval: Duration,
@@ -220,6 +225,7 @@ impl Default for ChannelConfig {
             unique_id: None,
             domain: String::new(),
             max_frame_size: 4 * 1024 * 1024,
+            compression_min_size: None,
             heartbeat_interval: Duration::from_millis(5000),
             receiver: ReceiverConfig::default(),
             sender: SenderConfig::default(),

@@ -18,6 +18,10 @@ impl SendOptions {
     pub const ASYNCHRONOUS: SendOptions = SendOptions(0x08);
     /// Synchronized ack as Tomcat users write it: `6`.
     pub const SYNC_ACK: SendOptions = SendOptions(0x06);
+    /// Set by the channel on a payload it compressed (Tribes' `GzipInterceptor` flag, 0x100);
+    /// the receiving channel decompresses and clears it. An application's own 0x100 is cleared
+    /// before sending.
+    pub(crate) const COMPRESSED: u32 = 0x100;
 
     /// Whether every flag of `other` is set.
     pub fn contains(self, other: SendOptions) -> bool {

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::raw::{raw_member, read_raw_frame, shake_hands};
 use common::*;
 use parking_lot::{Condvar, Mutex};
 use std::io::{self, Read, Write};
@@ -15,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tribecast::wire::frame::{encode_frame, FLAG_ACK, FLAG_SYNC_ACK, HEADER_LEN, PROTOCOL_VERSION};
-use tribecast::wire::{encode_body, Envelope, FrameKind, Handshake, HandshakeAccept};
+use tribecast::wire::frame::{encode_frame, FLAG_ACK, FLAG_SYNC_ACK, HEADER_LEN};
+use tribecast::wire::{encode_body, Envelope, FrameKind, HandshakeAccept};
 use tribecast::{
     ChannelConfig, ChannelError, ChannelMessage, GroupChannel, Member, MemberId, SendOptions,
 };
@@ -25,18 +26,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 fn local(ch: &GroupChannel) -> Member {
     ch.local_member().expect("running")
-}
-
-fn read_raw_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut f = vec![0u8; HEADER_LEN];
-    s.read_exact(&mut f)?;
-    let len = u32::from_le_bytes([f[8], f[9], f[10], f[11]]) as usize;
-    if len > 64 << 10 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too big"));
-    }
-    f.resize(HEADER_LEN + len, 0);
-    s.read_exact(&mut f[HEADER_LEN..])?;
-    Ok(f)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,42 +670,6 @@ fn flood_of_idle_and_garbage_connections_is_bounded_and_members_get_through() {
         rss_after <= rss_before + 64 * 1024,
         "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
     );
-}
-
-/// A raw connection as `me` that shook hands (answer awaited at most `wait`).
-fn shake_hands(
-    addr: SocketAddr,
-    cluster: &str,
-    me: &Member,
-    wait: Duration,
-) -> io::Result<TcpStream> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(wait))?;
-    let mut f = Vec::new();
-    let hs = Handshake {
-        cluster: cluster.into(),
-        protocol_version: PROTOCOL_VERSION,
-        member: me.clone(),
-        incarnation: 1,
-        lane: 1,
-    };
-    encode_frame(&mut f, FrameKind::Handshake, 0, 0, &encode_body(&hs));
-    s.write_all(&f)?;
-    let answer = read_raw_frame(&mut s)?;
-    if answer[5] != FrameKind::HandshakeAccept as u8 {
-        return Err(io::Error::other("handshake not accepted"));
-    }
-    s.set_read_timeout(Some(LIMIT))?;
-    Ok(s)
-}
-
-fn raw_member(name: &str) -> Member {
-    Member {
-        id: MemberId::random(),
-        name: name.into(),
-        addr: "127.0.0.1:9".parse().expect("addr"),
-        domain: String::new(),
-    }
 }
 
 /// A member (a raw peer that shook hands) sends a synchronized-ack message whose listener

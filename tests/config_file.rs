@@ -1129,3 +1129,40 @@ fn listed(addr: SocketAddr, unique_id: Option<tribecast::MemberId>) -> StaticMem
     m.unique_id = unique_id;
     m
 }
+
+#[test]
+fn gzip_interceptor_turns_compression_on() {
+    let n = NodeConfig::from_toml_str("").unwrap();
+    assert_eq!(
+        n.cluster.channel.compression_min_size, None,
+        "off by default"
+    );
+    let n = NodeConfig::from_toml_str(
+        "[[cluster.channel.interceptor]]\nclass_name = \"GzipInterceptor\"\ncompression_min_size = 1024\n",
+    )
+    .unwrap();
+    assert_eq!(n.cluster.channel.compression_min_size, Some(1024));
+    let n = NodeConfig::from_toml_str(
+        "[[cluster.channel.interceptor]]\nclass_name = \"org.apache.catalina.tribes.group.interceptors.GzipInterceptor\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        n.cluster.channel.compression_min_size,
+        Some(0),
+        "Tomcat's default"
+    );
+    let e = err(
+        "[[cluster.channel.interceptor]]\nclass_name = \"GzipInterceptor\"\ncompression_min_size = -1\n",
+    );
+    assert_eq!(e.kind, Kind::OutOfRange, "{e}");
+    assert!(e.key.ends_with("compression_min_size"), "{e}");
+    let (c, n) = convert(
+        r#"<Server><Service><Engine jvmRoute="n1"><Cluster className="org.apache.catalina.ha.tcp.SimpleTcpCluster"><Channel className="org.apache.catalina.tribes.group.GroupChannel"><Interceptor className="org.apache.catalina.tribes.group.interceptors.GzipInterceptor" compressionMinSize="2048"/></Channel></Cluster></Engine></Service></Server>"#,
+    );
+    assert_eq!(
+        n.cluster.channel.compression_min_size,
+        Some(2048),
+        "{}",
+        c.toml
+    );
+}

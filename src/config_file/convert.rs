@@ -744,6 +744,12 @@ impl Converter {
             "DomainFilterInterceptor" => {
                 self.attrs(&mut l, node, path, &[("domain", "domain", As::Str)])
             }
+            "GzipInterceptor" => self.attrs(
+                &mut l,
+                node,
+                path,
+                &[("compressionMinSize", "compression_min_size", As::Int)],
+            ),
             other => {
                 let why = unsupported_interceptor(other).unwrap_or("unknown interceptor");
                 self.drop(None, format!("{path} className=\"{full}\""), why);

@@ -179,7 +179,6 @@ pub(crate) fn unsupported_interceptor(class: &str) -> Option<&'static str> {
         "FragmentationInterceptor" => {
             "not supported: frames up to cluster.channel.max_frame_size are sent whole"
         }
-        "GzipInterceptor" => "not supported: payloads are sent uncompressed",
         "EncryptInterceptor" => "not supported in configuration files yet",
         "ThroughputInterceptor" => "not supported: statistics come from the channel's counters",
         "SimpleCoordinator" | "NonBlockingCoordinator" => {
@@ -203,6 +202,7 @@ pub(crate) const INTERCEPTORS: &[&str] = &[
     "MessageDispatchInterceptor",
     "StaticMembershipInterceptor",
     "DomainFilterInterceptor",
+    "GzipInterceptor",
 ];
 
 /// Parses Tomcat's `{0,0,...,15}` form (Java bytes: -128..=255 accepted) or 32 hex digits.
@@ -1232,6 +1232,20 @@ impl<'s> Walker<'s> {
                 "StaticMembershipInterceptor" => {
                     self.only(it, &["class_name", "member"])?;
                     self.members(it, cfg)?;
+                }
+                "GzipInterceptor" => {
+                    self.only(it, &["class_name", "compression_min_size"])?;
+                    let min = self.int(
+                        it,
+                        "compression_min_size",
+                        0,
+                        i64::from(u32::MAX),
+                        "a size in bytes (0 to 4294967295)",
+                        "compression_min_size",
+                    )?;
+                    // Tomcat's default: every payload is a candidate.
+                    let min = min.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+                    cfg.channel.compression_min_size = Some(min);
                 }
                 "DomainFilterInterceptor" => {
                     self.only(it, &["class_name", "domain"])?;

@@ -1,6 +1,7 @@
 //! Sessions (Tomcat's `DeltaSession` and its id): the model the managers replicate. The
 //! managers themselves (DeltaManager, BackupManager) come next.
 
+pub(crate) mod attr;
 pub(crate) mod backup;
 pub(crate) mod config;
 pub mod cookie;

@@ -1,4 +1,5 @@
-//! The session (Tomcat's `DeltaSession`): attributes as postcard bytes with typed access, the
+//! The session (Tomcat's `DeltaSession`): attributes as self-describing bytes with typed access
+//! (MessagePack with field names, `attr.rs`, so a session type can gain and lose fields), the
 //! times that decide expiry, the authenticated principal, and a per-session version that orders
 //! replicated changes.
 //!
@@ -29,7 +30,10 @@ pub enum SessionError {
         /// The encoder's message.
         reason: String,
     },
-    /// The stored bytes are not a `T` (another type was stored under this name).
+    /// The stored bytes are not a `T`: another type was stored under this name, the type changed
+    /// in a way that is not compatible (a field added without `#[serde(default)]`, a field renamed
+    /// or retyped, an enum variant this version does not know), or the bytes are of an attribute
+    /// encoding this version does not read. `reason` says which.
     Decode {
         /// The attribute.
         name: String,
@@ -260,9 +264,9 @@ impl Session {
         value: &T,
     ) -> Result<(), SessionError> {
         self.check(name)?;
-        let bytes = postcard::to_stdvec(value).map_err(|e| SessionError::Encode {
+        let bytes = super::attr::encode(value).map_err(|reason| SessionError::Encode {
             name: name.into(),
-            reason: e.to_string(),
+            reason,
         })?;
         self.state
             .attributes
@@ -280,11 +284,9 @@ impl Session {
             .attributes
             .get(name)
             .map(|b| {
-                // Exactly one value: bytes left over mean another type was stored. (postcard
-                // is not self-describing, so not every mismatch can be caught.)
-                crate::wire::decode_body(b).map_err(|e| SessionError::Decode {
+                super::attr::decode(b).map_err(|reason| SessionError::Decode {
                     name: name.into(),
-                    reason: e.to_string(),
+                    reason,
                 })
             })
             .transpose()
@@ -439,9 +441,31 @@ mod tests {
         ));
         assert!(
             matches!(s.get::<u8>("n"), Err(SessionError::Decode { .. })),
-            "bytes left over"
+            "out of range"
         );
         assert_eq!(s.set("", &1u8), Err(SessionError::BadName(0)));
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_value_are_a_decode_error() {
+        let mut state = session().state().clone();
+        for (name, bytes) in [
+            ("empty", vec![]),
+            ("unknown encoding", vec![0x7f, 1]),
+            (
+                "truncated",
+                vec![super::super::attr::TAG_MSGPACK_NAMED, 0x92, 1],
+            ),
+        ] {
+            state.attributes.insert(name.into(), bytes);
+        }
+        let s = Session::from_state(state);
+        for name in ["empty", "unknown encoding", "truncated"] {
+            assert!(
+                matches!(s.get::<Vec<u8>>(name), Err(SessionError::Decode { .. })),
+                "{name}"
+            );
+        }
     }
 
     #[test]
@@ -498,7 +522,13 @@ mod tests {
         stored.record_ops(copy.take_pending());
         assert_eq!(stored.get::<u8>("a").unwrap(), Some(1));
         let (_, _, ops) = stored.take_delta().unwrap();
-        assert_eq!(ops, vec![DeltaOp::SetAttribute("a".into(), vec![1])]);
+        assert_eq!(
+            ops,
+            vec![DeltaOp::SetAttribute(
+                "a".into(),
+                vec![super::super::attr::TAG_MSGPACK_NAMED, 1]
+            )]
+        );
     }
 
     #[test]

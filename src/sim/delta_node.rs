@@ -37,7 +37,7 @@ use crate::session::replica::DigestEntry;
 use crate::session::{
     DeltaConfig, DeltaCore, Dest, Out, Session, SessionEvent, SessionId, SessionMessage,
 };
-use crate::wire::{decode_body, encode_body};
+use crate::wire::encode_body;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -67,8 +67,9 @@ pub struct Val {
 }
 
 impl Val {
+    /// The value in an attribute's bytes (as `Session::set` wrote them).
     pub fn decode(bytes: &[u8]) -> Option<Val> {
-        decode_body(bytes).ok()
+        crate::session::attr::decode(bytes).ok()
     }
 }
 

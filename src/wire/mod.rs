@@ -1,6 +1,7 @@
 //! The wire format: frames and their bodies (docs/wire-format.md).
 
 pub mod bytes;
+pub mod compress;
 pub mod envelope;
 pub mod frame;
 pub mod sealed;

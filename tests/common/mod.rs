@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod raw;
 
 use parking_lot::Mutex;
 use std::sync::Arc;
