@@ -344,3 +344,36 @@ fn rouille_node_cluster_survives_sigkill_of_node_1() {
     scenario("rouille_node", "delta");
     scenario("rouille_node", "backup");
 }
+
+/// `tribecast::http::begin` on a node still waiting for the cluster's sessions: a member that
+/// never answers the state transfer (a bare channel with no application) keeps the
+/// DeltaManager not ready, and a request gets `NotReady` (503) after its wait, not a session
+/// lookup that would miss the cluster's sessions.
+#[test]
+fn a_request_before_the_state_transfer_gets_not_ready_503() {
+    use tribecast::{http, ChannelConfig, ClusterConfig, SessionRequestError, SimpleTcpCluster};
+    let silent = common::started("silent");
+    let mut cfg = ClusterConfig::default();
+    cfg.jvm_route = "b".into();
+    cfg.channel = ChannelConfig::loopback("b");
+    let addr = silent.local_member().expect("running").addr;
+    cfg.channel.static_members = vec![tribecast::StaticMember::new(addr)];
+    let cluster = SimpleTcpCluster::new(cfg).expect("cluster");
+    let app = cluster.add_application("/app");
+    cluster.start().expect("start");
+    let seen = wait_until(LIMIT, || cluster.channel().members().len() == 1);
+    assert!(seen, "the node never saw the silent member");
+    assert!(!app.is_ready(), "ready with no state received");
+    let started = Instant::now();
+    let wait = Duration::from_millis(200);
+    match http::begin(&app, "/app/profile", [("Cookie", "a=b")], wait) {
+        Err(e @ SessionRequestError::NotReady) => {
+            assert_eq!(e.http_status(), 503);
+            assert!(started.elapsed() >= wait, "answered before its wait");
+        }
+        Err(e) => panic!("not NotReady: {e}"),
+        Ok(_) => panic!("served before the state transfer"),
+    }
+    cluster.stop();
+    silent.stop();
+}
