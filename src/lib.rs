@@ -6,9 +6,12 @@
 pub mod channel;
 pub mod cluster;
 pub mod config;
+#[cfg(feature = "config-file")]
 pub mod config_file;
 pub mod crypto;
 pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod interceptor;
 pub mod member;
 #[doc(hidden)]
@@ -27,6 +30,7 @@ pub use config::{
     ChannelConfig, DispatchConfig, McastConfig, MembershipConfig, QueueFullPolicy, ReceiverConfig,
     SenderConfig, StaticMember,
 };
+#[cfg(feature = "config-file")]
 pub use config_file::{ConfigFileError, ConfigFileErrorKind, NodeConfig};
 pub use crypto::{ClusterKey, CryptoError, KeyError};
 pub use error::{ChannelError, ConfigError, FaultyMember, SendFailure};
@@ -44,3 +48,8 @@ pub use session::{
 };
 #[cfg(test)]
 mod sim;
+
+/// The README's code blocks, compiled as doc tests (its "Embed it" example runs a rouille server).
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -644,7 +644,7 @@ fn malformed_http_gets_400_and_the_node_keeps_serving() {
         let mut raw = prefixes[i % 3].to_vec();
         let n = (rng.next_u64() % 600) as usize;
         rng.fill(&mut raw, n);
-        if rng.next_u64() % 2 == 0 {
+        if rng.next_u64().is_multiple_of(2) {
             raw.extend_from_slice(b"\r\n\r\n");
         }
         let mut s = std::net::TcpStream::connect_timeout(&node.http, t).expect("connect");

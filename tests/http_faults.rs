@@ -330,7 +330,7 @@ fn user_loop(
         ..UserReport::default()
     };
     // Log in once (retried until a node answers 200).
-    let account = if user % 2 == 0 {
+    let account = if user.is_multiple_of(2) {
         [("user", "admin"), ("pass", "secret")]
     } else {
         [("user", "guest"), ("pass", "guest")]

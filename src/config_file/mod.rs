@@ -8,8 +8,10 @@
 //!
 //! Durations are integers of milliseconds in keys ending in `_ms`, like Tomcat's attributes.
 
+#[cfg(feature = "server-xml")]
 mod convert;
 
+#[cfg(feature = "server-xml")]
 pub use convert::{convert_server_xml, Conversion};
 
 use crate::cluster::{compile_filter, ClusterConfig, ManagerKind, RebindRoute};

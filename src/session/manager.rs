@@ -89,6 +89,7 @@ impl std::error::Error for ManagerError {
 /// }
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum SessionRequestError {
     /// A session id could not be made (no randomness) or is not valid.
     Id(SessionIdError),
@@ -97,6 +98,10 @@ pub enum SessionRequestError {
     /// The request's changes did not reach every member (or could not be sent at all); the
     /// members that failed are named ([`ChannelError::faulty_members`]).
     Send(ChannelError),
+    /// The manager has not received the cluster's sessions yet (a starting node's state
+    /// transfer is still running), so a session could not be looked up; see
+    /// [`ClusterManager::wait_ready`]. An HTTP server answers 503 and the client retries.
+    NotReady,
 }
 
 impl std::fmt::Display for SessionRequestError {
@@ -105,6 +110,9 @@ impl std::fmt::Display for SessionRequestError {
             SessionRequestError::Id(e) => e.fmt(f),
             SessionRequestError::Attribute(e) => e.fmt(f),
             SessionRequestError::Send(e) => e.fmt(f),
+            SessionRequestError::NotReady => {
+                f.write_str("the session state transfer from the cluster is still running")
+            }
         }
     }
 }
@@ -115,6 +123,7 @@ impl std::error::Error for SessionRequestError {
             SessionRequestError::Id(e) => Some(e),
             SessionRequestError::Attribute(e) => Some(e),
             SessionRequestError::Send(e) => Some(e),
+            SessionRequestError::NotReady => None,
         }
     }
 }
