@@ -112,6 +112,22 @@ pub struct SessionState {
     pub version: u64,
 }
 
+impl SessionState {
+    /// The value of attribute `name` in this state, if any, as a `T` (what `Session::get`
+    /// reads; a `SessionMerger` sees states, not sessions).
+    pub fn attribute<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, SessionError> {
+        self.attributes
+            .get(name)
+            .map(|b| {
+                super::attr::decode(b).map_err(|reason| SessionError::Decode {
+                    name: name.into(),
+                    reason,
+                })
+            })
+            .transpose()
+    }
+}
+
 /// What became of a replicated delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // `Applied::Applied` reads as the outcome it is
@@ -280,16 +296,7 @@ impl Session {
         if !self.valid {
             return Err(SessionError::Invalidated);
         }
-        self.state
-            .attributes
-            .get(name)
-            .map(|b| {
-                super::attr::decode(b).map_err(|reason| SessionError::Decode {
-                    name: name.into(),
-                    reason,
-                })
-            })
-            .transpose()
+        self.state.attribute(name)
     }
 
     /// Removes attribute `name` (nothing happens if it is not there).
