@@ -11,7 +11,7 @@
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
-use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
+use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger, Stamp};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
 use std::collections::BTreeSet;
@@ -400,6 +400,7 @@ impl DeltaCore {
                 version,
                 ops,
                 last_accessed_ms: s.last_accessed_ms(),
+                fingerprint: fingerprint(s.state()),
             })
         } else {
             let stale = s.access_refresh_due(meta.replicated_access_ms, now_ms);
@@ -407,6 +408,7 @@ impl DeltaCore {
                 id: id.clone(),
                 version: s.version(),
                 last_accessed_ms: s.last_accessed_ms(),
+                fingerprint: fingerprint(s.state()),
             })
         };
         match msg {
@@ -477,6 +479,14 @@ impl DeltaCore {
         if self.session(old).is_none() || self.id_known(&new) {
             return None;
         }
+        // What the others' copies should be, named with the rename (no content when changes
+        // made here wait for the next request to be replicated).
+        let (version, named) = self.store.get(old).map_or((0, None), |s| {
+            (
+                s.version(),
+                (!s.has_pending()).then(|| fingerprint(s.state())),
+            )
+        });
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
         self.store.rename(old, &new);
         if let Some(m) = self.meta.remove(old) {
@@ -497,6 +507,8 @@ impl DeltaCore {
                 msg: SessionMessage::ChangeId {
                     old: old.clone(),
                     new,
+                    version,
+                    fingerprint: named,
                 },
             }],
             ev,
@@ -661,6 +673,8 @@ impl DeltaCore {
         if outcome == Outcome::Applied {
             events.extend(attr_events);
         }
+        // A change of id applied on a copy that is not the sender's: the rename stands.
+        let renamed = matches!(outcome, Outcome::Applied | Outcome::Forked(_));
         match (&outcome, msg) {
             // Ready once every chunk arrived (one lost on a reset leaves the transfer to time out
             // rather than pretend it is complete). Only while a transfer runs, and only indexes
@@ -678,7 +692,7 @@ impl DeltaCore {
                 self.meta.remove(id);
                 events.push(SessionEvent::Destroyed(id.clone()));
             }
-            (Outcome::Applied, SessionMessage::ChangeId { old, new }) => {
+            (_, SessionMessage::ChangeId { old, new, .. }) if renamed => {
                 if let Some(m) = self.meta.remove(old) {
                     self.meta.insert(new.clone(), m);
                 }
@@ -710,7 +724,7 @@ impl DeltaCore {
             _ => {}
         }
         let outs = match outcome {
-            Outcome::Resync(id) => vec![Out {
+            Outcome::Resync(id) | Outcome::Forked(id) => vec![Out {
                 dest: Dest::Member(from),
                 msg: SessionMessage::GetSession { id },
             }],
