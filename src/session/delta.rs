@@ -177,6 +177,24 @@ impl DeltaCore {
             .collect()
     }
 
+    /// The other members, sorted.
+    pub fn members(&self) -> &[MemberId] {
+        &self.members
+    }
+
+    /// The answer to `GetDigest`: this node's digest, then an empty chunk that says it is
+    /// whole.
+    pub fn answer_get_digest(&self, to: MemberId, now_ms: u64) -> Vec<Out> {
+        self.digest(now_ms)
+            .into_iter()
+            .chain([Vec::new()])
+            .map(|c| Out {
+                dest: Dest::Member(to),
+                msg: SessionMessage::Digest(c),
+            })
+            .collect()
+    }
+
     /// What this node holds, in chunks of `send_all_sessions_size`: renames first (so a
     /// receiver moves its copy before comparing), live copies, then ends still relevant.
     fn digest(&self, now_ms: u64) -> Vec<Vec<DigestEntry>> {
@@ -303,11 +321,14 @@ impl DeltaCore {
             .filter_map(|id| self.store.get(id))
             .map(|s| s.state().clone())
             .collect();
+        // The last chunk empty: the asker stops waiting for copies this node lacks.
         states
             .chunks(self.cfg.send_all_sessions_size.max(1))
+            .map(<[SessionState]>::to_vec)
+            .chain([Vec::new()])
             .map(|c| Out {
                 dest: Dest::Member(from),
-                msg: SessionMessage::Merge(c.to_vec()),
+                msg: SessionMessage::Merge(c),
             })
             .collect()
     }
@@ -599,6 +620,8 @@ impl DeltaCore {
                 (outs, Vec::new())
             }
             SessionMessage::NoContextManager => self.end_state_transfer(),
+            // Answered by `answer_get_digest`, which needs the time.
+            SessionMessage::GetDigest => (Vec::new(), Vec::new()),
             SessionMessage::Digest(entries) if !self.ready => {
                 // An empty digest says nothing and is not kept: counted by entries, the bound
                 // would not hold empty ones.

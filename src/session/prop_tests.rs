@@ -213,6 +213,7 @@ fn arb_session_message() -> impl Strategy<Value = SessionMessage> {
         arb_id().prop_map(|id| SessionMessage::GetSession { id }),
         arb_state().prop_map(SessionMessage::State),
         Just(SessionMessage::GetAllSessions),
+        Just(SessionMessage::GetDigest),
         (arb_states(), arb_u32(), arb_u32()).prop_map(|(states, index, count)| {
             SessionMessage::AllSessions {
                 states,

@@ -79,8 +79,13 @@ pub enum SessionMessage {
     Digest(Vec<DigestEntry>),
     /// The copies of these sessions, please (after a digest).
     GetSessions(Vec<SessionId>),
-    /// The answer to `GetSessions`: copies to reconcile with, not to adopt blindly.
+    /// The answer to `GetSessions`: copies to reconcile with, not to adopt blindly. In
+    /// chunks, the last one empty (the asker stops waiting for what the sender lacks).
     Merge(Vec<SessionState>),
+    /// A joiner whose state transfer is done asks each member for its digest: a change made
+    /// after the donor's snapshot, before that member listed the joiner, shows there. The
+    /// answer is `Digest` chunks, the last one empty; the joiner holds requests until then.
+    GetDigest,
 }
 
 /// One session in a [`SessionMessage::Digest`].
@@ -491,7 +496,8 @@ impl ReplicaStore {
             | SessionMessage::NoContextManager
             | SessionMessage::Digest(_)
             | SessionMessage::GetSessions(_)
-            | SessionMessage::Merge(_) => Outcome::Ignored("not a change to apply in order"),
+            | SessionMessage::Merge(_)
+            | SessionMessage::GetDigest => Outcome::Ignored("not a change to apply in order"),
         }
     }
 }

@@ -382,6 +382,7 @@ pub fn kind(msg: &SessionMessage) -> &'static str {
         SessionMessage::Digest(_) => "digest",
         SessionMessage::GetSessions(_) => "get-sessions",
         SessionMessage::Merge(_) => "merge",
+        SessionMessage::GetDigest => "get-digest",
     }
 }
 
@@ -405,7 +406,9 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
             })
             .collect(),
         SessionMessage::GetSessions(ids) => ids.clone(),
-        SessionMessage::GetAllSessions | SessionMessage::NoContextManager => Vec::new(),
+        SessionMessage::GetAllSessions
+        | SessionMessage::NoContextManager
+        | SessionMessage::GetDigest => Vec::new(),
     }
 }
 

@@ -43,6 +43,13 @@ use super::*;
 
 use crate::sim::fault_users::{self, Attrs, Did, Jar};
 
+/// Prints a line of the fault plan with `TRIBECAST_FAULTS_TRACE` set.
+fn trace(line: std::fmt::Arguments<'_>) {
+    if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+        eprintln!("{line}");
+    }
+}
+
 /// Latency from 20 µs to 1 ms per chunk: below the detection and restart delays.
 fn latency() -> Faults {
     Faults {
@@ -124,6 +131,8 @@ pub(super) struct Figures {
     pub gone_after_failure: u64,
     /// Moments a user found no member in service.
     pub waited: u64,
+    /// Requests a member held until its copy caught up (tried again).
+    pub held: u64,
     pub lost_sessions: u64,
     pub lost_changes: u64,
 }
@@ -147,7 +156,8 @@ struct Run {
     kills_left: u32,
     next_kill: Duration,
     outage: Option<Outage>,
-    /// Kill only while no user waits for an answer (no request in flight).
+    /// Kill only while no user waits for an answer (no request in flight); when a kill is due,
+    /// users start no request until the ones in flight are answered.
     quiet: bool,
 }
 
@@ -254,6 +264,7 @@ impl Run {
             self.kills_left -= 1;
             self.f.kills += 1;
             self.c.crash(victim);
+            trace(format_args!("{now:?} kill {victim}"));
             let mut detect = BTreeMap::new();
             let others: Vec<NodeId> = up.into_iter().filter(|m| *m != victim).collect();
             for &m in &others {
@@ -285,6 +296,7 @@ impl Run {
                 w.views.insert(v, all);
             }
             self.c.sim.fault(Fault::Restart(v));
+            trace(format_args!("{now:?} restart {v}"));
             for m in others {
                 let at = now + self.c.w.duration_between(Duration::ZERO, ms(2));
                 o.back.insert(m, at);
@@ -301,6 +313,7 @@ impl Run {
             o.detect.remove(&m);
             // Noticed the new incarnation first: the old one's death is news to nobody.
             if o.back.get(&m).is_none_or(|t| *t != Duration::MAX) {
+                trace(format_args!("{now:?} {m} notices {v} died"));
                 self.set_view(m, v, false);
             }
         }
@@ -311,6 +324,7 @@ impl Run {
             .map(|(m, _)| *m)
             .collect();
         for m in due {
+            trace(format_args!("{now:?} {m} notices {v} restarted"));
             if self.view(m).contains(&v) {
                 self.f.gone_and_back += 1;
                 self.set_view(m, v, false);
@@ -440,7 +454,21 @@ impl Run {
             });
             return;
         };
+        // The copy the member serves, unless it holds the request until its copy caught up.
         let copy = self.c.sim.node(n).copy(&id).map(|(v, a)| (v, a.clone()));
+        let (did, ops) = self.ops();
+        self.c.sim.call(n, |node, _| node.ticket.clear());
+        let mut served = Served::Missing;
+        self.c
+            .sim
+            .call(n, |node, ctx| served = node.request(ctx, &id, &ops));
+        if served == Served::Waiting {
+            // The user's client sees a slow answer: it tries again a moment later (nothing
+            // was changed).
+            self.f.held += 1;
+            self.users[u].next_at = now + us(200);
+            return;
+        }
         let Some(copy) = copy else {
             let user = &mut self.users[u];
             if user.uncertain || user.acked.is_none() {
@@ -474,12 +502,6 @@ impl Run {
                 ));
             }
         }
-        let (did, ops) = self.ops();
-        self.c.sim.call(n, |node, _| node.ticket.clear());
-        let mut served = Served::Missing;
-        self.c
-            .sim
-            .call(n, |node, ctx| served = node.request(ctx, &id, &ops));
         let ticket = self.take_ticket(n);
         let after = match &served {
             Served::Live(new) => self
@@ -524,7 +546,14 @@ impl Run {
             let now = self.c.sim.now();
             self.answers();
             self.faults();
-            self.requests(true);
+            // Kills only between requests: when one is due, no user starts a request until the
+            // ones in flight are answered (else that moment may never come).
+            let drain = self.quiet
+                && self.outage.is_none()
+                && self.kills_left > 0
+                && now >= self.next_kill
+                && self.whole();
+            self.requests(!drain);
             if stop.is_none() && self.kills_left == 0 && self.outage.is_none() {
                 stop = Some(now + after);
             }
@@ -666,6 +695,7 @@ impl Figures {
 
         self.gone_after_failure += f.gone_after_failure;
         self.waited += f.waited;
+        self.held += f.held;
         self.lost_sessions += f.lost_sessions;
         self.lost_changes += f.lost_changes;
     }
