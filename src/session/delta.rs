@@ -72,7 +72,12 @@ pub struct DeltaCore {
     pending_digest_entries: usize,
     /// Where new session ids come from.
     ids: Box<dyn IdSource>,
+    /// Members that asked for this node's digest (`GetDigest`) before they were members here.
+    digests_owed: BTreeSet<MemberId>,
 }
+
+/// Digests owed to members not yet listed, at most (the oldest asker is forgotten first).
+const MAX_DIGESTS_OWED: usize = 1_000;
 
 impl DeltaCore {
     pub fn new(cfg: DeltaConfig, route: &str) -> DeltaCore {
@@ -90,6 +95,7 @@ impl DeltaCore {
             pending_digests: Vec::new(),
             pending_digest_entries: 0,
             ids: Box::new(OsRandom),
+            digests_owed: BTreeSet::new(),
         }
     }
 
@@ -165,14 +171,12 @@ impl DeltaCore {
         if added.is_empty() || !self.ready {
             return Vec::new();
         }
-        let chunks = self.digest(now_ms);
+        // A member that asked for the digest before it was listed here gets it whole now.
         added
             .iter()
             .flat_map(|m| {
-                chunks.iter().map(|c| Out {
-                    dest: Dest::Member(*m),
-                    msg: SessionMessage::Digest(c.clone()),
-                })
+                let whole = self.digests_owed.remove(m);
+                self.digest_to(*m, now_ms, whole)
             })
             .collect()
     }
@@ -183,11 +187,26 @@ impl DeltaCore {
     }
 
     /// The answer to `GetDigest`: this node's digest, then an empty chunk that says it is
-    /// whole.
-    pub fn answer_get_digest(&self, to: MemberId, now_ms: u64) -> Vec<Out> {
+    /// whole. Only once `to` is one of this node's members: from then on every change made
+    /// here goes to it too, so the digest and those changes leave nothing out. Until then the
+    /// answer waits (bounded by `MAX_DIGESTS_OWED`) and goes with the digest a new member gets.
+    pub fn answer_get_digest(&mut self, to: MemberId, now_ms: u64) -> Vec<Out> {
+        if self.members.binary_search(&to).is_err() {
+            if self.digests_owed.len() >= MAX_DIGESTS_OWED {
+                self.digests_owed.pop_first();
+            }
+            self.digests_owed.insert(to);
+            return Vec::new();
+        }
+        self.digest_to(to, now_ms, true)
+    }
+
+    /// This node's digest for `to`, ending with an empty chunk if `whole`.
+    fn digest_to(&self, to: MemberId, now_ms: u64, whole: bool) -> Vec<Out> {
+        let end = whole.then(Vec::new);
         self.digest(now_ms)
             .into_iter()
-            .chain([Vec::new()])
+            .chain(end)
             .map(|c| Out {
                 dest: Dest::Member(to),
                 msg: SessionMessage::Digest(c),

@@ -1114,8 +1114,14 @@ mod tests {
             panic!("served before the catch-up");
         };
         assert_eq!(deadline_ms, T0 + 2 + ms(cfg.rpc_timeout));
-        // The donor's digest shows the newer copy; the joiner asks for it and gets it.
-        let mut queue: Vec<(u8, POut)> = asks.into_iter().map(|o| (2, o)).collect();
+        // The donor answers only once it lists the joiner (every later change goes to the
+        // joiner too); its digest shows the newer copy; the joiner asks for it and gets it.
+        for o in &asks {
+            let (ready, _) = donor.receive(m(2), &o.msg, T0 + 3);
+            assert!(ready.outs.is_empty(), "not listed yet: the answer waits");
+        }
+        let listed = donor.members_changed(vec![m(2)], T0 + 4);
+        let mut queue: Vec<(u8, POut)> = listed.outs.into_iter().map(|o| (1, o)).collect();
         let mut verdicts = Vec::new();
         while !queue.is_empty() {
             let (src, out) = queue.remove(0);

@@ -945,12 +945,15 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
     match change {
         Change::Version(id, v) => {
             let chain = world.oracle.chain(id);
-            chain
-                .iter()
-                .any(|id| node.copy(id).is_some_and(|(have, _)| have >= *v))
-                || chain.last().is_some_and(|last| {
-                    world.oracle.ended.contains(last) || node.core().store().is_ended(last)
+            // At the acknowledged version, with the content its maker made (a copy that kept
+            // another state of that version does not hold it).
+            chain.iter().any(|id| {
+                node.copy(id).is_some_and(|(have, attrs)| {
+                    have > *v || (have == *v && world.oracle.state(id, have) == Some(attrs))
                 })
+            }) || chain.last().is_some_and(|last| {
+                world.oracle.ended.contains(last) || node.core().store().is_ended(last)
+            })
         }
         Change::Ended(id) => node.copy(id).is_none(),
     }
@@ -963,8 +966,9 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
 ///   made version v had (so no stale, mixed or missing attribute is ever shown). One window
 ///   is allowed: a version made again after its maker died unacknowledged (a failover to a
 ///   copy that missed it) may still be held as the dead maker's state by a copy that got it,
-///   while that copy knows it forked (a DELTA named another content) and has asked for the
-///   new maker's copy; the user checks and the convergence check see the repair through.
+///   until the new maker's next message names the new state and the copy takes it; the user
+///   checks, `acked-is-on-every-acker` (which compares contents) and the convergence check see
+///   the repair through.
 /// - `versions-and-values-never-go-back`: on each node, a session's version never decreases and
 ///   no attribute shows a value older than one it showed before (values of a dead maker's
 ///   superseded state, shown during the window above, do not count once it is repaired).
@@ -974,7 +978,8 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
 ///   reappears on it, whatever arrives late.
 /// - `destroyed-at-most-once`: a node reports `Destroyed` once per session.
 /// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
-///   is still in the same life) holds it.
+///   is still in the same life) holds it: a newer version, or that version with the content
+///   its maker made.
 /// - `no-session-expires-while-in-use`: no reaper ends a session within its max inactive
 ///   interval of a request to it (on any node).
 pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
@@ -1030,8 +1035,10 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
                         // A copy that holds a dead maker's unacknowledged state of a version
                         // made again since, and knows its copy forked (it asked the new
                         // state's maker for its copy), is on its way to the new state.
-                        let forked = node.core().store().is_forked(id);
-                        let repairing = forked && w.oracle.was_superseded(id, version, attrs);
+                        // A dead maker's state of a version made again since: the copy got it
+                        // before it could know (it learns from the new maker's next message).
+                        let repairing = w.oracle.was_superseded(id, version, attrs);
+                        let forked = repairing || node.core().store().is_forked(id);
                         match w.oracle.state(id, version) {
                             None => {
                                 return Err(format!(

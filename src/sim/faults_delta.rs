@@ -772,7 +772,7 @@ fn control_without_faults_loses_nothing() {
 /// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
 /// moment (requests in flight included).
 #[test]
-#[ignore = "fails: 308 of 500 seeds (first: seed 2). A failover to a copy that missed the killed member's last (unacknowledged) DELTA makes version n+1 again; a member that got the dead member's n+1 takes the new DELTA n -> n+1 for a duplicate, acks it and keeps the other content (copy-is-an-origin-state, history-never-forks): an acknowledged change that member does not hold. Versions carry no origin (docs/design.md, Two writers of one session fork it). Also the restarted home serving before its catch-up arrived (seed 16 of the quiet variant)"]
+#[ignore = "fails: 96 of 500 seeds (277 before the fingerprint and catch-up fixes). Mostly copies that differ at the end: a member died with a CREATED or last DELTA that reached only some members and no later message names the session (seed 3, 7, 9, 25); also copies dropped (seed 4), forks (seed 107), requests never answered (seed 103); docs/RELIABILITY.md, Kill -9 and restart, simulated"]
 fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| run(seed, members(seed), false, &mut total));
@@ -781,7 +781,7 @@ fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
 
 /// The same with kills only at a moment when no user waits for an answer.
 #[test]
-#[ignore = "fails: 89 of 500 seeds (first: seed 0, then 16, 20, 21). Mostly history-never-forks between the restarted home and the member that served the user while it was down: the home is in service (transfer done, views whole) before the digest's catch-up copy arrives and serves the older copy (docs/design.md, The catch-up is not awaited); seed 9: a request never gets its answer; seed 90: the quiet moment never comes"]
+#[ignore = "fails: 35 of 500 seeds (53 before the fingerprint and catch-up fixes). Requests never answered (seed 117: a DELTA sent over the connection to a killed member's old life, lost with the reset; nothing fails the send in the simulation), which also stall the next kill (seed 7); forks between the restarted home and the member that served meanwhile (seed 46); docs/RELIABILITY.md"]
 fn kill_and_restart_loop_between_requests_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| run(seed, members(seed), true, &mut total));
