@@ -11,7 +11,7 @@
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
-use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
+use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger, Stamp};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
 use std::collections::BTreeSet;
@@ -72,7 +72,12 @@ pub struct DeltaCore {
     pending_digest_entries: usize,
     /// Where new session ids come from.
     ids: Box<dyn IdSource>,
+    /// Members that asked for this node's digest (`GetDigest`) before they were members here.
+    digests_owed: BTreeSet<MemberId>,
 }
+
+/// Digests owed to members not yet listed, at most (the oldest asker is forgotten first).
+const MAX_DIGESTS_OWED: usize = 1_000;
 
 impl DeltaCore {
     pub fn new(cfg: DeltaConfig, route: &str) -> DeltaCore {
@@ -90,6 +95,7 @@ impl DeltaCore {
             pending_digests: Vec::new(),
             pending_digest_entries: 0,
             ids: Box::new(OsRandom),
+            digests_owed: BTreeSet::new(),
         }
     }
 
@@ -166,14 +172,45 @@ impl DeltaCore {
         if added.is_empty() || !self.ready {
             return Vec::new();
         }
-        let chunks = self.digest(now_ms);
+        // A member that asked for the digest before it was listed here gets it whole now.
         added
             .iter()
             .flat_map(|m| {
-                chunks.iter().map(|c| Out {
-                    dest: Dest::Member(*m),
-                    msg: SessionMessage::Digest(c.clone()),
-                })
+                let whole = self.digests_owed.remove(m);
+                self.digest_to(*m, now_ms, whole)
+            })
+            .collect()
+    }
+
+    /// The other members, sorted.
+    pub fn members(&self) -> &[MemberId] {
+        &self.members
+    }
+
+    /// The answer to `GetDigest`: this node's digest, then an empty chunk that says it is
+    /// whole. Only once `to` is one of this node's members: from then on every change made
+    /// here goes to it too, so the digest and those changes leave nothing out. Until then the
+    /// answer waits (bounded by `MAX_DIGESTS_OWED`) and goes with the digest a new member gets.
+    pub fn answer_get_digest(&mut self, to: MemberId, now_ms: u64) -> Vec<Out> {
+        if self.members.binary_search(&to).is_err() {
+            if self.digests_owed.len() >= MAX_DIGESTS_OWED {
+                self.digests_owed.pop_first();
+            }
+            self.digests_owed.insert(to);
+            return Vec::new();
+        }
+        self.digest_to(to, now_ms, true)
+    }
+
+    /// This node's digest for `to`, ending with an empty chunk if `whole`.
+    fn digest_to(&self, to: MemberId, now_ms: u64, whole: bool) -> Vec<Out> {
+        let end = whole.then(Vec::new);
+        self.digest(now_ms)
+            .into_iter()
+            .chain(end)
+            .map(|c| Out {
+                dest: Dest::Member(to),
+                msg: SessionMessage::Digest(c),
             })
             .collect()
     }
@@ -304,11 +341,14 @@ impl DeltaCore {
             .filter_map(|id| self.store.get(id))
             .map(|s| s.state().clone())
             .collect();
+        // The last chunk empty: the asker stops waiting for copies this node lacks.
         states
             .chunks(self.cfg.send_all_sessions_size.max(1))
+            .map(<[SessionState]>::to_vec)
+            .chain([Vec::new()])
             .map(|c| Out {
                 dest: Dest::Member(from),
-                msg: SessionMessage::Merge(c.to_vec()),
+                msg: SessionMessage::Merge(c),
             })
             .collect()
     }
@@ -401,6 +441,7 @@ impl DeltaCore {
                 version,
                 ops,
                 last_accessed_ms: s.last_accessed_ms(),
+                fingerprint: fingerprint(s.state()),
             })
         } else {
             let stale = s.access_refresh_due(meta.replicated_access_ms, now_ms);
@@ -408,6 +449,7 @@ impl DeltaCore {
                 id: id.clone(),
                 version: s.version(),
                 last_accessed_ms: s.last_accessed_ms(),
+                fingerprint: fingerprint(s.state()),
             })
         };
         match msg {
@@ -478,6 +520,14 @@ impl DeltaCore {
         if self.session(old).is_none() || self.id_known(&new) {
             return None;
         }
+        // What the others' copies should be, named with the rename (no content when changes
+        // made here wait for the next request to be replicated).
+        let (version, named) = self.store.get(old).map_or((0, None), |s| {
+            (
+                s.version(),
+                (!s.has_pending()).then(|| fingerprint(s.state())),
+            )
+        });
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
         self.store.rename(old, &new);
         if let Some(m) = self.meta.remove(old) {
@@ -498,6 +548,8 @@ impl DeltaCore {
                 msg: SessionMessage::ChangeId {
                     old: old.clone(),
                     new,
+                    version,
+                    fingerprint: named,
                 },
             }],
             ev,
@@ -588,6 +640,8 @@ impl DeltaCore {
                 (outs, Vec::new())
             }
             SessionMessage::NoContextManager => self.end_state_transfer(),
+            // Answered by `answer_get_digest`, which needs the time.
+            SessionMessage::GetDigest => (Vec::new(), Vec::new()),
             SessionMessage::Digest(entries) if !self.ready => {
                 // An empty digest says nothing and is not kept: counted by entries, the bound
                 // would not hold empty ones.
@@ -662,6 +716,8 @@ impl DeltaCore {
         if outcome == Outcome::Applied {
             events.extend(attr_events);
         }
+        // A change of id applied on a copy that is not the sender's: the rename stands.
+        let renamed = matches!(outcome, Outcome::Applied | Outcome::Forked(_));
         match (&outcome, msg) {
             // Ready once every chunk arrived (one lost on a reset leaves the transfer to time out
             // rather than pretend it is complete). Only while a transfer runs, and only indexes
@@ -679,7 +735,7 @@ impl DeltaCore {
                 self.meta.remove(id);
                 events.push(SessionEvent::Destroyed(id.clone()));
             }
-            (Outcome::Applied, SessionMessage::ChangeId { old, new }) => {
+            (_, SessionMessage::ChangeId { old, new, .. }) if renamed => {
                 if let Some(m) = self.meta.remove(old) {
                     self.meta.insert(new.clone(), m);
                 }
@@ -711,7 +767,7 @@ impl DeltaCore {
             _ => {}
         }
         let outs = match outcome {
-            Outcome::Resync(id) => vec![Out {
+            Outcome::Resync(id) | Outcome::Forked(id) => vec![Out {
                 dest: Dest::Member(from),
                 msg: SessionMessage::GetSession { id },
             }],

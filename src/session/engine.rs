@@ -199,6 +199,15 @@ impl Core {
         }
     }
 
+    /// Delta: this node's digest for `to`, which asked for it (`GetDigest`), the last chunk
+    /// empty. Backup: nothing.
+    pub fn answer_get_digest(&mut self, to: MemberId, now_ms: u64) -> Vec<POut> {
+        match self {
+            Core::Delta(c) => wrap(c.answer_get_digest(to, now_ms), Payload::Delta),
+            Core::Backup(_) => Vec::new(),
+        }
+    }
+
     /// Backup: the session of a message this member ignored because its sender's claim was
     /// superseded (a newer primary is known here).
     pub fn superseded(&self, from: MemberId, msg: &Payload) -> Option<SessionId> {

@@ -19,7 +19,7 @@ use super::engine::{Core, POut, Payload};
 use super::id::IdSource;
 use super::id::{SessionId, SessionIdError};
 use super::model::Session;
-use super::outputs::SessionEvent;
+use super::outputs::{Dest, SessionEvent};
 use super::replica::SessionMessage;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
@@ -129,9 +129,15 @@ pub(crate) struct ManagerCore {
     waits: BTreeMap<Token, Wait>,
     next_token: Token,
     /// Sessions this member knows its copy of is behind (it asked a member for the session
-    /// after a gap), until the copy arrives or the deadline: a request for one waits for the
-    /// copy rather than be served the stale one. Bounded by `MAX_RESYNCING`.
-    resyncing: BTreeMap<SessionId, u64>,
+    /// after a gap, a fork, or a digest), until the copy arrives, that member leaves, or the
+    /// deadline: a request for one waits for the copy rather than be served the stale one.
+    /// Bounded by `MAX_RESYNCING`.
+    resyncing: BTreeMap<SessionId, Behind>,
+    /// DeltaManager joiner: the members it asked for their digest once its state transfer was
+    /// done (`GetDigest`), until each has answered whole, left, or the deadline. Until then a
+    /// request waits: a change made after the donor's snapshot, before that member listed this
+    /// one, shows only in its digest.
+    catch_up: BTreeMap<MemberId, u64>,
     /// When a request for another route's session renames it to this node's route.
     rebind: RebindRoute,
     /// The routes (member names) of the current members other than this node.
@@ -140,6 +146,16 @@ pub(crate) struct ManagerCore {
 
 /// Sessions remembered as behind at most (a member that sends many gaps cannot grow it).
 const MAX_RESYNCING: usize = 10_000;
+
+/// A session whose copy here is known to be behind another member's.
+#[derive(Clone, Copy)]
+struct Behind {
+    until: u64,
+    /// The member asked for its copy.
+    of: MemberId,
+    /// Asked in a `GetSessions` after a digest (answered by `Merge` chunks, the last empty).
+    by_digest: bool,
+}
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -190,6 +206,7 @@ impl ManagerCore {
             waits: BTreeMap::new(),
             next_token: 0,
             resyncing: BTreeMap::new(),
+            catch_up: BTreeMap::new(),
             rebind: cfg.rebind_route,
             routes: BTreeSet::new(),
         }
@@ -233,7 +250,7 @@ impl ManagerCore {
     /// waits the same way for the copy, rather than serve a state older than a change another
     /// member made.
     pub fn begin_request(&mut self, id: &SessionId, now_ms: u64) -> (Begin, Ready) {
-        if let Some(&until) = self.resyncing.get(id).filter(|d| now_ms < **d) {
+        if let Some(until) = self.behind_until(id, now_ms) {
             return (self.wait_for(id, until), Ready::default());
         }
         if let Some(s) = self.core.served(id) {
@@ -283,15 +300,28 @@ impl ManagerCore {
         Begin::Wait { token, deadline_ms }
     }
 
-    /// Whether a request for `id` still waits: for a fetch's answer, or for the copy this
-    /// member asked for after a gap.
+    /// Until when a request for `id` must wait here: its copy is known to be behind, or this
+    /// joiner has not yet heard every member's digest.
+    fn behind_until(&self, id: &SessionId, now_ms: u64) -> Option<u64> {
+        let copy = self.resyncing.get(id).map(|b| b.until);
+        let digests = self.catch_up.values().copied().max();
+        copy.into_iter()
+            .chain(digests)
+            .filter(|d| now_ms < *d)
+            .max()
+    }
+
+    /// Whether a request for `id` still waits: for a fetch's answer, for the copy this
+    /// member asked for (after a gap, a fork or a digest), or for the members' digests.
     fn still_waiting(&self, id: &SessionId) -> bool {
         self.resyncing.contains_key(id)
+            || !self.catch_up.is_empty()
             || (self.core.served(id).is_none() && self.core.is_fetching(id))
     }
 
-    /// Keeps track of the sessions this member asked for after a gap, and of their arrival.
-    fn note_resync(&mut self, msg: &Payload, asked: Option<&SessionId>, now_ms: u64) {
+    /// Keeps track of the sessions this member asked another for, and of their arrival; and of
+    /// the digests a joiner waits for.
+    fn note_resync(&mut self, from: MemberId, msg: &Payload, outs: &[POut], now_ms: u64) {
         if let Payload::Delta(m) = msg {
             match m {
                 SessionMessage::State(st) | SessionMessage::Created(st) => {
@@ -300,21 +330,72 @@ impl ManagerCore {
                 SessionMessage::Expired { id, .. } | SessionMessage::ChangeId { old: id, .. } => {
                     self.resyncing.remove(id);
                 }
+                SessionMessage::Merge(states) if states.is_empty() => {
+                    // The last chunk of an answer to `GetSessions`: what it lacked, it lacks.
+                    self.resyncing.retain(|_, b| !(b.by_digest && b.of == from));
+                }
+                SessionMessage::Merge(states) => {
+                    for st in states {
+                        self.resyncing.remove(&st.id);
+                    }
+                }
+                // The last chunk of an answer to `GetDigest` (what it made this member ask
+                // for is in `outs`, noted below).
+                SessionMessage::Digest(entries) if entries.is_empty() => {
+                    self.catch_up.remove(&from);
+                }
+                SessionMessage::NoContextManager => {
+                    self.catch_up.remove(&from);
+                }
                 _ => {}
             }
         }
-        // Only a DeltaManager serves the copy it asked for: a BackupManager's backup that asked
-        // its primary for a copy does not serve it (a request there fetches), and nothing here
-        // clears the wait when the copy arrives, so a request there waited for the deadline and
-        // then had no session (the kill -9 loop simulation, seed 105 of the quiet variant).
-        if let Some(id) = asked.filter(|_| matches!(self.core, Core::Delta(_))) {
-            if self.resyncing.len() >= MAX_RESYNCING {
-                self.resyncing.retain(|_, d| now_ms < *d);
+        self.note_asked(outs, now_ms);
+    }
+
+    /// Notes the sessions `outs` ask other members for: a request waits for their copies.
+    fn note_asked(&mut self, outs: &[POut], now_ms: u64) {
+        let until = now_ms.saturating_add(self.rpc_timeout_ms);
+        for o in outs {
+            let (Dest::Member(of), Payload::Delta(m)) = (&o.dest, &o.msg) else {
+                continue;
+            };
+            let (ids, by_digest) = match m {
+                SessionMessage::GetSession { id } => (std::slice::from_ref(id), false),
+                SessionMessage::GetSessions(ids) => (ids.as_slice(), true),
+                _ => continue,
+            };
+            for id in ids {
+                if self.resyncing.len() >= MAX_RESYNCING {
+                    self.resyncing.retain(|_, b| now_ms < b.until);
+                }
+                if self.resyncing.len() < MAX_RESYNCING {
+                    let b = Behind {
+                        until,
+                        of: *of,
+                        by_digest,
+                    };
+                    self.resyncing.insert(id.clone(), b);
+                }
             }
-            if self.resyncing.len() < MAX_RESYNCING {
-                let deadline = now_ms.saturating_add(self.rpc_timeout_ms);
-                self.resyncing.insert(id.clone(), deadline);
-            }
+        }
+    }
+
+    /// A DeltaManager joiner whose state transfer is done asks each member it knows (and its
+    /// donor) for its digest, and holds requests until each has answered.
+    fn begin_catch_up(&mut self, donor: Option<MemberId>, now_ms: u64, ready: &mut Ready) {
+        let Core::Delta(c) = &self.core else {
+            return;
+        };
+        let mut members: BTreeSet<MemberId> = c.members().iter().copied().collect();
+        members.extend(donor);
+        let until = now_ms.saturating_add(self.rpc_timeout_ms);
+        for m in members {
+            self.catch_up.insert(m, until);
+            ready.outs.push(POut {
+                dest: Dest::Member(m),
+                msg: Payload::Delta(SessionMessage::GetDigest),
+            });
         }
     }
 
@@ -475,19 +556,26 @@ impl ManagerCore {
         now_ms: u64,
     ) -> (Ready, Result<(), String>) {
         let was_ready = self.core.is_ready();
+        let donor = match &self.transfer.deadline {
+            Some((_, Some(m))) => Some(m.id),
+            _ => None,
+        };
         let (outs, events) = match self.core.handle(from, msg) {
             Ok(r) => r,
             Err(why) => return (Ready::default(), Err(why)),
         };
         let mut ready = Ready::background(outs);
+        if let Payload::Delta(SessionMessage::GetDigest) = msg {
+            ready.outs.extend(self.core.answer_get_digest(from, now_ms));
+        }
         ready.events = self.replicated(events);
         let resync = Core::asks_for_session(&ready.outs);
-        self.note_resync(msg, resync.as_ref(), now_ms);
+        self.note_resync(from, msg, &ready.outs, now_ms);
         let superseded = self.core.superseded(from, msg);
         ready.counts.resyncs = u64::from(resync.is_some());
         match msg {
             Payload::Delta(SessionMessage::GetAllSessions) => ready.counts.state_transfers = 1,
-            Payload::Delta(SessionMessage::Merge(states)) => {
+            Payload::Delta(SessionMessage::Merge(states)) if !states.is_empty() => {
                 ready.counts.reconciled = states.len() as u64;
                 info!(
                     "Manager [{}]: reconciled {} session(s) with member {from}",
@@ -501,6 +589,7 @@ impl ManagerCore {
             self.transfer.deadline = None;
             self.transfer.reask_at = None;
             ready.became_ready = true;
+            self.begin_catch_up(donor.or(Some(from)), now_ms, &mut ready);
             info!(
                 "Manager [{}]: session state transfer complete, {} session(s)",
                 self.context,
@@ -552,6 +641,14 @@ impl ManagerCore {
             );
         }
         let mut ready = Ready::background(outs);
+        // Copies and digests asked of members that left will not come.
+        let Core::Delta(c) = &self.core else {
+            self.settle_waits(&mut ready);
+            return ready;
+        };
+        let here = |m: &MemberId| c.members().binary_search(m).is_ok();
+        self.resyncing.retain(|_, b| here(&b.of));
+        self.catch_up.retain(|m, _| here(m));
         // A fetch waiting only for members that left has ended.
         self.settle_waits(&mut ready);
         ready
@@ -583,7 +680,21 @@ impl ManagerCore {
     /// state transfer past its deadline is given up, and idle sessions expire when due.
     pub fn tick(&mut self, now_ms: u64) -> Ready {
         let mut ready = Ready::background(Vec::new());
-        self.resyncing.retain(|_, d| now_ms < *d);
+        self.resyncing.retain(|_, b| now_ms < b.until);
+        let late_digests: Vec<MemberId> = self
+            .catch_up
+            .iter()
+            .filter(|(_, d)| now_ms >= **d)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in late_digests {
+            self.catch_up.remove(&m);
+            log::warn!(
+                "Manager [{}]: member {m} did not send its session digest within {} ms; serving without it",
+                self.context,
+                self.rpc_timeout_ms
+            );
+        }
         let late: Vec<Token> = self
             .waits
             .iter()
@@ -665,7 +776,7 @@ impl ManagerCore {
         self.transfer.deadline = None;
         self.transfer.reask_at = None;
         match late {
-            Some(m) => error!(
+            Some(ref m) => error!(
                 "Manager [{}]: no session state received from [{m}] within {} ms; starting with what arrived",
                 self.context, self.state_transfer_timeout_ms
             ),
@@ -676,9 +787,12 @@ impl ManagerCore {
         }
         self.transfer.pending = false;
         let (outs, events) = self.core.end_state_transfer();
+        self.note_asked(&outs, now_ms);
         ready.outs.extend(outs);
         ready.events.extend(self.replicated(events));
         ready.became_ready = true;
+        // The members may hold what the transfer did not bring.
+        self.begin_catch_up(late.map(|m| m.id), now_ms, ready);
     }
 
     /// On shutdown: ends every session here (and, with `everywhere`, on every member).
@@ -740,7 +854,6 @@ impl ManagerCore {
 mod tests {
     use super::*;
     use crate::session::id::OsRandom;
-    use crate::session::outputs::Dest;
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -988,12 +1101,12 @@ mod tests {
         );
     }
 
-    /// Known limit (docs/design.md, "The catch-up is not awaited"): a joiner is ready once its
-    /// state transfer is complete, and a change its donor made after the snapshot, before the
-    /// donor listed the joiner, reaches the joiner only with the donor's digest a moment later;
-    /// a request served in between sees the older copy.
+    /// A joiner is ready once its state transfer is complete, but a change its donor made
+    /// after the snapshot, before the donor listed the joiner, reaches the joiner only with the
+    /// donor's digest. The joiner asks every member for its digest when its transfer is done and
+    /// holds requests until each has answered whole and the copies it showed behind arrived:
+    /// the request is served the donor's latest change, not the snapshot's copy.
     #[test]
-    #[ignore = "known limit: the catch-up is not awaited (a joiner serves its snapshot's copy until the donor's digest arrives); docs/design.md"]
     fn a_joiner_does_not_serve_a_copy_older_than_its_donors_latest_change() {
         let cfg = ManagerConfig::default();
         let mut donor = ManagerCore::new("/app", "n1", &cfg, SendOptions::SYNC_ACK);
@@ -1008,19 +1121,91 @@ mod tests {
         let mut c = donor.core().session(&id).cloned().expect("held");
         c.set("n", &2u8).expect("set");
         let _ = donor.end_request(c, true, T0 + 1);
+        let mut asks = Vec::new();
         for o in snapshot.outs {
-            let _ = joiner.receive(m(1), &o.msg, T0 + 2);
+            asks.extend(joiner.receive(m(1), &o.msg, T0 + 2).0.outs);
         }
         assert!(joiner.is_ready());
+        assert!(
+            matches!(
+                asks.as_slice(),
+                [POut {
+                    msg: Payload::Delta(SessionMessage::GetDigest),
+                    ..
+                }]
+            ),
+            "asks its donor for its digest"
+        );
         let (begin, _) = joiner.begin_request(&id, T0 + 3);
-        let Begin::Now(Some(s)) = begin else {
-            return; // held until the catch-up: the limit is gone
+        let Begin::Wait { token, deadline_ms } = begin else {
+            panic!("served before the catch-up");
         };
+        assert_eq!(deadline_ms, T0 + 2 + ms(cfg.rpc_timeout));
+        // The donor answers only once it lists the joiner (every later change goes to the
+        // joiner too); its digest shows the newer copy; the joiner asks for it and gets it.
+        for o in &asks {
+            let (ready, _) = donor.receive(m(2), &o.msg, T0 + 3);
+            assert!(ready.outs.is_empty(), "not listed yet: the answer waits");
+        }
+        let listed = donor.members_changed(vec![m(2)], T0 + 4);
+        let mut queue: Vec<(u8, POut)> = listed.outs.into_iter().map(|o| (1, o)).collect();
+        let mut verdicts = Vec::new();
+        while !queue.is_empty() {
+            let (src, out) = queue.remove(0);
+            let (ready, _) = if src == 2 {
+                donor.receive(m(2), &out.msg, T0 + 4)
+            } else {
+                joiner.receive(m(1), &out.msg, T0 + 4)
+            };
+            verdicts.extend(ready.verdicts);
+            queue.extend(ready.outs.into_iter().map(|o| (3 - src, o)));
+        }
+        let [(t, Some(s))] = verdicts.as_slice() else {
+            panic!("one verdict with the session: {}", verdicts.len());
+        };
+        assert_eq!(*t, token);
         assert_eq!(
             s.get::<u8>("n").unwrap(),
             Some(2),
-            "served the snapshot's copy"
+            "the donor's latest change"
         );
+        // Caught up: the next request is served at once.
+        assert!(matches!(
+            joiner.begin_request(&id, T0 + 5).0,
+            Begin::Now(Some(_))
+        ));
+    }
+
+    /// A joiner that asked a member for its digest does not wait for it once that member has
+    /// left; one that never answers is given up at the deadline.
+    #[test]
+    fn a_joiner_stops_waiting_for_a_digest_of_a_member_gone_or_silent() {
+        let cfg = ManagerConfig::default();
+        let mut donor = ManagerCore::new("/app", "n1", &cfg, SendOptions::SYNC_ACK);
+        donor.started(m(1), None, T0);
+        let (copy, _) = donor.create(T0).expect("id");
+        let id = copy.id().clone();
+        let _ = donor.end_request(copy, true, T0);
+        for gone in [true, false] {
+            let (mut joiner, ask) = joiner_asking_member_one();
+            let _ = joiner.members_changed(vec![m(1)], T0);
+            let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
+            for o in snapshot.outs {
+                let _ = joiner.receive(m(1), &o.msg, T0 + 1);
+            }
+            let (Begin::Wait { token, deadline_ms }, _) = joiner.begin_request(&id, T0 + 2) else {
+                panic!("waits for the digest");
+            };
+            let ready = if gone {
+                joiner.members_changed(Vec::new(), T0 + 3)
+            } else {
+                assert!(joiner.tick(deadline_ms - 1).verdicts.is_empty());
+                joiner.tick(deadline_ms)
+            };
+            assert_eq!(ready.verdicts.len(), 1, "gone: {gone}");
+            assert_eq!(ready.verdicts[0].0, token);
+            assert!(ready.verdicts[0].1.is_some(), "the copy held here");
+        }
     }
 
     /// Known limit (docs/design.md): the donor of a state transfer makes every chunk of the

@@ -9,6 +9,7 @@
 //! takes at the end of the request and sends as one message.
 
 use super::id::SessionId;
+use super::reconcile::fingerprint;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,6 +138,20 @@ pub(crate) enum Applied {
     Stale,
     /// Made from a newer version than this copy has: changes are missing; ask for the session.
     Gap,
+}
+
+/// What [`Session::apply_delta_checked`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Checked {
+    Applied,
+    /// This copy is already at the change's version, with the content the change names.
+    Duplicate,
+    /// Made from an older version than this copy has.
+    Stale,
+    /// Made from a newer version than this copy has: changes are missing.
+    Gap,
+    /// Made from, or resulting in, another state at a version this copy has: the copies forked.
+    Differs,
 }
 
 /// A live session.
@@ -371,6 +386,11 @@ impl Session {
         }
     }
 
+    /// Whether changes wait to be replicated (a working copy's own, not yet taken).
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Takes the changes made since the last call, bumping the version: returns the version the
     /// changes apply to, the new version and the changes. `None` when nothing changed.
     pub(crate) fn take_delta(&mut self) -> Option<(u64, u64, Vec<DeltaOp>)> {
@@ -397,6 +417,63 @@ impl Session {
         }
         self.state.version = version;
         Applied::Applied
+    }
+
+    /// [`apply_delta`](Self::apply_delta) for a change that names the content fingerprint of
+    /// its result ([`super::reconcile::fingerprint`]): a change made from another state than
+    /// this copy's at the same version (its result here would not be the sender's), or a
+    /// duplicate by version whose content is not this copy's, is [`Checked::Differs`] and
+    /// changes nothing: this copy and the sender's forked.
+    pub(crate) fn apply_delta_checked(
+        &mut self,
+        base: u64,
+        version: u64,
+        ops: &[DeltaOp],
+        result: u64,
+    ) -> Checked {
+        if version == self.state.version && base < version {
+            return if fingerprint(&self.state) == result {
+                Checked::Duplicate
+            } else {
+                Checked::Differs
+            };
+        }
+        if base < self.state.version || version <= self.state.version {
+            return Checked::Stale;
+        }
+        if base > self.state.version {
+            return Checked::Gap;
+        }
+        // What the ops replace, to put back if the result is not the sender's.
+        let undo: Vec<DeltaOp> = ops.iter().rev().map(|op| self.inverse(op)).collect();
+        for op in ops {
+            self.apply_op(op);
+        }
+        if fingerprint(&self.state) != result {
+            for op in &undo {
+                self.apply_op(op);
+            }
+            return Checked::Differs;
+        }
+        self.state.version = version;
+        Checked::Applied
+    }
+
+    /// The op that puts back what `op` replaces.
+    fn inverse(&self, op: &DeltaOp) -> DeltaOp {
+        let st = &self.state;
+        match op {
+            DeltaOp::SetAttribute(n, _) | DeltaOp::RemoveAttribute(n) => {
+                match st.attributes.get(n) {
+                    Some(v) => DeltaOp::SetAttribute(n.clone(), v.clone()),
+                    None => DeltaOp::RemoveAttribute(n.clone()),
+                }
+            }
+            DeltaOp::MaxInactive(_) => DeltaOp::MaxInactive(st.max_inactive_ms),
+            DeltaOp::Principal(..) => {
+                DeltaOp::Principal(st.principal.clone(), st.auth_type.clone())
+            }
+        }
     }
 
     /// Replaces the id (fixation protection after login); the caller re-keys its map.

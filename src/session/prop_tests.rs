@@ -175,27 +175,45 @@ fn arb_digest_entry() -> impl Strategy<Value = DigestEntry> {
 fn arb_session_message() -> impl Strategy<Value = SessionMessage> {
     prop_oneof![
         arb_state().prop_map(SessionMessage::Created),
-        (arb_id(), arb_u64(), arb_u64(), arb_ops(), arb_time()).prop_map(
-            |(id, base, version, ops, last_accessed_ms)| SessionMessage::Delta {
+        (
+            arb_id(),
+            arb_u64(),
+            arb_u64(),
+            arb_ops(),
+            arb_time(),
+            any::<u64>()
+        )
+            .prop_map(|(id, base, version, ops, last_accessed_ms, fingerprint)| {
+                SessionMessage::Delta {
+                    id,
+                    base,
+                    version,
+                    ops,
+                    last_accessed_ms,
+                    fingerprint,
+                }
+            }),
+        (arb_id(), arb_u64(), arb_time(), any::<u64>()).prop_map(
+            |(id, version, last_accessed_ms, fingerprint)| SessionMessage::Accessed {
                 id,
-                base,
                 version,
-                ops,
                 last_accessed_ms,
+                fingerprint,
             }
         ),
-        (arb_id(), arb_u64(), arb_time()).prop_map(|(id, version, last_accessed_ms)| {
-            SessionMessage::Accessed {
-                id,
-                version,
-                last_accessed_ms,
-            }
-        }),
         (arb_id(), arb_u64()).prop_map(|(id, version)| SessionMessage::Expired { id, version }),
-        (arb_id(), arb_id()).prop_map(|(old, new)| SessionMessage::ChangeId { old, new }),
+        (arb_id(), arb_id(), arb_u64(), any::<Option<u64>>()).prop_map(
+            |(old, new, version, fingerprint)| SessionMessage::ChangeId {
+                old,
+                new,
+                version,
+                fingerprint,
+            }
+        ),
         arb_id().prop_map(|id| SessionMessage::GetSession { id }),
         arb_state().prop_map(SessionMessage::State),
         Just(SessionMessage::GetAllSessions),
+        Just(SessionMessage::GetDigest),
         (arb_states(), arb_u32(), arb_u32()).prop_map(|(states, index, count)| {
             SessionMessage::AllSessions {
                 states,
@@ -691,6 +709,8 @@ proptest! {
             }
             let (t, order) = core.store().tombstone_load();
             prop_assert!(t <= MAX_TOMBSTONES && order <= MAX_TOMBSTONES, "tombstones {t}/{order}");
+            // A forked copy is remembered once per DELTA received.
+            prop_assert!(core.store().forked_load() <= received);
             let (digests, entries, chunks) = core.buffer_load();
             // Kept digests are never empty (the bound counts entries), and chunk indexes only
             // come one per message.

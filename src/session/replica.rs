@@ -9,38 +9,55 @@
 //! tombstone so that a late CREATED or DELTA cannot bring it back.
 
 use super::id::SessionId;
-use super::model::{Applied, DeltaOp, Session, SessionState};
-use super::reconcile::Stamp;
+use super::model::{Checked, DeltaOp, Session, SessionState};
+use super::reconcile::{fingerprint, Stamp};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// What the managers of one application say to each other (Tomcat's `SessionMessage` events).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionMessage {
     /// EVT_SESSION_CREATED: the whole new session.
     Created(SessionState),
-    /// EVT_SESSION_DELTA: a request's changes, made on version `base`, giving `version`.
+    /// EVT_SESSION_DELTA: a request's changes, made on version `base`, giving `version`,
+    /// whose result has the content fingerprint `fingerprint`
+    /// ([`crate::session::reconcile::fingerprint`]): a replica whose copy at `version` (or
+    /// whose result) has another content holds a fork, and asks for the sender's copy instead
+    /// of taking the change for a duplicate.
     Delta {
         id: SessionId,
         base: u64,
         version: u64,
         ops: Vec<DeltaOp>,
         last_accessed_ms: u64,
+        fingerprint: u64,
     },
     /// EVT_SESSION_ACCESSED: only the access time moved (sent throttled). It carries the
     /// session's version, so a replica that missed a change (or the whole session) notices and
     /// asks for it.
+    /// With the content fingerprint of the sender's copy: a replica at the same version with
+    /// another content holds a fork and asks for the sender's copy.
     Accessed {
         id: SessionId,
         version: u64,
         last_accessed_ms: u64,
+        fingerprint: u64,
     },
     /// EVT_SESSION_EXPIRED: expired or invalidated, everywhere. `version`: the session's
     /// version when it ended, which every member remembers alike for reconciliation after a
     /// partition.
     Expired { id: SessionId, version: u64 },
-    /// EVT_CHANGE_SESSION_ID: the session now has a new id (fixation protection).
-    ChangeId { old: SessionId, new: SessionId },
+    /// EVT_CHANGE_SESSION_ID: the session now has a new id (fixation protection). With the
+    /// version and content fingerprint of the sender's copy when it renamed it (no
+    /// fingerprint when the sender holds changes not yet replicated): a replica whose copy is
+    /// newer or, at that version, another content holds a fork (a change of a member that died
+    /// before it was acknowledged) and asks for the sender's copy.
+    ChangeId {
+        old: SessionId,
+        new: SessionId,
+        version: u64,
+        fingerprint: Option<u64>,
+    },
     /// Ask the sender for one session's whole state (after a gap).
     GetSession { id: SessionId },
     /// The answer to `GetSession`, or a session sent during state transfer.
@@ -62,8 +79,13 @@ pub enum SessionMessage {
     Digest(Vec<DigestEntry>),
     /// The copies of these sessions, please (after a digest).
     GetSessions(Vec<SessionId>),
-    /// The answer to `GetSessions`: copies to reconcile with, not to adopt blindly.
+    /// The answer to `GetSessions`: copies to reconcile with, not to adopt blindly. In
+    /// chunks, the last one empty (the asker stops waiting for what the sender lacks).
     Merge(Vec<SessionState>),
+    /// A joiner whose state transfer is done asks each member for its digest: a change made
+    /// after the donor's snapshot, before that member listed the joiner, shows there. The
+    /// answer is `Digest` chunks, the last one empty; the joiner holds requests until then.
+    GetDigest,
 }
 
 /// One session in a [`SessionMessage::Digest`].
@@ -83,6 +105,8 @@ pub enum Outcome {
     Ignored(&'static str),
     /// A change is missing for this session: ask the sender for it (`GetSession`).
     Resync(SessionId),
+    /// Applied (a change of id), but the copy is not the sender's: ask the sender for it.
+    Forked(SessionId),
 }
 
 /// What is remembered of a session that is no longer here.
@@ -120,7 +144,15 @@ pub struct ReplicaStore {
     tombstones: HashMap<SessionId, Tombstone>,
     tombstone_order: VecDeque<SessionId>,
     max_tombstones: usize,
+    /// Sessions whose copy here forked from a sender's (a DELTA named another content at a
+    /// version this copy has), with the version and fingerprint that sender named: its copy,
+    /// asked for, replaces this one even at the same version. Bounded by `MAX_FORKED`.
+    forked: BTreeMap<SessionId, (u64, Option<u64>)>,
 }
+
+/// Forked copies waiting for the sender's copy, at most (the oldest by id are dropped: such a
+/// copy is then only replaced by a newer version).
+const MAX_FORKED: usize = 10_000;
 
 impl ReplicaStore {
     pub fn new(max_tombstones: usize) -> ReplicaStore {
@@ -129,6 +161,7 @@ impl ReplicaStore {
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
             max_tombstones: max_tombstones.max(1),
+            forked: BTreeMap::new(),
         }
     }
 
@@ -296,19 +329,51 @@ impl ReplicaStore {
             .collect()
     }
 
-    /// Takes a whole session state if it is newer than this copy.
+    /// Takes a whole session state if it is newer than this copy, or if it is the copy of the
+    /// member this copy forked from (same version, the content that member's DELTA named).
     fn adopt(&mut self, state: &SessionState) -> Outcome {
         if self.is_ended(&state.id) {
             return Outcome::Ignored("session has ended");
         }
+        // The copy of the member this one forked from, at or after what it named: it replaces
+        // this copy even at the same or a lower version (this copy's extra state is a change
+        // that member never had, made by a member that died before it was acknowledged).
+        let of_fork = self.forked.get(&state.id).is_some_and(|&(v, fp)| {
+            state.version > v
+                || (state.version == v && fp.is_none_or(|fp| fingerprint(state) == fp))
+        });
         match self.sessions.get(&state.id) {
-            Some(s) if s.version() >= state.version => Outcome::Ignored("not newer than this copy"),
+            Some(s) if s.version() >= state.version && !of_fork => {
+                Outcome::Ignored("not newer than this copy")
+            }
             _ => {
+                self.forked.remove(&state.id);
                 self.sessions
                     .insert(state.id.clone(), Session::from_state(state.clone()));
                 Outcome::Applied
             }
         }
+    }
+
+    /// This copy of `id` forked from a sender's, which named `fingerprint` at `version`.
+    fn note_fork(&mut self, id: &SessionId, version: u64, fingerprint: Option<u64>) {
+        if self.forked.len() >= MAX_FORKED && !self.forked.contains_key(id) {
+            self.forked.pop_first();
+        }
+        self.forked.insert(id.clone(), (version, fingerprint));
+    }
+
+    /// Forked copies waiting for the sender's copy (bounded by `MAX_FORKED`).
+    #[cfg(test)]
+    pub(crate) fn forked_load(&self) -> usize {
+        self.forked.len()
+    }
+
+    #[cfg(test)]
+    /// Whether this copy of `id` is known to have forked from a sender's, whose copy was asked
+    /// for and not yet taken.
+    pub fn is_forked(&self, id: &SessionId) -> bool {
+        self.forked.contains_key(id)
     }
 
     /// Applies a message from another member.
@@ -332,6 +397,7 @@ impl ReplicaStore {
                 version,
                 ops,
                 last_accessed_ms,
+                fingerprint,
             } => {
                 let id = &self.resolve(id).clone();
                 if self.is_ended(id) {
@@ -340,26 +406,46 @@ impl ReplicaStore {
                 let Some(s) = self.sessions.get_mut(id) else {
                     return Outcome::Resync(id.clone());
                 };
-                match s.apply_delta(*base, *version, ops) {
-                    Applied::Applied => {
+                match s.apply_delta_checked(*base, *version, ops, *fingerprint) {
+                    Checked::Applied => {
                         s.access(*last_accessed_ms);
+                        // In line with the sender again: an older copy asked for must not
+                        // replace this one.
+                        self.forked.remove(id);
                         Outcome::Applied
                     }
-                    Applied::Stale => Outcome::Ignored("stale or duplicate change"),
-                    Applied::Gap => Outcome::Resync(id.clone()),
+                    Checked::Duplicate => Outcome::Ignored("duplicate change"),
+                    Checked::Stale => Outcome::Ignored("stale change"),
+                    Checked::Gap => Outcome::Resync(id.clone()),
+                    // Another state at a version this copy has (the sender failed over to a
+                    // copy that missed a change of a member that died): the sender's copy is
+                    // the one its users go on from.
+                    Checked::Differs => {
+                        self.note_fork(id, *version, Some(*fingerprint));
+                        Outcome::Resync(id.clone())
+                    }
                 }
             }
             SessionMessage::Accessed {
                 id,
                 version,
                 last_accessed_ms,
+                fingerprint: named,
             } => {
                 let id = &self.resolve(id).clone();
                 if self.is_ended(id) {
                     return Outcome::Ignored("session has ended");
                 }
                 match self.sessions.get_mut(id) {
-                    // Access times only move forward, so order does not matter.
+                    // The same version with another content: forked.
+                    Some(s) if s.version() == *version && fingerprint(s.state()) != *named => {
+                        s.access(*last_accessed_ms);
+                        self.note_fork(id, *version, Some(*named));
+                        Outcome::Resync(id.clone())
+                    }
+                    // Access times only move forward, so order does not matter. (A lower
+                    // version may be a late message of a member that served the session
+                    // before the one that changed it last.)
                     Some(s) if s.version() >= *version => {
                         s.access(*last_accessed_ms);
                         Outcome::Applied
@@ -383,13 +469,35 @@ impl ReplicaStore {
                     Outcome::Ignored("unknown session")
                 }
             }
-            SessionMessage::ChangeId { old, new } => self.rename(old, new),
+            SessionMessage::ChangeId {
+                old,
+                new,
+                version,
+                fingerprint: named,
+            } => {
+                let outcome = self.rename(old, new);
+                // A renamer serves the session with every acknowledged change: a copy here that
+                // is newer, or another content at its version, has a change that died with its
+                // maker. (Older: the next change shows the gap.)
+                let forked = self.sessions.get(new).is_some_and(|s| {
+                    s.version() > *version
+                        || (s.version() == *version
+                            && named.is_some_and(|fp| fingerprint(s.state()) != fp))
+                });
+                if outcome == Outcome::Applied && forked {
+                    // Without a content named, any copy at that version is the sender's.
+                    self.note_fork(new, *version, *named);
+                    return Outcome::Forked(new.clone());
+                }
+                outcome
+            }
             SessionMessage::GetSession { .. }
             | SessionMessage::GetAllSessions
             | SessionMessage::NoContextManager
             | SessionMessage::Digest(_)
             | SessionMessage::GetSessions(_)
-            | SessionMessage::Merge(_) => Outcome::Ignored("not a change to apply in order"),
+            | SessionMessage::Merge(_)
+            | SessionMessage::GetDigest => Outcome::Ignored("not a change to apply in order"),
         }
     }
 }
@@ -416,6 +524,7 @@ mod tests {
             version,
             ops,
             last_accessed_ms: s.last_accessed_ms(),
+            fingerprint: fingerprint(s.state()),
         }
     }
 
@@ -462,6 +571,82 @@ mod tests {
         assert_eq!(r.get(p.id()).unwrap().get::<u32>("a").unwrap(), Some(2));
     }
 
+    /// Seed 2 of the kill -9 loop: the home makes version 1 and dies with its DELTA on the way;
+    /// replica `a` got it, the fallback `b` did not and makes another version 1 for the user.
+    /// `a` must not take `b`'s DELTA for a duplicate (and ack a change it does not hold): it
+    /// asks for `b`'s copy and takes it at the same version; the dead home's state, arriving
+    /// late, changes nothing.
+    #[test]
+    fn a_delta_naming_another_content_at_a_version_held_asks_for_the_senders_copy() {
+        let mut home = primary();
+        let created = SessionMessage::Created(home.state().clone());
+        let (mut a, mut b) = (ReplicaStore::new(100), ReplicaStore::new(100));
+        a.apply(&created);
+        b.apply(&created);
+        home.set("x", &1u32).unwrap();
+        let from_home = delta(&mut home);
+        assert_eq!(a.apply(&from_home), Outcome::Applied);
+        // The fallback serves its copy (version 0) and makes version 1 again.
+        let mut fallback = b.get(home.id()).unwrap().clone();
+        fallback.set("y", &2u32).unwrap();
+        let from_fallback = delta(&mut fallback);
+        assert_eq!(b.apply(&from_fallback), Outcome::Applied);
+        assert!(
+            matches!(a.apply(&from_home), Outcome::Ignored(_)),
+            "a true duplicate"
+        );
+        assert_eq!(
+            a.apply(&from_fallback),
+            Outcome::Resync(home.id().clone()),
+            "not a duplicate: another content at version 1"
+        );
+        assert_eq!(a.get(home.id()).unwrap().get::<u32>("x").unwrap(), Some(1));
+        // The fallback's answer replaces the copy at the same version.
+        let answer = SessionMessage::State(b.get(home.id()).unwrap().state().clone());
+        assert_eq!(a.apply(&answer), Outcome::Applied);
+        let copy = a.get(home.id()).unwrap();
+        assert_eq!(copy.state().attributes, fallback.state().attributes);
+        assert_eq!(copy.version(), 1);
+        // The dead home's copy, late, does not win it back; the fallback's next change applies.
+        assert!(matches!(
+            a.apply(&SessionMessage::State(home.state().clone())),
+            Outcome::Ignored(_)
+        ));
+        assert_eq!(a.forked_load(), 0);
+        fallback.set("z", &3u32).unwrap();
+        assert_eq!(a.apply(&delta(&mut fallback)), Outcome::Applied);
+        assert_eq!(
+            a.get(home.id()).unwrap().state().attributes,
+            fallback.state().attributes
+        );
+    }
+
+    /// A DELTA made on another state at this copy's version (the copies forked one change
+    /// earlier) is not applied on top of the wrong base: the copy stays as it was, and the
+    /// sender's copy is asked for.
+    #[test]
+    fn a_delta_made_on_a_forked_base_is_not_applied() {
+        let mut home = primary();
+        let mut r = ReplicaStore::new(100);
+        r.apply(&SessionMessage::Created(home.state().clone()));
+        let mut other = home.clone();
+        home.set("x", &1u32).unwrap();
+        assert_eq!(r.apply(&delta(&mut home)), Outcome::Applied);
+        let before = r.get(home.id()).unwrap().state().clone();
+        other.set("y", &2u32).unwrap();
+        let _lost = delta(&mut other);
+        other.set("z", &3u32).unwrap();
+        let on_fork = delta(&mut other);
+        assert_eq!(r.apply(&on_fork), Outcome::Resync(home.id().clone()));
+        assert_eq!(r.get(home.id()).unwrap().state(), &before, "undone whole");
+        assert_eq!(
+            r.apply(&SessionMessage::State(other.state().clone())),
+            Outcome::Applied
+        );
+        let copy = r.get(home.id()).unwrap();
+        assert_eq!(copy.state().attributes, other.state().attributes);
+    }
+
     #[test]
     fn an_ended_session_cannot_come_back() {
         let mut p = primary();
@@ -502,6 +687,8 @@ mod tests {
         let msg = SessionMessage::ChangeId {
             old: old.clone(),
             new: new.clone(),
+            version: p.version(),
+            fingerprint: Some(fingerprint(p.state())),
         };
         assert_eq!(r.apply(&msg), Outcome::Applied);
         assert!(r.get(&old).is_none() && r.get(&new).is_some());
@@ -561,6 +748,7 @@ mod tests {
             id: p.id().clone(),
             version: 0,
             last_accessed_ms: 900,
+            fingerprint: fingerprint(p.state()),
         });
         assert!(r.expired(1_500).is_empty());
         // An older access time arriving late does not move it back.
@@ -568,6 +756,7 @@ mod tests {
             id: p.id().clone(),
             version: 0,
             last_accessed_ms: 100,
+            fingerprint: fingerprint(p.state()),
         });
         assert!(r.expired(1_500).is_empty());
     }

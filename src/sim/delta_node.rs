@@ -115,6 +115,9 @@ pub struct Acked {
     pub by: Vec<(NodeId, u64)>,
 }
 
+/// A session's attributes.
+pub type Attrs = BTreeMap<String, Vec<u8>>;
+
 /// A session's attributes as made at one version, by a node in one of its lives.
 pub type Made = (BTreeMap<String, Vec<u8>>, NodeId, u64);
 
@@ -131,6 +134,9 @@ pub struct Oracle {
     /// Versions made again after their maker died before anyone else had them (its
     /// unacknowledged asynchronous change died with it).
     pub superseded: u64,
+    /// The states those versions had before they were made again (the dead maker's): a copy
+    /// that got one before its maker died may hold it only until it learns of the new one.
+    pub superseded_states: HashMap<(SessionId, u64), Vec<Attrs>>,
     /// Old id → new id.
     pub renamed: HashMap<SessionId, SessionId>,
     /// New id → old id.
@@ -159,6 +165,32 @@ impl Oracle {
             id = self.previous.get(id)?;
         }
         None
+    }
+
+    /// Whether `attrs` is a state made for the session at `version` by a maker that died
+    /// before the version was made again (under `id` or an id it had before).
+    pub fn was_superseded(
+        &self,
+        id: &SessionId,
+        version: u64,
+        attrs: &BTreeMap<String, Vec<u8>>,
+    ) -> bool {
+        let mut id = id;
+        for _ in 0..=self.previous.len() {
+            let key = (id.clone(), version);
+            if self
+                .superseded_states
+                .get(&key)
+                .is_some_and(|v| v.contains(attrs))
+            {
+                return true;
+            }
+            match self.previous.get(id) {
+                Some(p) => id = p,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// `id` and the ids it was renamed to, in order.
@@ -209,7 +241,21 @@ impl World {
     ) {
         let life = self.lives.get(&node).copied().unwrap_or(0);
         let key = (id.clone(), version);
-        match self.oracle.states.get(&key) {
+        // The state made at this version under this id or one the session had before (a
+        // change of id keeps the version).
+        let mut prior = id;
+        let mut known = self.oracle.states.get(&key);
+        for _ in 0..self.oracle.previous.len() {
+            if known.is_some() {
+                break;
+            }
+            let Some(p) = self.oracle.previous.get(prior) else {
+                break;
+            };
+            prior = p;
+            known = self.oracle.states.get(&(prior.clone(), version));
+        }
+        match known {
             Some((known, ..)) if known == attrs => return,
             Some((known, maker, maker_life)) => {
                 let dead = self.down.contains(maker)
@@ -224,6 +270,9 @@ impl World {
                     return;
                 }
                 self.oracle.superseded += 1;
+                let old = known.clone();
+                let states = self.oracle.superseded_states.entry(key.clone());
+                states.or_default().push(old);
             }
             None => {}
         }
@@ -334,6 +383,7 @@ pub fn kind(msg: &SessionMessage) -> &'static str {
         SessionMessage::Digest(_) => "digest",
         SessionMessage::GetSessions(_) => "get-sessions",
         SessionMessage::Merge(_) => "merge",
+        SessionMessage::GetDigest => "get-digest",
     }
 }
 
@@ -345,7 +395,7 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
         | SessionMessage::Accessed { id, .. }
         | SessionMessage::Expired { id, .. }
         | SessionMessage::GetSession { id } => vec![id.clone()],
-        SessionMessage::ChangeId { old, new } => vec![old.clone(), new.clone()],
+        SessionMessage::ChangeId { old, new, .. } => vec![old.clone(), new.clone()],
         SessionMessage::AllSessions { states, .. } | SessionMessage::Merge(states) => {
             states.iter().map(|s| s.id.clone()).collect()
         }
@@ -357,7 +407,9 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
             })
             .collect(),
         SessionMessage::GetSessions(ids) => ids.clone(),
-        SessionMessage::GetAllSessions | SessionMessage::NoContextManager => Vec::new(),
+        SessionMessage::GetAllSessions
+        | SessionMessage::NoContextManager
+        | SessionMessage::GetDigest => Vec::new(),
     }
 }
 
@@ -727,7 +779,12 @@ impl DeltaNode {
         }
         if self.trace {
             let versions = match &msg {
-                SessionMessage::Delta { base, version, .. } => format!(" v{base}->v{version}"),
+                SessionMessage::Delta {
+                    base,
+                    version,
+                    fingerprint,
+                    ..
+                } => format!(" v{base}->v{version} fp{:04x}", fingerprint & 0xffff),
                 SessionMessage::Created(s) | SessionMessage::State(s) => format!(" v{}", s.version),
                 SessionMessage::Digest(e) => {
                     let vs: Vec<String> = e
@@ -879,7 +936,8 @@ impl Node for DeltaNode {
 // ---- invariants ----
 
 /// Per (node, life, id): the last version seen and the newest value counter seen per attribute.
-type Seen = HashMap<(NodeId, u64, SessionId), (u64, BTreeMap<String, u64>)>;
+/// The flag: the copy held a dead maker's superseded state while it repaired its fork.
+type Seen = HashMap<(NodeId, u64, SessionId), (u64, BTreeMap<String, u64>, bool)>;
 
 /// Whether node `n` (in its current life) holds `change`: some id of the session's chain at the
 /// version or newer, or the session has ended there (or everywhere, by the oracle).
@@ -888,12 +946,15 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
     match change {
         Change::Version(id, v) => {
             let chain = world.oracle.chain(id);
-            chain
-                .iter()
-                .any(|id| node.copy(id).is_some_and(|(have, _)| have >= *v))
-                || chain.last().is_some_and(|last| {
-                    world.oracle.ended.contains(last) || node.core().store().is_ended(last)
+            // At the acknowledged version, with the content its maker made (a copy that kept
+            // another state of that version does not hold it).
+            chain.iter().any(|id| {
+                node.copy(id).is_some_and(|(have, attrs)| {
+                    have > *v || (have == *v && world.oracle.state(id, have) == Some(attrs))
                 })
+            }) || chain.last().is_some_and(|last| {
+                world.oracle.ended.contains(last) || node.core().store().is_ended(last)
+            })
         }
         Change::Ended(id) => node.copy(id).is_none(),
     }
@@ -903,16 +964,23 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
 ///
 /// - `history-never-forks`: no two different states were ever made for one (id, version).
 /// - `copy-is-an-origin-state`: a copy at version v has exactly the attributes the node that
-///   made version v had (so no stale, mixed or missing attribute is ever shown).
+///   made version v had (so no stale, mixed or missing attribute is ever shown). One window
+///   is allowed: a version made again after its maker died unacknowledged (a failover to a
+///   copy that missed it) may still be held as the dead maker's state by a copy that got it,
+///   until the new maker's next message names the new state and the copy takes it; the user
+///   checks, `acked-is-on-every-acker` (which compares contents) and the convergence check see
+///   the repair through.
 /// - `versions-and-values-never-go-back`: on each node, a session's version never decreases and
-///   no attribute shows a value older than one it showed before.
+///   no attribute shows a value older than one it showed before (values of a dead maker's
+///   superseded state, shown during the window above, do not count once it is repaired).
 /// - `copies-vanish-only-when-ended-or-renamed`: a node drops a copy only when the session was
 ///   ended (invalidated or expired by some node's decision) or changed id.
 /// - `ended-stays-ended`: a session a node destroyed (or whose old id it moved away from) never
 ///   reappears on it, whatever arrives late.
 /// - `destroyed-at-most-once`: a node reports `Destroyed` once per session.
 /// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
-///   is still in the same life) holds it.
+///   is still in the same life) holds it: a newer version, or that version with the content
+///   its maker made.
 /// - `no-session-expires-while-in-use`: no reaper ends a session within its max inactive
 ///   interval of a request to it (on any node).
 pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
@@ -965,13 +1033,20 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
                                 "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"
                             ));
                         }
+                        // A copy that holds a dead maker's unacknowledged state of a version
+                        // made again since, and knows its copy forked (it asked the new
+                        // state's maker for its copy), is on its way to the new state.
+                        // A dead maker's state of a version made again since: the copy got it
+                        // before it could know (it learns from the new maker's next message).
+                        let repairing = w.oracle.was_superseded(id, version, attrs);
+                        let forked = repairing || node.core().store().is_forked(id);
                         match w.oracle.state(id, version) {
                             None => {
                                 return Err(format!(
                                     "copy-is-an-origin-state: {n} holds {id} at version {version}, which no origin made"
                                 ))
                             }
-                            Some(want) if want != attrs => {
+                            Some(want) if want != attrs && !repairing => {
                                 return Err(format!(
                                     "copy-is-an-origin-state: {n} holds {id} v{version} as {}, its origin made {}",
                                     show(attrs),
@@ -980,7 +1055,15 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
                             }
                             Some(_) => {}
                         }
-                        let entry = seen.entry(key).or_insert((version, BTreeMap::new()));
+                        let entry = seen
+                            .entry(key)
+                            .or_insert((version, BTreeMap::new(), false));
+                        if std::mem::replace(&mut entry.2, forked) && !forked {
+                            // The fork repaired (at the sender's version, which may be lower):
+                            // the dead maker's state it showed was never acknowledged; compare
+                            // from the sender's.
+                            *entry = (version, BTreeMap::new(), false);
+                        }
                         if version < entry.0 {
                             return Err(format!(
                                 "versions-and-values-never-go-back: {n} holds {id} at version {version} after {}",

@@ -43,6 +43,13 @@ use super::*;
 
 use crate::sim::fault_users::{self, Attrs, Did, Jar};
 
+/// Prints a line of the fault plan with `TRIBECAST_FAULTS_TRACE` set.
+fn trace(line: std::fmt::Arguments<'_>) {
+    if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+        eprintln!("{line}");
+    }
+}
+
 /// Latency from 20 µs to 1 ms per chunk: below the detection and restart delays.
 fn latency() -> Faults {
     Faults {
@@ -124,6 +131,8 @@ pub(super) struct Figures {
     pub gone_after_failure: u64,
     /// Moments a user found no member in service.
     pub waited: u64,
+    /// Requests a member held until its copy caught up (tried again).
+    pub held: u64,
     pub lost_sessions: u64,
     pub lost_changes: u64,
 }
@@ -147,7 +156,8 @@ struct Run {
     kills_left: u32,
     next_kill: Duration,
     outage: Option<Outage>,
-    /// Kill only while no user waits for an answer (no request in flight).
+    /// Kill only while no user waits for an answer (no request in flight); when a kill is due,
+    /// users start no request until the ones in flight are answered.
     quiet: bool,
 }
 
@@ -254,6 +264,7 @@ impl Run {
             self.kills_left -= 1;
             self.f.kills += 1;
             self.c.crash(victim);
+            trace(format_args!("{now:?} kill {victim}"));
             let mut detect = BTreeMap::new();
             let others: Vec<NodeId> = up.into_iter().filter(|m| *m != victim).collect();
             for &m in &others {
@@ -285,6 +296,7 @@ impl Run {
                 w.views.insert(v, all);
             }
             self.c.sim.fault(Fault::Restart(v));
+            trace(format_args!("{now:?} restart {v}"));
             for m in others {
                 let at = now + self.c.w.duration_between(Duration::ZERO, ms(2));
                 o.back.insert(m, at);
@@ -301,6 +313,7 @@ impl Run {
             o.detect.remove(&m);
             // Noticed the new incarnation first: the old one's death is news to nobody.
             if o.back.get(&m).is_none_or(|t| *t != Duration::MAX) {
+                trace(format_args!("{now:?} {m} notices {v} died"));
                 self.set_view(m, v, false);
             }
         }
@@ -311,6 +324,7 @@ impl Run {
             .map(|(m, _)| *m)
             .collect();
         for m in due {
+            trace(format_args!("{now:?} {m} notices {v} restarted"));
             if self.view(m).contains(&v) {
                 self.f.gone_and_back += 1;
                 self.set_view(m, v, false);
@@ -440,7 +454,21 @@ impl Run {
             });
             return;
         };
+        // The copy the member serves, unless it holds the request until its copy caught up.
         let copy = self.c.sim.node(n).copy(&id).map(|(v, a)| (v, a.clone()));
+        let (did, ops) = self.ops();
+        self.c.sim.call(n, |node, _| node.ticket.clear());
+        let mut served = Served::Missing;
+        self.c
+            .sim
+            .call(n, |node, ctx| served = node.request(ctx, &id, &ops));
+        if served == Served::Waiting {
+            // The user's client sees a slow answer: it tries again a moment later (nothing
+            // was changed).
+            self.f.held += 1;
+            self.users[u].next_at = now + us(200);
+            return;
+        }
         let Some(copy) = copy else {
             let user = &mut self.users[u];
             if user.uncertain || user.acked.is_none() {
@@ -474,12 +502,6 @@ impl Run {
                 ));
             }
         }
-        let (did, ops) = self.ops();
-        self.c.sim.call(n, |node, _| node.ticket.clear());
-        let mut served = Served::Missing;
-        self.c
-            .sim
-            .call(n, |node, ctx| served = node.request(ctx, &id, &ops));
         let ticket = self.take_ticket(n);
         let after = match &served {
             Served::Live(new) => self
@@ -524,7 +546,14 @@ impl Run {
             let now = self.c.sim.now();
             self.answers();
             self.faults();
-            self.requests(true);
+            // Kills only between requests: when one is due, no user starts a request until the
+            // ones in flight are answered (else that moment may never come).
+            let drain = self.quiet
+                && self.outage.is_none()
+                && self.kills_left > 0
+                && now >= self.next_kill
+                && self.whole();
+            self.requests(!drain);
             if stop.is_none() && self.kills_left == 0 && self.outage.is_none() {
                 stop = Some(now + after);
             }
@@ -666,6 +695,7 @@ impl Figures {
 
         self.gone_after_failure += f.gone_after_failure;
         self.waited += f.waited;
+        self.held += f.held;
         self.lost_sessions += f.lost_sessions;
         self.lost_changes += f.lost_changes;
     }
@@ -742,7 +772,7 @@ fn control_without_faults_loses_nothing() {
 /// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
 /// moment (requests in flight included).
 #[test]
-#[ignore = "fails: 308 of 500 seeds (first: seed 2). A failover to a copy that missed the killed member's last (unacknowledged) DELTA makes version n+1 again; a member that got the dead member's n+1 takes the new DELTA n -> n+1 for a duplicate, acks it and keeps the other content (copy-is-an-origin-state, history-never-forks): an acknowledged change that member does not hold. Versions carry no origin (docs/design.md, Two writers of one session fork it). Also the restarted home serving before its catch-up arrived (seed 16 of the quiet variant)"]
+#[ignore = "fails: 96 of 500 seeds (277 before the fingerprint and catch-up fixes). Mostly copies that differ at the end: a member died with a CREATED or last DELTA that reached only some members and no later message names the session (seed 3, 7, 9, 25); also copies dropped (seed 4), forks (seed 107), requests never answered (seed 103); docs/RELIABILITY.md, Kill -9 and restart, simulated"]
 fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| run(seed, members(seed), false, &mut total));
@@ -751,7 +781,7 @@ fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
 
 /// The same with kills only at a moment when no user waits for an answer.
 #[test]
-#[ignore = "fails: 89 of 500 seeds (first: seed 0, then 16, 20, 21). Mostly history-never-forks between the restarted home and the member that served the user while it was down: the home is in service (transfer done, views whole) before the digest's catch-up copy arrives and serves the older copy (docs/design.md, The catch-up is not awaited); seed 9: a request never gets its answer; seed 90: the quiet moment never comes"]
+#[ignore = "fails: 35 of 500 seeds (53 before the fingerprint and catch-up fixes). Requests never answered (seed 117: a DELTA sent over the connection to a killed member's old life, lost with the reset; nothing fails the send in the simulation), which also stall the next kill (seed 7); forks between the restarted home and the member that served meanwhile (seed 46); docs/RELIABILITY.md"]
 fn kill_and_restart_loop_between_requests_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| run(seed, members(seed), true, &mut total));
@@ -771,7 +801,7 @@ fn kill_and_restart_loop_survey() {
     for &quiet in modes {
         let (f, failing) = survey(500, quiet);
         eprintln!("DeltaManager survey (quiet kills: {quiet}): {} failing seeds of 500; passing seeds: {f:?}", failing.len());
-        for (seed, msg) in failing.iter().take(20) {
+        for (seed, msg) in &failing {
             eprintln!("  seed {seed}: {msg}");
         }
     }
