@@ -657,46 +657,47 @@ fn hostile_input_closes_only_that_connection() {
         assert_eq!(used, reply.len(), "nothing after the refusal");
         check("other cluster", before, 0, 1);
 
-        // (e) Protocol version 2: in a frame header, and in a handshake body carried by a
-        // version-1 frame: both refused with a reason.
+        // (e) Another protocol version (the next one): in a frame header, and in a handshake
+        // body carried by a frame of this version: both refused with a reason.
+        let other = PROTOCOL_VERSION + 1;
         let before = counters(&st);
         let mut c = raw(addr);
         let hs = Handshake {
             cluster: cluster.clone(),
-            protocol_version: 2,
+            protocol_version: other,
             member: fake_member("raw-v2"),
             incarnation: 1,
             lane: 1,
         };
         c.write_all(&frame_with_version(
-            2,
+            other,
             FrameKind::Handshake,
             &encode_body(&hs),
         ))
         .expect("write");
-        let reply = expect_closed(&mut c, "version 2 frame");
+        let reply = expect_closed(&mut c, "next version frame");
         let (f, _) = parse_frame(&reply, 1 << 20)
             .expect("a valid frame")
             .expect("a whole frame before the close");
         assert_eq!(f.header.kind, FrameKind::HandshakeRefuse);
         let reason: Reason = decode_body(f.body).expect("a reason");
         assert!(
-            reason.reason.contains("protocol version 2"),
+            reason.reason.contains(&format!("protocol version {other}")),
             "{}",
             reason.reason
         );
-        check("version 2 frame", before, 0, 1);
+        check("next version frame", before, 0, 1);
 
         let before = counters(&st);
         let mut c = raw(addr);
-        c.write_all(&handshake_frame(&cluster, 2, "raw-v2-body"))
+        c.write_all(&handshake_frame(&cluster, other, "raw-v2-body"))
             .expect("write");
-        let reply = expect_closed(&mut c, "version 2 handshake");
+        let reply = expect_closed(&mut c, "next version handshake");
         let (f, _) = parse_frame(&reply, 1 << 20)
             .expect("a valid frame")
             .expect("a whole frame");
         assert_eq!(f.header.kind, FrameKind::HandshakeRefuse);
-        check("version 2 handshake", before, 0, 1);
+        check("next version handshake", before, 0, 1);
 
         // (f) A corrupted frame (bad checksum) after a valid handshake.
         let before = counters(&st);
