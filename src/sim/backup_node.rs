@@ -1197,8 +1197,22 @@ impl Node for BackupNode {
 // ---- invariants ----
 
 /// Whether node `n` (in its current life) holds `change`.
-pub fn holds(sim: &Sim<BackupNode>, n: NodeId, change: &Change) -> bool {
-    sim.node(n).has(change)
+///
+/// A version is also held on a later id of the session's chain (by the oracle) at that version
+/// or newer, as the DeltaManager's `holds` counts it: a member that acked a copy of the old id,
+/// was told to drop it (re-placement) and then got the renamed session as a new backup holds
+/// the change, though it never renamed anything itself.
+pub fn holds(sim: &Sim<BackupNode>, world: &World, n: NodeId, change: &Change) -> bool {
+    let node = sim.node(n);
+    node.has(change)
+        || match change {
+            Change::Version(id, v) => world
+                .oracle
+                .chain(id)
+                .iter()
+                .any(|c| node.core().session(c).is_some_and(|s| s.version() >= *v)),
+            _ => false,
+        }
 }
 
 /// Per (node, life, id): the last version seen.
@@ -1324,7 +1338,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
             };
             for &(n, life) in &a.by {
                 let current = w.lives.get(&n).copied() == Some(life) && sim.is_up(n);
-                if !current || holds(sim, n, &a.change) {
+                if !current || holds(sim, &w, n, &a.change) {
                     continue;
                 }
                 // Between its ack and the last one, the acker may have been told to drop its

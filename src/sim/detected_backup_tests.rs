@@ -491,9 +491,11 @@ fn membership_detected_restart_loses_no_acknowledged_change() {
     }
 }
 
-/// The restart and the partition in one run.
+/// The restart and the partition in one run. (It failed on 6 of 100 seeds, history-never-forks,
+/// until `BackupCore::set_members` stopped failing over a session whose primary spoke since it
+/// was last listed, or that a fetcher the backup answered will claim; which of the two it needed
+/// was not measured.)
 #[test]
-#[ignore = "bug, not diagnosed: 6 of 100 seeds (21, 37, 48, 61, 64, 68) break history-never-forks (two states for one version of a session), e.g. seed 37 at 597 ms: version 8 made by n0 and by n1"]
 fn membership_detected_restart_and_partition_lose_no_acknowledged_change() {
     let v = Variant {
         moves: false,

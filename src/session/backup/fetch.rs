@@ -172,6 +172,8 @@ impl BackupCore {
         let current = self.is_primary(id);
         if current && state.is_some() && from != local {
             self.hand_over_to(id, from, epoch.saturating_add(1));
+        } else if state.is_some() && from != local {
+            self.answered.insert(id.clone(), from);
         }
         vec![Self::to(
             from,

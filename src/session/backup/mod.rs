@@ -129,6 +129,10 @@ pub struct BackupCore {
     /// Every member ever in the list: only a primary seen and then gone is failed over (at
     /// start, a copy may arrive from a member the list does not hold yet).
     seen: std::collections::BTreeSet<MemberId>,
+    /// Members seen before, not listed now, that spoke to this node since they were last
+    /// listed: alive, only not noticed back yet (a partition healing one member after another).
+    /// A session that follows one of them is not failed over (see `set_members`).
+    unlisted_alive: std::collections::BTreeSet<MemberId>,
     entries: BTreeMap<SessionId, Entry>,
     ended: Bounded<Tomb>,
     /// The highest claim heard for sessions not held here, so a late copy from a superseded
@@ -136,6 +140,10 @@ pub struct BackupCore {
     claims: Bounded<Claim>,
     /// Fetches in progress: answers still awaited, and the claim of the copy taken so far.
     fetching: BTreeMap<SessionId, Fetching>,
+    /// Sessions backed up here whose copy this node gave to another member's fetch, with that
+    /// member: while it is listed, it takes the session with a claim above any failover made
+    /// here, so this node does not fail the session over (see `set_members`).
+    answered: BTreeMap<SessionId, MemberId>,
     /// The application's say on copies that diverged (see `reconcile`).
     merger: Option<Arc<dyn SessionMerger>>,
     /// Where new session ids come from.
@@ -151,10 +159,12 @@ impl BackupCore {
             route: route.to_string(),
             members: Vec::new(),
             seen: std::collections::BTreeSet::new(),
+            unlisted_alive: std::collections::BTreeSet::new(),
             entries: BTreeMap::new(),
             ended: Bounded::new(max),
             claims: Bounded::new(max),
             fetching: BTreeMap::new(),
+            answered: BTreeMap::new(),
             merger: None,
             ids: Box::new(OsRandom),
         }
@@ -282,6 +292,9 @@ impl BackupCore {
     /// A message from member `from`.
     pub fn handle(&mut self, from: MemberId, msg: &BackupMessage) -> (Vec<Out>, Vec<SessionEvent>) {
         use BackupMessage as M;
+        if self.seen.contains(&from) && self.members.binary_search(&from).is_err() {
+            self.unlisted_alive.insert(from);
+        }
         match msg {
             M::Copy {
                 state,
