@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::raw::read_raw_frame;
 use common::*;
 use parking_lot::{Condvar, Mutex};
 use std::io::{self, Read, Write};
@@ -145,19 +146,6 @@ impl ProxyShared {
         }
         self.cuts.fetch_add(1, SeqCst);
     }
-}
-
-/// Reads one frame (header and body) as raw bytes.
-fn read_raw_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut f = vec![0u8; HEADER_LEN];
-    s.read_exact(&mut f)?;
-    let len = u32::from_le_bytes([f[8], f[9], f[10], f[11]]) as usize;
-    if len > 64 << 20 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too big"));
-    }
-    f.resize(HEADER_LEN + len, 0);
-    s.read_exact(&mut f[HEADER_LEN..])?;
-    Ok(f)
 }
 
 fn kind_of(frame: &[u8]) -> u8 {

@@ -6,61 +6,21 @@
 //!
 //! Run: `cargo test --release --test http_adapters`.
 
-#[path = "../examples/http_node/client.rs"]
-mod client;
 mod common;
 
-use client::{exchange, Client, Reply};
-use common::procs::{example_exe, pump, Output};
+use common::client::{exchange, Client, Reply};
+use common::procs::{example_exe, get, get_until, json_number, Proc, LIMIT};
 use common::wait_until;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Once};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// The adapter examples for this build profile, (re)built once per test binary: `cargo test
-/// --test http_adapters` alone builds no example, and a stale binary would be tested.
-fn adapter_exe(name: &str) -> std::path::PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let Ok(cargo) = std::env::var("CARGO") else {
-            return; // not run by cargo: use what is there
-        };
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", "tiny_http_node"])
-            .args(["--example", "rouille_node"]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo");
-        assert!(
-            status.success(),
-            "cargo build of the adapter examples failed"
-        );
-    });
-    example_exe(name)
-}
-
-/// One adapter process.
-struct Proc {
-    name: String,
-    http: SocketAddr,
-    receiver: SocketAddr,
-    child: Child,
-    out: Arc<Output>,
-    exited: bool,
-}
-
+/// The adapter processes, as the shared [`Proc`] (the adapter examples are built with the
+/// others, by `example_exe`).
 impl Proc {
     /// Starts `exe` as node `name` on ephemeral ports, with `members`' receivers as static
     /// members, and waits for its ready line.
     fn spawn(exe: &str, name: &str, manager: &str, members: &[&Proc]) -> Proc {
-        let mut cmd = Command::new(adapter_exe(exe));
+        let mut cmd = Command::new(example_exe(exe));
         cmd.args(["--name", name, "--manager", manager]).args([
             "--http",
             "127.0.0.1:0",
@@ -69,73 +29,11 @@ impl Proc {
         for m in members {
             cmd.args(["--member", &m.receiver.to_string()]);
         }
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null());
+        let mut p = Proc::start(format!("{exe} {name}"), &mut cmd)
             .unwrap_or_else(|e| panic!("spawn {exe}: {e}"));
-        let out = Arc::new(Output::default());
-        pump(out.clone(), false, child.stdout.take().expect("stdout"));
-        pump(out.clone(), true, child.stderr.take().expect("stderr"));
-        let unset = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut p = Proc {
-            name: format!("{exe} {name}"),
-            http: unset,
-            receiver: unset,
-            child,
-            out,
-            exited: false,
-        };
-        // `<exe> node1 listening on http://127.0.0.1:P (cluster receiver 127.0.0.1:Q)`
-        let line = p.wait_line("its ready line", |stderr, l| {
-            !stderr && l.contains(" listening on http://")
-        });
-        let http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        let receiver = line
-            .split("cluster receiver ")
-            .nth(1)
-            .and_then(|r| r.trim_end_matches(')').parse().ok());
-        match (http, receiver) {
-            (Some(h), Some(r)) => (p.http, p.receiver) = (h, r),
-            _ => panic!("cannot read addresses from `{line}`"),
-        }
+        p.wait_ready();
         p
-    }
-
-    fn wait_line(&self, what: &str, pred: impl Fn(bool, &str) -> bool) -> String {
-        let deadline = Instant::now() + LIMIT;
-        let mut lines = self.out.lines.lock();
-        loop {
-            if let Some((_, l)) = lines.iter().find(|(s, l)| pred(*s, l)) {
-                return l.clone();
-            }
-            if self
-                .out
-                .changed
-                .wait_until(&mut lines, deadline)
-                .timed_out()
-            {
-                drop(lines);
-                panic!("{} did not print {what}\n{}", self.name, self.dump());
-            }
-        }
-    }
-
-    fn dump(&self) -> String {
-        format!("--- {} ---\n{}", self.name, self.out.text())
-    }
-
-    /// SIGKILL: no goodbye, no last replication.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-        self.exited = true;
     }
 
     /// `/app/health` (200 once ready, 503 before).
@@ -144,50 +42,6 @@ impl Proc {
             .get(self.http, "/app/health")
             .unwrap_or_else(|e| panic!("{} health: {e}\n{}", self.name, self.dump()))
     }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.dump());
-        }
-    }
-}
-
-/// The number after `"key":` in a flat JSON object.
-fn json_number(json: &str, key: &str) -> u64 {
-    let pat = format!("\"{key}\":");
-    json.split(&pat)
-        .nth(1)
-        .map(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no number {key} in {json}"))
-}
-
-fn get(c: &mut Client, node: &Proc, path: &str) -> Reply {
-    c.get(node.http, path)
-        .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", node.name))
-}
-
-/// GET until the answer has `status`, within the limit (replication may still be on its way).
-fn get_until(c: &mut Client, node: &Proc, path: &str, status: u16) -> Reply {
-    let mut last = None;
-    let ok = wait_until(LIMIT, || {
-        let r = get(c, node, path);
-        let done = r.status == status;
-        last = Some(r);
-        done
-    });
-    assert!(ok, "GET {path} on {} never {status}: {last:?}", node.name);
-    last.expect("at least one answer")
 }
 
 /// Sessions held, summed over `nodes`, until it is `want` (the BackupManager's hand-over of a

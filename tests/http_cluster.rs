@@ -7,42 +7,28 @@
 //! Ports are the OS's (port 0), read back from each node's ready line, so the test runs beside
 //! any other; the example config files' fixed ports are overridden by flags.
 
-#[path = "../examples/http_node/client.rs"]
-mod client;
 mod common;
 // The example's server, for its unit tests (request parsing) run here: examples' own
 // `#[cfg(test)]` modules are not run by `cargo test`.
 #[path = "../examples/http_node/http.rs"]
 mod http;
 
-use client::{exchange, Client, Reply};
-use common::procs::{example_exe, pump, Output};
+use common::client::{self, exchange, Client, Reply};
+use common::procs::{example_exe, get, get_until, json_number, pump, Output, Proc, LIMIT};
 use common::wait_until;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const LIMIT: Duration = Duration::from_secs(20);
 
 fn http_node_exe() -> PathBuf {
     example_exe("http_node")
 }
 
-/// An `http_node` process.
-struct Proc {
-    name: String,
-    http: SocketAddr,
-    receiver: SocketAddr,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Arc<Output>,
-    exited: bool,
-}
-
+/// `http_node` processes, as the shared [`Proc`].
 impl Proc {
     /// Starts node `name` (`node1` reads the settings of `examples/config/server1.toml` when that
     /// file exists), on ephemeral ports, listing `members`' receivers as static members.
@@ -74,98 +60,10 @@ impl Proc {
         }
         // Last: a flag given twice counts once, the last time.
         cmd.args(extra);
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn http_node");
-        let out = Arc::new(Output::default());
-        pump(out.clone(), false, child.stdout.take().expect("stdout"));
-        pump(out.clone(), true, child.stderr.take().expect("stderr"));
-        let mut p = Proc {
-            name: name.into(),
-            http: SocketAddr::from(([127, 0, 0, 1], 0)),
-            receiver: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stdin: child.stdin.take(),
-            child,
-            out,
-            exited: false,
-        };
-        // `http_node node1 listening on http://127.0.0.1:P (cluster receiver 127.0.0.1:Q)`
-        let line = p.wait_line("its ready line", |s, l| {
-            !s && l.contains(" listening on http://")
-        });
-        let http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        let receiver = line
-            .split("cluster receiver ")
-            .nth(1)
-            .and_then(|r| r.trim_end_matches(')').parse().ok());
-        match (http, receiver) {
-            (Some(h), Some(r)) => (p.http, p.receiver) = (h, r),
-            _ => panic!("cannot read addresses from `{line}`"),
-        }
+        cmd.env("RUST_LOG", "info").stdin(Stdio::piped());
+        let mut p = Proc::start(name, &mut cmd).expect("spawn http_node");
+        p.wait_ready();
         p
-    }
-
-    fn wait_line(&self, what: &str, pred: impl Fn(bool, &str) -> bool) -> String {
-        self.wait_line_by(Instant::now() + LIMIT, what, pred)
-    }
-
-    /// Like `wait_line`, by `deadline`.
-    fn wait_line_by(
-        &self,
-        deadline: Instant,
-        what: &str,
-        pred: impl Fn(bool, &str) -> bool,
-    ) -> String {
-        let mut lines = self.out.lines.lock();
-        loop {
-            if let Some((_, l)) = lines.iter().find(|(s, l)| pred(*s, l)) {
-                return l.clone();
-            }
-            if self
-                .out
-                .changed
-                .wait_until(&mut lines, deadline)
-                .timed_out()
-            {
-                drop(lines);
-                panic!("{} did not print {what}\n{}", self.name, self.dump());
-            }
-        }
-    }
-
-    fn dump(&self) -> String {
-        format!("--- {} ---\n{}", self.name, self.out.text())
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-        self.exited = true;
-    }
-
-    /// Closes stdin (`--stop-on-stdin-eof`) and checks a clean exit.
-    fn stop(&mut self) {
-        self.stdin.take();
-        let mut status = None;
-        let exited = wait_until(LIMIT, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        self.exited = exited;
-        assert!(
-            exited && status.is_some_and(|s| s.success()),
-            "{} did not stop cleanly ({status:?})\n{}",
-            self.name,
-            self.dump()
-        );
     }
 
     /// `/app/health`, as text (200 when ready, 503 before: the same JSON).
@@ -190,51 +88,9 @@ impl Proc {
         assert!(st.success(), "kill -{signal} {}: {st}", self.name);
     }
 
-    /// Waits for the process to end, and checks that it ended with status 0.
-    fn wait_exit_ok(&mut self) {
-        let mut status = None;
-        let exited = wait_until(LIMIT, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        self.exited = exited;
-        assert!(
-            exited && status.is_some_and(|s| s.success()),
-            "{} did not stop cleanly ({status:?})\n{}",
-            self.name,
-            self.dump()
-        );
-    }
-
     fn health_number(&self, key: &str) -> u64 {
         json_number(&self.health(), key)
     }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.dump());
-        }
-    }
-}
-
-/// The number after `"key":` in a flat JSON object.
-fn json_number(json: &str, key: &str) -> u64 {
-    let pat = format!("\"{key}\":");
-    json.split(&pat)
-        .nth(1)
-        .map(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no number {key} in {json}"))
 }
 
 /// Three nodes that all see each other, ready to serve.
@@ -251,24 +107,6 @@ fn cluster(manager: &str) -> Vec<Proc> {
         assert!(ok, "{} never saw both others: {}", n.name, n.health());
     }
     nodes
-}
-
-fn get(c: &mut Client, node: &Proc, path: &str) -> Reply {
-    c.get(node.http, path)
-        .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", node.name))
-}
-
-/// GET until the answer has `status`, within the limit (replication may still be on its way).
-fn get_until(c: &mut Client, node: &Proc, path: &str, status: u16) -> Reply {
-    let mut last = None;
-    let ok = wait_until(LIMIT, || {
-        let r = get(c, node, path);
-        let done = r.status == status;
-        last = Some(r);
-        done
-    });
-    assert!(ok, "GET {path} on {} never {status}: {last:?}", node.name);
-    last.expect("at least one answer")
 }
 
 /// With the BackupManager, waits until the session that just moved is held by exactly its

@@ -29,18 +29,16 @@
 //! ignored with the reason. All of them:
 //! `cargo test --test http_faults -- --include-ignored --nocapture`.
 
-#[path = "../examples/http_node/client.rs"]
-mod client;
 mod common;
 
-use client::Client;
-use common::procs::{example_exe, pump, Output};
+use common::client::Client;
+use common::procs::{example_exe, try_json_number, Output, Proc};
 use common::wait_until;
 use parking_lot::Mutex;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,17 +80,7 @@ fn http_node_exe() -> PathBuf {
     example_exe("http_node")
 }
 
-/// One run of an `http_node` process.
-struct Proc {
-    name: String,
-    http: SocketAddr,
-    receiver: SocketAddr,
-    child: Child,
-    _stdin: Option<ChildStdin>,
-    out: Arc<Output>,
-    exited: bool,
-}
-
+/// Runs of `http_node` processes, as the shared [`Proc`] (one run each: a restart is a new one).
 impl Proc {
     /// Starts node `name` from `examples/config/serverN.toml`, on `http` and `receiver` (port 0:
     /// the OS chooses), listing `members` as static members. `Err` with the output if it did
@@ -121,29 +109,15 @@ impl Proc {
         for m in members {
             cmd.args(["--member", &m.to_string()]);
         }
-        let mut child = cmd
-            // TRIBECAST_FAULTS_LOG=tribecast=debug for a post-mortem.
-            .env(
-                "RUST_LOG",
-                std::env::var("TRIBECAST_FAULTS_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn http_node");
-        let out = Arc::new(Output::default());
-        pump(out.clone(), false, child.stdout.take().expect("stdout"));
-        pump(out.clone(), true, child.stderr.take().expect("stderr"));
-        let mut p = Proc {
-            name: name.into(),
-            http,
-            receiver,
-            _stdin: child.stdin.take(),
-            child,
-            out,
-            exited: false,
-        };
+        // TRIBECAST_FAULTS_LOG=tribecast=debug for a post-mortem.
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TRIBECAST_FAULTS_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::piped());
+        let mut p = Proc::start(name, &mut cmd).expect("spawn http_node");
+        // A failed run saves every run's output to files: no dump on stderr.
+        p.dump_on_panic = false;
         // `http_node node1 listening on http://127.0.0.1:P (cluster receiver 127.0.0.1:Q)`,
         // or an exit (a port taken).
         let deadline = Instant::now() + LIMIT;
@@ -169,30 +143,8 @@ impl Proc {
                 return Err(format!("{name} printed no ready line\n{}", p.text()));
             }
         };
-        let http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        let receiver = line
-            .split("cluster receiver ")
-            .nth(1)
-            .and_then(|r| r.trim_end_matches(')').parse().ok());
-        match (http, receiver) {
-            (Some(h), Some(r)) => (p.http, p.receiver) = (h, r),
-            _ => panic!("cannot read addresses from `{line}`"),
-        }
+        p.read_addresses(&line);
         Ok(p)
-    }
-
-    fn text(&self) -> String {
-        self.out.text()
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-        self.exited = true;
     }
 
     /// `/app/health` body, if it answered 200.
@@ -212,15 +164,6 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// `HH:MM:SS.mmm` UTC, as in the nodes' log lines.
 fn utc_time_of_day() -> String {
     let ms = std::time::SystemTime::now()
@@ -228,19 +171,6 @@ fn utc_time_of_day() -> String {
         .map_or(0, |d| d.as_millis());
     let (s, ms) = (ms / 1000 % 86_400, ms % 1000);
     format!("{:02}:{:02}:{:02}.{ms:03}", s / 3600, s / 60 % 60, s % 60)
-}
-
-/// The number after `"key":` in a flat JSON object.
-fn json_number(json: &str, key: &str) -> Option<u64> {
-    let pat = format!("\"{key}\":");
-    json.split(&pat)
-        .nth(1)
-        .map(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .and_then(|d| d.parse().ok())
 }
 
 /// The string after `"key":"` in a flat JSON object.
@@ -357,7 +287,7 @@ fn user_loop(
         totals.requests.fetch_add(1, Ordering::Relaxed);
         match c.get(addr, "/app/counter") {
             Ok(r) if r.status == 200 => {
-                let n = json_number(&r.body, "counter").expect("counter in the answer");
+                let n = try_json_number(&r.body, "counter").expect("counter in the answer");
                 let session = json_string(&r.body, "session").unwrap_or("");
                 if session != rep.session && same_session(session, &rep.session) {
                     // Rebound to the serving node's route after its node left (the
@@ -616,7 +546,7 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
         rep.final_counter = peek.ok().and_then(|r| {
             let same =
                 json_string(&r.body, "session").is_some_and(|s| same_session(s, &rep.session));
-            json_number(&r.body, "counter").filter(|_| r.status == 200 && same)
+            try_json_number(&r.body, "counter").filter(|_| r.status == 200 && same)
         });
         rep.final_profile = c.get(node.http, "/app/profile").ok().map(|r| {
             if r.body.contains("\"username\":") {

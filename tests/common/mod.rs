@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: loopback channels and waiting with a deadline.
 #![allow(dead_code)]
 
+// The HTTP client of the `http_node` example, for the tests that run its processes.
+#[path = "../../examples/http_node/client.rs"]
+pub mod client;
 pub mod procs;
 pub mod raw;
 
@@ -696,13 +699,8 @@ pub mod node {
 
     impl Drop for NodeProc {
         fn drop(&mut self) {
-            if !self.exited {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-            if std::thread::panicking() {
-                eprintln!("{}", self.dump());
-            }
+            let dump = std::thread::panicking().then(|| self.dump());
+            super::procs::end_child(&mut self.child, self.exited, dump);
         }
     }
 }

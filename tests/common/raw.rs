@@ -8,12 +8,17 @@ use tribecast::wire::frame::{encode_frame, HEADER_LEN, PROTOCOL_VERSION};
 use tribecast::wire::{encode_body, FrameKind, Handshake};
 use tribecast::{Member, MemberId};
 
-/// Reads one frame (header and body); refuses a body over 64 KiB.
+/// The largest body [`read_raw_frame`] reads: 64 MiB, room for the largest frames the tests
+/// relay (a proxy between two members passes data frames of any size the channel allows);
+/// a length claimed above it is taken for garbage.
+pub const MAX_RAW_BODY: usize = 64 << 20;
+
+/// Reads one frame (header and body); refuses a body over [`MAX_RAW_BODY`] (64 MiB).
 pub fn read_raw_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut f = vec![0u8; HEADER_LEN];
     s.read_exact(&mut f)?;
     let len = u32::from_le_bytes([f[8], f[9], f[10], f[11]]) as usize;
-    if len > 64 << 10 {
+    if len > MAX_RAW_BODY {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too big"));
     }
     f.resize(HEADER_LEN + len, 0);
