@@ -1,0 +1,637 @@
+//! Unit tests of the manager core: waits and verdicts, catch-up, state transfer, rebinding.
+use super::*;
+use crate::session::id::OsRandom;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn m(i: u8) -> MemberId {
+    MemberId([i; 16])
+}
+
+/// Members 1..=n, each a ManagerCore of `kind`, started and seeing every other.
+fn cluster(kind: ManagerKind, n: u8) -> Vec<ManagerCore> {
+    let cfg = ManagerConfig {
+        kind,
+        rpc_timeout: Duration::from_millis(100),
+        ..ManagerConfig::default()
+    };
+    let all: Vec<MemberId> = (1..=n).map(m).collect();
+    (1..=n)
+        .map(|i| {
+            let mut c = ManagerCore::new("/app", &format!("n{i}"), &cfg, SendOptions::SYNC_ACK);
+            c.set_id_source(Box::new(OsRandom));
+            c.started(m(i), None, T0);
+            c.members_changed(all.clone(), T0);
+            c
+        })
+        .collect()
+}
+
+/// Delivers `outs` of member `from` and everything they cause; returns the verdicts given.
+fn deliver(
+    nodes: &mut [ManagerCore],
+    from: u8,
+    outs: Vec<POut>,
+) -> Vec<(u8, Token, Option<Session>)> {
+    let mut queue: Vec<(u8, POut)> = outs.into_iter().map(|o| (from, o)).collect();
+    let mut verdicts = Vec::new();
+    while !queue.is_empty() {
+        let (src, out) = queue.remove(0);
+        let dests: Vec<u8> = match out.dest {
+            Dest::All => (1..=nodes.len() as u8).filter(|d| *d != src).collect(),
+            Dest::Member(id) => vec![id.0[0]],
+        };
+        for d in dests {
+            let (ready, _) = nodes[usize::from(d - 1)].receive(m(src), &out.msg, T0);
+            verdicts.extend(ready.verdicts.into_iter().map(|(t, s)| (d, t, s)));
+            queue.extend(ready.outs.into_iter().map(|o| (d, o)));
+        }
+    }
+    verdicts
+}
+
+/// A DeltaManager member 2 that expects members, and its request for every session to
+/// member 1, which it has just seen.
+fn joiner_asking_member_one() -> (ManagerCore, Ready) {
+    let cfg = ManagerConfig::default();
+    let mut joiner = ManagerCore::new("/app", "n2", &cfg, SendOptions::SYNC_ACK);
+    joiner.started(m(2), Some(Duration::from_secs(1)), T0);
+    let donor = Member {
+        id: m(1),
+        name: "n1".into(),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
+        domain: String::new(),
+    };
+    let ask = joiner.member_added(&donor, T0);
+    (joiner, ask)
+}
+
+fn login(nodes: &mut [ManagerCore], on: u8) -> SessionId {
+    let c = &mut nodes[usize::from(on - 1)];
+    let (mut copy, _) = c.create(T0).expect("id");
+    copy.set("user", &"ann").expect("set");
+    let id = copy.id().clone();
+    let (_, ready) = c.end_request(copy, true, T0);
+    assert_eq!(
+        ready.options,
+        SendOptions::SYNC_ACK,
+        "a request's own options"
+    );
+    deliver(nodes, on, ready.outs);
+    id
+}
+
+/// A backup manager asked for a session another member serves waits; the verdict comes in
+/// the batch of the answer, after the messages the answer made this member send.
+#[test]
+fn a_fetch_waits_and_its_verdict_follows_the_messages_of_the_answer() {
+    let mut nodes = cluster(ManagerKind::Backup, 3);
+    let id = login(&mut nodes, 1);
+    // The member that is neither primary nor backup.
+    let third = (2..=3u8)
+        .find(|i| nodes[usize::from(i - 1)].core().session(&id).is_none())
+        .expect("one member holds no copy");
+    let (begin, ready) = nodes[usize::from(third - 1)].begin_request(&id, T0);
+    let Begin::Wait { token, deadline_ms } = begin else {
+        panic!("a session served elsewhere is fetched");
+    };
+    assert_eq!(deadline_ms, T0 + 100);
+    assert_eq!(
+        nodes[usize::from(third - 1)].next_deadline(),
+        Some(T0 + 100)
+    );
+    assert!(
+        ready.options.is_async(),
+        "a fetch is sent in the background"
+    );
+    let verdicts = deliver(&mut nodes, third, ready.outs);
+    let got: Vec<_> = verdicts
+        .iter()
+        .filter(|(n, t, _)| *n == third && *t == token)
+        .collect();
+    assert_eq!(got.len(), 1, "one verdict: {verdicts:?}");
+    let s = got[0].2.as_ref().expect("the session");
+    assert_eq!(s.get::<String>("user").unwrap().as_deref(), Some("ann"));
+    assert!(nodes[usize::from(third - 1)].core().served(&id).is_some());
+}
+
+/// Nobody answers: the first tick at the deadline gives the request its verdict (the copy
+/// held here, or none), not before.
+#[test]
+fn an_unanswered_fetch_ends_at_its_deadline() {
+    let mut nodes = cluster(ManagerKind::Backup, 3);
+    let id = login(&mut nodes, 1);
+    let third = (2..=3u8)
+        .find(|i| nodes[usize::from(i - 1)].core().session(&id).is_none())
+        .expect("one member holds no copy");
+    let c = &mut nodes[usize::from(third - 1)];
+    let (Begin::Wait { token, deadline_ms }, _) = c.begin_request(&id, T0) else {
+        panic!("fetched");
+    };
+    assert!(
+        c.tick(deadline_ms - 1).verdicts.is_empty(),
+        "not before the deadline"
+    );
+    let ready = c.tick(deadline_ms);
+    assert_eq!(ready.verdicts.len(), 1);
+    assert_eq!(ready.verdicts[0].0, token);
+    assert!(
+        ready.verdicts[0].1.is_none(),
+        "no copy anywhere it heard from"
+    );
+}
+
+/// A BackupManager's backup that asked its primary for a copy (a gap) still fetches the
+/// session for a request at once: it does not wait for that copy, which it would not serve
+/// (before, the request waited until the deadline and then had no session).
+#[test]
+fn a_backup_behind_its_primary_fetches_for_a_request() {
+    let mut nodes = cluster(ManagerKind::Backup, 2);
+    let id = login(&mut nodes, 1);
+    let mut copy = nodes[0].core().session(&id).cloned().expect("held");
+    copy.set("n", &1u8).expect("set");
+    let (_, first) = nodes[0].end_request(copy, true, T0 + 1);
+    drop(first); // member 2 misses it
+    let mut copy = nodes[0].core().session(&id).cloned().expect("held");
+    copy.set("n", &2u8).expect("set");
+    let (_, second) = nodes[0].end_request(copy, true, T0 + 2);
+    let (ready, verdict) = nodes[1].receive(m(1), &second.outs[0].msg, T0 + 2);
+    assert!(verdict.is_err(), "a gap");
+    assert_eq!(ready.counts.resyncs, 1, "asked for a copy");
+    let (begin, ready) = nodes[1].begin_request(&id, T0 + 3);
+    assert!(matches!(begin, Begin::Wait { .. }), "waits for the fetch");
+    let verdicts = deliver(&mut nodes, 2, ready.outs);
+    let s = verdicts
+        .into_iter()
+        .find_map(|(n, _, s)| s.filter(|_| n == 2))
+        .expect("the fetch's verdict: the session");
+    assert_eq!(s.get::<u8>("n").expect("n"), Some(2));
+}
+
+/// A change that cannot be applied (a gap) is refused for a synchronized-ack sender, and
+/// the session is asked for.
+#[test]
+fn a_change_with_a_gap_gets_a_refusal_verdict() {
+    let mut nodes = cluster(ManagerKind::Delta, 2);
+    let (copy, _) = nodes[0].create(T0).expect("id");
+    let id = copy.id().clone();
+    let (_, created) = nodes[0].end_request(copy, true, T0);
+    // Member 2 never gets the creation; the next change shows it the gap.
+    drop(created);
+    let mut copy = nodes[0].core().session(&id).cloned().expect("held");
+    copy.set("n", &1u8).expect("set");
+    let (_, change) = nodes[0].end_request(copy, true, T0 + 1);
+    let (ready, verdict) = nodes[1].receive(m(1), &change.outs[0].msg, T0 + 1);
+    let why = verdict.expect_err("not applied");
+    assert!(why.contains("an earlier change is missing"), "{why}");
+    assert_eq!(ready.counts.resyncs, 1);
+}
+
+/// Two changes on member 1; member 2 gets only the second (a gap). Returns the session
+/// and what member 2 sent after the gap (its request for the session).
+fn behind_on_member_two(nodes: &mut [ManagerCore]) -> (SessionId, Vec<POut>) {
+    let (copy, _) = nodes[0].create(T0).expect("id");
+    let id = copy.id().clone();
+    let (_, created) = nodes[0].end_request(copy, true, T0);
+    deliver(nodes, 1, created.outs);
+    let mut outs = Vec::new();
+    for n in 1..=2u8 {
+        let mut c = nodes[0].core().session(&id).cloned().expect("held");
+        c.set("n", &n).expect("set");
+        let (_, ready) = nodes[0].end_request(c, true, T0 + u64::from(n));
+        outs.push(ready.outs);
+    }
+    let (ready, verdict) = nodes[1].receive(m(1), &outs[1][0].msg, T0 + 3);
+    assert!(verdict.is_err(), "a gap is refused");
+    (id, ready.outs)
+}
+
+/// A DeltaManager that asked for a session after a gap does not serve its stale copy: a
+/// request waits, and gets the copy when it arrives.
+#[test]
+fn a_request_for_a_copy_known_to_be_behind_waits_for_the_copy() {
+    let mut nodes = cluster(ManagerKind::Delta, 2);
+    let (id, asked) = behind_on_member_two(&mut nodes);
+    let (Begin::Wait { token, .. }, _) = nodes[1].begin_request(&id, T0 + 4) else {
+        panic!("a copy known to be behind was served");
+    };
+    let verdicts = deliver(&mut nodes, 2, asked);
+    let (_, _, copy) = verdicts
+        .iter()
+        .find(|(n, t, _)| *n == 2 && *t == token)
+        .expect("the copy's arrival gives the verdict");
+    let copy = copy.as_ref().expect("the session");
+    assert_eq!(copy.get::<u8>("n").unwrap(), Some(2), "the current copy");
+    let (Begin::Now(Some(_)), _) = nodes[1].begin_request(&id, T0 + 5) else {
+        panic!("once the copy is here, requests are served at once");
+    };
+}
+
+/// The copy asked for never comes (its sender died): at the deadline the request is served
+/// the copy held here.
+#[test]
+fn a_copy_asked_for_that_never_comes_is_given_up_at_the_deadline() {
+    let mut nodes = cluster(ManagerKind::Delta, 2);
+    let (id, _lost) = behind_on_member_two(&mut nodes);
+    let (Begin::Wait { token, deadline_ms }, _) = nodes[1].begin_request(&id, T0 + 4) else {
+        panic!("waits");
+    };
+    assert!(nodes[1].tick(deadline_ms - 1).verdicts.is_empty());
+    let ready = nodes[1].tick(deadline_ms);
+    assert_eq!(ready.verdicts.len(), 1);
+    assert_eq!(ready.verdicts[0].0, token);
+    let copy = ready.verdicts[0].1.as_ref().expect("the copy held here");
+    assert_eq!(
+        copy.get::<u8>("n").unwrap(),
+        None,
+        "behind, but the best there is"
+    );
+}
+
+/// A joiner is ready once its state transfer is complete, but a change its donor made
+/// after the snapshot, before the donor listed the joiner, reaches the joiner only with the
+/// donor's digest. The joiner asks every member for its digest when its transfer is done and
+/// holds requests until each has answered whole and the copies it showed behind arrived:
+/// the request is served the donor's latest change, not the snapshot's copy.
+#[test]
+fn a_joiner_does_not_serve_a_copy_older_than_its_donors_latest_change() {
+    let cfg = ManagerConfig::default();
+    let mut donor = ManagerCore::new("/app", "n1", &cfg, SendOptions::SYNC_ACK);
+    donor.started(m(1), None, T0);
+    let (mut copy, _) = donor.create(T0).expect("id");
+    copy.set("n", &1u8).expect("set");
+    let id = copy.id().clone();
+    let _ = donor.end_request(copy, true, T0);
+    let (mut joiner, ask) = joiner_asking_member_one();
+    let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
+    // The donor changes the session before it lists the joiner: not sent to it.
+    let mut c = donor.core().session(&id).cloned().expect("held");
+    c.set("n", &2u8).expect("set");
+    let _ = donor.end_request(c, true, T0 + 1);
+    let mut asks = Vec::new();
+    for o in snapshot.outs {
+        asks.extend(joiner.receive(m(1), &o.msg, T0 + 2).0.outs);
+    }
+    assert!(joiner.is_ready());
+    assert!(
+        matches!(
+            asks.as_slice(),
+            [POut {
+                msg: Payload::Delta(SessionMessage::GetDigest),
+                ..
+            }]
+        ),
+        "asks its donor for its digest"
+    );
+    let (begin, _) = joiner.begin_request(&id, T0 + 3);
+    let Begin::Wait { token, deadline_ms } = begin else {
+        panic!("served before the catch-up");
+    };
+    assert_eq!(deadline_ms, T0 + 2 + ms(cfg.rpc_timeout));
+    // The donor answers only once it lists the joiner (every later change goes to the
+    // joiner too); its digest shows the newer copy; the joiner asks for it and gets it.
+    for o in &asks {
+        let (ready, _) = donor.receive(m(2), &o.msg, T0 + 3);
+        assert!(ready.outs.is_empty(), "not listed yet: the answer waits");
+    }
+    let listed = donor.members_changed(vec![m(2)], T0 + 4);
+    let mut queue: Vec<(u8, POut)> = listed.outs.into_iter().map(|o| (1, o)).collect();
+    let mut verdicts = Vec::new();
+    while !queue.is_empty() {
+        let (src, out) = queue.remove(0);
+        let (ready, _) = if src == 2 {
+            donor.receive(m(2), &out.msg, T0 + 4)
+        } else {
+            joiner.receive(m(1), &out.msg, T0 + 4)
+        };
+        verdicts.extend(ready.verdicts);
+        queue.extend(ready.outs.into_iter().map(|o| (3 - src, o)));
+    }
+    let [(t, Some(s))] = verdicts.as_slice() else {
+        panic!("one verdict with the session: {}", verdicts.len());
+    };
+    assert_eq!(*t, token);
+    assert_eq!(
+        s.get::<u8>("n").unwrap(),
+        Some(2),
+        "the donor's latest change"
+    );
+    // Caught up: the next request is served at once.
+    assert!(matches!(
+        joiner.begin_request(&id, T0 + 5).0,
+        Begin::Now(Some(_))
+    ));
+}
+
+/// A joiner that asked a member for its digest does not wait for it once that member has
+/// left; one that never answers is given up at the deadline.
+#[test]
+fn a_joiner_stops_waiting_for_a_digest_of_a_member_gone_or_silent() {
+    let cfg = ManagerConfig::default();
+    let mut donor = ManagerCore::new("/app", "n1", &cfg, SendOptions::SYNC_ACK);
+    donor.started(m(1), None, T0);
+    let (copy, _) = donor.create(T0).expect("id");
+    let id = copy.id().clone();
+    let _ = donor.end_request(copy, true, T0);
+    for gone in [true, false] {
+        let (mut joiner, ask) = joiner_asking_member_one();
+        let _ = joiner.members_changed(vec![m(1)], T0);
+        let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
+        for o in snapshot.outs {
+            let _ = joiner.receive(m(1), &o.msg, T0 + 1);
+        }
+        let (Begin::Wait { token, deadline_ms }, _) = joiner.begin_request(&id, T0 + 2) else {
+            panic!("waits for the digest");
+        };
+        let ready = if gone {
+            joiner.members_changed(Vec::new(), T0 + 3)
+        } else {
+            assert!(joiner.tick(deadline_ms - 1).verdicts.is_empty());
+            joiner.tick(deadline_ms)
+        };
+        assert_eq!(ready.verdicts.len(), 1, "gone: {gone}");
+        assert_eq!(ready.verdicts[0].0, token);
+        assert!(ready.verdicts[0].1.is_some(), "the copy held here");
+    }
+}
+
+/// Known limit (docs/design.md): the donor of a state transfer makes every chunk of the
+/// snapshot in one step, under the manager's lock (issue 15 streams it).
+#[test]
+#[ignore = "known limit: the state-transfer snapshot is made whole under the lock, not streamed (issue 15); docs/design.md"]
+fn a_state_transfer_is_streamed_a_few_chunks_at_a_time() {
+    let cfg = ManagerConfig {
+        send_all_sessions_size: 10,
+        ..ManagerConfig::default()
+    };
+    let mut donor = ManagerCore::new("/app", "n1", &cfg, SendOptions::SYNC_ACK);
+    donor.started(m(1), None, T0);
+    for _ in 0..100 {
+        let (copy, _) = donor.create(T0).expect("id");
+        let _ = donor.end_request(copy, true, T0);
+    }
+    let (ready, _) = donor.receive(m(2), &Payload::Delta(SessionMessage::GetAllSessions), T0);
+    assert!(
+        ready.outs.len() <= 2,
+        "{} chunks made at once",
+        ready.outs.len()
+    );
+}
+
+/// A joiner whose donor's answer is lost (it went to this member's previous incarnation)
+/// asks again after `TRANSFER_REASK_MS` and becomes ready with the second answer, long
+/// before `state_transfer_timeout`.
+#[test]
+fn a_joiner_asks_again_when_no_chunk_of_its_state_transfer_comes() {
+    let mut nodes = cluster(ManagerKind::Delta, 1);
+    let (copy, _) = nodes[0].create(T0).expect("id");
+    let _ = nodes[0].end_request(copy, true, T0);
+    let (mut joiner, lost) = joiner_asking_member_one();
+    assert_eq!(lost.outs.len(), 1, "asked once");
+    assert!(joiner.tick(T0 + TRANSFER_REASK_MS - 1).outs.is_empty());
+    let again = joiner.tick(T0 + TRANSFER_REASK_MS);
+    assert!(
+        matches!(
+            again.outs.as_slice(),
+            [POut {
+                msg: Payload::Delta(SessionMessage::GetAllSessions),
+                ..
+            }]
+        ),
+        "asked again"
+    );
+    let (answer, _) = nodes[0].receive(m(2), &again.outs[0].msg, T0 + TRANSFER_REASK_MS);
+    for o in answer.outs {
+        let _ = joiner.receive(m(1), &o.msg, T0 + TRANSFER_REASK_MS + 1);
+    }
+    assert!(joiner.is_ready());
+    assert_eq!(joiner.core().len(), 1);
+    assert!(
+        joiner.tick(T0 + 3 * TRANSFER_REASK_MS).outs.is_empty(),
+        "not again"
+    );
+}
+
+/// Members 1..=n of `kind` with `policy`, each told the routes of the others (`n1`..).
+fn routed(kind: ManagerKind, n: u8, policy: RebindRoute) -> Vec<ManagerCore> {
+    let mut nodes = cluster(kind, n);
+    for (i, c) in nodes.iter_mut().enumerate() {
+        c.rebind = policy;
+        c.member_routes(
+            (1..=n)
+                .filter(|j| usize::from(*j) != i + 1)
+                .map(|j| format!("n{j}")),
+        );
+    }
+    nodes
+}
+
+/// A request for `id` begins on member `on` (a BackupManager takes it over or fetches it
+/// first); returns its copy.
+fn begin(nodes: &mut [ManagerCore], on: u8, id: &SessionId) -> Session {
+    let (begin, ready) = nodes[usize::from(on - 1)].begin_request(id, T0);
+    let verdicts = deliver(nodes, on, ready.outs);
+    match begin {
+        Begin::Now(s) => s.expect("served at once"),
+        Begin::Wait { token, .. } => verdicts
+            .into_iter()
+            .find(|(n, t, _)| *n == on && *t == token)
+            .and_then(|(_, _, s)| s)
+            .expect("fetched"),
+    }
+}
+
+/// A request for `id` on member `on`, begun and ended.
+fn serve(nodes: &mut [ManagerCore], on: u8, id: &SessionId) {
+    let copy = begin(nodes, on, id);
+    let (ended, ready) = nodes[usize::from(on - 1)].end_request(copy, true, T0);
+    assert!(ended.is_ok());
+    deliver(nodes, on, ready.outs);
+}
+
+/// Tomcat's JvmRouteBinderValve: node 1 is gone, a request for its session on node 2
+/// renames it to the same random part with node 2's route; the change of id is replicated,
+/// and node 3 serves the session under the new id with its data, the old id nowhere.
+fn rebinds_when_the_route_is_gone(kind: ManagerKind) {
+    let mut nodes = routed(kind, 3, RebindRoute::WhenRouteGone);
+    let id = login(&mut nodes, 1);
+    serve(&mut nodes, 2, &id);
+    assert!(
+        nodes[1].rebind_route(&id).unwrap().is_none(),
+        "node 1 is a member: the id keeps its route"
+    );
+    // Node 1 leaves; node 2 is nodes[0] and node 3 nodes[1] from here.
+    nodes.remove(0);
+    for i in 0..2 {
+        let other = 3 - i as u8;
+        nodes[i].member_routes([format!("n{other}")]);
+        let ready = nodes[i].members_changed(vec![m(other)], T0);
+        deliver_renumbered(&mut nodes, i, ready.outs);
+    }
+    // A request on node 2, as the shell makes it: begin, rebind, the handler, end.
+    let (begin, ready) = nodes[0].begin_request(&id, T0 + 1);
+    deliver_renumbered(&mut nodes, 0, ready.outs);
+    let Begin::Now(Some(mut copy)) = begin else {
+        panic!("node 2 serves the session it served before");
+    };
+    let (new, ready) = nodes[0].rebind_route(&id).unwrap().expect("rebound");
+    assert_eq!(new, id.with_route("n2").unwrap());
+    assert_eq!(
+        ready.options,
+        SendOptions::SYNC_ACK,
+        "a request's change of id"
+    );
+    assert!(
+        ready
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::IdChanged { .. })),
+        "listeners hear the change of id"
+    );
+    deliver_renumbered(&mut nodes, 0, ready.outs);
+    copy.change_id(new.clone());
+    copy.set("seen", &1u8).expect("set");
+    let (ended, ready) = nodes[0].end_request(copy, true, T0 + 2);
+    assert!(ended.is_ok());
+    deliver_renumbered(&mut nodes, 0, ready.outs);
+    for c in &nodes {
+        assert!(c.core().session(&id).is_none(), "the old id is gone");
+    }
+    // Node 3 holds a copy (delta: every member; backup: the new id's backup).
+    let s = nodes[1]
+        .core()
+        .session(&new)
+        .expect("node 3 has the session");
+    assert_eq!(s.get::<String>("user").unwrap().as_deref(), Some("ann"));
+    assert_eq!(s.get::<u8>("seen").unwrap(), Some(1));
+    assert!(
+        nodes[0].rebind_route(&new).unwrap().is_none(),
+        "made here now: no second rename"
+    );
+}
+
+/// `deliver` for a cluster whose member i+2 sits at index i (member 1 removed).
+fn deliver_renumbered(nodes: &mut [ManagerCore], from: usize, outs: Vec<POut>) {
+    let mut queue: Vec<(usize, POut)> = outs.into_iter().map(|o| (from, o)).collect();
+    while !queue.is_empty() {
+        let (src, out) = queue.remove(0);
+        let dests: Vec<usize> = match out.dest {
+            Dest::All => (0..nodes.len()).filter(|d| *d != src).collect(),
+            Dest::Member(id) if id.0[0] >= 2 => vec![usize::from(id.0[0]) - 2],
+            Dest::Member(_) => vec![],
+        };
+        for d in dests {
+            let from = m(u8::try_from(src + 2).expect("small"));
+            let (ready, _) = nodes[d].receive(from, &out.msg, T0);
+            queue.extend(ready.outs.into_iter().map(|o| (d, o)));
+        }
+    }
+}
+
+#[test]
+fn delta_a_session_of_a_gone_route_is_rebound_to_this_node() {
+    rebinds_when_the_route_is_gone(ManagerKind::Delta);
+}
+
+#[test]
+fn backup_a_session_of_a_gone_route_is_rebound_to_this_node() {
+    rebinds_when_the_route_is_gone(ManagerKind::Backup);
+}
+
+/// `Never` keeps every id; `Always` rebinds even while the route's node lives; an id made
+/// here, one without a route, and one not served here keep theirs.
+#[test]
+fn the_rebind_policy_decides() {
+    for kind in [ManagerKind::Delta, ManagerKind::Backup] {
+        let mut never = routed(kind, 2, RebindRoute::Never);
+        let id = login(&mut never, 1);
+        serve(&mut never, 2, &id);
+        never[1].member_routes(Vec::new());
+        assert!(
+            never[1].rebind_route(&id).unwrap().is_none(),
+            "{kind:?} Never"
+        );
+
+        let mut always = routed(kind, 2, RebindRoute::Always);
+        let id = login(&mut always, 1);
+        assert!(always[0].rebind_route(&id).unwrap().is_none(), "made here");
+        let unknown = SessionId::parse("0123456789ABCDEF0123456789ABCDEF.n1").unwrap();
+        assert!(
+            always[1].rebind_route(&unknown).unwrap().is_none(),
+            "not here"
+        );
+        let no_route = SessionId::parse("0123456789ABCDEF0123456789ABCDEF").unwrap();
+        assert!(
+            always[1].rebind_route(&no_route).unwrap().is_none(),
+            "no route"
+        );
+        serve(&mut always, 2, &id);
+        let (new, _) = always[1]
+            .rebind_route(&id)
+            .unwrap()
+            .expect("{kind:?} Always");
+        assert_eq!(new.route(), Some("n2"));
+        assert_eq!(new.as_str()[..32], id.as_str()[..32], "same random part");
+    }
+}
+
+/// Known limit (docs/design.md, "One manager core per application"): node 1 is gone and
+/// its user's requests reach node 2 and node 3 at once; each rebinds the session to its own
+/// route before hearing of the other's rename, and the session goes on under two ids.
+#[test]
+#[ignore = "known limit: two nodes rebinding one session at once each rename it (two ids); docs/design.md"]
+fn concurrent_rebinds_on_two_nodes_leave_one_session() {
+    let mut nodes = routed(ManagerKind::Delta, 3, RebindRoute::WhenRouteGone);
+    let id = login(&mut nodes, 1);
+    for c in &mut nodes[1..] {
+        c.member_routes(["n2".to_string(), "n3".to_string()]);
+    }
+    let (_, on2) = nodes[1].rebind_route(&id).unwrap().expect("node 2 rebinds");
+    let (_, on3) = nodes[2].rebind_route(&id).unwrap().expect("node 3 rebinds");
+    // Node 1 is gone: deliver between nodes 2 and 3 only.
+    for (from, to, outs) in [(2u8, 3usize, on2.outs), (3, 2, on3.outs)] {
+        for o in outs {
+            let _ = nodes[to - 1].receive(m(from), &o.msg, T0);
+        }
+    }
+    let live: std::collections::BTreeSet<SessionId> = nodes[1..]
+        .iter()
+        .flat_map(|c| c.core().ids())
+        .filter(|i| nodes[1..].iter().any(|c| c.core().session(i).is_some()))
+        .collect();
+    assert_eq!(live.len(), 1, "the session goes on under {live:?}");
+}
+
+/// A rebound id that is known here (a member remembering it retired would refuse it) is
+/// not reused: rebound to node 2 and then back to node 1, whose old id node 1 retired, the
+/// session gets a new random part with node 1's route.
+#[test]
+fn a_rebound_id_known_here_is_not_reused() {
+    let mut nodes = routed(ManagerKind::Delta, 2, RebindRoute::Always);
+    let id = login(&mut nodes, 1);
+    let (to2, ready) = nodes[1].rebind_route(&id).unwrap().expect("rebound to n2");
+    deliver(&mut nodes, 2, ready.outs);
+    assert!(
+        nodes[0].core().id_known(&id),
+        "node 1 remembers the retired id"
+    );
+    let (back, _) = nodes[0].rebind_route(&to2).unwrap().expect("rebound to n1");
+    assert_eq!(back.route(), Some("n1"));
+    assert_ne!(back, id, "not the retired id");
+    let s = nodes[0].core().session(&back).expect("renamed here");
+    assert_eq!(s.get::<String>("user").unwrap().as_deref(), Some("ann"));
+}
+
+/// A DeltaManager expecting members is not ready until its state-transfer deadline; the
+/// tick at the deadline makes it ready with no sessions.
+#[test]
+fn the_state_transfer_deadline_is_kept_by_tick() {
+    let cfg = ManagerConfig::default();
+    let mut c = ManagerCore::new("/app", "n1", &cfg, SendOptions::ASYNCHRONOUS);
+    c.started(m(1), Some(Duration::from_millis(500)), T0);
+    assert!(!c.is_ready());
+    assert_eq!(c.next_deadline(), Some(T0 + 500));
+    assert!(!c.tick(T0 + 499).became_ready);
+    assert!(c.tick(T0 + 500).became_ready);
+    assert!(c.is_ready());
+}
