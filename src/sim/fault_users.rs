@@ -117,3 +117,33 @@ impl Jar<'_> {
         }
     }
 }
+
+/// 3 members, every fourth seed 4.
+pub(super) fn members(seed: u64) -> usize {
+    if seed % 4 == 3 {
+        4
+    } else {
+        3
+    }
+}
+
+/// Runs `one` for `seeds` seeds and returns the failing ones with the first lines of their
+/// failure, instead of stopping at the first (for measuring how often the open races hit).
+pub(super) fn failing_seeds(seeds: u64, mut one: impl FnMut(u64)) -> Vec<(u64, String)> {
+    let mut failing = Vec::new();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    for seed in super::seeds(seeds) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one(seed)));
+        if let Err(e) = r {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default();
+            failing.push((seed, msg.lines().take(2).collect::<Vec<_>>().join(" / ")));
+        }
+    }
+    std::panic::set_hook(hook);
+    failing
+}

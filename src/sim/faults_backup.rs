@@ -45,7 +45,7 @@
 
 use super::*;
 
-use crate::sim::fault_users::{self, Attrs, Did, Jar};
+use crate::sim::fault_users::{self, members, Attrs, Did, Jar};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -808,41 +808,14 @@ impl Figures {
     }
 }
 
-/// 3 members, every fourth seed 4.
-fn members(seed: u64) -> usize {
-    if seed % 4 == 3 {
-        4
-    } else {
-        3
-    }
-}
-
-/// Runs `seeds` seeds and returns the failing ones with the first line of their failure,
-/// instead of stopping at the first (for measuring how often the open races hit).
+/// Every seed, the failing ones with their failure, and the figures of the passing ones.
 fn survey(seeds: u64, quiet: bool) -> (Figures, Vec<(u64, String)>) {
     let mut total = Figures::default();
-    let mut failing = Vec::new();
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    for seed in super::seeds(seeds) {
+    let failing = fault_users::failing_seeds(seeds, |seed| {
         let mut f = Figures::default();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(seed, members(seed), quiet, &mut f);
-        }));
-        match r {
-            Ok(()) => total.add(&f),
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                    .unwrap_or_default();
-                let first = msg.lines().take(2).collect::<Vec<_>>().join(" / ");
-                failing.push((seed, first));
-            }
-        }
-    }
-    std::panic::set_hook(hook);
+        run(seed, members(seed), quiet, &mut f);
+        total.add(&f);
+    });
     (total, failing)
 }
 
