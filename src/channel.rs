@@ -206,9 +206,12 @@ impl StackEnds for ChannelInner {
         // than `max_frame_size` of it, compressed or not.
         let options = msg.options.0 & !SendOptions::COMPRESSED;
         let max = self.config.max_frame_size as usize;
-        let whole = DataBody::new(rt.local.id, msg.msg_id, options, &msg.payload).len();
-        if whole > max {
-            return Err(ChannelError::TooLarge { len: whole, max });
+        let plain = DataBody::new(rt.local.id, msg.msg_id, options, &msg.payload);
+        if plain.len() > max {
+            return Err(ChannelError::TooLarge {
+                len: plain.len(),
+                max,
+            });
         }
         let packed = self
             .config
@@ -221,7 +224,7 @@ impl StackEnds for ChannelInner {
                 options | SendOptions::COMPRESSED,
                 p,
             ),
-            None => DataBody::new(rt.local.id, msg.msg_id, options, &msg.payload),
+            None => plain,
         };
         if msg.options.is_async() {
             let mut failures = rt.sender.queue_async(dests, &body, msg.options);
