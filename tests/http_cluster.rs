@@ -14,6 +14,7 @@ mod common;
 mod http;
 
 use common::client::{self, exchange, Client, Reply};
+use common::netns;
 use common::procs::{example_exe, get, get_until, json_number, pump, Output, Proc, LIMIT};
 use common::wait_until;
 use std::io::Read;
@@ -566,64 +567,26 @@ fn cluster_demo_passes_every_step() {
     }
 }
 
-/// Set by the outer multicast test to its own network namespace: the inner test must be in
-/// another one, or it refuses to multicast.
-const NETNS_ENV: &str = "TRIBECAST_TEST_HTTP_NETNS";
-
 /// `--multicast`: two http_node processes find each other by multicast heartbeats (Tomcat's
 /// McastService defaults, 228.0.0.4:45564) and replicate a login, inside a private network
 /// namespace (DESIGN.md's network rule). Needs root for `unshare -n`, like tests/multicast.rs.
 #[test]
 fn multicast_discovery_over_http_in_a_private_netns() {
-    match Command::new("unshare").args(["-n", "true"]).output() {
-        Ok(o) if o.status.success() => {}
-        other => panic!(
-            "this test multicasts only inside a private network namespace, and `unshare -n` \
-             is not available or not permitted ({other:?}); it needs root or CAP_SYS_ADMIN \
-             (CI runs as root) and never falls back to a real interface"
-        ),
-    }
+    netns::require_unshare("this test multicasts");
     let _ = http_node_exe(); // built out here; the inner test must not run cargo
-    let exe = std::env::current_exe().expect("test binary path");
-    let host_ns = std::fs::read_link("/proc/self/ns/net").expect("own network namespace");
-    let script = "set -e; ip link set lo up; ip link set lo multicast on; \
-                  ip route add 224.0.0.0/4 dev lo; \
-                  exec \"$0\" --exact inner_multicast_http_nodes --ignored --nocapture";
-    let child = Command::new("unshare")
-        .args(["-n", "--", "sh", "-c", script])
-        .arg(&exe)
-        .env(NETNS_ENV, &host_ns)
-        .env_remove("CARGO")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn unshare");
-    let out = child.wait_with_output().expect("inner test");
-    let text = format!(
-        "--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("test result: ok. 1 passed"),
-        "{text}"
+    netns::run_inner(
+        "inner_multicast_http_nodes",
+        "ip link set lo up; ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo",
+        &[],
     );
 }
 
 #[test]
 #[ignore = "run by multicast_discovery_over_http_in_a_private_netns"]
 fn inner_multicast_http_nodes() {
-    let Ok(host_ns) = std::env::var(NETNS_ENV) else {
-        eprintln!("not run: it multicasts, so only inside the outer test's namespace");
+    if !netns::isolated("inner_multicast_http_nodes") {
         return;
-    };
-    let own = std::fs::read_link("/proc/self/ns/net").expect("own network namespace");
-    assert_ne!(
-        own.to_string_lossy(),
-        host_ns,
-        "not isolated: refusing to multicast"
-    );
+    }
     let n1 = Proc::spawn_with("node1", "delta", &[], &["--multicast"]);
     let n2 = Proc::spawn_with("node2", "delta", &[], &["--multicast"]);
     for n in [&n1, &n2] {

@@ -12,12 +12,11 @@
 
 mod common;
 
+use common::netns;
 use common::node::{self, NodeProc, NodeSpec};
 use common::*;
 use parking_lot::Mutex;
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +25,6 @@ use tribecast::membership::record::{self, Kind, McastRecord};
 use tribecast::wire::frame::PROTOCOL_VERSION;
 use tribecast::{ChannelConfig, ClusterKey, GroupChannel, McastConfig, Member, MemberId};
 
-/// Set by the outer test to its own namespace (`/proc/self/ns/net`): the inner test must be
-/// somewhere else.
-const NETNS_ENV: &str = "TRIBECAST_TEST_MCAST_NETNS";
 /// The group port chosen by the outer test for this run.
 const PORT_ENV: &str = "TRIBECAST_TEST_MCAST_PORT";
 const GROUP_ADDR: Ipv4Addr = Ipv4Addr::new(228, 0, 0, 4);
@@ -59,99 +55,24 @@ const LIMIT: Duration = Duration::from_secs(20);
 // The namespace: outer tests and the guard of inner ones
 // ---------------------------------------------------------------------------------------------
 
-/// Runs the ignored test `inner` in a new network namespace and fails unless it passed.
-/// Prints its `FIGURE` lines.
+/// Runs the ignored test `inner` in a new network namespace with multicast on `lo`, and fails
+/// unless it passed. Prints its `FIGURE` lines.
 fn run_in_netns(inner: &str) {
-    match Command::new("unshare").args(["-n", "true"]).output() {
-        Err(e) => panic!(
-            "multicast tests need `unshare` (util-linux) to make a private network namespace: {e}"
-        ),
-        Ok(o) if !o.status.success() => panic!(
-            "multicast tests run only inside a private network namespace, and `unshare -n` \
-             failed ({}): {}\nThey need root or CAP_SYS_ADMIN (CI runs them as root); they never \
-             fall back to a real interface.",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Ok(_) => {}
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let host_ns = std::fs::read_link("/proc/self/ns/net").expect("own network namespace");
+    netns::require_unshare("multicast tests run");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let script = "set -e; ip link set lo up; ip link set lo multicast on; \
-                  ip route add 224.0.0.0/4 dev lo; \
-                  exec \"$0\" --exact \"$1\" --ignored --nocapture --test-threads 1";
-    let mut child = Command::new("unshare")
-        .args(["-n", "--", "sh", "-c", script])
-        .arg(&exe)
-        .arg(inner)
-        .env(NETNS_ENV, &host_ns)
-        .env(PORT_ENV, port.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn unshare");
-    let collect = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = collect(Box::new(child.stdout.take().expect("stdout")));
-    let err = collect(Box::new(child.stderr.take().expect("stderr")));
-    let mut status = None;
-    let finished = wait_until(Duration::from_secs(120), || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let (out, err) = (out.join().expect("stdout"), err.join().expect("stderr"));
+    let out = netns::run_inner(
+        inner,
+        "ip link set lo up; ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo",
+        &[(PORT_ENV, port.to_string())],
+    );
     for line in out.lines().filter(|l| l.contains("FIGURE")) {
         println!("{}", &line[line.find("FIGURE").unwrap_or(0)..]);
     }
-    assert!(
-        finished
-            && status.is_some_and(|s| s.success())
-            && out.contains("test result: ok. 1 passed"),
-        "{inner} in a private network namespace: finished={finished} status={status:?}\n\
-         --- stdout ---\n{out}\n--- stderr ---\n{err}"
-    );
 }
 
-/// True inside the namespace made by [`run_in_netns`]; false, doing nothing, when run by hand
-/// (`--ignored`). Panics if sent but not isolated: then nothing may multicast.
+/// True inside the namespace made by [`run_in_netns`]; false, doing nothing, when run by hand.
 fn in_private_netns(test: &str) -> bool {
-    let Ok(host_ns) = std::env::var(NETNS_ENV) else {
-        eprintln!(
-            "{test}: not run: it multicasts, so it runs only inside the private network \
-             namespace that the multicast_* tests of this file make"
-        );
-        return false;
-    };
-    let own = std::fs::read_link("/proc/self/ns/net").expect("own network namespace");
-    assert_ne!(
-        own.to_string_lossy(),
-        host_ns,
-        "{test}: still in the outer network namespace: refusing to multicast"
-    );
-    let dev = std::fs::read_to_string("/proc/self/net/dev").expect("/proc/self/net/dev");
-    let ifaces: Vec<&str> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(str::trim)
-        .collect();
-    assert_eq!(
-        ifaces,
-        ["lo"],
-        "{test}: this namespace has other interfaces than lo: refusing to multicast"
-    );
-    true
+    netns::isolated(test)
 }
 
 fn group() -> SocketAddrV4 {

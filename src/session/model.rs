@@ -127,6 +127,21 @@ impl SessionState {
             })
             .transpose()
     }
+
+    /// Sets attribute `name` to `value` in this state, encoded as `Session::set` encodes it: how
+    /// a `SessionMerger` builds the surviving copy (a request uses `Session::set`).
+    pub fn set_attribute<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), SessionError> {
+        let bytes = super::attr::encode(value).map_err(|reason| SessionError::Encode {
+            name: name.into(),
+            reason,
+        })?;
+        self.attributes.insert(name.to_string(), bytes);
+        Ok(())
+    }
 }
 
 /// What became of a replicated delta.

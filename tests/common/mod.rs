@@ -4,6 +4,7 @@
 // The HTTP client of the `http_node` example, for the tests that run its processes.
 #[path = "../../examples/http_node/client.rs"]
 pub mod client;
+pub mod netns;
 pub mod procs;
 pub mod raw;
 
