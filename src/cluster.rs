@@ -69,12 +69,8 @@ pub(crate) struct ClusterInner {
 const MAX_SENDERS: usize = 1024;
 
 impl Outbound for ClusterInner {
-    fn member_ids(&self) -> Vec<MemberId> {
-        self.channel.members().iter().map(|m| m.id).collect()
-    }
-
-    fn member_routes(&self) -> Vec<String> {
-        self.channel.members().into_iter().map(|m| m.name).collect()
+    fn members(&self) -> Vec<Member> {
+        self.channel.members()
     }
 
     fn send_all(
@@ -154,10 +150,9 @@ impl MembershipListener for Listener {
     fn member_added(&self, m: &Member) {
         if let Some(c) = self.0.upgrade() {
             let managers: Vec<Arc<ClusterManager>> = c.managers.read().values().cloned().collect();
-            let members: Vec<MemberId> = c.channel.members().iter().map(|m| m.id).collect();
             for mgr in managers {
                 mgr.member_added(m);
-                mgr.members_changed(members.clone());
+                mgr.members_changed();
             }
         }
     }
@@ -165,9 +160,8 @@ impl MembershipListener for Listener {
         if let Some(c) = self.0.upgrade() {
             c.senders.lock().remove(&m.id);
             let managers: Vec<Arc<ClusterManager>> = c.managers.read().values().cloned().collect();
-            let members: Vec<MemberId> = c.channel.members().iter().map(|m| m.id).collect();
             for mgr in managers {
-                mgr.members_changed(members.clone());
+                mgr.members_changed();
             }
         }
     }

@@ -23,11 +23,12 @@ pub enum ManagerKind {
 /// this node's route (Tomcat's `JvmRouteBinderValve`): the same random part, this node's
 /// jvmRoute, through a change of id replicated like any other, and a new cookie in the response,
 /// so that a sticky load balancer sends the user to the node that now serves them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RebindRoute {
     /// Never: the id keeps the route it was made with (Tomcat without the valve). The default
-    /// for now: with rebinding on, the kill -9 loop of `tests/http_faults.rs` lost sessions
-    /// (docs/design.md, known limits).
+    /// for now: with rebinding on, the DeltaManager's kill -9 loop of `tests/http_faults.rs`
+    /// loses sessions (docs/RELIABILITY.md, "Route rebinding under kill -9").
+    #[default]
     Never,
     /// When the route is not the name of a current member (its node failed or stopped). A
     /// request the balancer sent elsewhere while the node lives keeps its id.

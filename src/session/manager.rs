@@ -356,21 +356,17 @@ impl ClusterManager {
 
     /// Renames the request's session to this node's route if the core says so.
     fn rebind(&self, copy: &mut Session) {
-        let (renamed, sent) = self.input(|c| match c.rebind_route(copy.id()) {
-            Ok(Some((new, ready))) => (Some(new), ready),
-            Ok(None) => (None, Ready::default()),
+        let ((), sent) = self.input(|c| match c.rebind_request(copy) {
+            Ok(ready) => ((), ready.unwrap_or_default()),
             Err(e) => {
                 warn!(
                     "Manager [{}]: session {} not rebound to this node's route: {e}",
                     self.context,
                     copy.id()
                 );
-                (None, Ready::default())
+                ((), Ready::default())
             }
         });
-        if let Some(new) = renamed {
-            copy.change_id(new);
-        }
         if let Err(e) = sent {
             warn!(
                 "Manager [{}]: rebinding session {} not told to every member: {e}",
@@ -530,18 +526,14 @@ impl ClusterManager {
     }
 
     /// The members changed: a backup manager fails over and re-places its sessions.
-    pub(crate) fn members_changed(&self, members: Vec<MemberId>) {
+    pub(crate) fn members_changed(&self) {
         // Membership events come from more than one thread: the list is read under the core's
         // lock, so that whichever call comes last applies the newest list (a departure and a
         // quick rejoin must not end with the departure's list).
-        let outbound = self.outbound.upgrade();
-        let ((), sent) = self.input(|c| {
-            let members = outbound.as_ref().map_or(members, |o| o.member_ids());
-            if let Some(o) = &outbound {
-                c.member_routes(o.member_routes());
-            }
-            ((), c.members_changed(members, now_ms()))
-        });
+        let Some(outbound) = self.outbound.upgrade() else {
+            return; // the cluster is gone
+        };
+        let ((), sent) = self.input(|c| ((), c.members_changed(&outbound.members(), now_ms())));
         if let Err(e) = sent {
             warn!(
                 "Manager [{}]: re-placing sessions not told to every member: {e}",

@@ -6,7 +6,7 @@
 
 use super::engine::Payload;
 use crate::error::ChannelError;
-use crate::member::MemberId;
+use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
 use crate::wire::{decode_body, encode_body};
 use serde::{Deserialize, Serialize};
@@ -31,11 +31,8 @@ pub(crate) trait Outbound: Send + Sync {
         options: SendOptions,
     ) -> Result<(), ChannelError>;
 
-    /// The ids of the current members (other than this node).
-    fn member_ids(&self) -> Vec<MemberId>;
-
-    /// The names (jvmRoutes) of the current members (other than this node).
-    fn member_routes(&self) -> Vec<String>;
+    /// The current members (other than this node).
+    fn members(&self) -> Vec<Member>;
 }
 
 /// A session message on the wire, as decoded: which application it is for, and what.

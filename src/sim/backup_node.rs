@@ -32,7 +32,7 @@ use super::detected::{Detector, Routed, ViewEvent};
 use super::frame_node::{
     chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Lane, Wire,
 };
-use super::lane_node::{node_of, sim_member};
+use super::lane_node::{node_of, sim_member, sim_members};
 use super::membership_node::MembershipSimConfig;
 use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
@@ -40,7 +40,7 @@ use super::{Ctx, Node, Sim, SimRng};
 use crate::member::MemberId;
 use crate::options::SendOptions;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
-use crate::session::config::{ManagerConfig, ManagerKind};
+use crate::session::config::{ManagerConfig, ManagerKind, RebindRoute};
 use crate::session::engine::{Core, POut, Payload};
 use crate::session::manager_core::{Begin, ManagerCore, Ready, Token};
 use crate::session::{Dest, Session, SessionEvent, SessionId};
@@ -66,6 +66,8 @@ pub struct BackupSimConfig {
     pub rpc_timeout: Duration,
     /// Production's two lanes per member (see [`Frames::two_lanes`]).
     pub two_lanes: bool,
+    /// Route rebinding (`ManagerConfig::rebind_route`), done after each request's begin.
+    pub rebind: RebindRoute,
 }
 
 impl Default for BackupSimConfig {
@@ -75,6 +77,7 @@ impl Default for BackupSimConfig {
             reaper: None,
             rpc_timeout: Duration::from_millis(50),
             two_lanes: false,
+            rebind: RebindRoute::Never,
         }
     }
 }
@@ -458,6 +461,7 @@ impl BackupNode {
             rpc_timeout: cfg.rpc_timeout,
             expire_frequency: cfg.reaper.unwrap_or(Duration::MAX),
             notify_listeners_on_replication: true,
+            rebind_route: cfg.rebind,
             ..ManagerConfig::default()
         };
         let mut mgr =
@@ -610,6 +614,31 @@ impl BackupNode {
     pub fn take_move(&mut self, id: &SessionId) -> Vec<u64> {
         self.moves.remove(id).unwrap_or_default()
     }
+    /// The shell's step after a request's begin ([`ManagerCore::rebind_request`]): the copy
+    /// may take this node's route; the rename goes out before the request's changes. Returns
+    /// the requests whose acks the user waits for.
+    fn rebind(&mut self, copy: &mut Session, ctx: &mut Ctx<'_>) -> Vec<u64> {
+        let old = copy.id().clone();
+        match self.mgr.rebind_request(copy) {
+            Ok(Some(ready)) => {
+                self.renamed(&old, copy.id());
+                self.perform(ready, true, ctx)
+            }
+            Ok(None) => Vec::new(),
+            Err(e) => panic!("{}: rebinding {old}: {e}", self.id),
+        }
+    }
+
+    /// This node renamed `old` to `new`: the oracle learns it.
+    fn renamed(&mut self, old: &SessionId, new: &SessionId) {
+        {
+            let mut w = self.world.borrow_mut();
+            w.oracle.renamed.insert(old.clone(), new.clone());
+            w.oracle.previous.insert(new.clone(), old.clone());
+        }
+        self.touch(old);
+        self.touch(new);
+    }
 
     /// A new session, then `ops` on it, in one request.
     pub fn create(&mut self, ctx: &mut Ctx<'_>, ops: &[Op]) -> (Served, Vec<u64>) {
@@ -648,8 +677,8 @@ impl BackupNode {
             return (Served::Missing, Vec::new());
         };
         copy.take_pending();
-        let mut ticket = Vec::new();
-        let mut id = id.clone();
+        let mut ticket = self.rebind(&mut copy, ctx);
+        let mut id = copy.id().clone();
         for op in ops {
             match op {
                 Op::Set(_) | Op::Remove(_) | Op::Read | Op::MaxInactive(_) => {
@@ -662,14 +691,8 @@ impl BackupNode {
                         Ok(None) => panic!("{}: change of id of {id} refused", self.id),
                         Err(e) => panic!("{}: change of id of {id}: {e}", self.id),
                     };
-                    {
-                        let mut w = self.world.borrow_mut();
-                        w.oracle.renamed.insert(id.clone(), new.clone());
-                        w.oracle.previous.insert(new.clone(), id.clone());
-                    }
+                    self.renamed(&id, &new);
                     copy.change_id(new.clone());
-                    self.touch(&id);
-                    self.touch(&new);
                     ticket.extend(self.perform(ready, true, ctx));
                     id = new;
                 }
@@ -788,7 +811,9 @@ impl BackupNode {
         self.world.borrow_mut().oracle.failed += self.acks.fail_outside(&view);
         self.frames.keep_only(&view);
         self.known = (view, self.members());
-        let ready = self.mgr.members_changed(self.known.1.clone(), now_ms(ctx));
+        let ready = self
+            .mgr
+            .members_changed(&sim_members(&self.known.0, self.id), now_ms(ctx));
         for o in &ready.outs {
             if let Payload::Backup(msg) = &o.msg {
                 for id in ids_of(msg) {
@@ -1122,7 +1147,9 @@ impl Node for BackupNode {
         let ready = self.mgr.started(self.member(), None, now_ms(ctx));
         self.perform(ready, false, ctx);
         self.known = (self.view(), self.members());
-        let ready = self.mgr.members_changed(self.known.1.clone(), now_ms(ctx));
+        let ready = self
+            .mgr
+            .members_changed(&sim_members(&self.known.0, self.id), now_ms(ctx));
         self.perform(ready, false, ctx);
         if let Some(events) = self.detector.as_mut().map(|d| d.on_start(ctx)) {
             self.view_events(events, ctx);

@@ -90,6 +90,7 @@ fn cfg(backups: usize) -> BackupSimConfig {
         reaper: None,
         rpc_timeout: RPC_TIMEOUT,
         two_lanes: false,
+        rebind: Default::default(),
     }
 }
 

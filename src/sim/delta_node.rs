@@ -25,12 +25,12 @@
 use super::frame_node::{
     chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Lane, Wire,
 };
-use super::lane_node::{node_of, sim_member};
+use super::lane_node::{node_of, sim_member, sim_members};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
 use super::{Ctx, Node, Sim, SimRng};
 use crate::options::SendOptions;
-use crate::session::config::{ManagerConfig, ManagerKind};
+use crate::session::config::{ManagerConfig, ManagerKind, RebindRoute};
 use crate::session::engine::{Core, Payload};
 use crate::session::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere};
 use crate::session::replica::DigestEntry;
@@ -94,6 +94,8 @@ pub struct DeltaSimConfig {
     pub chaos: Option<Chaos>,
     /// Production's two lanes per member (see [`Frames::two_lanes`]).
     pub two_lanes: bool,
+    /// Route rebinding (`ManagerConfig::rebind_route`), done after each request's begin.
+    pub rebind: RebindRoute,
 }
 
 /// A change whose acknowledgement a node waits for, and what "applied" means for it.
@@ -423,6 +425,7 @@ impl DeltaNode {
             send_all_sessions_size: cfg.core.send_all_sessions_size,
             expire_frequency: cfg.reaper.unwrap_or(Duration::MAX),
             notify_listeners_on_replication: true,
+            rebind_route: cfg.rebind,
             ..ManagerConfig::default()
         };
         let mut mgr =
@@ -519,6 +522,30 @@ impl DeltaNode {
         let id = copy.id().clone();
         self.request_with(ctx, &id, ops, Some(copy))
     }
+    /// The shell's step after a request's begin ([`ManagerCore::rebind_request`]): the copy
+    /// may take this node's route; the rename goes out before the request's changes.
+    fn rebind(&mut self, copy: &mut Session, ctx: &mut Ctx<'_>) {
+        let old = copy.id().clone();
+        match self.mgr.rebind_request(copy) {
+            Ok(Some(ready)) => {
+                self.renamed(&old, copy.id());
+                self.perform(ready, true, ctx)
+            }
+            Ok(None) => {}
+            Err(e) => panic!("{}: rebinding {old}: {e}", self.id),
+        }
+    }
+
+    /// This node renamed `old` to `new`: the oracle learns it.
+    fn renamed(&mut self, old: &SessionId, new: &SessionId) {
+        {
+            let mut w = self.world.borrow_mut();
+            w.oracle.renamed.insert(old.clone(), new.clone());
+            w.oracle.previous.insert(new.clone(), old.clone());
+        }
+        self.touch(old);
+        self.touch(new);
+    }
 
     /// One request on session `id`: `ops` on the request's working copy, then the request's
     /// end (which sends its changes), both through the manager.
@@ -555,7 +582,8 @@ impl DeltaNode {
             };
         };
         copy.take_pending();
-        let mut id = id.clone();
+        self.rebind(&mut copy, ctx);
+        let mut id = copy.id().clone();
         for op in ops {
             match op {
                 Op::Set(_) | Op::Remove(_) | Op::Read | Op::MaxInactive(_) => {
@@ -568,14 +596,8 @@ impl DeltaNode {
                         Ok(None) => panic!("{}: change of id of {id} refused", self.id),
                         Err(e) => panic!("{}: change of id of {id}: {e}", self.id),
                     };
-                    {
-                        let mut w = self.world.borrow_mut();
-                        w.oracle.renamed.insert(id.clone(), new.clone());
-                        w.oracle.previous.insert(new.clone(), id.clone());
-                    }
+                    self.renamed(&id, &new);
                     copy.change_id(new.clone());
-                    self.touch(&id);
-                    self.touch(&new);
                     self.perform(ready, true, ctx);
                     id = new;
                 }
@@ -607,8 +629,9 @@ impl DeltaNode {
     /// tells the manager: new members get this node's digest; acks are no longer awaited from
     /// members that left, and changes that waited only for them are now acknowledged.
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
-        let members = self.view().iter().map(|n| sim_member(*n).id).collect();
-        let ready = self.mgr.members_changed(members, now_ms(ctx));
+        let ready = self
+            .mgr
+            .members_changed(&sim_members(&self.view(), self.id), now_ms(ctx));
         self.perform(ready, false, ctx);
         self.acks.forget_outside(&self.view());
         self.settle_waiting(ctx.now());

@@ -668,6 +668,7 @@ fn with_resets_no_stale_state_is_ever_shown_and_the_next_change_plus_the_reaper_
         reaper: Some(secs(1)),
         chaos: None,
         two_lanes: false,
+        rebind: Default::default(),
     };
     for_each_seed(16, |seed| {
         let n = 3 + (seed % 3) as usize;
@@ -819,6 +820,7 @@ fn a_crashed_origin_loses_nothing_the_others_acknowledged() {
         reaper: Some(secs(1)),
         chaos: None,
         two_lanes: false,
+        rebind: Default::default(),
     };
     for_each_seed(16, |seed| {
         let mut c = Cluster::new(seed, jitter(), &cfg, 4);
@@ -1003,6 +1005,7 @@ fn expiry_happens_once_on_every_node_and_nothing_late_revives_a_session() {
             max_delay: secs(3),
         }),
         two_lanes: false,
+        rebind: Default::default(),
     };
     for_each_seed(16, |seed| {
         let n = 3 + (seed % 2) as usize;
@@ -1612,6 +1615,7 @@ fn a_seed_replays_the_same_schedule() {
                 max_delay: ms(10),
             }),
             two_lanes: false,
+            rebind: Default::default(),
         };
         let mix = Mix {
             change_id: 0,

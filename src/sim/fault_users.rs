@@ -2,11 +2,22 @@
 //! cookie jar knows after each answer, the same for both managers.
 
 use super::delta_node::Op;
+use crate::session::config::RebindRoute;
 use crate::session::SessionId;
 use std::collections::BTreeMap;
 
 /// A session's attributes.
 pub type Attrs = BTreeMap<String, Vec<u8>>;
+
+/// What a request on `asked` that left the session as `served` did: `did`, or a change of id
+/// when route rebinding (`ManagerConfig::rebind_route`) renamed the session at its begin (the
+/// user's jar then believes what it believes after a change of id).
+pub fn with_rebinding(did: Did, asked: &SessionId, served: Option<&SessionId>) -> Did {
+    match served {
+        Some(new) if new != asked && matches!(did, Did::Changed | Did::Read) => Did::Renamed,
+        _ => did,
+    }
+}
 
 /// What a request did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +126,15 @@ impl Jar<'_> {
                 *self.doubt = self.acked.as_ref().map_or(0, |a| a.0).max(newest_since);
             }
         }
+    }
+}
+
+/// The surveys' route rebinding: `TRIBECAST_FAULTS_REBIND=1` rebinds when the route is gone
+/// (`RebindRoute::WhenRouteGone`), anything else never.
+pub fn rebind_from_env() -> RebindRoute {
+    match std::env::var("TRIBECAST_FAULTS_REBIND").as_deref() {
+        Ok("1") => RebindRoute::WhenRouteGone,
+        _ => RebindRoute::Never,
     }
 }
 

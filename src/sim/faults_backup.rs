@@ -45,6 +45,7 @@
 
 use super::*;
 
+use crate::session::config::RebindRoute;
 use crate::sim::fault_users::{self, members, Attrs, Did, Jar};
 
 fn secs(n: u64) -> Duration {
@@ -128,6 +129,8 @@ pub(super) struct Figures {
     pub failovers: u64,
     /// Users sent back home after a failover.
     pub returns: u64,
+    /// Requests whose session route rebinding renamed to their member's route.
+    pub rebound: u64,
     /// Acknowledged requests that changed a session (created, changed, renamed, ended it).
     pub acked_changes: u64,
     /// Requests whose member died before the answer.
@@ -171,7 +174,13 @@ struct Run {
 
 impl Run {
     fn new(seed: u64, members: usize, users: usize, quiet: bool) -> Run {
-        let mut c = Cluster::new(seed, latency(), &cfg(1), members);
+        Run::rebinding(seed, members, users, quiet, RebindRoute::Never)
+    }
+
+    /// A run whose members rebind routes as `rebind` says.
+    fn rebinding(seed: u64, members: usize, users: usize, quiet: bool, rebind: RebindRoute) -> Run {
+        let settings = BackupSimConfig { rebind, ..cfg(1) };
+        let mut c = Cluster::new(seed, latency(), &settings, members);
         let kills = 3 + c.w.below(3) as u32;
         let next_kill = ms(10) + c.w.duration_between(Duration::ZERO, ms(20));
         let users = (0..users)
@@ -496,6 +505,9 @@ impl Run {
                 .map(|(v, a)| (new.clone(), v, a.clone())),
             _ => None,
         };
+        let rebound = fault_users::with_rebinding(did, id, after.as_ref().map(|a| &a.0));
+        self.f.rebound += u64::from(rebound != did);
+        let did = rebound;
         if refused {
             // The manager refused the end: the answer is an error at once.
             self.users[u].next_at = self.c.sim.now() + self.c.w.duration_between(us(500), ms(1));
@@ -771,8 +783,8 @@ impl Run {
 }
 
 /// One seed: faults while users work, then the users go on for `ms(20)` and the cluster settles.
-fn run(seed: u64, members: usize, quiet: bool, total: &mut Figures) {
-    let mut r = Run::new(seed, members, 4, quiet);
+fn run(seed: u64, members: usize, quiet: bool, rebind: RebindRoute, total: &mut Figures) {
+    let mut r = Run::rebinding(seed, members, 4, quiet, rebind);
     r.drive(ms(20));
     r.quiesce();
     r.assert_converged();
@@ -796,6 +808,7 @@ impl Figures {
         self.requests += f.requests;
         self.failovers += f.failovers;
         self.returns += f.returns;
+        self.rebound += f.rebound;
         self.acked_changes += f.acked_changes;
         self.failed += f.failed;
         self.refused += f.refused;
@@ -809,11 +822,11 @@ impl Figures {
 }
 
 /// Every seed, the failing ones with their failure, and the figures of the passing ones.
-fn survey(seeds: u64, quiet: bool) -> (Figures, Vec<(u64, String)>) {
+fn survey(seeds: u64, quiet: bool, rebind: RebindRoute) -> (Figures, Vec<(u64, String)>) {
     let mut total = Figures::default();
     let failing = fault_users::failing_seeds(seeds, |seed| {
         let mut f = Figures::default();
-        run(seed, members(seed), quiet, &mut f);
+        run(seed, members(seed), quiet, rebind, &mut f);
         total.add(&f);
     });
     (total, failing)
@@ -855,7 +868,9 @@ fn control_without_faults_loses_nothing() {
 #[ignore = "fails: 1 of 500 seeds (25): a copy and a ChangeId the primary sent a member that had restarted unseen reach its new life; the primary, noticing the restart, no longer counts it as a holder, so the session's end never reaches it and it keeps the ended session. Seed 447's class (a change of id cut by the kill leaves the session under both ids; docs/design.md, Known limits of the BackupManager) is not fixed, only no longer hit by these seeds"]
 fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
-    for_each_seed(500, |seed| run(seed, members(seed), false, &mut total));
+    for_each_seed(500, |seed| {
+        run(seed, members(seed), false, RebindRoute::Never, &mut total)
+    });
     eprintln!("BackupManager kill -9 and restart loop: {total:?}");
 }
 
@@ -864,7 +879,9 @@ fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
 #[test]
 fn kill_and_restart_loop_between_requests_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
-    for_each_seed(500, |seed| run(seed, members(seed), true, &mut total));
+    for_each_seed(500, |seed| {
+        run(seed, members(seed), true, RebindRoute::Never, &mut total)
+    });
     eprintln!("BackupManager kill -9 and restart loop, quiet kills: {total:?}");
     if !replaying() {
         assert!(
@@ -884,9 +901,10 @@ fn kill_and_restart_loop_survey() {
         Ok("0") => &[false],
         _ => &[false, true],
     };
+    let rebind = fault_users::rebind_from_env();
     for &quiet in modes {
-        let (f, failing) = survey(500, quiet);
-        eprintln!("BackupManager survey (quiet kills: {quiet}): {} failing seeds of 500; passing seeds: {f:?}", failing.len());
+        let (f, failing) = survey(500, quiet, rebind);
+        eprintln!("BackupManager survey (quiet kills: {quiet}, rebinding {rebind:?}): {} failing seeds of 500; passing seeds: {f:?}", failing.len());
         for (seed, msg) in failing.iter().take(20) {
             eprintln!("  seed {seed}: {msg}");
         }

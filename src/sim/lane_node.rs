@@ -14,6 +14,14 @@ const ID_TAG: [u8; 8] = *b"tcsim\0\0\0";
 
 /// The member record of node `id`: a fixed id (kept across restarts, like a configured
 /// `uniqueId`), name `node<i>`, a loopback address that is never bound.
+/// The members of `view` other than `me`, as the membership layer lists them to a manager.
+pub fn sim_members(view: &std::collections::BTreeSet<NodeId>, me: NodeId) -> Vec<Member> {
+    view.iter()
+        .filter(|n| **n != me)
+        .map(|n| sim_member(*n))
+        .collect()
+}
+
 pub fn sim_member(id: NodeId) -> Member {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&(id.0 as u64).to_le_bytes());

@@ -16,6 +16,7 @@ pub(in crate::sim) fn trace(seed: u64) -> Trace {
         reaper: Some(secs(1)),
         chaos: None,
         two_lanes: false,
+        rebind: Default::default(),
     };
     let mut c = Cluster::new(seed, jitter(), &cfg, 4);
     let mix = Mix {

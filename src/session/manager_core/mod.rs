@@ -538,13 +538,17 @@ impl ManagerCore {
         }))
     }
 
-    // ---- other members ----
-
-    /// The routes (member names, the jvmRoute of each node) of the current members other than
-    /// this node, for [`rebind_route`](Self::rebind_route). Given with every membership change.
-    pub fn member_routes(&mut self, routes: impl IntoIterator<Item = String>) {
-        self.routes = routes.into_iter().collect();
+    /// A request's rebinding, the step right after its begin (the shell's and the
+    /// simulation's): renames the working copy when [`rebind_route`](Self::rebind_route) says
+    /// so. The `Ready` (the replicated change of id) goes out before the request's changes.
+    pub fn rebind_request(&mut self, copy: &mut Session) -> Result<Option<Ready>, SessionIdError> {
+        Ok(self.rebind_route(copy.id())?.map(|(new, ready)| {
+            copy.change_id(new);
+            ready
+        }))
     }
+
+    // ---- other members ----
 
     /// A message from another member. The verdict is what a synchronized-ack sender gets: `Err`
     /// when the change was not applied here (a gap: the session was asked for; or the sender
@@ -627,9 +631,14 @@ impl ManagerCore {
         Ready::background(outs)
     }
 
-    /// The member list is now `members`: failover, re-placement, digests to new members.
-    pub fn members_changed(&mut self, members: Vec<MemberId>, now_ms: u64) -> Ready {
-        let outs = self.core.set_members(members, now_ms);
+    /// The member list (other than this node) is now `members`: failover, re-placement,
+    /// digests to new members; their names are the routes [`rebind_route`](Self::rebind_route)
+    /// takes for alive.
+    pub fn members_changed(&mut self, members: &[Member], now_ms: u64) -> Ready {
+        self.routes = members.iter().map(|m| m.name.clone()).collect();
+        let outs = self
+            .core
+            .set_members(members.iter().map(|m| m.id).collect(), now_ms);
         let digests = outs
             .iter()
             .filter(|o| matches!(o.msg, Payload::Delta(SessionMessage::Digest(_))))

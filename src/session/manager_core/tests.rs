@@ -8,6 +8,18 @@ fn m(i: u8) -> MemberId {
     MemberId([i; 16])
 }
 
+/// Members `ids` as the membership layer lists them to a manager: route (name) `n<i>`.
+fn mems(ids: impl IntoIterator<Item = u8>) -> Vec<Member> {
+    ids.into_iter()
+        .map(|i| Member {
+            id: m(i),
+            name: format!("n{i}"),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + u16::from(i))),
+            domain: String::new(),
+        })
+        .collect()
+}
+
 /// Members 1..=n, each a ManagerCore of `kind`, started and seeing every other.
 fn cluster(kind: ManagerKind, n: u8) -> Vec<ManagerCore> {
     let cfg = ManagerConfig {
@@ -15,13 +27,12 @@ fn cluster(kind: ManagerKind, n: u8) -> Vec<ManagerCore> {
         rpc_timeout: Duration::from_millis(100),
         ..ManagerConfig::default()
     };
-    let all: Vec<MemberId> = (1..=n).map(m).collect();
     (1..=n)
         .map(|i| {
             let mut c = ManagerCore::new("/app", &format!("n{i}"), &cfg, SendOptions::SYNC_ACK);
             c.set_id_source(Box::new(OsRandom));
             c.started(m(i), None, T0);
-            c.members_changed(all.clone(), T0);
+            c.members_changed(&mems((1..=n).filter(|j| *j != i)), T0);
             c
         })
         .collect()
@@ -294,7 +305,7 @@ fn a_joiner_does_not_serve_a_copy_older_than_its_donors_latest_change() {
         let (ready, _) = donor.receive(m(2), &o.msg, T0 + 3);
         assert!(ready.outs.is_empty(), "not listed yet: the answer waits");
     }
-    let listed = donor.members_changed(vec![m(2)], T0 + 4);
+    let listed = donor.members_changed(&mems([2]), T0 + 4);
     let mut queue: Vec<(u8, POut)> = listed.outs.into_iter().map(|o| (1, o)).collect();
     let mut verdicts = Vec::new();
     while !queue.is_empty() {
@@ -335,7 +346,7 @@ fn a_joiner_stops_waiting_for_a_digest_of_a_member_gone_or_silent() {
     let _ = donor.end_request(copy, true, T0);
     for gone in [true, false] {
         let (mut joiner, ask) = joiner_asking_member_one();
-        let _ = joiner.members_changed(vec![m(1)], T0);
+        let _ = joiner.members_changed(&mems([1]), T0);
         let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
         for o in snapshot.outs {
             let _ = joiner.receive(m(1), &o.msg, T0 + 1);
@@ -344,7 +355,7 @@ fn a_joiner_stops_waiting_for_a_digest_of_a_member_gone_or_silent() {
             panic!("waits for the digest");
         };
         let ready = if gone {
-            joiner.members_changed(Vec::new(), T0 + 3)
+            joiner.members_changed(&[], T0 + 3)
         } else {
             assert!(joiner.tick(deadline_ms - 1).verdicts.is_empty());
             joiner.tick(deadline_ms)
@@ -412,16 +423,12 @@ fn a_joiner_asks_again_when_no_chunk_of_its_state_transfer_comes() {
     );
 }
 
-/// Members 1..=n of `kind` with `policy`, each told the routes of the others (`n1`..).
+/// Members 1..=n of `kind` with `policy` (each knows the others' routes, `n1`.., from the
+/// member list).
 fn routed(kind: ManagerKind, n: u8, policy: RebindRoute) -> Vec<ManagerCore> {
     let mut nodes = cluster(kind, n);
-    for (i, c) in nodes.iter_mut().enumerate() {
+    for c in &mut nodes {
         c.rebind = policy;
-        c.member_routes(
-            (1..=n)
-                .filter(|j| usize::from(*j) != i + 1)
-                .map(|j| format!("n{j}")),
-        );
     }
     nodes
 }
@@ -464,8 +471,7 @@ fn rebinds_when_the_route_is_gone(kind: ManagerKind) {
     nodes.remove(0);
     for i in 0..2 {
         let other = 3 - i as u8;
-        nodes[i].member_routes([format!("n{other}")]);
-        let ready = nodes[i].members_changed(vec![m(other)], T0);
+        let ready = nodes[i].members_changed(&mems([other]), T0);
         deliver_renumbered(&mut nodes, i, ready.outs);
     }
     // A request on node 2, as the shell makes it: begin, rebind, the handler, end.
@@ -546,7 +552,7 @@ fn the_rebind_policy_decides() {
         let mut never = routed(kind, 2, RebindRoute::Never);
         let id = login(&mut never, 1);
         serve(&mut never, 2, &id);
-        never[1].member_routes(Vec::new());
+        let _ = never[1].members_changed(&[], T0);
         assert!(
             never[1].rebind_route(&id).unwrap().is_none(),
             "{kind:?} Never"
@@ -584,7 +590,7 @@ fn concurrent_rebinds_on_two_nodes_leave_one_session() {
     let mut nodes = routed(ManagerKind::Delta, 3, RebindRoute::WhenRouteGone);
     let id = login(&mut nodes, 1);
     for c in &mut nodes[1..] {
-        c.member_routes(["n2".to_string(), "n3".to_string()]);
+        let _ = c.members_changed(&mems([2, 3]), T0);
     }
     let (_, on2) = nodes[1].rebind_route(&id).unwrap().expect("node 2 rebinds");
     let (_, on3) = nodes[2].rebind_route(&id).unwrap().expect("node 3 rebinds");
