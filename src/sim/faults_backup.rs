@@ -891,6 +891,30 @@ fn kill_and_restart_loop_between_requests_loses_no_acknowledged_change_or_sessio
     }
 }
 
+/// The same with route rebinding on (`RebindRoute::WhenRouteGone`, as `http_node
+/// --rebind-route when_route_gone`): a user served away from its home while the home is gone
+/// gets the serving member's route, and the balancer follows the cookie. 500 seeds, none failing.
+#[test]
+fn kill_and_restart_loop_between_requests_with_rebinding_loses_nothing() {
+    let mut total = Figures::default();
+    for_each_seed(500, |seed| {
+        run(
+            seed,
+            members(seed),
+            true,
+            RebindRoute::WhenRouteGone,
+            &mut total,
+        )
+    });
+    eprintln!("BackupManager kill -9 and restart loop, quiet kills, rebinding: {total:?}");
+    if !replaying() {
+        assert!(
+            total.rebound > 300 && total.kills > 1_500 && total.acked_changes > 100_000,
+            "{total:?}"
+        );
+    }
+}
+
 /// Kills at any moment, requests in flight included, 500 seeds: how many fail, and how (run it
 /// alone, `--test-threads 1`: it silences the panic hook while it runs).
 #[test]

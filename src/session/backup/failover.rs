@@ -152,10 +152,14 @@ impl BackupCore {
             },
         };
         if take {
-            let keep = self
-                .entries
-                .get(id)
-                .is_some_and(|e| e.claim(local) == oc && e.synced);
+            // Its own copy of that claim, in step, unless the orphan's is newer: the holder
+            // that sent it may have got changes this node missed (the dead primary had
+            // re-placed the session, and its copy to this node died with it). Keeping the
+            // older copy sent it to the others as the new primary's, and a copy went back a
+            // version (the kill -9 loop simulation with rebinding, seed 208 between requests).
+            let keep = self.entries.get(id).is_some_and(|e| {
+                e.claim(local) == oc && e.synced && e.session.version() >= state.version
+            });
             if !keep {
                 let had = self.entries.contains_key(id);
                 let entry = Entry::backup(

@@ -670,3 +670,38 @@ fn yields_before_the_others_digest() {
     run_in_order(&mut nodes, queue);
     assert_one_primary_and_no_stray_copy(&nodes, &id);
 }
+
+/// An orphan newer than this node's in-step copy of the same claim is taken: the member that
+/// sent it got changes this node missed.
+#[test]
+fn an_orphan_newer_than_the_copy_here_is_taken() {
+    let mut n2 = node(2, &[1, 3], 1);
+    let id = SessionId::generate("n1").unwrap();
+    let state = |v: u64| SessionState {
+        id: id.clone(),
+        attributes: [("n".to_string(), vec![v as u8])].into(),
+        creation_ms: 1,
+        last_accessed_ms: 1,
+        max_inactive_ms: 60_000,
+        principal: None,
+        auth_type: None,
+        version: v,
+    };
+    let copy = Session::from_state(state(6));
+    n2.entries
+        .insert(id.clone(), Entry::backup(copy, m(1), vec![m(2)], 3));
+    let _ = n2.on_orphan(m(3), &state(7), 3, m(1));
+    let e = &n2.entries[&id];
+    assert!(
+        matches!(e.role, Role::Primary { .. }),
+        "took the session over"
+    );
+    assert_eq!(e.session.state(), &state(7), "with the newer copy");
+    // An orphan no newer than the copy here leaves the copy.
+    let mut n2 = node(2, &[1, 3], 1);
+    let copy = Session::from_state(state(7));
+    n2.entries
+        .insert(id.clone(), Entry::backup(copy, m(1), vec![m(2)], 3));
+    let _ = n2.on_orphan(m(3), &state(6), 3, m(1));
+    assert_eq!(n2.entries[&id].session.version(), 7);
+}
