@@ -228,7 +228,8 @@ fn at_max_active_sessions_a_new_session_is_refused_and_the_others_keep_working()
 
 /// `max_session_size`: a 10 MiB attribute is refused at `set()` with `TooLarge`; the session
 /// is as it was, the request goes on (a small change in the same request is replicated),
-/// and nothing of the 10 MiB is sent.
+/// and nothing of the 10 MiB is sent (one replication, for the small change; a few KiB at most,
+/// with whatever background messages the members exchange meanwhile).
 #[test]
 fn a_10_mib_attribute_is_refused_at_set_and_nothing_is_sent() {
     init_capture();
@@ -241,7 +242,7 @@ fn a_10_mib_attribute_is_refused_at_set_and_nothing_is_sent() {
     );
     let id = create(&a, "ann").expect("made");
     let sent = |n: &SimpleTcpCluster| n.channel().stats().totals.bytes_sent;
-    let (sent_before, msgs_before) = (sent(&nodes[0]), a.stats().messages_sent);
+    let (sent_before, replications_before) = (sent(&nodes[0]), a.stats().replications);
     let big = "x".repeat(10 << 20);
     let mut req = a.request(Some(&id), "/app/cart");
     let s = req.session().expect("served");
@@ -276,20 +277,20 @@ fn a_10_mib_attribute_is_refused_at_set_and_nothing_is_sent() {
         None
     );
     assert_eq!(
-        a.stats().messages_sent,
-        msgs_before + 1,
+        a.stats().replications,
+        replications_before + 1,
         "the small change only"
     );
     let sent_bytes = sent(&nodes[0]) - sent_before;
     assert!(
-        sent_bytes < 4096,
+        sent_bytes < 64 * 1024,
         "{sent_bytes} bytes sent for a small change"
     );
     // A request whose only change was refused sends nothing.
     let mut req = a.request(Some(&id), "/app/cart");
     assert!(req.session().expect("served").set("cart", &big).is_err());
     req.finish().expect("nothing to send");
-    assert_eq!(a.stats().messages_sent, msgs_before + 1);
+    assert_eq!(a.stats().replications, replications_before + 1);
 }
 
 /// A session at the limit fits one frame, whole (the creating request's message carries the
@@ -379,11 +380,20 @@ fn a_peer_sending_a_frame_above_max_frame_size_is_dropped_alone() {
         ))),
         "{warned:?}"
     );
-    // The members still replicate, both ways.
+    // The members still replicate, both ways. The raw peer shook hands, so node 2 counts it
+    // a member until the failure detector drops it: a synchronized send may name it (and only
+    // it) as failed meanwhile.
     for (n, other, k) in [(&a, &b, 1u32), (&b, &a, 2)] {
         let mut req = n.request(Some(&id), "/app/counter");
         req.session().expect("served").set("n", &k).expect("set");
-        req.finish().expect("replicated");
+        if let Err(e) = req.finish() {
+            let faulty: Vec<&str> = e
+                .faulty_members()
+                .iter()
+                .filter_map(|f| f.member.as_ref().map(|m| m.name.as_str()))
+                .collect();
+            assert_eq!(faulty, ["oversized"], "only the raw peer failed: {e}");
+        }
         assert_eq!(
             other.find(&id).expect("held").get::<u32>("n").unwrap(),
             Some(k)
