@@ -9,7 +9,8 @@
 //! `--member ADDR` (repeat), `--manager delta|backup`, `--static DIR`; `--flag=value` works too.
 //!
 //! The application at `/app`: `POST /app/login` (form `user`, `pass`: admin/secret,
-//! guest/guest), `GET /app/profile`, `GET /app/counter` (`?peek` reads it), `POST /app/logout`,
+//! guest/guest; the only place a session is made), `GET /app/profile`, `GET /app/counter`
+//! (`?peek` reads it; 401 without a session), `POST /app/logout`,
 //! `GET /app/health` (503 until the node has the cluster's sessions), `GET /app/metrics`,
 //! `/app/` and `/app/static/*` (files of examples/static). Every session handler is the same
 //! three steps: `http::begin` (ready check, cookie in), read or change the session, then
@@ -219,18 +220,17 @@ impl Node {
         peek: bool,
     ) -> Result<Response, SessionRequestError> {
         let mut req = self.begin(request, path)?;
-        let n = if peek {
-            req.session()
-                .map(|s| s.get::<u64>("counter"))
-                .transpose()?
-                .flatten()
-                .unwrap_or(0)
-        } else {
-            let session = req.session_or_create()?;
-            let n = session.get::<u64>("counter")?.unwrap_or(0) + 1;
-            session.set("counter", &n)?;
-            n
+        // Only with a session (made at login): an anonymous request gets 401, not a session.
+        let Some(session) = req.session() else {
+            let set_cookie = req.set_cookie();
+            req.finish()?;
+            return Ok(with_cookie(error(401, "not logged in"), set_cookie));
         };
+        let mut n = session.get::<u64>("counter")?.unwrap_or(0);
+        if !peek {
+            n += 1;
+            session.set("counter", &n)?;
+        }
         let id = req.session_id().map(|id| id.as_str().to_string());
         let set_cookie = req.set_cookie();
         req.finish()?;

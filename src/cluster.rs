@@ -178,6 +178,7 @@ impl SimpleTcpCluster {
     pub fn new(mut cfg: ClusterConfig) -> Result<SimpleTcpCluster, ChannelError> {
         let filter = compile_filter(&cfg.valve_filter)?;
         cfg.manager.cookie.validate()?;
+        cfg.manager.validate()?;
         if cfg.channel.local_name.is_empty() {
             cfg.channel.local_name = cfg.jvm_route.clone();
         }
@@ -215,6 +216,7 @@ impl SimpleTcpCluster {
             options,
             self.inner.filter.clone(),
             outbound,
+            c.channel.max_frame_size,
         ));
         self.inner
             .managers

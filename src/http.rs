@@ -71,12 +71,15 @@ pub fn begin<'h>(
 
 impl SessionRequestError {
     /// The HTTP status a request that failed with this error answers with: 503 (Service
-    /// Unavailable: try again, perhaps on another node) when the node is not ready or the
-    /// request's change did not reach every member, 500 for the rest (no session id could be
-    /// made, an attribute did not serialize).
+    /// Unavailable: try again, perhaps on another node) when the node is not ready, the
+    /// request's change did not reach every member, or the node holds `max_active_sessions`
+    /// and refused a new one; 500 for the rest (no session id could be made, an attribute did
+    /// not serialize or would make the session larger than `max_session_size`).
     pub fn http_status(&self) -> u16 {
         match self {
-            SessionRequestError::NotReady | SessionRequestError::Send(_) => 503,
+            SessionRequestError::NotReady
+            | SessionRequestError::Send(_)
+            | SessionRequestError::TooManySessions(_) => 503,
             SessionRequestError::Id(_) | SessionRequestError::Attribute(_) => 500,
         }
     }
@@ -126,5 +129,10 @@ mod tests {
         assert_eq!(SessionRequestError::NotReady.http_status(), 503);
         let e = crate::SessionIdError::BadRandomPart;
         assert_eq!(SessionRequestError::Id(e).http_status(), 500);
+        let full = crate::TooManySessions { active: 3, max: 3 };
+        assert_eq!(
+            SessionRequestError::TooManySessions(full).http_status(),
+            503
+        );
     }
 }

@@ -44,7 +44,7 @@ pub use session::Request;
 pub use session::{
     BackupManager, ClusterManager, CookieConfig, DeltaManager, ManagerError, SameSite, Session,
     SessionError, SessionEvent, SessionId, SessionIdError, SessionListener, SessionMerger,
-    SessionRequest, SessionRequestError, SessionState,
+    SessionRequest, SessionRequestError, SessionState, TooManySessions,
 };
 #[cfg(test)]
 mod sim;

@@ -307,6 +307,11 @@ pub struct ManagerSnapshot {
     /// Session copies received to reconcile with after members met again (a partition healed,
     /// or a joiner catching up).
     pub reconciled: u64,
+    /// New sessions refused because `max_active_sessions` were held (Tomcat:
+    /// `rejectedSessions`).
+    pub rejected_sessions: u64,
+    /// The bound on sessions held here (`max_active_sessions`); `None` when unbounded.
+    pub max_active_sessions: Option<u64>,
 }
 
 /// Escapes a label value: backslash, double quote and newline (format 0.0.4).
@@ -491,6 +496,18 @@ const MANAGER_METRICS: &[ManagerMetric] = &[
         "Session copies received to reconcile with after members met again.",
         |m| Some(m.reconciled),
     ),
+    (
+        "tribecast_manager_rejected_sessions_total",
+        "counter",
+        "New sessions refused because max_active_sessions were held.",
+        |m| Some(m.rejected_sessions),
+    ),
+    (
+        "tribecast_manager_max_active_sessions",
+        "gauge",
+        "The bound on sessions held here (max_active_sessions; absent when unbounded).",
+        |m| m.max_active_sessions,
+    ),
 ];
 
 /// The Prometheus text (format 0.0.4) of a channel's and managers' figures, from snapshots
@@ -630,6 +647,11 @@ mod tests {
             "# HELP tribecast_member_messages_sent_total Messages sent to the member (written, and acked where asked).\n# TYPE tribecast_member_messages_sent_total counter\n"
         ));
         assert!(text.contains("tribecast_manager_sessions{context=\"/app\"} 7\n"));
+        assert!(text.contains("tribecast_manager_rejected_sessions_total{context=\"/app\"} 0\n"));
+        assert!(
+            !text.contains("tribecast_manager_max_active_sessions"),
+            "unbounded: no family"
+        );
         assert!(
             !text.contains("tribecast_manager_primary_sessions"),
             "a DeltaManager has no primaries: no family"

@@ -123,6 +123,43 @@ fn numbers_in_any_toml_form() {
     assert_eq!(n.cluster.channel.receiver.max_threads, 16);
 }
 
+/// `max_active_sessions` and `max_session_size`: a positive integer, or -1 (Tomcat's "no
+/// bound"); 0 would refuse everything and is an error naming key and line.
+#[test]
+fn session_bounds() {
+    let d = NodeConfig::from_toml_str("").unwrap().cluster.manager;
+    assert_eq!(d.max_active_sessions, Some(10_000));
+    assert_eq!(d.max_session_size, Some(1 << 20));
+    let n = NodeConfig::from_toml_str(
+        "[cluster.manager]\nmax_active_sessions = 500\nmax_session_size = 65_536\n",
+    )
+    .unwrap()
+    .cluster
+    .manager;
+    assert_eq!(
+        (n.max_active_sessions, n.max_session_size),
+        (Some(500), Some(65_536))
+    );
+    let n = NodeConfig::from_toml_str(
+        "[cluster.manager]\nmax_active_sessions = -1\nmax_session_size = -1\n",
+    )
+    .unwrap()
+    .cluster
+    .manager;
+    assert_eq!((n.max_active_sessions, n.max_session_size), (None, None));
+    for key in ["max_active_sessions", "max_session_size"] {
+        for bad in ["0", "-2"] {
+            let e = check(
+                &format!("[cluster.manager]\n{key} = {bad}\n"),
+                Kind::OutOfRange,
+                &format!("cluster.manager.{key}"),
+                2,
+            );
+            assert!(e.message.contains("-1 (no bound)"), "{e}");
+        }
+    }
+}
+
 #[test]
 fn unknown_keys_name_key_and_line() {
     let e = check("colour = 1\n", Kind::UnknownKey, "colour", 1);
@@ -569,6 +606,7 @@ fn converts_a_full_server_xml_and_names_what_it_drops() {
     assert_eq!(k.manager.map_send_options, SendOptions::SYNC_ACK);
     assert_eq!(k.manager.rpc_timeout, Duration::from_millis(20000));
     assert!(!k.manager.notify_listeners_on_replication);
+    assert_eq!(k.manager.max_active_sessions, Some(100));
     let m = k.channel.membership.mcast.as_ref().unwrap();
     assert_eq!(
         (m.address, m.port, m.ttl),
@@ -604,7 +642,6 @@ fn converts_a_full_server_xml_and_names_what_it_drops() {
         dropped,
         [
             "Cluster channelStartOptions=\"3\"",
-            "Cluster/Manager maxActiveSessions=\"100\"",
             "Cluster/Channel/Membership soTimeout=\"500\"",
             "Cluster/Channel/Receiver address=\"auto\"",
             "Cluster/Channel/Receiver rxBufSize=\"65536\"",
@@ -634,7 +671,8 @@ fn converts_a_full_server_xml_and_names_what_it_drops() {
 fn converter_maps_tomcat_units() {
     let xml = r#"<Cluster className="org.apache.catalina.ha.tcp.SimpleTcpCluster">
       <Manager className="org.apache.catalina.ha.session.DeltaManager"
-               stateTransferTimeout="30" processExpiresFrequency="3" sendAllSessionsSize="50"/>
+               stateTransferTimeout="30" processExpiresFrequency="3" sendAllSessionsSize="50"
+               maxActiveSessions="2000"/>
       <Channel className="org.apache.catalina.tribes.group.GroupChannel" heartbeatSleeptime="2000">
         <Membership className="org.apache.catalina.tribes.membership.StaticMembershipService"
                     expirationTime="9000">
@@ -653,6 +691,7 @@ fn converter_maps_tomcat_units() {
     assert_eq!(k.manager.state_transfer_timeout, Duration::from_secs(30));
     assert_eq!(k.manager.expire_frequency, Duration::from_secs(30));
     assert_eq!(k.manager.send_all_sessions_size, 50);
+    assert_eq!(k.manager.max_active_sessions, Some(2000));
     assert_eq!(k.channel.heartbeat_interval, Duration::from_millis(2000));
     assert_eq!(
         k.channel.membership.expiration_time,
@@ -750,6 +789,8 @@ const KEYS: &[&str] = &[
     "send_all_sessions_size",
     "expire_sessions_on_shutdown",
     "notify_listeners_on_replication",
+    "max_active_sessions",
+    "max_session_size",
     "heartbeat_interval_ms",
     "max_frame_size",
     "unique_id",

@@ -101,6 +101,10 @@ fn scenario(exe: &str, manager: &str) {
         get(&mut Client::new(), &nodes[1], "/app/profile").status,
         401
     );
+    // No session for an anonymous counter either: sessions are made at login only.
+    let anonymous = get(&mut Client::new(), &nodes[1], "/app/counter");
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert!(anonymous.header("set-cookie").is_none(), "{anonymous:?}");
     if manager == "backup" {
         wait_sessions(&nodes, 2);
     }

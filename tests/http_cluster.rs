@@ -156,11 +156,14 @@ fn scenario(manager: &str) {
         .expect("cookie stored")
         .to_string();
     assert!(id.ends_with(".node1"), "jvmRoute suffix: {id}");
-    // Without the cookie there is no profile.
+    // Without the cookie there is no profile, and no counter: sessions are made at login only.
     assert_eq!(
         get(&mut Client::new(), &nodes[1], "/app/profile").status,
         401
     );
+    let anonymous = get(&mut Client::new(), &nodes[1], "/app/counter");
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert!(anonymous.header("set-cookie").is_none(), "{anonymous:?}");
 
     settle(&nodes, manager);
 
@@ -884,6 +887,7 @@ fn help_describes_every_flag_and_equals_form_is_accepted() {
         "--static",
         "--http-threads",
         "--http-max-connections",
+        "--max-active-sessions",
         "--preload",
         "--preload-size",
         "--stop-on-stdin-eof",

@@ -15,7 +15,7 @@
 //!
 //! Checked: every acknowledged counter is above the previous acknowledged one of that user (an
 //! acknowledged change lost mid-run would show as a counter going back), no request ever lands on
-//! a node that no longer knows the session (the app would make a new one), and at the end every
+//! a node that no longer knows the session (the app answers 401), and at the end every
 //! user's counter, read on its home node, is at least its last acknowledged value and its profile is
 //! still there. Availability is checked too: the control fails no request, and a run with faults
 //! at most [`MAX_FAILED_PER_KILL`] per kill (a cluster that keeps data by refusing every change
@@ -323,6 +323,18 @@ fn user_loop(
                 }
                 rep.acknowledged += 1;
                 totals.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(r) if r.status == 401 => {
+                // The node did not know the session (the app makes sessions at login only):
+                // as a new session was before, the user's session is gone for it.
+                rep.other_session.push((
+                    format!("node{}", i + 1),
+                    "none (401)".into(),
+                    utc_time_of_day(),
+                ));
+                rep.failed += 1;
+                totals.failed.fetch_add(1, Ordering::Relaxed);
+                break;
             }
             Ok(r) => {
                 *statuses.entry(r.status).or_insert(0u64) += 1;

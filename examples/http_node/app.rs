@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tribecast::{
-    ChannelError, ClusterConfig, ClusterManager, ManagerKind, Member, MembershipListener,
-    SimpleTcpCluster,
+    ChannelError, ClusterConfig, ClusterManager, ManagerError, ManagerKind, Member,
+    MembershipListener, SimpleTcpCluster,
 };
 
 /// Tomcat's `ReplicationValve` filter from the reference server.xml.
@@ -196,7 +196,7 @@ impl Node {
     }
 
     /// Creates `n` sessions holding `size` bytes each (replicated as usual), for footprint
-    /// measurements.
+    /// measurements. Stops at `max_active_sessions` (logged).
     pub fn preload(&self, n: usize, size: usize) -> Result<(), ChannelError> {
         // Like a request, wait for the state transfer: a session made before the members are
         // known is announced to nobody, and members that already have their state never ask.
@@ -213,6 +213,10 @@ impl Node {
                     if let Err(e) = s.set("data", &data) {
                         warn!("preload: {e}");
                     }
+                }
+                Err(e @ ManagerError::TooManySessions(_)) => {
+                    warn!("preload: stopped: {e} (--max-active-sessions raises it)");
+                    return Ok(());
                 }
                 Err(e) => warn!("preload: {e}"),
             }
@@ -265,6 +269,16 @@ fn content_type(name: &str) -> &'static str {
 
 fn error_json(status: u16, msg: &str) -> Response {
     Response::json(status, &json!({ "error": msg }))
+}
+
+/// The answer when no session could be made: 503 when the node holds `max_active_sessions`
+/// (a balancer or the client may retry, on another node or later), 500 otherwise.
+fn no_session(e: &ManagerError) -> Response {
+    let status = match e {
+        ManagerError::TooManySessions(_) => 503,
+        _ => 500,
+    };
+    error_json(status, &format!("no session: {e}"))
 }
 
 impl App {
@@ -402,9 +416,11 @@ impl App {
                 return error_json(500, &format!("cannot change the session id: {e}"));
             }
         }
+        // The one place the application makes sessions: a real application makes them where
+        // it has something to keep (here, the user who logged in), never for anonymous visitors.
         let session = match r.session_or_create() {
             Ok(s) => s,
-            Err(e) => return error_json(500, &format!("no session: {e}")),
+            Err(e) => return no_session(&e),
         };
         if let Err(e) = session.set("user", &record) {
             return error_json(500, &e.to_string());
@@ -448,29 +464,26 @@ impl App {
         Self::with_cookie(resp, cookie)
     }
 
-    /// Increments the session's counter (`?peek` reads it without a change).
+    /// Increments the session's counter (`?peek` reads it without a change). Only with a
+    /// session (made at login): an anonymous request gets 401 and no session.
     fn counter(&self, req: &Request) -> Response {
         let peek = http::parse_form(&req.query)
             .iter()
             .any(|(k, _)| k == "peek");
         let mut r = self.begin(req);
-        let (n, id) = if peek {
-            let n = r
-                .session()
-                .and_then(|s| s.get::<u64>("counter").ok().flatten())
-                .unwrap_or(0);
-            (n, r.session_id().cloned())
-        } else {
-            let s = match r.session_or_create() {
-                Ok(s) => s,
-                Err(e) => return error_json(500, &format!("no session: {e}")),
-            };
-            let n = s.get::<u64>("counter").ok().flatten().unwrap_or(0) + 1;
+        let Some(s) = r.session() else {
+            let cookie = r.set_cookie();
+            self.finish(r);
+            return Self::with_cookie(error_json(401, "not logged in"), cookie);
+        };
+        let mut n = s.get::<u64>("counter").ok().flatten().unwrap_or(0);
+        if !peek {
+            n += 1;
             if let Err(e) = s.set("counter", &n) {
                 return error_json(500, &e.to_string());
             }
-            (n, Some(s.id().clone()))
-        };
+        }
+        let id = r.session_id().cloned();
         let cookie = r.set_cookie();
         if peek {
             self.finish(r);
@@ -505,6 +518,7 @@ impl App {
             "ready": ready,
             "members": members,
             "sessions": self.mgr.session_count(),
+            "rejected_sessions": stats.rejected_sessions.load(Ordering::Relaxed),
             "messages_sent": stats.messages_sent.load(Ordering::Relaxed),
             "messages_received": stats.messages_received.load(Ordering::Relaxed),
         });

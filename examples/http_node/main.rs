@@ -99,6 +99,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     http_max_connections: u32,
+    /// The most sessions this node holds (its own and the other members' copies) before it
+    /// refuses a new one with 503: Tomcat's maxActiveSessions; -1 for no bound (default
+    /// 10,000, or the config file's max_active_sessions).
+    #[arg(long, value_name = "N", value_parser = parse_bound, allow_hyphen_values = true)]
+    max_active_sessions: Option<Bound>,
     /// Sessions made at start, for footprint measurements.
     #[arg(long, value_name = "N", default_value_t = 0)]
     preload: usize,
@@ -135,6 +140,20 @@ Endpoints: /app/ (the page), /app/login (POST user, pass), /app/profile, /app/co
 Signals: SIGTERM or SIGINT stop the node cleanly (the other members log `Member disappeared` \
 at once); a second one ends it at once.
 Log: stderr, filtered by RUST_LOG (default info).";
+
+/// A bound from the command line: `-1` for none.
+#[derive(Clone, Copy, Debug)]
+struct Bound(Option<usize>);
+
+fn parse_bound(v: &str) -> Result<Bound, String> {
+    match v.trim().parse::<i64>() {
+        Ok(-1) => Ok(Bound(None)),
+        Ok(n) if n > 0 => usize::try_from(n)
+            .map(|n| Bound(Some(n)))
+            .map_err(|e| e.to_string()),
+        _ => Err("a positive integer, or -1 for no bound".into()),
+    }
+}
 
 fn parse_send_options(v: &str) -> Result<SendOptions, String> {
     SendOptions::parse(v)
@@ -195,6 +214,9 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
         let key = tribecast::ClusterKey::from_file(path)
             .map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))?;
         cluster.channel.cluster_key = Some(key);
+    }
+    if let Some(Bound(n)) = a.max_active_sessions {
+        cluster.manager.max_active_sessions = n;
     }
     if let Some(o) = a.send_options {
         // Each manager reads its own: the DeltaManager `channel_send_options`, the

@@ -72,9 +72,10 @@ async function refreshProfile() {
   const p = await call("GET", "profile");
   showNode(p.body);
   showUser(p.status === 200 ? p.body : null);
+  // 401 without a session: sessions are made at login only.
   const c = await call("GET", "counter?peek");
+  $("counter").textContent = c.status === 200 ? c.body.counter : 0;
   if (c.status === 200) {
-    $("counter").textContent = c.body.counter;
     showNode(c.body);
   }
 }

@@ -468,6 +468,8 @@ impl Converter {
                     As::Bool,
                 ),
                 ("sendAllSessionsSize", "send_all_sessions_size", As::Int),
+                // -1 (Tomcat's default, no bound) is carried as is: the file reads it so.
+                ("maxActiveSessions", "max_active_sessions", As::Int),
                 ("mapSendOptions", "map_send_options", As::SendOptions),
                 ("rpcTimeout", "rpc_timeout_ms", As::Ms(1)),
                 // Tomcat: runs of the 10 s background processor.

@@ -384,6 +384,28 @@ impl<'s> Walker<'s> {
             .and_then(|n| usize::try_from(n).ok()))
     }
 
+    /// A bound on something counted: `-1` (Tomcat's "no bound") is `Some(None)`, a positive
+    /// integer `Some(Some(n))`; 0 is refused (it would refuse everything).
+    fn bound(
+        &mut self,
+        tbl: Tbl<'_, '_>,
+        name: &str,
+    ) -> Result<Option<Option<usize>>, ConfigFileError> {
+        let what = "-1 (no bound) or a positive integer";
+        if let Some((path, v)) = self.get(tbl, name) {
+            if let DeValue::Integer(i) = v.get_ref() {
+                if i64::from_str_radix(i.as_str(), i.radix()) == Ok(0) {
+                    let msg = format!("expected {what}, got 0 (which would refuse everything)");
+                    return Err(self.err(Kind::OutOfRange, path, Some(v.span()), msg));
+                }
+            }
+        }
+        let max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
+        Ok(self
+            .int(tbl, name, -1, max, what, "")?
+            .map(|n| usize::try_from(n).ok()))
+    }
+
     fn port(
         &mut self,
         tbl: Tbl<'_, '_>,
@@ -711,6 +733,8 @@ impl<'s> Walker<'s> {
                 "expire_sessions_on_shutdown",
                 "notify_listeners_on_replication",
                 "rebind_route",
+                "max_active_sessions",
+                "max_session_size",
             ],
         )?;
         if let Some((s, path, span)) = self.string(m, "rebind_route", "")? {
@@ -765,6 +789,12 @@ impl<'s> Walker<'s> {
         }
         if let Some(b) = self.boolean(m, "notify_listeners_on_replication")? {
             mc.notify_listeners_on_replication = b;
+        }
+        if let Some(n) = self.bound(m, "max_active_sessions")? {
+            mc.max_active_sessions = n;
+        }
+        if let Some(n) = self.bound(m, "max_session_size")? {
+            mc.max_session_size = n;
         }
         Ok(())
     }

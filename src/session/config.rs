@@ -75,6 +75,19 @@ pub struct ManagerConfig {
     /// The session cookie (Tomcat: the `Context`'s `sessionCookieName`, `sessionCookiePath`,
     /// `useHttpOnly`, ...; `sameSiteCookies`).
     pub cookie: CookieConfig,
+    /// The most sessions this node holds before it refuses a new one (Tomcat:
+    /// `maxActiveSessions`, unbounded by default there): counted over every session held here,
+    /// its own and the other members' copies (a DeltaManager holds them all). A refused
+    /// creation fails with `ManagerError::TooManySessions` (HTTP 503) and is counted in
+    /// `rejected_sessions`; sessions that exist keep working, and copies arriving from other
+    /// members are never refused. `None`: no bound. Default 10,000: what a node fits in about
+    /// 30 MiB with sessions of 1 KiB (docs/configuration.md).
+    pub max_active_sessions: Option<usize>,
+    /// The largest a session may grow, in bytes ([`Session::size`](super::Session::size)):
+    /// `Session::set` refuses a value that would pass it (`SessionError::TooLarge`), before
+    /// anything is stored or sent. Lowered to what one `max_frame_size` frame carries; `None`:
+    /// that alone. Default 1 MiB.
+    pub max_session_size: Option<usize>,
 }
 
 impl Default for ManagerConfig {
@@ -92,7 +105,34 @@ impl Default for ManagerConfig {
             notify_listeners_on_replication: true,
             rebind_route: RebindRoute::Never,
             cookie: CookieConfig::default(),
+            max_active_sessions: Some(DEFAULT_MAX_ACTIVE_SESSIONS),
+            max_session_size: Some(DEFAULT_MAX_SESSION_SIZE),
         }
+    }
+}
+
+/// Default [`ManagerConfig::max_active_sessions`]: 10,000.
+pub const DEFAULT_MAX_ACTIVE_SESSIONS: usize = 10_000;
+/// Default [`ManagerConfig::max_session_size`]: 1 MiB.
+pub const DEFAULT_MAX_SESSION_SIZE: usize = 1 << 20;
+
+impl ManagerConfig {
+    /// Checks the bounds: a bound of 0 would refuse every session (use `None` for no bound).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_active_sessions == Some(0) {
+            return Err(ConfigError {
+                key: "manager.max_active_sessions",
+                reason: "0 would refuse every new session; at least 1, or None for no bound".into(),
+            });
+        }
+        if self.max_session_size == Some(0) {
+            return Err(ConfigError {
+                key: "manager.max_session_size",
+                reason: "0 would refuse every attribute; at least 1, or None for the frame's size"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +169,35 @@ pub fn compile_filter(filter: &str) -> Result<Option<Regex>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bound_of_zero_is_refused() {
+        ManagerConfig::default().validate().unwrap();
+        let none = ManagerConfig {
+            max_active_sessions: None,
+            max_session_size: None,
+            ..ManagerConfig::default()
+        };
+        none.validate().unwrap();
+        for (cfg, key) in [
+            (
+                ManagerConfig {
+                    max_active_sessions: Some(0),
+                    ..ManagerConfig::default()
+                },
+                "manager.max_active_sessions",
+            ),
+            (
+                ManagerConfig {
+                    max_session_size: Some(0),
+                    ..ManagerConfig::default()
+                },
+                "manager.max_session_size",
+            ),
+        ] {
+            assert_eq!(cfg.validate().unwrap_err().key, key);
+        }
+    }
 
     #[test]
     fn tomcat_filter_list_matches_whole_uris() {

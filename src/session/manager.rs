@@ -15,7 +15,8 @@ use super::config::ManagerConfig;
 use super::cookie::{cookie_change, CookieChange, CookieConfig};
 use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
-use super::manager_core::{Begin, ManagerCore, Ready, ServedElsewhere, Token};
+use super::limits::{effective_size_limit, TooManySessions};
+use super::manager_core::{Begin, CreateError, ManagerCore, Ready, ServedElsewhere, Token};
 use super::model::{Session, SessionError};
 use super::outbound::Outbound;
 use super::outputs::{Dest, SessionEvent};
@@ -46,11 +47,15 @@ impl<F: Fn(&str, &SessionEvent) + Send + Sync + 'static> SessionListener for F {
 
 /// Why a request could not get its session.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ManagerError {
     /// The session id could not be made (the operating system's random source failed).
     Id(SessionIdError),
     /// The session was replicated but could not be sent.
     Send(ChannelError),
+    /// No new session: this node holds `ManagerConfig::max_active_sessions` already (Tomcat's
+    /// `TooManyActiveSessionsException`). Counted in `rejected_sessions`.
+    TooManySessions(TooManySessions),
 }
 
 impl std::fmt::Display for ManagerError {
@@ -58,6 +63,7 @@ impl std::fmt::Display for ManagerError {
         match self {
             ManagerError::Id(e) => e.fmt(f),
             ManagerError::Send(e) => e.fmt(f),
+            ManagerError::TooManySessions(e) => e.fmt(f),
         }
     }
 }
@@ -67,6 +73,7 @@ impl std::error::Error for ManagerError {
         match self {
             ManagerError::Id(e) => Some(e),
             ManagerError::Send(e) => Some(e),
+            ManagerError::TooManySessions(e) => Some(e),
         }
     }
 }
@@ -102,6 +109,9 @@ pub enum SessionRequestError {
     /// transfer is still running), so a session could not be looked up; see
     /// [`ClusterManager::wait_ready`]. An HTTP server answers 503 and the client retries.
     NotReady,
+    /// No new session: this node holds `ManagerConfig::max_active_sessions` sessions already.
+    /// An HTTP server answers 503; existing sessions keep working.
+    TooManySessions(TooManySessions),
 }
 
 impl std::fmt::Display for SessionRequestError {
@@ -113,6 +123,7 @@ impl std::fmt::Display for SessionRequestError {
             SessionRequestError::NotReady => {
                 f.write_str("the session state transfer from the cluster is still running")
             }
+            SessionRequestError::TooManySessions(e) => e.fmt(f),
         }
     }
 }
@@ -124,6 +135,7 @@ impl std::error::Error for SessionRequestError {
             SessionRequestError::Attribute(e) => Some(e),
             SessionRequestError::Send(e) => Some(e),
             SessionRequestError::NotReady => None,
+            SessionRequestError::TooManySessions(e) => Some(e),
         }
     }
 }
@@ -133,6 +145,7 @@ impl From<ManagerError> for SessionRequestError {
         match e {
             ManagerError::Id(e) => SessionRequestError::Id(e),
             ManagerError::Send(e) => SessionRequestError::Send(e),
+            ManagerError::TooManySessions(e) => SessionRequestError::TooManySessions(e),
         }
     }
 }
@@ -171,6 +184,9 @@ pub struct ManagerStats {
     pub reconciled: crate::metrics::Counter,
     /// Requests whose session changes were sent.
     pub replications: crate::metrics::Counter,
+    /// New sessions refused because `max_active_sessions` were held (Tomcat:
+    /// `rejectedSessions`).
+    pub rejected_sessions: crate::metrics::Counter,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -204,6 +220,10 @@ pub struct ClusterManager {
     listeners: RwLock<Vec<Arc<dyn SessionListener>>>,
     /// The session cookie's policy.
     cookie: CookieConfig,
+    /// The largest a request may make a session (`max_session_size`, within one frame).
+    size_limit: usize,
+    /// `max_active_sessions`, for the statistics (the core decides).
+    max_active: Option<usize>,
     /// Its counters (read them with `stats()` for a snapshot).
     pub stats: ManagerStats,
 }
@@ -222,6 +242,7 @@ impl ClusterManager {
         options: SendOptions,
         filter: Option<Regex>,
         outbound: Weak<dyn Outbound>,
+        max_frame_size: u32,
     ) -> ClusterManager {
         ClusterManager {
             context: context.to_string(),
@@ -234,6 +255,8 @@ impl ClusterManager {
             filter,
             listeners: RwLock::new(Vec::new()),
             cookie: cfg.cookie.clone(),
+            size_limit: effective_size_limit(cfg.max_session_size, max_frame_size, context),
+            max_active: cfg.max_active_sessions,
             stats: ManagerStats::default(),
         }
     }
@@ -273,7 +296,15 @@ impl ClusterManager {
             resyncs: s.resyncs.load(Ordering::Relaxed),
             state_transfers: s.state_transfers.load(Ordering::Relaxed),
             reconciled: s.reconciled.load(Ordering::Relaxed),
+            rejected_sessions: s.rejected_sessions.load(Ordering::Relaxed),
+            max_active_sessions: self.max_active.map(|m| m as u64),
         }
+    }
+
+    /// The largest a request may make a session, in bytes ([`Session::size`]):
+    /// `max_session_size`, lowered to what one frame carries.
+    pub fn max_session_size(&self) -> usize {
+        self.size_limit
     }
 
     /// Live sessions held here (own and replicated).
@@ -395,6 +426,7 @@ impl ClusterManager {
         // (a filtered request's) stays there and is not applied twice.
         copy.map(|mut c| {
             c.take_pending();
+            c.limit_size(self.size_limit);
             c
         })
     }
@@ -592,7 +624,8 @@ impl SessionRequest {
         self.copy.as_mut()
     }
 
-    /// The request's session, created if there is none.
+    /// The request's session, created if there is none. Refused with
+    /// [`ManagerError::TooManySessions`] when the node holds `max_active_sessions` already.
     pub fn session_or_create(&mut self) -> Result<&mut Session, ManagerError> {
         if self.copy.is_none() {
             let (made, _) = self.mgr.input(|c| match c.create(now_ms()) {
@@ -602,7 +635,18 @@ impl SessionRequest {
                 }
                 Err(e) => (Err(e), Ready::default()),
             });
-            self.copy = Some(made.map_err(ManagerError::Id)?);
+            let mut copy = made.map_err(|e| match e {
+                CreateError::Id(e) => ManagerError::Id(e),
+                CreateError::TooMany(e) => {
+                    self.mgr
+                        .stats
+                        .rejected_sessions
+                        .fetch_add(1, Ordering::Relaxed);
+                    ManagerError::TooManySessions(e)
+                }
+            })?;
+            copy.limit_size(self.mgr.size_limit);
+            self.copy = Some(copy);
         }
         self.copy
             .as_mut()

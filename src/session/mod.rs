@@ -8,6 +8,7 @@ pub mod cookie;
 pub(crate) mod delta;
 pub(crate) mod engine;
 pub mod id;
+pub(crate) mod limits;
 pub mod manager;
 pub(crate) mod manager_core;
 pub mod model;
@@ -18,9 +19,13 @@ mod prop_tests;
 pub mod reconcile;
 pub(crate) mod replica;
 
-pub use config::{compile_filter, ManagerConfig, ManagerKind, RebindRoute};
+pub use config::{
+    compile_filter, ManagerConfig, ManagerKind, RebindRoute, DEFAULT_MAX_ACTIVE_SESSIONS,
+    DEFAULT_MAX_SESSION_SIZE,
+};
 pub use cookie::{CookieConfig, SameSite};
 pub use id::{IdSource, OsRandom, SessionId, SessionIdError};
+pub use limits::TooManySessions;
 #[allow(deprecated)]
 pub use manager::Request;
 pub use manager::{

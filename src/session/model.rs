@@ -20,6 +20,11 @@ use std::time::Duration;
 pub const DEFAULT_MAX_INACTIVE: Duration = Duration::from_secs(30 * 60);
 /// Longest attribute name accepted.
 pub const MAX_NAME_LEN: usize = 1024;
+/// What a session's encoded state takes beyond its strings, at most: five integers of up to
+/// 10 bytes, the length prefixes of the id and the principal's strings, the option tags.
+const STATE_OVERHEAD: usize = 96;
+/// What one attribute takes beyond its name and value bytes, at most: two length prefixes.
+const ATTRIBUTE_OVERHEAD: usize = 20;
 
 /// Why an attribute could not be stored or read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +50,18 @@ pub enum SessionError {
     BadName(usize),
     /// The session was invalidated.
     Invalidated,
+    /// Storing the value would make the session larger than its limit
+    /// (`ManagerConfig::max_session_size`, lowered to fit one `max_frame_size` frame): nothing
+    /// was stored, the session is as it was, and nothing is sent.
+    TooLarge {
+        /// The attribute.
+        name: String,
+        /// What the session would have measured ([`Session::size`], with the names this
+        /// request removed).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -62,6 +79,11 @@ impl fmt::Display for SessionError {
                 "attribute name of {n} bytes (must be 1 to {MAX_NAME_LEN})"
             ),
             SessionError::Invalidated => write!(f, "session was invalidated"),
+            SessionError::TooLarge { name, size, max } => write!(
+                f,
+                "attribute '{name}' not stored: the session would be {size} bytes, more than \
+                 max_session_size ({max} bytes)"
+            ),
         }
     }
 }
@@ -176,6 +198,9 @@ pub struct Session {
     is_new: bool,
     valid: bool,
     pending: Vec<DeltaOp>,
+    /// The largest [`size`](Self::size) `set` may make it (a request's working copy has its
+    /// manager's limit; other copies none).
+    max_size: usize,
 }
 
 impl Session {
@@ -195,6 +220,7 @@ impl Session {
             is_new: true,
             valid: true,
             pending: Vec::new(),
+            max_size: usize::MAX,
         }
     }
 
@@ -205,6 +231,7 @@ impl Session {
             is_new: false,
             valid: true,
             pending: Vec::new(),
+            max_size: usize::MAX,
         }
     }
 
@@ -303,7 +330,62 @@ impl Session {
         self.pending.push(op);
     }
 
-    /// Stores `value` under `name`.
+    /// Its size in bytes as a replication message carries it, at most: its attributes' names
+    /// and encoded values, id, principal, and a fixed overhead. What
+    /// `ManagerConfig::max_session_size` bounds.
+    pub fn size(&self) -> usize {
+        let st = &self.state;
+        let strings = [&st.principal, &st.auth_type]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+        let attributes: usize = st
+            .attributes
+            .iter()
+            .map(|(n, v)| attribute_size(n, v.len()))
+            .sum();
+        STATE_OVERHEAD + st.id.as_str().len() + strings + attributes
+    }
+
+    /// The limit `set` keeps this copy within (see [`SessionError::TooLarge`]).
+    pub(crate) fn limit_size(&mut self, max: usize) {
+        self.max_size = max;
+    }
+
+    /// Whether `name` may be set to `len` bytes: the session with it, plus the names this
+    /// request removed (its change carries them too), stays within the limit.
+    fn check_size(&self, name: &str, len: usize) -> Result<(), SessionError> {
+        if self.max_size == usize::MAX {
+            return Ok(());
+        }
+        let old = self
+            .state
+            .attributes
+            .get(name)
+            .map_or(0, |v| attribute_size(name, v.len()));
+        let removed: usize = self
+            .pending
+            .iter()
+            .map(|op| match op {
+                DeltaOp::RemoveAttribute(n) if n != name => attribute_size(n, 0),
+                _ => 0,
+            })
+            .sum();
+        let size = (self.size() - old)
+            .saturating_add(attribute_size(name, len))
+            .saturating_add(removed);
+        if size > self.max_size {
+            return Err(SessionError::TooLarge {
+                name: name.into(),
+                size,
+                max: self.max_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores `value` under `name`. Refused with [`SessionError::TooLarge`] when the session
+    /// would grow past its limit (nothing stored, nothing sent).
     pub fn set<T: Serialize + ?Sized>(
         &mut self,
         name: &str,
@@ -314,6 +396,7 @@ impl Session {
             name: name.into(),
             reason,
         })?;
+        self.check_size(name, bytes.len())?;
         self.state
             .attributes
             .insert(name.to_string(), bytes.clone());
@@ -497,6 +580,13 @@ impl Session {
     }
 }
 
+/// What attribute `name` with a value of `len` bytes adds to [`Session::size`].
+fn attribute_size(name: &str, len: usize) -> usize {
+    ATTRIBUTE_OVERHEAD
+        .saturating_add(name.len())
+        .saturating_add(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,5 +740,71 @@ mod tests {
         s.set("a", &1u8).unwrap();
         let (base, version, ops) = s.take_delta().unwrap();
         assert_eq!((base, version, ops.len()), (u64::MAX, u64::MAX, 1));
+    }
+
+    #[test]
+    fn size_bounds_the_encoded_state() {
+        let mut s = session();
+        let small = crate::wire::encode_body(s.state()).len();
+        assert!(small <= s.size(), "{small} > {}", s.size());
+        s.set("user", &"ann".repeat(100)).unwrap();
+        s.set("cart", &vec![7u64; 5000]).unwrap();
+        s.set(&"n".repeat(MAX_NAME_LEN), &u64::MAX).unwrap();
+        s.set_principal(Some("ann"), Some("FORM"));
+        let mut st = s.state().clone();
+        st.version = u64::MAX;
+        st.creation_ms = u64::MAX;
+        st.last_accessed_ms = u64::MAX;
+        st.max_inactive_ms = u64::MAX;
+        let encoded = crate::wire::encode_body(&st).len();
+        assert!(encoded <= s.size(), "{encoded} > {}", s.size());
+        // Not far above either: the overhead is per session and per attribute, not per byte.
+        assert!(s.size() - encoded < 200, "{} vs {encoded}", s.size());
+    }
+
+    #[test]
+    fn a_set_past_the_limit_is_refused_and_changes_nothing() {
+        let mut s = session();
+        s.set("a", &"x".repeat(100)).unwrap();
+        s.take_delta();
+        let max = s.size() + 200;
+        s.limit_size(max);
+        let before = s.state().clone();
+        let big = "y".repeat(10 << 20); // 10 MiB
+        match s.set("big", &big) {
+            Err(SessionError::TooLarge { name, size, max: m }) => {
+                assert_eq!((name.as_str(), m), ("big", max));
+                assert!(size > 10 << 20, "{size}");
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(s.state(), &before, "nothing stored");
+        assert!(s.take_delta().is_none(), "nothing to send");
+        // Within the limit: stored. Replacing an attribute counts its new size only.
+        s.set("b", &"z".repeat(100)).unwrap();
+        s.set("a", &"x".repeat(150)).unwrap();
+        assert!(s.size() <= max);
+        assert!(matches!(
+            s.set("a", &"x".repeat(400)),
+            Err(SessionError::TooLarge { .. })
+        ));
+        // A removal travels in the request's change: its name still counts in this request.
+        s.take_delta();
+        s.remove("b").unwrap();
+        let room = max - s.size();
+        let size_of = |n: usize| {
+            let v = super::super::attr::encode(&"w".repeat(n)).unwrap();
+            attribute_size("new", v.len())
+        };
+        // The longest value that fits the room left, were the removal not counted.
+        let n = (0..room).rev().find(|n| size_of(*n) <= room).unwrap();
+        assert!(size_of(n) + attribute_size("b", 0) > room);
+        assert!(matches!(
+            s.set("new", &"w".repeat(n)),
+            Err(SessionError::TooLarge { .. })
+        ));
+        s.take_delta();
+        s.set("new", &"w".repeat(n)).unwrap();
+        assert!(s.size() <= max);
     }
 }

@@ -18,12 +18,13 @@ use super::engine::{Core, POut, Payload};
 #[cfg(test)]
 use super::id::IdSource;
 use super::id::{SessionId, SessionIdError};
+use super::limits::{ActiveBound, TooManySessions};
 use super::model::Session;
 use super::outputs::{Dest, SessionEvent};
 use super::replica::SessionMessage;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
-use log::{error, info};
+use log::{error, info, warn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -107,6 +108,24 @@ struct Transfer {
     reask_at: Option<u64>,
 }
 
+/// Why no session was made for a request.
+#[derive(Debug)]
+pub(crate) enum CreateError {
+    /// No id could be made.
+    Id(SessionIdError),
+    /// The node holds `max_active_sessions` already.
+    TooMany(TooManySessions),
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::Id(e) => e.fmt(f),
+            CreateError::TooMany(e) => e.fmt(f),
+        }
+    }
+}
+
 /// How long a joiner waits for the first chunk of its state transfer before it asks again.
 const TRANSFER_REASK_MS: u64 = 2_000;
 
@@ -142,6 +161,8 @@ pub(crate) struct ManagerCore {
     rebind: RebindRoute,
     /// The routes (member names) of the current members other than this node.
     routes: BTreeSet<String>,
+    /// `max_active_sessions`, and its refusals' log.
+    bound: ActiveBound,
 }
 
 /// Sessions remembered as behind at most (a member that sends many gaps cannot grow it).
@@ -209,6 +230,7 @@ impl ManagerCore {
             catch_up: BTreeMap::new(),
             rebind: cfg.rebind_route,
             routes: BTreeSet::new(),
+            bound: ActiveBound::new(cfg.max_active_sessions),
         }
     }
 
@@ -404,14 +426,25 @@ impl ManagerCore {
         self.core.served(id).cloned()
     }
 
-    /// A new session for a request; its creation is announced when the request ends.
-    pub fn create(&mut self, now_ms: u64) -> Result<(Session, Ready), SessionIdError> {
-        let id = self.core.create(now_ms)?;
+    /// A new session for a request; its creation is announced when the request ends. Refused
+    /// when this node holds `max_active_sessions` sessions already (its own and the other
+    /// members' copies, however many of either); the first refusal of a burst is logged.
+    pub fn create(&mut self, now_ms: u64) -> Result<(Session, Ready), CreateError> {
+        if let Err((refused, log)) = self.bound.admit(self.core.len(), now_ms) {
+            if let Some(unlogged) = log {
+                warn!(
+                    "Manager [{}]: new session refused: {} session(s) held here, max_active_sessions is {} ({unlogged} more refused since the last warning; counted in rejected_sessions)",
+                    self.context, refused.active, refused.max
+                );
+            }
+            return Err(CreateError::TooMany(refused));
+        }
+        let id = self.core.create(now_ms).map_err(CreateError::Id)?;
         let copy = self
             .core
             .session(&id)
             .cloned()
-            .ok_or(SessionIdError::BadRandomPart)?;
+            .ok_or(CreateError::Id(SessionIdError::BadRandomPart))?;
         let ready = Ready {
             events: vec![SessionEvent::Created(id)],
             ..Ready::default()

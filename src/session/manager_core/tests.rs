@@ -27,9 +27,14 @@ fn cluster(kind: ManagerKind, n: u8) -> Vec<ManagerCore> {
         rpc_timeout: Duration::from_millis(100),
         ..ManagerConfig::default()
     };
+    cluster_with(&cfg, n)
+}
+
+/// Members 1..=n with `cfg`, started and seeing every other.
+fn cluster_with(cfg: &ManagerConfig, n: u8) -> Vec<ManagerCore> {
     (1..=n)
         .map(|i| {
-            let mut c = ManagerCore::new("/app", &format!("n{i}"), &cfg, SendOptions::SYNC_ACK);
+            let mut c = ManagerCore::new("/app", &format!("n{i}"), cfg, SendOptions::SYNC_ACK);
             c.set_id_source(Box::new(OsRandom));
             c.started(m(i), None, T0);
             c.members_changed(&mems((1..=n).filter(|j| *j != i)), T0);
@@ -640,4 +645,109 @@ fn the_state_transfer_deadline_is_kept_by_tick() {
     assert!(!c.tick(T0 + 499).became_ready);
     assert!(c.tick(T0 + 500).became_ready);
     assert!(c.is_ready());
+}
+
+/// Members 1..=n like [`cluster`], each bounded to `max` sessions.
+fn bounded_cluster(kind: ManagerKind, n: u8, max: usize) -> Vec<ManagerCore> {
+    let cfg = ManagerConfig {
+        kind,
+        max_active_sessions: Some(max),
+        ..ManagerConfig::default()
+    };
+    cluster_with(&cfg, n)
+}
+
+/// A session made on member `on` and announced (delivered to every member).
+fn made(nodes: &mut [ManagerCore], on: u8) -> Result<SessionId, CreateError> {
+    let c = &mut nodes[usize::from(on - 1)];
+    let (mut copy, _) = c.create(T0)?;
+    copy.set("user", &"ann").expect("set");
+    let id = copy.id().clone();
+    let (_, ready) = c.end_request(copy, true, T0);
+    deliver(nodes, on, ready.outs);
+    Ok(id)
+}
+
+fn too_many(r: Result<SessionId, CreateError>) -> TooManySessions {
+    match r {
+        Err(CreateError::TooMany(t)) => t,
+        other => panic!("expected TooManySessions, got {other:?}"),
+    }
+}
+
+/// `max_active_sessions` counts every session a DeltaManager holds, its own and the others':
+/// at the bound a new session is refused on every member; sessions that exist keep working;
+/// an invalidation makes room again.
+#[test]
+fn a_delta_manager_refuses_new_sessions_at_the_bound_and_serves_the_others() {
+    let mut nodes = bounded_cluster(ManagerKind::Delta, 2, 3);
+    let a = made(&mut nodes, 1).expect("1st");
+    made(&mut nodes, 2).expect("2nd, made on member 2");
+    made(&mut nodes, 1).expect("3rd");
+    for on in [1, 2] {
+        let refused = too_many(made(&mut nodes, on));
+        assert_eq!(
+            refused,
+            TooManySessions { active: 3, max: 3 },
+            "member {on}"
+        );
+    }
+    // An existing session is served and changed on both members.
+    for (on, n) in [(1u8, 1u8), (2, 2)] {
+        let c = &mut nodes[usize::from(on - 1)];
+        let (Begin::Now(Some(mut copy)), _) = c.begin_request(&a, T0 + 1) else {
+            panic!("session served on member {on}");
+        };
+        copy.set("n", &n).expect("set");
+        let (ended, ready) = c.end_request(copy, true, T0 + 1);
+        assert!(ended.is_ok());
+        deliver(&mut nodes, on, ready.outs);
+    }
+    for c in &nodes {
+        let s = c.core().session(&a).expect("held");
+        assert_eq!(s.get::<u8>("n").expect("n"), Some(2));
+    }
+    // Room again once a session ends (everywhere).
+    let (_, ready) = nodes[1].invalidate(&a);
+    deliver(&mut nodes, 2, ready.outs);
+    assert_eq!(nodes[0].core().len(), 2);
+    made(&mut nodes, 1).expect("a new one after the invalidation");
+    too_many(made(&mut nodes, 2));
+}
+
+/// Copies from other members are never refused: creations made at once on several members
+/// overshoot the bound by what was in flight, and the next creation is refused.
+#[test]
+fn copies_from_other_members_are_kept_past_the_bound() {
+    let mut nodes = bounded_cluster(ManagerKind::Delta, 2, 2);
+    // Each member makes two sessions before it hears of the other's.
+    let mut in_flight = Vec::new();
+    for on in [1u8, 2] {
+        for _ in 0..2 {
+            let c = &mut nodes[usize::from(on - 1)];
+            let (copy, _) = c.create(T0).expect("within the bound here");
+            let (_, ready) = c.end_request(copy, true, T0);
+            in_flight.push((on, ready.outs));
+        }
+    }
+    for (on, outs) in in_flight {
+        deliver(&mut nodes, on, outs);
+    }
+    for (i, c) in nodes.iter().enumerate() {
+        assert_eq!(c.core().len(), 4, "member {}: all kept", i + 1);
+    }
+    let refused = too_many(made(&mut nodes, 1));
+    assert_eq!(refused, TooManySessions { active: 4, max: 2 });
+}
+
+/// A BackupManager counts the copies it backs up as well as those it serves.
+#[test]
+fn a_backup_manager_counts_its_backup_copies() {
+    let mut nodes = bounded_cluster(ManagerKind::Backup, 2, 2);
+    made(&mut nodes, 1).expect("1st");
+    made(&mut nodes, 1).expect("2nd");
+    assert_eq!(nodes[1].core().len(), 2, "member 2 backs both up");
+    assert_eq!(nodes[1].core().primaries(), Some(0));
+    let refused = too_many(made(&mut nodes, 2));
+    assert_eq!(refused, TooManySessions { active: 2, max: 2 });
 }
