@@ -607,21 +607,7 @@ impl DeltaCore {
             }]
         };
         match msg {
-            SessionMessage::GetSession { id } => {
-                match self.store.get(id).filter(|s| s.is_valid()) {
-                    Some(s) if !self.unannounced.contains(id) => {
-                        (reply(SessionMessage::State(s.state().clone())), Vec::new())
-                    }
-                    _ => {
-                        let version = self.store.tombstone(id).map_or(0, |t| t.version);
-                        let msg = SessionMessage::Expired {
-                            id: id.clone(),
-                            version,
-                        };
-                        (reply(msg), Vec::new())
-                    }
-                }
-            }
+            SessionMessage::GetSession { id } => (reply(self.answer_get_session(id)), Vec::new()),
             SessionMessage::GetAllSessions => {
                 let chunks = self.snapshot_chunks();
                 let n = chunks.len();
@@ -654,6 +640,8 @@ impl DeltaCore {
             }
             SessionMessage::Digest(entries) => self.read_digest(from, entries),
             SessionMessage::GetSessions(ids) => (self.answer_get_sessions(from, ids), Vec::new()),
+            // The copy held here stays (the manager stops waiting for that member's).
+            SessionMessage::NotHere { .. } => (Vec::new(), Vec::new()),
             SessionMessage::Merge(states) => (Vec::new(), self.merge(states)),
             _ => {
                 let was_ready = self.ready;
@@ -665,6 +653,22 @@ impl DeltaCore {
                 }
                 (outs, events)
             }
+        }
+    }
+
+    /// The answer to `GetSession`: the copy; the end remembered here; or, for an id this node
+    /// never held (or holds unannounced), `NotHere`, which is not an end: a change of id or a
+    /// CREATED that reached the asker and not this node must not end the asker's live copy.
+    fn answer_get_session(&self, id: &SessionId) -> SessionMessage {
+        match (self.store.get(id), self.store.tombstone(id)) {
+            (Some(s), _) if s.is_valid() && !self.unannounced.contains(id) => {
+                SessionMessage::State(s.state().clone())
+            }
+            (_, Some(t)) => SessionMessage::Expired {
+                id: id.clone(),
+                version: t.version,
+            },
+            _ => SessionMessage::NotHere { id: id.clone() },
         }
     }
 
@@ -925,6 +929,45 @@ mod tests {
         assert!(!b.is_ready());
         b.handle(A, &chunk(1, 2));
         assert!(b.is_ready() && b.chunks_seen.is_empty());
+    }
+
+    /// `GetSession` for an id: the copy, the end remembered, or `NotHere` (not an end) for an
+    /// id never held here or not yet announced.
+    #[test]
+    fn get_session_answers_the_copy_the_end_or_not_here() {
+        let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+        let ask = |id: &SessionId| SessionMessage::GetSession { id: id.clone() };
+        let unannounced = a.create(0).unwrap();
+        let (outs, _) = a.handle(B, &ask(&unannounced));
+        assert_eq!(
+            outs[0].msg,
+            SessionMessage::NotHere {
+                id: unannounced.clone()
+            }
+        );
+        a.end_request(&unannounced, 0);
+        let (outs, _) = a.handle(B, &ask(&unannounced));
+        assert!(matches!(&outs[0].msg, SessionMessage::State(s) if s.id == unannounced));
+        a.session_mut(&unannounced).unwrap().set("x", &1u8).unwrap();
+        a.end_request(&unannounced, 1);
+        a.invalidate(&unannounced);
+        let (outs, _) = a.handle(B, &ask(&unannounced));
+        assert_eq!(
+            outs[0].msg,
+            SessionMessage::Expired {
+                id: unannounced.clone(),
+                version: 1
+            }
+        );
+        let never = SessionId::generate("c").unwrap();
+        let (outs, _) = a.handle(B, &ask(&never));
+        assert_eq!(outs[0].msg, SessionMessage::NotHere { id: never.clone() });
+        // The asker keeps its copy.
+        let mut b = DeltaCore::new(DeltaConfig::default(), "b");
+        let id = b.create(0).unwrap();
+        b.end_request(&id, 0);
+        let (outs, events) = b.handle(A, &SessionMessage::NotHere { id: id.clone() });
+        assert!(outs.is_empty() && events.is_empty() && b.session(&id).is_some());
     }
 
     #[test]

@@ -211,6 +211,7 @@ fn arb_session_message() -> impl Strategy<Value = SessionMessage> {
             }
         ),
         arb_id().prop_map(|id| SessionMessage::GetSession { id }),
+        arb_id().prop_map(|id| SessionMessage::NotHere { id }),
         arb_state().prop_map(SessionMessage::State),
         Just(SessionMessage::GetAllSessions),
         Just(SessionMessage::GetDigest),

@@ -86,6 +86,11 @@ pub enum SessionMessage {
     /// after the donor's snapshot, before that member listed the joiner, shows there. The
     /// answer is `Digest` chunks, the last one empty; the joiner holds requests until then.
     GetDigest,
+    /// The answer to `GetSession` from a member that holds no copy of the session and
+    /// remembers no end or change of id of it (a change that reached only some members before
+    /// its maker died, or a copy not yet announced): not an end. The asker keeps its copy and
+    /// stops waiting for this member's.
+    NotHere { id: SessionId },
 }
 
 /// One session in a [`SessionMessage::Digest`].
@@ -498,6 +503,7 @@ impl ReplicaStore {
             | SessionMessage::GetSessions(_)
             | SessionMessage::Merge(_)
             | SessionMessage::GetDigest => Outcome::Ignored("not a change to apply in order"),
+            SessionMessage::NotHere { .. } => Outcome::Ignored("the member asked has no copy"),
         }
     }
 }

@@ -384,6 +384,7 @@ pub fn kind(msg: &SessionMessage) -> &'static str {
         SessionMessage::GetSessions(_) => "get-sessions",
         SessionMessage::Merge(_) => "merge",
         SessionMessage::GetDigest => "get-digest",
+        SessionMessage::NotHere { .. } => "not-here",
     }
 }
 
@@ -394,7 +395,8 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
         SessionMessage::Delta { id, .. }
         | SessionMessage::Accessed { id, .. }
         | SessionMessage::Expired { id, .. }
-        | SessionMessage::GetSession { id } => vec![id.clone()],
+        | SessionMessage::GetSession { id }
+        | SessionMessage::NotHere { id } => vec![id.clone()],
         SessionMessage::ChangeId { old, new, .. } => vec![old.clone(), new.clone()],
         SessionMessage::AllSessions { states, .. } | SessionMessage::Merge(states) => {
             states.iter().map(|s| s.id.clone()).collect()

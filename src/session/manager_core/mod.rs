@@ -330,6 +330,12 @@ impl ManagerCore {
                 SessionMessage::Expired { id, .. } | SessionMessage::ChangeId { old: id, .. } => {
                     self.resyncing.remove(id);
                 }
+                // The member asked has no copy: the one held here is the best there is.
+                SessionMessage::NotHere { id }
+                    if self.resyncing.get(id).is_some_and(|b| b.of == from) =>
+                {
+                    self.resyncing.remove(id);
+                }
                 SessionMessage::Merge(states) if states.is_empty() => {
                     // The last chunk of an answer to `GetSessions`: what it lacked, it lacks.
                     self.resyncing.retain(|_, b| !(b.by_digest && b.of == from));
