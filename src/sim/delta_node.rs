@@ -381,6 +381,7 @@ pub fn kind(msg: &SessionMessage) -> &'static str {
         SessionMessage::AllSessions { .. } => "all-sessions",
         SessionMessage::NoContextManager => "no-context-manager",
         SessionMessage::Digest(_) => "digest",
+        SessionMessage::DigestAfterLeave(_) => "digest-after-leave",
         SessionMessage::GetSessions(_) => "get-sessions",
         SessionMessage::Merge(_) => "merge",
         SessionMessage::GetDigest => "get-digest",
@@ -401,7 +402,7 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
         SessionMessage::AllSessions { states, .. } | SessionMessage::Merge(states) => {
             states.iter().map(|s| s.id.clone()).collect()
         }
-        SessionMessage::Digest(entries) => entries
+        SessionMessage::Digest(entries) | SessionMessage::DigestAfterLeave(entries) => entries
             .iter()
             .flat_map(|e| match e {
                 DigestEntry::Live(id, _) | DigestEntry::Ended(id, _) => vec![id.clone()],
@@ -788,7 +789,7 @@ impl DeltaNode {
                     ..
                 } => format!(" v{base}->v{version} fp{:04x}", fingerprint & 0xffff),
                 SessionMessage::Created(s) | SessionMessage::State(s) => format!(" v{}", s.version),
-                SessionMessage::Digest(e) => {
+                SessionMessage::Digest(e) | SessionMessage::DigestAfterLeave(e) => {
                     let vs: Vec<String> = e
                         .iter()
                         .map(|e| match e {
@@ -801,7 +802,17 @@ impl DeltaNode {
                 }
                 _ => String::new(),
             };
-            let short: Vec<&str> = ids.iter().map(|i| &i.as_str()[..6]).collect();
+            // The random part's start and the route: a rebound id keeps the random part.
+            let short: Vec<String> = ids
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}{}",
+                        &i.as_str()[..6],
+                        i.route().map_or(String::new(), |r| format!(".{r}"))
+                    )
+                })
+                .collect();
             eprintln!(
                 "{:?} {} <- {from}: {k} {short:?}{versions} (ready: {})",
                 ctx.now(),

@@ -578,6 +578,7 @@ impl ManagerCore {
         let resync = Core::asks_for_session(&ready.outs);
         self.note_resync(from, msg, &ready.outs, now_ms);
         let superseded = self.core.superseded(from, msg);
+        let ended = self.core.ended_here(msg);
         ready.counts.resyncs = u64::from(resync.is_some());
         match msg {
             Payload::Delta(SessionMessage::GetAllSessions) => ready.counts.state_transfers = 1,
@@ -603,14 +604,17 @@ impl ManagerCore {
             );
         }
         self.settle_waits(&mut ready);
-        let verdict = match (resync, superseded) {
-            (Some(id), _) => Err(format!(
+        let verdict = match (resync, superseded, ended) {
+            (Some(id), _, _) => Err(format!(
                 "session {id} not applied here: an earlier change is missing; asked for the session"
             )),
-            (None, Some(id)) => Err(format!(
+            (None, Some(id), _) => Err(format!(
                 "session {id} not applied here: another member serves it now"
             )),
-            (None, None) => Ok(()),
+            (None, None, Some(id)) => {
+                Err(format!("session {id} not applied here: it has ended here"))
+            }
+            (None, None, None) => Ok(()),
         };
         (ready, verdict)
     }
@@ -642,7 +646,7 @@ impl ManagerCore {
             .count();
         if digests > 0 {
             info!(
-                "Manager [{}]: members appeared: sent them this node's session digest ({digests} message(s)) to reconcile",
+                "Manager [{}]: members changed: sent this node's session digest to the members that appeared (or stayed, when one left) to reconcile ({digests} message(s))",
                 self.context
             );
         }

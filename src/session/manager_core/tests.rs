@@ -693,3 +693,23 @@ fn a_member_asked_for_a_session_it_never_held_answers_not_here_and_the_copy_stay
     assert_eq!(served.get::<u8>("n").expect("n"), Some(1));
     assert!(nodes[2].core().session(&new).is_some(), "the copy stays");
 }
+
+/// Seed 63 of the kill -9 loop: an end that reached only member 3 before its maker died.
+/// Member 2, serving the session on, sends a change: member 3 ignores it and must not
+/// acknowledge it (the end wins when the members compare what they hold after the death, so
+/// an acknowledged change would be lost).
+#[test]
+fn a_change_to_a_session_ended_here_is_not_acknowledged() {
+    let mut nodes = cluster(ManagerKind::Delta, 3);
+    let id = login(&mut nodes, 1);
+    let (_, ended) = nodes[0].invalidate(&id);
+    deliver_to(&mut nodes, 1, 3, ended.outs);
+    let mut copy = nodes[1].core().session(&id).cloned().expect("held");
+    copy.set("n", &1u8).expect("set");
+    let (_, change) = nodes[1].end_request(copy, true, T0 + 1);
+    let (_, verdict) = nodes[2].receive(m(2), &change.outs[0].msg, T0 + 1);
+    let why = verdict.expect_err("not applied, not acknowledged");
+    assert!(why.contains("ended here"), "{why}");
+    let (_, verdict) = nodes[0].receive(m(2), &change.outs[0].msg, T0 + 1);
+    assert!(verdict.is_err(), "on the member that ended it too");
+}
