@@ -157,8 +157,11 @@ impl DeltaCore {
 
     /// The members changed. Each new one gets this node's digest: after a partition heals both
     /// sides learn which of the other's copies may win over theirs; a joiner learns of changes
-    /// that reached the donor too late for its snapshot. (A node still joining sends none: its
-    /// transfer brings everything.)
+    /// that reached the donor too late for its snapshot. When a member left, every member that
+    /// stays gets it too: a change (CREATED, DELTA, change of id, end) the one that left made
+    /// just before it died may have reached only some of them, and no later message names the
+    /// session (its user's request failed). A node still joining sends none: its transfer
+    /// brings everything.
     pub fn set_members(&mut self, mut members: Vec<MemberId>, now_ms: u64) -> Vec<Out> {
         members.sort();
         members.dedup();
@@ -169,17 +172,39 @@ impl DeltaCore {
             .filter(|m| before.binary_search(m).is_err())
             .copied()
             .collect();
-        if added.is_empty() || !self.ready {
+        let left = before
+            .iter()
+            .any(|m| self.members.binary_search(m).is_err());
+        if !self.ready {
             return Vec::new();
         }
+        let survivors: Vec<MemberId> = if left {
+            self.members
+                .iter()
+                .filter(|m| before.binary_search(m).is_ok())
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
         // A member that asked for the digest before it was listed here gets it whole now.
-        added
-            .iter()
-            .flat_map(|m| {
-                let whole = self.digests_owed.remove(m);
-                self.digest_to(*m, now_ms, whole)
+        let whole: Vec<bool> = added.iter().map(|m| self.digests_owed.remove(m)).collect();
+        let to: Vec<(MemberId, bool)> = added.into_iter().zip(whole).collect();
+        if to.is_empty() && survivors.is_empty() {
+            return Vec::new();
+        }
+        let chunks = self.digest(now_ms);
+        let mut outs: Vec<Out> = to
+            .into_iter()
+            .flat_map(|(m, whole)| Self::digest_out(&chunks, m, whole))
+            .collect();
+        outs.extend(survivors.into_iter().flat_map(|m| {
+            chunks.iter().map(move |c| Out {
+                dest: Dest::Member(m),
+                msg: SessionMessage::DigestAfterLeave(c.clone()),
             })
-            .collect()
+        }));
+        outs
     }
 
     /// The other members, sorted.
@@ -204,9 +229,15 @@ impl DeltaCore {
 
     /// This node's digest for `to`, ending with an empty chunk if `whole`.
     fn digest_to(&self, to: MemberId, now_ms: u64, whole: bool) -> Vec<Out> {
+        Self::digest_out(&self.digest(now_ms), to, whole)
+    }
+
+    /// The digest `chunks` as messages to `to`, ending with an empty chunk if `whole`.
+    fn digest_out(chunks: &[Vec<DigestEntry>], to: MemberId, whole: bool) -> Vec<Out> {
         let end = whole.then(Vec::new);
-        self.digest(now_ms)
-            .into_iter()
+        chunks
+            .iter()
+            .cloned()
             .chain(end)
             .map(|c| Out {
                 dest: Dest::Member(to),
@@ -267,19 +298,7 @@ impl DeltaCore {
         let mut events = Vec::new();
         for e in entries {
             match e {
-                DigestEntry::Renamed(old, new) => {
-                    if self.store.get(old).is_some()
-                        && self.store.rename(old, new) == Outcome::Applied
-                    {
-                        if let Some(m) = self.meta.remove(old) {
-                            self.meta.insert(new.clone(), m);
-                        }
-                        events.push(SessionEvent::IdChanged {
-                            old: old.clone(),
-                            new: new.clone(),
-                        });
-                    }
-                }
+                DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
                 DigestEntry::Live(id, theirs) => {
                     let cur = self.store.resolve(id).clone();
                     let asks = match self.store.get(&cur) {
@@ -325,6 +344,89 @@ impl DeltaCore {
                 msg: SessionMessage::GetSessions(ids.to_vec()),
             })
             .collect();
+        (outs, events)
+    }
+
+    /// The session of a change (DELTA, ACCESSED) for a session that ended here (not renamed):
+    /// ignored, and so not to be acknowledged.
+    pub fn ended_here(&self, msg: &SessionMessage) -> Option<SessionId> {
+        let (SessionMessage::Delta { id, .. } | SessionMessage::Accessed { id, .. }) = msg else {
+            return None;
+        };
+        let cur = self.store.resolve(id);
+        let ended = self.store.get(cur).is_none()
+            && self
+                .store
+                .tombstone(cur)
+                .is_some_and(|t| t.renamed.is_none());
+        ended.then(|| cur.clone())
+    }
+
+    /// A change of id another member tells of, applied to the copy held here.
+    fn rename_as_told(&mut self, old: &SessionId, new: &SessionId) -> Option<SessionEvent> {
+        if self.store.get(old).is_none() || self.store.rename(old, new) != Outcome::Applied {
+            return None;
+        }
+        if let Some(m) = self.meta.remove(old) {
+            self.meta.insert(new.clone(), m);
+        }
+        Some(SessionEvent::IdChanged {
+            old: old.clone(),
+            new: new.clone(),
+        })
+    }
+
+    /// Reads the digest of a member that stays after another left (see
+    /// [`SessionMessage::DigestAfterLeave`]): catches up on what this node missed of the one
+    /// that left. Changes of id and ends apply at once (an end wins over a live copy here, as
+    /// a late `Expired` would: no copy beyond it can have been acknowledged by that member);
+    /// copies newer than this node's, copies it lacks, and the copy a forked copy here waits
+    /// for are asked for, one `GetSession` each, by the id the sender named; a copy at the
+    /// same version with another content stays, and nothing ended here comes back.
+    fn read_digest_after_leave(
+        &mut self,
+        from: MemberId,
+        entries: &[DigestEntry],
+    ) -> (Vec<Out>, Vec<SessionEvent>) {
+        let mut outs = Vec::new();
+        let mut events = Vec::new();
+        let mut asked = BTreeSet::new();
+        for e in entries {
+            match e {
+                DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
+                DigestEntry::Live(id, theirs) => {
+                    let cur = self.store.resolve(id).clone();
+                    let asks = match self.store.get(&cur) {
+                        Some(_) if self.unannounced.contains(&cur) => false,
+                        Some(s) => {
+                            theirs.version > s.version()
+                                || self
+                                    .store
+                                    .fork_awaits(&cur, theirs.version, theirs.fingerprint)
+                        }
+                        None => self.store.tombstone(&cur).is_none(),
+                    };
+                    if asks && asked.insert(cur) {
+                        outs.push(Out {
+                            dest: Dest::Member(from),
+                            msg: SessionMessage::GetSession { id: id.clone() },
+                        });
+                    }
+                }
+                DigestEntry::Ended(id, at) => match self.store.get(id) {
+                    Some(_) if self.unannounced.contains(id) => {}
+                    Some(_) => {
+                        self.store.end_at(id, *at);
+                        self.meta.remove(id);
+                        events.push(SessionEvent::Destroyed(id.clone()));
+                    }
+                    None if self.store.tombstone(id).is_none() => {
+                        self.store.end_at(id, *at);
+                    }
+                    None => {}
+                },
+            }
+        }
         (outs, events)
     }
 
@@ -600,27 +702,17 @@ impl DeltaCore {
         from: MemberId,
         msg: &SessionMessage,
     ) -> (Vec<Out>, Vec<SessionEvent>) {
-        let reply = |msg| {
-            vec![Out {
-                dest: Dest::Member(from),
-                msg,
-            }]
-        };
         match msg {
             SessionMessage::GetSession { id } => {
-                match self.store.get(id).filter(|s| s.is_valid()) {
-                    Some(s) if !self.unannounced.contains(id) => {
-                        (reply(SessionMessage::State(s.state().clone())), Vec::new())
-                    }
-                    _ => {
-                        let version = self.store.tombstone(id).map_or(0, |t| t.version);
-                        let msg = SessionMessage::Expired {
-                            id: id.clone(),
-                            version,
-                        };
-                        (reply(msg), Vec::new())
-                    }
-                }
+                let outs = self
+                    .answer_get_session(id)
+                    .into_iter()
+                    .map(|msg| Out {
+                        dest: Dest::Member(from),
+                        msg,
+                    })
+                    .collect();
+                (outs, Vec::new())
             }
             SessionMessage::GetAllSessions => {
                 let chunks = self.snapshot_chunks();
@@ -653,7 +745,14 @@ impl DeltaCore {
                 (Vec::new(), Vec::new())
             }
             SessionMessage::Digest(entries) => self.read_digest(from, entries),
+            // A joiner's transfer and the digests it asks for bring what it could miss.
+            SessionMessage::DigestAfterLeave(_) if !self.ready => (Vec::new(), Vec::new()),
+            SessionMessage::DigestAfterLeave(entries) => {
+                self.read_digest_after_leave(from, entries)
+            }
             SessionMessage::GetSessions(ids) => (self.answer_get_sessions(from, ids), Vec::new()),
+            // The copy held here stays (the manager stops waiting for that member's).
+            SessionMessage::NotHere { .. } => (Vec::new(), Vec::new()),
             SessionMessage::Merge(states) => (Vec::new(), self.merge(states)),
             _ => {
                 let was_ready = self.ready;
@@ -666,6 +765,37 @@ impl DeltaCore {
                 (outs, events)
             }
         }
+    }
+
+    /// The answer to `GetSession`: the copy; the end remembered here; or, for an id this node
+    /// never held (or holds unannounced), `NotHere`, which is not an end: a change of id or a
+    /// CREATED that reached the asker and not this node must not end the asker's live copy.
+    ///
+    /// An id renamed here is answered with the change of id, then the answer for the new id:
+    /// the session lives on (an `Expired` for the old id ended the asker's copy).
+    fn answer_get_session(&self, id: &SessionId) -> Vec<SessionMessage> {
+        let cur = self.store.resolve(id);
+        let mut answer = Vec::new();
+        if cur != id {
+            let t = self.store.tombstone(id);
+            answer.push(SessionMessage::ChangeId {
+                old: id.clone(),
+                new: cur.clone(),
+                version: t.map_or(0, |t| t.version),
+                fingerprint: None,
+            });
+        }
+        answer.push(match (self.store.get(cur), self.store.tombstone(cur)) {
+            (Some(s), _) if s.is_valid() && !self.unannounced.contains(cur) => {
+                SessionMessage::State(s.state().clone())
+            }
+            (_, Some(t)) if t.renamed.is_none() => SessionMessage::Expired {
+                id: cur.clone(),
+                version: t.version,
+            },
+            _ => SessionMessage::NotHere { id: cur.clone() },
+        });
+        answer
     }
 
     fn snapshot_chunks(&self) -> Vec<Vec<SessionState>> {
@@ -758,7 +888,9 @@ impl DeltaCore {
                     m.primary_here = false;
                 }
             }
-            SessionMessage::Created(st) | SessionMessage::State(st) => {
+            SessionMessage::Created(st) | SessionMessage::State(st)
+                if self.store.get(&st.id).is_some() =>
+            {
                 self.meta.entry(st.id.clone()).or_insert(Meta {
                     primary_here: false,
                     replicated_access_ms: 0,
@@ -925,6 +1057,166 @@ mod tests {
         assert!(!b.is_ready());
         b.handle(A, &chunk(1, 2));
         assert!(b.is_ready() && b.chunks_seen.is_empty());
+    }
+
+    /// `GetSession` for an id: the copy, the end remembered, or `NotHere` (not an end) for an
+    /// id never held here or not yet announced.
+    #[test]
+    fn get_session_answers_the_copy_the_end_or_not_here() {
+        let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+        let ask = |id: &SessionId| SessionMessage::GetSession { id: id.clone() };
+        let unannounced = a.create(0).unwrap();
+        let (outs, _) = a.handle(B, &ask(&unannounced));
+        assert_eq!(
+            outs[0].msg,
+            SessionMessage::NotHere {
+                id: unannounced.clone()
+            }
+        );
+        a.end_request(&unannounced, 0);
+        let (outs, _) = a.handle(B, &ask(&unannounced));
+        assert!(matches!(&outs[0].msg, SessionMessage::State(s) if s.id == unannounced));
+        a.session_mut(&unannounced).unwrap().set("x", &1u8).unwrap();
+        a.end_request(&unannounced, 1);
+        a.invalidate(&unannounced);
+        let (outs, _) = a.handle(B, &ask(&unannounced));
+        assert_eq!(
+            outs[0].msg,
+            SessionMessage::Expired {
+                id: unannounced.clone(),
+                version: 1
+            }
+        );
+        let never = SessionId::generate("c").unwrap();
+        let (outs, _) = a.handle(B, &ask(&never));
+        assert_eq!(outs[0].msg, SessionMessage::NotHere { id: never.clone() });
+        // The asker keeps its copy.
+        let mut b = DeltaCore::new(DeltaConfig::default(), "b");
+        let id = b.create(0).unwrap();
+        b.end_request(&id, 0);
+        let (outs, events) = b.handle(A, &SessionMessage::NotHere { id: id.clone() });
+        assert!(outs.is_empty() && events.is_empty() && b.session(&id).is_some());
+    }
+
+    const C: MemberId = MemberId([3; 16]);
+
+    /// Seed 14 of the kill -9 loop: member A created a session and changed another, and died
+    /// with the CREATED and the DELTA having reached C only; A had ended a third session, the
+    /// end reaching C only too. No later message names them. When B and C notice A left, each
+    /// sends the other what it holds; B asks C for the copies it lacks or holds older, takes
+    /// the end, and nothing at C goes back.
+    #[test]
+    fn the_members_that_stay_after_a_death_catch_up_on_its_last_changes() {
+        let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+        let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+        a.set_members(vec![B, C], 0);
+        b.set_members(vec![A, C], 0);
+        c.set_members(vec![A, B], 0);
+        let changed = a.create(0).unwrap();
+        let ended = a.create(0).unwrap();
+        for id in [&changed, &ended] {
+            let outs = a.end_request(id, 0);
+            deliver(outs.clone(), A, &mut b);
+            deliver(outs, A, &mut c);
+        }
+        a.session_mut(&changed).unwrap().set("x", &1u8).unwrap();
+        deliver(a.end_request(&changed, 1), A, &mut c);
+        let created = a.create(2).unwrap();
+        deliver(a.end_request(&created, 2), A, &mut c);
+        deliver(a.invalidate(&ended).0, A, &mut c);
+        // A died. C notices first; B reads C's digest before it notices.
+        let from_c = c.set_members(vec![B], 3);
+        assert!(from_c
+            .iter()
+            .all(|o| o.dest == Dest::Member(B)
+                && matches!(o.msg, SessionMessage::DigestAfterLeave(_))));
+        let (asks, events) = from_c.iter().map(|o| b.handle(C, &o.msg)).fold(
+            (Vec::new(), Vec::new()),
+            |(mut o, mut e), (o2, e2)| {
+                o.extend(o2);
+                e.extend(e2);
+                (o, e)
+            },
+        );
+        assert_eq!(events, vec![SessionEvent::Destroyed(ended.clone())]);
+        assert_eq!(
+            asks.len(),
+            2,
+            "the copy B lacks and the one it holds older: {asks:?}"
+        );
+        deliver(deliver(asks, B, &mut c), C, &mut b);
+        assert_eq!(
+            b.session(&changed).unwrap().get::<u8>("x").unwrap(),
+            Some(1)
+        );
+        assert!(b.session(&created).is_some() && b.session(&ended).is_none());
+        // B's digest changes nothing at C, which holds the same now.
+        let from_b = b.set_members(vec![C], 4);
+        assert!(deliver(from_b, B, &mut c).is_empty());
+        assert!(c.session(&ended).is_none(), "nothing ended comes back");
+    }
+
+    /// A digest after a death reconciles nothing: a copy at the same version with another
+    /// content stays (the member serving the session settles it with its next change), and a
+    /// session ended here does not come back.
+    #[test]
+    fn a_digest_after_a_death_never_replaces_a_copy_of_the_same_version_nor_revives_an_end() {
+        let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+        let (mut b, mut c) = (new("b"), new("c"));
+        let same = b.create(0).unwrap();
+        let ended = b.create(0).unwrap();
+        for id in [&same, &ended] {
+            deliver(b.end_request(id, 0), B, &mut c);
+        }
+        b.session_mut(&same).unwrap().set("x", &1u8).unwrap();
+        b.end_request(&same, 1);
+        c.session_mut(&same).unwrap().set("x", &2u8).unwrap();
+        c.end_request(&same, 1);
+        c.session_mut(&ended).unwrap().set("y", &1u8).unwrap();
+        c.end_request(&ended, 1);
+        b.invalidate(&ended);
+        b.set_members(vec![A, C], 0);
+        c.set_members(vec![A, B], 0);
+        let from_c = c.set_members(vec![B], 2);
+        let (asks, _) = b.handle(C, &from_c[0].msg);
+        assert!(asks.is_empty(), "{asks:?}");
+        assert_eq!(b.session(&same).unwrap().get::<u8>("x").unwrap(), Some(1));
+        assert!(b.session(&ended).is_none());
+        // C takes B's end.
+        let from_b = b.set_members(vec![C], 2);
+        let (asks, events) = c.handle(B, &from_b[0].msg);
+        assert!(asks.is_empty());
+        assert_eq!(events, vec![SessionEvent::Destroyed(ended.clone())]);
+    }
+
+    /// `GetSession` for an id renamed here: the change of id, then the copy under the new id
+    /// (an `Expired` for the old id ended the asker's copy of a session that lives on).
+    #[test]
+    fn get_session_for_a_renamed_id_answers_the_change_of_id_and_the_copy() {
+        let (mut a, mut b) = (
+            DeltaCore::new(DeltaConfig::default(), "a"),
+            DeltaCore::new(DeltaConfig::default(), "b"),
+        );
+        let old = a.create(0).unwrap();
+        deliver(a.end_request(&old, 0), A, &mut b);
+        let (new, _missed, _) = a.change_id(&old).unwrap();
+        let answer = deliver(
+            vec![Out {
+                dest: Dest::Member(A),
+                msg: SessionMessage::GetSession { id: old.clone() },
+            }],
+            B,
+            &mut a,
+        );
+        assert!(matches!(
+            &answer[..],
+            [
+                Out { msg: SessionMessage::ChangeId { old: o, new: n, .. }, .. },
+                Out { msg: SessionMessage::State(s), .. },
+            ] if *o == old && *n == new && s.id == new
+        ));
+        deliver(answer, A, &mut b);
+        assert!(b.session(&old).is_none() && b.session(&new).is_some());
     }
 
     #[test]

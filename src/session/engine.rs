@@ -220,6 +220,17 @@ impl Core {
         }
     }
 
+    /// Delta: the session of a change (DELTA, ACCESSED) this member ignored because the
+    /// session ended here. Not acknowledged: an end that reached only some members (its maker
+    /// died) must not let another member's change look replicated, as the end wins when the
+    /// members compare what they hold after the death.
+    pub fn ended_here(&self, msg: &Payload) -> Option<SessionId> {
+        match (self, msg) {
+            (Core::Delta(c), Payload::Delta(m)) => c.ended_here(m),
+            _ => None,
+        }
+    }
+
     /// Whether `outs` ask a member for a session because a change could not be applied.
     pub fn asks_for_session(outs: &[POut]) -> Option<SessionId> {
         outs.iter().find_map(|o| match &o.msg {

@@ -211,6 +211,7 @@ fn arb_session_message() -> impl Strategy<Value = SessionMessage> {
             }
         ),
         arb_id().prop_map(|id| SessionMessage::GetSession { id }),
+        arb_id().prop_map(|id| SessionMessage::NotHere { id }),
         arb_state().prop_map(SessionMessage::State),
         Just(SessionMessage::GetAllSessions),
         Just(SessionMessage::GetDigest),
@@ -223,6 +224,7 @@ fn arb_session_message() -> impl Strategy<Value = SessionMessage> {
         }),
         Just(SessionMessage::NoContextManager),
         prop::collection::vec(arb_digest_entry(), 0..6).prop_map(SessionMessage::Digest),
+        prop::collection::vec(arb_digest_entry(), 0..6).prop_map(SessionMessage::DigestAfterLeave),
         prop::collection::vec(arb_id(), 0..8).prop_map(SessionMessage::GetSessions),
         arb_states().prop_map(SessionMessage::Merge),
     ]
@@ -531,7 +533,7 @@ fn size_of_session_message(m: &SessionMessage) -> usize {
         SessionMessage::AllSessions { states, .. } | SessionMessage::Merge(states) => {
             1 + states.len()
         }
-        SessionMessage::Digest(e) => 1 + e.len(),
+        SessionMessage::Digest(e) | SessionMessage::DigestAfterLeave(e) => 1 + e.len(),
         SessionMessage::GetSessions(ids) => 1 + ids.len(),
         _ => 1,
     }

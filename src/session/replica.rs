@@ -86,9 +86,22 @@ pub enum SessionMessage {
     /// after the donor's snapshot, before that member listed the joiner, shows there. The
     /// answer is `Digest` chunks, the last one empty; the joiner holds requests until then.
     GetDigest,
+    /// The answer to `GetSession` from a member that holds no copy of the session and
+    /// remembers no end or change of id of it (a change that reached only some members before
+    /// its maker died, or a copy not yet announced): not an end. The asker keeps its copy and
+    /// stops waiting for this member's.
+    NotHere { id: SessionId },
+    /// What the sender holds (as in `Digest`), sent to every member that stays when a member
+    /// left: a change the one that left made before it died (CREATED, DELTA, change of id,
+    /// end) may have reached only some of them. The receiver catches up, and reconciles
+    /// nothing: it takes changes of id and ends, and asks for copies newer than its own (or
+    /// the one its forked copy waits for) with `GetSession`; copies at its version with
+    /// another content stay (the member serving the session settles them with its next
+    /// change).
+    DigestAfterLeave(Vec<DigestEntry>),
 }
 
-/// One session in a [`SessionMessage::Digest`].
+/// One session in a [`SessionMessage::Digest`] or [`SessionMessage::DigestAfterLeave`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DigestEntry {
     Live(SessionId, Stamp),
@@ -331,17 +344,29 @@ impl ReplicaStore {
 
     /// Takes a whole session state if it is newer than this copy, or if it is the copy of the
     /// member this copy forked from (same version, the content that member's DELTA named).
+    /// A state sent under an id renamed here applies to the session's current id, as changes
+    /// do (a member that missed the change of id answers under the old one).
     fn adopt(&mut self, state: &SessionState) -> Outcome {
+        let cur = self.resolve(&state.id);
+        if cur != &state.id {
+            let renamed = SessionState {
+                id: cur.clone(),
+                ..state.clone()
+            };
+            return self.adopt_as_is(&renamed);
+        }
+        self.adopt_as_is(state)
+    }
+
+    fn adopt_as_is(&mut self, state: &SessionState) -> Outcome {
         if self.is_ended(&state.id) {
             return Outcome::Ignored("session has ended");
         }
         // The copy of the member this one forked from, at or after what it named: it replaces
         // this copy even at the same or a lower version (this copy's extra state is a change
         // that member never had, made by a member that died before it was acknowledged).
-        let of_fork = self.forked.get(&state.id).is_some_and(|&(v, fp)| {
-            state.version > v
-                || (state.version == v && fp.is_none_or(|fp| fingerprint(state) == fp))
-        });
+        let of_fork = self.forked.contains_key(&state.id)
+            && self.fork_awaits(&state.id, state.version, fingerprint(state));
         match self.sessions.get(&state.id) {
             Some(s) if s.version() >= state.version && !of_fork => {
                 Outcome::Ignored("not newer than this copy")
@@ -353,6 +378,14 @@ impl ReplicaStore {
                 Outcome::Applied
             }
         }
+    }
+
+    /// Whether the copy of `id` here forked and waits for a copy at `version` with
+    /// `fingerprint` (a copy [`Self::apply`] would take in its place).
+    pub fn fork_awaits(&self, id: &SessionId, version: u64, fingerprint: u64) -> bool {
+        self.forked.get(id).is_some_and(|&(v, fp)| {
+            version > v || (version == v && fp.is_none_or(|f| f == fingerprint))
+        })
     }
 
     /// This copy of `id` forked from a sender's, which named `fingerprint` at `version`.
@@ -495,9 +528,11 @@ impl ReplicaStore {
             | SessionMessage::GetAllSessions
             | SessionMessage::NoContextManager
             | SessionMessage::Digest(_)
+            | SessionMessage::DigestAfterLeave(_)
             | SessionMessage::GetSessions(_)
             | SessionMessage::Merge(_)
             | SessionMessage::GetDigest => Outcome::Ignored("not a change to apply in order"),
+            SessionMessage::NotHere { .. } => Outcome::Ignored("the member asked has no copy"),
         }
     }
 }
@@ -700,6 +735,29 @@ mod tests {
             })),
             Outcome::Ignored(_)
         ));
+    }
+
+    /// A whole state sent under an id renamed here (by a member that missed the change of
+    /// id) applies to the current id, as changes do, when it is newer.
+    #[test]
+    fn a_state_under_a_renamed_id_applies_to_the_current_id() {
+        let mut p = primary();
+        let mut r = ReplicaStore::new(100);
+        r.apply(&SessionMessage::Created(p.state().clone()));
+        let new = SessionId::generate("n1").unwrap();
+        assert_eq!(r.rename(p.id(), &new), Outcome::Applied);
+        assert!(matches!(
+            r.apply(&SessionMessage::State(p.state().clone())),
+            Outcome::Ignored(_)
+        ));
+        p.set("x", &1u8).unwrap();
+        let _ = delta(&mut p);
+        assert_eq!(
+            r.apply(&SessionMessage::State(p.state().clone())),
+            Outcome::Applied
+        );
+        assert!(r.get(p.id()).is_none());
+        assert_eq!(r.get(&new).unwrap().get::<u8>("x").unwrap(), Some(1));
     }
 
     #[test]

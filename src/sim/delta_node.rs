@@ -383,9 +383,11 @@ pub fn kind(msg: &SessionMessage) -> &'static str {
         SessionMessage::AllSessions { .. } => "all-sessions",
         SessionMessage::NoContextManager => "no-context-manager",
         SessionMessage::Digest(_) => "digest",
+        SessionMessage::DigestAfterLeave(_) => "digest-after-leave",
         SessionMessage::GetSessions(_) => "get-sessions",
         SessionMessage::Merge(_) => "merge",
         SessionMessage::GetDigest => "get-digest",
+        SessionMessage::NotHere { .. } => "not-here",
     }
 }
 
@@ -396,12 +398,13 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
         SessionMessage::Delta { id, .. }
         | SessionMessage::Accessed { id, .. }
         | SessionMessage::Expired { id, .. }
-        | SessionMessage::GetSession { id } => vec![id.clone()],
+        | SessionMessage::GetSession { id }
+        | SessionMessage::NotHere { id } => vec![id.clone()],
         SessionMessage::ChangeId { old, new, .. } => vec![old.clone(), new.clone()],
         SessionMessage::AllSessions { states, .. } | SessionMessage::Merge(states) => {
             states.iter().map(|s| s.id.clone()).collect()
         }
-        SessionMessage::Digest(entries) => entries
+        SessionMessage::Digest(entries) | SessionMessage::DigestAfterLeave(entries) => entries
             .iter()
             .flat_map(|e| match e {
                 DigestEntry::Live(id, _) | DigestEntry::Ended(id, _) => vec![id.clone()],
@@ -809,7 +812,7 @@ impl DeltaNode {
                     ..
                 } => format!(" v{base}->v{version} fp{:04x}", fingerprint & 0xffff),
                 SessionMessage::Created(s) | SessionMessage::State(s) => format!(" v{}", s.version),
-                SessionMessage::Digest(e) => {
+                SessionMessage::Digest(e) | SessionMessage::DigestAfterLeave(e) => {
                     let vs: Vec<String> = e
                         .iter()
                         .map(|e| match e {
@@ -822,7 +825,17 @@ impl DeltaNode {
                 }
                 _ => String::new(),
             };
-            let short: Vec<&str> = ids.iter().map(|i| &i.as_str()[..6]).collect();
+            // The random part's start and the route: a rebound id keeps the random part.
+            let short: Vec<String> = ids
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}{}",
+                        &i.as_str()[..6],
+                        i.route().map_or(String::new(), |r| format!(".{r}"))
+                    )
+                })
+                .collect();
             eprintln!(
                 "{:?} {} <- {from}: {k} {short:?}{versions} (ready: {})",
                 ctx.now(),

@@ -352,6 +352,12 @@ impl ManagerCore {
                 SessionMessage::Expired { id, .. } | SessionMessage::ChangeId { old: id, .. } => {
                     self.resyncing.remove(id);
                 }
+                // The member asked has no copy: the one held here is the best there is.
+                SessionMessage::NotHere { id }
+                    if self.resyncing.get(id).is_some_and(|b| b.of == from) =>
+                {
+                    self.resyncing.remove(id);
+                }
                 SessionMessage::Merge(states) if states.is_empty() => {
                     // The last chunk of an answer to `GetSessions`: what it lacked, it lacks.
                     self.resyncing.retain(|_, b| !(b.by_digest && b.of == from));
@@ -609,6 +615,7 @@ impl ManagerCore {
         let resync = Core::asks_for_session(&ready.outs);
         self.note_resync(from, msg, &ready.outs, now_ms);
         let superseded = self.core.superseded(from, msg);
+        let ended = self.core.ended_here(msg);
         ready.counts.resyncs = u64::from(resync.is_some());
         match msg {
             Payload::Delta(SessionMessage::GetAllSessions) => ready.counts.state_transfers = 1,
@@ -634,14 +641,17 @@ impl ManagerCore {
             );
         }
         self.settle_waits(&mut ready);
-        let verdict = match (resync, superseded) {
-            (Some(id), _) => Err(format!(
+        let verdict = match (resync, superseded, ended) {
+            (Some(id), _, _) => Err(format!(
                 "session {id} not applied here: an earlier change is missing; asked for the session"
             )),
-            (None, Some(id)) => Err(format!(
+            (None, Some(id), _) => Err(format!(
                 "session {id} not applied here: another member serves it now"
             )),
-            (None, None) => Ok(()),
+            (None, None, Some(id)) => {
+                Err(format!("session {id} not applied here: it has ended here"))
+            }
+            (None, None, None) => Ok(()),
         };
         (ready, verdict)
     }
@@ -678,7 +688,7 @@ impl ManagerCore {
             .count();
         if digests > 0 {
             info!(
-                "Manager [{}]: members appeared: sent them this node's session digest ({digests} message(s)) to reconcile",
+                "Manager [{}]: members changed: sent this node's session digest to the members that appeared (or stayed, when one left) to reconcile ({digests} message(s))",
                 self.context
             );
         }

@@ -751,3 +751,81 @@ fn a_backup_manager_counts_its_backup_copies() {
     let refused = too_many(made(&mut nodes, 2));
     assert_eq!(refused, TooManySessions { active: 2, max: 2 });
 }
+
+/// Sends `outs` of member `from` to member `to` only; returns what `to` sent back.
+fn deliver_to(nodes: &mut [ManagerCore], from: u8, to: u8, outs: Vec<POut>) -> Vec<POut> {
+    outs.into_iter()
+        .flat_map(|o| {
+            let (ready, _) = nodes[usize::from(to - 1)].receive(m(from), &o.msg, T0 + 10);
+            ready.outs
+        })
+        .collect()
+}
+
+/// Seed 78 of the kill -9 loop: member 1 renames a session and changes it; the change of id
+/// and the DELTA reach member 3 only, then member 1 dies. Member 2 serves the old id and
+/// changes it; member 3 (which holds the session under the new id, at another content)
+/// asks member 2 for the new id, which member 2 never heard of. The answer is `NotHere`, not
+/// an end: member 3 keeps its live copy (before, `Expired { version: 0 }` ended it), and a
+/// request there stops waiting for member 2's copy at once.
+#[test]
+fn a_member_asked_for_a_session_it_never_held_answers_not_here_and_the_copy_stays() {
+    let mut nodes = cluster(ManagerKind::Delta, 3);
+    let old = login(&mut nodes, 1);
+    let (new, renamed) = nodes[0].change_id(&old).expect("id").expect("served");
+    let mut copy = nodes[0].core().session(&new).cloned().expect("held");
+    copy.set("n", &1u8).expect("set");
+    let (_, changed) = nodes[0].end_request(copy, true, T0 + 1);
+    deliver_to(&mut nodes, 1, 3, renamed.outs);
+    deliver_to(&mut nodes, 1, 3, changed.outs);
+    // Member 1 is gone.
+    for i in [2u8, 3] {
+        nodes[usize::from(i - 1)].members_changed(&mems([2, 3]), T0 + 2);
+    }
+    let mut copy = nodes[1].core().session(&old).cloned().expect("held");
+    copy.set("n", &2u8).expect("set");
+    let (_, fallback) = nodes[1].end_request(copy, true, T0 + 3);
+    let asked = deliver_to(&mut nodes, 2, 3, fallback.outs);
+    assert!(
+        matches!(&asked[..], [o] if o.msg == Payload::Delta(SessionMessage::GetSession { id: new.clone() })),
+        "member 3 holds a fork and asks for the sender's copy: {asked:?}"
+    );
+    let (Begin::Wait { token, .. }, _) = nodes[2].begin_request(&new, T0 + 4) else {
+        panic!("a forked copy is not served while its sender's copy is asked for");
+    };
+    let answer = deliver_to(&mut nodes, 3, 2, asked);
+    assert!(
+        matches!(&answer[..], [o] if o.msg == Payload::Delta(SessionMessage::NotHere { id: new.clone() })),
+        "{answer:?}"
+    );
+    let (ready, verdict) = nodes[2].receive(m(2), &answer[0].msg, T0 + 5);
+    assert!(verdict.is_ok() && ready.outs.is_empty() && ready.events.is_empty());
+    let served = ready
+        .verdicts
+        .iter()
+        .find(|(t, _)| *t == token)
+        .and_then(|(_, s)| s.as_ref())
+        .expect("the waiting request gets the copy held here at once");
+    assert_eq!(served.get::<u8>("n").expect("n"), Some(1));
+    assert!(nodes[2].core().session(&new).is_some(), "the copy stays");
+}
+
+/// Seed 63 of the kill -9 loop: an end that reached only member 3 before its maker died.
+/// Member 2, serving the session on, sends a change: member 3 ignores it and must not
+/// acknowledge it (the end wins when the members compare what they hold after the death, so
+/// an acknowledged change would be lost).
+#[test]
+fn a_change_to_a_session_ended_here_is_not_acknowledged() {
+    let mut nodes = cluster(ManagerKind::Delta, 3);
+    let id = login(&mut nodes, 1);
+    let (_, ended) = nodes[0].invalidate(&id);
+    deliver_to(&mut nodes, 1, 3, ended.outs);
+    let mut copy = nodes[1].core().session(&id).cloned().expect("held");
+    copy.set("n", &1u8).expect("set");
+    let (_, change) = nodes[1].end_request(copy, true, T0 + 1);
+    let (_, verdict) = nodes[2].receive(m(2), &change.outs[0].msg, T0 + 1);
+    let why = verdict.expect_err("not applied, not acknowledged");
+    assert!(why.contains("ended here"), "{why}");
+    let (_, verdict) = nodes[0].receive(m(2), &change.outs[0].msg, T0 + 1);
+    assert!(verdict.is_err(), "on the member that ended it too");
+}
