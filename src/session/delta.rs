@@ -11,7 +11,7 @@
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
-use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger, Stamp};
+use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
 use std::collections::BTreeSet;
@@ -264,7 +264,7 @@ impl DeltaCore {
                 .ids()
                 .filter(|id| !self.unannounced.contains(*id))
                 .filter_map(|id| self.store.get(id))
-                .map(|s| DigestEntry::Live(s.id().clone(), Stamp::of(s.state()))),
+                .map(|s| DigestEntry::Live(s.id().clone(), Stamp::of_session(s))),
         );
         entries.extend(
             ends.into_iter()
@@ -303,7 +303,7 @@ impl DeltaCore {
                     let cur = self.store.resolve(id).clone();
                     let asks = match self.store.get(&cur) {
                         Some(s) => {
-                            let mine = Stamp::of(s.state());
+                            let mine = Stamp::of_session(s);
                             !mine.same_contents(theirs)
                                 && (self.merger.is_some() || theirs.rank(&mine).is_gt())
                         }
@@ -543,7 +543,7 @@ impl DeltaCore {
                 version,
                 ops,
                 last_accessed_ms: s.last_accessed_ms(),
-                fingerprint: fingerprint(s.state()),
+                fingerprint: s.fingerprint(),
             })
         } else {
             let stale = s.access_refresh_due(meta.replicated_access_ms, now_ms);
@@ -551,7 +551,7 @@ impl DeltaCore {
                 id: id.clone(),
                 version: s.version(),
                 last_accessed_ms: s.last_accessed_ms(),
-                fingerprint: fingerprint(s.state()),
+                fingerprint: s.fingerprint(),
             })
         };
         match msg {
@@ -625,10 +625,7 @@ impl DeltaCore {
         // What the others' copies should be, named with the rename (no content when changes
         // made here wait for the next request to be replicated).
         let (version, named) = self.store.get(old).map_or((0, None), |s| {
-            (
-                s.version(),
-                (!s.has_pending()).then(|| fingerprint(s.state())),
-            )
+            (s.version(), (!s.has_pending()).then(|| s.fingerprint()))
         });
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
         self.store.rename(old, &new);

@@ -9,12 +9,16 @@
 //! takes at the end of the request and sends as one message.
 
 use super::id::SessionId;
-use super::reconcile::fingerprint;
+use cached::Fingerprinted;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
+
+mod cached;
+#[cfg(test)]
+mod fingerprint_tests;
 
 /// Default `max_inactive` (Tomcat's `<session-timeout>` 30 minutes).
 pub const DEFAULT_MAX_INACTIVE: Duration = Duration::from_secs(30 * 60);
@@ -194,7 +198,8 @@ pub(crate) enum Checked {
 /// A live session.
 #[derive(Clone, Debug)]
 pub struct Session {
-    state: SessionState,
+    /// The state, with its content fingerprint computed once per content.
+    state: Fingerprinted,
     is_new: bool,
     valid: bool,
     pending: Vec<DeltaOp>,
@@ -207,7 +212,7 @@ impl Session {
     /// A new session, created at `now_ms` (ms since the epoch).
     pub(crate) fn new(id: SessionId, now_ms: u64, max_inactive: Duration) -> Session {
         Session {
-            state: SessionState {
+            state: Fingerprinted::new(SessionState {
                 id,
                 attributes: BTreeMap::new(),
                 creation_ms: now_ms,
@@ -216,7 +221,7 @@ impl Session {
                 principal: None,
                 auth_type: None,
                 version: 0,
-            },
+            }),
             is_new: true,
             valid: true,
             pending: Vec::new(),
@@ -227,7 +232,7 @@ impl Session {
     /// A replica made from replicated state.
     pub(crate) fn from_state(state: SessionState) -> Session {
         Session {
-            state,
+            state: Fingerprinted::new(state),
             is_new: false,
             valid: true,
             pending: Vec::new(),
@@ -238,6 +243,12 @@ impl Session {
     /// Its replicated state (id, version, attributes, times).
     pub fn state(&self) -> &SessionState {
         &self.state
+    }
+
+    /// The content fingerprint of its state ([`super::reconcile::fingerprint`]), computed once
+    /// per content.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.state.fingerprint()
     }
 
     /// Its id.
@@ -304,7 +315,8 @@ impl Session {
 
     /// Records a request's access (not a replicated change by itself).
     pub(crate) fn access(&mut self, now_ms: u64) {
-        self.state.last_accessed_ms = self.state.last_accessed_ms.max(now_ms);
+        let ms = self.state.last_accessed_ms.max(now_ms);
+        self.state.set_last_accessed_ms(ms);
     }
 
     /// The client came back with the id: the session is no longer new.
@@ -398,6 +410,7 @@ impl Session {
         })?;
         self.check_size(name, bytes.len())?;
         self.state
+            .content_mut()
             .attributes
             .insert(name.to_string(), bytes.clone());
         self.record(DeltaOp::SetAttribute(name.to_string(), bytes));
@@ -415,7 +428,9 @@ impl Session {
     /// Removes attribute `name` (nothing happens if it is not there).
     pub fn remove(&mut self, name: &str) -> Result<(), SessionError> {
         self.check(name)?;
-        if self.state.attributes.remove(name).is_some() {
+        // Looked up first: a remove of a missing name keeps the fingerprint.
+        if self.state.attributes.contains_key(name) {
+            self.state.content_mut().attributes.remove(name);
             self.record(DeltaOp::RemoveAttribute(name.to_string()));
         }
         Ok(())
@@ -430,15 +445,16 @@ impl Session {
     pub fn set_max_inactive(&mut self, d: Duration) {
         let ms = d.as_millis().min(u64::MAX as u128) as u64;
         if ms != self.state.max_inactive_ms {
-            self.state.max_inactive_ms = ms;
+            self.state.content_mut().max_inactive_ms = ms;
             self.record(DeltaOp::MaxInactive(ms));
         }
     }
 
     /// Sets (login) or clears (logout) the authenticated principal.
     pub fn set_principal(&mut self, principal: Option<&str>, auth_type: Option<&str>) {
-        self.state.principal = principal.map(str::to_string);
-        self.state.auth_type = auth_type.map(str::to_string);
+        let st = self.state.content_mut();
+        st.principal = principal.map(str::to_string);
+        st.auth_type = auth_type.map(str::to_string);
         self.record(DeltaOp::Principal(
             self.state.principal.clone(),
             self.state.auth_type.clone(),
@@ -460,17 +476,18 @@ impl Session {
     }
 
     fn apply_op(&mut self, op: &DeltaOp) {
+        let st = self.state.content_mut();
         match op {
             DeltaOp::SetAttribute(n, v) => {
-                self.state.attributes.insert(n.clone(), v.clone());
+                st.attributes.insert(n.clone(), v.clone());
             }
             DeltaOp::RemoveAttribute(n) => {
-                self.state.attributes.remove(n);
+                st.attributes.remove(n);
             }
-            DeltaOp::MaxInactive(ms) => self.state.max_inactive_ms = *ms,
+            DeltaOp::MaxInactive(ms) => st.max_inactive_ms = *ms,
             DeltaOp::Principal(p, a) => {
-                self.state.principal = p.clone();
-                self.state.auth_type = a.clone();
+                st.principal = p.clone();
+                st.auth_type = a.clone();
             }
         }
     }
@@ -497,7 +514,7 @@ impl Session {
         }
         let base = self.state.version;
         // Saturating: a replica adopted at u64::MAX (from the network) must not panic here.
-        self.state.version = self.state.version.saturating_add(1);
+        self.state.set_version(base.saturating_add(1));
         Some((base, self.state.version, std::mem::take(&mut self.pending)))
     }
 
@@ -513,7 +530,7 @@ impl Session {
         for op in ops {
             self.apply_op(op);
         }
-        self.state.version = version;
+        self.state.set_version(version);
         Applied::Applied
     }
 
@@ -530,7 +547,7 @@ impl Session {
         result: u64,
     ) -> Checked {
         if version == self.state.version && base < version {
-            return if fingerprint(&self.state) == result {
+            return if self.state.fingerprint() == result {
                 Checked::Duplicate
             } else {
                 Checked::Differs
@@ -547,13 +564,13 @@ impl Session {
         for op in ops {
             self.apply_op(op);
         }
-        if fingerprint(&self.state) != result {
+        if self.state.fingerprint() != result {
             for op in &undo {
                 self.apply_op(op);
             }
             return Checked::Differs;
         }
-        self.state.version = version;
+        self.state.set_version(version);
         Checked::Applied
     }
 
@@ -576,7 +593,7 @@ impl Session {
 
     /// Replaces the id (fixation protection after login); the caller re-keys its map.
     pub(crate) fn change_id(&mut self, new: SessionId) -> SessionId {
-        std::mem::replace(&mut self.state.id, new)
+        self.state.replace_id(new)
     }
 }
 

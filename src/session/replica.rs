@@ -471,7 +471,7 @@ impl ReplicaStore {
                 }
                 match self.sessions.get_mut(id) {
                     // The same version with another content: forked.
-                    Some(s) if s.version() == *version && fingerprint(s.state()) != *named => {
+                    Some(s) if s.version() == *version && s.fingerprint() != *named => {
                         s.access(*last_accessed_ms);
                         self.note_fork(id, *version, Some(*named));
                         Outcome::Resync(id.clone())
@@ -515,7 +515,7 @@ impl ReplicaStore {
                 let forked = self.sessions.get(new).is_some_and(|s| {
                     s.version() > *version
                         || (s.version() == *version
-                            && named.is_some_and(|fp| fingerprint(s.state()) != fp))
+                            && named.is_some_and(|fp| s.fingerprint() != fp))
                 });
                 if outcome == Outcome::Applied && forked {
                     // Without a content named, any copy at that version is the sender's.
@@ -559,7 +559,7 @@ mod tests {
             version,
             ops,
             last_accessed_ms: s.last_accessed_ms(),
-            fingerprint: fingerprint(s.state()),
+            fingerprint: s.fingerprint(),
         }
     }
 
@@ -723,7 +723,7 @@ mod tests {
             old: old.clone(),
             new: new.clone(),
             version: p.version(),
-            fingerprint: Some(fingerprint(p.state())),
+            fingerprint: Some(p.fingerprint()),
         };
         assert_eq!(r.apply(&msg), Outcome::Applied);
         assert!(r.get(&old).is_none() && r.get(&new).is_some());
@@ -806,7 +806,7 @@ mod tests {
             id: p.id().clone(),
             version: 0,
             last_accessed_ms: 900,
-            fingerprint: fingerprint(p.state()),
+            fingerprint: p.fingerprint(),
         });
         assert!(r.expired(1_500).is_empty());
         // An older access time arriving late does not move it back.
@@ -814,7 +814,7 @@ mod tests {
             id: p.id().clone(),
             version: 0,
             last_accessed_ms: 100,
-            fingerprint: fingerprint(p.state()),
+            fingerprint: p.fingerprint(),
         });
         assert!(r.expired(1_500).is_empty());
     }

@@ -4,7 +4,7 @@
 //! session leaves are told `Drop` only once every backup acknowledged its copy (`CopyAck`), so
 //! a session never has fewer copies than before while it moves.
 
-use super::heal::key;
+use super::heal::session_key;
 use super::{BackupCore, BackupMessage, Entry, Out, Role};
 use crate::member::MemberId;
 use crate::session::id::SessionId;
@@ -53,7 +53,7 @@ impl BackupCore {
             return Vec::new();
         };
         e.epoch = e.epoch.max(heard);
-        e.base = Some(key(e.session.state()));
+        e.base = Some(session_key(&e.session));
         e.role = Role::Primary {
             backups: backups.clone(),
             handover: Handover {
@@ -79,7 +79,7 @@ impl BackupCore {
             dest: Dest::All,
             msg: BackupMessage::NewPrimary {
                 id: id.clone(),
-                stamp: Stamp::of(&state),
+                stamp: Stamp::of_session(&e.session),
                 backups: backups.clone(),
                 epoch,
             },
@@ -180,6 +180,7 @@ impl BackupCore {
                     // Newcomers get a copy; kept backups only the new failover order.
                     handover.unacked.retain(|m| now.contains(m));
                     let state = e.session.state().clone();
+                    let stamp = Stamp::of_session(&e.session);
                     for b in &now {
                         let msg = if !old.contains(b) {
                             if !handover.unacked.contains(b) {
@@ -194,7 +195,7 @@ impl BackupCore {
                         } else {
                             BackupMessage::NewPrimary {
                                 id: id.clone(),
-                                stamp: Stamp::of(&state),
+                                stamp,
                                 backups: now.clone(),
                                 epoch: e.epoch,
                             }
@@ -207,7 +208,7 @@ impl BackupCore {
                     for b in old.iter().filter(|b| !now.contains(b) && alive(b)) {
                         let msg = BackupMessage::NewPrimary {
                             id: id.clone(),
-                            stamp: Stamp::of(&state),
+                            stamp,
                             backups: now.clone(),
                             epoch: e.epoch,
                         };
@@ -235,7 +236,7 @@ impl BackupCore {
             to,
             BackupMessage::NewPrimary {
                 id: id.clone(),
-                stamp: Stamp::of(e.session.state()),
+                stamp: Stamp::of_session(&e.session),
                 backups: backups.clone(),
                 epoch: e.epoch,
             },

@@ -18,6 +18,11 @@ pub(super) fn key(s: &SessionState) -> (u64, u64) {
     (s.version, fingerprint(s))
 }
 
+/// A live session's (version, content fingerprint), with the fingerprint it keeps.
+pub(super) fn session_key(s: &Session) -> (u64, u64) {
+    (s.version(), s.fingerprint())
+}
+
 impl BackupCore {
     /// A regained member serves `id` at `version`: if that is above the version the end known
     /// here ended (a partition: its users changed it on the other side), the end is forgotten,
@@ -48,7 +53,7 @@ impl BackupCore {
             .entries
             .iter()
             .filter(|(_, e)| matches!(e.role, Role::Primary { .. }) && !e.unannounced)
-            .map(|(id, e)| (id.clone(), e.epoch, Stamp::of(e.session.state())))
+            .map(|(id, e)| (id.clone(), e.epoch, Stamp::of_session(&e.session)))
             .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut outs = Vec::new();
@@ -103,7 +108,7 @@ impl BackupCore {
         let Some(e) = self.entries.get_mut(id) else {
             return outs;
         };
-        let mine = Stamp::of(e.session.state());
+        let mine = Stamp::of_session(&e.session);
         if let Role::Primary { backups, handover } = &e.role {
             // The rule keeps the later access and, between different contents, the higher
             // rank; a merger may use any content.
@@ -177,7 +182,7 @@ impl BackupCore {
         let past = [e.base, their_base]
             .iter()
             .flatten()
-            .any(|b| *b == key(state) || *b == key(e.session.state()));
+            .any(|b| *b == key(state) || *b == session_key(&e.session));
         let merger = if past { None } else { self.merger.as_deref() };
         let Some(merged) = reconcile(e.session.state(), state, merger) else {
             // Nothing changes here; the sender still holds its copy, not one of this claim's.
