@@ -329,11 +329,11 @@ impl DeltaCore {
                         events.push(SessionEvent::Destroyed(id.clone()));
                     }
                     Some(_) => {}
-                    None if self.store.tombstone(id).is_none() => {
-                        // Remembered, so that a late copy cannot bring it back.
+                    None => {
+                        // Remembered, so that a late copy cannot bring it back (an end known
+                        // here keeps the higher version: `ReplicaStore::end_at`).
                         self.store.end_at(id, *at);
                     }
-                    None => {}
                 },
             }
         }
@@ -1214,6 +1214,63 @@ mod tests {
         ));
         deliver(answer, A, &mut b);
         assert!(b.session(&old).is_none() && b.session(&new).is_some());
+    }
+
+    /// Two members of one side end a session at once, one after a change the other had not
+    /// seen: both keep the end at the higher version, whichever end arrives first, so the
+    /// other side's copy at that version loses to the end on both when a partition heals (the
+    /// partition simulation with changes of id, seed 87 with word-wise fingerprints: that copy
+    /// lived on the members that kept the first end, at the lower version, and ended on the
+    /// others).
+    #[test]
+    fn two_ends_of_one_session_keep_the_higher_version_on_every_member() {
+        const C: MemberId = MemberId([3; 16]);
+        let core = |route| DeltaCore::new(DeltaConfig::default(), route);
+        let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
+        a.set_members(vec![B], 0);
+        b.set_members(vec![A], 0);
+        let id = a.create(0).unwrap();
+        let created = a.end_request(&id, 0);
+        deliver(created.clone(), A, &mut b);
+        deliver(created, A, &mut c);
+        // The other side changes it twice.
+        for v in 0..2u8 {
+            c.session_mut(&id).unwrap().set("c", &v).unwrap();
+            c.end_request(&id, 1);
+        }
+        // This side: `a` changes it, `b` changes it again; each ends it before it hears of the
+        // other's end (and `a` of `b`'s change).
+        a.session_mut(&id).unwrap().set("a", &1u8).unwrap();
+        deliver(a.end_request(&id, 1), A, &mut b);
+        b.session_mut(&id).unwrap().set("b", &1u8).unwrap();
+        let b_change = b.end_request(&id, 2);
+        let (low, high) = (
+            a.session(&id).unwrap().version(),
+            b.session(&id).unwrap().version(),
+        );
+        assert!(low < high && c.session(&id).unwrap().version() == high);
+        let (a_end, _) = a.invalidate(&id);
+        let (b_end, _) = b.invalidate(&id);
+        deliver(b_change, B, &mut a);
+        deliver(b_end, B, &mut a);
+        deliver(a_end, A, &mut b);
+        let ended_at = |n: &DeltaCore| n.store().tombstone(&id).map(|t| t.version);
+        assert_eq!((ended_at(&a), ended_at(&b)), (Some(high), Some(high)));
+        // The heal: neither asks for the other side's copy, which ends there.
+        let to = |outs: &[Out], m: MemberId| -> Vec<Out> {
+            outs.iter()
+                .filter(|o| o.dest == Dest::Member(m))
+                .cloned()
+                .collect()
+        };
+        let c_digest = c.set_members(vec![A, B], 3);
+        for (n, m) in [(&mut a, A), (&mut b, B)] {
+            let asks = deliver(to(&c_digest, m), C, n);
+            assert!(asks.is_empty() && n.session(&id).is_none(), "{asks:?}");
+        }
+        let a_digest = a.set_members(vec![B, C], 3);
+        deliver(to(&a_digest, C), A, &mut c);
+        assert!(c.session(&id).is_none());
     }
 
     #[test]

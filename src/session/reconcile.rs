@@ -34,14 +34,29 @@ pub trait SessionMerger: Send + Sync {
 }
 
 /// A stable 64-bit fingerprint of what a request can change in a session (attributes,
-/// principal, max inactive interval), not of its id, times or version: FNV-1a over a canonical
+/// principal, max inactive interval), not of its id, times or version: FNV-1a (on 8-byte words) over a canonical
 /// encoding, the same on every member and build.
 pub fn fingerprint(s: &SessionState) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    // FNV-1a's step on 8-byte words instead of bytes: it runs on every replicated change, over
+    // every attribute, and a byte at a time it was half of a replica's work (1 KiB sessions).
+    // Each step is a bijection of `h`, so two contents that differ in one word always differ.
     let mut eat = |bytes: &[u8]| {
-        // Length first, so ("ab","c") and ("a","bc") differ.
-        h = fnv1a(h, &(bytes.len() as u64).to_le_bytes());
-        h = fnv1a(h, bytes);
+        // Length first, so ("ab","c") and ("a","bc") differ (and the zero padding below too).
+        h = (h ^ bytes.len() as u64).wrapping_mul(PRIME);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
+        }
     };
     for (k, v) in &s.attributes {
         eat(k.as_bytes());
@@ -54,18 +69,8 @@ pub fn fingerprint(s: &SessionState) -> u64 {
         }
     }
     eat(&s.max_inactive_ms.to_le_bytes());
-    h
-}
-
-/// FNV-1a from state `h` over `bytes`. A plain loop over a slice: the chained iterator it
-/// replaces gave the same values with about 3.5 times the instructions (the time
-/// is the same: each byte waits for the previous multiply).
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    // Spread the high bits down: the rule compares fingerprints as numbers.
+    (h ^ (h >> 29)).wrapping_mul(PRIME) ^ (h >> 32)
 }
 
 /// What a digest says about one session: enough to tell whether two copies differ and which

@@ -812,6 +812,7 @@ impl DeltaNode {
                     ..
                 } => format!(" v{base}->v{version} fp{:04x}", fingerprint & 0xffff),
                 SessionMessage::Created(s) | SessionMessage::State(s) => format!(" v{}", s.version),
+                SessionMessage::Expired { version, .. } => format!(" at v{version}"),
                 SessionMessage::Digest(e) | SessionMessage::DigestAfterLeave(e) => {
                     let vs: Vec<String> = e
                         .iter()

@@ -1274,6 +1274,12 @@ impl Cluster {
                         (a.version, &a.attributes) == (b.version, &b.attributes)
                     }
                     (SideCopy::Live(_), None) => false,
+                    // An end at the same version wherever it is known: the heal compares a
+                    // copy from the other side with it on each member.
+                    (SideCopy::Ended(v), None) => {
+                        let t = self.sim.node(n).core().store().tombstone(id);
+                        t.is_none_or(|t| t.renamed.is_some() || t.version == *v)
+                    }
                     (_, here) => here.is_none(),
                 };
                 if !same {

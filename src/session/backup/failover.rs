@@ -44,13 +44,20 @@ impl BackupCore {
         self.claims
             .retain(|_, c| listed.binary_search(&c.1).is_ok() || !seen.contains(&c.1));
         // A fetcher this node answered that is still listed, and not yet followed here, will
-        // claim the session; one that left will not.
+        // claim the session; one that left will not. Its claim is one epoch above the copy it
+        // was given (with the primary's answer) or two (without): a copy here that follows a
+        // claim at least two epochs above the one it was answered under follows a later
+        // primary (the fetcher's claim came and went, or was outrun), whose death is failed
+        // over as usual. Kept, the answer held off the failover of a copy placed here long
+        // after, by another fetch, and the session lost its primary (the crash simulation,
+        // `killing_any_one_member_with_one_backup…`, seed 2 with word-wise fingerprints).
         let (listed, entries) = (&self.members, &self.entries);
-        self.answered.retain(|id, f| {
+        self.answered.retain(|id, (f, answered_epoch)| {
             listed.binary_search(f).is_ok()
-                && entries.get(id).is_some_and(
-                    |e| matches!(&e.role, Role::Backup { primary, .. } if primary != f),
-                )
+                && entries.get(id).is_some_and(|e| {
+                    e.epoch < answered_epoch.saturating_add(2)
+                        && matches!(&e.role, Role::Backup { primary, .. } if primary != f)
+                })
         });
         let mut outs = self.refetch(&members_before);
         let ids: Vec<SessionId> = self.entries.keys().cloned().collect();

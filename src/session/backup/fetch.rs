@@ -173,7 +173,7 @@ impl BackupCore {
         if current && state.is_some() && from != local {
             self.hand_over_to(id, from, epoch.saturating_add(1));
         } else if state.is_some() && from != local {
-            self.answered.insert(id.clone(), from);
+            self.answered.insert(id.clone(), (from, epoch));
         }
         vec![Self::to(
             from,

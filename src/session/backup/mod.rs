@@ -141,9 +141,10 @@ pub struct BackupCore {
     /// Fetches in progress: answers still awaited, and the claim of the copy taken so far.
     fetching: BTreeMap<SessionId, Fetching>,
     /// Sessions backed up here whose copy this node gave to another member's fetch, with that
-    /// member: while it is listed, it takes the session with a claim above any failover made
-    /// here, so this node does not fail the session over (see `set_members`).
-    answered: BTreeMap<SessionId, MemberId>,
+    /// member and the epoch the copy followed then: while it is listed, it takes the session
+    /// with a claim above any failover made here, so this node does not fail the session over
+    /// (see `set_members`).
+    answered: BTreeMap<SessionId, (MemberId, u64)>,
     /// The application's say on copies that diverged (see `reconcile`).
     merger: Option<Arc<dyn SessionMerger>>,
     /// Where new session ids come from.

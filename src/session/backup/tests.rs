@@ -214,6 +214,47 @@ fn a_backup_that_answered_a_fetch_leaves_the_session_to_the_fetcher() {
     assert!(b.is_primary(&id), "{outs:?}");
 }
 
+/// The answer to a fetch holds off a failover only until the copy here follows a later
+/// claim. Here the fetcher took the session and dropped this backup's copy; later the first
+/// primary fetched it back and placed its copy here again, then died: this node, its only
+/// backup, fails it over. Before, the stale answer kept it from doing so while the fetcher
+/// stayed listed, and the session had no primary (the crash simulation,
+/// `killing_any_one_member_with_one_backup…`, seed 2 with word-wise fingerprints).
+#[test]
+fn an_old_answer_to_a_fetch_does_not_hold_off_the_failover_of_a_later_claim() {
+    let mut p = node(1, &[1, 2, 3], 1);
+    let id = p.create(0).unwrap();
+    let outs = p.end_request(&id, 0);
+    let state = p.session(&id).unwrap().state().clone();
+    let mut b = node(2, &[1, 2, 3], 1);
+    for o in &outs {
+        b.handle(m(1), &o.msg);
+    }
+    assert!(b.session(&id).is_some(), "{outs:?}");
+    b.handle(m(3), &BackupMessage::Fetch { id: id.clone() });
+    // Member 3 took it over with the primary's answer (epoch 1) and dropped this copy.
+    b.handle(
+        m(3),
+        &BackupMessage::Drop {
+            id: id.clone(),
+            epoch: 1,
+        },
+    );
+    assert!(b.session(&id).is_none());
+    // Member 1 fetched it back (epoch 2) and placed its copy here.
+    let copy = BackupMessage::Copy {
+        state,
+        backups: vec![m(2)],
+        epoch: 2,
+        ack: true,
+    };
+    b.handle(m(1), &copy);
+    assert!(b.session(&id).is_some() && !b.is_primary(&id));
+    // Member 1 dies; member 3 is still listed.
+    let outs = b.set_members(vec![m(2), m(3)]);
+    assert!(b.is_primary(&id), "not failed over: {outs:?}");
+}
+
 #[test]
 fn a_request_on_a_third_node_fetches_the_session_and_serves_it_from_then_on() {
     let all = [1u8, 2, 3, 4];
