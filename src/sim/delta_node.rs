@@ -11,7 +11,8 @@
 //!   member carries a request number; a receiver whose manager refused it (a gap: it asked for
 //!   the session) answers `Refused`, as a listener's error fails a real sync-ack send; otherwise
 //!   it acks once the change is in its store; the originator records the change as acknowledged
-//!   when every current member acked.
+//!   when every current member acked, and a refused one as failed once every other member
+//!   answered (a real send collects every destination's answer before it returns).
 //! - A shuffler ([`Chaos`]) that delivers some received messages twice and some late, standing
 //!   in for Tomcat's reordering dispatch threads and for retries that duplicate.
 //! - A reaper timer that ticks the manager (which expires what is due).
@@ -740,9 +741,13 @@ impl DeltaNode {
                 self.acks.acked(req, from, life);
                 self.settle_waiting(ctx.now());
             }
-            // A member the manager refused it to (a gap): the send failed.
+            // A member the manager refused it to (a gap): the send failed. The request is
+            // answered once the other members answered too, as a real sync-ack send returns
+            // (answering at the first refusal let the user read on a member the failed change
+            // had not reached yet, which then applied it: quiet seed 123).
             Wire::Refused { req } => {
-                self.acks.refuse(req);
+                self.acks.refuse_by(req, from);
+                self.settle_waiting(ctx.now());
             }
             Wire::Msg { req, msg } => {
                 if let Some(chaos) = self.cfg.chaos.clone() {
