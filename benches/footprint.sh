@@ -7,13 +7,16 @@
 #  - the time from process start to its first member seen (static membership, the peer already
 #    up): the node's own log line ("first member [...] seen N ms after start", from main()) and,
 #    from outside, the launch time taken just before exec to the wall-clock stamp of that line.
-# Usage: bash benches/footprint.sh [SESSIONS] [SIZE]
+# Usage: bash benches/footprint.sh [SESSIONS] [SIZE]   (BIN=path/to/http_node to measure another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SESSIONS=${1:-10000}
 SIZE=${2:-1024}
-cargo build --quiet --release --example http_node
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/http_node
+# BIN=path runs another build (an earlier commit's, to compare) instead of this checkout's.
+if [[ -z "${BIN:-}" ]]; then
+  cargo build --quiet --release --example http_node
+  BIN=${CARGO_TARGET_DIR:-target}/release/examples/http_node
+fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

@@ -22,6 +22,26 @@ use std::time::Duration;
 /// the transfer alone). An entry takes about 110 bytes (250 with the longest ids): 22 to 50 MB.
 const MAX_PENDING_DIGEST_ENTRIES: usize = 200_000;
 
+/// Bytes of sessions (by [`Session::size`]) in one state-transfer chunk, at most, well under
+/// any `max_frame_size`: a session larger than this goes alone in its chunk (the session size
+/// limit keeps it within one frame).
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The `count` of a state-transfer chunk that is not the last: a streaming donor knows the
+/// number of chunks only when it sends the last, which carries `index + 1`. A joiner counts the
+/// indexes it has until they reach a count, so one of any version waits for the last chunk.
+pub const COUNT_UNKNOWN: u32 = u32::MAX;
+
+/// State transfers this node streams at once, at most (the oldest asker's is dropped first;
+/// it asks again when no chunk comes).
+const MAX_DONATIONS: usize = 64;
+
+/// Where the state transfer to one joiner stands: the next chunk holds ids after `after`.
+struct Donation {
+    after: Option<SessionId>,
+    index: u32,
+}
+
 /// Settings of a DeltaManager (Tomcat's `<Manager className="…DeltaManager">` attributes).
 #[derive(Clone, Debug)]
 pub struct DeltaConfig {
@@ -74,6 +94,9 @@ pub struct DeltaCore {
     ids: Box<dyn IdSource>,
     /// Members that asked for this node's digest (`GetDigest`) before they were members here.
     digests_owed: BTreeSet<MemberId>,
+    /// State transfers under way from this node, by joiner: one chunk leaves per
+    /// [`DeltaCore::next_chunk`], so no snapshot of the store is ever made.
+    donations: std::collections::BTreeMap<MemberId, Donation>,
 }
 
 /// Digests owed to members not yet listed, at most (the oldest asker is forgotten first).
@@ -96,6 +119,7 @@ impl DeltaCore {
             pending_digest_entries: 0,
             ids: Box::new(OsRandom),
             digests_owed: BTreeSet::new(),
+            donations: Default::default(),
         }
     }
 
@@ -175,6 +199,10 @@ impl DeltaCore {
         let left = before
             .iter()
             .any(|m| self.members.binary_search(m).is_err());
+        // A transfer to a member that left has no one to reach.
+        let members = &self.members;
+        self.donations
+            .retain(|m, _| members.binary_search(m).is_ok());
         if !self.ready {
             return Vec::new();
         }
@@ -712,21 +740,16 @@ impl DeltaCore {
                 (outs, Vec::new())
             }
             SessionMessage::GetAllSessions => {
-                let chunks = self.snapshot_chunks();
-                let n = chunks.len();
-                let outs = chunks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, states)| Out {
-                        dest: Dest::Member(from),
-                        msg: SessionMessage::AllSessions {
-                            states,
-                            index: i as u32,
-                            count: n as u32,
-                        },
-                    })
-                    .collect();
-                (outs, Vec::new())
+                // Asked again: the transfer starts over (the joiner lost what came).
+                if !self.donations.contains_key(&from) && self.donations.len() >= MAX_DONATIONS {
+                    self.donations.pop_first();
+                }
+                let start = Donation {
+                    after: None,
+                    index: 0,
+                };
+                self.donations.insert(from, start);
+                (self.next_chunk(from).into_iter().collect(), Vec::new())
             }
             SessionMessage::NoContextManager => self.end_state_transfer(),
             // Answered by `answer_get_digest`, which needs the time.
@@ -795,22 +818,62 @@ impl DeltaCore {
         answer
     }
 
-    fn snapshot_chunks(&self) -> Vec<Vec<SessionState>> {
-        let states: Vec<SessionState> = self
-            .store
-            .ids()
-            .filter(|id| !self.unannounced.contains(*id))
-            .filter_map(|id| self.store.get(id))
-            .filter(|s| s.is_valid())
-            .map(|s| s.state().clone())
-            .collect();
-        if states.is_empty() {
-            return vec![Vec::new()];
+    /// Whether a state transfer to `to` has chunks still to send.
+    pub fn is_donating_to(&self, to: MemberId) -> bool {
+        self.donations.contains_key(&to)
+    }
+
+    /// Stops the state transfer to `to` (a chunk could not be sent; the joiner asks again).
+    pub fn cancel_donation(&mut self, to: MemberId) {
+        self.donations.remove(&to);
+    }
+
+    /// The next chunk of the state transfer to `to`, if one is under way: the sessions after
+    /// the last one sent, in id order, at most `send_all_sessions_size` of them and
+    /// [`CHUNK_BYTES`]. Sessions the cursor has passed reach the joiner by replication (it is
+    /// a member by then), like those made later; one ended before its turn is not sent.
+    pub fn next_chunk(&mut self, to: MemberId) -> Option<Out> {
+        let d = self.donations.get(&to)?;
+        let n = self.cfg.send_all_sessions_size.max(1);
+        // One more than a chunk holds: whether another chunk follows this one.
+        let mut ids = self.store.ids_after(d.after.as_ref(), n + 1);
+        let mut done = ids.len() <= n;
+        ids.truncate(n);
+        let (mut states, mut bytes, mut last) = (Vec::new(), 0usize, None);
+        for (i, id) in ids.iter().enumerate() {
+            let Some(s) = self.store.get(id) else {
+                continue;
+            };
+            if self.unannounced.contains(*id) || !s.is_valid() {
+                last = Some(i);
+                continue;
+            }
+            let size = s.size();
+            if !states.is_empty() && bytes + size > CHUNK_BYTES {
+                done = false;
+                break;
+            }
+            bytes += size;
+            states.push(s.state().clone());
+            last = Some(i);
         }
-        states
-            .chunks(self.cfg.send_all_sessions_size.max(1))
-            .map(<[SessionState]>::to_vec)
-            .collect()
+        let after = last.map(|i| ids[i].clone());
+        let index = d.index;
+        if done {
+            self.donations.remove(&to);
+        } else if let Some(d) = self.donations.get_mut(&to) {
+            d.index += 1;
+            d.after = after.or(d.after.take());
+        }
+        let count = if done { index + 1 } else { COUNT_UNKNOWN };
+        Some(Out {
+            dest: Dest::Member(to),
+            msg: SessionMessage::AllSessions {
+                states,
+                index,
+                count,
+            },
+        })
     }
 
     fn apply_remote(
@@ -1025,13 +1088,186 @@ mod tests {
         let mut b = DeltaCore::new(cfg, "b");
         let ask = b.begin_state_transfer(A);
         assert!(!b.is_ready());
-        let chunks = deliver(vec![ask], B, &mut a);
-        assert_eq!(chunks.len(), 3);
+        let chunks = stream_all(ask, &mut a);
+        let counts: Vec<(u32, u32, usize)> = chunks.iter().map(chunk_shape).collect();
+        let unknown = COUNT_UNKNOWN;
+        assert_eq!(counts, vec![(0, unknown, 10), (1, unknown, 10), (2, 3, 5)]);
         for c in chunks {
+            assert!(!b.is_ready(), "ready before the last chunk");
             b.handle(A, &c.msg);
         }
         assert!(b.is_ready());
         assert_eq!(b.store().len(), 25);
+        assert!(!a.is_donating_to(B));
+    }
+
+    /// The donor's answer to `ask`, then every chunk `next_chunk` makes, as the shell sends them.
+    fn stream_all(ask: Out, donor: &mut DeltaCore) -> Vec<Out> {
+        let mut chunks = deliver(vec![ask], B, donor);
+        assert_eq!(chunks.len(), 1, "one chunk at a time");
+        while let Some(c) = donor.next_chunk(B) {
+            chunks.push(c);
+        }
+        chunks
+    }
+
+    /// A chunk's index, count and number of sessions.
+    fn chunk_shape(o: &Out) -> (u32, u32, usize) {
+        match &o.msg {
+            SessionMessage::AllSessions {
+                states,
+                index,
+                count,
+            } => (*index, *count, states.len()),
+            m => panic!("not a chunk: {m:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_store_is_one_empty_last_chunk() {
+        let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+        let mut b = DeltaCore::new(DeltaConfig::default(), "b");
+        let chunks = stream_all(b.begin_state_transfer(A), &mut a);
+        assert_eq!(
+            chunks.iter().map(chunk_shape).collect::<Vec<_>>(),
+            vec![(0, 1, 0)]
+        );
+        b.handle(A, &chunks[0].msg);
+        assert!(b.is_ready());
+    }
+
+    #[test]
+    fn chunks_are_bounded_by_bytes_and_a_large_session_goes_alone() {
+        let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+        // 100 sessions of 64 KiB: 16 to a MiB at most; one of 2 MiB alone.
+        let mut big = None;
+        for i in 0..101u64 {
+            let id = a.create(i).unwrap();
+            let len = if i == 50 { 2 << 20 } else { 64 << 10 };
+            a.session_mut(&id)
+                .unwrap()
+                .set("v", &vec![7u8; len])
+                .unwrap();
+            a.end_request(&id, i);
+            if i == 50 {
+                big = Some(id);
+            }
+        }
+        let chunks = stream_all(
+            DeltaCore::new(DeltaConfig::default(), "b").begin_state_transfer(A),
+            &mut a,
+        );
+        let mut seen = 0;
+        for c in &chunks {
+            let SessionMessage::AllSessions { states, .. } = &c.msg else {
+                unreachable!()
+            };
+            let bytes: usize = states
+                .iter()
+                .map(|st| a.session(&st.id).unwrap().size())
+                .sum();
+            if states.iter().any(|st| Some(&st.id) == big.as_ref()) {
+                assert_eq!(states.len(), 1, "the large session goes alone");
+            } else {
+                assert!(bytes <= CHUNK_BYTES, "{bytes} bytes in a chunk");
+            }
+            seen += states.len();
+        }
+        assert_eq!(seen, 101);
+        assert!(
+            chunks.len() >= 7,
+            "{} chunks: at most 16 of 64 KiB fit a MiB",
+            chunks.len()
+        );
+        let (last, count, _) = chunk_shape(chunks.last().unwrap());
+        assert_eq!(count, last + 1);
+    }
+
+    #[test]
+    fn changes_creations_and_ends_during_a_transfer_reach_the_joiner() {
+        let cfg = DeltaConfig {
+            send_all_sessions_size: 4,
+            ..DeltaConfig::default()
+        };
+        let mut a = DeltaCore::new(cfg.clone(), "a");
+        let mut b = DeltaCore::new(cfg, "b");
+        a.set_members(vec![B], 0);
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let id = a.create(i).unwrap();
+            a.session_mut(&id).unwrap().set("n", &0u32).unwrap();
+            a.end_request(&id, i);
+            ids.push(id);
+        }
+        ids.sort();
+        let first = deliver(vec![b.begin_state_transfer(A)], B, &mut a);
+        let mut to_b = first;
+        // The cursor has passed ids[0..4]: a change to one of them, and to one not yet sent;
+        // an end before its chunk; a new session.
+        for id in [&ids[1], &ids[9]] {
+            a.session_mut(id).unwrap().set("n", &5u32).unwrap();
+            to_b.extend(a.end_request(id, 100));
+        }
+        to_b.extend(a.invalidate(&ids[6]).0);
+        let new = a.create(200).unwrap();
+        a.session_mut(&new).unwrap().set("n", &9u32).unwrap();
+        to_b.extend(a.end_request(&new, 200));
+        while let Some(c) = a.next_chunk(B) {
+            to_b.push(c);
+        }
+        // In order on the connection; the joiner's asks (after a change it cannot place yet)
+        // answered by the donor.
+        let mut asks = Vec::new();
+        for o in to_b {
+            assert!(
+                !matches!(o.msg, SessionMessage::AllSessions { ref states, .. }
+                if states.iter().any(|st| st.id == ids[6])),
+                "an ended session was sent"
+            );
+            asks.extend(b.handle(A, &o.msg).0);
+        }
+        for o in deliver(asks, B, &mut a) {
+            b.handle(A, &o.msg);
+        }
+        assert!(b.is_ready());
+        assert_eq!(
+            b.store().len(),
+            12,
+            "11 sent or replicated, one new, one ended"
+        );
+        assert!(b.session(&ids[6]).is_none());
+        for (id, n) in [(&ids[1], 5u32), (&ids[9], 5), (&new, 9), (&ids[0], 0)] {
+            assert_eq!(
+                b.session(id).unwrap().get::<u32>("n").unwrap(),
+                Some(n),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_transfer_stops_when_its_joiner_leaves_and_restarts_when_asked_again() {
+        let cfg = DeltaConfig {
+            send_all_sessions_size: 2,
+            ..DeltaConfig::default()
+        };
+        let mut a = DeltaCore::new(cfg, "a");
+        for i in 0..6 {
+            let id = a.create(i).unwrap();
+            a.end_request(&id, i);
+        }
+        a.set_members(vec![B], 0);
+        let ask = SessionMessage::GetAllSessions;
+        a.handle(B, &ask);
+        assert!(a.is_donating_to(B));
+        a.set_members(Vec::new(), 1);
+        assert!(!a.is_donating_to(B) && a.next_chunk(B).is_none());
+        // Asked again mid-transfer: from the first chunk.
+        a.set_members(vec![B], 2);
+        a.handle(B, &ask);
+        a.next_chunk(B);
+        let again = a.handle(B, &ask).0;
+        assert_eq!(chunk_shape(&again[0]), (0, COUNT_UNKNOWN, 2));
     }
 
     #[test]

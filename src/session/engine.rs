@@ -199,6 +199,30 @@ impl Core {
         }
     }
 
+    /// Delta: the next chunk of the state transfer to `to`, if one is under way, and whether
+    /// more follow it. Backup: nothing.
+    pub fn next_chunk(&mut self, to: MemberId) -> (Vec<POut>, bool) {
+        match self {
+            Core::Delta(c) => {
+                let outs = wrap(c.next_chunk(to).into_iter().collect(), Payload::Delta);
+                (outs, c.is_donating_to(to))
+            }
+            Core::Backup(_) => (Vec::new(), false),
+        }
+    }
+
+    /// Delta: whether a state transfer to `to` has chunks still to send.
+    pub fn is_donating_to(&self, to: MemberId) -> bool {
+        matches!(self, Core::Delta(c) if c.is_donating_to(to))
+    }
+
+    /// Delta: stops the state transfer to `to`. Backup: nothing.
+    pub fn cancel_donation(&mut self, to: MemberId) {
+        if let Core::Delta(c) = self {
+            c.cancel_donation(to);
+        }
+    }
+
     /// Delta: this node's digest for `to`, which asked for it (`GetDigest`), the last chunk
     /// empty. Backup: nothing.
     pub fn answer_get_digest(&mut self, to: MemberId, now_ms: u64) -> Vec<POut> {

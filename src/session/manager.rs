@@ -538,12 +538,31 @@ impl ClusterManager {
     /// synchronized-ack sender (not applied here), or a send that failed.
     pub(crate) fn receive(&self, from: MemberId, msg: &Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        let (verdict, sent) = self.input(|c| {
+        let ((verdict, chunk_to), sent) = self.input(|c| {
             let (ready, verdict) = c.receive(from, msg, now_ms());
-            (verdict, ready)
+            ((verdict, ready.chunk_to), ready)
         });
+        if let Some(to) = chunk_to {
+            self.stream_transfer(to, sent.is_ok());
+            return verdict;
+        }
         sent.map_err(|e| e.to_string())?;
         verdict
+    }
+
+    /// Sends the rest of a state transfer to `to`, a chunk at a time: the core's lock is taken
+    /// for each chunk only, so requests and replication go on between them.
+    fn stream_transfer(&self, to: MemberId, mut sent: bool) {
+        loop {
+            let (more, r) = self.input(|c| {
+                let ready = c.transfer_chunk_sent(to, sent);
+                (ready.chunk_to, ready)
+            });
+            if more.is_none() {
+                return;
+            }
+            sent = r.is_ok();
+        }
     }
 
     /// A member appeared: a manager that has not yet asked anyone for the sessions asks it.

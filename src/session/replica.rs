@@ -65,7 +65,9 @@ pub enum SessionMessage {
     /// EVT_GET_ALL_SESSIONS: a joining member asks for every session.
     GetAllSessions,
     /// EVT_ALL_SESSION_DATA: chunk `index` of `count` of the state transfer, each at most
-    /// `sendAllSessionsSize` sessions. The joiner is ready once it has every index.
+    /// `sendAllSessionsSize` sessions (and [`super::delta::CHUNK_BYTES`]). The joiner is ready
+    /// once it has every index. A streaming donor does not know the count before its last
+    /// chunk: the others carry [`super::delta::COUNT_UNKNOWN`], the last `index + 1`.
     AllSessions {
         states: Vec<SessionState>,
         index: u32,
@@ -194,6 +196,22 @@ impl ReplicaStore {
         let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
         ids.sort_unstable();
         ids.into_iter()
+    }
+
+    /// The first `n` ids after `after` (from the first when `None`), in order: the next chunk
+    /// of a state transfer, found without sorting (or copying) the whole store.
+    pub fn ids_after(&self, after: Option<&SessionId>, n: usize) -> Vec<&SessionId> {
+        let mut ids: Vec<&SessionId> = self
+            .sessions
+            .keys()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .collect();
+        if ids.len() > n {
+            ids.select_nth_unstable(n);
+            ids.truncate(n);
+        }
+        ids.sort_unstable();
+        ids
     }
 
     /// Adds a session made on this node.

@@ -857,7 +857,14 @@ impl DeltaNode {
         for id in &ids {
             self.touch(id);
         }
+        // A state transfer streams as the shell streams it: the next chunk once one is sent.
+        let mut chunk_to = ready.chunk_to;
         self.perform(ready, false, ctx);
+        while let Some(to) = chunk_to {
+            let ready = self.mgr.transfer_chunk_sent(to, true);
+            chunk_to = ready.chunk_to;
+            self.perform(ready, false, ctx);
+        }
         if req > 0 {
             match self.change_of(&msg) {
                 // The manager's verdict is what a synchronized-ack sender gets: a change it

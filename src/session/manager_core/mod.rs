@@ -48,6 +48,9 @@ pub(crate) struct Ready {
     pub became_ready: bool,
     /// Counters for the manager's statistics.
     pub counts: Counts,
+    /// `outs` hold a chunk of a state transfer to this member and more follow: once it is
+    /// sent, the shell says so ([`ManagerCore::transfer_chunk_sent`]) for the next one.
+    pub chunk_to: Option<MemberId>,
 }
 
 /// What one input adds to the manager's counters.
@@ -618,7 +621,10 @@ impl ManagerCore {
         let ended = self.core.ended_here(msg);
         ready.counts.resyncs = u64::from(resync.is_some());
         match msg {
-            Payload::Delta(SessionMessage::GetAllSessions) => ready.counts.state_transfers = 1,
+            Payload::Delta(SessionMessage::GetAllSessions) => {
+                ready.counts.state_transfers = 1;
+                Self::stream(&mut ready, self.core.is_donating_to(from).then_some(from));
+            }
             Payload::Delta(SessionMessage::Merge(states)) if !states.is_empty() => {
                 ready.counts.reconciled = states.len() as u64;
                 info!(
@@ -654,6 +660,34 @@ impl ManagerCore {
             (None, None, None) => Ok(()),
         };
         (ready, verdict)
+    }
+
+    /// A chunk of the state transfer to `to` left (`sent`), or could not: the next chunk, if
+    /// any, or the transfer's end (the joiner asks again when no chunk comes). One chunk at a
+    /// time, each sent with an acknowledgement, so the donor holds a chunk or two, not the store.
+    pub fn transfer_chunk_sent(&mut self, to: MemberId, sent: bool) -> Ready {
+        if !sent {
+            self.core.cancel_donation(to);
+            log::warn!(
+                "Manager [{}]: a session state chunk for [{to}] was not sent; the transfer stops",
+                self.context
+            );
+            return Ready::default();
+        }
+        let (outs, more) = self.core.next_chunk(to);
+        let mut ready = Ready::background(outs);
+        Self::stream(&mut ready, more.then_some(to));
+        ready
+    }
+
+    /// Marks `ready`'s chunk as part of a transfer to `more` (when more chunks follow): sent
+    /// with an acknowledgement, so that "sent" means the joiner has read it.
+    fn stream(ready: &mut Ready, more: Option<MemberId>) {
+        if ready.outs.is_empty() {
+            return;
+        }
+        ready.options = SendOptions::USE_ACK;
+        ready.chunk_to = more;
     }
 
     /// A member appeared: a DeltaManager that has not yet asked anyone for the sessions asks it.

@@ -371,11 +371,11 @@ fn a_joiner_stops_waiting_for_a_digest_of_a_member_gone_or_silent() {
     }
 }
 
-/// Known limit (docs/design.md): the donor of a state transfer makes every chunk of the
-/// snapshot in one step, under the manager's lock (issue 15 streams it).
+/// The donor of a state transfer makes one chunk per input, each sent with an acknowledgement:
+/// the next comes only once the shell says the previous one was sent, and a chunk that could
+/// not be sent ends the transfer.
 #[test]
-#[ignore = "known limit: the state-transfer snapshot is made whole under the lock, not streamed (issue 15); docs/design.md"]
-fn a_state_transfer_is_streamed_a_few_chunks_at_a_time() {
+fn a_state_transfer_is_streamed_a_chunk_at_a_time() {
     let cfg = ManagerConfig {
         send_all_sessions_size: 10,
         ..ManagerConfig::default()
@@ -386,12 +386,46 @@ fn a_state_transfer_is_streamed_a_few_chunks_at_a_time() {
         let (copy, _) = donor.create(T0).expect("id");
         let _ = donor.end_request(copy, true, T0);
     }
+    let (mut ready, _) = donor.receive(m(2), &Payload::Delta(SessionMessage::GetAllSessions), T0);
+    let mut chunks = 0;
+    while let Some(to) = ready.chunk_to {
+        assert_eq!(ready.outs.len(), 1, "one chunk at a time");
+        assert_eq!(ready.options, SendOptions::USE_ACK);
+        assert_eq!(to, m(2));
+        chunks += 1;
+        ready = donor.transfer_chunk_sent(to, true);
+    }
+    assert_eq!(ready.outs.len(), 1, "the last chunk");
+    assert_eq!(chunks + 1, 10);
+    // A chunk that cannot be sent ends the transfer.
     let (ready, _) = donor.receive(m(2), &Payload::Delta(SessionMessage::GetAllSessions), T0);
+    assert_eq!(ready.chunk_to, Some(m(2)));
+    let stop = donor.transfer_chunk_sent(m(2), false);
+    assert!(stop.outs.is_empty() && stop.chunk_to.is_none());
+    assert!(donor.transfer_chunk_sent(m(2), true).outs.is_empty());
+}
+
+/// A donor that dies after its first chunk: the joiner, having had a chunk, does not ask again
+/// but gives up at `state_transfer_timeout` with what came, and asks the members that stay for
+/// their digests.
+#[test]
+fn a_joiner_whose_donor_dies_mid_transfer_gives_up_at_the_timeout() {
+    let (mut joiner, _) = joiner_asking_member_one();
+    let first = SessionMessage::AllSessions {
+        states: Vec::new(),
+        index: 0,
+        count: crate::session::delta::COUNT_UNKNOWN,
+    };
+    let _ = joiner.receive(m(1), &Payload::Delta(first), T0 + 1);
+    assert!(!joiner.is_ready());
     assert!(
-        ready.outs.len() <= 2,
-        "{} chunks made at once",
-        ready.outs.len()
+        joiner.tick(T0 + 3 * TRANSFER_REASK_MS).outs.is_empty(),
+        "chunks were coming"
     );
+    let timeout = ms(ManagerConfig::default().state_transfer_timeout);
+    assert!(!joiner.tick(T0 + timeout - 1).became_ready);
+    assert!(joiner.tick(T0 + timeout).became_ready);
+    assert!(joiner.is_ready());
 }
 
 /// A joiner whose donor's answer is lost (it went to this member's previous incarnation)
