@@ -245,7 +245,9 @@ impl DeltaCore {
     /// here goes to it too, so the digest and those changes leave nothing out. Until then the
     /// answer waits (bounded by `MAX_DIGESTS_OWED`) and goes with the digest a new member gets.
     pub fn answer_get_digest(&mut self, to: MemberId, now_ms: u64) -> Vec<Out> {
-        if self.members.binary_search(&to).is_err() {
+        // A node still joining itself answers when its own transfer is done
+        // (`answer_owed_digests`): its store is not whole yet.
+        if self.members.binary_search(&to).is_err() || !self.ready {
             if self.digests_owed.len() >= MAX_DIGESTS_OWED {
                 self.digests_owed.pop_first();
             }
@@ -253,6 +255,30 @@ impl DeltaCore {
             return Vec::new();
         }
         self.digest_to(to, now_ms, true)
+    }
+
+    /// The digests owed to members listed here, once this node is ready: a member asked while
+    /// this node was still joining (and listed it then, when no digest goes out) would
+    /// otherwise wait for it until its deadline, holding every request.
+    pub fn answer_owed_digests(&mut self, now_ms: u64) -> Vec<Out> {
+        let members = &self.members;
+        let listed: Vec<MemberId> = self
+            .digests_owed
+            .iter()
+            .filter(|m| members.binary_search(m).is_ok())
+            .copied()
+            .collect();
+        if !self.ready || listed.is_empty() {
+            return Vec::new();
+        }
+        let chunks = self.digest(now_ms);
+        listed
+            .into_iter()
+            .flat_map(|m| {
+                self.digests_owed.remove(&m);
+                Self::digest_out(&chunks, m, true)
+            })
+            .collect()
     }
 
     /// This node's digest for `to`, ending with an empty chunk if `whole`.
@@ -1522,5 +1548,25 @@ mod tests {
         deliver(outs, A, &mut b);
         assert!(b.session(&id).is_none());
         assert_eq!(b.session(&new).unwrap().get::<u8>("k").unwrap(), Some(7));
+    }
+
+    /// A member asked for its digest while it was joining itself answers once its own
+    /// transfer is done (before, it listed the asker while not ready, sent nothing, and the
+    /// asker held every request until its deadline: tests/session_lifecycle.rs, 15 s).
+    #[test]
+    fn a_digest_asked_while_joining_is_sent_once_ready() {
+        let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+        a.expect_members();
+        let _ = a.set_members(vec![B], 0);
+        assert!(a.answer_get_digest(B, 0).is_empty(), "not whole yet");
+        assert!(a.answer_owed_digests(0).is_empty(), "not ready");
+        let _ = a.end_state_transfer();
+        let outs = a.answer_owed_digests(1);
+        assert!(outs.iter().all(|o| o.dest == Dest::Member(B)));
+        assert!(
+            matches!(outs.last().map(|o| &o.msg), Some(SessionMessage::Digest(e)) if e.is_empty()),
+            "whole"
+        );
+        assert!(a.answer_owed_digests(2).is_empty(), "once");
     }
 }

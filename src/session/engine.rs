@@ -232,6 +232,15 @@ impl Core {
         }
     }
 
+    /// Delta: the digests owed to members that asked while this node was joining, now that it
+    /// is ready. Backup: nothing.
+    pub fn answer_owed_digests(&mut self, now_ms: u64) -> Vec<POut> {
+        match self {
+            Core::Delta(c) => wrap(c.answer_owed_digests(now_ms), Payload::Delta),
+            Core::Backup(_) => Vec::new(),
+        }
+    }
+
     /// Backup: the session of a message this member ignored because its sender's claim was
     /// superseded (a newer primary is known here).
     pub fn superseded(&self, from: MemberId, msg: &Payload) -> Option<SessionId> {

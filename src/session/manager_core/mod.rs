@@ -415,6 +415,8 @@ impl ManagerCore {
     /// A DeltaManager joiner whose state transfer is done asks each member it knows (and its
     /// donor) for its digest, and holds requests until each has answered.
     fn begin_catch_up(&mut self, donor: Option<MemberId>, now_ms: u64, ready: &mut Ready) {
+        // Digests this node owes members that asked while it was joining too.
+        ready.outs.extend(self.core.answer_owed_digests(now_ms));
         let Core::Delta(c) = &self.core else {
             return;
         };
