@@ -1,0 +1,575 @@
+//! Unit tests of the DeltaManager core: replication, digests, catch-up after a death.
+use super::*;
+use crate::session::outputs::AttributeChange;
+
+const A: MemberId = MemberId([1; 16]);
+const B: MemberId = MemberId([2; 16]);
+
+fn deliver(outs: Vec<Out>, from: MemberId, to: &mut DeltaCore) -> Vec<Out> {
+    outs.into_iter()
+        .flat_map(|o| to.handle(from, &o.msg).0)
+        .collect()
+}
+
+#[test]
+fn a_session_created_and_changed_in_one_request_arrives_whole() {
+    let (mut a, mut b) = (
+        DeltaCore::new(DeltaConfig::default(), "a"),
+        DeltaCore::new(DeltaConfig::default(), "b"),
+    );
+    let id = a.create(1_000).unwrap();
+    a.session_mut(&id).unwrap().set("user", &"ann").unwrap();
+    let outs = a.end_request(&id, 1_000);
+    assert!(matches!(
+        outs.as_slice(),
+        [Out {
+            dest: Dest::All,
+            msg: SessionMessage::Created(_)
+        }]
+    ));
+    assert!(deliver(outs, A, &mut b).is_empty());
+    assert_eq!(
+        b.session(&id)
+            .unwrap()
+            .get::<String>("user")
+            .unwrap()
+            .as_deref(),
+        Some("ann")
+    );
+    // The next request's change is a delta, applied in order.
+    a.session_mut(&id).unwrap().set("n", &1u32).unwrap();
+    let (_, events) = b.handle(A, &a.end_request(&id, 2_000)[0].msg);
+    assert_eq!(b.session(&id).unwrap().get::<u32>("n").unwrap(), Some(1));
+    assert_eq!(
+        events,
+        vec![SessionEvent::Attribute {
+            id: id.clone(),
+            name: "n".into(),
+            change: AttributeChange::Added
+        }]
+    );
+    // Nothing changed, primary here, access fresh: nothing to send.
+    assert!(a.end_request(&id, 3_000).is_empty());
+}
+
+#[test]
+fn a_gap_asks_the_sender_for_the_session() {
+    let (mut a, mut b) = (
+        DeltaCore::new(DeltaConfig::default(), "a"),
+        DeltaCore::new(DeltaConfig::default(), "b"),
+    );
+    let id = a.create(0).unwrap();
+    deliver(a.end_request(&id, 0), A, &mut b);
+    a.session_mut(&id).unwrap().set("x", &1u8).unwrap();
+    let _lost = a.end_request(&id, 1);
+    a.session_mut(&id).unwrap().set("y", &2u8).unwrap();
+    let resync = deliver(a.end_request(&id, 2), A, &mut b);
+    assert_eq!(
+        resync,
+        vec![Out {
+            dest: Dest::Member(A),
+            msg: SessionMessage::GetSession { id: id.clone() }
+        }]
+    );
+    let answer = deliver(resync, B, &mut a);
+    deliver(answer, A, &mut b);
+    let s = b.session(&id).unwrap();
+    assert_eq!(
+        (s.get::<u8>("x").unwrap(), s.get::<u8>("y").unwrap()),
+        (Some(1), Some(2))
+    );
+}
+
+#[test]
+fn invalidation_and_expiry_happen_once_everywhere() {
+    let (mut a, mut b) = (
+        DeltaCore::new(DeltaConfig::default(), "a"),
+        DeltaCore::new(DeltaConfig::default(), "b"),
+    );
+    let id = a.create(0).unwrap();
+    a.session_mut(&id)
+        .unwrap()
+        .set_max_inactive(Duration::from_secs(10));
+    deliver(a.end_request(&id, 0), A, &mut b);
+    // b holds a copy served elsewhere: it waits twice as long.
+    assert!(b.expire(10_001).0.is_empty());
+    let (outs, events) = a.expire(10_001);
+    assert_eq!(events, vec![SessionEvent::Destroyed(id.clone())]);
+    let (_, b_events) = b.handle(A, &outs[0].msg);
+    assert_eq!(b_events, vec![SessionEvent::Destroyed(id.clone())]);
+    assert!(b.session(&id).is_none());
+    // Again: nothing, on either side.
+    assert!(a.expire(20_002).1.is_empty() && b.handle(A, &outs[0].msg).1.is_empty());
+}
+
+#[test]
+fn state_transfer_in_chunks_makes_a_joiner_ready() {
+    let cfg = DeltaConfig {
+        send_all_sessions_size: 10,
+        ..DeltaConfig::default()
+    };
+    let mut a = DeltaCore::new(cfg.clone(), "a");
+    for i in 0..25 {
+        let id = a.create(i).unwrap();
+        a.end_request(&id, i);
+    }
+    let mut b = DeltaCore::new(cfg, "b");
+    let ask = b.begin_state_transfer(A);
+    assert!(!b.is_ready());
+    let chunks = stream_all(ask, &mut a);
+    let counts: Vec<(u32, u32, usize)> = chunks.iter().map(chunk_shape).collect();
+    let unknown = COUNT_UNKNOWN;
+    assert_eq!(counts, vec![(0, unknown, 10), (1, unknown, 10), (2, 3, 5)]);
+    for c in chunks {
+        assert!(!b.is_ready(), "ready before the last chunk");
+        b.handle(A, &c.msg);
+    }
+    assert!(b.is_ready());
+    assert_eq!(b.store().len(), 25);
+    assert!(!a.is_donating_to(B));
+}
+
+/// The donor's answer to `ask`, then every chunk `next_chunk` makes, as the shell sends them.
+fn stream_all(ask: Out, donor: &mut DeltaCore) -> Vec<Out> {
+    let mut chunks = deliver(vec![ask], B, donor);
+    assert_eq!(chunks.len(), 1, "one chunk at a time");
+    while let Some(c) = donor.next_chunk(B) {
+        chunks.push(c);
+    }
+    chunks
+}
+
+/// A chunk's index, count and number of sessions.
+fn chunk_shape(o: &Out) -> (u32, u32, usize) {
+    match &o.msg {
+        SessionMessage::AllSessions {
+            states,
+            index,
+            count,
+        } => (*index, *count, states.len()),
+        m => panic!("not a chunk: {m:?}"),
+    }
+}
+
+#[test]
+fn an_empty_store_is_one_empty_last_chunk() {
+    let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+    let mut b = DeltaCore::new(DeltaConfig::default(), "b");
+    let chunks = stream_all(b.begin_state_transfer(A), &mut a);
+    assert_eq!(
+        chunks.iter().map(chunk_shape).collect::<Vec<_>>(),
+        vec![(0, 1, 0)]
+    );
+    b.handle(A, &chunks[0].msg);
+    assert!(b.is_ready());
+}
+
+#[test]
+fn chunks_are_bounded_by_bytes_and_a_large_session_goes_alone() {
+    let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+    // 100 sessions of 64 KiB: 16 to a MiB at most; one of 2 MiB alone.
+    let mut big = None;
+    for i in 0..101u64 {
+        let id = a.create(i).unwrap();
+        let len = if i == 50 { 2 << 20 } else { 64 << 10 };
+        a.session_mut(&id)
+            .unwrap()
+            .set("v", &vec![7u8; len])
+            .unwrap();
+        a.end_request(&id, i);
+        if i == 50 {
+            big = Some(id);
+        }
+    }
+    let chunks = stream_all(
+        DeltaCore::new(DeltaConfig::default(), "b").begin_state_transfer(A),
+        &mut a,
+    );
+    let mut seen = 0;
+    for c in &chunks {
+        let SessionMessage::AllSessions { states, .. } = &c.msg else {
+            unreachable!()
+        };
+        let bytes: usize = states
+            .iter()
+            .map(|st| a.session(&st.id).unwrap().size())
+            .sum();
+        if states.iter().any(|st| Some(&st.id) == big.as_ref()) {
+            assert_eq!(states.len(), 1, "the large session goes alone");
+        } else {
+            assert!(bytes <= CHUNK_BYTES, "{bytes} bytes in a chunk");
+        }
+        seen += states.len();
+    }
+    assert_eq!(seen, 101);
+    assert!(
+        chunks.len() >= 7,
+        "{} chunks: at most 16 of 64 KiB fit a MiB",
+        chunks.len()
+    );
+    let (last, count, _) = chunk_shape(chunks.last().unwrap());
+    assert_eq!(count, last + 1);
+}
+
+#[test]
+fn changes_creations_and_ends_during_a_transfer_reach_the_joiner() {
+    let cfg = DeltaConfig {
+        send_all_sessions_size: 4,
+        ..DeltaConfig::default()
+    };
+    let mut a = DeltaCore::new(cfg.clone(), "a");
+    let mut b = DeltaCore::new(cfg, "b");
+    a.set_members(vec![B], 0);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let id = a.create(i).unwrap();
+        a.session_mut(&id).unwrap().set("n", &0u32).unwrap();
+        a.end_request(&id, i);
+        ids.push(id);
+    }
+    ids.sort();
+    let first = deliver(vec![b.begin_state_transfer(A)], B, &mut a);
+    let mut to_b = first;
+    // The cursor has passed ids[0..4]: a change to one of them, and to one not yet sent;
+    // an end before its chunk; a new session.
+    for id in [&ids[1], &ids[9]] {
+        a.session_mut(id).unwrap().set("n", &5u32).unwrap();
+        to_b.extend(a.end_request(id, 100));
+    }
+    to_b.extend(a.invalidate(&ids[6]).0);
+    let new = a.create(200).unwrap();
+    a.session_mut(&new).unwrap().set("n", &9u32).unwrap();
+    to_b.extend(a.end_request(&new, 200));
+    while let Some(c) = a.next_chunk(B) {
+        to_b.push(c);
+    }
+    // In order on the connection; the joiner's asks (after a change it cannot place yet)
+    // answered by the donor.
+    let mut asks = Vec::new();
+    for o in to_b {
+        assert!(
+            !matches!(o.msg, SessionMessage::AllSessions { ref states, .. }
+            if states.iter().any(|st| st.id == ids[6])),
+            "an ended session was sent"
+        );
+        asks.extend(b.handle(A, &o.msg).0);
+    }
+    for o in deliver(asks, B, &mut a) {
+        b.handle(A, &o.msg);
+    }
+    assert!(b.is_ready());
+    assert_eq!(
+        b.store().len(),
+        12,
+        "11 sent or replicated, one new, one ended"
+    );
+    assert!(b.session(&ids[6]).is_none());
+    for (id, n) in [(&ids[1], 5u32), (&ids[9], 5), (&new, 9), (&ids[0], 0)] {
+        assert_eq!(
+            b.session(id).unwrap().get::<u32>("n").unwrap(),
+            Some(n),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn a_transfer_stops_when_its_joiner_leaves_and_restarts_when_asked_again() {
+    let cfg = DeltaConfig {
+        send_all_sessions_size: 2,
+        ..DeltaConfig::default()
+    };
+    let mut a = DeltaCore::new(cfg, "a");
+    for i in 0..6 {
+        let id = a.create(i).unwrap();
+        a.end_request(&id, i);
+    }
+    a.set_members(vec![B], 0);
+    let ask = SessionMessage::GetAllSessions;
+    a.handle(B, &ask);
+    assert!(a.is_donating_to(B));
+    a.set_members(Vec::new(), 1);
+    assert!(!a.is_donating_to(B) && a.next_chunk(B).is_none());
+    // Asked again mid-transfer: from the first chunk.
+    a.set_members(vec![B], 2);
+    a.handle(B, &ask);
+    a.next_chunk(B);
+    let again = a.handle(B, &ask).0;
+    assert_eq!(chunk_shape(&again[0]), (0, COUNT_UNKNOWN, 2));
+}
+
+#[test]
+fn chunk_indexes_from_the_network_cannot_grow_or_fake_a_transfer() {
+    let mut b = DeltaCore::new(DeltaConfig::default(), "b");
+    let chunk = |index, count| SessionMessage::AllSessions {
+        states: Vec::new(),
+        index,
+        count,
+    };
+    // Ready: chunks are not recorded.
+    for i in 0..1000 {
+        b.handle(A, &chunk(i, u32::MAX));
+    }
+    assert!(b.chunks_seen.is_empty());
+    b.begin_state_transfer(A);
+    // An index past the count does not count.
+    b.handle(A, &chunk(5, 2));
+    b.handle(A, &chunk(0, 2));
+    assert!(!b.is_ready());
+    b.handle(A, &chunk(1, 2));
+    assert!(b.is_ready() && b.chunks_seen.is_empty());
+}
+
+/// `GetSession` for an id: the copy, the end remembered, or `NotHere` (not an end) for an
+/// id never held here or not yet announced.
+#[test]
+fn get_session_answers_the_copy_the_end_or_not_here() {
+    let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+    let ask = |id: &SessionId| SessionMessage::GetSession { id: id.clone() };
+    let unannounced = a.create(0).unwrap();
+    let (outs, _) = a.handle(B, &ask(&unannounced));
+    assert_eq!(
+        outs[0].msg,
+        SessionMessage::NotHere {
+            id: unannounced.clone()
+        }
+    );
+    a.end_request(&unannounced, 0);
+    let (outs, _) = a.handle(B, &ask(&unannounced));
+    assert!(matches!(&outs[0].msg, SessionMessage::State(s) if s.id == unannounced));
+    a.session_mut(&unannounced).unwrap().set("x", &1u8).unwrap();
+    a.end_request(&unannounced, 1);
+    a.invalidate(&unannounced);
+    let (outs, _) = a.handle(B, &ask(&unannounced));
+    assert_eq!(
+        outs[0].msg,
+        SessionMessage::Expired {
+            id: unannounced.clone(),
+            version: 1
+        }
+    );
+    let never = SessionId::generate("c").unwrap();
+    let (outs, _) = a.handle(B, &ask(&never));
+    assert_eq!(outs[0].msg, SessionMessage::NotHere { id: never.clone() });
+    // The asker keeps its copy.
+    let mut b = DeltaCore::new(DeltaConfig::default(), "b");
+    let id = b.create(0).unwrap();
+    b.end_request(&id, 0);
+    let (outs, events) = b.handle(A, &SessionMessage::NotHere { id: id.clone() });
+    assert!(outs.is_empty() && events.is_empty() && b.session(&id).is_some());
+}
+
+const C: MemberId = MemberId([3; 16]);
+
+/// Seed 14 of the kill -9 loop: member A created a session and changed another, and died
+/// with the CREATED and the DELTA having reached C only; A had ended a third session, the
+/// end reaching C only too. No later message names them. When B and C notice A left, each
+/// sends the other what it holds; B asks C for the copies it lacks or holds older, takes
+/// the end, and nothing at C goes back.
+#[test]
+fn the_members_that_stay_after_a_death_catch_up_on_its_last_changes() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    a.set_members(vec![B, C], 0);
+    b.set_members(vec![A, C], 0);
+    c.set_members(vec![A, B], 0);
+    let changed = a.create(0).unwrap();
+    let ended = a.create(0).unwrap();
+    for id in [&changed, &ended] {
+        let outs = a.end_request(id, 0);
+        deliver(outs.clone(), A, &mut b);
+        deliver(outs, A, &mut c);
+    }
+    a.session_mut(&changed).unwrap().set("x", &1u8).unwrap();
+    deliver(a.end_request(&changed, 1), A, &mut c);
+    let created = a.create(2).unwrap();
+    deliver(a.end_request(&created, 2), A, &mut c);
+    deliver(a.invalidate(&ended).0, A, &mut c);
+    // A died. C notices first; B reads C's digest before it notices.
+    let from_c = c.set_members(vec![B], 3);
+    assert!(
+        from_c
+            .iter()
+            .all(|o| o.dest == Dest::Member(B)
+                && matches!(o.msg, SessionMessage::DigestAfterLeave(_)))
+    );
+    let (asks, events) = from_c.iter().map(|o| b.handle(C, &o.msg)).fold(
+        (Vec::new(), Vec::new()),
+        |(mut o, mut e), (o2, e2)| {
+            o.extend(o2);
+            e.extend(e2);
+            (o, e)
+        },
+    );
+    assert_eq!(events, vec![SessionEvent::Destroyed(ended.clone())]);
+    assert_eq!(
+        asks.len(),
+        2,
+        "the copy B lacks and the one it holds older: {asks:?}"
+    );
+    deliver(deliver(asks, B, &mut c), C, &mut b);
+    assert_eq!(
+        b.session(&changed).unwrap().get::<u8>("x").unwrap(),
+        Some(1)
+    );
+    assert!(b.session(&created).is_some() && b.session(&ended).is_none());
+    // B's digest changes nothing at C, which holds the same now.
+    let from_b = b.set_members(vec![C], 4);
+    assert!(deliver(from_b, B, &mut c).is_empty());
+    assert!(c.session(&ended).is_none(), "nothing ended comes back");
+}
+
+/// A digest after a death reconciles nothing: a copy at the same version with another
+/// content stays (the member serving the session settles it with its next change), and a
+/// session ended here does not come back.
+#[test]
+fn a_digest_after_a_death_never_replaces_a_copy_of_the_same_version_nor_revives_an_end() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut b, mut c) = (new("b"), new("c"));
+    let same = b.create(0).unwrap();
+    let ended = b.create(0).unwrap();
+    for id in [&same, &ended] {
+        deliver(b.end_request(id, 0), B, &mut c);
+    }
+    b.session_mut(&same).unwrap().set("x", &1u8).unwrap();
+    b.end_request(&same, 1);
+    c.session_mut(&same).unwrap().set("x", &2u8).unwrap();
+    c.end_request(&same, 1);
+    c.session_mut(&ended).unwrap().set("y", &1u8).unwrap();
+    c.end_request(&ended, 1);
+    b.invalidate(&ended);
+    b.set_members(vec![A, C], 0);
+    c.set_members(vec![A, B], 0);
+    let from_c = c.set_members(vec![B], 2);
+    let (asks, _) = b.handle(C, &from_c[0].msg);
+    assert!(asks.is_empty(), "{asks:?}");
+    assert_eq!(b.session(&same).unwrap().get::<u8>("x").unwrap(), Some(1));
+    assert!(b.session(&ended).is_none());
+    // C takes B's end.
+    let from_b = b.set_members(vec![C], 2);
+    let (asks, events) = c.handle(B, &from_b[0].msg);
+    assert!(asks.is_empty());
+    assert_eq!(events, vec![SessionEvent::Destroyed(ended.clone())]);
+}
+
+/// `GetSession` for an id renamed here: the change of id, then the copy under the new id
+/// (an `Expired` for the old id ended the asker's copy of a session that lives on).
+#[test]
+fn get_session_for_a_renamed_id_answers_the_change_of_id_and_the_copy() {
+    let (mut a, mut b) = (
+        DeltaCore::new(DeltaConfig::default(), "a"),
+        DeltaCore::new(DeltaConfig::default(), "b"),
+    );
+    let old = a.create(0).unwrap();
+    deliver(a.end_request(&old, 0), A, &mut b);
+    let (new, _missed, _) = a.change_id(&old).unwrap();
+    let answer = deliver(
+        vec![Out {
+            dest: Dest::Member(A),
+            msg: SessionMessage::GetSession { id: old.clone() },
+        }],
+        B,
+        &mut a,
+    );
+    assert!(matches!(
+        &answer[..],
+        [
+            Out { msg: SessionMessage::ChangeId { old: o, new: n, .. }, .. },
+            Out { msg: SessionMessage::State(s), .. },
+        ] if *o == old && *n == new && s.id == new
+    ));
+    deliver(answer, A, &mut b);
+    assert!(b.session(&old).is_none() && b.session(&new).is_some());
+}
+
+/// Two members of one side end a session at once, one after a change the other had not
+/// seen: both keep the end at the higher version, whichever end arrives first, so the
+/// other side's copy at that version loses to the end on both when a partition heals (the
+/// partition simulation with changes of id, seed 87 with word-wise fingerprints: that copy
+/// lived on the members that kept the first end, at the lower version, and ended on the
+/// others).
+#[test]
+fn two_ends_of_one_session_keep_the_higher_version_on_every_member() {
+    const C: MemberId = MemberId([3; 16]);
+    let core = |route| DeltaCore::new(DeltaConfig::default(), route);
+    let (mut a, mut b, mut c) = (core("a"), core("b"), core("c"));
+    a.set_members(vec![B], 0);
+    b.set_members(vec![A], 0);
+    let id = a.create(0).unwrap();
+    let created = a.end_request(&id, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    // The other side changes it twice.
+    for v in 0..2u8 {
+        c.session_mut(&id).unwrap().set("c", &v).unwrap();
+        c.end_request(&id, 1);
+    }
+    // This side: `a` changes it, `b` changes it again; each ends it before it hears of the
+    // other's end (and `a` of `b`'s change).
+    a.session_mut(&id).unwrap().set("a", &1u8).unwrap();
+    deliver(a.end_request(&id, 1), A, &mut b);
+    b.session_mut(&id).unwrap().set("b", &1u8).unwrap();
+    let b_change = b.end_request(&id, 2);
+    let (low, high) = (
+        a.session(&id).unwrap().version(),
+        b.session(&id).unwrap().version(),
+    );
+    assert!(low < high && c.session(&id).unwrap().version() == high);
+    let (a_end, _) = a.invalidate(&id);
+    let (b_end, _) = b.invalidate(&id);
+    deliver(b_change, B, &mut a);
+    deliver(b_end, B, &mut a);
+    deliver(a_end, A, &mut b);
+    let ended_at = |n: &DeltaCore| n.store().tombstone(&id).map(|t| t.version);
+    assert_eq!((ended_at(&a), ended_at(&b)), (Some(high), Some(high)));
+    // The heal: neither asks for the other side's copy, which ends there.
+    let to = |outs: &[Out], m: MemberId| -> Vec<Out> {
+        outs.iter()
+            .filter(|o| o.dest == Dest::Member(m))
+            .cloned()
+            .collect()
+    };
+    let c_digest = c.set_members(vec![A, B], 3);
+    for (n, m) in [(&mut a, A), (&mut b, B)] {
+        let asks = deliver(to(&c_digest, m), C, n);
+        assert!(asks.is_empty() && n.session(&id).is_none(), "{asks:?}");
+    }
+    let a_digest = a.set_members(vec![B, C], 3);
+    deliver(to(&a_digest, C), A, &mut c);
+    assert!(c.session(&id).is_none());
+}
+
+#[test]
+fn change_of_id_reaches_the_replicas() {
+    let (mut a, mut b) = (
+        DeltaCore::new(DeltaConfig::default(), "a"),
+        DeltaCore::new(DeltaConfig::default(), "b"),
+    );
+    let id = a.create(0).unwrap();
+    a.session_mut(&id).unwrap().set("k", &7u8).unwrap();
+    deliver(a.end_request(&id, 0), A, &mut b);
+    let (new, outs, _) = a.change_id(&id).unwrap();
+    deliver(outs, A, &mut b);
+    assert!(b.session(&id).is_none());
+    assert_eq!(b.session(&new).unwrap().get::<u8>("k").unwrap(), Some(7));
+}
+
+/// A member asked for its digest while it was joining itself answers once its own
+/// transfer is done (before, it listed the asker while not ready, sent nothing, and the
+/// asker held every request until its deadline: tests/session_lifecycle.rs, 15 s).
+#[test]
+fn a_digest_asked_while_joining_is_sent_once_ready() {
+    let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+    a.expect_members();
+    let _ = a.set_members(vec![B], 0);
+    assert!(a.answer_get_digest(B, 0).is_empty(), "not whole yet");
+    assert!(a.answer_owed_digests(0).is_empty(), "not ready");
+    let _ = a.end_state_transfer();
+    let outs = a.answer_owed_digests(1);
+    assert!(outs.iter().all(|o| o.dest == Dest::Member(B)));
+    assert!(
+        matches!(outs.last().map(|o| &o.msg), Some(SessionMessage::Digest(e)) if e.is_empty()),
+        "whole"
+    );
+    assert!(a.answer_owed_digests(2).is_empty(), "once");
+}
