@@ -414,7 +414,7 @@ impl ReplicaStore {
     }
 
     /// This copy of `id` forked from a sender's, which named `fingerprint` at `version`.
-    fn note_fork(&mut self, id: &SessionId, version: u64, fingerprint: Option<u64>) {
+    pub(crate) fn note_fork(&mut self, id: &SessionId, version: u64, fingerprint: Option<u64>) {
         if self.forked.len() >= MAX_FORKED && !self.forked.contains_key(id) {
             self.forked.pop_first();
         }

@@ -68,6 +68,23 @@ struct Meta {
     primary_here: bool,
     /// Last access time sent to the others.
     replicated_access_ms: u64,
+    /// The member whose message brought this copy's version (none: made here).
+    writer: Option<MemberId>,
+    /// That member left since (died, or restarted): a version only it and this node hold may
+    /// be its change that failed, never acknowledged.
+    writer_left: bool,
+}
+
+impl Meta {
+    /// A copy another member sent.
+    fn replica() -> Meta {
+        Meta {
+            primary_here: false,
+            replicated_access_ms: 0,
+            writer: None,
+            writer_left: false,
+        }
+    }
 }
 
 /// The sessions of one application on this node and the rules that keep them replicated.
@@ -196,9 +213,19 @@ impl DeltaCore {
             .filter(|m| before.binary_search(m).is_err())
             .copied()
             .collect();
-        let left = before
+        let gone: BTreeSet<MemberId> = before
             .iter()
-            .any(|m| self.members.binary_search(m).is_err());
+            .filter(|m| self.members.binary_search(m).is_err())
+            .copied()
+            .collect();
+        let left = !gone.is_empty();
+        // Copies whose version came from a member that left: a later message of the member
+        // serving the session at a lower version shows that version was its failed change.
+        for m in self.meta.values_mut() {
+            if m.writer.is_some_and(|w| gone.contains(&w)) {
+                m.writer_left = true;
+            }
+        }
         // A transfer to a member that left has no one to reach.
         let members = &self.members;
         self.donations
@@ -450,8 +477,33 @@ impl DeltaCore {
                 DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
                 DigestEntry::Live(id, theirs) => {
                     let cur = self.store.resolve(id).clone();
+                    let served_here = self.meta.get(&cur).is_some_and(|m| m.primary_here);
                     let asks = match self.store.get(&cur) {
                         Some(_) if self.unannounced.contains(&cur) => false,
+                        // Served here since the death, below the sender's version: that
+                        // version is the dead member's failed change, and the user was served
+                        // this copy. It stays; the sender hears this copy's version, which
+                        // makes it take this copy (`served_below_a_dead_writers_version`).
+                        Some(s)
+                            if served_here
+                                && theirs.version > s.version()
+                                && !self.store.fork_awaits(
+                                    &cur,
+                                    theirs.version,
+                                    theirs.fingerprint,
+                                ) =>
+                        {
+                            outs.push(Out {
+                                dest: Dest::Member(from),
+                                msg: SessionMessage::Accessed {
+                                    id: cur.clone(),
+                                    version: s.version(),
+                                    last_accessed_ms: s.last_accessed_ms(),
+                                    fingerprint: s.fingerprint(),
+                                },
+                            });
+                            false
+                        }
                         Some(s) => {
                             theirs.version > s.version()
                                 || self
@@ -535,10 +587,7 @@ impl DeltaCore {
                         let mut st = theirs.clone();
                         st.id = id.clone();
                         self.store.put(st);
-                        self.meta.entry(id.clone()).or_insert(Meta {
-                            primary_here: false,
-                            replicated_access_ms: 0,
-                        });
+                        self.meta.entry(id.clone()).or_insert_with(Meta::replica);
                         events.push(SessionEvent::Created(id));
                     }
                 }
@@ -558,6 +607,8 @@ impl DeltaCore {
             Meta {
                 primary_here: true,
                 replicated_access_ms: now_ms,
+                writer: None,
+                writer_left: false,
             },
         );
         Ok(id)
@@ -581,11 +632,9 @@ impl DeltaCore {
         };
         s.access(now_ms);
         s.mark_not_new();
-        let meta = self.meta.entry(id.clone()).or_insert(Meta {
-            primary_here: false,
-            replicated_access_ms: 0,
-        });
+        let meta = self.meta.entry(id.clone()).or_insert_with(Meta::replica);
         let was_primary = std::mem::replace(&mut meta.primary_here, true);
+        (meta.writer, meta.writer_left) = (None, false);
         let msg = if self.unannounced.remove(id) {
             // Changes made before the announcement are part of the state it carries.
             let _ = s.take_delta();
@@ -902,6 +951,54 @@ impl DeltaCore {
         })
     }
 
+    /// An ACCESSED from the member serving the session now, at a version below this copy's,
+    /// when this copy's version came from a member that left since: that version is the dead
+    /// member's change that failed (the member serving the session never had it, so it was
+    /// never acknowledged), and the user was served the state before it. This copy forked:
+    /// the sender's copy is asked for and replaces it (a digest after the death no longer
+    /// brings the failed change back over what the user was served: seeds 209, 265, 392 of
+    /// the kill -9 simulation). A member that left makes no later message, so a late ACCESSED
+    /// of a member that served the session before it is told apart from this case: the
+    /// writer of a later version it did not have is still a member.
+    fn served_below_a_dead_writers_version(
+        &mut self,
+        from: MemberId,
+        msg: &SessionMessage,
+    ) -> Option<Out> {
+        let SessionMessage::Accessed {
+            id,
+            version,
+            fingerprint,
+            ..
+        } = msg
+        else {
+            return None;
+        };
+        let cur = self.store.resolve(id).clone();
+        let newer = self.store.get(&cur).is_some_and(|s| s.version() > *version);
+        let meta = self.meta.get_mut(&cur).filter(|m| m.writer_left && newer)?;
+        meta.primary_here = false;
+        self.store.note_fork(&cur, *version, Some(*fingerprint));
+        Some(Out {
+            dest: Dest::Member(from),
+            msg: SessionMessage::GetSession { id: cur },
+        })
+    }
+
+    /// Remembers which member brought the copy's version (see [`Meta::writer`]).
+    fn note_writer(&mut self, from: MemberId, msg: &SessionMessage) {
+        let id = match msg {
+            SessionMessage::Delta { id, .. } => id,
+            SessionMessage::Created(st) | SessionMessage::State(st) => &st.id,
+            _ => return,
+        };
+        let id = self.store.resolve(id).clone();
+        if self.store.get(&id).is_some() {
+            let m = self.meta.entry(id).or_insert_with(Meta::replica);
+            (m.writer, m.writer_left) = (Some(from), false);
+        }
+    }
+
     fn apply_remote(
         &mut self,
         from: MemberId,
@@ -928,9 +1025,13 @@ impl DeltaCore {
                 .map_or(Vec::new(), |s| attribute_events(s, ops)),
             _ => Vec::new(),
         };
+        if let Some(ask) = self.served_below_a_dead_writers_version(from, msg) {
+            return (vec![ask], events);
+        }
         let outcome = self.store.apply(msg);
         if outcome == Outcome::Applied {
             events.extend(attr_events);
+            self.note_writer(from, msg);
         }
         // A change of id applied on a copy that is not the sender's: the rename stands.
         let renamed = matches!(outcome, Outcome::Applied | Outcome::Forked(_));
@@ -977,10 +1078,7 @@ impl DeltaCore {
             SessionMessage::Created(st) | SessionMessage::State(st)
                 if self.store.get(&st.id).is_some() =>
             {
-                self.meta.entry(st.id.clone()).or_insert(Meta {
-                    primary_here: false,
-                    replicated_access_ms: 0,
-                });
+                self.meta.entry(st.id.clone()).or_insert_with(Meta::replica);
             }
             _ => {}
         }

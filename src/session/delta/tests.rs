@@ -419,6 +419,96 @@ fn the_members_that_stay_after_a_death_catch_up_on_its_last_changes() {
     assert!(c.session(&ended).is_none(), "nothing ended comes back");
 }
 
+/// Delivers every message between `b` (member B) and `c` (member C) until none is left.
+fn exchange(mut to_b: Vec<Out>, mut to_c: Vec<Out>, b: &mut DeltaCore, c: &mut DeltaCore) {
+    for _ in 0..20 {
+        if to_b.is_empty() && to_c.is_empty() {
+            return;
+        }
+        let from_b = deliver(std::mem::take(&mut to_c), B, c);
+        let from_c = deliver(std::mem::take(&mut to_b), C, b);
+        (to_b, to_c) = (from_b, from_c);
+    }
+    panic!("the exchange did not end");
+}
+
+/// Seeds 209, 265, 392 of the kill -9 simulation: the home A made version 2 and died with its
+/// DELTA on its way, having reached C only (the user's request failed). The user went on at
+/// B and read version 1 there. C's digest after the death showed version 2, and B took it:
+/// the dead member's failed change came back over the state the user was served (and C had
+/// acked B's ACCESSED at version 1 while holding version 2). B, which served the session since,
+/// keeps its copy, and C, whose version 2 came from the member that left, takes B's copy,
+/// whichever of the digest and the ACCESSED arrives first.
+#[test]
+fn a_dead_members_failed_change_does_not_come_back_over_a_state_served_since() {
+    for accessed_first in [false, true] {
+        let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+        let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+        b.set_members(vec![A, C], 0);
+        c.set_members(vec![A, B], 0);
+        let id = a.create(0).unwrap();
+        a.session_mut(&id).unwrap().set("x", &1u8).unwrap();
+        let created = a.end_request(&id, 0);
+        deliver(created.clone(), A, &mut b);
+        deliver(created, A, &mut c);
+        a.session_mut(&id).unwrap().set("x", &2u8).unwrap();
+        let failed = a.end_request(&id, 1);
+        assert!(deliver(failed, A, &mut c).is_empty());
+        assert_eq!(c.session(&id).unwrap().version(), 2);
+        // A died; both notice. B serves the user's read at version 1.
+        let from_b = b.set_members(vec![C], 2);
+        let from_c = c.set_members(vec![B], 2);
+        let read = b.end_request(&id, 3);
+        assert!(
+            matches!(
+                read.as_slice(),
+                [Out {
+                    msg: SessionMessage::Accessed { version: 1, .. },
+                    ..
+                }]
+            ),
+            "{read:?}"
+        );
+        let (to_b, to_c) = if accessed_first {
+            let asked = deliver(read, B, &mut c);
+            assert!(
+                matches!(
+                    asked.as_slice(),
+                    [Out {
+                        msg: SessionMessage::GetSession { .. },
+                        ..
+                    }]
+                ),
+                "C must ask for the copy of the member serving the session: {asked:?}"
+            );
+            let mut to_c = from_b;
+            to_c.extend(deliver(asked, C, &mut b));
+            (from_c, to_c)
+        } else {
+            let answer = deliver(from_c, C, &mut b);
+            assert!(
+                !answer
+                    .iter()
+                    .any(|o| matches!(o.msg, SessionMessage::GetSession { .. })),
+                "B must not ask for the failed change: {answer:?}"
+            );
+            let mut to_c = from_b;
+            to_c.extend(read);
+            to_c.extend(answer);
+            (Vec::new(), to_c)
+        };
+        exchange(to_b, to_c, &mut b, &mut c);
+        for (n, core) in [("B", &b), ("C", &c)] {
+            let s = core.session(&id).unwrap();
+            assert_eq!(
+                (s.version(), s.get::<u8>("x").unwrap()),
+                (1, Some(1)),
+                "{n} (ACCESSED first: {accessed_first})"
+            );
+        }
+    }
+}
+
 /// A digest after a death reconciles nothing: a copy at the same version with another
 /// content stays (the member serving the session settles it with its next change), and a
 /// session ended here does not come back.
