@@ -427,7 +427,6 @@ impl ReplicaStore {
         self.forked.len()
     }
 
-    #[cfg(test)]
     /// Whether this copy of `id` is known to have forked from a sender's, whose copy was asked
     /// for and not yet taken.
     pub fn is_forked(&self, id: &SessionId) -> bool {

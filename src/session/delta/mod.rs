@@ -546,6 +546,11 @@ impl DeltaCore {
             .map(|id| self.store.resolve(id))
             .filter(|id| seen.insert(*id))
             .filter(|id| !self.unannounced.contains(*id))
+            // A forked copy waits for the copy of the member serving the session, which
+            // replaces it: offered to reconcile with, it beat that copy elsewhere at the same
+            // version by its fingerprint (a dead member's failed change came back on a
+            // joiner: seeds 42, 265, 367 of the kill -9 simulation).
+            .filter(|id| !self.store.is_forked(id))
             .filter_map(|id| self.store.get(id))
             .map(|s| s.state().clone())
             .collect();
@@ -919,7 +924,9 @@ impl DeltaCore {
             let Some(s) = self.store.get(id) else {
                 continue;
             };
-            if self.unannounced.contains(*id) || !s.is_valid() {
+            // A forked copy is not offered either (see `answer_get_sessions`): the joiner's
+            // catch-up brings the copy of the member serving the session (seed 284).
+            if self.unannounced.contains(*id) || !s.is_valid() || self.store.is_forked(id) {
                 last = Some(i);
                 continue;
             }

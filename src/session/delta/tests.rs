@@ -663,3 +663,60 @@ fn a_digest_asked_while_joining_is_sent_once_ready() {
     );
     assert!(a.answer_owed_digests(2).is_empty(), "once");
 }
+
+/// Seeds 42 and 367 of the kill -9 simulation: the home A made version 2 and died with its
+/// DELTA having reached C only; B, serving the user since, made another version 2, and C
+/// found its copy forked (it asked B for B's copy). A joiner D, catching up, read C's digest
+/// and asked C for its copy, and C answered its forked copy: at the same version, D's
+/// reconciliation kept the dead member's state if its fingerprint was higher, over B's state
+/// it held (values went back on D). A forked copy is not offered to reconcile with: the
+/// member serving the session has the copy that replaces it.
+#[test]
+fn a_forked_copy_is_not_offered_to_reconcile_with() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let id = a.create(0).unwrap();
+    let created = a.end_request(&id, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    a.session_mut(&id).unwrap().set("x", &1u8).unwrap();
+    deliver(a.end_request(&id, 1), A, &mut c);
+    b.session_mut(&id).unwrap().set("x", &2u8).unwrap();
+    let asked = deliver(b.end_request(&id, 2), B, &mut c);
+    assert!(
+        matches!(
+            asked.as_slice(),
+            [Out {
+                msg: SessionMessage::GetSession { .. },
+                ..
+            }]
+        ),
+        "C's copy forked: {asked:?}"
+    );
+    let (answer, _) = c.handle(
+        MemberId([4; 16]),
+        &SessionMessage::GetSessions(vec![id.clone()]),
+    );
+    assert_eq!(
+        answer.iter().map(|o| o.msg.clone()).collect::<Vec<_>>(),
+        vec![SessionMessage::Merge(Vec::new())],
+        "only the empty last chunk"
+    );
+    // Nor streamed to a joiner (seed 284: the joiner, back as the session's home, served it).
+    let ask = SessionMessage::GetAllSessions;
+    let (chunks, _) = c.handle(MemberId([4; 16]), &ask);
+    assert!(
+        matches!(&chunks[0].msg, SessionMessage::AllSessions { states, .. } if states.is_empty()),
+        "{chunks:?}"
+    );
+    // Once B's copy replaced it, C offers it again.
+    deliver(deliver(asked, C, &mut b), B, &mut c);
+    let (answer, _) = c.handle(
+        MemberId([4; 16]),
+        &SessionMessage::GetSessions(vec![id.clone()]),
+    );
+    assert!(
+        matches!(&answer[0].msg, SessionMessage::Merge(s) if s.len() == 1 && s[0] == *b.session(&id).unwrap().state()),
+        "{answer:?}"
+    );
+}
