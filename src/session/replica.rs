@@ -135,6 +135,9 @@ pub struct Tombstone {
     /// Until when a copy elsewhere could still be alive (twice its max inactive interval after
     /// the ended copy's last access): older ends are not worth telling other members about.
     pub relevant_until_ms: u64,
+    /// A change of id undone here ([`ReplicaStore::undo_rename`]): `renamed` leads back to
+    /// the id the session had before it.
+    pub undone: bool,
 }
 
 /// Until when a copy of `s` elsewhere may still be alive: twice its max inactive interval after
@@ -278,6 +281,11 @@ impl ReplicaStore {
     /// changes still in flight for it are applied to `new`. When a copy of `new` is already here
     /// (fetched by a resync), the newer of the two is kept.
     pub fn rename(&mut self, old: &SessionId, new: &SessionId) -> Outcome {
+        if self.tombstones.get(new).and_then(|t| t.renamed.as_ref()) == Some(old) {
+            // Undone here (`undo_rename`), and now made by a member that lives: it stands.
+            self.tombstones.remove(new);
+            self.tombstone_order.retain(|id| id != new);
+        }
         let (version, until) = self
             .sessions
             .get(old)
@@ -308,6 +316,20 @@ impl ReplicaStore {
         Outcome::Applied
     }
 
+    /// Undoes the change of id `old` -> `new` (a dead member's, which failed): the copy under
+    /// `new` is dropped, `old` is live again (not held until its copy is fetched), and `new`
+    /// leads back to `old`, so that changes still in flight for `new` follow.
+    pub fn undo_rename(&mut self, old: &SessionId, new: &SessionId) {
+        let until = self.sessions.remove(new).map_or(0, |s| horizon(&s));
+        self.tombstones.remove(old);
+        self.tombstone_order.retain(|id| id != old);
+        self.forked.remove(new);
+        self.bury(new.clone(), Some(old.clone()), 0, until);
+        if let Some(t) = self.tombstones.get_mut(new) {
+            t.undone = true;
+        }
+    }
+
     /// Follows changes of id from `id` to the session's current id (a few hops at most).
     pub fn resolve<'a>(&'a self, mut id: &'a SessionId) -> &'a SessionId {
         for _ in 0..8 {
@@ -324,6 +346,7 @@ impl ReplicaStore {
             renamed,
             version,
             relevant_until_ms: until,
+            undone: false,
         };
         if self.tombstones.insert(id.clone(), t).is_none() {
             self.tombstone_order.push_back(id);

@@ -146,6 +146,9 @@ pub struct Oracle {
     pub previous: HashMap<SessionId, SessionId>,
     /// Ids invalidated or expired by a node's own decision.
     pub ended: HashSet<SessionId>,
+    /// New ids of changes of id a member undid (a dead member's change of id that failed:
+    /// the session went on under the old id).
+    pub undone: HashSet<SessionId>,
     /// Values handed out so far.
     pub counter: u64,
     pub acked: Vec<Acked>,
@@ -654,6 +657,15 @@ impl DeltaNode {
 
     fn note_events(&mut self, events: Vec<SessionEvent>) {
         let life = self.journal.life;
+        for e in &events {
+            // A change of id undone: the id it gave leads back to the one a request renamed.
+            if let SessionEvent::IdChanged { old, new } = e {
+                let mut w = self.world.borrow_mut();
+                if w.oracle.renamed.get(new) == Some(old) {
+                    w.oracle.undone.insert(old.clone());
+                }
+            }
+        }
         self.journal
             .events
             .extend(events.into_iter().map(|e| (life, e)));
@@ -1138,6 +1150,7 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
                         if seen.remove(&key).is_some()
                             && !w.oracle.ended.contains(id)
                             && !w.oracle.renamed.contains_key(id)
+                            && !w.oracle.undone.contains(id)
                         {
                             return Err(format!(
                                 "copies-vanish-only-when-ended-or-renamed: {n} dropped live session {id}"

@@ -376,11 +376,11 @@ impl EndedSeen {
                     }
                     self.ended.entry((n, *life)).or_default().insert(id.clone());
                 }
-                SessionEvent::IdChanged { old, .. } => {
-                    self.ended
-                        .entry((n, *life))
-                        .or_default()
-                        .insert(old.clone());
+                SessionEvent::IdChanged { old, new } => {
+                    let ended = self.ended.entry((n, *life)).or_default();
+                    ended.insert(old.clone());
+                    // A change of id undone (DeltaManager) gives the session its id back.
+                    ended.remove(new);
                 }
                 _ => {}
             }

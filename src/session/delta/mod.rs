@@ -445,6 +445,27 @@ impl DeltaCore {
 
     /// A change of id another member tells of, applied to the copy held here.
     fn rename_as_told(&mut self, old: &SessionId, new: &SessionId) -> Option<SessionEvent> {
+        let reverse = self
+            .store
+            .tombstone(new)
+            .filter(|t| t.renamed.as_ref() == Some(old));
+        match reverse {
+            // Undone here (a dead member's change of id that failed): another member's digest
+            // still naming it does not redo it.
+            Some(t) if t.undone => return None,
+            // The reverse of a change of id made here: only a member that undid it tells it
+            // (ids are never reused). So does this node: the copy under `old` (the dead
+            // member's state) goes, and the digest's entry for `new` asks for the sender's.
+            Some(_) if self.store.get(old).is_some() => {
+                self.store.undo_rename(new, old);
+                self.meta.remove(old);
+                return Some(SessionEvent::IdChanged {
+                    old: old.clone(),
+                    new: new.clone(),
+                });
+            }
+            _ => {}
+        }
         if self.store.get(old).is_none() || self.store.rename(old, new) != Outcome::Applied {
             return None;
         }
@@ -474,6 +495,16 @@ impl DeltaCore {
         let mut asked = BTreeSet::new();
         for e in entries {
             match e {
+                // A session served here under `old` since the death: a change of id this node
+                // never had is the dead member's failed one (the sender undoes it at this
+                // node's next change).
+                DigestEntry::Renamed(old, new)
+                    if self.meta.get(old).is_some_and(|m| m.primary_here) =>
+                {
+                    // `new` leads to `old` here, so the sender's copy under `new` (in this
+                    // digest) is compared with this one rather than taken as another session.
+                    self.store.undo_rename(old, new);
+                }
                 DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
                 DigestEntry::Live(id, theirs) => {
                     let cur = self.store.resolve(id).clone();
@@ -992,6 +1023,43 @@ impl DeltaCore {
         })
     }
 
+    /// A change (DELTA, ACCESSED) from a member serving the session under `old`, an id renamed
+    /// here to `new` by a change of id whose maker left since, no member having changed the
+    /// session here since: that change of id is the dead member's, and failed (the member
+    /// serving the session never had it; its user's request was not answered). It is undone
+    /// here: the copy under `new` (the dead member's state) is dropped, `new` now leads back to
+    /// `old`, and the sender's copy of `old` is asked for. A session renamed by a change of id
+    /// that reached only some members before its maker died went on under the old id at
+    /// the member the user moved to, and under the new id on the others, until the digests
+    /// after the death renamed the served copy too (seeds 89, 135, 144, 368 of the kill -9
+    /// simulation: a copy under a state its origin never made).
+    fn undo_a_dead_members_change_of_id(
+        &mut self,
+        from: MemberId,
+        msg: &SessionMessage,
+    ) -> Option<(Out, SessionEvent)> {
+        let (SessionMessage::Delta { id: old, .. } | SessionMessage::Accessed { id: old, .. }) =
+            msg
+        else {
+            return None;
+        };
+        let new = self.store.tombstone(old)?.renamed.clone()?;
+        if self.store.get(&new).is_none() || !self.meta.get(&new).is_some_and(|m| m.writer_left) {
+            return None;
+        }
+        self.store.undo_rename(old, &new);
+        self.meta.remove(&new);
+        let ask = Out {
+            dest: Dest::Member(from),
+            msg: SessionMessage::GetSession { id: old.clone() },
+        };
+        let undone = SessionEvent::IdChanged {
+            old: new,
+            new: old.clone(),
+        };
+        Some((ask, undone))
+    }
+
     /// Remembers which member brought the copy's version (see [`Meta::writer`]).
     fn note_writer(&mut self, from: MemberId, msg: &SessionMessage) {
         let id = match msg {
@@ -1035,6 +1103,9 @@ impl DeltaCore {
         if let Some(ask) = self.served_below_a_dead_writers_version(from, msg) {
             return (vec![ask], events);
         }
+        if let Some((ask, undone)) = self.undo_a_dead_members_change_of_id(from, msg) {
+            return (vec![ask], vec![undone]);
+        }
         let outcome = self.store.apply(msg);
         if outcome == Outcome::Applied {
             events.extend(attr_events);
@@ -1060,9 +1131,10 @@ impl DeltaCore {
                 events.push(SessionEvent::Destroyed(id.clone()));
             }
             (_, SessionMessage::ChangeId { old, new, .. }) if renamed => {
-                if let Some(m) = self.meta.remove(old) {
-                    self.meta.insert(new.clone(), m);
-                }
+                let mut m = self.meta.remove(old).unwrap_or_else(Meta::replica);
+                // The copy now has the renamer's id: a rename is the renamer's change.
+                (m.writer, m.writer_left) = (Some(from), false);
+                self.meta.insert(new.clone(), m);
                 events.push(SessionEvent::IdChanged {
                     old: old.clone(),
                     new: new.clone(),

@@ -720,3 +720,98 @@ fn a_forked_copy_is_not_offered_to_reconcile_with() {
         "{answer:?}"
     );
 }
+
+/// Seeds 35, 129, 144 of the kill -9 simulation (and the other seeds of a session under a
+/// state its origin never made): the home A changed the session's id (X to N) and changed it,
+/// and died with the change of id and the DELTA having reached C only (the user's request
+/// failed). The user went on under X at B, which changed it. C applied B's DELTA for X to
+/// its copy under N (or found it forked), and B, reading C's digest after the death, renamed
+/// its copy to N: one state under N that no member made, and a user whose id X no longer
+/// named the session. B, serving X since, does not follow the change of id, and C, whose
+/// copy under N came from the member that left, undoes it and takes B's copy of X, whichever
+/// of the digest and the DELTA arrives first.
+#[test]
+fn a_dead_members_failed_change_of_id_is_undone_where_it_arrived() {
+    for delta_first in [false, true] {
+        let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+        let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+        b.set_members(vec![A, C], 0);
+        c.set_members(vec![A, B], 0);
+        let x = a.create(0).unwrap();
+        let created = a.end_request(&x, 0);
+        deliver(created.clone(), A, &mut b);
+        deliver(created, A, &mut c);
+        let (n, renamed, _) = a.change_id(&x).unwrap();
+        a.session_mut(&n).unwrap().set("x", &1u8).unwrap();
+        let mut failed = renamed;
+        failed.extend(a.end_request(&n, 1));
+        // D, a member that took the change of id too and hears of the undo only in C's digest.
+        let mut d = new("d");
+        deliver(created_again(&x, &c), C, &mut d);
+        deliver(failed.clone(), A, &mut d);
+        deliver(failed, A, &mut c);
+        assert_eq!(c.session(&n).unwrap().version(), 1);
+        // A died; both notice. B serves the user under X and changes it.
+        let from_b = b.set_members(vec![C], 2);
+        let from_c = c.set_members(vec![B], 2);
+        b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+        let change = b.end_request(&x, 3);
+        let (to_b, to_c) = if delta_first {
+            let asked = deliver(change, B, &mut c);
+            assert_eq!(
+                asked.iter().map(|o| o.msg.clone()).collect::<Vec<_>>(),
+                vec![SessionMessage::GetSession { id: x.clone() }],
+                "C undoes the change of id and asks for B's copy"
+            );
+            assert!(c.session(&n).is_none() && c.session(&x).is_none());
+            let mut to_c = from_b;
+            to_c.extend(deliver(asked, C, &mut b));
+            (from_c, to_c)
+        } else {
+            let answer = deliver(from_c, C, &mut b);
+            assert!(answer.is_empty(), "{answer:?}");
+            assert!(
+                b.session(&n).is_none(),
+                "B does not follow the change of id"
+            );
+            let mut to_c = from_b;
+            to_c.extend(change);
+            (Vec::new(), to_c)
+        };
+        exchange(to_b, to_c, &mut b, &mut c);
+        for (name, core) in [("B", &b), ("C", &c)] {
+            let s = core.session(&x).unwrap();
+            assert_eq!(
+                (
+                    s.version(),
+                    s.get::<u8>("y").unwrap(),
+                    s.get::<u8>("x").unwrap()
+                ),
+                (1, Some(2), None),
+                "{name} (DELTA first: {delta_first})"
+            );
+            assert!(core.session(&n).is_none(), "{name}");
+        }
+        // C's digest names the undone change of id (N leads back to X): D undoes it as well
+        // and asks for C's copy of X.
+        let digest = c.set_members(vec![B, D], 4);
+        let asks = deliver(digest, C, &mut d);
+        deliver(deliver(asks, D, &mut c), C, &mut d);
+        assert!(d.session(&n).is_none(), "D undid the change of id");
+        assert_eq!(
+            d.session(&x).map(|s| s.state().clone()),
+            c.session(&x).map(|s| s.state().clone())
+        );
+    }
+}
+
+const D: MemberId = MemberId([4; 16]);
+
+/// The CREATED of session `id` as `holder` has it (before any change).
+fn created_again(id: &SessionId, holder: &DeltaCore) -> Vec<Out> {
+    let st = holder.session(id).unwrap().state().clone();
+    vec![Out {
+        dest: Dest::All,
+        msg: SessionMessage::Created(st),
+    }]
+}

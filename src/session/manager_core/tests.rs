@@ -798,12 +798,12 @@ fn deliver_to(nodes: &mut [ManagerCore], from: u8, to: u8, outs: Vec<POut>) -> V
 
 /// Seed 78 of the kill -9 loop: member 1 renames a session and changes it; the change of id
 /// and the DELTA reach member 3 only, then member 1 dies. Member 2 serves the old id and
-/// changes it; member 3 (which holds the session under the new id, at another content)
-/// asks member 2 for the new id, which member 2 never heard of. The answer is `NotHere`, not
-/// an end: member 3 keeps its live copy (before, `Expired { version: 0 }` ended it), and a
-/// request there stops waiting for member 2's copy at once.
+/// changes it. Member 3 (which holds the session under the new id, at the dead member's
+/// content) used to ask member 2 for the new id, which member 2 never heard of, and kept its
+/// copy under the new id; now it undoes the dead member's change of id and asks for member
+/// 2's copy of the old id, and a request there waits for it.
 #[test]
-fn a_member_asked_for_a_session_it_never_held_answers_not_here_and_the_copy_stays() {
+fn a_member_that_took_a_dead_members_change_of_id_takes_the_old_id_back() {
     let mut nodes = cluster(ManagerKind::Delta, 3);
     let old = login(&mut nodes, 1);
     let (new, renamed) = nodes[0].change_id(&old).expect("id").expect("served");
@@ -812,27 +812,60 @@ fn a_member_asked_for_a_session_it_never_held_answers_not_here_and_the_copy_stay
     let (_, changed) = nodes[0].end_request(copy, true, T0 + 1);
     deliver_to(&mut nodes, 1, 3, renamed.outs);
     deliver_to(&mut nodes, 1, 3, changed.outs);
+    let mut copy = nodes[1].core().session(&old).cloned().expect("held");
+    copy.set("n", &2u8).expect("set");
+    let (_, fallback) = nodes[1].end_request(copy, true, T0 + 3);
     // Member 1 is gone.
     for i in [2u8, 3] {
         nodes[usize::from(i - 1)].members_changed(&mems([2, 3]), T0 + 2);
     }
-    let mut copy = nodes[1].core().session(&old).cloned().expect("held");
-    copy.set("n", &2u8).expect("set");
-    let (_, fallback) = nodes[1].end_request(copy, true, T0 + 3);
     let asked = deliver_to(&mut nodes, 2, 3, fallback.outs);
     assert!(
-        matches!(&asked[..], [o] if o.msg == Payload::Delta(SessionMessage::GetSession { id: new.clone() })),
-        "member 3 holds a fork and asks for the sender's copy: {asked:?}"
+        matches!(&asked[..], [o] if o.msg == Payload::Delta(SessionMessage::GetSession { id: old.clone() })),
+        "member 3 undoes the change of id and asks for the old id: {asked:?}"
     );
-    let (Begin::Wait { token, .. }, _) = nodes[2].begin_request(&new, T0 + 4) else {
-        panic!("a forked copy is not served while its sender's copy is asked for");
+    assert!(nodes[2].core().session(&new).is_none());
+    let (Begin::Wait { token, .. }, _) = nodes[2].begin_request(&old, T0 + 4) else {
+        panic!("a request waits for the copy asked for");
     };
     let answer = deliver_to(&mut nodes, 3, 2, asked);
-    assert!(
-        matches!(&answer[..], [o] if o.msg == Payload::Delta(SessionMessage::NotHere { id: new.clone() })),
-        "{answer:?}"
-    );
     let (ready, verdict) = nodes[2].receive(m(2), &answer[0].msg, T0 + 5);
+    assert!(verdict.is_ok(), "{verdict:?}");
+    let served = ready
+        .verdicts
+        .iter()
+        .find(|(t, _)| *t == token)
+        .and_then(|(_, s)| s.as_ref())
+        .expect("the waiting request gets member 2's copy");
+    assert_eq!(served.get::<u8>("n").expect("n"), Some(2));
+}
+
+/// A member asked for a session it never held answers `NotHere`, not an end: the asker keeps
+/// its copy, and a request there waiting for the answer gets the copy held here at once.
+#[test]
+fn a_member_asked_for_a_session_it_never_held_answers_not_here_and_the_copy_stays() {
+    let mut nodes = cluster(ManagerKind::Delta, 3);
+    let id = login(&mut nodes, 1);
+    // Member 3 hears from member 2 of a version of the session it lacks (here made up: member
+    // 2 never held the session), and asks member 2 for it.
+    let held = nodes[2].core().session(&id).cloned().expect("held");
+    let heard = Payload::Delta(SessionMessage::Accessed {
+        id: id.clone(),
+        version: held.version() + 1,
+        last_accessed_ms: T0 + 1,
+        fingerprint: held.fingerprint(),
+    });
+    let (ready, _) = nodes[2].receive(m(2), &heard, T0 + 1);
+    assert!(
+        matches!(&ready.outs[..], [o] if o.msg == Payload::Delta(SessionMessage::GetSession { id: id.clone() })),
+        "{:?}",
+        ready.outs
+    );
+    let (Begin::Wait { token, .. }, _) = nodes[2].begin_request(&id, T0 + 2) else {
+        panic!("a copy known to be behind is not served while the sender's copy is asked for");
+    };
+    let not_here = Payload::Delta(SessionMessage::NotHere { id: id.clone() });
+    let (ready, verdict) = nodes[2].receive(m(2), &not_here, T0 + 3);
     assert!(verdict.is_ok() && ready.outs.is_empty() && ready.events.is_empty());
     let served = ready
         .verdicts
@@ -840,8 +873,8 @@ fn a_member_asked_for_a_session_it_never_held_answers_not_here_and_the_copy_stay
         .find(|(t, _)| *t == token)
         .and_then(|(_, s)| s.as_ref())
         .expect("the waiting request gets the copy held here at once");
-    assert_eq!(served.get::<u8>("n").expect("n"), Some(1));
-    assert!(nodes[2].core().session(&new).is_some(), "the copy stays");
+    assert_eq!(served.version(), held.version());
+    assert!(nodes[2].core().session(&id).is_some(), "the copy stays");
 }
 
 /// Seed 63 of the kill -9 loop: an end that reached only member 3 before its maker died.
