@@ -9,13 +9,14 @@
 //! takes at the end of the request and sends as one message.
 
 use super::id::SessionId;
+pub use attributes::{Attributes, AttributesIter};
 use cached::Fingerprinted;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+mod attributes;
 mod cached;
 #[cfg(test)]
 mod fingerprint_tests;
@@ -121,9 +122,8 @@ impl DeltaOp {
 pub struct SessionState {
     /// Its id.
     pub id: SessionId,
-    #[serde(with = "crate::wire::bytes::map")]
     /// Its attributes, each the bytes of its encoded value, by name.
-    pub attributes: BTreeMap<String, Vec<u8>>,
+    pub attributes: Attributes,
     /// When it was created, in ms since the epoch.
     pub creation_ms: u64,
     /// When it was last used, in ms since the epoch.
@@ -165,7 +165,7 @@ impl SessionState {
             name: name.into(),
             reason,
         })?;
-        self.attributes.insert(name.to_string(), bytes);
+        self.attributes.insert(name, bytes);
         Ok(())
     }
 }
@@ -214,7 +214,7 @@ impl Session {
         Session {
             state: Fingerprinted::new(SessionState {
                 id,
-                attributes: BTreeMap::new(),
+                attributes: Attributes::new(),
                 creation_ms: now_ms,
                 last_accessed_ms: now_ms,
                 max_inactive_ms: max_inactive.as_millis().min(u64::MAX as u128) as u64,
@@ -409,10 +409,7 @@ impl Session {
             reason,
         })?;
         self.check_size(name, bytes.len())?;
-        self.state
-            .content_mut()
-            .attributes
-            .insert(name.to_string(), bytes.clone());
+        self.state.content_mut().attributes.insert(name, &bytes);
         self.record(DeltaOp::SetAttribute(name.to_string(), bytes));
         Ok(())
     }
@@ -438,7 +435,7 @@ impl Session {
 
     /// The names of its attributes, in alphabetical order.
     pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
-        self.state.attributes.keys().map(String::as_str)
+        self.state.attributes.keys()
     }
 
     /// Sets how long it may stay unused before it expires (Servlet `setMaxInactiveInterval`).
@@ -479,7 +476,7 @@ impl Session {
         let st = self.state.content_mut();
         match op {
             DeltaOp::SetAttribute(n, v) => {
-                st.attributes.insert(n.clone(), v.clone());
+                st.attributes.insert(n, v);
             }
             DeltaOp::RemoveAttribute(n) => {
                 st.attributes.remove(n);
@@ -580,7 +577,7 @@ impl Session {
         match op {
             DeltaOp::SetAttribute(n, _) | DeltaOp::RemoveAttribute(n) => {
                 match st.attributes.get(n) {
-                    Some(v) => DeltaOp::SetAttribute(n.clone(), v.clone()),
+                    Some(v) => DeltaOp::SetAttribute(n.clone(), v.to_vec()),
                     None => DeltaOp::RemoveAttribute(n.clone()),
                 }
             }
@@ -663,7 +660,7 @@ mod tests {
                 vec![super::super::attr::TAG_MSGPACK_NAMED, 0x92, 1],
             ),
         ] {
-            state.attributes.insert(name.into(), bytes);
+            state.attributes.insert(name, bytes);
         }
         let s = Session::from_state(state);
         for name in ["empty", "unknown encoding", "truncated"] {
@@ -688,7 +685,7 @@ mod tests {
         assert!(s.take_delta().is_none());
         let mut replica = Session::from_state(SessionState {
             version: 0,
-            attributes: BTreeMap::new(),
+            attributes: Attributes::new(),
             ..s.state().clone()
         });
         assert_eq!(replica.apply_delta(base, version, &ops), Applied::Applied);
