@@ -195,11 +195,25 @@ pub(crate) enum Checked {
     Differs,
 }
 
+/// What the DeltaManager keeps about a session beside its state (not replicated). Kept in the
+/// session rather than in a map of its own beside the store: that map held every id a third
+/// time and about 100 bytes a session (docs/PERFORMANCE.md, "Footprint of one node").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Served {
+    /// This node served the session's last request: it expires it on time and tells the others.
+    pub(crate) here: bool,
+    /// Last access time sent to the others.
+    pub(crate) replicated_access_ms: u64,
+}
+
 /// A live session.
 #[derive(Clone, Debug)]
 pub struct Session {
     /// The state, with its content fingerprint computed once per content.
     state: Fingerprinted,
+    /// Whether this node serves it (DeltaManager); a copy from another member starts with the
+    /// default (not served here).
+    pub(crate) served: Served,
     is_new: bool,
     valid: bool,
     pending: Vec<DeltaOp>,
@@ -222,6 +236,7 @@ impl Session {
                 auth_type: None,
                 version: 0,
             }),
+            served: Served::default(),
             is_new: true,
             valid: true,
             pending: Vec::new(),
@@ -233,6 +248,7 @@ impl Session {
     pub(crate) fn from_state(state: SessionState) -> Session {
         Session {
             state: Fingerprinted::new(state),
+            served: Served::default(),
             is_new: false,
             valid: true,
             pending: Vec::new(),

@@ -253,7 +253,16 @@ impl ReplicaStore {
     /// the copy, or brings back an id ended here earlier than the copy was last used.
     pub fn put(&mut self, state: SessionState) {
         self.tombstones.remove(&state.id);
-        self.sessions.insert(Session::from_state(state));
+        self.replace_copy(Session::from_state(state));
+    }
+
+    /// Puts a copy from elsewhere in place of this node's, keeping what this node knows of
+    /// serving it.
+    fn replace_copy(&mut self, mut s: Session) {
+        if let Some(old) = self.sessions.get(s.id()) {
+            s.served = old.served;
+        }
+        self.sessions.insert(s);
     }
 
     /// Tombstones held and the length of their order (both bounded by `max_tombstones`).
@@ -398,7 +407,7 @@ impl ReplicaStore {
             }
             _ => {
                 self.forked.remove(&state.id);
-                self.sessions.insert(Session::from_state(state.clone()));
+                self.replace_copy(Session::from_state(state.clone()));
                 Outcome::Applied
             }
         }

@@ -9,7 +9,7 @@
 //! by version ([`ReplicaStore`]); a missing change makes them ask the sender for the session.
 
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
-use super::model::{Session, SessionState};
+use super::model::{Served, Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
 use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
@@ -63,19 +63,11 @@ impl Default for DeltaConfig {
     }
 }
 
-struct Meta {
-    /// This node served the session's last request: it expires it on time and tells the others.
-    primary_here: bool,
-    /// Last access time sent to the others.
-    replicated_access_ms: u64,
-}
-
 /// The sessions of one application on this node and the rules that keep them replicated.
 pub struct DeltaCore {
     cfg: DeltaConfig,
     route: String,
     store: ReplicaStore,
-    meta: std::collections::HashMap<SessionId, Meta>,
     /// Created here and not yet announced: the request that created them has not ended.
     unannounced: std::collections::HashSet<SessionId>,
     /// State transfer done (or not needed).
@@ -109,7 +101,6 @@ impl DeltaCore {
             cfg,
             route: route.to_string(),
             store,
-            meta: Default::default(),
             unannounced: Default::default(),
             ready: true,
             chunks_seen: BTreeSet::new(),
@@ -379,7 +370,6 @@ impl DeltaCore {
                         if !live_beats_end(s.version(), *at) && !self.unannounced.contains(id) =>
                     {
                         self.store.end_at(id, *at);
-                        self.meta.remove(id);
                         events.push(SessionEvent::Destroyed(id.clone()));
                     }
                     Some(_) => {}
@@ -420,9 +410,6 @@ impl DeltaCore {
     fn rename_as_told(&mut self, old: &SessionId, new: &SessionId) -> Option<SessionEvent> {
         if self.store.get(old).is_none() || self.store.rename(old, new) != Outcome::Applied {
             return None;
-        }
-        if let Some(m) = self.meta.remove(old) {
-            self.meta.insert(new.clone(), m);
         }
         Some(SessionEvent::IdChanged {
             old: old.clone(),
@@ -471,7 +458,6 @@ impl DeltaCore {
                     Some(_) if self.unannounced.contains(id) => {}
                     Some(_) => {
                         self.store.end_at(id, *at);
-                        self.meta.remove(id);
                         events.push(SessionEvent::Destroyed(id.clone()));
                     }
                     None if self.store.tombstone(id).is_none() => {
@@ -535,10 +521,6 @@ impl DeltaCore {
                         let mut st = theirs.clone();
                         st.id = id.clone();
                         self.store.put(st);
-                        self.meta.entry(id.clone()).or_insert(Meta {
-                            primary_here: false,
-                            replicated_access_ms: 0,
-                        });
                         events.push(SessionEvent::Created(id));
                     }
                 }
@@ -550,16 +532,13 @@ impl DeltaCore {
     /// A new session, announced to the others when its request ends.
     pub fn create(&mut self, now_ms: u64) -> Result<SessionId, SessionIdError> {
         let id = SessionId::generate_from(&self.route, self.ids.as_mut())?;
-        self.store
-            .insert_local(Session::new(id.clone(), now_ms, self.cfg.max_inactive));
+        let mut s = Session::new(id.clone(), now_ms, self.cfg.max_inactive);
+        s.served = Served {
+            here: true,
+            replicated_access_ms: now_ms,
+        };
+        self.store.insert_local(s);
         self.unannounced.insert(id.clone());
-        self.meta.insert(
-            id.clone(),
-            Meta {
-                primary_here: true,
-                replicated_access_ms: now_ms,
-            },
-        );
         Ok(id)
     }
 
@@ -581,11 +560,7 @@ impl DeltaCore {
         };
         s.access(now_ms);
         s.mark_not_new();
-        let meta = self.meta.entry(id.clone()).or_insert(Meta {
-            primary_here: false,
-            replicated_access_ms: 0,
-        });
-        let was_primary = std::mem::replace(&mut meta.primary_here, true);
+        let was_primary = std::mem::replace(&mut s.served.here, true);
         let msg = if self.unannounced.remove(id) {
             // Changes made before the announcement are part of the state it carries.
             let _ = s.take_delta();
@@ -600,7 +575,7 @@ impl DeltaCore {
                 fingerprint: s.fingerprint(),
             })
         } else {
-            let stale = s.access_refresh_due(meta.replicated_access_ms, now_ms);
+            let stale = s.access_refresh_due(s.served.replicated_access_ms, now_ms);
             (!was_primary || stale).then(|| SessionMessage::Accessed {
                 id: id.clone(),
                 version: s.version(),
@@ -610,7 +585,7 @@ impl DeltaCore {
         };
         match msg {
             Some(msg) => {
-                meta.replicated_access_ms = now_ms;
+                s.served.replicated_access_ms = now_ms;
                 vec![Out {
                     dest: Dest::All,
                     msg,
@@ -622,7 +597,6 @@ impl DeltaCore {
 
     /// Ends a session everywhere (invalidate).
     pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
-        self.meta.remove(id);
         let announced = !self.unannounced.remove(id);
         match self.store.end(id) {
             Some(s) if announced => (
@@ -683,9 +657,6 @@ impl DeltaCore {
         });
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
         self.store.rename(old, &new);
-        if let Some(m) = self.meta.remove(old) {
-            self.meta.insert(new.clone(), m);
-        }
         let ev = vec![SessionEvent::IdChanged {
             old: old.clone(),
             new: new.clone(),
@@ -722,7 +693,7 @@ impl DeltaCore {
                 let Some(s) = self.store.get(id) else {
                     return false;
                 };
-                let primary = self.meta.get(*id).is_some_and(|m| m.primary_here);
+                let primary = s.served.here;
                 let idle = now_ms.saturating_sub(s.last_accessed_ms());
                 let max = s.max_inactive().as_millis() as u64;
                 max > 0
@@ -735,7 +706,7 @@ impl DeltaCore {
             .cloned()
             .collect();
         for id in due {
-            let primary = self.meta.get(&id).is_some_and(|m| m.primary_here);
+            let primary = self.store.get(&id).is_some_and(|s| s.served.here);
             let (o, e) = self.invalidate(&id);
             // Only the node that served it last tells the others (Tomcat: a backup copy expires
             // locally): a replica whose access time is stale must not end a session in use.
@@ -948,13 +919,9 @@ impl DeltaCore {
                 }
             }
             (Outcome::Applied, SessionMessage::Expired { id, .. }) => {
-                self.meta.remove(id);
                 events.push(SessionEvent::Destroyed(id.clone()));
             }
             (_, SessionMessage::ChangeId { old, new, .. }) if renamed => {
-                if let Some(m) = self.meta.remove(old) {
-                    self.meta.insert(new.clone(), m);
-                }
                 events.push(SessionEvent::IdChanged {
                     old: old.clone(),
                     new: new.clone(),
@@ -970,17 +937,9 @@ impl DeltaCore {
         // Another node served this session: it is no longer primary here.
         match msg {
             SessionMessage::Delta { id, .. } | SessionMessage::Accessed { id, .. } => {
-                if let Some(m) = self.meta.get_mut(id) {
-                    m.primary_here = false;
+                if let Some(s) = self.store.get_mut(id) {
+                    s.served.here = false;
                 }
-            }
-            SessionMessage::Created(st) | SessionMessage::State(st)
-                if self.store.get(&st.id).is_some() =>
-            {
-                self.meta.entry(st.id.clone()).or_insert(Meta {
-                    primary_here: false,
-                    replicated_access_ms: 0,
-                });
             }
             _ => {}
         }
