@@ -7,7 +7,8 @@
 #  - the time from process start to its first member seen (static membership, the peer already
 #    up): the node's own log line ("first member [...] seen N ms after start", from main()) and,
 #    from outside, the launch time taken just before exec to the wall-clock stamp of that line.
-# Usage: bash benches/footprint.sh [SESSIONS] [SIZE]   (BIN=path/to/http_node to measure another build)
+# Usage: bash benches/footprint.sh [SESSIONS] [SIZE]   (BIN=path/to/http_node to measure another build;
+# NODE_ARGS="..." adds flags to every node, e.g. "--max-active-sessions 200000 --send-options 6")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SESSIONS=${1:-10000}
@@ -43,7 +44,8 @@ start() {
   local name=$1
   shift
   LAUNCH_MS=$(date +%s%3N)
-  "$BIN" --name "$name" --http 127.0.0.1:0 --receiver 127.0.0.1:0 "$@" \
+  # shellcheck disable=SC2086 # NODE_ARGS is a list of flags, split on purpose
+  "$BIN" --name "$name" --http 127.0.0.1:0 --receiver 127.0.0.1:0 ${NODE_ARGS:-} "$@" \
     >"$WORK/$name.out" 2>"$WORK/$name.err" &
   PID=$!
   PIDS+=("$PID")

@@ -42,8 +42,8 @@ pub use options::SendOptions;
 #[allow(deprecated)]
 pub use session::Request;
 pub use session::{
-    BackupManager, ClusterManager, CookieConfig, DeltaManager, ManagerError, SameSite, Session,
-    SessionError, SessionEvent, SessionId, SessionIdError, SessionListener, SessionMerger,
+    Attributes, BackupManager, ClusterManager, CookieConfig, DeltaManager, ManagerError, SameSite,
+    Session, SessionError, SessionEvent, SessionId, SessionIdError, SessionListener, SessionMerger,
     SessionRequest, SessionRequestError, SessionState, TooManySessions,
 };
 #[cfg(test)]

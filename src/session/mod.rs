@@ -18,6 +18,7 @@ pub(crate) mod outputs;
 mod prop_tests;
 pub mod reconcile;
 pub(crate) mod replica;
+pub(crate) mod table;
 
 pub use config::{
     compile_filter, ManagerConfig, ManagerKind, RebindRoute, DEFAULT_MAX_ACTIVE_SESSIONS,
@@ -32,7 +33,9 @@ pub use manager::{
     BackupManager, ClusterManager, DeltaManager, ManagerError, SessionListener, SessionRequest,
     SessionRequestError,
 };
-pub use model::{Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE};
+pub use model::{
+    Attributes, AttributesIter, Session, SessionError, SessionState, DEFAULT_MAX_INACTIVE,
+};
 pub use outputs::{AttributeChange, SessionEvent};
 pub use reconcile::SessionMerger;
 

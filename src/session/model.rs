@@ -9,13 +9,15 @@
 //! takes at the end of the request and sends as one message.
 
 use super::id::SessionId;
+use crate::member::MemberId;
+pub use attributes::{Attributes, AttributesIter};
 use cached::Fingerprinted;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+mod attributes;
 mod cached;
 #[cfg(test)]
 mod fingerprint_tests;
@@ -121,9 +123,8 @@ impl DeltaOp {
 pub struct SessionState {
     /// Its id.
     pub id: SessionId,
-    #[serde(with = "crate::wire::bytes::map")]
     /// Its attributes, each the bytes of its encoded value, by name.
-    pub attributes: BTreeMap<String, Vec<u8>>,
+    pub attributes: Attributes,
     /// When it was created, in ms since the epoch.
     pub creation_ms: u64,
     /// When it was last used, in ms since the epoch.
@@ -165,7 +166,7 @@ impl SessionState {
             name: name.into(),
             reason,
         })?;
-        self.attributes.insert(name.to_string(), bytes);
+        self.attributes.insert(name, bytes);
         Ok(())
     }
 }
@@ -195,11 +196,30 @@ pub(crate) enum Checked {
     Differs,
 }
 
+/// What the DeltaManager keeps about a session beside its state (not replicated). Kept in the
+/// session rather than in a map of its own beside the store: that map held every id a third
+/// time and about 100 bytes a session (docs/PERFORMANCE.md, "Footprint of one node").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Served {
+    /// This node served the session's last request: it expires it on time and tells the others.
+    pub(crate) here: bool,
+    /// Last access time sent to the others.
+    pub(crate) replicated_access_ms: u64,
+    /// The member whose message brought this copy's version (none: made here).
+    pub(crate) writer: Option<MemberId>,
+    /// That member left since (died, or restarted): a version only it and this node hold may
+    /// be its change that failed, never acknowledged.
+    pub(crate) writer_left: bool,
+}
+
 /// A live session.
 #[derive(Clone, Debug)]
 pub struct Session {
     /// The state, with its content fingerprint computed once per content.
     state: Fingerprinted,
+    /// Whether this node serves it (DeltaManager); a copy from another member starts with the
+    /// default (not served here).
+    pub(crate) served: Served,
     is_new: bool,
     valid: bool,
     pending: Vec<DeltaOp>,
@@ -214,7 +234,7 @@ impl Session {
         Session {
             state: Fingerprinted::new(SessionState {
                 id,
-                attributes: BTreeMap::new(),
+                attributes: Attributes::new(),
                 creation_ms: now_ms,
                 last_accessed_ms: now_ms,
                 max_inactive_ms: max_inactive.as_millis().min(u64::MAX as u128) as u64,
@@ -222,6 +242,7 @@ impl Session {
                 auth_type: None,
                 version: 0,
             }),
+            served: Served::default(),
             is_new: true,
             valid: true,
             pending: Vec::new(),
@@ -233,6 +254,7 @@ impl Session {
     pub(crate) fn from_state(state: SessionState) -> Session {
         Session {
             state: Fingerprinted::new(state),
+            served: Served::default(),
             is_new: false,
             valid: true,
             pending: Vec::new(),
@@ -409,10 +431,7 @@ impl Session {
             reason,
         })?;
         self.check_size(name, bytes.len())?;
-        self.state
-            .content_mut()
-            .attributes
-            .insert(name.to_string(), bytes.clone());
+        self.state.content_mut().attributes.insert(name, &bytes);
         self.record(DeltaOp::SetAttribute(name.to_string(), bytes));
         Ok(())
     }
@@ -438,7 +457,7 @@ impl Session {
 
     /// The names of its attributes, in alphabetical order.
     pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
-        self.state.attributes.keys().map(String::as_str)
+        self.state.attributes.keys()
     }
 
     /// Sets how long it may stay unused before it expires (Servlet `setMaxInactiveInterval`).
@@ -479,7 +498,7 @@ impl Session {
         let st = self.state.content_mut();
         match op {
             DeltaOp::SetAttribute(n, v) => {
-                st.attributes.insert(n.clone(), v.clone());
+                st.attributes.insert(n, v);
             }
             DeltaOp::RemoveAttribute(n) => {
                 st.attributes.remove(n);
@@ -580,7 +599,7 @@ impl Session {
         match op {
             DeltaOp::SetAttribute(n, _) | DeltaOp::RemoveAttribute(n) => {
                 match st.attributes.get(n) {
-                    Some(v) => DeltaOp::SetAttribute(n.clone(), v.clone()),
+                    Some(v) => DeltaOp::SetAttribute(n.clone(), v.to_vec()),
                     None => DeltaOp::RemoveAttribute(n.clone()),
                 }
             }
@@ -663,7 +682,7 @@ mod tests {
                 vec![super::super::attr::TAG_MSGPACK_NAMED, 0x92, 1],
             ),
         ] {
-            state.attributes.insert(name.into(), bytes);
+            state.attributes.insert(name, bytes);
         }
         let s = Session::from_state(state);
         for name in ["empty", "unknown encoding", "truncated"] {
@@ -688,7 +707,7 @@ mod tests {
         assert!(s.take_delta().is_none());
         let mut replica = Session::from_state(SessionState {
             version: 0,
-            attributes: BTreeMap::new(),
+            attributes: Attributes::new(),
             ..s.state().clone()
         });
         assert_eq!(replica.apply_delta(base, version, &ops), Applied::Applied);

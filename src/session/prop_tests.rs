@@ -18,7 +18,7 @@ use crate::member::MemberId;
 use crate::wire::{decode_body, encode_body};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,7 +121,7 @@ fn arb_state() -> impl Strategy<Value = SessionState> {
             |(id, attributes, creation_ms, last_accessed_ms, max_inactive_ms, p, a, version)| {
                 SessionState {
                     id,
-                    attributes,
+                    attributes: attributes.into(),
                     creation_ms,
                     last_accessed_ms,
                     max_inactive_ms,
@@ -864,7 +864,7 @@ fn a_take_over_at_the_highest_epoch_neither_panics_nor_wraps() {
     core.set_members(MEMBERS.to_vec());
     let state = SessionState {
         id: pool_id(0),
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
         creation_ms: 0,
         last_accessed_ms: 0,
         max_inactive_ms: 10_000,

@@ -58,8 +58,8 @@ pub fn fingerprint(s: &SessionState) -> u64 {
             h = (h ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
         }
     };
-    for (k, v) in &s.attributes {
-        eat(k.as_bytes());
+    for (k, v) in s.attributes.raw() {
+        eat(k);
         eat(v);
     }
     for opt in [&s.principal, &s.auth_type] {
@@ -168,7 +168,9 @@ pub(crate) mod test_support {
         fn merge(&self, preferred: &SessionState, other: &SessionState) -> SessionState {
             let mut out = preferred.clone();
             for (k, v) in &other.attributes {
-                out.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+                if !out.attributes.contains_key(k) {
+                    out.attributes.insert(k, v);
+                }
             }
             out
         }
@@ -187,7 +189,8 @@ mod tests {
             attributes: attrs
                 .iter()
                 .map(|(k, v)| (k.to_string(), vec![*v]))
-                .collect::<BTreeMap<_, _>>(),
+                .collect::<BTreeMap<_, _>>()
+                .into(),
             creation_ms: 10,
             last_accessed_ms: accessed,
             max_inactive_ms: 1_800_000,

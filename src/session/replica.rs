@@ -11,6 +11,7 @@
 use super::id::SessionId;
 use super::model::{Checked, DeltaOp, Session, SessionState};
 use super::reconcile::{fingerprint, Stamp};
+use super::table::SessionTable;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -154,7 +155,7 @@ fn horizon(s: &Session) -> u64 {
 pub struct ReplicaStore {
     /// Looked up on every message, so hashed; whatever iterates it (and makes messages from
     /// it) goes in id order, so a run does not depend on the hasher's keys.
-    sessions: HashMap<SessionId, Session>,
+    sessions: SessionTable,
     /// Ended sessions, remembered so that a late message cannot bring one back; a renamed one
     /// remembers its new id, so that changes still in flight for the old id follow it. Bounded:
     /// the oldest are forgotten first. Hashed (looked up on every message); iterated only
@@ -175,7 +176,7 @@ const MAX_FORKED: usize = 10_000;
 impl ReplicaStore {
     pub fn new(max_tombstones: usize) -> ReplicaStore {
         ReplicaStore {
-            sessions: HashMap::new(),
+            sessions: SessionTable::new(),
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
             max_tombstones: max_tombstones.max(1),
@@ -195,8 +196,13 @@ impl ReplicaStore {
         self.sessions.len()
     }
 
+    /// Calls `f` on every live copy (order unspecified: `f` must not decide outputs).
+    pub(crate) fn for_each_mut(&mut self, f: impl FnMut(&mut Session)) {
+        self.sessions.values_mut().for_each(f);
+    }
+
     pub fn ids(&self) -> impl Iterator<Item = &SessionId> {
-        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
+        let mut ids: Vec<&SessionId> = self.sessions.ids().collect();
         ids.sort_unstable();
         ids.into_iter()
     }
@@ -206,7 +212,7 @@ impl ReplicaStore {
     pub fn ids_after(&self, after: Option<&SessionId>, n: usize) -> Vec<&SessionId> {
         let mut ids: Vec<&SessionId> = self
             .sessions
-            .keys()
+            .ids()
             .filter(|id| after.is_none_or(|a| *id > a))
             .collect();
         if ids.len() > n {
@@ -219,7 +225,7 @@ impl ReplicaStore {
 
     /// Adds a session made on this node.
     pub fn insert_local(&mut self, s: Session) {
-        self.sessions.insert(s.id().clone(), s);
+        self.sessions.insert(s);
     }
 
     /// Ends a session on this node (invalidated or expired); returns it if it was here.
@@ -255,8 +261,16 @@ impl ReplicaStore {
     /// the copy, or brings back an id ended here earlier than the copy was last used.
     pub fn put(&mut self, state: SessionState) {
         self.tombstones.remove(&state.id);
-        self.sessions
-            .insert(state.id.clone(), Session::from_state(state));
+        self.replace_copy(Session::from_state(state));
+    }
+
+    /// Puts a copy from elsewhere in place of this node's, keeping what this node knows of
+    /// serving it.
+    fn replace_copy(&mut self, mut s: Session) {
+        if let Some(old) = self.sessions.get(s.id()) {
+            s.served = old.served;
+        }
+        self.sessions.insert(s);
     }
 
     /// Tombstones held and the length of their order (both bounded by `max_tombstones`).
@@ -312,7 +326,7 @@ impl ReplicaStore {
             return Outcome::Ignored("a newer copy of the new id is already here");
         }
         s.change_id(new.clone());
-        self.sessions.insert(new.clone(), s);
+        self.sessions.insert(s);
         Outcome::Applied
     }
 
@@ -421,8 +435,7 @@ impl ReplicaStore {
             }
             _ => {
                 self.forked.remove(&state.id);
-                self.sessions
-                    .insert(state.id.clone(), Session::from_state(state.clone()));
+                self.replace_copy(Session::from_state(state.clone()));
                 Outcome::Applied
             }
         }

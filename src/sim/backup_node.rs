@@ -568,10 +568,10 @@ impl BackupNode {
     }
 
     /// This node's copy of `id`: version and attributes.
-    pub fn copy(&self, id: &SessionId) -> Option<(u64, &BTreeMap<String, Vec<u8>>)> {
+    pub fn copy(&self, id: &SessionId) -> Option<(u64, BTreeMap<String, Vec<u8>>)> {
         self.core()
             .session(id)
-            .map(|s| (s.version(), &s.state().attributes))
+            .map(|s| (s.version(), s.state().attributes.to_map()))
     }
 
     /// Whether every request number of `ticket` is settled (acknowledged or failed).
@@ -725,7 +725,7 @@ impl BackupNode {
         let outs = backup_outs(std::mem::take(&mut ready.outs));
         self.check_fanout(&id, &outs);
         if let Some(s) = self.core().session(&id) {
-            let (version, attrs) = (s.version(), s.state().attributes.clone());
+            let (version, attrs) = (s.version(), s.state().attributes.to_map());
             self.world
                 .borrow_mut()
                 .record(self.id, &id, version, &attrs);
@@ -1068,7 +1068,7 @@ impl BackupNode {
                 .session(&state.id)
                 .filter(|_| self.core().is_primary(&state.id))
             {
-                let (v, attrs) = (s.version(), s.state().attributes.clone());
+                let (v, attrs) = (s.version(), s.state().attributes.to_map());
                 self.world
                     .borrow_mut()
                     .record_reconciled(self.id, &state.id, v, &attrs);
@@ -1308,7 +1308,7 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 if *life != j.life {
                     continue;
                 }
-                let Some((version, attrs)) = node.copy(id) else {
+                let Some((version, ref attrs)) = node.copy(id) else {
                     continue;
                 };
                 // After a partition, a copy used after an end on the other side lives on.

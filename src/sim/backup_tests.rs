@@ -1664,7 +1664,7 @@ fn partition_run(
             Side::Live(s) => format!(
                 "v{} {} (accessed {})",
                 s.version,
-                show(&s.attributes),
+                show(&s.attributes.to_map()),
                 s.last_accessed_ms
             ),
             Side::Ended(at) => format!("ended at v{at}"),
@@ -1693,10 +1693,10 @@ fn partition_run(
                     errors.push(format!(
                         "{id}: v{} {} (accessed {}), the rule makes v{} {} (accessed {}) of {} and {}",
                         g.version,
-                        show(&g.attributes),
+                        show(&g.attributes.to_map()),
                         g.last_accessed_ms,
                         want.version,
-                        show(&want.attributes),
+                        show(&want.attributes.to_map()),
                         want.last_accessed_ms,
                         brief(a),
                         brief(b),
@@ -1933,7 +1933,7 @@ impl Cores {
     /// Version and attributes of `i`'s copy.
     fn attrs(&self, i: usize, id: &SessionId) -> Option<(u64, BTreeMap<String, Vec<u8>>)> {
         let s = self.nodes[&i].session(id)?;
-        Some((s.version(), s.state().attributes.clone()))
+        Some((s.version(), s.state().attributes.to_map()))
     }
 
     fn placement_of(&self, id: &SessionId, p: usize, members: &[usize]) -> Vec<usize> {

@@ -513,10 +513,10 @@ impl DeltaNode {
     }
 
     /// This node's copy of `id`: version and attributes.
-    pub fn copy(&self, id: &SessionId) -> Option<(u64, &BTreeMap<String, Vec<u8>>)> {
+    pub fn copy(&self, id: &SessionId) -> Option<(u64, BTreeMap<String, Vec<u8>>)> {
         self.core()
             .session(id)
-            .map(|s| (s.version(), &s.state().attributes))
+            .map(|s| (s.version(), s.state().attributes.to_map()))
     }
 
     /// A new session, then `ops` on it, in one request.
@@ -621,7 +621,7 @@ impl DeltaNode {
         }
         let ready = Self::ended(self.id, self.mgr.end_request(copy, true, now_ms(ctx)));
         if let Some(s) = self.core().session(&id) {
-            let (version, attrs) = (s.version(), s.state().attributes.clone());
+            let (version, attrs) = (s.version(), s.state().attributes.to_map());
             let max = s.state().max_inactive_ms;
             let mut w = self.world.borrow_mut();
             w.record(self.id, &id, version, &attrs);
@@ -1011,7 +1011,7 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
             // another state of that version does not hold it).
             chain.iter().any(|id| {
                 node.copy(id).is_some_and(|(have, attrs)| {
-                    have > *v || (have == *v && world.oracle.state(id, have) == Some(attrs))
+                    have > *v || (have == *v && world.oracle.state(id, have) == Some(&attrs))
                 })
             }) || chain.last().is_some_and(|last| {
                 world.oracle.ended.contains(last) || node.core().store().is_ended(last)
@@ -1088,7 +1088,7 @@ pub fn check_delta(sim: &mut Sim<DeltaNode>, world: &SharedWorld) {
                 }
                 let key = (n, *life, id.clone());
                 match node.copy(id) {
-                    Some((version, attrs)) => {
+                    Some((version, ref attrs)) => {
                         if ended.ended(n, *life, id) {
                             return Err(format!(
                                 "ended-stays-ended: {n} holds {id} again (version {version}) after it ended there"

@@ -939,7 +939,7 @@ fn reorder(seeds: u64, change_id: u64) {
                     .fail(format_args!("no origin state for acked {aid} v{v}"));
             };
             for node in c.up() {
-                let Some((have, attrs)) = c.sim.node(node).copy(id) else {
+                let Some((have, ref attrs)) = c.sim.node(node).copy(id) else {
                     c.sim
                         .fail(format_args!("{node} lacks {id}, acknowledged at v{v}"));
                 };
@@ -1310,7 +1310,7 @@ fn predicted(
     merger: Option<&dyn SessionMerger>,
     counts: &mut SplitCounts,
 ) -> Option<(u64, BTreeMap<String, Vec<u8>>)> {
-    let pick = |s: &SessionState| Some((s.version, s.attributes.clone()));
+    let pick = |s: &SessionState| Some((s.version, s.attributes.to_map()));
     match (a, b) {
         (SideCopy::Live(x), SideCopy::Live(y)) => {
             if Stamp::of(x).same_contents(&Stamp::of(y)) {
@@ -1747,8 +1747,8 @@ fn failover_to_a_replica_that_missed_the_last_delta_leaves_the_copies_equal() {
     assert!(
         same_copies(&[&b, &c], &id),
         "b {} / c {}",
-        show(&b.session(&id).unwrap().state().attributes),
-        show(&c.session(&id).unwrap().state().attributes)
+        show(&b.session(&id).unwrap().state().attributes.to_map()),
+        show(&c.session(&id).unwrap().state().attributes.to_map())
     );
 }
 
@@ -1860,9 +1860,9 @@ fn a_change_of_id_does_not_drop_a_delta_of_another_node_still_in_flight() {
     assert!(
         same_copies(&[&a, &b, &c], &new),
         "b {} v{} / c {} v{}",
-        show(&b.session(&new).unwrap().state().attributes),
+        show(&b.session(&new).unwrap().state().attributes.to_map()),
         b.session(&new).unwrap().version(),
-        show(&c.session(&new).unwrap().state().attributes),
+        show(&c.session(&new).unwrap().state().attributes.to_map()),
         c.session(&new).unwrap().version()
     );
 }

@@ -651,7 +651,7 @@ impl Run {
                 u,
                 n,
                 &id,
-                &(copy.version(), copy.state().attributes.clone()),
+                &(copy.version(), copy.state().attributes.to_map()),
             );
             let mut ticket = Vec::new();
             self.c.sim.call(n, |node, _| ticket = node.take_move(&id));

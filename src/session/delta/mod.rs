@@ -9,7 +9,7 @@
 //! by version ([`ReplicaStore`]); a missing change makes them ask the sender for the session.
 
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
-use super::model::{Session, SessionState};
+use super::model::{Served, Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
 use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
@@ -63,36 +63,11 @@ impl Default for DeltaConfig {
     }
 }
 
-struct Meta {
-    /// This node served the session's last request: it expires it on time and tells the others.
-    primary_here: bool,
-    /// Last access time sent to the others.
-    replicated_access_ms: u64,
-    /// The member whose message brought this copy's version (none: made here).
-    writer: Option<MemberId>,
-    /// That member left since (died, or restarted): a version only it and this node hold may
-    /// be its change that failed, never acknowledged.
-    writer_left: bool,
-}
-
-impl Meta {
-    /// A copy another member sent.
-    fn replica() -> Meta {
-        Meta {
-            primary_here: false,
-            replicated_access_ms: 0,
-            writer: None,
-            writer_left: false,
-        }
-    }
-}
-
 /// The sessions of one application on this node and the rules that keep them replicated.
 pub struct DeltaCore {
     cfg: DeltaConfig,
     route: String,
     store: ReplicaStore,
-    meta: std::collections::HashMap<SessionId, Meta>,
     /// Created here and not yet announced: the request that created them has not ended.
     unannounced: std::collections::HashSet<SessionId>,
     /// State transfer done (or not needed).
@@ -126,7 +101,6 @@ impl DeltaCore {
             cfg,
             route: route.to_string(),
             store,
-            meta: Default::default(),
             unannounced: Default::default(),
             ready: true,
             chunks_seen: BTreeSet::new(),
@@ -221,11 +195,11 @@ impl DeltaCore {
         let left = !gone.is_empty();
         // Copies whose version came from a member that left: a later message of the member
         // serving the session at a lower version shows that version was its failed change.
-        for m in self.meta.values_mut() {
-            if m.writer.is_some_and(|w| gone.contains(&w)) {
-                m.writer_left = true;
+        self.store.for_each_mut(|s| {
+            if s.served.writer.is_some_and(|w| gone.contains(&w)) {
+                s.served.writer_left = true;
             }
-        }
+        });
         // A transfer to a member that left has no one to reach.
         let members = &self.members;
         self.donations
@@ -406,7 +380,6 @@ impl DeltaCore {
                         if !live_beats_end(s.version(), *at) && !self.unannounced.contains(id) =>
                     {
                         self.store.end_at(id, *at);
-                        self.meta.remove(id);
                         events.push(SessionEvent::Destroyed(id.clone()));
                     }
                     Some(_) => {}
@@ -458,7 +431,6 @@ impl DeltaCore {
             // member's state) goes, and the digest's entry for `new` asks for the sender's.
             Some(_) if self.store.get(old).is_some() => {
                 self.store.undo_rename(new, old);
-                self.meta.remove(old);
                 return Some(SessionEvent::IdChanged {
                     old: old.clone(),
                     new: new.clone(),
@@ -468,9 +440,6 @@ impl DeltaCore {
         }
         if self.store.get(old).is_none() || self.store.rename(old, new) != Outcome::Applied {
             return None;
-        }
-        if let Some(m) = self.meta.remove(old) {
-            self.meta.insert(new.clone(), m);
         }
         Some(SessionEvent::IdChanged {
             old: old.clone(),
@@ -499,7 +468,7 @@ impl DeltaCore {
                 // never had is the dead member's failed one (the sender undoes it at this
                 // node's next change).
                 DigestEntry::Renamed(old, new)
-                    if self.meta.get(old).is_some_and(|m| m.primary_here) =>
+                    if self.store.get(old).is_some_and(|s| s.served.here) =>
                 {
                     // `new` leads to `old` here, so the sender's copy under `new` (in this
                     // digest) is compared with this one rather than taken as another session.
@@ -508,7 +477,7 @@ impl DeltaCore {
                 DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
                 DigestEntry::Live(id, theirs) => {
                     let cur = self.store.resolve(id).clone();
-                    let served_here = self.meta.get(&cur).is_some_and(|m| m.primary_here);
+                    let served_here = self.store.get(&cur).is_some_and(|s| s.served.here);
                     let asks = match self.store.get(&cur) {
                         Some(_) if self.unannounced.contains(&cur) => false,
                         // Served here since the death, below the sender's version: that
@@ -554,7 +523,6 @@ impl DeltaCore {
                     Some(_) if self.unannounced.contains(id) => {}
                     Some(_) => {
                         self.store.end_at(id, *at);
-                        self.meta.remove(id);
                         events.push(SessionEvent::Destroyed(id.clone()));
                     }
                     None if self.store.tombstone(id).is_none() => {
@@ -623,7 +591,6 @@ impl DeltaCore {
                         let mut st = theirs.clone();
                         st.id = id.clone();
                         self.store.put(st);
-                        self.meta.entry(id.clone()).or_insert_with(Meta::replica);
                         events.push(SessionEvent::Created(id));
                     }
                 }
@@ -635,18 +602,14 @@ impl DeltaCore {
     /// A new session, announced to the others when its request ends.
     pub fn create(&mut self, now_ms: u64) -> Result<SessionId, SessionIdError> {
         let id = SessionId::generate_from(&self.route, self.ids.as_mut())?;
-        self.store
-            .insert_local(Session::new(id.clone(), now_ms, self.cfg.max_inactive));
+        let mut s = Session::new(id.clone(), now_ms, self.cfg.max_inactive);
+        s.served = Served {
+            here: true,
+            replicated_access_ms: now_ms,
+            ..Served::default()
+        };
+        self.store.insert_local(s);
         self.unannounced.insert(id.clone());
-        self.meta.insert(
-            id.clone(),
-            Meta {
-                primary_here: true,
-                replicated_access_ms: now_ms,
-                writer: None,
-                writer_left: false,
-            },
-        );
         Ok(id)
     }
 
@@ -668,9 +631,8 @@ impl DeltaCore {
         };
         s.access(now_ms);
         s.mark_not_new();
-        let meta = self.meta.entry(id.clone()).or_insert_with(Meta::replica);
-        let was_primary = std::mem::replace(&mut meta.primary_here, true);
-        (meta.writer, meta.writer_left) = (None, false);
+        let was_primary = std::mem::replace(&mut s.served.here, true);
+        (s.served.writer, s.served.writer_left) = (None, false);
         let msg = if self.unannounced.remove(id) {
             // Changes made before the announcement are part of the state it carries.
             let _ = s.take_delta();
@@ -685,7 +647,7 @@ impl DeltaCore {
                 fingerprint: s.fingerprint(),
             })
         } else {
-            let stale = s.access_refresh_due(meta.replicated_access_ms, now_ms);
+            let stale = s.access_refresh_due(s.served.replicated_access_ms, now_ms);
             (!was_primary || stale).then(|| SessionMessage::Accessed {
                 id: id.clone(),
                 version: s.version(),
@@ -695,7 +657,7 @@ impl DeltaCore {
         };
         match msg {
             Some(msg) => {
-                meta.replicated_access_ms = now_ms;
+                s.served.replicated_access_ms = now_ms;
                 vec![Out {
                     dest: Dest::All,
                     msg,
@@ -707,7 +669,6 @@ impl DeltaCore {
 
     /// Ends a session everywhere (invalidate).
     pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
-        self.meta.remove(id);
         let announced = !self.unannounced.remove(id);
         match self.store.end(id) {
             Some(s) if announced => (
@@ -768,9 +729,6 @@ impl DeltaCore {
         });
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
         self.store.rename(old, &new);
-        if let Some(m) = self.meta.remove(old) {
-            self.meta.insert(new.clone(), m);
-        }
         let ev = vec![SessionEvent::IdChanged {
             old: old.clone(),
             new: new.clone(),
@@ -807,7 +765,7 @@ impl DeltaCore {
                 let Some(s) = self.store.get(id) else {
                     return false;
                 };
-                let primary = self.meta.get(*id).is_some_and(|m| m.primary_here);
+                let primary = s.served.here;
                 let idle = now_ms.saturating_sub(s.last_accessed_ms());
                 let max = s.max_inactive().as_millis() as u64;
                 max > 0
@@ -820,7 +778,7 @@ impl DeltaCore {
             .cloned()
             .collect();
         for id in due {
-            let primary = self.meta.get(&id).is_some_and(|m| m.primary_here);
+            let primary = self.store.get(&id).is_some_and(|s| s.served.here);
             let (o, e) = self.invalidate(&id);
             // Only the node that served it last tells the others (Tomcat: a backup copy expires
             // locally): a replica whose access time is stale must not end a session in use.
@@ -1014,8 +972,11 @@ impl DeltaCore {
         };
         let cur = self.store.resolve(id).clone();
         let newer = self.store.get(&cur).is_some_and(|s| s.version() > *version);
-        let meta = self.meta.get_mut(&cur).filter(|m| m.writer_left && newer)?;
-        meta.primary_here = false;
+        let s = self
+            .store
+            .get_mut(&cur)
+            .filter(|s| s.served.writer_left && newer)?;
+        s.served.here = false;
         self.store.note_fork(&cur, *version, Some(*fingerprint));
         Some(Out {
             dest: Dest::Member(from),
@@ -1044,11 +1005,10 @@ impl DeltaCore {
             return None;
         };
         let new = self.store.tombstone(old)?.renamed.clone()?;
-        if self.store.get(&new).is_none() || !self.meta.get(&new).is_some_and(|m| m.writer_left) {
+        if !self.store.get(&new).is_some_and(|s| s.served.writer_left) {
             return None;
         }
         self.store.undo_rename(old, &new);
-        self.meta.remove(&new);
         let ask = Out {
             dest: Dest::Member(from),
             msg: SessionMessage::GetSession { id: old.clone() },
@@ -1060,7 +1020,7 @@ impl DeltaCore {
         Some((ask, undone))
     }
 
-    /// Remembers which member brought the copy's version (see [`Meta::writer`]).
+    /// Remembers which member brought the copy's version (see [`Served::writer`]).
     fn note_writer(&mut self, from: MemberId, msg: &SessionMessage) {
         let id = match msg {
             SessionMessage::Delta { id, .. } => id,
@@ -1068,9 +1028,8 @@ impl DeltaCore {
             _ => return,
         };
         let id = self.store.resolve(id).clone();
-        if self.store.get(&id).is_some() {
-            let m = self.meta.entry(id).or_insert_with(Meta::replica);
-            (m.writer, m.writer_left) = (Some(from), false);
+        if let Some(s) = self.store.get_mut(&id) {
+            (s.served.writer, s.served.writer_left) = (Some(from), false);
         }
     }
 
@@ -1127,14 +1086,13 @@ impl DeltaCore {
                 }
             }
             (Outcome::Applied, SessionMessage::Expired { id, .. }) => {
-                self.meta.remove(id);
                 events.push(SessionEvent::Destroyed(id.clone()));
             }
             (_, SessionMessage::ChangeId { old, new, .. }) if renamed => {
-                let mut m = self.meta.remove(old).unwrap_or_else(Meta::replica);
-                // The copy now has the renamer's id: a rename is the renamer's change.
-                (m.writer, m.writer_left) = (Some(from), false);
-                self.meta.insert(new.clone(), m);
+                if let Some(s) = self.store.get_mut(new) {
+                    // The copy now has the renamer's id: a rename is the renamer's change.
+                    (s.served.writer, s.served.writer_left) = (Some(from), false);
+                }
                 events.push(SessionEvent::IdChanged {
                     old: old.clone(),
                     new: new.clone(),
@@ -1150,14 +1108,9 @@ impl DeltaCore {
         // Another node served this session: it is no longer primary here.
         match msg {
             SessionMessage::Delta { id, .. } | SessionMessage::Accessed { id, .. } => {
-                if let Some(m) = self.meta.get_mut(id) {
-                    m.primary_here = false;
+                if let Some(s) = self.store.get_mut(id) {
+                    s.served.here = false;
                 }
-            }
-            SessionMessage::Created(st) | SessionMessage::State(st)
-                if self.store.get(&st.id).is_some() =>
-            {
-                self.meta.entry(st.id.clone()).or_insert_with(Meta::replica);
             }
             _ => {}
         }

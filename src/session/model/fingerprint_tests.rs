@@ -12,7 +12,7 @@ use std::time::Duration;
 fn state(attributes: BTreeMap<String, Vec<u8>>) -> SessionState {
     SessionState {
         id: SessionId::generate("n").unwrap(),
-        attributes,
+        attributes: attributes.into(),
         creation_ms: 1,
         last_accessed_ms: 2,
         max_inactive_ms: 1_800_000,
