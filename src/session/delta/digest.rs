@@ -77,27 +77,27 @@ impl DeltaCore {
         if !self.ready || listed.is_empty() {
             return Vec::new();
         }
-        let chunks = self.digest(now_ms);
+        let copies = Self::digest_copies(self.digest(now_ms), listed.len());
         listed
             .into_iter()
-            .flat_map(|m| {
+            .zip(copies)
+            .flat_map(|(m, chunks)| {
                 self.digests_owed.remove(&m);
-                Self::digest_out(&chunks, m, true)
+                Self::digest_out(chunks, m, true)
             })
             .collect()
     }
 
     /// This node's digest for `to`, ending with an empty chunk if `whole`.
     fn digest_to(&self, to: MemberId, now_ms: u64, whole: bool) -> Vec<Out> {
-        Self::digest_out(&self.digest(now_ms), to, whole)
+        Self::digest_out(self.digest(now_ms), to, whole)
     }
 
     /// The digest `chunks` as messages to `to`, ending with an empty chunk if `whole`.
-    pub(super) fn digest_out(chunks: &[Vec<DigestEntry>], to: MemberId, whole: bool) -> Vec<Out> {
+    pub(super) fn digest_out(chunks: Vec<Vec<DigestEntry>>, to: MemberId, whole: bool) -> Vec<Out> {
         let end = whole.then(Vec::new);
         chunks
-            .iter()
-            .cloned()
+            .into_iter()
             .chain(end)
             .map(|c| Out {
                 dest: Dest::Member(to),
@@ -106,34 +106,56 @@ impl DeltaCore {
             .collect()
     }
 
+    /// `n` copies of a digest's `chunks`, the last one the chunks themselves: a digest for one
+    /// member is never copied.
+    pub(super) fn digest_copies(
+        chunks: Vec<Vec<DigestEntry>>,
+        n: usize,
+    ) -> impl Iterator<Item = Vec<Vec<DigestEntry>>> {
+        let mut last = Some(chunks);
+        (0..n).filter_map(move |i| {
+            if i + 1 == n {
+                last.take()
+            } else {
+                last.clone()
+            }
+        })
+    }
+
     /// What this node holds, in chunks of `send_all_sessions_size`: renames first (so a
-    /// receiver moves its copy before comparing), live copies, then ends still relevant.
+    /// receiver moves its copy before comparing), live copies, then ends still relevant. Made
+    /// chunk by chunk: the entries are never all in one list as well.
     pub(super) fn digest(&self, now_ms: u64) -> Vec<Vec<DigestEntry>> {
         // Ends and renames older than any copy elsewhere could still be are left out.
-        let tombs = self
-            .store
-            .tombstones()
-            .filter(|(_, t)| t.relevant_until_ms > now_ms);
-        let (renames, ends): (Vec<_>, Vec<_>) = tombs.partition(|(_, t)| t.renamed.is_some());
-        let mut entries: Vec<DigestEntry> = renames
-            .into_iter()
-            .filter_map(|(id, t)| Some(DigestEntry::Renamed(id.clone(), t.renamed.clone()?)))
-            .collect();
-        entries.extend(
+        let tombs = || {
             self.store
-                .ids()
-                .filter(|id| !self.unannounced.contains(*id))
-                .filter_map(|id| self.store.get(id))
-                .map(|s| DigestEntry::Live(s.id().clone(), Stamp::of_session(s))),
-        );
-        entries.extend(
-            ends.into_iter()
-                .map(|(id, t)| DigestEntry::Ended(id.clone(), t.version)),
-        );
-        entries
-            .chunks(self.cfg.send_all_sessions_size.max(1))
-            .map(<[DigestEntry]>::to_vec)
-            .collect()
+                .tombstones()
+                .filter(move |(_, t)| t.relevant_until_ms > now_ms)
+        };
+        let renames = tombs()
+            .filter_map(|(id, t)| Some(DigestEntry::Renamed(id.clone(), t.renamed.clone()?)));
+        let live = self
+            .store
+            .ids()
+            .filter(|id| !self.unannounced.contains(*id))
+            .filter_map(|id| self.store.get(id))
+            .map(|s| DigestEntry::Live(s.id().clone(), Stamp::of_session(s)));
+        let ends = tombs()
+            .filter(|(_, t)| t.renamed.is_none())
+            .map(|(id, t)| DigestEntry::Ended(id.clone(), t.version));
+        let n = self.cfg.send_all_sessions_size.max(1);
+        let mut chunks = Vec::new();
+        let mut chunk = Vec::new();
+        for e in renames.chain(live).chain(ends) {
+            if chunk.len() == n {
+                chunks.push(std::mem::take(&mut chunk));
+            }
+            chunk.push(e);
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        chunks
     }
 
     /// A digest that came while this node is not ready: kept to be read once it is, within

@@ -216,15 +216,16 @@ impl DeltaCore {
         if to.is_empty() && survivors.is_empty() {
             return Vec::new();
         }
-        let chunks = self.digest(now_ms);
+        let mut copies = Self::digest_copies(self.digest(now_ms), to.len() + survivors.len());
         let mut outs: Vec<Out> = to
             .into_iter()
-            .flat_map(|(m, whole)| Self::digest_out(&chunks, m, whole))
+            .zip(copies.by_ref())
+            .flat_map(|((m, whole), chunks)| Self::digest_out(chunks, m, whole))
             .collect();
-        outs.extend(survivors.into_iter().flat_map(|m| {
-            chunks.iter().map(move |c| Out {
+        outs.extend(survivors.into_iter().zip(copies).flat_map(|(m, chunks)| {
+            chunks.into_iter().map(move |c| Out {
                 dest: Dest::Member(m),
-                msg: SessionMessage::DigestAfterLeave(c.clone()),
+                msg: SessionMessage::DigestAfterLeave(c),
             })
         }));
         outs
