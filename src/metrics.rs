@@ -33,6 +33,11 @@ impl Counter {
     pub(crate) fn fetch_add(&self, n: u64, order: Ordering) -> u64 {
         self.0.fetch_add(n, order)
     }
+
+    /// For a figure that is a level, not a count (bytes held now).
+    pub(crate) fn set(&self, n: u64, order: Ordering) {
+        self.0.store(n, order)
+    }
 }
 
 /// Counters of one member, shared by every lane and connection to or from it.

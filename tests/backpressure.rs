@@ -895,3 +895,69 @@ fn a_peer_that_does_not_read_its_acks_is_closed() {
         rx.connections_closed_on_error.load(SeqCst) > closed_before
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory after a burst
+// ---------------------------------------------------------------------------------------------
+
+/// A burst grows the receiver's read buffers (each connection's up to 1 MiB, and spares handed
+/// between the event loop and the workers); once it is over they are given back at the next
+/// sweeps (every `handshake_timeout` / 2), instead of staying for the life of the process.
+#[test]
+fn read_buffers_grown_by_a_burst_are_given_back() {
+    init_logs();
+    const MSG: usize = 60 * 1024;
+    const COUNT: u64 = 300;
+    let mut cfg = ChannelConfig::loopback("receiver");
+    // Sweeps every 100 ms.
+    cfg.receiver.handshake_timeout = Duration::from_millis(200);
+    let r = GroupChannel::new(cfg).expect("config");
+    let got = Arc::new(AtomicU64::new(0));
+    let g = got.clone();
+    r.add_channel_listener(Arc::new(move |_: &ChannelMessage<'_>| {
+        g.fetch_add(1, SeqCst);
+        Ok(())
+    }));
+    r.start().expect("start");
+    let rx = r.receiver_stats().expect("running");
+    let s = GroupChannel::new(ChannelConfig::loopback("sender")).expect("config");
+    s.start().expect("start");
+    let dest = [local(&r)];
+    let deadline = Instant::now() + LIMIT;
+    let mut n = 0u32;
+    while u64::from(n) < COUNT {
+        assert!(Instant::now() < deadline, "only {n} of {COUNT} queued");
+        match s.send(&dest, numbered(n, MSG), SendOptions::ASYNCHRONOUS) {
+            Ok(()) => n += 1,
+            Err(ChannelError::QueueFull { .. }) => std::thread::yield_now(),
+            Err(e) => panic!("asynchronous send: {e}"),
+        }
+    }
+    while got.load(SeqCst) < COUNT {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {COUNT} delivered",
+            got.load(SeqCst)
+        );
+        std::thread::yield_now();
+    }
+    // Every connection's buffer back to its initial 64 KiB, and the grown ones released.
+    let small = |rx: &tribecast::transport::receiver::ReceiverStats| {
+        let open = rx.connections_accepted.get() - rx.connections_closed_on_error.get();
+        rx.read_buffer_bytes_released.get() > 0 && rx.read_buffer_bytes.get() <= open * 64 * 1024
+    };
+    while !small(&rx) {
+        assert!(
+            Instant::now() < deadline,
+            "read buffers not given back: {} B held, {} B released",
+            rx.read_buffer_bytes.get(),
+            rx.read_buffer_bytes_released.get()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "after {COUNT} x {MSG} B: {} B of read buffers released, {} B held",
+        rx.read_buffer_bytes_released.get(),
+        rx.read_buffer_bytes.get()
+    );
+}

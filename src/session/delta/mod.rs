@@ -11,16 +11,14 @@
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{Served, Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
-use super::reconcile::{live_beats_end, reconcile, SessionMerger, Stamp};
+use super::reconcile::{live_beats_end, reconcile, SessionMerger};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::MemberId;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Digest entries a joiner keeps until its state transfer is done (beyond them it relies on
-/// the transfer alone). An entry takes about 110 bytes (250 with the longest ids): 22 to 50 MB.
-const MAX_PENDING_DIGEST_ENTRIES: usize = 200_000;
+mod digest;
 
 /// Bytes of sessions (by [`Session::size`]) in one state-transfer chunk, at most, well under
 /// any `max_frame_size`: a session larger than this goes alone in its chunk (the session size
@@ -90,9 +88,6 @@ pub struct DeltaCore {
     /// [`DeltaCore::next_chunk`], so no snapshot of the store is ever made.
     donations: std::collections::BTreeMap<MemberId, Donation>,
 }
-
-/// Digests owed to members not yet listed, at most (the oldest asker is forgotten first).
-const MAX_DIGESTS_OWED: usize = 1_000;
 
 impl DeltaCore {
     pub fn new(cfg: DeltaConfig, route: &str) -> DeltaCore {
@@ -222,15 +217,16 @@ impl DeltaCore {
         if to.is_empty() && survivors.is_empty() {
             return Vec::new();
         }
-        let chunks = self.digest(now_ms);
+        let mut copies = Self::digest_copies(self.digest(now_ms), to.len() + survivors.len());
         let mut outs: Vec<Out> = to
             .into_iter()
-            .flat_map(|(m, whole)| Self::digest_out(&chunks, m, whole))
+            .zip(copies.by_ref())
+            .flat_map(|((m, whole), chunks)| Self::digest_out(chunks, m, whole))
             .collect();
-        outs.extend(survivors.into_iter().flat_map(|m| {
-            chunks.iter().map(move |c| Out {
+        outs.extend(survivors.into_iter().zip(copies).flat_map(|(m, chunks)| {
+            chunks.into_iter().map(move |c| Out {
                 dest: Dest::Member(m),
-                msg: SessionMessage::DigestAfterLeave(c.clone()),
+                msg: SessionMessage::DigestAfterLeave(c),
             })
         }));
         outs
@@ -239,166 +235,6 @@ impl DeltaCore {
     /// The other members, sorted.
     pub fn members(&self) -> &[MemberId] {
         &self.members
-    }
-
-    /// The answer to `GetDigest`: this node's digest, then an empty chunk that says it is
-    /// whole. Only once `to` is one of this node's members: from then on every change made
-    /// here goes to it too, so the digest and those changes leave nothing out. Until then the
-    /// answer waits (bounded by `MAX_DIGESTS_OWED`) and goes with the digest a new member gets.
-    pub fn answer_get_digest(&mut self, to: MemberId, now_ms: u64) -> Vec<Out> {
-        // A node still joining itself answers when its own transfer is done
-        // (`answer_owed_digests`): its store is not whole yet.
-        if self.members.binary_search(&to).is_err() || !self.ready {
-            if self.digests_owed.len() >= MAX_DIGESTS_OWED {
-                self.digests_owed.pop_first();
-            }
-            self.digests_owed.insert(to);
-            return Vec::new();
-        }
-        self.digest_to(to, now_ms, true)
-    }
-
-    /// The digests owed to members listed here, once this node is ready: a member asked while
-    /// this node was still joining (and listed it then, when no digest goes out) would
-    /// otherwise wait for it until its deadline, holding every request.
-    pub fn answer_owed_digests(&mut self, now_ms: u64) -> Vec<Out> {
-        let members = &self.members;
-        let listed: Vec<MemberId> = self
-            .digests_owed
-            .iter()
-            .filter(|m| members.binary_search(m).is_ok())
-            .copied()
-            .collect();
-        if !self.ready || listed.is_empty() {
-            return Vec::new();
-        }
-        let chunks = self.digest(now_ms);
-        listed
-            .into_iter()
-            .flat_map(|m| {
-                self.digests_owed.remove(&m);
-                Self::digest_out(&chunks, m, true)
-            })
-            .collect()
-    }
-
-    /// This node's digest for `to`, ending with an empty chunk if `whole`.
-    fn digest_to(&self, to: MemberId, now_ms: u64, whole: bool) -> Vec<Out> {
-        Self::digest_out(&self.digest(now_ms), to, whole)
-    }
-
-    /// The digest `chunks` as messages to `to`, ending with an empty chunk if `whole`.
-    fn digest_out(chunks: &[Vec<DigestEntry>], to: MemberId, whole: bool) -> Vec<Out> {
-        let end = whole.then(Vec::new);
-        chunks
-            .iter()
-            .cloned()
-            .chain(end)
-            .map(|c| Out {
-                dest: Dest::Member(to),
-                msg: SessionMessage::Digest(c),
-            })
-            .collect()
-    }
-
-    /// What this node holds, in chunks of `send_all_sessions_size`: renames first (so a
-    /// receiver moves its copy before comparing), live copies, then ends still relevant.
-    fn digest(&self, now_ms: u64) -> Vec<Vec<DigestEntry>> {
-        // Ends and renames older than any copy elsewhere could still be are left out.
-        let tombs = self
-            .store
-            .tombstones()
-            .filter(|(_, t)| t.relevant_until_ms > now_ms);
-        let (renames, ends): (Vec<_>, Vec<_>) = tombs.partition(|(_, t)| t.renamed.is_some());
-        let mut entries: Vec<DigestEntry> = renames
-            .into_iter()
-            .filter_map(|(id, t)| Some(DigestEntry::Renamed(id.clone(), t.renamed.clone()?)))
-            .collect();
-        entries.extend(
-            self.store
-                .ids()
-                .filter(|id| !self.unannounced.contains(*id))
-                .filter_map(|id| self.store.get(id))
-                .map(|s| DigestEntry::Live(s.id().clone(), Stamp::of_session(s))),
-        );
-        entries.extend(
-            ends.into_iter()
-                .map(|(id, t)| DigestEntry::Ended(id.clone(), t.version)),
-        );
-        entries
-            .chunks(self.cfg.send_all_sessions_size.max(1))
-            .map(<[DigestEntry]>::to_vec)
-            .collect()
-    }
-
-    fn read_pending_digests(&mut self) -> (Vec<Out>, Vec<SessionEvent>) {
-        let (mut outs, mut events) = (Vec::new(), Vec::new());
-        self.pending_digest_entries = 0;
-        for (from, entries) in std::mem::take(&mut self.pending_digests) {
-            let (o, e) = self.read_digest(from, &entries);
-            outs.extend(o);
-            events.extend(e);
-        }
-        (outs, events)
-    }
-
-    /// Compares a member's digest with this node's copies: ends and renames that win apply
-    /// here at once; copies that may win are asked for.
-    fn read_digest(
-        &mut self,
-        from: MemberId,
-        entries: &[DigestEntry],
-    ) -> (Vec<Out>, Vec<SessionEvent>) {
-        let mut want = Vec::new();
-        let mut events = Vec::new();
-        for e in entries {
-            match e {
-                DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
-                DigestEntry::Live(id, theirs) => {
-                    let cur = self.store.resolve(id).clone();
-                    let asks = match self.store.get(&cur) {
-                        Some(s) => {
-                            let mine = Stamp::of_session(s);
-                            !mine.same_contents(theirs)
-                                && (self.merger.is_some() || theirs.rank(&mine).is_gt())
-                        }
-                        None => match self.store.tombstone(&cur) {
-                            // Renamed away to an id not here: that id's own entry decides.
-                            Some(t) if t.renamed.is_some() => false,
-                            Some(t) => live_beats_end(theirs.version, t.version),
-                            None => true,
-                        },
-                    };
-                    if asks {
-                        want.push(id.clone());
-                    } else if let Some(s) = self.store.get_mut(&cur) {
-                        s.access(theirs.last_accessed_ms);
-                    }
-                }
-                DigestEntry::Ended(id, at) => match self.store.get(id) {
-                    Some(s)
-                        if !live_beats_end(s.version(), *at) && !self.unannounced.contains(id) =>
-                    {
-                        self.store.end_at(id, *at);
-                        events.push(SessionEvent::Destroyed(id.clone()));
-                    }
-                    Some(_) => {}
-                    None => {
-                        // Remembered, so that a late copy cannot bring it back (an end known
-                        // here keeps the higher version: `ReplicaStore::end_at`).
-                        self.store.end_at(id, *at);
-                    }
-                },
-            }
-        }
-        let outs = want
-            .chunks(self.cfg.send_all_sessions_size.max(1))
-            .map(|ids| Out {
-                dest: Dest::Member(from),
-                msg: SessionMessage::GetSessions(ids.to_vec()),
-            })
-            .collect();
-        (outs, events)
     }
 
     /// The session of a change (DELTA, ACCESSED) for a session that ended here (not renamed):
@@ -414,125 +250,6 @@ impl DeltaCore {
                 .tombstone(cur)
                 .is_some_and(|t| t.renamed.is_none());
         ended.then(|| cur.clone())
-    }
-
-    /// A change of id another member tells of, applied to the copy held here.
-    fn rename_as_told(&mut self, old: &SessionId, new: &SessionId) -> Option<SessionEvent> {
-        let reverse = self
-            .store
-            .tombstone(new)
-            .filter(|t| t.renamed.as_ref() == Some(old));
-        match reverse {
-            // Undone here (a dead member's change of id that failed): another member's digest
-            // still naming it does not redo it.
-            Some(t) if t.undone => return None,
-            // The reverse of a change of id made here: only a member that undid it tells it
-            // (ids are never reused). So does this node: the copy under `old` (the dead
-            // member's state) goes, and the digest's entry for `new` asks for the sender's.
-            Some(_) if self.store.get(old).is_some() => {
-                self.store.undo_rename(new, old);
-                return Some(SessionEvent::IdChanged {
-                    old: old.clone(),
-                    new: new.clone(),
-                });
-            }
-            _ => {}
-        }
-        if self.store.get(old).is_none() || self.store.rename(old, new) != Outcome::Applied {
-            return None;
-        }
-        Some(SessionEvent::IdChanged {
-            old: old.clone(),
-            new: new.clone(),
-        })
-    }
-
-    /// Reads the digest of a member that stays after another left (see
-    /// [`SessionMessage::DigestAfterLeave`]): catches up on what this node missed of the one
-    /// that left. Changes of id and ends apply at once (an end wins over a live copy here, as
-    /// a late `Expired` would: no copy beyond it can have been acknowledged by that member);
-    /// copies newer than this node's, copies it lacks, and the copy a forked copy here waits
-    /// for are asked for, one `GetSession` each, by the id the sender named; a copy at the
-    /// same version with another content stays, and nothing ended here comes back.
-    fn read_digest_after_leave(
-        &mut self,
-        from: MemberId,
-        entries: &[DigestEntry],
-    ) -> (Vec<Out>, Vec<SessionEvent>) {
-        let mut outs = Vec::new();
-        let mut events = Vec::new();
-        let mut asked = BTreeSet::new();
-        for e in entries {
-            match e {
-                // A session served here under `old` since the death: a change of id this node
-                // never had is the dead member's failed one (the sender undoes it at this
-                // node's next change).
-                DigestEntry::Renamed(old, new)
-                    if self.store.get(old).is_some_and(|s| s.served.here) =>
-                {
-                    // `new` leads to `old` here, so the sender's copy under `new` (in this
-                    // digest) is compared with this one rather than taken as another session.
-                    self.store.undo_rename(old, new);
-                }
-                DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
-                DigestEntry::Live(id, theirs) => {
-                    let cur = self.store.resolve(id).clone();
-                    let served_here = self.store.get(&cur).is_some_and(|s| s.served.here);
-                    let asks = match self.store.get(&cur) {
-                        Some(_) if self.unannounced.contains(&cur) => false,
-                        // Served here since the death, below the sender's version: that
-                        // version is the dead member's failed change, and the user was served
-                        // this copy. It stays; the sender hears this copy's version, which
-                        // makes it take this copy (`served_below_a_dead_writers_version`).
-                        Some(s)
-                            if served_here
-                                && theirs.version > s.version()
-                                && !self.store.fork_awaits(
-                                    &cur,
-                                    theirs.version,
-                                    theirs.fingerprint,
-                                ) =>
-                        {
-                            outs.push(Out {
-                                dest: Dest::Member(from),
-                                msg: SessionMessage::Accessed {
-                                    id: cur.clone(),
-                                    version: s.version(),
-                                    last_accessed_ms: s.last_accessed_ms(),
-                                    fingerprint: s.fingerprint(),
-                                },
-                            });
-                            false
-                        }
-                        Some(s) => {
-                            theirs.version > s.version()
-                                || self
-                                    .store
-                                    .fork_awaits(&cur, theirs.version, theirs.fingerprint)
-                        }
-                        None => self.store.tombstone(&cur).is_none(),
-                    };
-                    if asks && asked.insert(cur) {
-                        outs.push(Out {
-                            dest: Dest::Member(from),
-                            msg: SessionMessage::GetSession { id: id.clone() },
-                        });
-                    }
-                }
-                DigestEntry::Ended(id, at) => match self.store.get(id) {
-                    Some(_) if self.unannounced.contains(id) => {}
-                    Some(_) => {
-                        self.store.end_at(id, *at);
-                        events.push(SessionEvent::Destroyed(id.clone()));
-                    }
-                    None if self.store.tombstone(id).is_none() => {
-                        self.store.end_at(id, *at);
-                    }
-                    None => {}
-                },
-            }
-        }
-        (outs, events)
     }
 
     /// Copies asked for after a digest (under their current ids here).
@@ -824,13 +541,7 @@ impl DeltaCore {
             // Answered by `answer_get_digest`, which needs the time.
             SessionMessage::GetDigest => (Vec::new(), Vec::new()),
             SessionMessage::Digest(entries) if !self.ready => {
-                // An empty digest says nothing and is not kept: counted by entries, the bound
-                // would not hold empty ones.
-                let held = self.pending_digest_entries;
-                if !entries.is_empty() && held + entries.len() <= MAX_PENDING_DIGEST_ENTRIES {
-                    self.pending_digest_entries += entries.len();
-                    self.pending_digests.push((from, entries.clone()));
-                }
+                self.hold_digest(from, entries);
                 (Vec::new(), Vec::new())
             }
             SessionMessage::Digest(entries) => self.read_digest(from, entries),
