@@ -246,6 +246,10 @@ impl Run {
     }
 
     fn set_view(&mut self, m: NodeId, v: NodeId, present: bool) {
+        if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+            let what = if present { "lists" } else { "drops" };
+            eprintln!("{:?} n{}: view {what} n{}", self.c.sim.now(), m.0, v.0);
+        }
         self.c.epoch += 1;
         {
             let mut w = self.c.world.borrow_mut();
@@ -277,6 +281,9 @@ impl Run {
             let victim = up[self.c.w.below(up.len() as u64) as usize];
             self.kills_left -= 1;
             self.f.kills += 1;
+            if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+                eprintln!("{now:?} n{}: killed", victim.0);
+            }
             self.c.crash(&[victim]);
             let mut detect = BTreeMap::new();
             let others: Vec<NodeId> = up.into_iter().filter(|m| *m != victim).collect();
@@ -309,6 +316,9 @@ impl Run {
                 w.views.insert(v, all);
             }
             self.c.epoch += 1;
+            if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+                eprintln!("{now:?} n{}: restarted", v.0);
+            }
             self.c.sim.fault(Fault::Restart(v));
             for m in others {
                 let at = now + self.c.w.duration_between(Duration::ZERO, ms(2));
