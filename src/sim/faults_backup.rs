@@ -246,6 +246,10 @@ impl Run {
     }
 
     fn set_view(&mut self, m: NodeId, v: NodeId, present: bool) {
+        if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+            let what = if present { "lists" } else { "drops" };
+            eprintln!("{:?} n{}: view {what} n{}", self.c.sim.now(), m.0, v.0);
+        }
         self.c.epoch += 1;
         {
             let mut w = self.c.world.borrow_mut();
@@ -277,6 +281,9 @@ impl Run {
             let victim = up[self.c.w.below(up.len() as u64) as usize];
             self.kills_left -= 1;
             self.f.kills += 1;
+            if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+                eprintln!("{now:?} n{}: killed", victim.0);
+            }
             self.c.crash(&[victim]);
             let mut detect = BTreeMap::new();
             let others: Vec<NodeId> = up.into_iter().filter(|m| *m != victim).collect();
@@ -309,6 +316,9 @@ impl Run {
                 w.views.insert(v, all);
             }
             self.c.epoch += 1;
+            if std::env::var_os("TRIBECAST_FAULTS_TRACE").is_some() {
+                eprintln!("{now:?} n{}: restarted", v.0);
+            }
             self.c.sim.fault(Fault::Restart(v));
             for m in others {
                 let at = now + self.c.w.duration_between(Duration::ZERO, ms(2));
@@ -865,7 +875,7 @@ fn control_without_faults_loses_nothing() {
 /// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
 /// moment (requests and fetches in flight included).
 #[test]
-#[ignore = "fails: 1 of 500 seeds (25): a copy and a ChangeId the primary sent a member that had restarted unseen reach its new life; the primary, noticing the restart, no longer counts it as a holder, so the session's end never reaches it and it keeps the ended session. Seed 447's class (a change of id cut by the kill leaves the session under both ids; docs/design.md, Known limits of the BackupManager) is not fixed, only no longer hit by these seeds"]
+#[ignore = "fails: 2 of 500 seeds (303: a holder retired by a change of id whose NewPrimary died with the primary fails over on its older copy, and the real backup, not yet aware of the death, takes that copy under the higher claim: an acknowledged version lost; 419: one session under two ids, the class of seed 447, a change of id cut by the kill; docs/RELIABILITY.md, Kill -9 and restart, simulated)"]
 fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| {

@@ -326,12 +326,26 @@ impl BackupCore {
         (outs, events)
     }
 
-    /// `CopyAck`: `from` holds the copy of claim `epoch`; the hand-over may finish.
+    /// `CopyAck`: `from` holds the copy of claim `epoch`; the hand-over may finish. A member
+    /// that is neither a backup nor a holder this primary will retire is told `Drop`: a copy
+    /// (or a change of id) reached it that this primary no longer counts, e.g. sent to a member
+    /// that had restarted unnoticed, whose new life took it after the restart was noticed and
+    /// the session re-placed. Nothing else would reach that copy, not even the session's end.
     pub(super) fn on_copy_ack(&mut self, from: MemberId, id: &SessionId, epoch: u64) -> Vec<Out> {
         let mut outs = Vec::new();
         let e = self.entries.get_mut(id).filter(|e| e.epoch == epoch);
-        if let Some(Role::Primary { handover, .. }) = e.map(|e| &mut e.role) {
+        if let Some(Role::Primary { backups, handover }) = e.map(|e| &mut e.role) {
             handover.unacked.retain(|m| *m != from);
+            let stray = !backups.contains(&from)
+                && !handover.retire_all
+                && !handover.retire.contains(&from);
+            if stray {
+                let drop = BackupMessage::Drop {
+                    id: id.clone(),
+                    epoch,
+                };
+                outs.push(Self::to(from, drop));
+            }
             outs.extend(self.finish_handover(id));
         }
         outs
