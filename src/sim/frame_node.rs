@@ -376,11 +376,14 @@ impl EndedSeen {
                     }
                     self.ended.entry((n, *life)).or_default().insert(id.clone());
                 }
-                SessionEvent::IdChanged { old, .. } => {
-                    self.ended
-                        .entry((n, *life))
-                        .or_default()
-                        .insert(old.clone());
+                SessionEvent::IdChanged { old, new } => {
+                    let ended = self.ended.entry((n, *life)).or_default();
+                    ended.insert(old.clone());
+                    // Route rebinding can take a session back to an id it had (S.node1 ->
+                    // S.node2 -> S.node1): an id renamed away, never destroyed, may return.
+                    if !self.destroyed.contains(&(n, *life, new.clone())) {
+                        ended.remove(new);
+                    }
                 }
                 _ => {}
             }
