@@ -368,9 +368,13 @@ struct Figures {
     restart_attempts: u32,
     /// Per kill: the victim, the UTC time of day of the kill, how long until its restart
     /// printed its ready line, and until the cluster was whole again.
-    outages: Vec<(String, String, Duration, Duration)>,
+    outages: Vec<Outage>,
     users: Vec<UserReport>,
 }
+
+/// A kill: the victim, the UTC time of day, how long until its restart was ready and until
+/// the cluster was whole again.
+type Outage = (String, String, Duration, Duration);
 
 impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -391,7 +395,7 @@ impl std::fmt::Display for Figures {
             self.restarts,
             self.restart_attempts
         )?;
-        let span = |d: &dyn Fn(&(String, String, Duration, Duration)) -> Duration| {
+        let span = |d: &dyn Fn(&Outage) -> Duration| {
             let ms = self.outages.iter().map(|o| d(o).as_millis());
             Some((ms.clone().min()?, ms.max()?))
         };

@@ -296,7 +296,7 @@ impl ReplicaStore {
             .map(|t| t.version)
             .filter(|_| self.is_former_id(new, old));
         if let Some(retired_at) = former {
-            if !told.is_some_and(|v| v >= retired_at) {
+            if told.is_none_or(|v| v < retired_at) {
                 return Outcome::Ignored("an older change of id: the session came back since");
             }
             self.tombstones.remove(new);

@@ -8,7 +8,7 @@
 //! it (in member order), with the same session id; back home as soon as it is in service again.
 //! The balancer knows nothing else (no copy's version, no oracle).
 //!
-//! Half the users (the odd ones) have a balancer that ignores the route: sticky by user, as the
+//! Half the users (the odd ones; all with `TRIBECAST_FAULTS_PINNED=1`) have a balancer that ignores the route: sticky by user, as the
 //! real test's balancer is (user *u* goes to member *u* mod n while it is in service, else to the
 //! next one), so a session rebound to another member's route comes back to the user's home with
 //! that route, and may be rebound there to a route it had before.
@@ -190,10 +190,12 @@ impl Run {
         let mut c = Cluster::new(seed, latency(), &settings, members);
         let kills = 3 + c.w.below(3) as u32;
         let next_kill = ms(10) + c.w.duration_between(Duration::ZERO, ms(20));
+        // `TRIBECAST_FAULTS_PINNED=1`: every user pinned, as in the real test.
+        let pin_all = std::env::var("TRIBECAST_FAULTS_PINNED").as_deref() == Ok("1");
         let users = (0..users)
             .map(|u| User {
                 login_home: NodeId(u % members),
-                pinned: u % 2 == 1,
+                pinned: u % 2 == 1 || pin_all,
                 id: None,
                 uncertain: false,
                 doubt: 0,
