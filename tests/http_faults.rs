@@ -366,8 +366,15 @@ struct Figures {
     kills: u32,
     restarts: u32,
     restart_attempts: u32,
+    /// Per kill: the victim, the UTC time of day of the kill, how long until its restart
+    /// printed its ready line, and until the cluster was whole again.
+    outages: Vec<Outage>,
     users: Vec<UserReport>,
 }
+
+/// A kill: the victim, the UTC time of day, how long until its restart was ready and until
+/// the cluster was whole again.
+type Outage = (String, String, Duration, Duration);
 
 impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -388,6 +395,24 @@ impl std::fmt::Display for Figures {
             self.restarts,
             self.restart_attempts
         )?;
+        let span = |d: &dyn Fn(&Outage) -> Duration| {
+            let ms = self.outages.iter().map(|o| d(o).as_millis());
+            Some((ms.clone().min()?, ms.max()?))
+        };
+        if let (Some(ready), Some(whole)) = (span(&|o| o.2), span(&|o| o.3)) {
+            writeln!(
+                f,
+                "  restarts: ready {}-{} ms after the kill, cluster whole {}-{} ms after it; kills {:?}",
+                ready.0,
+                ready.1,
+                whole.0,
+                whole.1,
+                self.outages
+                    .iter()
+                    .map(|o| format!("{} at {}", o.0, o.1))
+                    .collect::<Vec<_>>()
+            )?;
+        }
         for u in &self.users {
             writeln!(
                 f,
@@ -463,6 +488,7 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
     let mut kills = 0u32;
     let mut restarts = 0u32;
     let mut restart_attempts = 0u32;
+    let mut outages = Vec::new();
     let t0 = Instant::now();
     let results = std::thread::scope(|s| {
         let users: Vec<_> = (0..USERS)
@@ -497,6 +523,7 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
                 break;
             }
             let victim = kills as usize % nodes.len();
+            let killed_at = (Instant::now(), utc_time_of_day());
             nodes[victim].kill();
             router.set(victim, false);
             kills += 1;
@@ -528,6 +555,7 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
             };
             let Some(p) = restarted else { break };
             restarts += 1;
+            let ready_after = killed_at.0.elapsed();
             runs.push((format!("{name} (run {})", restarts + 1), p.out.clone()));
             nodes[victim] = p;
             // Routable once it is ready and sees the others, and they see it.
@@ -535,6 +563,7 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
                 problem = Some(format!("{name} did not rejoin after restart {restarts}"));
                 break;
             }
+            outages.push((name, killed_at.1, ready_after, killed_at.0.elapsed()));
             router.set(victim, true);
         }
         stop.store(true, Ordering::SeqCst);
@@ -579,6 +608,7 @@ fn run(manager: &str, strict: bool, faults: bool) -> Figures {
         kills,
         restarts,
         restart_attempts,
+        outages,
         users,
     };
     let path = save_logs(&label, &runs);

@@ -365,7 +365,8 @@ impl App {
     }
 
     /// Ends a request that changed the session. `Some(503)` when the change was not applied by
-    /// every member and `strict_replication` is on.
+    /// every member and `strict_replication` is on; the caller still sends the request's
+    /// `Set-Cookie` with it (a new id, or a rebound route, holds either way).
     fn finish_changed(&self, r: tribecast::SessionRequest) -> Option<Response> {
         let e = r.finish().err()?;
         warn!(
@@ -428,7 +429,7 @@ impl App {
         session.set_principal(Some(user), Some("FORM"));
         let cookie = r.set_cookie();
         if let Some(refused) = self.finish_changed(r) {
-            return refused;
+            return Self::with_cookie(refused, cookie);
         }
         Self::with_cookie(Response::json(200, &record.to_json(&self.node)), cookie)
     }
@@ -442,7 +443,7 @@ impl App {
         }
         let cookie = r.set_cookie();
         if let Some(refused) = self.finish_changed(r) {
-            return refused;
+            return Self::with_cookie(refused, cookie);
         }
         Self::with_cookie(
             Response::json(200, &json!({ "logged_out": true, "node": self.node })),
@@ -488,7 +489,9 @@ impl App {
         if peek {
             self.finish(r);
         } else if let Some(refused) = self.finish_changed(r) {
-            return refused;
+            // The session was renamed (route rebinding) even if the change was not replicated
+            // everywhere: without the new cookie the user would ask for the retired id.
+            return Self::with_cookie(refused, cookie);
         }
         let body = json!({
             "counter": n,

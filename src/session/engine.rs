@@ -165,6 +165,15 @@ impl Core {
         }
     }
 
+    /// Whether `id` is an id session `current` had before, which a rename may take back
+    /// (DeltaManager; a BackupManager never reuses a retired id).
+    pub fn is_former_id(&self, id: &SessionId, current: &SessionId) -> bool {
+        match self {
+            Core::Delta(c) => c.is_former_id(id, current),
+            Core::Backup(_) => false,
+        }
+    }
+
     pub fn expire(&mut self, now_ms: u64) -> (Vec<POut>, Vec<SessionEvent>) {
         match self {
             Core::Delta(c) => {

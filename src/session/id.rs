@@ -155,14 +155,26 @@ impl SessionId {
         self.0.split_once('.').map(|(_, r)| r)
     }
 
+    /// The random part, without the route.
+    pub(crate) fn random_part(&self) -> &str {
+        self.0.split_once('.').map_or(&*self.0, |(r, _)| r)
+    }
+
+    /// Whether `other` is this id with another route (route rebinding keeps the random part;
+    /// a change of id draws a new one).
+    pub(crate) fn same_random_part(&self, other: &SessionId) -> bool {
+        self.random_part() == other.random_part()
+    }
+
     /// The same random part with another route: what a failover node answers with so the load
     /// balancer sticks the user to it (Tomcat's `JvmRouteBinderValve`).
     pub fn with_route(&self, route: &str) -> Result<SessionId, SessionIdError> {
         if !valid_route(route) {
             return Err(SessionIdError::BadRoute);
         }
-        let random = self.0.split_once('.').map_or(&*self.0, |(r, _)| r);
-        Ok(SessionId(format!("{random}.{route}").into_boxed_str()))
+        Ok(SessionId(
+            format!("{}.{route}", self.random_part()).into_boxed_str(),
+        ))
     }
 }
 

@@ -293,10 +293,30 @@ impl ReplicaStore {
 
     /// Gives session `old` the id `new` (change of id): the old id is retired for good, and
     /// changes still in flight for it are applied to `new`. When a copy of `new` is already here
-    /// (fetched by a resync), the newer of the two is kept.
+    /// (fetched by a resync), the newer of the two is kept. A rename told without a version
+    /// (a digest's) never takes a session back to a former id (see [`Self::rename_at`]).
     pub fn rename(&mut self, old: &SessionId, new: &SessionId) -> Outcome {
-        if self.tombstones.get(new).and_then(|t| t.renamed.as_ref()) == Some(old) {
-            // Undone here (`undo_rename`), and now made by a member that lives: it stands.
+        self.rename_at(old, new, None)
+    }
+
+    /// [`Self::rename`], told by the renamer at its copy's `version` (a `ChangeId`). Route
+    /// rebinding keeps the random part, so a session can come back to an id it had (`S.node1`
+    /// → `S.node2` → `S.node1`), renamed by a member that restarted since and no longer
+    /// remembers that id as retired. Here, where the renames from `new` lead to `old`, a rename
+    /// at or above the version `new` was retired at takes the session back to it; an older one,
+    /// or one without a version, is news from before the return and changes nothing. (Before,
+    /// the session was dropped as renamed to a retired id.) A change of id undone here
+    /// ([`Self::undo_rename`]) and now made by a member that lives stands, whatever its version.
+    pub fn rename_at(&mut self, old: &SessionId, new: &SessionId, told: Option<u64>) -> Outcome {
+        let former = self
+            .tombstones
+            .get(new)
+            .filter(|_| self.is_former_id(new, old))
+            .map(|t| (t.version, t.undone));
+        if let Some((retired_at, undone)) = former {
+            if !undone && told.is_none_or(|v| v < retired_at) {
+                return Outcome::Ignored("an older change of id: the session came back since");
+            }
             self.tombstones.remove(new);
             self.tombstone_order.retain(|id| id != new);
         }
@@ -342,6 +362,16 @@ impl ReplicaStore {
         if let Some(t) = self.tombstones.get_mut(new) {
             t.undone = true;
         }
+    }
+
+    /// Whether `former` is an id the session now named `current` had: retired here by renames
+    /// that lead to `current` (route rebinding keeps the random part, so a session can come
+    /// back to it; [`Self::rename_at`] takes it back).
+    pub fn is_former_id(&self, former: &SessionId, current: &SessionId) -> bool {
+        self.tombstones
+            .get(former)
+            .is_some_and(|t| t.renamed.is_some())
+            && self.resolve(former) == current
     }
 
     /// Follows changes of id from `id` to the session's current id (a few hops at most).
@@ -568,7 +598,7 @@ impl ReplicaStore {
                 version,
                 fingerprint: named,
             } => {
-                let outcome = self.rename(old, new);
+                let outcome = self.rename_at(old, new, Some(*version));
                 // A renamer serves the session with every acknowledged change: a copy here that
                 // is newer, or another content at its version, has a change that died with its
                 // maker. (Older: the next change shows the gap.)

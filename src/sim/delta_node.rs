@@ -1037,7 +1037,8 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
 /// - `copies-vanish-only-when-ended-or-renamed`: a node drops a copy only when the session was
 ///   ended (invalidated or expired by some node's decision) or changed id.
 /// - `ended-stays-ended`: a session a node destroyed (or whose old id it moved away from) never
-///   reappears on it, whatever arrives late.
+///   reappears on it, whatever arrives late; an id renamed away comes back only by a change of
+///   id back to it (route rebinding to a route the session had).
 /// - `destroyed-at-most-once`: a node reports `Destroyed` once per session.
 /// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
 ///   is still in the same life) holds it: a newer version, or that version with the content

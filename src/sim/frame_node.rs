@@ -379,8 +379,12 @@ impl EndedSeen {
                 SessionEvent::IdChanged { old, new } => {
                     let ended = self.ended.entry((n, *life)).or_default();
                     ended.insert(old.clone());
-                    // A change of id undone (DeltaManager) gives the session its id back.
-                    ended.remove(new);
+                    // A change of id undone (DeltaManager) gives the session its id back, and
+                    // route rebinding can take a session back to an id it had (S.node1 ->
+                    // S.node2 -> S.node1): an id renamed away, never destroyed, may return.
+                    if !self.destroyed.contains(&(n, *life, new.clone())) {
+                        ended.remove(new);
+                    }
                 }
                 _ => {}
             }

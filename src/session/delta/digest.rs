@@ -362,10 +362,13 @@ impl DeltaCore {
             // Undone here (a dead member's change of id that failed): another member's digest
             // still naming it does not redo it.
             Some(t) if t.undone => return None,
-            // The reverse of a change of id made here: only a member that undid it tells it
-            // (ids are never reused). So does this node: the copy under `old` (the dead
-            // member's state) goes, and the digest's entry for `new` asks for the sender's.
-            Some(_) if self.store.get(old).is_some() => {
+            // The reverse of a change of id made here: a member that undid it (a dead
+            // member's failed change of id, always to a new random part) tells it. So does
+            // this node: the copy under `old` (the dead member's state) goes, and the digest's
+            // entry for `new` asks for the sender's. (The same random part is route rebinding,
+            // which can take a session back to an id it had: `ReplicaStore::rename_at`
+            // decides.)
+            Some(_) if self.store.get(old).is_some() && !old.same_random_part(new) => {
                 self.store.undo_rename(new, old);
                 return Some(SessionEvent::IdChanged {
                     old: old.clone(),

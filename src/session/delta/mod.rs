@@ -429,14 +429,21 @@ impl DeltaCore {
         self.store.get(id).is_some() || self.store.tombstone(id).is_some()
     }
 
+    /// Whether `id` is an id session `current` had before (renamed away from it here): a
+    /// rename back to it is taken by every member (`ReplicaStore::rename_at`).
+    pub fn is_former_id(&self, id: &SessionId, current: &SessionId) -> bool {
+        self.store.is_former_id(id, current)
+    }
+
     /// Gives session `old` the id `new`, everywhere, as a change of id does (a rebound route
-    /// keeps the random part). `None` when `old` is not here or `new` is known here.
+    /// keeps the random part). `None` when `old` is not here or `new` is known here (other
+    /// than as an id this session had).
     pub fn change_id_to(
         &mut self,
         old: &SessionId,
         new: SessionId,
     ) -> Option<(SessionId, Vec<Out>, Vec<SessionEvent>)> {
-        if self.session(old).is_none() || self.id_known(&new) {
+        if self.session(old).is_none() || (self.id_known(&new) && !self.is_former_id(&new, old)) {
             return None;
         }
         // What the others' copies should be, named with the rename (no content when changes
@@ -445,7 +452,7 @@ impl DeltaCore {
             (s.version(), (!s.has_pending()).then(|| s.fingerprint()))
         });
         // Retires the old id here too, so changes from other nodes still in flight for it follow.
-        self.store.rename(old, &new);
+        self.store.rename_at(old, &new, Some(version));
         let ev = vec![SessionEvent::IdChanged {
             old: old.clone(),
             new: new.clone(),

@@ -815,3 +815,67 @@ fn created_again(id: &SessionId, holder: &DeltaCore) -> Vec<Out> {
         msg: SessionMessage::Created(st),
     }]
 }
+
+/// Route rebinding back to a route the session had (`S.node1` → `S.node2` while node 1 was
+/// down, then `S.node2` → `S.node1` on node 1, restarted meanwhile, once node 2 died): node 1
+/// no longer remembers that `S.node1` was retired, so it renames to it; a member that
+/// remembers it must take the session back under that id, not drop it as renamed to a
+/// retired id; and an older rename told by a digest must not move it again. Before, the
+/// session vanished on both (kill -9 simulation, quiet seed 24 with rebinding; on real
+/// processes a user got 401 on its home).
+#[test]
+fn a_session_rebound_back_to_a_former_route_stays_on_every_member() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("node1"), new("node2"), new("node3"));
+    let s1 = a.create(0).unwrap();
+    a.session_mut(&s1).unwrap().set("n", &1u8).unwrap();
+    let outs = a.end_request(&s1, 0);
+    deliver(outs.clone(), A, &mut b);
+    deliver(outs, A, &mut c);
+    // Node 1 died: node 2 rebinds the session to its route.
+    let s2 = s1.with_route("node2").unwrap();
+    let (_, outs, _) = b.change_id_to(&s1, s2.clone()).unwrap();
+    deliver(outs, B, &mut c);
+    assert!(c.store().tombstone(&s1).is_some(), "S.node1 retired on C");
+    // Node 1 restarts empty and takes B's sessions.
+    let mut a = new("node1");
+    let ask = a.begin_state_transfer(B);
+    let mut chunks = deliver(vec![ask], A, &mut b);
+    while let Some(ch) = b.next_chunk(A) {
+        chunks.push(ch);
+    }
+    deliver(chunks, B, &mut a);
+    assert!(a.is_ready() && a.session(&s2).is_some());
+    // Node 2 died: node 1 rebinds the session back to S.node1, which it does not remember.
+    assert!(!a.id_known(&s1));
+    a.session_mut(&s2).unwrap().set("n", &2u8).unwrap();
+    let (_, rename, _) = a.change_id_to(&s2, s1.clone()).unwrap();
+    let change = a.end_request(&s1, 1);
+    deliver(rename, A, &mut c);
+    assert_eq!(
+        c.session(&s1).map(|s| s.version()),
+        Some(a.session(&s1).unwrap().version() - 1),
+        "C holds the session under S.node1 again"
+    );
+    assert!(
+        deliver(change, A, &mut c).is_empty(),
+        "the change applies in order"
+    );
+    assert_eq!(c.session(&s1).unwrap().get::<u8>("n").unwrap(), Some(2));
+    assert!(c.session(&s2).is_none());
+    // An older rename (S.node1 → S.node2), told by a digest of a member that did not hear of
+    // the return, moves nothing, here or there.
+    let stale =
+        SessionMessage::DigestAfterLeave(vec![DigestEntry::Renamed(s1.clone(), s2.clone())]);
+    for node in [&mut a, &mut c] {
+        node.handle(B, &stale);
+        assert_eq!(node.session(&s1).unwrap().get::<u8>("n").unwrap(), Some(2));
+    }
+    // The digest C sends after node 2's death leaves node 1's copy alone.
+    c.set_members(vec![A, B], 2);
+    a.set_members(vec![C], 2);
+    let digest = c.set_members(vec![A], 3);
+    assert!(!digest.is_empty());
+    deliver(digest, C, &mut a);
+    assert_eq!(a.session(&s1).unwrap().get::<u8>("n").unwrap(), Some(2));
+}

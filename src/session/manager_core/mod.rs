@@ -540,7 +540,8 @@ impl ManagerCore {
     /// policy says so: `Always`, or `WhenRouteGone` and no current member has that route. An id
     /// without a route, or made here, keeps it; so does one whose rebound id is known here
     /// (it ended or was renamed before: a member remembering it would refuse it), which gets a
-    /// new random part with this node's route instead. `None`: no rename (or the session is
+    /// new random part with this node's route instead, unless (DeltaManager) it is an id this
+    /// session had, which every member takes back. `None`: no rename (or the session is
     /// not served here).
     pub fn rebind_route(
         &mut self,
@@ -562,7 +563,9 @@ impl ManagerCore {
             return Ok(None);
         }
         let target = id.with_route(here)?;
-        let renamed = if self.core.id_known(&target) {
+        // A DeltaManager session may take back a route it had (S.node1 -> S.node2 -> S.node1):
+        // the members that remember the old id take it back too.
+        let renamed = if self.core.id_known(&target) && !self.core.is_former_id(&target, id) {
             self.core.change_id(id)?
         } else {
             self.core.change_id_to(id, target)
