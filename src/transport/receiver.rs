@@ -563,7 +563,7 @@ impl EventLoop {
         let mut held = 0;
         for c in self.conns.iter_mut().flatten() {
             if c.filled == 0 && c.buf.len() > INITIAL_BUF {
-                released += c.buf.len();
+                released += c.buf.len() - INITIAL_BUF;
                 c.buf = vec![0; INITIAL_BUF];
             }
             held += c.buf.len();
