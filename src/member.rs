@@ -30,6 +30,18 @@ impl MemberId {
     }
 }
 
+/// The members of `these` not in `sorted` (a sorted list, as views keep them): who joined
+/// between two views, or who left.
+pub(crate) fn not_in<'a>(
+    these: &'a [MemberId],
+    sorted: &'a [MemberId],
+) -> impl Iterator<Item = MemberId> + 'a {
+    these
+        .iter()
+        .filter(|m| sorted.binary_search(m).is_err())
+        .copied()
+}
+
 impl fmt::Display for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in &self.0 {

@@ -5,7 +5,7 @@
 
 use super::claims::{Claim, Tomb};
 use super::{BackupCore, BackupMessage, Entry, Out, Role};
-use crate::member::MemberId;
+use crate::member::{not_in, MemberId};
 use crate::session::id::SessionId;
 use crate::session::model::{Session, SessionState};
 use crate::session::outputs::{Dest, SessionEvent};
@@ -69,13 +69,9 @@ impl BackupCore {
         let mut done = Vec::new();
         for (id, f) in self.fetching.iter_mut() {
             f.waiting.retain(|m| self.members.binary_search(m).is_ok());
-            for m in self
-                .members
-                .iter()
-                .filter(|m| before.binary_search(m).is_err())
-            {
-                f.waiting.push(*m);
-                outs.push(Self::to(*m, BackupMessage::Fetch { id: id.clone() }));
+            for m in not_in(&self.members, before) {
+                f.waiting.push(m);
+                outs.push(Self::to(m, BackupMessage::Fetch { id: id.clone() }));
             }
             if f.waiting.is_empty() {
                 done.push(id.clone());

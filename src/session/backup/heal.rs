@@ -6,7 +6,7 @@
 
 use super::claims::Tomb;
 use super::{BackupCore, BackupMessage, Out, Role, DIGEST_CHUNK};
-use crate::member::MemberId;
+use crate::member::{not_in, MemberId};
 use crate::session::id::SessionId;
 use crate::session::model::{Session, SessionState};
 use crate::session::outputs::SessionEvent;
@@ -40,12 +40,7 @@ impl BackupCore {
     /// To each member not in `before`: the sessions served here, so two primaries of one
     /// session (one on each side of a healed partition) meet; the lower claim yields.
     pub(super) fn digests(&self, before: &[MemberId], regained: &[MemberId]) -> Vec<Out> {
-        let added: Vec<MemberId> = self
-            .members
-            .iter()
-            .filter(|m| before.binary_search(m).is_err())
-            .copied()
-            .collect();
+        let added: Vec<MemberId> = not_in(&self.members, before).collect();
         if added.is_empty() {
             return Vec::new();
         }

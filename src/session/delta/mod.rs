@@ -13,7 +13,7 @@ use super::model::{Served, Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
 use super::reconcile::{live_beats_end, reconcile, SessionMerger};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
-use crate::member::MemberId;
+use crate::member::{not_in, MemberId};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,17 +176,8 @@ impl DeltaCore {
         members.sort();
         members.dedup();
         let before = std::mem::replace(&mut self.members, members);
-        let added: Vec<MemberId> = self
-            .members
-            .iter()
-            .filter(|m| before.binary_search(m).is_err())
-            .copied()
-            .collect();
-        let gone: BTreeSet<MemberId> = before
-            .iter()
-            .filter(|m| self.members.binary_search(m).is_err())
-            .copied()
-            .collect();
+        let added: Vec<MemberId> = not_in(&self.members, &before).collect();
+        let gone: BTreeSet<MemberId> = not_in(&before, &self.members).collect();
         let left = !gone.is_empty();
         // Copies whose version came from a member that left: a later message of the member
         // serving the session at a lower version shows that version was its failed change.
@@ -745,8 +736,15 @@ impl DeltaCore {
             SessionMessage::Created(st) | SessionMessage::State(st) => &st.id,
             _ => return,
         };
-        let id = self.store.resolve(id).clone();
-        if let Some(s) = self.store.get_mut(&id) {
+        // Held under the id the message names, nearly always: no copy of the id.
+        let held = match self.store.get_mut(id) {
+            Some(s) => Some(s),
+            None => {
+                let cur = self.store.resolve(id).clone();
+                self.store.get_mut(&cur)
+            }
+        };
+        if let Some(s) = held {
             (s.served.writer, s.served.writer_left) = (Some(from), false);
         }
     }
