@@ -3,7 +3,7 @@
 #  - resident memory (VmRSS, VmHWM from /proc/<pid>/status) and thread count (/proc/<pid>/task)
 #    at idle, in a two-node cluster;
 #  - the same holding 10,000 sessions of 1 KiB (made at start with --preload, replicated to the
-#    peer, which is measured too);
+#    peer, which is measured too: right after the burst, and 1 s later);
 #  - the time from process start to its first member seen (static membership, the peer already
 #    up): the node's own log line ("first member [...] seen N ms after start", from main()) and,
 #    from outside, the launch time taken just before exec to the wall-clock stamp of that line.
@@ -102,6 +102,10 @@ read -r lrss lhwm lthreads < <(status "$LOADED_PID")
 read -r prss phwm pthreads < <(status "$PEER_PID")
 echo "with $SESSIONS sessions of $SIZE B (made here): VmRSS $(mib "$lrss") MiB, VmHWM $(mib "$lhwm") MiB, threads $lthreads"
 echo "with $SESSIONS sessions of $SIZE B (replicas, peer): VmRSS $(mib "$prss") MiB, VmHWM $(mib "$phwm") MiB, threads $pthreads"
+# The replica once the burst is over (the receiver gives back what it grew after 200 ms idle).
+sleep 1
+read -r prss phwm pthreads < <(status "$PEER_PID")
+echo "the replicas 1 s later (peer): VmRSS $(mib "$prss") MiB, VmHWM $(mib "$phwm") MiB"
 
 # A node joining later pulls every session by state transfer (chunks of 1000).
 start joiner --member "$(rx_of loaded)"

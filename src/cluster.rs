@@ -115,7 +115,7 @@ impl ClusterInner {
         }
         let mgr = self.managers.read().get(&context).cloned();
         match mgr {
-            Some(mgr) => mgr.receive(m.from.id, &msg),
+            Some(mgr) => mgr.receive(m.from.id, msg),
             None => {
                 if !matches!(msg, Payload::Delta(SessionMessage::NoContextManager)) {
                     // Say so, rather than leave a joining member waiting for state.

@@ -905,12 +905,34 @@ fn a_peer_that_does_not_read_its_acks_is_closed() {
 /// sweeps (every `handshake_timeout` / 2), instead of staying for the life of the process.
 #[test]
 fn read_buffers_grown_by_a_burst_are_given_back() {
+    // Sweeps every 100 ms.
+    let (_channels, rx, _) = burst_of_large_messages(Duration::from_millis(200));
+    wait_buffers_given_back(&rx, Instant::now() + LIMIT);
+}
+
+/// The same without waiting for a sweep: sweeps 30 s apart, and the buffers are back within a
+/// few seconds of the burst's end, the receiver having been idle for 200 ms.
+#[test]
+fn read_buffers_are_given_back_once_the_receiver_is_idle() {
+    let (_channels, rx, delivered) = burst_of_large_messages(Duration::from_secs(60));
+    wait_buffers_given_back(&rx, delivered + Duration::from_secs(5));
+}
+
+/// 300 messages of 60 KiB sent asynchronously to a receiver with `handshake_timeout`; returns
+/// the receiver and the sender (to keep them running), the receiver's statistics and when the
+/// last message was delivered.
+fn burst_of_large_messages(
+    handshake_timeout: Duration,
+) -> (
+    (GroupChannel, GroupChannel),
+    Arc<tribecast::transport::receiver::ReceiverStats>,
+    Instant,
+) {
     init_logs();
     const MSG: usize = 60 * 1024;
     const COUNT: u64 = 300;
     let mut cfg = ChannelConfig::loopback("receiver");
-    // Sweeps every 100 ms.
-    cfg.receiver.handshake_timeout = Duration::from_millis(200);
+    cfg.receiver.handshake_timeout = handshake_timeout;
     let r = GroupChannel::new(cfg).expect("config");
     let got = Arc::new(AtomicU64::new(0));
     let g = got.clone();
@@ -941,12 +963,17 @@ fn read_buffers_grown_by_a_burst_are_given_back() {
         );
         std::thread::yield_now();
     }
-    // Every connection's buffer back to its initial 64 KiB, and the grown ones released.
+    ((r, s), rx, Instant::now())
+}
+
+/// Waits until every connection's buffer is back to its initial 64 KiB and grown ones were
+/// released.
+fn wait_buffers_given_back(rx: &tribecast::transport::receiver::ReceiverStats, deadline: Instant) {
     let small = |rx: &tribecast::transport::receiver::ReceiverStats| {
         let open = rx.connections_accepted.get() - rx.connections_closed_on_error.get();
         rx.read_buffer_bytes_released.get() > 0 && rx.read_buffer_bytes.get() <= open * 64 * 1024
     };
-    while !small(&rx) {
+    while !small(rx) {
         assert!(
             Instant::now() < deadline,
             "read buffers not given back: {} B held, {} B released",
@@ -956,7 +983,7 @@ fn read_buffers_grown_by_a_burst_are_given_back() {
         std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!(
-        "after {COUNT} x {MSG} B: {} B of read buffers released, {} B held",
+        "after the burst: {} B of read buffers released, {} B held",
         rx.read_buffer_bytes_released.get(),
         rx.read_buffer_bytes.get()
     );

@@ -188,15 +188,16 @@ impl Core {
     }
 
     /// A message from another member. A message of the other kind (a member configured with
-    /// the other manager for this application) is refused with a reason.
+    /// the other manager for this application) is refused with a reason. The sessions a
+    /// DeltaManager's message carries are moved out of it into the store.
     pub fn handle(
         &mut self,
         from: MemberId,
-        msg: &Payload,
+        msg: &mut Payload,
     ) -> Result<(Vec<POut>, Vec<SessionEvent>), String> {
         match (self, msg) {
             (Core::Delta(c), Payload::Delta(m)) => {
-                let (o, e) = c.handle(from, m);
+                let (o, e) = c.handle_taking(from, m);
                 Ok((wrap(o, Payload::Delta), e))
             }
             (Core::Backup(c), Payload::Backup(m)) => {

@@ -536,10 +536,10 @@ impl ClusterManager {
 
     /// A message from another member, on a receiver worker. `Err` is the core's verdict for a
     /// synchronized-ack sender (not applied here), or a send that failed.
-    pub(crate) fn receive(&self, from: MemberId, msg: &Payload) -> Result<(), String> {
+    pub(crate) fn receive(&self, from: MemberId, msg: Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let ((verdict, chunk_to), sent) = self.input(|c| {
-            let (ready, verdict) = c.receive(from, msg, now_ms());
+            let (ready, verdict) = c.receive_owned(from, msg, now_ms());
             ((verdict, ready.chunk_to), ready)
         });
         if let Some(to) = chunk_to {

@@ -438,19 +438,19 @@ impl ReplicaStore {
     /// member this copy forked from (same version, the content that member's DELTA named).
     /// A state sent under an id renamed here applies to the session's current id, as changes
     /// do (a member that missed the change of id answers under the old one).
-    fn adopt(&mut self, state: &SessionState) -> Outcome {
+    fn adopt(&mut self, state: SessionState) -> Outcome {
         let cur = self.resolve(&state.id);
         if cur != &state.id {
             let renamed = SessionState {
                 id: cur.clone(),
-                ..state.clone()
+                ..state
             };
-            return self.adopt_as_is(&renamed);
+            return self.adopt_as_is(renamed);
         }
         self.adopt_as_is(state)
     }
 
-    fn adopt_as_is(&mut self, state: &SessionState) -> Outcome {
+    fn adopt_as_is(&mut self, state: SessionState) -> Outcome {
         if self.is_ended(&state.id) {
             return Outcome::Ignored("session has ended");
         }
@@ -458,14 +458,14 @@ impl ReplicaStore {
         // this copy even at the same or a lower version (this copy's extra state is a change
         // that member never had, made by a member that died before it was acknowledged).
         let of_fork = self.forked.contains_key(&state.id)
-            && self.fork_awaits(&state.id, state.version, fingerprint(state));
+            && self.fork_awaits(&state.id, state.version, fingerprint(&state));
         match self.sessions.get(&state.id) {
             Some(s) if s.version() >= state.version && !of_fork => {
                 Outcome::Ignored("not newer than this copy")
             }
             _ => {
                 self.forked.remove(&state.id);
-                self.replace_copy(Session::from_state(state.clone()));
+                self.replace_copy(Session::from_state(state));
                 Outcome::Applied
             }
         }
@@ -499,13 +499,18 @@ impl ReplicaStore {
         self.forked.contains_key(id)
     }
 
-    /// Applies a message from another member.
-    pub fn apply(&mut self, msg: &SessionMessage) -> Outcome {
+    /// Applies a message from another member, moving the sessions it carries into the store
+    /// instead of copying them (a state transfer's chunk would otherwise be held twice): a
+    /// `Created` or `State` keeps only its session's id, version and times, an `AllSessions`
+    /// no states.
+    pub fn apply_taking(&mut self, msg: &mut SessionMessage) -> Outcome {
         match msg {
-            SessionMessage::Created(state) | SessionMessage::State(state) => self.adopt(state),
+            SessionMessage::Created(state) | SessionMessage::State(state) => {
+                self.adopt(take_content(state))
+            }
             SessionMessage::AllSessions { states, .. } => {
                 let mut applied = false;
-                for st in states {
+                for st in std::mem::take(states) {
                     applied |= self.adopt(st) == Outcome::Applied;
                 }
                 if applied {
@@ -514,6 +519,16 @@ impl ReplicaStore {
                     Outcome::Ignored("no newer session in the chunk")
                 }
             }
+            _ => self.apply(msg),
+        }
+    }
+
+    /// Applies a message from another member (the sessions it carries are copied).
+    pub fn apply(&mut self, msg: &SessionMessage) -> Outcome {
+        match msg {
+            SessionMessage::Created(_)
+            | SessionMessage::State(_)
+            | SessionMessage::AllSessions { .. } => self.apply_taking(&mut msg.clone()),
             SessionMessage::Delta {
                 id,
                 base,
@@ -624,6 +639,18 @@ impl ReplicaStore {
             | SessionMessage::GetDigest => Outcome::Ignored("not a change to apply in order"),
             SessionMessage::NotHere { .. } => Outcome::Ignored("the member asked has no copy"),
         }
+    }
+}
+
+/// Moves a received state's content out (what the store keeps), leaving its id, version and
+/// times, which is all that is read of the message once applied.
+fn take_content(st: &mut SessionState) -> SessionState {
+    SessionState {
+        id: st.id.clone(),
+        attributes: std::mem::take(&mut st.attributes),
+        principal: st.principal.take(),
+        auth_type: st.auth_type.take(),
+        ..*st
     }
 }
 
@@ -879,6 +906,45 @@ mod tests {
             ReplicaStore::new(5).snapshot_chunks(1000),
             vec![Vec::<SessionState>::new()]
         );
+    }
+
+    /// The sessions of a received message go into the store as they were decoded: the same
+    /// attribute bytes (not a copy), the message left with ids, version and times only.
+    #[test]
+    fn received_sessions_are_moved_into_the_store_not_copied() {
+        let mut p = primary();
+        p.set("cart", &"x".repeat(1024)).unwrap();
+        let mut q = primary();
+        q.set("cart", &"y".repeat(1024)).unwrap();
+        let at = |st: &SessionState| st.attributes.get("cart").unwrap().as_ptr();
+        let mut r = ReplicaStore::new(10);
+        let mut created = SessionMessage::Created(p.state().clone());
+        let SessionMessage::Created(sent) = &created else {
+            unreachable!()
+        };
+        let bytes = at(sent);
+        assert_eq!(r.apply_taking(&mut created), Outcome::Applied);
+        assert_eq!(at(r.get(p.id()).unwrap().state()), bytes);
+        let SessionMessage::Created(left) = &created else {
+            unreachable!()
+        };
+        assert!(left.attributes.is_empty());
+        assert_eq!((&left.id, left.version), (p.id(), p.version()));
+        assert_eq!(r.get(p.id()).unwrap().state(), p.state());
+
+        let mut chunk = SessionMessage::AllSessions {
+            states: vec![q.state().clone()],
+            index: 0,
+            count: 1,
+        };
+        let SessionMessage::AllSessions { states, .. } = &chunk else {
+            unreachable!()
+        };
+        let bytes = at(&states[0]);
+        assert_eq!(r.apply_taking(&mut chunk), Outcome::Applied);
+        assert_eq!(at(r.get(q.id()).unwrap().state()), bytes);
+        assert_eq!(r.get(q.id()).unwrap().state(), q.state());
+        assert!(matches!(chunk, SessionMessage::AllSessions { states, .. } if states.is_empty()));
     }
 
     #[test]

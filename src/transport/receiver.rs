@@ -43,6 +43,9 @@ const MAX_PENDING_REPLY: usize = 1024 * 1024;
 const HANDOFF_MIN: usize = 32 * 1024;
 /// Read buffers kept for reuse once workers are done with them.
 const RECYCLED_BUFFERS: usize = 32;
+/// Once a burst grew the read buffers, how long the receiver goes without any event before it
+/// gives back what the burst grew (rather than waiting for the next sweep, up to 5 s later).
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Synchronized-ack outcomes remembered for retries.
 const SYNC_OUTCOMES: usize = 16 * 1024;
 /// Longest a retried synchronized-ack frame waits for its original to be processed.
@@ -200,6 +203,7 @@ impl NioReceiver {
             max_queued: rc.max_queued_bytes_per_connection,
             handshake_timeout: rc.handshake_timeout,
             next_sweep: std::time::Instant::now() + rc.handshake_timeout,
+            grown: false,
             ctl,
             key: cfg.cluster_key.clone(),
             refusals: RateLimit {
@@ -447,6 +451,8 @@ struct EventLoop {
     handshake_timeout: std::time::Duration,
     /// Next look for connections past their handshake deadline.
     next_sweep: std::time::Instant,
+    /// Read buffers grew (or were handed to workers) since they were last given back.
+    grown: bool,
     ctl: Arc<LoopCtl>,
     key: Option<ClusterKey>,
     refusals: RateLimit,
@@ -481,10 +487,12 @@ impl EventLoop {
         // Connections past their handshake deadline are closed within half of it.
         let sweep_every = (self.handshake_timeout / 2).max(std::time::Duration::from_millis(10));
         while !self.stopping.load(Ordering::SeqCst) {
-            let timeout = if self.ready_again.is_empty() {
-                Some(self.selector_timeout.min(sweep_every))
-            } else {
+            let timeout = if !self.ready_again.is_empty() {
                 Some(Default::default())
+            } else if self.grown {
+                Some(self.selector_timeout.min(sweep_every).min(IDLE_RELEASE))
+            } else {
+                Some(self.selector_timeout.min(sweep_every))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -522,6 +530,10 @@ impl EventLoop {
                     self.read(idx);
                 }
             }
+            // A burst is over (nothing happened for IDLE_RELEASE): what it grew goes back now.
+            if events.is_empty() && self.ready_again.is_empty() && self.grown {
+                self.shrink_buffers();
+            }
             let now = std::time::Instant::now();
             if now >= self.next_sweep {
                 self.next_sweep = now + sweep_every;
@@ -550,24 +562,29 @@ impl EventLoop {
         }
     }
 
-    /// Gives back what a burst grew, at each sweep: the spare read buffers (a burst fills the
-    /// pool with up to `RECYCLED_BUFFERS` of `MAX_READ_BUF`; the next one refills it), and the
-    /// read buffer of every connection holding no partial frame, back to `INITIAL_BUF`. Kept,
-    /// they stayed for the life of the process (about 12 MiB after 10,000 creations of 1 KiB,
-    /// docs/PERFORMANCE.md).
+    /// Gives back what a burst grew, once the receiver was idle for `IDLE_RELEASE` and at each
+    /// sweep: the spare read buffers (a burst fills the pool with up to `RECYCLED_BUFFERS` of
+    /// `MAX_READ_BUF`; the next one refills it), and the read buffer of every connection holding
+    /// no partial frame, back to `INITIAL_BUF`. Kept, they stayed for the life of the process
+    /// (about 12 MiB after 10,000 creations of 1 KiB, docs/PERFORMANCE.md). While workers still
+    /// hold a connection's batches (their buffers come back to the pool) or a buffer holds a
+    /// partial frame, the next idle turn looks again.
     fn shrink_buffers(&mut self) {
         let mut released = 0;
         while let Ok(spare) = self.recycled.try_recv() {
             released += spare.len();
         }
         let mut held = 0;
+        let mut again = false;
         for c in self.conns.iter_mut().flatten() {
             if c.filled == 0 && c.buf.len() > INITIAL_BUF {
                 released += c.buf.len() - INITIAL_BUF;
                 c.buf = vec![0; INITIAL_BUF];
             }
             held += c.buf.len();
+            again |= c.buf.len() > INITIAL_BUF || c.shared.mailbox.lock().scheduled;
         }
+        self.grown = again;
         let stats = &self.ctl.stats;
         stats
             .read_buffer_bytes_released
@@ -684,6 +701,7 @@ impl EventLoop {
                 // session has already checked its length against max_frame_size.
                 let len = (c.buf.len() * 2).min(max_buf);
                 c.buf.resize(len, 0);
+                self.grown = true;
             }
             let free = c.buf.len() - c.filled;
             match c.stream.read(&mut c.buf[c.filled..]) {
@@ -709,6 +727,7 @@ impl EventLoop {
                     if n == free && c.buf.len() < MAX_READ_BUF {
                         let len = (c.buf.len() * 2).min(MAX_READ_BUF);
                         c.buf.resize(len, 0);
+                        self.grown = true;
                     }
                     self.ctl
                         .stats
@@ -804,6 +823,7 @@ impl EventLoop {
                     next[..tail].copy_from_slice(&c.buf[used..c.filled]);
                     c.filled = tail;
                     handed_off = true;
+                    self.grown = true;
                     (std::mem::replace(&mut c.buf, next), 0)
                 };
                 let deliveries = out

@@ -505,11 +505,22 @@ impl DeltaCore {
         (outs, events)
     }
 
-    /// A message from member `from`.
+    /// A message from member `from` (a copy of it: see [`Self::handle_taking`]).
+    #[cfg(test)]
     pub fn handle(
         &mut self,
         from: MemberId,
         msg: &SessionMessage,
+    ) -> (Vec<Out>, Vec<SessionEvent>) {
+        self.handle_taking(from, &mut msg.clone())
+    }
+
+    /// A message from member `from`. The sessions it carries are moved into the store
+    /// ([`ReplicaStore::apply_taking`]: what is left of the message is their ids).
+    pub fn handle_taking(
+        &mut self,
+        from: MemberId,
+        msg: &mut SessionMessage,
     ) -> (Vec<Out>, Vec<SessionEvent>) {
         match msg {
             SessionMessage::GetSession { id } => {
@@ -752,7 +763,7 @@ impl DeltaCore {
     fn apply_remote(
         &mut self,
         from: MemberId,
-        msg: &SessionMessage,
+        msg: &mut SessionMessage,
     ) -> (Vec<Out>, Vec<SessionEvent>) {
         let mut events = Vec::new();
         let existed = |c: &DeltaCore, id: &SessionId| c.store.get(id).is_some();
@@ -781,14 +792,14 @@ impl DeltaCore {
         if let Some((ask, undone)) = self.undo_a_dead_members_change_of_id(from, msg) {
             return (vec![ask], vec![undone]);
         }
-        let outcome = self.store.apply(msg);
+        let outcome = self.store.apply_taking(msg);
         if outcome == Outcome::Applied {
             events.extend(attr_events);
             self.note_writer(from, msg);
         }
         // A change of id applied on a copy that is not the sender's: the rename stands.
         let renamed = matches!(outcome, Outcome::Applied | Outcome::Forked(_));
-        match (&outcome, msg) {
+        match (&outcome, &*msg) {
             // Ready once every chunk arrived (one lost on a reset leaves the transfer to time out
             // rather than pretend it is complete). Only while a transfer runs, and only indexes
             // below the count: chunks from the network cannot grow the set.

@@ -597,13 +597,25 @@ impl ManagerCore {
 
     // ---- other members ----
 
-    /// A message from another member. The verdict is what a synchronized-ack sender gets: `Err`
-    /// when the change was not applied here (a gap: the session was asked for; or the sender
-    /// no longer serves the session), so its request is not acknowledged.
+    /// [`Self::receive_owned`] with a copy of `msg`.
+    #[cfg(test)]
     pub fn receive(
         &mut self,
         from: MemberId,
         msg: &Payload,
+        now_ms: u64,
+    ) -> (Ready, Result<(), String>) {
+        self.receive_owned(from, msg.clone(), now_ms)
+    }
+
+    /// A message from another member, taken by value: the sessions it carries go into the
+    /// store as they were decoded, not copied. The verdict is what a synchronized-ack sender
+    /// gets: `Err` when the change was not applied here (a gap: the session was asked for; or
+    /// the sender no longer serves the session), so its request is not acknowledged.
+    pub fn receive_owned(
+        &mut self,
+        from: MemberId,
+        mut msg: Payload,
         now_ms: u64,
     ) -> (Ready, Result<(), String>) {
         let was_ready = self.core.is_ready();
@@ -611,10 +623,11 @@ impl ManagerCore {
             Some((_, Some(m))) => Some(m.id),
             _ => None,
         };
-        let (outs, events) = match self.core.handle(from, msg) {
+        let (outs, events) = match self.core.handle(from, &mut msg) {
             Ok(r) => r,
             Err(why) => return (Ready::default(), Err(why)),
         };
+        let msg = &msg;
         let mut ready = Ready::background(outs);
         if let Payload::Delta(SessionMessage::GetDigest) = msg {
             ready.outs.extend(self.core.answer_get_digest(from, now_ms));
