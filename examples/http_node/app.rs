@@ -346,7 +346,8 @@ impl App {
     }
 
     /// A session request for `req`: a session whose node is gone is rebound to this node's
-    /// route here (the library's `rebind_route`, `Never` by default; `--rebind-route when_route_gone` turns it on).
+    /// route here (the library's `rebind_route`: `Never` by default, `WhenRouteGone` in the
+    /// demo's config files and without one; `--rebind-route` sets it).
     fn begin(&self, req: &Request) -> tribecast::SessionRequest {
         self.mgr.request(self.session_cookie(req), &self.uri(req))
     }

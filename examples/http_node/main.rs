@@ -70,7 +70,8 @@ struct Args {
     #[arg(long, value_enum)]
     manager: Option<Manager>,
     /// Tomcat's JvmRouteBinderValve: whether a session whose node is gone is renamed to this
-    /// node's route (and the new cookie sent).
+    /// node's route (and the new cookie sent). Default: the config file's `rebind_route`
+    /// (when_route_gone in examples/config), when_route_gone without a file.
     #[arg(long, value_enum, value_name = "WHEN")]
     rebind_route: Option<Rebind>,
     /// Authenticate and encrypt all cluster traffic with the key in this file (see
@@ -170,6 +171,9 @@ fn node_options(a: &Args, started: Instant) -> Result<NodeOptions, String> {
             c.jvm_route = "node1".into();
             // The reference server.xml's NioReceiver maxThreads.
             c.channel.receiver.max_threads = 6;
+            // The demo rebinds, as examples/config/server*.toml do (the library does not:
+            // an application must send `set_cookie()` with every response for it).
+            c.manager.rebind_route = RebindRoute::WhenRouteGone;
             (None, "/app".to_string(), c)
         }
     };

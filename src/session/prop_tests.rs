@@ -167,7 +167,7 @@ fn arb_digest_entry() -> impl Strategy<Value = DigestEntry> {
     prop_oneof![
         (arb_id(), arb_stamp()).prop_map(|(i, s)| DigestEntry::Live(i, s)),
         (arb_id(), arb_u64()).prop_map(|(i, v)| DigestEntry::Ended(i, v)),
-        (arb_id(), arb_id()).prop_map(|(a, b)| DigestEntry::Renamed(a, b)),
+        (arb_id(), arb_id(), any::<u64>()).prop_map(|(a, b, v)| DigestEntry::Renamed(a, b, v)),
     ]
 }
 

@@ -110,7 +110,10 @@ pub enum DigestEntry {
     Live(SessionId, Stamp),
     /// Ended at this version.
     Ended(SessionId, u64),
-    Renamed(SessionId, SessionId),
+    /// Renamed at this version (the copy's when it was renamed here; 0 if there was none): a
+    /// receiver whose copy of the old id is newer holds a session that came back to it since
+    /// (route rebinding keeps the random part).
+    Renamed(SessionId, SessionId, u64),
 }
 
 /// What applying a message did.
@@ -294,7 +297,9 @@ impl ReplicaStore {
     /// Gives session `old` the id `new` (change of id): the old id is retired for good, and
     /// changes still in flight for it are applied to `new`. When a copy of `new` is already here
     /// (fetched by a resync), the newer of the two is kept. A rename told without a version
-    /// (a digest's) never takes a session back to a former id (see [`Self::rename_at`]).
+    /// (a digest's, from a member that held no copy) never takes a session back to a former
+    /// id (see [`Self::rename_at`]).
+    #[cfg(test)]
     pub fn rename(&mut self, old: &SessionId, new: &SessionId) -> Outcome {
         self.rename_at(old, new, None)
     }

@@ -412,7 +412,7 @@ fn ids_of(msg: &SessionMessage) -> Vec<SessionId> {
             .iter()
             .flat_map(|e| match e {
                 DigestEntry::Live(id, _) | DigestEntry::Ended(id, _) => vec![id.clone()],
-                DigestEntry::Renamed(old, new) => vec![old.clone(), new.clone()],
+                DigestEntry::Renamed(old, new, _) => vec![old.clone(), new.clone()],
             })
             .collect(),
         SessionMessage::GetSessions(ids) => ids.clone(),

@@ -142,8 +142,10 @@ impl DeltaCore {
                 .tombstones()
                 .filter(move |(_, t)| t.relevant_until_ms > now_ms)
         };
-        let renames = tombs()
-            .filter_map(|(id, t)| Some(DigestEntry::Renamed(id.clone(), t.renamed.clone()?)));
+        let renames = tombs().filter_map(|(id, t)| {
+            let new = t.renamed.clone()?;
+            Some(DigestEntry::Renamed(id.clone(), new, t.version))
+        });
         let live = self
             .store
             .ids()
@@ -248,13 +250,15 @@ impl DeltaCore {
                 // it at this node's next change). `new` leads to `old` here, so the sender's
                 // copy under `new` (in this digest) is compared with this one rather than
                 // taken as another session.
-                DigestEntry::Renamed(old, new)
+                DigestEntry::Renamed(old, new, _)
                     if how == Reading::AfterLeave
                         && self.store.get(old).is_some_and(|s| s.served.here) =>
                 {
                     self.store.undo_rename(old, new);
                 }
-                DigestEntry::Renamed(old, new) => events.extend(self.rename_as_told(old, new)),
+                DigestEntry::Renamed(old, new, at) => {
+                    events.extend(self.rename_as_told(old, new, *at));
+                }
                 DigestEntry::Live(id, theirs) => {
                     let cur = self.store.resolve(id).clone();
                     match self.verdict(how, &cur, theirs) {
@@ -352,8 +356,25 @@ impl DeltaCore {
         }
     }
 
-    /// A change of id another member tells of, applied to the copy held here.
-    fn rename_as_told(&mut self, old: &SessionId, new: &SessionId) -> Option<SessionEvent> {
+    /// A change of id another member tells of (made at version `at`, 0 if unknown), applied
+    /// to the copy held here.
+    fn rename_as_told(
+        &mut self,
+        old: &SessionId,
+        new: &SessionId,
+        at: u64,
+    ) -> Option<SessionEvent> {
+        // Route rebinding keeps the random part, so a session can come back to `old` after
+        // this rename: a copy of `old` with changes beyond it is that return (a joiner's
+        // snapshot has it, and a digest made before the return reached the sender, read after
+        // that snapshot, would take it away: kill -9 simulation, quiet seed 46 with every
+        // user pinned and rebinding).
+        if old.same_random_part(new)
+            && at > 0
+            && self.store.get(old).is_some_and(|s| s.version() > at)
+        {
+            return None;
+        }
         let reverse = self
             .store
             .tombstone(new)
@@ -377,7 +398,9 @@ impl DeltaCore {
             }
             _ => {}
         }
-        if self.store.get(old).is_none() || self.store.rename(old, new) != Outcome::Applied {
+        let told = (at > 0).then_some(at);
+        if self.store.get(old).is_none() || self.store.rename_at(old, new, told) != Outcome::Applied
+        {
             return None;
         }
         Some(SessionEvent::IdChanged {
