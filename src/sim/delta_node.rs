@@ -4,15 +4,19 @@
 //! performed in the shell's order. Every message goes to its destination(s) as a postcard body
 //! in a real data frame, over one FIFO connection per destination (order is kept per
 //! destination, as the channel keeps it for asynchronous sends, and a reset loses what was in
-//! flight, as asynchronous sending allows).
+//! flight, as asynchronous sending allows; a synchronized-ack send the reset cut before its
+//! ack fails for that destination, as production's sender fails it). A member seen to leave,
+//! or whose new life connects, has its old connections forgotten, as the channel's sender
+//! forgets them.
 //!
 //! Around the manager, for the tests:
 //! - Acknowledged changes, modelled on the sync-ack mode: each change a node sends to every
 //!   member carries a request number; a receiver whose manager refused it (a gap: it asked for
 //!   the session) answers `Refused`, as a listener's error fails a real sync-ack send; otherwise
 //!   it acks once the change is in its store; the originator records the change as acknowledged
-//!   when every current member acked, and a refused one as failed once every other member
-//!   answered (a real send collects every destination's answer before it returns).
+//!   when every current member acked, and a refused one (or one whose connection to a
+//!   member broke before that member acked) as failed once every other member answered (a
+//!   real send collects every destination's answer before it returns).
 //! - A shuffler ([`Chaos`]) that delivers some received messages twice and some late, standing
 //!   in for Tomcat's reordering dispatch threads and for retries that duplicate.
 //! - A reaper timer that ticks the manager (which expires what is due).
@@ -375,8 +379,6 @@ pub struct DeltaNode {
     next_token: u64,
     /// When the next shell tick is due (`shell_ticks`), if one is set.
     tick_at: Option<Duration>,
-    /// The life of each member seen at its last accepted connection.
-    peer_lives: BTreeMap<NodeId, u64>,
     /// Print every message applied ([`TRACE_ENV`]).
     trace: bool,
     pub journal: Journal,
@@ -465,7 +467,6 @@ impl DeltaNode {
             held: BTreeMap::new(),
             next_token: HELD_BASE,
             tick_at: None,
-            peer_lives: BTreeMap::new(),
             trace: std::env::var_os(TRACE_ENV).is_some(),
             journal: Journal::default(),
             ticket: Vec::new(),
@@ -999,20 +1000,11 @@ impl Node for DeltaNode {
         self.view_changed(ctx);
     }
 
-    /// A connection from `from`: its handshake names `from`'s incarnation. A new one (it
-    /// restarted) closes this node's connections to its old life, as the channel's restart
-    /// detection makes the sender forget them: what this node sends next (the answer to the
-    /// new life's first message, say) goes on a new connection, not into the old one's reset.
+    /// A connection from `from`: its handshake names `from`'s incarnation
+    /// ([`Frames::accept_from`]).
     fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
-        self.frames.accept(conn, from);
         let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
-        if self
-            .peer_lives
-            .insert(from, life)
-            .is_some_and(|l| l != life)
-        {
-            self.frames.forget(from);
-        }
+        self.frames.accept_from(conn, from, life);
     }
 
     fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {

@@ -50,6 +50,9 @@ pub struct Frames {
     /// opened and not yet acked by its destination: a reset fails them, as it fails a real
     /// synchronized-ack send whose connection breaks before the ack.
     unacked: BTreeMap<ConnId, (NodeId, BTreeSet<u64>)>,
+    /// The life of each member at its last accepted connection (the incarnation its
+    /// handshake names).
+    peer_lives: BTreeMap<NodeId, u64>,
     seq: u64,
 }
 
@@ -75,6 +78,22 @@ impl Frames {
     /// A connection from `from` was accepted.
     pub fn accept(&mut self, conn: ConnId, from: NodeId) {
         self.inbound.insert(conn, (from, Vec::new()));
+    }
+
+    /// A connection from `from`, in its life `life`, was accepted. A new life (it restarted)
+    /// makes this node forget its connections to the old one, as the channel's restart
+    /// detection at the handshake makes the sender forget them: what this node sends next (the
+    /// answer to the new life's first message, say) goes on a new connection, not into the old
+    /// one's reset.
+    pub fn accept_from(&mut self, conn: ConnId, from: NodeId, life: u64) {
+        self.accept(conn, from);
+        if self
+            .peer_lives
+            .insert(from, life)
+            .is_some_and(|l| l != life)
+        {
+            self.forget(from);
+        }
     }
 
     /// `conn` closed (either way). Returns the destination and the acknowledged-mode sends
