@@ -4,15 +4,19 @@
 //! performed in the shell's order. Every message goes to its destination(s) as a postcard body
 //! in a real data frame, over one FIFO connection per destination (order is kept per
 //! destination, as the channel keeps it for asynchronous sends, and a reset loses what was in
-//! flight, as asynchronous sending allows).
+//! flight, as asynchronous sending allows; a synchronized-ack send the reset cut before its
+//! ack fails for that destination, as production's sender fails it). A member seen to leave,
+//! or whose new life connects, has its old connections forgotten, as the channel's sender
+//! forgets them.
 //!
 //! Around the manager, for the tests:
 //! - Acknowledged changes, modelled on the sync-ack mode: each change a node sends to every
 //!   member carries a request number; a receiver whose manager refused it (a gap: it asked for
 //!   the session) answers `Refused`, as a listener's error fails a real sync-ack send; otherwise
 //!   it acks once the change is in its store; the originator records the change as acknowledged
-//!   when every current member acked, and a refused one as failed once every other member
-//!   answered (a real send collects every destination's answer before it returns).
+//!   when every current member acked, and a refused one (or one whose connection to a
+//!   member broke before that member acked) as failed once every other member answered (a
+//!   real send collects every destination's answer before it returns).
 //! - A shuffler ([`Chaos`]) that delivers some received messages twice and some late, standing
 //!   in for Tomcat's reordering dispatch threads and for retries that duplicate.
 //! - A reaper timer that ticks the manager (which expires what is due).
@@ -52,6 +56,8 @@ pub const TRACE_ENV: &str = "TRIBECAST_DELTA_TRACE";
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
 /// Timer token of the reaper; held messages use tokens from `HELD_BASE` on.
 const REAPER: u64 = 1;
+/// Timer token of the shell's ticks at the core's next deadline.
+const TICK: u64 = 2;
 const HELD_BASE: u64 = 1 << 32;
 
 /// The core's clock: virtual time as ms since the epoch.
@@ -97,6 +103,10 @@ pub struct DeltaSimConfig {
     pub two_lanes: bool,
     /// Route rebinding (`ManagerConfig::rebind_route`), done after each request's begin.
     pub rebind: RebindRoute,
+    /// The shell's timer thread: the core is ticked at its next deadline (fetch and catch-up
+    /// waits, the state transfer's re-ask), as `cluster.rs` does; the value is the re-ask
+    /// delay (production's 2 s scaled to the run's compressed time). `None`: no such ticks.
+    pub shell_ticks: Option<Duration>,
 }
 
 /// A change whose acknowledgement a node waits for, and what "applied" means for it.
@@ -314,6 +324,8 @@ pub struct Journal {
     pub transferred: u64,
     /// Requests the manager held for a copy it asked for (its own was behind).
     pub waited: u64,
+    /// Synchronized-ack sends failed for one destination by a reset of their connection.
+    pub failed_by_reset: u64,
 }
 
 impl Journal {
@@ -365,6 +377,8 @@ pub struct DeltaNode {
     acks: Acks<Change>,
     held: BTreeMap<u64, (NodeId, u64, SessionMessage)>,
     next_token: u64,
+    /// When the next shell tick is due (`shell_ticks`), if one is set.
+    tick_at: Option<Duration>,
     /// Print every message applied ([`TRACE_ENV`]).
     trace: bool,
     pub journal: Journal,
@@ -438,6 +452,9 @@ impl DeltaNode {
         let mut mgr =
             ManagerCore::with_core("/app", Core::Delta(core), &mcfg, SendOptions::SYNC_ACK);
         mgr.set_id_source(SimIds::from_run(rng));
+        if let Some(reask) = cfg.shell_ticks {
+            mgr.set_transfer_reask(reask);
+        }
         let mut frames = Frames::default();
         frames.two_lanes = cfg.two_lanes;
         DeltaNode {
@@ -449,6 +466,7 @@ impl DeltaNode {
             acks: Acks::default(),
             held: BTreeMap::new(),
             next_token: HELD_BASE,
+            tick_at: None,
             trace: std::env::var_os(TRACE_ENV).is_some(),
             journal: Journal::default(),
             ticket: Vec::new(),
@@ -510,6 +528,23 @@ impl DeltaNode {
             .collect();
         self.send_outs(outs, track, Lane::of(ready.options), ctx);
         self.note_events(ready.events);
+        self.schedule_tick(ctx);
+    }
+
+    /// With `shell_ticks`: a timer at the core's next deadline, unless one comes by then.
+    fn schedule_tick(&mut self, ctx: &mut Ctx<'_>) {
+        if self.cfg.shell_ticks.is_none() {
+            return;
+        }
+        let Some(due) = self.mgr.next_deadline() else {
+            return;
+        };
+        let at = Duration::from_millis(due.saturating_sub(EPOCH_MS));
+        if at > ctx.now() + Duration::from_secs(3600) || self.tick_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        self.tick_at = Some(at);
+        ctx.set_timer(at.saturating_sub(ctx.now()), TICK);
     }
 
     /// This node's copy of `id`: version and attributes.
@@ -640,6 +675,10 @@ impl DeltaNode {
             .mgr
             .members_changed(&sim_members(&self.view(), self.id), now_ms(ctx));
         self.perform(ready, false, ctx);
+        // A member that left: the sender forgets its connections (`ChannelInner::member_gone`),
+        // so the next message to it opens a new one. Sends in flight on the old ones still
+        // settle (acked, or failed by their reset).
+        self.frames.keep_only(&self.view());
         self.acks.forget_outside(&self.view());
         self.settle_waiting(ctx.now());
     }
@@ -711,7 +750,7 @@ impl DeltaNode {
                     }
                     let body = encode_body(&Wire::Msg { req, msg: out.msg });
                     for t in targets {
-                        self.frames.send_on(self.id, t, lane, &body, ctx);
+                        self.frames.send_tracked(self.id, t, lane, req, &body, ctx);
                     }
                     self.settle_waiting(ctx.now());
                 }
@@ -750,6 +789,7 @@ impl DeltaNode {
         match wire {
             Wire::Ack { req } => {
                 let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
+                self.frames.acked(from, req);
                 self.acks.acked(req, from, life);
                 self.settle_waiting(ctx.now());
             }
@@ -758,6 +798,7 @@ impl DeltaNode {
             // (answering at the first refusal let the user read on a member the failed change
             // had not reached yet, which then applied it: quiet seed 123).
             Wire::Refused { req } => {
+                self.frames.acked(from, req);
                 self.acks.refuse_by(req, from);
                 self.settle_waiting(ctx.now());
             }
@@ -959,8 +1000,11 @@ impl Node for DeltaNode {
         self.view_changed(ctx);
     }
 
+    /// A connection from `from`: its handshake names `from`'s incarnation
+    /// ([`Frames::accept_from`]).
     fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
-        self.frames.accept(conn, from);
+        let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
+        self.frames.accept_from(conn, from, life);
     }
 
     fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
@@ -972,8 +1016,18 @@ impl Node for DeltaNode {
         }
     }
 
-    fn on_closed(&mut self, conn: ConnId, _why: CloseReason, _ctx: &mut Ctx<'_>) {
-        self.frames.closed(conn);
+    /// A connection broke: the synchronized-ack sends written on it that its destination had
+    /// not acked fail for that destination, as production's sender fails them (the request is
+    /// answered with an error once the other destinations answered). Without this, a change
+    /// written to a restarted member's old life, lost with the reset, waited forever.
+    fn on_closed(&mut self, conn: ConnId, _why: CloseReason, ctx: &mut Ctx<'_>) {
+        let Some((to, reqs)) = self.frames.closed(conn) else {
+            return;
+        };
+        for req in reqs {
+            self.journal.failed_by_reset += u64::from(self.acks.fail_to(req, to));
+        }
+        self.settle_waiting(ctx.now());
     }
 
     fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
@@ -982,6 +1036,13 @@ impl Node for DeltaNode {
             if let Some(period) = self.cfg.reaper {
                 ctx.set_timer(period, REAPER);
             }
+        } else if token == TICK {
+            // A timer made obsolete by an earlier one still ticks: `tick` only acts on what
+            // is due.
+            if self.tick_at.is_some_and(|t| t <= ctx.now()) {
+                self.tick_at = None;
+            }
+            self.reap(ctx);
         } else if let Some((from, req, msg)) = self.held.remove(&token) {
             self.apply(from, req, msg, ctx);
         }

@@ -466,7 +466,7 @@ impl Cluster {
     /// stops).
     fn settle(&mut self, d: Duration) {
         let deadline = self.sim.now() + d;
-        if self.cfg.reaper.is_some() {
+        if self.cfg.reaper.is_some() || self.cfg.shell_ticks.is_some() {
             self.sim.run_until(deadline, |_| false);
         } else if !self.sim.run_until_idle(deadline) {
             self.sim.fail("the cluster did not settle");
@@ -669,6 +669,7 @@ fn with_resets_no_stale_state_is_ever_shown_and_the_next_change_plus_the_reaper_
         chaos: None,
         two_lanes: false,
         rebind: Default::default(),
+        shell_ticks: None,
     };
     for_each_seed(16, |seed| {
         let n = 3 + (seed % 3) as usize;
@@ -821,6 +822,7 @@ fn a_crashed_origin_loses_nothing_the_others_acknowledged() {
         chaos: None,
         two_lanes: false,
         rebind: Default::default(),
+        shell_ticks: None,
     };
     for_each_seed(16, |seed| {
         let mut c = Cluster::new(seed, jitter(), &cfg, 4);
@@ -1006,6 +1008,7 @@ fn expiry_happens_once_on_every_node_and_nothing_late_revives_a_session() {
         }),
         two_lanes: false,
         rebind: Default::default(),
+        shell_ticks: None,
     };
     for_each_seed(16, |seed| {
         let n = 3 + (seed % 2) as usize;
@@ -1622,6 +1625,7 @@ fn a_seed_replays_the_same_schedule() {
             }),
             two_lanes: false,
             rebind: Default::default(),
+            shell_ticks: None,
         };
         let mix = Mix {
             change_id: 0,

@@ -46,6 +46,13 @@ pub struct Frames {
     pub two_lanes: bool,
     /// Accepted connections: who is at the other end, and bytes not yet a whole frame.
     inbound: BTreeMap<ConnId, (NodeId, Vec<u8>)>,
+    /// The acknowledged-mode sends (request numbers) written on each connection this node
+    /// opened and not yet acked by its destination: a reset fails them, as it fails a real
+    /// synchronized-ack send whose connection breaks before the ack.
+    unacked: BTreeMap<ConnId, (NodeId, BTreeSet<u64>)>,
+    /// The life of each member at its last accepted connection (the incarnation its
+    /// handshake names).
+    peer_lives: BTreeMap<NodeId, u64>,
     seq: u64,
 }
 
@@ -73,10 +80,68 @@ impl Frames {
         self.inbound.insert(conn, (from, Vec::new()));
     }
 
-    /// `conn` closed (either way).
-    pub fn closed(&mut self, conn: ConnId) {
+    /// A connection from `from`, in its life `life`, was accepted. A new life (it restarted)
+    /// makes this node forget its connections to the old one, as the channel's restart
+    /// detection at the handshake makes the sender forget them: what this node sends next (the
+    /// answer to the new life's first message, say) goes on a new connection, not into the old
+    /// one's reset.
+    pub fn accept_from(&mut self, conn: ConnId, from: NodeId, life: u64) {
+        self.accept(conn, from);
+        if self
+            .peer_lives
+            .insert(from, life)
+            .is_some_and(|l| l != life)
+        {
+            self.forget(from);
+        }
+    }
+
+    /// `conn` closed (either way). Returns the destination and the acknowledged-mode sends
+    /// written on it that its destination has not acked: they failed with the connection
+    /// (a write to, or an ack awaited on, a reset socket fails; a connect to a member that is
+    /// down is refused).
+    pub fn closed(&mut self, conn: ConnId) -> Option<(NodeId, BTreeSet<u64>)> {
         self.inbound.remove(&conn);
         self.out.retain(|_, c| *c != conn);
+        self.unacked
+            .remove(&conn)
+            .filter(|(_, reqs)| !reqs.is_empty())
+    }
+
+    /// `from` acked `req`: no reset of a connection to it fails that send any more.
+    pub fn acked(&mut self, from: NodeId, req: u64) {
+        for (to, reqs) in self.unacked.values_mut() {
+            if *to == from {
+                reqs.remove(&req);
+            }
+        }
+    }
+
+    /// [`Frames::send_on`] for an acknowledged-mode send `req` (> 0): remembered on its
+    /// connection until [`Frames::acked`], failed by [`Frames::closed`].
+    pub fn send_tracked(
+        &mut self,
+        me: NodeId,
+        to: NodeId,
+        lane: Lane,
+        req: u64,
+        body: &[u8],
+        ctx: &mut Ctx<'_>,
+    ) -> u64 {
+        let len = self.send_on(me, to, lane, body, ctx);
+        let key = (to, if self.two_lanes { lane } else { Lane::Async });
+        if let (true, Some(conn)) = (req > 0 && len > 0, self.out.get(&key)) {
+            let entry = self.unacked.entry(*conn).or_insert((to, BTreeSet::new()));
+            entry.1.insert(req);
+        }
+        len
+    }
+
+    /// Forgets the connections to `to` (a restart of it was seen): the next message to it opens
+    /// a new one. What is in flight on the old ones still settles (acked, or failed by their
+    /// reset).
+    pub fn forget(&mut self, to: NodeId) {
+        self.out.retain(|(n, _), _| *n != to);
     }
 
     /// Forgets the connections to destinations not in `view`.
@@ -258,6 +323,19 @@ impl<C> Acks<C> {
             w.pending.remove(&from);
             self.failed.insert(req);
         }
+    }
+
+    /// The send `req` to `to` failed (its connection broke before `to` acked): like a refusal
+    /// by `to`, unless `to` acked it or is no longer waited for.
+    pub fn fail_to(&mut self, req: u64, to: NodeId) -> bool {
+        let waited = self
+            .waiting
+            .get(&req)
+            .is_some_and(|w| w.pending.contains(&to));
+        if waited {
+            self.refuse_by(req, to);
+        }
+        waited
     }
 
     /// Whether the send `req` failed (refused, or a member left before acking).
@@ -460,5 +538,30 @@ mod tests {
         acks.acked(ok, n2, 1);
         assert_eq!(acks.take_disjoint(&view).len(), 1);
         assert!(!acks.has_failed(ok));
+    }
+    /// Quiet seed 245 of the DeltaManager kill loop: n1 noticed n0's restart before the reset
+    /// of its connection to n0's old life reached it, wrote a change's DELTA on that
+    /// connection, and the bytes were lost with the reset: the request waited forever. A
+    /// reset now fails, for its destination, every send written on the connection that the
+    /// destination had not acked (like a refusal: settled once the others answered, never
+    /// acknowledged); a send it acked before the reset stands.
+    #[test]
+    fn a_reset_fails_the_sends_its_destination_had_not_acked() {
+        let (n0, n2) = (NodeId(0), NodeId(2));
+        let view = BTreeSet::from([n0, n2]);
+        let mut acks: Acks<&str> = Acks::default();
+        let lost = acks.track("v26", view.clone(), true);
+        let kept = acks.track("v27", view.clone(), true);
+        acks.acked(kept, n0, 2);
+        assert!(acks.fail_to(lost, n0));
+        assert!(!acks.fail_to(kept, n0), "n0 acked it before the reset");
+        assert!(!acks.fail_to(lost, n0), "failed once");
+        assert!(acks.has_failed(lost) && !acks.has_failed(kept));
+        assert!(acks.take_disjoint(&view).is_empty(), "n2 has not answered");
+        acks.acked(lost, n2, 1);
+        acks.acked(kept, n2, 1);
+        let done = acks.take_disjoint(&view);
+        assert_eq!(done.iter().map(|w| w.change).collect::<Vec<_>>(), ["v27"]);
+        assert!(acks.waiting.is_empty());
     }
 }

@@ -17,6 +17,7 @@ pub(in crate::sim) fn trace(seed: u64) -> Trace {
         chaos: None,
         two_lanes: false,
         rebind: Default::default(),
+        shell_ticks: None,
     };
     let mut c = Cluster::new(seed, jitter(), &cfg, 4);
     let mix = Mix {

@@ -145,6 +145,8 @@ pub(crate) struct ManagerCore {
     notify_on_replication: bool,
     rpc_timeout_ms: u64,
     state_transfer_timeout_ms: u64,
+    /// How long a joiner waits for its donor's first chunk before asking again.
+    transfer_reask_ms: u64,
     expire_every_ms: u64,
     next_expire_ms: Option<u64>,
     transfer: Transfer,
@@ -220,6 +222,7 @@ impl ManagerCore {
             notify_on_replication: cfg.notify_listeners_on_replication,
             rpc_timeout_ms: ms(cfg.rpc_timeout),
             state_transfer_timeout_ms: ms(cfg.state_transfer_timeout),
+            transfer_reask_ms: TRANSFER_REASK_MS,
             expire_every_ms: ms(cfg.expire_frequency).max(1),
             next_expire_ms: None,
             transfer: Transfer {
@@ -235,6 +238,13 @@ impl ManagerCore {
             routes: BTreeSet::new(),
             bound: ActiveBound::new(cfg.max_active_sessions),
         }
+    }
+
+    /// How long a joiner waits for its donor's first chunk before it asks again
+    /// (`TRANSFER_REASK_MS` unless set; the simulation scales it with its compressed time).
+    #[cfg(test)]
+    pub fn set_transfer_reask(&mut self, after: Duration) {
+        self.transfer_reask_ms = ms(after).max(1);
     }
 
     /// The replication core, for reads (and for tests that drive it directly).
@@ -718,7 +728,7 @@ impl ManagerCore {
             now_ms.saturating_add(self.state_transfer_timeout_ms),
             Some(m.clone()),
         ));
-        self.transfer.reask_at = Some(now_ms.saturating_add(TRANSFER_REASK_MS));
+        self.transfer.reask_at = Some(now_ms.saturating_add(self.transfer_reask_ms));
         let outs = self.core.begin_state_transfer(m.id);
         if !outs.is_empty() {
             info!("Manager [{}]: asking [{m}] for all sessions", self.context);
@@ -847,7 +857,7 @@ impl ManagerCore {
         ready
     }
 
-    /// A joiner that has had no chunk of its state transfer for `TRANSFER_REASK_MS` asks its
+    /// A joiner that has had no chunk of its state transfer for `transfer_reask_ms` asks its
     /// donor again (until the transfer's deadline).
     fn reask_transfer(&mut self, now_ms: u64, ready: &mut Ready) {
         let Some(at) = self.transfer.reask_at.filter(|at| now_ms >= *at) else {
@@ -860,14 +870,14 @@ impl ManagerCore {
                 return;
             }
         };
-        self.transfer.reask_at = Some(now_ms.saturating_add(TRANSFER_REASK_MS));
+        self.transfer.reask_at = Some(now_ms.saturating_add(self.transfer_reask_ms));
         if self.core.transfer_chunks() > 0 {
             return; // chunks are coming
         }
         info!(
             "Manager [{}]: no session state from [{donor}] after {} ms; asking again",
             self.context,
-            now_ms.saturating_sub(at) + TRANSFER_REASK_MS
+            now_ms.saturating_sub(at) + self.transfer_reask_ms
         );
         ready.outs.extend(self.core.begin_state_transfer(donor.id));
     }
