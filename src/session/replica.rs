@@ -354,7 +354,13 @@ impl ReplicaStore {
     /// `new` is dropped, `old` is live again (not held until its copy is fetched), and `new`
     /// leads back to `old`, so that changes still in flight for `new` follow.
     pub fn undo_rename(&mut self, old: &SessionId, new: &SessionId) {
-        let until = self.sessions.remove(new).map_or(0, |s| horizon(&s));
+        // Dated by the copy under `new`, or, never held here (an undo read in a digest), by
+        // the copy under `old`: undated, digests left the undo out (seed 124 of the kill -9
+        // simulation: a joiner that followed the change of id was never told it was undone).
+        let until = match self.sessions.remove(new) {
+            Some(s) => horizon(&s),
+            None => self.sessions.get(old).map_or(0, horizon),
+        };
         self.tombstones.remove(old);
         self.tombstone_order.retain(|id| id != old);
         self.forked.remove(new);

@@ -736,15 +736,11 @@ impl DeltaCore {
             SessionMessage::Created(st) | SessionMessage::State(st) => &st.id,
             _ => return,
         };
-        // Held under the id the message names, nearly always: no copy of the id.
-        let held = match self.store.get_mut(id) {
-            Some(s) => Some(s),
-            None => {
-                let cur = self.store.resolve(id).clone();
-                self.store.get_mut(&cur)
-            }
-        };
-        if let Some(s) = held {
+        // Held under another id than the message names: the sender has not had the change of
+        // id, which stays its maker's (undone if that member left since and the sender goes
+        // on under the old id: `undo_a_dead_members_change_of_id`; seed 50 of the kill -9
+        // simulation, where the sender's copy taken under the new id hid the dead renamer).
+        if let Some(s) = self.store.get_mut(id) {
             (s.served.writer, s.served.writer_left) = (Some(from), false);
         }
     }
