@@ -370,6 +370,14 @@ impl ReplicaStore {
         }
     }
 
+    /// Whether `id` is the new id of a change of id undone here ([`Self::undo_rename`]): a
+    /// copy sent under it is the state of the dead member that made the change of id (one
+    /// that took it before the undo still answers with it: seed 427 of the kill -9
+    /// simulation, where that state came back under the old id).
+    pub fn is_undone(&self, id: &SessionId) -> bool {
+        self.tombstones.get(id).is_some_and(|t| t.undone)
+    }
+
     /// Whether `former` is an id the session now named `current` had: retired here by renames
     /// that lead to `current` (route rebinding keeps the random part, so a session can come
     /// back to it; [`Self::rename_at`] takes it back).
@@ -443,8 +451,12 @@ impl ReplicaStore {
     /// Takes a whole session state if it is newer than this copy, or if it is the copy of the
     /// member this copy forked from (same version, the content that member's DELTA named).
     /// A state sent under an id renamed here applies to the session's current id, as changes
-    /// do (a member that missed the change of id answers under the old one).
+    /// do (a member that missed the change of id answers under the old one). Not under an id
+    /// whose change of id was undone here: that is the dead renamer's state.
     fn adopt(&mut self, state: &SessionState) -> Outcome {
+        if self.is_undone(&state.id) {
+            return Outcome::Ignored("the id of a change of id undone here");
+        }
         let cur = self.resolve(&state.id);
         if cur != &state.id {
             let renamed = SessionState {

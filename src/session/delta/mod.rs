@@ -277,6 +277,11 @@ impl DeltaCore {
     fn merge(&mut self, states: &[SessionState]) -> Vec<SessionEvent> {
         let mut events = Vec::new();
         for theirs in states {
+            // The dead renamer's state, under a change of id undone here
+            // (`ReplicaStore::is_undone`).
+            if self.store.is_undone(&theirs.id) {
+                continue;
+            }
             let id = self.store.resolve(&theirs.id).clone();
             let merger = self.merger.as_deref();
             match self.store.get(&id) {
