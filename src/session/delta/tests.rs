@@ -1039,3 +1039,43 @@ fn a_copy_under_an_undone_change_of_id_is_not_taken() {
         b.session(&x).map(|s| s.state().clone())
     );
 }
+
+/// Seed 427 of the kill -9 simulation, on the member that forked: the home A changed the
+/// session's id (X to N) and changed it, and died with both having reached C only. The user
+/// went on under X at B, whose change reached C before C saw A leave: C's copy under N forked
+/// and waited for B's copy, which B, never having had N, could only send under X (after C's
+/// digest reading asked for it). C took it under N: the user's state under an id no live
+/// member serves it under. The copy a fork under a dead member's new id waits for undoes the
+/// change of id, and applies under the old id.
+#[test]
+fn the_copy_a_fork_under_a_dead_members_new_id_waits_for_undoes_the_change_of_id() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    c.set_members(vec![A, B], 0);
+    let x = a.create(0).unwrap();
+    let created = a.end_request(&x, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    let (n, mut failed, _) = a.change_id(&x).unwrap();
+    a.session_mut(&n).unwrap().set("x", &1u8).unwrap();
+    failed.extend(a.end_request(&n, 1));
+    deliver(failed, A, &mut c);
+    b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let asked = deliver(b.end_request(&x, 2), B, &mut c);
+    let not_here = deliver(asked, C, &mut b);
+    assert!(deliver(not_here, B, &mut c).is_empty());
+    let _ = c.set_members(vec![B], 3);
+    let state = b.session(&x).unwrap().state().clone();
+    let (outs, events) = c.handle(B, &SessionMessage::State(state));
+    assert!(outs.is_empty(), "{outs:?}");
+    let undone = SessionEvent::IdChanged {
+        old: n.clone(),
+        new: x.clone(),
+    };
+    assert!(events.contains(&undone), "{events:?}");
+    assert!(c.session(&n).is_none(), "C undid the change of id");
+    assert_eq!(
+        c.session(&x).map(|s| s.state().clone()),
+        b.session(&x).map(|s| s.state().clone())
+    );
+}
