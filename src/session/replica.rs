@@ -359,7 +359,13 @@ impl ReplicaStore {
     /// `new` is dropped, `old` is live again (not held until its copy is fetched), and `new`
     /// leads back to `old`, so that changes still in flight for `new` follow.
     pub fn undo_rename(&mut self, old: &SessionId, new: &SessionId) {
-        let until = self.sessions.remove(new).map_or(0, |s| horizon(&s));
+        // Dated by the copy under `new`, or, never held here (an undo read in a digest), by
+        // the copy under `old`: undated, digests left the undo out (seed 124 of the kill -9
+        // simulation: a joiner that followed the change of id was never told it was undone).
+        let until = match self.sessions.remove(new) {
+            Some(s) => horizon(&s),
+            None => self.sessions.get(old).map_or(0, horizon),
+        };
         self.tombstones.remove(old);
         self.tombstone_order.retain(|id| id != old);
         self.forked.remove(new);
@@ -367,6 +373,14 @@ impl ReplicaStore {
         if let Some(t) = self.tombstones.get_mut(new) {
             t.undone = true;
         }
+    }
+
+    /// Whether `id` is the new id of a change of id undone here ([`Self::undo_rename`]): a
+    /// copy sent under it is the state of the dead member that made the change of id (one
+    /// that took it before the undo still answers with it: seed 427 of the kill -9
+    /// simulation, where that state came back under the old id).
+    pub fn is_undone(&self, id: &SessionId) -> bool {
+        self.tombstones.get(id).is_some_and(|t| t.undone)
     }
 
     /// Whether `former` is an id the session now named `current` had: retired here by renames
@@ -442,8 +456,12 @@ impl ReplicaStore {
     /// Takes a whole session state if it is newer than this copy, or if it is the copy of the
     /// member this copy forked from (same version, the content that member's DELTA named).
     /// A state sent under an id renamed here applies to the session's current id, as changes
-    /// do (a member that missed the change of id answers under the old one).
+    /// do (a member that missed the change of id answers under the old one). Not under an id
+    /// whose change of id was undone here: that is the dead renamer's state.
     fn adopt(&mut self, state: SessionState) -> Outcome {
+        if self.is_undone(&state.id) {
+            return Outcome::Ignored("the id of a change of id undone here");
+        }
         let cur = self.resolve(&state.id);
         if cur != &state.id {
             let renamed = SessionState {

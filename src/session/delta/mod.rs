@@ -11,7 +11,7 @@
 use super::id::{IdSource, OsRandom, SessionId, SessionIdError};
 use super::model::{Served, Session, SessionState};
 use super::outputs::{attribute_events, Dest, Out, SessionEvent};
-use super::reconcile::{live_beats_end, reconcile, SessionMerger};
+use super::reconcile::{fingerprint, live_beats_end, reconcile, SessionMerger};
 use super::replica::{DigestEntry, Outcome, ReplicaStore, SessionMessage};
 use crate::member::{not_in, MemberId};
 use std::collections::BTreeSet;
@@ -277,6 +277,11 @@ impl DeltaCore {
     fn merge(&mut self, states: &[SessionState]) -> Vec<SessionEvent> {
         let mut events = Vec::new();
         for theirs in states {
+            // The dead renamer's state, under a change of id undone here
+            // (`ReplicaStore::is_undone`).
+            if self.store.is_undone(&theirs.id) {
+                continue;
+            }
             let id = self.store.resolve(&theirs.id).clone();
             let merger = self.merger.as_deref();
             match self.store.get(&id) {
@@ -713,19 +718,26 @@ impl DeltaCore {
     /// that reached only some members before its maker died went on under the old id at
     /// the member the user moved to, and under the new id on the others, until the digests
     /// after the death renamed the served copy too (seeds 89, 135, 144, 368 of the kill -9
-    /// simulation: a copy under a state its origin never made).
+    /// simulation: a copy under a state its origin never made). So does the copy (`State`)
+    /// of `old` a forked copy under `new` waits for, which then applies under `old` (seed 427:
+    /// the fork took the sender's state under `new`, an id no live member serves it under).
     fn undo_a_dead_members_change_of_id(
         &mut self,
         from: MemberId,
         msg: &SessionMessage,
     ) -> Option<(Out, SessionEvent)> {
-        let (SessionMessage::Delta { id: old, .. } | SessionMessage::Accessed { id: old, .. }) =
-            msg
-        else {
-            return None;
+        let (old, awaited) = match msg {
+            SessionMessage::Delta { id, .. } | SessionMessage::Accessed { id, .. } => (id, None),
+            SessionMessage::State(st) => (&st.id, Some((st.version, fingerprint(st)))),
+            _ => return None,
         };
         let new = self.store.tombstone(old)?.renamed.clone()?;
         if !self.store.get(&new).is_some_and(|s| s.served.writer_left) {
+            return None;
+        }
+        // A state under `old` is taken only as the one a fork here waits for (a late answer
+        // of a member that had not yet had a change of id that stands is not).
+        if awaited.is_some_and(|(v, fp)| !self.store.fork_awaits(&new, v, fp)) {
             return None;
         }
         self.store.undo_rename(old, &new);
@@ -747,15 +759,11 @@ impl DeltaCore {
             SessionMessage::Created(st) | SessionMessage::State(st) => &st.id,
             _ => return,
         };
-        // Held under the id the message names, nearly always: no copy of the id.
-        let held = match self.store.get_mut(id) {
-            Some(s) => Some(s),
-            None => {
-                let cur = self.store.resolve(id).clone();
-                self.store.get_mut(&cur)
-            }
-        };
-        if let Some(s) = held {
+        // Held under another id than the message names: the sender has not had the change of
+        // id, which stays its maker's (undone if that member left since and the sender goes
+        // on under the old id: `undo_a_dead_members_change_of_id`; seed 50 of the kill -9
+        // simulation, where the sender's copy taken under the new id hid the dead renamer).
+        if let Some(s) = self.store.get_mut(id) {
             (s.served.writer, s.served.writer_left) = (Some(from), false);
         }
     }
@@ -790,7 +798,11 @@ impl DeltaCore {
             return (vec![ask], events);
         }
         if let Some((ask, undone)) = self.undo_a_dead_members_change_of_id(from, msg) {
-            return (vec![ask], vec![undone]);
+            // A whole copy of `old` applies at once; a change asks for one.
+            if !matches!(msg, SessionMessage::State(_)) {
+                return (vec![ask], vec![undone]);
+            }
+            events.push(undone);
         }
         let outcome = self.store.apply_taking(msg);
         if outcome == Outcome::Applied {
