@@ -925,6 +925,23 @@ fn kill_and_restart_loop_between_requests_with_rebinding_loses_nothing() {
     }
 }
 
+/// Kills at any moment with route rebinding on, 500 seeds.
+#[test]
+#[ignore = "fails: 1 of 500 seeds (177: a session with no primary at the end; docs/RELIABILITY.md, Route rebinding under kill -9)"]
+fn kill_and_restart_loop_with_rebinding_loses_no_acknowledged_change_or_session() {
+    let mut total = Figures::default();
+    for_each_seed(500, |seed| {
+        run(
+            seed,
+            members(seed),
+            false,
+            RebindRoute::WhenRouteGone,
+            &mut total,
+        )
+    });
+    eprintln!("BackupManager kill -9 and restart loop, rebinding: {total:?}");
+}
+
 /// Kills at any moment, requests in flight included, 500 seeds: how many fail, and how (run it
 /// alone, `--test-threads 1`: it silences the panic hook while it runs).
 #[test]

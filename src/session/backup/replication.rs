@@ -161,7 +161,7 @@ impl BackupCore {
             return None;
         }
         let mut e = self.entries.remove(old)?;
-        self.bury(old, Tomb::Renamed);
+        self.bury(old, Tomb::Renamed { to: new.clone() });
         e.session.change_id(new.clone());
         let holders = self.holders_of(&e);
         let mut outs = Vec::new();
@@ -353,7 +353,7 @@ impl BackupCore {
             epoch,
         };
         outs.push(Self::to(from, ack));
-        self.bury(old, Tomb::Renamed);
+        self.bury(old, Tomb::Renamed { to: new.clone() });
         if let Some(mut e) = self.entries.remove(old) {
             let newer_here = self
                 .entries
