@@ -54,15 +54,29 @@ impl BackupCore {
         // over as usual. Kept, the answer held off the failover of a copy placed here long
         // after, by another fetch, and the session lost its primary (the crash simulation,
         // `killing_any_one_member_with_one_backup…`, seed 2 with word-wise fingerprints).
+        //
+        // A fetcher that left before its claim reached this node may have made it elsewhere,
+        // and changed or ended the session there: this node asks the primary its copy follows,
+        // which answers with its copy, or with the end it knows (the kill -9 loop simulation
+        // with rebinding, seed 177: the fetcher ended the session and died with the `Expired`
+        // to this node on its way; the copy here lived on with no primary).
         let (listed, entries) = (&self.members, &self.entries);
+        let mut ask = Vec::new();
         self.answered.retain(|id, (f, answered_epoch)| {
-            listed.binary_search(f).is_ok()
-                && entries.get(id).is_some_and(|e| {
-                    e.epoch < answered_epoch.saturating_add(2)
-                        && matches!(&e.role, Role::Backup { primary, .. } if primary != f)
-                })
+            let follows = entries.get(id).and_then(|e| match &e.role {
+                Role::Backup { primary, .. } if primary != f => Some((e.epoch, *primary)),
+                _ => None,
+            });
+            if listed.binary_search(f).is_err() {
+                if let Some((_, p)) = follows.filter(|(_, p)| listed.binary_search(p).is_ok()) {
+                    ask.push(Self::to(p, BackupMessage::GetCopy { id: id.clone() }));
+                }
+                return false;
+            }
+            follows.is_some_and(|(epoch, _)| epoch < answered_epoch.saturating_add(2))
         });
         let mut outs = self.refetch(&members_before);
+        outs.extend(ask);
         let ids: Vec<SessionId> = self.entries.keys().cloned().collect();
         for id in ids {
             let Some(e) = self.entries.get(&id) else {

@@ -1005,3 +1005,55 @@ fn a_copy_of_a_renamed_id_handed_on_as_an_orphan_is_renamed_by_the_new_ids_prima
     let held: Vec<&SessionId> = holder.ids().collect();
     assert!(held.iter().all(|i| **i == new), "{held:?}");
 }
+
+/// A backup answered another member's fetch; the fetcher took the session, ended it and died
+/// with its `NewPrimary` and `Expired` to the backup still on their way. When the backup sees
+/// the fetcher leave, it asks the primary its copy follows, which knows the end: the backup
+/// ends its copy too (the kill -9 loop simulation with rebinding, seed 177: the copy lived on
+/// with no primary).
+#[test]
+fn a_backup_whose_fetcher_died_asks_its_primary_and_learns_of_the_end() {
+    let all = [0, 1, 2, 3];
+    let mut p = node(1, &all, 1);
+    let mut b = node(2, &all, 1);
+    let mut f = node(0, &all, 1);
+    let id = loop {
+        let id = p.create(1).unwrap();
+        if p.backups_of(&id) == Some(&[m(2)][..]) {
+            break id;
+        }
+        p.invalidate(&id);
+    };
+    for o in p.end_request(&id, 2) {
+        b.handle(m(1), &o.msg);
+    }
+    assert!(b.is_current_copy(&id));
+    let fetch = f.fetch(&id);
+    let mut answers = Vec::new();
+    for o in &fetch {
+        answers.extend(b.handle(m(0), &o.msg).0.into_iter().map(|a| (m(2), a)));
+        answers.extend(p.handle(m(0), &o.msg).0.into_iter().map(|a| (m(1), a)));
+    }
+    for (from, a) in answers {
+        f.handle(from, &a.msg);
+    }
+    assert!(f.is_primary(&id));
+    // The fetcher ends the session; only the former primary hears of it.
+    let (ends, _) = f.invalidate(&id);
+    for o in ends.iter().filter(|o| o.dest == Dest::Member(m(1))) {
+        p.handle(m(0), &o.msg);
+    }
+    assert!(p.session(&id).is_none());
+    let asks = b.set_members(vec![m(1), m(2), m(3)]);
+    let mut replies = Vec::new();
+    for o in asks.iter().filter(|o| o.dest == Dest::Member(m(1))) {
+        replies.extend(p.handle(m(2), &o.msg).0);
+    }
+    for o in replies {
+        b.handle(m(1), &o.msg);
+    }
+    assert!(
+        b.session(&id).is_none(),
+        "the ended session lives on: {asks:?}"
+    );
+}
