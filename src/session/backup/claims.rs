@@ -12,15 +12,16 @@ use std::collections::{BTreeMap, VecDeque};
 pub(super) type Claim = (u64, MemberId);
 
 /// Why an id is remembered as gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Tomb {
     /// Invalidated or expired by its primary (here, or told so), at `version` (the ended
     /// copy's).
     Ended { version: u64 },
     /// A backup copy expired here on its own (the primary may still serve it).
     Local,
-    /// Renamed: the session lives on under its new id.
-    Renamed,
+    /// Renamed: the session lives on under the id `to` (so a copy of the old id met later,
+    /// e.g. one a holder the change of id missed hands on, can be linked to it).
+    Renamed { to: SessionId },
 }
 
 /// How a primary's message relates to the copy a node holds.

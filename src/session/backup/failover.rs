@@ -3,11 +3,14 @@
 //! that is not first hands that backup its copy (`Orphan`) in case it never got one. When a
 //! backup disappears or joins, the primary re-places.
 
+use super::claims::{Claim, Tomb};
+use super::heal::session_key;
 use super::{BackupCore, BackupMessage, Entry, Out, Role};
 use crate::member::MemberId;
 use crate::session::id::SessionId;
 use crate::session::model::{Session, SessionState};
 use crate::session::outputs::SessionEvent;
+use crate::session::reconcile::reconcile;
 
 /// Members remembered as once listed (see `BackupCore::seen`).
 const MAX_SEEN: usize = 4096;
@@ -51,15 +54,29 @@ impl BackupCore {
         // over as usual. Kept, the answer held off the failover of a copy placed here long
         // after, by another fetch, and the session lost its primary (the crash simulation,
         // `killing_any_one_member_with_one_backup…`, seed 2 with word-wise fingerprints).
+        //
+        // A fetcher that left before its claim reached this node may have made it elsewhere,
+        // and changed or ended the session there: this node asks the primary its copy follows,
+        // which answers with its copy, or with the end it knows (the kill -9 loop simulation
+        // with rebinding, seed 177: the fetcher ended the session and died with the `Expired`
+        // to this node on its way; the copy here lived on with no primary).
         let (listed, entries) = (&self.members, &self.entries);
+        let mut ask = Vec::new();
         self.answered.retain(|id, (f, answered_epoch)| {
-            listed.binary_search(f).is_ok()
-                && entries.get(id).is_some_and(|e| {
-                    e.epoch < answered_epoch.saturating_add(2)
-                        && matches!(&e.role, Role::Backup { primary, .. } if primary != f)
-                })
+            let follows = entries.get(id).and_then(|e| match &e.role {
+                Role::Backup { primary, .. } if primary != f => Some((e.epoch, *primary)),
+                _ => None,
+            });
+            if listed.binary_search(f).is_err() {
+                if let Some((_, p)) = follows.filter(|(_, p)| listed.binary_search(p).is_ok()) {
+                    ask.push(Self::to(p, BackupMessage::GetCopy { id: id.clone() }));
+                }
+                return false;
+            }
+            follows.is_some_and(|(epoch, _)| epoch < answered_epoch.saturating_add(2))
         });
         let mut outs = self.refetch(&members_before);
+        outs.extend(ask);
         let ids: Vec<SessionId> = self.entries.keys().cloned().collect();
         for id in ids {
             let Some(e) = self.entries.get(&id) else {
@@ -147,6 +164,10 @@ impl BackupCore {
         let oc = (epoch, primary);
         if self.is_ended(id) {
             outs.extend(self.ended_reply(id, from));
+            outs.extend(self.renamed_reply(id, from));
+            return (outs, events);
+        }
+        if let Some(outs) = self.newer_than_takeover(from, state, oc) {
             return (outs, events);
         }
         // A primary whose claim is older than the dead one's never heard of it (its
@@ -183,5 +204,83 @@ impl BackupCore {
             outs.extend(self.promote(id, true));
         }
         (outs, events)
+    }
+
+    /// An `Orphan` newer than the copy of the primary here, whose claim is above the orphan's:
+    /// this node took the session over on an older copy (a holder that did not hear it was
+    /// retired failed over, or the first backup failed over before a holder's newer copy
+    /// arrived). If it has not changed the session since, it takes the newer copy and
+    /// announces it under a new claim; otherwise its own changes stand, and a holder of a
+    /// newer copy it lists as a backup is told to drop its copy and take this one (it refuses
+    /// an older copy of this claim). `None`: not such a case.
+    fn newer_than_takeover(
+        &mut self,
+        from: MemberId,
+        state: &SessionState,
+        oc: Claim,
+    ) -> Option<Vec<Out>> {
+        let id = &state.id;
+        let local = self.local;
+        let e = self.entries.get_mut(id)?;
+        let Role::Primary { backups, .. } = &e.role else {
+            return None;
+        };
+        if state.version <= e.session.version() || e.claim(local) < oc {
+            return None;
+        }
+        if e.base == Some(session_key(&e.session)) {
+            // The rule's outcome: the newer copy, with the later access of the two.
+            if let Some(newer) = reconcile(e.session.state(), state, None) {
+                e.session = Session::from_state(newer);
+            }
+            return Some(self.promote(id, true));
+        }
+        let mut outs = vec![Self::to(
+            from,
+            BackupMessage::Drop {
+                id: id.clone(),
+                epoch: e.epoch,
+            },
+        )];
+        if backups.contains(&from) {
+            let copy = BackupMessage::Copy {
+                state: e.session.state().clone(),
+                backups: backups.clone(),
+                epoch: e.epoch,
+                ack: false,
+            };
+            outs.push(Self::to(from, copy));
+        }
+        Some(outs)
+    }
+
+    /// The answer to an `Orphan` of an id this node renamed, when it serves the session under
+    /// its new id: the holder tells the new id's `ChangeId`, under this node's claim, so it
+    /// renames or drops its copy. Its copy is one the change of id missed (its renamer died
+    /// with the `ChangeId` on the way); without the answer it failed the old id over and the
+    /// session lived on under both ids (the kill -9 loop simulation, seed 419). The holder's
+    /// acknowledgement, from a member that is no backup of the new id, gets it a `Drop`
+    /// (`on_copy_ack`).
+    fn renamed_reply(&self, id: &SessionId, to: MemberId) -> Option<Out> {
+        let mut new = id;
+        // A chain of changes of id ends at the id served here, if any (bounded: a tombstone
+        // cycle from the network must not loop).
+        for _ in 0..8 {
+            match self.ended.get(new) {
+                Some(Tomb::Renamed { to }) => new = to,
+                _ => break,
+            }
+        }
+        let e = self.entries.get(new).filter(|_| new != id)?;
+        let Role::Primary { backups, .. } = &e.role else {
+            return None;
+        };
+        let msg = BackupMessage::ChangeId {
+            old: id.clone(),
+            new: new.clone(),
+            epoch: e.epoch,
+            backups: backups.clone(),
+        };
+        Some(Self::to(to, msg))
     }
 }

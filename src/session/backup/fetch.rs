@@ -41,7 +41,7 @@ impl BackupCore {
         match self.ended.get(id) {
             Some(Tomb::Ended { .. }) => Some("it ended"),
             Some(Tomb::Local) => Some("its copy expired here"),
-            Some(Tomb::Renamed) => Some("its id was changed"),
+            Some(Tomb::Renamed { .. }) => Some("its id was changed"),
             None if self.members.is_empty() => Some("no other member is known"),
             None => None,
         }

@@ -276,14 +276,13 @@ impl BackupCore {
         let held = self.entries.get(id).map(|e| {
             (
                 e.claim(local),
-                e.synced,
                 e.session.version(),
                 matches!(e.role, Role::Primary { .. }),
             )
         });
         let take = match held {
             None => !self.superseded(id, c),
-            Some((ec, _, _, true)) => {
+            Some((ec, _, true)) => {
                 if c < ec {
                     // A superseded primary: tell it who serves the session now. Its
                     // copy outside this placement is then dropped (the Drop follows the
@@ -300,10 +299,19 @@ impl BackupCore {
                 }
                 c > ec
             }
-            Some((ec, synced, v, false)) => c > ec || (c == ec && (!synced || state.version >= v)),
+            // A holder takes a copy of the claim it follows, or of a higher one, only if it is
+            // as new as its own: an older one may miss an acknowledged version (the claimant
+            // failed over on a holder's older copy). A higher claim's older copy is followed
+            // without being taken, and `follow` hands this copy to the claimant, which takes it
+            // or answers with `Drop` and its own copy (`newer_than_takeover`).
+            Some((ec, v, false)) => c >= ec && state.version >= v,
         };
+        let older_of_higher = matches!(held, Some((ec, v, false)) if c > ec && state.version < v);
+        if older_of_higher {
+            outs.extend(self.follow(id, from, epoch, backups, &Stamp::of(state), false));
+        }
         if take {
-            if held.is_some_and(|h| h.3) {
+            if held.is_some_and(|h| h.2) {
                 // A primary meets a higher claim's copy (a healed partition): it hands
                 // on its own and drops its backups before taking the copy.
                 outs.extend(self.follow(id, from, epoch, backups, &Stamp::of(state), false));
@@ -320,7 +328,7 @@ impl BackupCore {
                 events.push(SessionEvent::Created(id.clone()));
             }
         }
-        if ack && (take || held.is_some_and(|h| h.0 == c)) {
+        if ack && (take || older_of_higher || held.is_some_and(|h| h.0 == c)) {
             outs.push(ack_msg);
         }
         (outs, events)

@@ -125,6 +125,19 @@ impl BackupCore {
                 };
                 outs.push(Self::to(*b, drop));
             }
+        } else if let Role::Backup { primary, .. } = &e.role {
+            // A holder whose copy is newer than the claimant's hands it on: the claimant may
+            // have taken over on an older copy than the one acknowledged (its holder had
+            // not heard it was retired). The claimant takes it if it has not changed the
+            // session since; this node keeps its copy until a copy as new arrives.
+            if mine.version > theirs.version {
+                let orphan = BackupMessage::Orphan {
+                    state: e.session.state().clone(),
+                    epoch: e.epoch,
+                    primary: *primary,
+                };
+                outs.push(Self::to(from, orphan));
+            }
         }
         e.synced = mine.same_contents(theirs);
         e.role = Role::Backup {

@@ -94,9 +94,9 @@ struct Entry {
     copy_pending: bool,
     /// Ownership epoch: how many times the session changed primary, as far as known here.
     epoch: u64,
-    /// False once a new claim is known but not its copy: the next copy of that claim replaces
-    /// this one whatever its version (a change only this node got was never acknowledged), and
-    /// deltas wait for it.
+    /// False once a new claim is known but not its copy: deltas wait for the next copy of
+    /// that claim at least as new as this one (an older one is refused: this copy was handed
+    /// to the claimant, see `follow`).
     synced: bool,
     replicated_access_ms: u64,
     /// The (version, fingerprint) of the copy this node took the session over with, if it did

@@ -161,7 +161,7 @@ impl BackupCore {
             return None;
         }
         let mut e = self.entries.remove(old)?;
-        self.bury(old, Tomb::Renamed);
+        self.bury(old, Tomb::Renamed { to: new.clone() });
         e.session.change_id(new.clone());
         let holders = self.holders_of(&e);
         let mut outs = Vec::new();
@@ -280,9 +280,10 @@ impl BackupCore {
         outs
     }
 
-    /// `GetCopy`: a backup that is behind gets a copy (listed backups only).
+    /// `GetCopy`: a backup that is behind gets a copy (listed backups only); a member asking
+    /// for a session that ended here is told it ended.
     pub(super) fn on_get_copy(&self, from: MemberId, id: &SessionId) -> Vec<Out> {
-        let mut outs = Vec::new();
+        let mut outs: Vec<Out> = self.ended_reply(id, from).into_iter().collect();
         if let Some(e) = self.entries.get(id) {
             if let Role::Primary { backups, .. } = &e.role {
                 if backups.contains(&from) {
@@ -353,7 +354,7 @@ impl BackupCore {
             epoch,
         };
         outs.push(Self::to(from, ack));
-        self.bury(old, Tomb::Renamed);
+        self.bury(old, Tomb::Renamed { to: new.clone() });
         if let Some(mut e) = self.entries.remove(old) {
             let newer_here = self
                 .entries
