@@ -869,25 +869,29 @@ fn health_is_503_until_the_state_transfer_is_done() {
 const TRANSFER_SESSIONS: u64 = 50_000;
 /// The donor's peak resident set (VmHWM) may grow by this much from its steady state (after its
 /// preload) to the end of the transfer and of the digest that follows it.
-const DONOR_GROWTH_BOUND_KIB: u64 = 28 * 1024;
+const DONOR_GROWTH_BOUND_KIB: u64 = 32 * 1024;
 /// The joiner's peak resident set (VmHWM) by the end of the transfer and the digest.
-const JOINER_PEAK_BOUND_KIB: u64 = 56 * 1024;
+const JOINER_PEAK_BOUND_KIB: u64 = 64 * 1024;
 
 /// Issue 15: a state transfer of 50,000 sessions of 100 bytes between two `http_node`
 /// processes (DeltaManager) completes with both memories bounded: the donor's VmHWM grows by at
-/// most 28 MiB over its steady state, and the joiner's VmHWM stays within 56 MiB.
+/// most 32 MiB over its steady state, and the joiner's VmHWM stays within 64 MiB.
 ///
 /// The donor (`--preload 50000 --preload-size 100`) is read once ready (its ready line comes
 /// after the preload); a user logs in there too. The joiner lists the donor; once it is ready
 /// and holds every session, the user's profile is asked of it: a joiner holds a request for a
 /// session until every member it asked for its digest has sent the whole of it, so the answer
-/// comes once the donor has streamed both the transfer and its digest (5 – 6 MiB of the donor's
-/// growth). Both VmHWMs are read then.
+/// comes once the donor has streamed both the transfer and its digest (in 3 runs by hand the
+/// digest added 1.7 – 8.0 MiB to the donor's VmHWM after the joiner's `state transfer
+/// complete`, and 4 KiB at most came in the 2 s after the answer). Both VmHWMs are read then.
 ///
-/// Measured (release build, 7 runs, 2 cores shared with other builds, load 4 – 6): donor steady
-/// 28.1 – 28.5 MiB, growth +7.2 to +12.9 MiB; joiner peak 37.7 – 40.4 MiB; the transfer and the
-/// digest 0.7 – 1.3 s, the test 1.2 – 2.1 s. The bounds leave twice the worst growth and 1.4
-/// times the worst joiner for a busy machine, and are far below the transfer that cloned the
+/// Measured (release build, 2 cores shared with other builds, load 4 – 6), 28 runs alone: donor
+/// steady 27.7 – 28.9 MiB, growth +6.6 to +12.9 MiB and once +17.3; joiner peak 37.0 – 40.4 MiB
+/// and once 48.2 (the same run); the transfer and the digest 0.4 – 1.5 s, the test 1.1 – 2.3 s.
+/// 13 runs of the whole file (its tests in parallel, 13.6 – 14.0 s): growth +8.1 to +16.2 MiB,
+/// joiner 36.3 – 39.4 MiB and once 51.4. A debug build, twice: donor +7.9 and +12.1 MiB, joiner
+/// 45.9 and 46.6 MiB, the test 7.4 s. The bounds leave 1.8 times the worst growth and 1.25
+/// times the worst joiner for a busy machine, and are well below the transfer that cloned the
 /// store and encoded every chunk before the first left (donor +88.5 MiB, joiner 77.5 MiB, with
 /// the store of that time: docs/PERFORMANCE.md, "Streamed state transfer").
 #[test]
