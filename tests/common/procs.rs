@@ -191,6 +191,17 @@ impl Proc {
         format!("--- {} ---\n{}", self.name, self.text())
     }
 
+    /// A figure of its `/proc/<pid>/status` in KiB (`VmHWM`, the peak resident set; `VmRSS`).
+    pub fn status_kib(&self, key: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {path}"))
+    }
+
     /// SIGKILL: no goodbye, no last replication.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
