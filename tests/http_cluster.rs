@@ -810,10 +810,7 @@ fn sigterm_and_sigint_stop_cleanly_and_the_others_see_it_within_1s() {
 fn health_is_503_until_the_state_transfer_is_done() {
     common::init_logs();
     // Node 1's receiver port, known before it starts.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = common::port_to_reserve();
     // server2.toml, with a first-member wait far past this test's length.
     let dir = std::env::temp_dir().join(format!("tribecast-http-ready-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -28,6 +28,24 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A loopback TCP port that is free now and that no other socket of this machine will be given
+/// in the meantime: taken below the kernel's ephemeral range (`ip_local_port_range`), where
+/// only an explicit bind lands, so a test can name it before the process that binds it starts
+/// (a port 0 that was freed can be handed to any connect's source port, another test's).
+pub fn port_to_reserve() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let first = 10_000u16.min(low / 2);
+    let span = u32::from(low - first);
+    let start = std::process::id() % span;
+    (0..span)
+        .map(|i| first + ((start + i) % span) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 /// What a listener received: (sender name, payload).
 #[derive(Default)]
 pub struct Inbox {
