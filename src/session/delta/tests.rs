@@ -11,6 +11,23 @@ fn deliver(outs: Vec<Out>, from: MemberId, to: &mut DeltaCore) -> Vec<Out> {
         .collect()
 }
 
+/// The start of the dead-renamer seeds (50, 124, 427 of the kill -9 simulation): A made X
+/// (B and C hold it), then changed its id to N and changed the session. Returns the members,
+/// X, N and the messages of that change of id and change, none delivered yet (A dies with them
+/// reaching some members only).
+fn renamed_by_a() -> ([DeltaCore; 3], SessionId, SessionId, Vec<Out>) {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let x = a.create(0).unwrap();
+    let created = a.end_request(&x, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    let (n, mut failed, _) = a.change_id(&x).unwrap();
+    a.session_mut(&n).unwrap().set("x", &1u8).unwrap();
+    failed.extend(a.end_request(&n, 1));
+    ([a, b, c], x, n, failed)
+}
+
 #[test]
 fn a_session_created_and_changed_in_one_request_arrives_whole() {
     let (mut a, mut b) = (
@@ -961,17 +978,9 @@ fn a_joiner_that_read_an_older_rename_takes_the_rename_back_from_a_digest() {
 /// old id, and C undoes it at B's first change after A left.
 #[test]
 fn a_dead_members_change_of_id_taken_before_its_death_was_seen_is_undone_at_the_next_change() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let ([_, mut b, mut c], x, n, failed) = renamed_by_a();
     b.set_members(vec![A, C], 0);
     c.set_members(vec![A, B], 0);
-    let x = a.create(0).unwrap();
-    let created = a.end_request(&x, 0);
-    deliver(created.clone(), A, &mut b);
-    deliver(created, A, &mut c);
-    let (n, mut failed, _) = a.change_id(&x).unwrap();
-    a.session_mut(&n).unwrap().set("x", &1u8).unwrap();
-    failed.extend(a.end_request(&n, 1));
     deliver(failed, A, &mut c);
     // B serves the user under X; its change reaches C, which still lists A: forked.
     b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
@@ -1015,15 +1024,7 @@ fn a_dead_members_change_of_id_taken_before_its_death_was_seen_is_undone_at_the_
 /// by C's copy of X, so C's digest names it and the joiner undoes the change of id.
 #[test]
 fn an_undone_change_of_id_never_held_here_is_named_in_the_digest() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
-    let x = a.create(0).unwrap();
-    let created = a.end_request(&x, 0);
-    deliver(created.clone(), A, &mut b);
-    deliver(created, A, &mut c);
-    let (n, mut failed, _) = a.change_id(&x).unwrap();
-    a.session_mut(&n).unwrap().set("x", &1u8).unwrap();
-    failed.extend(a.end_request(&n, 1));
+    let ([_, mut b, mut c], x, n, failed) = renamed_by_a();
     b.set_members(vec![A, C], 0);
     c.set_members(vec![A, B], 0);
     deliver(failed, A, &mut b);
@@ -1038,7 +1039,7 @@ fn an_undone_change_of_id_never_held_here_is_named_in_the_digest() {
     );
     deliver(change, C, &mut b);
     // A restarts as D: its transfer from C, then B's digest (B's as it was at the death).
-    let mut d = new("a");
+    let mut d = DeltaCore::new(DeltaConfig::default(), "a");
     let ask = d.begin_state_transfer(C);
     let mut chunks = deliver(vec![ask], D, &mut c);
     while let Some(ch) = c.next_chunk(D) {
@@ -1080,16 +1081,8 @@ fn an_undone_change_of_id_never_held_here_is_named_in_the_digest() {
 /// change of id from a digest: docs/RELIABILITY.md.)
 #[test]
 fn a_copy_under_an_undone_change_of_id_is_not_taken() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let ([a, mut b, mut c], x, n, failed) = renamed_by_a();
     c.set_members(vec![A, B, D], 0);
-    let x = a.create(0).unwrap();
-    let created = a.end_request(&x, 0);
-    deliver(created.clone(), A, &mut b);
-    deliver(created, A, &mut c);
-    let (n, mut failed, _) = a.change_id(&x).unwrap();
-    a.session_mut(&n).unwrap().set("x", &1u8).unwrap();
-    failed.extend(a.end_request(&n, 1));
     let dead_state = a.session(&n).unwrap().state().clone();
     // C hears of the change of id (D's digest after A's death) and A leaves its view.
     deliver(failed[..1].to_vec(), A, &mut c);
@@ -1120,16 +1113,8 @@ fn a_copy_under_an_undone_change_of_id_is_not_taken() {
 /// change of id, and applies under the old id.
 #[test]
 fn the_copy_a_fork_under_a_dead_members_new_id_waits_for_undoes_the_change_of_id() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let ([_, mut b, mut c], x, n, failed) = renamed_by_a();
     c.set_members(vec![A, B], 0);
-    let x = a.create(0).unwrap();
-    let created = a.end_request(&x, 0);
-    deliver(created.clone(), A, &mut b);
-    deliver(created, A, &mut c);
-    let (n, mut failed, _) = a.change_id(&x).unwrap();
-    a.session_mut(&n).unwrap().set("x", &1u8).unwrap();
-    failed.extend(a.end_request(&n, 1));
     deliver(failed, A, &mut c);
     b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
     let asked = deliver(b.end_request(&x, 2), B, &mut c);
