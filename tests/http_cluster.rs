@@ -16,7 +16,7 @@ mod http;
 use common::client::{self, exchange, Client, Reply};
 use common::netns;
 use common::procs::{
-    example_exe, get, get_until, json_number, pump, try_json_number, Output, Proc, LIMIT,
+    example_exe, get, get_until, json_number, login, pump, try_json_number, Output, Proc, LIMIT,
 };
 use common::wait_until;
 use std::io::Read;
@@ -140,14 +140,7 @@ fn scenario(manager: &str) {
     });
     let mut browser = Client::new();
     // 1. Log in on node 1.
-    let login = browser
-        .post_form(
-            nodes[0].http,
-            "/app/login",
-            &[("user", "admin"), ("pass", "secret")],
-        )
-        .expect("login");
-    assert_eq!(login.status, 200, "{login:?}");
+    let login = login(&mut browser, &nodes[0], "admin", "secret");
     let set_cookie = login.header("set-cookie").expect("Set-Cookie").to_string();
     assert!(
         set_cookie.ends_with("; Path=/app; HttpOnly; SameSite=Lax"),
@@ -332,14 +325,7 @@ fn logout_ends_the_session_everywhere(manager: &str) {
     common::init_logs();
     let nodes = cluster(manager);
     let mut browser = Client::new();
-    let login = browser
-        .post_form(
-            nodes[0].http,
-            "/app/login",
-            &[("user", "admin"), ("pass", "secret")],
-        )
-        .expect("login");
-    assert_eq!(login.status, 200, "{login:?}");
+    login(&mut browser, &nodes[0], "admin", "secret");
     get_until(&mut browser, &nodes[1], "/app/profile", 200);
     settle(&nodes, manager);
     // Someone who kept the cookie (a copy of the browser from before the logout).
@@ -376,14 +362,7 @@ fn static_files_are_served_and_not_replicated() {
     common::init_logs();
     let mut nodes = cluster("delta");
     let mut browser = Client::new();
-    let login = browser
-        .post_form(
-            nodes[0].http,
-            "/app/login",
-            &[("user", "guest"), ("pass", "guest")],
-        )
-        .expect("login");
-    assert_eq!(login.status, 200, "{login:?}");
+    login(&mut browser, &nodes[0], "guest", "guest");
     let n3 = &nodes[2];
     let ok = wait_until(LIMIT, || n3.health_number("sessions") == 1);
     assert!(ok, "node 3 never got the session");
@@ -608,14 +587,7 @@ fn inner_multicast_http_nodes() {
         );
     }
     let mut browser = Client::new();
-    let login = browser
-        .post_form(
-            n1.http,
-            "/app/login",
-            &[("user", "admin"), ("pass", "secret")],
-        )
-        .expect("login");
-    assert_eq!(login.status, 200);
+    login(&mut browser, &n1, "admin", "secret");
     let profile = get_until(&mut browser, &n2, "/app/profile", 200);
     assert!(
         profile.body.contains("\"username\":\"admin\""),
@@ -652,14 +624,7 @@ fn nodes_with_the_cluster_key_replicate_and_a_node_without_it_is_refused() {
         l.contains("Cluster key configured")
     });
     let mut c = Client::new();
-    let r = c
-        .post_form(
-            n1.http,
-            "/app/login",
-            &[("user", "admin"), ("pass", "secret")],
-        )
-        .expect("login");
-    assert_eq!(r.status, 200, "{r:?}");
+    login(&mut c, &n1, "admin", "secret");
     let r = get_until(&mut c, &n2, "/app/profile", 200);
     assert!(r.body.contains("admin"), "{r:?}");
     // Without the key: refused by the keyed receivers, and no member on either side.
@@ -912,14 +877,7 @@ fn a_state_transfer_of_50000_sessions_keeps_both_memories_bounded() {
     );
     let donor_steady = donor.status_kib("VmHWM");
     let mut user = Client::new();
-    let login = user
-        .post_form(
-            donor.http,
-            "/app/login",
-            &[("user", "admin"), ("pass", "secret")],
-        )
-        .expect("login");
-    assert_eq!(login.status, 200, "{login:?}");
+    login(&mut user, &donor, "admin", "secret");
     let started = Instant::now();
     let joiner = Proc::spawn_with(
         "joiner",

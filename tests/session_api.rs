@@ -251,7 +251,16 @@ fn rebinds_the_route_after_a_failover(kind: ManagerKind) {
             .iter()
             .all(|n| n.channel().members().iter().all(|m| Some(m.id) != gone))
     });
-    let mut req = app(2).request(Some(&id), "/app/profile");
+    // The managers hear of the leave from the channel's listener, just after its member list
+    // changed: until node 3's has, a request keeps the old id (nothing renamed, nothing sent).
+    let mut req = None;
+    wait_for("node 3 rebinds the session", LIMIT, || {
+        let r = app(2).request(Some(&id), "/app/profile");
+        let rebound = r.set_cookie().is_some();
+        req = Some(r);
+        rebound
+    });
+    let mut req = req.expect("a request");
     let s = req.session().expect("node 3 serves the session");
     assert_eq!(
         s.get::<String>("user").expect("get").as_deref(),

@@ -270,6 +270,15 @@ pub fn get_until(c: &mut Client, node: &Proc, path: &str, status: u16) -> Reply 
     last.expect("at least one answer")
 }
 
+/// Logs `user` in on `node` through the demo's form, which must answer 200.
+pub fn login(c: &mut Client, node: &Proc, user: &str, pass: &str) -> Reply {
+    let r = c
+        .post_form(node.http, "/app/login", &[("user", user), ("pass", pass)])
+        .expect("login");
+    assert_eq!(r.status, 200, "login of {user} on {}: {r:?}", node.name);
+    r
+}
+
 /// The number after `"key":` in a flat JSON object, if there is one.
 pub fn try_json_number(json: &str, key: &str) -> Option<u64> {
     let pat = format!("\"{key}\":");
