@@ -11,6 +11,14 @@ fn deliver(outs: Vec<Out>, from: MemberId, to: &mut DeltaCore) -> Vec<Out> {
         .collect()
 }
 
+/// `a` and `b` hold the same copy of `id` (or neither holds one).
+fn assert_same_copy(a: &DeltaCore, b: &DeltaCore, id: &SessionId) {
+    assert_eq!(
+        a.session(id).map(|s| s.state().clone()),
+        b.session(id).map(|s| s.state().clone())
+    );
+}
+
 /// The start of the dead-renamer seeds (50, 124, 427 of the kill -9 simulation): A made X
 /// (B and C hold it), then changed its id to N and changed the session. Returns the members,
 /// X, N and the messages of that change of id and change, none delivered yet (A dies with them
@@ -1009,10 +1017,7 @@ fn a_dead_members_change_of_id_taken_before_its_death_was_seen_is_undone_at_the_
         c.session(&n).is_none(),
         "C undid the dead member's change of id"
     );
-    assert_eq!(
-        c.session(&x).map(|s| s.state().clone()),
-        b.session(&x).map(|s| s.state().clone())
-    );
+    assert_same_copy(&c, &b, &x);
 }
 
 /// Seed 124 of the kill -9 simulation (a session lost on its home): the home A changed the
@@ -1065,10 +1070,7 @@ fn an_undone_change_of_id_never_held_here_is_named_in_the_digest() {
     let asks = deliver(digest, C, &mut d);
     deliver(deliver(asks, D, &mut c), C, &mut d);
     assert!(d.session(&n).is_none(), "D undid the change of id");
-    assert_eq!(
-        d.session(&x).map(|s| s.state().clone()),
-        c.session(&x).map(|s| s.state().clone())
-    );
+    assert_same_copy(&d, &c, &x);
 }
 
 /// Seed 427 of the kill -9 simulation: the home A changed the session's id (X to N) and
@@ -1098,10 +1100,7 @@ fn a_copy_under_an_undone_change_of_id_is_not_taken() {
     let _ = c.handle(D, &SessionMessage::Merge(vec![dead_state]));
     assert!(c.session(&x).is_none() && c.session(&n).is_none());
     deliver(deliver(asked, C, &mut b), B, &mut c);
-    assert_eq!(
-        c.session(&x).map(|s| s.state().clone()),
-        b.session(&x).map(|s| s.state().clone())
-    );
+    assert_same_copy(&c, &b, &x);
 }
 
 /// Seed 427 of the kill -9 simulation, on the member that forked: the home A changed the
@@ -1130,8 +1129,5 @@ fn the_copy_a_fork_under_a_dead_members_new_id_waits_for_undoes_the_change_of_id
     };
     assert!(events.contains(&undone), "{events:?}");
     assert!(c.session(&n).is_none(), "C undid the change of id");
-    assert_eq!(
-        c.session(&x).map(|s| s.state().clone()),
-        b.session(&x).map(|s| s.state().clone())
-    );
+    assert_same_copy(&c, &b, &x);
 }
