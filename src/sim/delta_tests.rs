@@ -798,6 +798,68 @@ fn late_join(seeds: u64, quiet_before_join: bool) {
     }
 }
 
+/// A clean stop without `expire_sessions_on_shutdown` ends the stopping member's sessions
+/// there only: every member that stays keeps every session. The stop falls while a joiner's
+/// state transfer and catch-up run, and the stopping member handles what it still receives
+/// for a moment before it is gone (production ends its sessions, then stops its channel): the
+/// real-socket reference scenario, where a member whose transfer ended after the login asked
+/// the stopping one for its digest, which named every session it had just ended locally as
+/// ended; the joiner ended its copy and its digest after the leave ended the others'.
+#[test]
+fn a_clean_stop_during_a_joiners_catch_up_ends_no_session_on_the_members_that_stay() {
+    let cfg = DeltaSimConfig {
+        shell_ticks: Some(ms(20)),
+        ..DeltaSimConfig::default()
+    };
+    let (mut answered, mut kept) = (0, 0);
+    for_each_seed(64, |seed| {
+        let faults = Faults {
+            latency: (Duration::from_micros(20), ms(2)),
+            max_chunk: 256,
+            ..Faults::default()
+        };
+        let mut c = Cluster::new(seed, faults, &cfg, 3);
+        let mix = Mix {
+            max_live: 20,
+            ..Mix::default()
+        };
+        c.run_workload(ms(60), (Duration::ZERO, ms(1)), &mix);
+        c.settle(ms(200));
+        let j = c.join();
+        let victim = NodeId(c.w.below(3) as usize);
+        let stop_at = c.sim.now() + c.w.duration_between(Duration::ZERO, ms(40));
+        c.sim.run_until(stop_at, |_| false);
+        let digests = c.sim.node(victim).journal.sent("digest");
+        c.sim.call(victim, |node, ctx| node.stop_cleanly(ctx));
+        let gone_at = c.sim.now() + c.w.duration_between(Duration::ZERO, ms(30));
+        c.sim.run_until(gone_at, |_| false);
+        answered += c.sim.node(victim).journal.sent("digest") - digests;
+        c.crash(victim);
+        c.forget(victim);
+        // Long enough for a joiner whose donor left before answering to give up on it.
+        c.settle(secs(70));
+        if !c.sim.node(j).core().is_ready() {
+            c.sim.fail("the joiner never finished its state transfer");
+        }
+        for s in c.live() {
+            let id = &c.sessions[s].id;
+            for n in c.up() {
+                if c.sim.node(n).copy(id).is_none() {
+                    c.sim.fail(format_args!(
+                        "{n} lost {id} at the clean stop of {victim} (joiner {j})"
+                    ));
+                }
+            }
+            kept += 1;
+        }
+        c.assert_converged();
+    });
+    eprintln!("clean stop: {kept} sessions kept, {answered} digest messages sent after the stop");
+    if !replaying() {
+        assert!(answered > 0, "no stopping member answered a digest");
+    }
+}
+
 // ---- 3. crash of an originating node ----
 
 /// Changes are acknowledged like the sync-ack mode (every member applied them). The node that
