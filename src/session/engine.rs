@@ -112,6 +112,18 @@ impl Core {
         }
     }
 
+    /// On a stop that leaves the sessions to the other members: ends every session here
+    /// only. A DeltaManager remembers no end ([`DeltaCore::drop_copies`]).
+    pub fn drop_copies(&mut self) -> Vec<SessionEvent> {
+        match self {
+            Core::Delta(c) => c.drop_copies(),
+            Core::Backup(c) => {
+                let ids: Vec<SessionId> = c.ids().cloned().collect();
+                ids.iter().flat_map(|id| c.invalidate(id).1).collect()
+            }
+        }
+    }
+
     /// `None` when the session is not here (or, for a backup copy, not served here).
     pub fn change_id(&mut self, id: &SessionId) -> Result<Option<Renamed>, SessionIdError> {
         match self {

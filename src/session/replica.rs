@@ -237,6 +237,12 @@ impl ReplicaStore {
         self.end_at(id, version)
     }
 
+    /// Drops this node's copy without remembering an end: the session lives on elsewhere.
+    pub fn forget(&mut self, id: &SessionId) -> Option<Session> {
+        self.forked.remove(id);
+        self.sessions.remove(id)
+    }
+
     /// Ends a session that ended at `version` (here, or as another member says).
     pub fn end_at(&mut self, id: &SessionId, version: u64) -> Option<Session> {
         let Some(s) = self.sessions.remove(id) else {

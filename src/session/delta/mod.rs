@@ -380,6 +380,20 @@ impl DeltaCore {
         }
     }
 
+    /// A stop that leaves the sessions to the other members: every copy here goes, and no
+    /// end is remembered. A remembered end is this node's word that the session ended, given
+    /// while its channel still runs (the digest a joiner asks for, `Expired` for a
+    /// `GetSession`): the joiner ended its copy, and its digest after the leave the others'
+    /// (the real-socket reference scenario; the clean-stop simulation, seed 4).
+    pub fn drop_copies(&mut self) -> Vec<SessionEvent> {
+        self.unannounced.clear();
+        let ids: Vec<SessionId> = self.store.ids().cloned().collect();
+        ids.into_iter()
+            .filter(|id| self.store.forget(id).is_some())
+            .map(SessionEvent::Destroyed)
+            .collect()
+    }
+
     /// Ends a session everywhere (invalidate).
     pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
         let announced = !self.unannounced.remove(id);

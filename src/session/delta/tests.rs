@@ -384,6 +384,32 @@ fn get_session_answers_the_copy_the_end_or_not_here() {
     assert!(outs.is_empty() && events.is_empty() && b.session(&id).is_some());
 }
 
+/// A stop that leaves the sessions to the other members drops the copies here and remembers
+/// no end of them: what this node answers before its channel stops names none ended (an end
+/// ended before stays named).
+#[test]
+fn copies_dropped_at_a_stop_are_not_named_ended() {
+    let mut a = DeltaCore::new(DeltaConfig::default(), "a");
+    let _ = a.set_members(vec![B], 0);
+    let (live, ended) = (a.create(0).unwrap(), a.create(0).unwrap());
+    a.end_request(&live, 0);
+    a.end_request(&ended, 0);
+    a.invalidate(&ended);
+    assert_eq!(a.drop_copies(), vec![SessionEvent::Destroyed(live.clone())]);
+    assert!(a.session(&live).is_none() && a.store().tombstone(&live).is_none());
+    let (outs, _) = a.handle(B, &SessionMessage::GetSession { id: live.clone() });
+    assert_eq!(outs[0].msg, SessionMessage::NotHere { id: live.clone() });
+    let named: Vec<DigestEntry> = a
+        .answer_get_digest(B, 1)
+        .into_iter()
+        .flat_map(|o| match o.msg {
+            SessionMessage::Digest(e) => e,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(named, vec![DigestEntry::Ended(ended, 0)]);
+}
+
 const C: MemberId = MemberId([3; 16]);
 
 /// Seed 14 of the kill -9 loop: member A created a session and changed another, and died

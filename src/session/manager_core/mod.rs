@@ -909,17 +909,21 @@ impl ManagerCore {
         self.begin_catch_up(late.map(|m| m.id), now_ms, ready);
     }
 
-    /// On shutdown: ends every session here (and, with `everywhere`, on every member).
+    /// On shutdown: ends every session here (and, with `everywhere`, on every member). Ended
+    /// here only, a DeltaManager's sessions are dropped with no end remembered, so nothing it
+    /// answers before its channel stops ends them on the members that keep them.
     pub fn expire_all(&mut self, everywhere: bool) -> Ready {
         let mut ready = Ready {
             options: self.options,
             ..Ready::default()
         };
+        if !everywhere {
+            ready.events = self.core.drop_copies();
+            return ready;
+        }
         for id in self.core.ids() {
             let (outs, events) = self.core.invalidate(&id);
-            if everywhere {
-                ready.outs.extend(outs);
-            }
+            ready.outs.extend(outs);
             ready.events.extend(events);
         }
         ready

@@ -371,6 +371,47 @@ fn a_joiner_stops_waiting_for_a_digest_of_a_member_gone_or_silent() {
     }
 }
 
+/// The real-socket reference scenario (asynchronous DeltaManager, 3 nodes): member 1 stops
+/// without `expire_sessions_on_shutdown` while member 3, whose state transfer ended after the
+/// login, catches up. Member 1's digest, answered before its channel stopped, named the session
+/// ended (the local end of the stop), member 3 ended its copy, and its digest after member 1's
+/// leave ended member 2's. A local end is now no end: both keep the session. With
+/// `expire_sessions_on_shutdown` the stop ends it everywhere.
+#[test]
+fn a_stop_that_leaves_the_sessions_to_the_others_ends_none_of_theirs() {
+    for everywhere in [false, true] {
+        let mut nodes = cluster(ManagerKind::Delta, 3);
+        let id = login(&mut nodes, 1);
+        let stop = nodes[0].expire_all(everywhere);
+        assert_eq!(stop.events, vec![SessionEvent::Destroyed(id.clone())]);
+        assert!(nodes[0].core().session(&id).is_none());
+        assert_eq!(stop.outs.is_empty(), !everywhere);
+        deliver(&mut nodes, 1, stop.outs);
+        // Before its channel stops, member 1 still answers member 3's catch-up.
+        let ask = |msg| POut {
+            dest: Dest::Member(m(1)),
+            msg: Payload::Delta(msg),
+        };
+        let asks = vec![
+            ask(SessionMessage::GetDigest),
+            ask(SessionMessage::GetSession { id: id.clone() }),
+        ];
+        deliver(&mut nodes, 3, asks);
+        // Member 1 left: the others exchange their digests.
+        for (i, others) in [(2, [3]), (3, [2])] {
+            let ready = nodes[usize::from(i - 1)].members_changed(&mems(others), T0);
+            deliver(&mut nodes, i, ready.outs);
+        }
+        for n in &nodes[1..] {
+            assert_eq!(
+                n.core().session(&id).is_some(),
+                !everywhere,
+                "everywhere: {everywhere}"
+            );
+        }
+    }
+}
+
 /// The donor of a state transfer makes one chunk per input, each sent with an acknowledgement:
 /// the next comes only once the shell says the previous one was sent, and a chunk that could
 /// not be sent ends the transfer.
