@@ -1131,3 +1131,53 @@ fn the_copy_a_fork_under_a_dead_members_new_id_waits_for_undoes_the_change_of_id
     assert!(c.session(&n).is_none(), "C undid the change of id");
     assert_same_copy(&c, &b, &x);
 }
+
+/// Seed 27 of the kill -9 simulation (a copy under a state its origin never made): the home A
+/// changed the session's id (X to N) and changed it, and died with both having reached B only.
+/// The user went on under X at C, whose change reached D. B's digest after A's death named
+/// the change of id, and D renamed its copy of X, changed by C beyond the version the change
+/// of id was made at, to N: C's state under an id its origin never gave it. A copy of the old
+/// id changed beyond the change of id's version is news from after it (as route rebinding's
+/// return is), and stays. (Seeds 254 and 427: the restarted renamer, whose state transfer
+/// brought the copy C changed, followed its own failed change of id the same way.)
+#[test]
+fn a_change_of_id_named_in_a_digest_does_not_move_a_copy_changed_beyond_it() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c, mut d) = (new("a"), new("b"), new("c"), new("d"));
+    // X at version 1 on every member (a change of id made on version 0 is named in digests
+    // as made at an unknown version).
+    let x = a.create(0).unwrap();
+    let mut outs = a.end_request(&x, 0);
+    a.session_mut(&x).unwrap().set("x", &1u8).unwrap();
+    outs.extend(a.end_request(&x, 1));
+    for to in [&mut b, &mut c, &mut d] {
+        assert!(deliver(outs.clone(), A, to).is_empty());
+    }
+    let (n, mut failed, _) = a.change_id(&x).unwrap();
+    a.session_mut(&n).unwrap().set("x", &2u8).unwrap();
+    failed.extend(a.end_request(&n, 2));
+    b.set_members(vec![A, C, D], 0);
+    d.set_members(vec![A, B, C], 0);
+    deliver(failed, A, &mut b);
+    assert!(b.session(&n).is_some() && b.session(&x).is_none());
+    // The user goes on under X at C; its change reaches D.
+    c.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let change = c.end_request(&x, 2);
+    assert!(deliver(change, C, &mut d).is_empty());
+    // B sees A leave: its digest names the change of id, made at the version C changed.
+    let from_b = b.set_members(vec![C, D], 3);
+    let renamed = from_b.iter().any(|o| match &o.msg {
+        SessionMessage::DigestAfterLeave(e) => e
+            .iter()
+            .any(|e| matches!(e, DigestEntry::Renamed(o, m, at) if *o == x && *m == n && *at > 0)),
+        _ => false,
+    });
+    assert!(renamed, "{from_b:?}");
+    let to_d: Vec<Out> = from_b
+        .into_iter()
+        .filter(|o| o.dest == Dest::Member(D))
+        .collect();
+    let _ = deliver(to_d, B, &mut d);
+    assert!(d.session(&n).is_none(), "D did not follow the change of id");
+    assert_same_copy(&d, &c, &x);
+}
