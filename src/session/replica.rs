@@ -110,9 +110,10 @@ pub enum DigestEntry {
     Live(SessionId, Stamp),
     /// Ended at this version.
     Ended(SessionId, u64),
-    /// Renamed at this version (the copy's when it was renamed here; 0 if there was none): a
-    /// receiver whose copy of the old id is newer holds a session that came back to it since
-    /// (route rebinding keeps the random part).
+    /// Renamed at this version (the renamer's, or the copy's when it was renamed here; 0 if
+    /// neither was known): a receiver whose copy of the old id is newer holds a session that
+    /// went on under it since (route rebinding keeps the random part and can bring it back;
+    /// any other change of id failed), and does not follow it.
     Renamed(SessionId, SessionId, u64),
 }
 
@@ -134,7 +135,8 @@ pub struct Tombstone {
     /// Its new id, if it was renamed rather than ended.
     pub renamed: Option<SessionId>,
     /// The session's version when it ended (reconciliation after a partition keeps a copy of a
-    /// higher version).
+    /// higher version); renamed, the version the change of id was made at (the renamer's when
+    /// it told it, else the copy's here).
     pub version: u64,
     /// Until when a copy elsewhere could still be alive (twice its max inactive interval after
     /// the ended copy's last access): older ends are not worth telling other members about.
@@ -331,10 +333,16 @@ impl ReplicaStore {
             self.tombstones.remove(new);
             self.tombstone_order.retain(|id| id != new);
         }
+        // Dated by the renamer's version when it is told (this copy may lag behind it, or be
+        // absent): a change under `old` made on a lower version predates the change of id,
+        // and does not undo it (`DeltaCore::undo_a_dead_members_change_of_id`; quiet seed 37
+        // of the kill -9 simulation: a joiner got the change of id before its transfer's copy,
+        // then a late change made before it).
         let (version, until) = self
             .sessions
             .get(old)
             .map_or((0, 0), |s| (s.version(), horizon(s)));
+        let version = version.max(told.unwrap_or(0));
         self.bury(old.clone(), Some(new.clone()), version, until);
         if self.tombstones.contains_key(new) {
             // The new id is already retired here (the session ended, or moved on to a newer

@@ -257,7 +257,7 @@ impl DeltaCore {
                     self.store.undo_rename(old, new);
                 }
                 DigestEntry::Renamed(old, new, at) => {
-                    events.extend(self.rename_as_told(old, new, *at));
+                    events.extend(self.rename_as_told(how, old, new, *at));
                 }
                 DigestEntry::Live(id, theirs) => {
                     let cur = self.store.resolve(id).clone();
@@ -360,19 +360,29 @@ impl DeltaCore {
     /// to the copy held here.
     fn rename_as_told(
         &mut self,
+        how: Reading,
         old: &SessionId,
         new: &SessionId,
         at: u64,
     ) -> Option<SessionEvent> {
-        // Route rebinding keeps the random part, so a session can come back to `old` after
-        // this rename: a copy of `old` with changes beyond it is that return (a joiner's
-        // snapshot has it, and a digest made before the return reached the sender, read after
-        // that snapshot, would take it away: kill -9 simulation, quiet seed 46 with every
-        // user pinned and rebinding).
-        if old.same_random_part(new)
-            && at > 0
-            && self.store.get(old).is_some_and(|s| s.version() > at)
-        {
+        // A copy of `old` with changes beyond the version the change of id was made at is news
+        // from after it, and stays, where that cannot be the other side of a partition:
+        // - Route rebinding keeps the random part, so a session can come back to `old` after
+        //   this rename: that return (a joiner's snapshot has it, and a digest made before the
+        //   return reached the sender, read after that snapshot, would take it away: kill -9
+        //   simulation, quiet seed 46 with every user pinned and rebinding).
+        // - After a leave, and on the member whose route `new` has (restarted: it does not
+        //   remember making it): the session went on under `old` at a member that never had
+        //   the change of id, which failed (a change of id that stands reached every member
+        //   before its user went on); renamed here, the copy held a state its origin never
+        //   made under `new` (seed 27; 254 and 427 on the restarted renamer, whose state
+        //   transfer brought that copy). A healed partition's digest (`Reading::Merge`) names
+        //   a change of id made on the other side while this side changed `old`: the rule of
+        //   `super::reconcile` decides between them, as for any copy changed on both sides.
+        let news = old.same_random_part(new)
+            || how == Reading::AfterLeave
+            || new.route() == Some(self.route.as_str());
+        if news && at > 0 && self.store.get(old).is_some_and(|s| s.version() > at) {
             return None;
         }
         let reverse = self

@@ -735,18 +735,33 @@ impl DeltaCore {
     /// simulation: a copy under a state its origin never made). So does the copy (`State`)
     /// of `old` a forked copy under `new` waits for, which then applies under `old` (seed 427:
     /// the fork took the sender's state under `new`, an id no live member serves it under).
+    ///
+    /// A DELTA under `old` made on the version the change of id was made at or a later one
+    /// undoes it too, its maker listed or not, when the sender is not the member that brought
+    /// the copy's version: the sender served the session under `old` without ever having had
+    /// the change of id, which therefore failed (a change of id that stands reached every
+    /// member before its user's request was answered; a change made before it is on a lower
+    /// version). Seeds 99, 227, 427 of the kill -9 simulation: the change applied under `new`
+    /// before its maker's death was seen, and `new` held a state its origin never made under
+    /// it; seeds 78, 147, 271: the change forked the copy under `new`, whose awaited copy
+    /// could then only come under `old` and was taken under `new`.
     fn undo_a_dead_members_change_of_id(
         &mut self,
         from: MemberId,
         msg: &SessionMessage,
     ) -> Option<(Out, SessionEvent)> {
-        let (old, awaited) = match msg {
-            SessionMessage::Delta { id, .. } | SessionMessage::Accessed { id, .. } => (id, None),
-            SessionMessage::State(st) => (&st.id, Some((st.version, fingerprint(st)))),
+        let (old, awaited, base) = match msg {
+            SessionMessage::Delta { id, base, .. } => (id, None, Some(*base)),
+            SessionMessage::Accessed { id, .. } => (id, None, None),
+            SessionMessage::State(st) => (&st.id, Some((st.version, fingerprint(st))), None),
             _ => return None,
         };
-        let new = self.store.tombstone(old)?.renamed.clone()?;
-        if !self.store.get(&new).is_some_and(|s| s.served.writer_left) {
+        let t = self.store.tombstone(old)?;
+        let (new, renamed_at) = (t.renamed.clone()?, t.version);
+        let copy = self.store.get(&new)?;
+        let beyond =
+            !t.undone && base.is_some_and(|b| b >= renamed_at) && copy.served.writer != Some(from);
+        if !copy.served.writer_left && !beyond {
             return None;
         }
         // A state under `old` is taken only as the one a fork here waits for (a late answer
