@@ -679,6 +679,11 @@ impl BackupNode {
         copy.take_pending();
         let mut ticket = self.rebind(&mut copy, ctx);
         let mut id = copy.id().clone();
+        // A change of id the manager refused (the session moved to another member's claim
+        // while the request waited for its fetch, e.g. seed 365 with the lanes failing sends
+        // at a reset): the application sees `change_id() == None`, answers an error, and the
+        // request still ends, as `SessionRequest::finish` would end it.
+        let mut rename_refused = false;
         for op in ops {
             match op {
                 Op::Set(_) | Op::Remove(_) | Op::Read | Op::MaxInactive(_) => {
@@ -688,7 +693,10 @@ impl BackupNode {
                 Op::ChangeId => {
                     let (new, ready) = match self.mgr.change_id(&id) {
                         Ok(Some(r)) => r,
-                        Ok(None) => panic!("{}: change of id of {id} refused", self.id),
+                        Ok(None) => {
+                            rename_refused = true;
+                            break;
+                        }
                         Err(e) => panic!("{}: change of id of {id}: {e}", self.id),
                     };
                     self.renamed(&id, &new);
@@ -733,6 +741,7 @@ impl BackupNode {
         self.touch(&id);
         ticket.extend(self.send_outs(outs, true, Lane::of(ready.options), ctx));
         ticket.extend(self.perform(ready, true, ctx));
+        self.journal.refused_ends += u64::from(rename_refused);
         (Served::Live(id), ticket)
     }
 

@@ -262,16 +262,7 @@ impl BackupCore {
     /// acknowledgement, from a member that is no backup of the new id, gets it a `Drop`
     /// (`on_copy_ack`).
     fn renamed_reply(&self, id: &SessionId, to: MemberId) -> Option<Out> {
-        let mut new = id;
-        // A chain of changes of id ends at the id served here, if any (bounded: a tombstone
-        // cycle from the network must not loop).
-        for _ in 0..8 {
-            match self.ended.get(new) {
-                Some(Tomb::Renamed { to }) => new = to,
-                _ => break,
-            }
-        }
-        let e = self.entries.get(new).filter(|_| new != id)?;
+        let (new, e) = self.renamed_here(id)?;
         let Role::Primary { backups, .. } = &e.role else {
             return None;
         };
@@ -282,5 +273,41 @@ impl BackupCore {
             backups: backups.clone(),
         };
         Some(Self::to(to, msg))
+    }
+
+    /// The answer to a `Copy` of an id this node renamed, when it serves the session under its
+    /// new id: the old id ended (an `Expired` that wins over every claim, as an end known here
+    /// does). Its sender claimed the old id on a copy the change of id missed (it was down when
+    /// its renamer fetched and renamed the session), under a claim above the renamer's, so the
+    /// `ChangeId` an `Orphan` gets would be ignored (the kill -9 loop simulation with
+    /// rebinding and lanes that fail at a reset, seed 213: the old id lived on beside the new
+    /// one). The session lives on under the new id, here and on its backups.
+    pub(super) fn renamed_end_reply(&self, id: &SessionId, to: MemberId) -> Option<Out> {
+        let (_, e) = self.renamed_here(id)?;
+        if !matches!(e.role, Role::Primary { .. }) {
+            return None;
+        }
+        let msg = BackupMessage::Expired {
+            id: id.clone(),
+            epoch: u64::MAX,
+            version: e.session.version(),
+        };
+        Some(Self::to(to, msg))
+    }
+
+    /// The id `id` was renamed to here and its entry, when the chain of changes of id from
+    /// `id` ends at a session held here.
+    fn renamed_here<'a>(&'a self, id: &'a SessionId) -> Option<(&'a SessionId, &'a Entry)> {
+        let mut new = id;
+        // A chain of changes of id ends at the id served here, if any (bounded: a tombstone
+        // cycle from the network must not loop).
+        for _ in 0..8 {
+            match self.ended.get(new) {
+                Some(Tomb::Renamed { to }) => new = to,
+                _ => break,
+            }
+        }
+        let e = self.entries.get(new).filter(|_| new != id)?;
+        Some((new, e))
     }
 }

@@ -266,11 +266,13 @@ impl BackupCore {
             },
         );
         if self.is_ended(id) {
-            // Nothing to keep; the primary must not wait for it.
+            // Nothing to keep; the primary must not wait for it. A copy of an id renamed here
+            // ends there too (`renamed_end_reply`).
             if ack {
                 outs.push(ack_msg);
             }
             outs.extend(self.ended_reply(id, from));
+            outs.extend(self.renamed_end_reply(id, from));
             return (outs, events);
         }
         let held = self.entries.get(id).map(|e| {

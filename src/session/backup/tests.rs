@@ -1057,3 +1057,49 @@ fn a_backup_whose_fetcher_died_asks_its_primary_and_learns_of_the_end() {
         "the ended session lives on: {asks:?}"
     );
 }
+
+/// A member that a change of id missed (it was down when its renamer took the session over by
+/// a fetch and renamed it) holds the old id's copy and claims it when the primary it knew dies:
+/// its `Copy` reaches the member serving the new id, which answers that the old id ended, and
+/// the claimant keeps no copy under the old id (the kill -9 loop simulation
+/// with rebinding and lanes that fail at a reset, seed 213: the old id, ended by the change
+/// of id, lived on).
+#[test]
+fn a_claim_on_a_renamed_id_is_answered_with_its_end() {
+    let mut renamer = node(2, &[2, 3], 1);
+    let old = renamer.create(1).unwrap();
+    renamer.end_request(&old, 2);
+    let (new, _) = renamer.change_id(&old).unwrap().unwrap();
+    assert!(renamer.is_primary(&new));
+    // Member 3 holds the old id's copy of a claim (epoch 1, member 1) and takes it over.
+    let mut stale = node(3, &[1, 2, 3], 1);
+    stale.entries.insert(
+        old.clone(),
+        Entry::backup(Session::from_state(state_at(&old, 6)), m(1), vec![m(3)], 1),
+    );
+    let mut to_renamer = stale.set_members(vec![m(2), m(3)]);
+    assert!(stale.is_primary(&old), "{to_renamer:?}");
+    assert!(
+        to_renamer
+            .iter()
+            .any(|o| matches!(o.msg, BackupMessage::Copy { .. })),
+        "{to_renamer:?}"
+    );
+    // Every message on its way, both directions, until quiet.
+    while !to_renamer.is_empty() {
+        let mut back = Vec::new();
+        for o in std::mem::take(&mut to_renamer) {
+            if o.dest == Dest::Member(m(2)) || o.dest == Dest::All {
+                back.extend(renamer.handle(m(3), &o.msg).0);
+            }
+        }
+        for o in back {
+            if o.dest == Dest::Member(m(3)) || o.dest == Dest::All {
+                to_renamer.extend(stale.handle(m(2), &o.msg).0);
+            }
+        }
+    }
+    assert!(stale.session(&old).is_none(), "the old id lives on");
+    assert!(renamer.session(&old).is_none());
+    assert!(renamer.is_primary(&new));
+}
