@@ -720,7 +720,8 @@ impl DeltaCore {
     /// after the death renamed the served copy too (seeds 89, 135, 144, 368 of the kill -9
     /// simulation: a copy under a state its origin never made). So does the copy (`State`)
     /// of `old` a forked copy under `new` waits for, which then applies under `old` (seed 427:
-    /// the fork took the sender's state under `new`, an id no live member serves it under).
+    /// the fork took the sender's state under `new`, an id no live member serves it under),
+    /// whether or not the maker of the change of id was seen to leave (seed 78).
     fn undo_a_dead_members_change_of_id(
         &mut self,
         from: MemberId,
@@ -732,13 +733,18 @@ impl DeltaCore {
             _ => return None,
         };
         let new = self.store.tombstone(old)?.renamed.clone()?;
-        if !self.store.get(&new).is_some_and(|s| s.served.writer_left) {
-            return None;
-        }
+        let writer_left = self.store.get(&new).is_some_and(|s| s.served.writer_left);
         // A state under `old` is taken only as the one a fork here waits for (a late answer
-        // of a member that had not yet had a change of id that stands is not).
-        if awaited.is_some_and(|(v, fp)| !self.store.fork_awaits(&new, v, fp)) {
-            return None;
+        // of a member that had not yet had a change of id that stands is not). That answer
+        // shows the change of id never reached the member serving the session (it holds
+        // `old`), so it was never acknowledged: it is undone even before its maker is seen
+        // to leave (seed 78 of the kill -9 simulation: the user's next changes under `old`,
+        // taken under `new` here, were acknowledged, and a request under `old` found none).
+        match awaited {
+            Some((v, fp)) if !self.store.fork_awaits(&new, v, fp) => return None,
+            Some(_) => {}
+            None if !writer_left => return None,
+            None => {}
         }
         self.store.undo_rename(old, &new);
         let ask = Out {

@@ -1131,3 +1131,32 @@ fn the_copy_a_fork_under_a_dead_members_new_id_waits_for_undoes_the_change_of_id
     assert!(c.session(&n).is_none(), "C undid the change of id");
     assert_same_copy(&c, &b, &x);
 }
+
+/// Seed 78 of the kill -9 simulation: A changed X's id to N and changed it, reaching C only,
+/// and died; the user went on under X at B, whose changes C took under N (forked, then B's
+/// copy), and acknowledged; a request under X at C then found no session. C had not yet seen
+/// A leave. B's copy under X, which C's fork waits for, shows the change of id never reached
+/// B (so it was never acknowledged): C undoes it at once.
+#[test]
+fn the_copy_a_fork_under_a_new_id_waits_for_undoes_the_change_of_id_before_its_maker_leaves() {
+    let ([_, mut b, mut c], x, n, failed) = renamed_by_a();
+    c.set_members(vec![A, B], 0);
+    deliver(failed, A, &mut c);
+    b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let asked = deliver(b.end_request(&x, 2), B, &mut c);
+    let not_here = deliver(asked, C, &mut b);
+    assert!(deliver(not_here, B, &mut c).is_empty());
+    let state = b.session(&x).unwrap().state().clone();
+    let (_, events) = c.handle(B, &SessionMessage::State(state));
+    let undone = SessionEvent::IdChanged {
+        old: n.clone(),
+        new: x.clone(),
+    };
+    assert!(events.contains(&undone), "{events:?}");
+    assert!(c.session(&n).is_none(), "C undid the change of id");
+    assert_same_copy(&c, &b, &x);
+    // B's next change applies under X, and a request under X finds it.
+    b.session_mut(&x).unwrap().set("z", &3u8).unwrap();
+    assert!(deliver(b.end_request(&x, 3), B, &mut c).is_empty());
+    assert_same_copy(&c, &b, &x);
+}
