@@ -87,7 +87,15 @@ pub struct DeltaCore {
     /// State transfers under way from this node, by joiner: one chunk leaves per
     /// [`DeltaCore::next_chunk`], so no snapshot of the store is ever made.
     donations: std::collections::BTreeMap<MemberId, Donation>,
+    /// Sessions ended here, by the members whose changes to them were refused here since
+    /// (at most [`MAX_REFUSED`]): such a member's live copy of one is above the end only by
+    /// changes never acknowledged, and does not bring the session back (`merge`).
+    refused: std::collections::BTreeMap<SessionId, BTreeSet<MemberId>>,
 }
+
+/// Ended sessions whose refused changes are remembered, at most (the oldest by id are
+/// forgotten: such an end then yields to a live copy above it, as after a partition).
+const MAX_REFUSED: usize = 10_000;
 
 impl DeltaCore {
     pub fn new(cfg: DeltaConfig, route: &str) -> DeltaCore {
@@ -106,6 +114,7 @@ impl DeltaCore {
             ids: Box::new(OsRandom),
             digests_owed: BTreeSet::new(),
             donations: Default::default(),
+            refused: Default::default(),
         }
     }
 
@@ -190,6 +199,12 @@ impl DeltaCore {
         let members = &self.members;
         self.donations
             .retain(|m, _| members.binary_search(m).is_ok());
+        // A member that left may come back from a partition whose changes were acknowledged
+        // without this one: its copies win over an end by version again.
+        self.refused.retain(|_, by| {
+            by.retain(|m| !gone.contains(m));
+            !by.is_empty()
+        });
         if !self.ready {
             return Vec::new();
         }
@@ -274,7 +289,7 @@ impl DeltaCore {
     }
 
     /// Reconciles copies from another member with this node's (see [`super::reconcile`]).
-    fn merge(&mut self, states: &[SessionState]) -> Vec<SessionEvent> {
+    fn merge(&mut self, from: MemberId, states: &[SessionState]) -> Vec<SessionEvent> {
         let mut events = Vec::new();
         for theirs in states {
             // The dead renamer's state, under a change of id undone here
@@ -295,8 +310,15 @@ impl DeltaCore {
                     }
                 }
                 None => {
+                    let refused_here = self.refused.get(&id).is_some_and(|by| by.contains(&from));
                     let back = match self.store.tombstone(&id) {
                         Some(t) if t.renamed.is_some() => false,
+                        // The sender went on from a copy without the end, in this member's
+                        // view, and its changes were refused here: its copy is above the end
+                        // only by changes never acknowledged (seed 379 of the kill -9
+                        // simulation: an end that reached only this member before its maker
+                        // died came undone by the sender's answer to a digest).
+                        Some(_) if refused_here => false,
                         Some(t) => live_beats_end(theirs.version, t.version),
                         None => true,
                     };
@@ -567,7 +589,7 @@ impl DeltaCore {
             SessionMessage::GetSessions(ids) => (self.answer_get_sessions(from, ids), Vec::new()),
             // The copy held here stays (the manager stops waiting for that member's).
             SessionMessage::NotHere { .. } => (Vec::new(), Vec::new()),
-            SessionMessage::Merge(states) => (Vec::new(), self.merge(states)),
+            SessionMessage::Merge(states) => (Vec::new(), self.merge(from, states)),
             _ => {
                 let was_ready = self.ready;
                 let (mut outs, mut events) = self.apply_remote(from, msg);
@@ -780,6 +802,12 @@ impl DeltaCore {
         msg: &mut SessionMessage,
     ) -> (Vec<Out>, Vec<SessionEvent>) {
         let mut events = Vec::new();
+        if let Some(id) = self.ended_here(msg) {
+            if self.refused.len() >= MAX_REFUSED && !self.refused.contains_key(&id) {
+                self.refused.pop_first();
+            }
+            self.refused.entry(id).or_default().insert(from);
+        }
         let existed = |c: &DeltaCore, id: &SessionId| c.store.get(id).is_some();
         let before: Vec<(SessionId, bool)> = match msg {
             SessionMessage::Created(st) | SessionMessage::State(st) => {

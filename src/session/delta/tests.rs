@@ -1160,3 +1160,35 @@ fn the_copy_a_fork_under_a_new_id_waits_for_undoes_the_change_of_id_before_its_m
     assert!(deliver(b.end_request(&x, 3), B, &mut c).is_empty());
     assert_same_copy(&c, &b, &x);
 }
+
+/// Seed 379 of the kill -9 simulation: A ended X, reaching C only, and died; the user went on
+/// at B, whose changes C refused (ended there). B's copy, above the end by those changes
+/// only, came to C as the answer to a digest and brought the session back there.
+#[test]
+fn a_copy_above_an_end_by_changes_refused_here_does_not_bring_the_session_back() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let x = a.create(0).unwrap();
+    let created = a.end_request(&x, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    c.set_members(vec![A, B], 0);
+    let (ended, _) = a.invalidate(&x);
+    deliver(ended, A, &mut c);
+    b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let refused = b.end_request(&x, 1);
+    assert_eq!(c.ended_here(&refused[0].msg), Some(x.clone()));
+    assert!(deliver(refused, B, &mut c).is_empty());
+    b.session_mut(&x).unwrap().set("y", &3u8).unwrap();
+    let later = b.end_request(&x, 2);
+    let state = b.session(&x).unwrap().state().clone();
+    let (_, events) = c.handle(B, &SessionMessage::Merge(vec![state.clone()]));
+    assert!(events.is_empty(), "{events:?}");
+    assert!(c.session(&x).is_none(), "the end stays");
+    assert!(deliver(later, B, &mut c).is_empty());
+    // B apart from C (a partition) and back: its copy wins by version, as before.
+    c.set_members(vec![A], 3);
+    c.set_members(vec![A, B], 4);
+    let (_, events) = c.handle(B, &SessionMessage::Merge(vec![state]));
+    assert_eq!(events, vec![SessionEvent::Created(x.clone())]);
+}
