@@ -393,6 +393,13 @@ impl DeltaCore {
         match msg {
             Some(msg) => {
                 s.served.replicated_access_ms = now_ms;
+                // A change made here on a copy still waiting for a sender's (the request went
+                // on): the copy it is made on stands, and the sender's, when it comes, must
+                // not take its place (seeds 195, 257, 361 of the kill -9 simulation made a
+                // version twice when a joiner's awaited copy replaced its own change).
+                if matches!(msg, SessionMessage::Delta { .. }) {
+                    self.store.unfork(id);
+                }
                 vec![Out {
                     dest: Dest::All,
                     msg,

@@ -1192,3 +1192,34 @@ fn a_copy_above_an_end_by_changes_refused_here_does_not_bring_the_session_back()
     let (_, events) = c.handle(B, &SessionMessage::Merge(vec![state]));
     assert_eq!(events, vec![SessionEvent::Created(x.clone())]);
 }
+
+/// Seed 306 of the kill -9 simulation: a restarted member got B's change before it had the
+/// session and asked B for its copy; its state transfer then brought the donor's copy of that
+/// version, the member's former life's change that failed (the donor had not yet seen it
+/// fork). B's copy, when it came, was taken for a duplicate: the member served the failed
+/// change over the user's acknowledged state.
+#[test]
+fn a_copy_asked_for_after_a_change_is_not_stood_in_for_by_another_of_its_version() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut dead, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let x = b.create(0).unwrap();
+    let created = b.end_request(&x, 0);
+    deliver(created.clone(), B, &mut dead);
+    deliver(created, B, &mut c);
+    // A's change reached C only, and A died.
+    dead.session_mut(&x).unwrap().set("y", &1u8).unwrap();
+    deliver(dead.end_request(&x, 1), A, &mut c);
+    // B, serving the session, made that version with another content.
+    b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let change = b.end_request(&x, 2);
+    // A restarted: B's change comes before its transfer from C.
+    let mut a = new("a");
+    let ask = a.begin_state_transfer(C);
+    let asked = deliver(change, B, &mut a);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let chunk = deliver(vec![ask], A, &mut c);
+    deliver(chunk, C, &mut a);
+    let answer = deliver(asked, A, &mut b);
+    deliver(answer, B, &mut a);
+    assert_same_copy(&a, &b, &x);
+}
