@@ -501,7 +501,10 @@ impl ReplicaStore {
                 Outcome::Ignored("not newer than this copy")
             }
             _ => {
-                self.forked.remove(&state.id);
+                // Still waiting for the copy the fork names, if this is not it.
+                if of_fork {
+                    self.forked.remove(&state.id);
+                }
                 self.replace_copy(Session::from_state(state));
                 Outcome::Applied
             }
@@ -522,6 +525,11 @@ impl ReplicaStore {
             self.forked.pop_first();
         }
         self.forked.insert(id.clone(), (version, fingerprint));
+    }
+
+    /// Stops waiting for the copy a fork names: the user went on from this copy here.
+    pub(crate) fn unfork(&mut self, id: &SessionId) {
+        self.forked.remove(id);
     }
 
     /// Forked copies waiting for the sender's copy (bounded by `MAX_FORKED`).
@@ -579,6 +587,11 @@ impl ReplicaStore {
                     return Outcome::Ignored("session has ended");
                 }
                 let Some(s) = self.sessions.get_mut(id) else {
+                    // The sender's copy is asked for; one of that version with another
+                    // content, arriving first (a joiner's transfer from a member that had not
+                    // yet seen the fork), does not stand in for it (seed 306 of the kill -9
+                    // simulation: a restarted member kept its former life's failed change).
+                    self.note_fork(id, *version, Some(*fingerprint));
                     return Outcome::Resync(id.clone());
                 };
                 match s.apply_delta_checked(*base, *version, ops, *fingerprint) {

@@ -77,6 +77,17 @@ impl Jar<'_> {
                     change: did == Did::Ended,
                 }
             }
+            // An answer that left the session in a state a failed request made (a read, or a
+            // change that changed nothing) acknowledges no change: nothing was replicated
+            // before it. That state may still not survive, and a doubt stays (seeds 225, 372
+            // of the DeltaManager's kill -9 loop).
+            (_, Some((id, v, attrs))) if self.since.iter().any(|s| s.0 == v && s.1 == attrs) => {
+                *self.id = Some(id);
+                Acknowledged {
+                    session: false,
+                    change: false,
+                }
+            }
             (did, Some((id, v, attrs))) => {
                 *self.id = Some(id);
                 *self.acked = Some((v, attrs));
@@ -166,4 +177,46 @@ pub(super) fn failing_seeds(seeds: u64, mut one: impl FnMut(u64)) -> Vec<(u64, S
     }
     std::panic::set_hook(hook);
     failing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeds 225 and 372 of the DeltaManager's kill -9 loop: a request answered 200 on a state
+    /// a failed request made, changing nothing (nothing replicated), counted as acknowledging
+    /// it, and as clearing the doubt of a failed end; the acknowledged state and the doubt
+    /// stay.
+    #[test]
+    fn an_answer_on_a_failed_requests_state_acknowledges_nothing() {
+        let id = SessionId::generate("node1").unwrap();
+        let attrs = |v: u8| Attrs::from([("a".to_string(), vec![v])]);
+        let (mut cookie, mut uncertain, mut doubt) = (Some(id.clone()), false, 0);
+        let (mut acked, mut since) = (Some((11, attrs(11))), Vec::new());
+        macro_rules! jar {
+            () => {
+                Jar {
+                    id: &mut cookie,
+                    uncertain: &mut uncertain,
+                    doubt: &mut doubt,
+                    acked: &mut acked,
+                    since: &mut since,
+                }
+            };
+        }
+        jar!().failed(Did::Ended, None, true);
+        jar!().failed(Did::Changed, Some((id.clone(), 12, attrs(12))), true);
+        jar!().acknowledged(Did::Read, Some((id.clone(), 12, attrs(12))));
+        assert!(uncertain, "the end may still win");
+        assert_eq!(acked, Some((11, attrs(11))));
+        assert_eq!(since, vec![(12, attrs(12))]);
+        // So does a change that changed nothing (the session stays at the failed state).
+        jar!().acknowledged(Did::Changed, Some((id.clone(), 12, attrs(12))));
+        assert!(uncertain);
+        assert_eq!(acked, Some((11, attrs(11))));
+        // A change acknowledged above the doubt clears it.
+        jar!().acknowledged(Did::Changed, Some((id, 13, attrs(13))));
+        assert!(!uncertain);
+        assert_eq!(acked, Some((13, attrs(13))));
+    }
 }

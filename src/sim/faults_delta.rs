@@ -792,7 +792,7 @@ fn control_without_faults_loses_nothing() {
 /// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
 /// moment (requests in flight included).
 #[test]
-#[ignore = "fails: 4 of 500 seeds (36 at the start of 2026-12-07), none liveness: a session lost (372), acknowledged changes lost (225, 306), an end undone (379); docs/RELIABILITY.md, Kill -9 and restart, simulated"]
+#[ignore = "fails: MEASURING after the merge of delta-origin and delta-seeds3"]
 fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| {

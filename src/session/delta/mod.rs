@@ -87,7 +87,15 @@ pub struct DeltaCore {
     /// State transfers under way from this node, by joiner: one chunk leaves per
     /// [`DeltaCore::next_chunk`], so no snapshot of the store is ever made.
     donations: std::collections::BTreeMap<MemberId, Donation>,
+    /// Sessions ended here, by the members whose changes to them were refused here since
+    /// (at most [`MAX_REFUSED`]): such a member's live copy of one is above the end only by
+    /// changes never acknowledged, and does not bring the session back (`merge`).
+    refused: std::collections::BTreeMap<SessionId, BTreeSet<MemberId>>,
 }
+
+/// Ended sessions whose refused changes are remembered, at most (the oldest by id are
+/// forgotten: such an end then yields to a live copy above it, as after a partition).
+const MAX_REFUSED: usize = 10_000;
 
 impl DeltaCore {
     pub fn new(cfg: DeltaConfig, route: &str) -> DeltaCore {
@@ -106,6 +114,7 @@ impl DeltaCore {
             ids: Box::new(OsRandom),
             digests_owed: BTreeSet::new(),
             donations: Default::default(),
+            refused: Default::default(),
         }
     }
 
@@ -190,6 +199,12 @@ impl DeltaCore {
         let members = &self.members;
         self.donations
             .retain(|m, _| members.binary_search(m).is_ok());
+        // A member that left may come back from a partition whose changes were acknowledged
+        // without this one: its copies win over an end by version again.
+        self.refused.retain(|_, by| {
+            by.retain(|m| !gone.contains(m));
+            !by.is_empty()
+        });
         if !self.ready {
             return Vec::new();
         }
@@ -274,7 +289,7 @@ impl DeltaCore {
     }
 
     /// Reconciles copies from another member with this node's (see [`super::reconcile`]).
-    fn merge(&mut self, states: &[SessionState]) -> Vec<SessionEvent> {
+    fn merge(&mut self, from: MemberId, states: &[SessionState]) -> Vec<SessionEvent> {
         let mut events = Vec::new();
         for theirs in states {
             // The dead renamer's state, under a change of id undone here
@@ -295,8 +310,15 @@ impl DeltaCore {
                     }
                 }
                 None => {
+                    let refused_here = self.refused.get(&id).is_some_and(|by| by.contains(&from));
                     let back = match self.store.tombstone(&id) {
                         Some(t) if t.renamed.is_some() => false,
+                        // The sender went on from a copy without the end, in this member's
+                        // view, and its changes were refused here: its copy is above the end
+                        // only by changes never acknowledged (seed 379 of the kill -9
+                        // simulation: an end that reached only this member before its maker
+                        // died came undone by the sender's answer to a digest).
+                        Some(_) if refused_here => false,
                         Some(t) => live_beats_end(theirs.version, t.version),
                         None => true,
                     };
@@ -371,6 +393,13 @@ impl DeltaCore {
         match msg {
             Some(msg) => {
                 s.served.replicated_access_ms = now_ms;
+                // A change made here on a copy still waiting for a sender's (the request went
+                // on): the copy it is made on stands, and the sender's, when it comes, must
+                // not take its place (seeds 195, 257, 361 of the kill -9 simulation made a
+                // version twice when a joiner's awaited copy replaced its own change).
+                if matches!(msg, SessionMessage::Delta { .. }) {
+                    self.store.unfork(id);
+                }
                 vec![Out {
                     dest: Dest::All,
                     msg,
@@ -581,7 +610,7 @@ impl DeltaCore {
             SessionMessage::GetSessions(ids) => (self.answer_get_sessions(from, ids), Vec::new()),
             // The copy held here stays (the manager stops waiting for that member's).
             SessionMessage::NotHere { .. } => (Vec::new(), Vec::new()),
-            SessionMessage::Merge(states) => (Vec::new(), self.merge(states)),
+            SessionMessage::Merge(states) => (Vec::new(), self.merge(from, states)),
             _ => {
                 let was_ready = self.ready;
                 let (mut outs, mut events) = self.apply_remote(from, msg);
@@ -734,7 +763,8 @@ impl DeltaCore {
     /// after the death renamed the served copy too (seeds 89, 135, 144, 368 of the kill -9
     /// simulation: a copy under a state its origin never made). So does the copy (`State`)
     /// of `old` a forked copy under `new` waits for, which then applies under `old` (seed 427:
-    /// the fork took the sender's state under `new`, an id no live member serves it under).
+    /// the fork took the sender's state under `new`, an id no live member serves it under),
+    /// whether or not the maker of the change of id was seen to leave (seed 78).
     ///
     /// A DELTA under `old` made on the version the change of id was made at or a later one
     /// undoes it too, its maker listed or not, when the sender is not the member that brought
@@ -761,13 +791,18 @@ impl DeltaCore {
         let copy = self.store.get(&new)?;
         let beyond =
             !t.undone && base.is_some_and(|b| b >= renamed_at) && copy.served.writer != Some(from);
-        if !copy.served.writer_left && !beyond {
-            return None;
-        }
+        let writer_left = copy.served.writer_left;
         // A state under `old` is taken only as the one a fork here waits for (a late answer
-        // of a member that had not yet had a change of id that stands is not).
-        if awaited.is_some_and(|(v, fp)| !self.store.fork_awaits(&new, v, fp)) {
-            return None;
+        // of a member that had not yet had a change of id that stands is not). That answer
+        // shows the change of id never reached the member serving the session (it holds
+        // `old`), so it was never acknowledged: it is undone even before its maker is seen
+        // to leave (seed 78 of the kill -9 simulation: the user's next changes under `old`,
+        // taken under `new` here, were acknowledged, and a request under `old` found none).
+        match awaited {
+            Some((v, fp)) if !self.store.fork_awaits(&new, v, fp) => return None,
+            Some(_) => {}
+            None if !writer_left && !beyond => return None,
+            None => {}
         }
         self.store.undo_rename(old, &new);
         let ask = Out {
@@ -803,6 +838,12 @@ impl DeltaCore {
         msg: &mut SessionMessage,
     ) -> (Vec<Out>, Vec<SessionEvent>) {
         let mut events = Vec::new();
+        if let Some(id) = self.ended_here(msg) {
+            if self.refused.len() >= MAX_REFUSED && !self.refused.contains_key(&id) {
+                self.refused.pop_first();
+            }
+            self.refused.entry(id).or_default().insert(from);
+        }
         let existed = |c: &DeltaCore, id: &SessionId| c.store.get(id).is_some();
         let before: Vec<(SessionId, bool)> = match msg {
             SessionMessage::Created(st) | SessionMessage::State(st) => {

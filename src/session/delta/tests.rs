@@ -1021,17 +1021,20 @@ fn a_dead_members_change_of_id_taken_before_its_death_was_seen_is_undone_at_the_
     let asked = deliver(b.end_request(&x, 2), B, &mut c);
     let not_here = deliver(asked, C, &mut b);
     assert!(deliver(not_here, B, &mut c).is_empty());
-    // B saw A leave first: its digest after the death makes C ask for X, and take B's copy
-    // (under N, the change of id standing while its maker may live).
+    // B saw A leave first: its digest after the death makes C ask for X. B's copy, under X,
+    // shows the change of id never reached B: C undoes it at once, before it sees A leave
+    // (since seed 78; before, C took it under N, the change of id standing while its maker
+    // may live, and undid it at B's first change after A left).
     let from_b = b.set_members(vec![C], 3);
     let asks = deliver(from_b, B, &mut c);
     deliver(deliver(asks, C, &mut b), B, &mut c);
+    assert!(
+        c.session(&n).is_none(),
+        "C undid the change of id at B's copy"
+    );
     b.session_mut(&x).unwrap().set("y", &3u8).unwrap();
     assert!(deliver(b.end_request(&x, 4), B, &mut c).is_empty());
-    // Since seed 99's fix, C undoes the change of id at B's first change, before it sees A
-    // leave (the change came on the version the change of id was made at, from a member
-    // that never had it): it holds B's copy under X, not under N.
-    assert!(c.session(&n).is_none());
+    assert!(c.session(&n).is_none(), "C holds B's copy under X, not under N");
     assert_same_copy(&c, &b, &x);
     // C sees A leave; B, serving X, does not follow the change of id named in C's digest.
     let from_c = c.set_members(vec![B], 5);
@@ -1282,4 +1285,96 @@ fn assert_same_copy_as(a: &DeltaCore, id: &SessionId, b: &DeltaCore) {
         a.session(id).map(|s| s.state().attributes.clone()),
         b.session(id).map(|s| s.state().attributes.clone())
     );
+}
+
+/// Seed 78 of the kill -9 simulation: A changed X's id to N and changed it, reaching C only,
+/// and died; the user went on under X at B, whose changes C took under N (forked, then B's
+/// copy), and acknowledged; a request under X at C then found no session. C had not yet seen
+/// A leave. B's copy under X, which C's fork waits for, shows the change of id never reached
+/// B (so it was never acknowledged): C undoes it at once.
+#[test]
+fn the_copy_a_fork_under_a_new_id_waits_for_undoes_the_change_of_id_before_its_maker_leaves() {
+    let ([_, mut b, mut c], x, n, failed) = renamed_by_a();
+    c.set_members(vec![A, B], 0);
+    deliver(failed, A, &mut c);
+    b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let asked = deliver(b.end_request(&x, 2), B, &mut c);
+    let not_here = deliver(asked, C, &mut b);
+    assert!(deliver(not_here, B, &mut c).is_empty());
+    let state = b.session(&x).unwrap().state().clone();
+    let (_, events) = c.handle(B, &SessionMessage::State(state));
+    let undone = SessionEvent::IdChanged {
+        old: n.clone(),
+        new: x.clone(),
+    };
+    assert!(events.contains(&undone), "{events:?}");
+    assert!(c.session(&n).is_none(), "C undid the change of id");
+    assert_same_copy(&c, &b, &x);
+    // B's next change applies under X, and a request under X finds it.
+    b.session_mut(&x).unwrap().set("z", &3u8).unwrap();
+    assert!(deliver(b.end_request(&x, 3), B, &mut c).is_empty());
+    assert_same_copy(&c, &b, &x);
+}
+
+/// Seed 379 of the kill -9 simulation: A ended X, reaching C only, and died; the user went on
+/// at B, whose changes C refused (ended there). B's copy, above the end by those changes
+/// only, came to C as the answer to a digest and brought the session back there.
+#[test]
+fn a_copy_above_an_end_by_changes_refused_here_does_not_bring_the_session_back() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let x = a.create(0).unwrap();
+    let created = a.end_request(&x, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    c.set_members(vec![A, B], 0);
+    let (ended, _) = a.invalidate(&x);
+    deliver(ended, A, &mut c);
+    b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let refused = b.end_request(&x, 1);
+    assert_eq!(c.ended_here(&refused[0].msg), Some(x.clone()));
+    assert!(deliver(refused, B, &mut c).is_empty());
+    b.session_mut(&x).unwrap().set("y", &3u8).unwrap();
+    let later = b.end_request(&x, 2);
+    let state = b.session(&x).unwrap().state().clone();
+    let (_, events) = c.handle(B, &SessionMessage::Merge(vec![state.clone()]));
+    assert!(events.is_empty(), "{events:?}");
+    assert!(c.session(&x).is_none(), "the end stays");
+    assert!(deliver(later, B, &mut c).is_empty());
+    // B apart from C (a partition) and back: its copy wins by version, as before.
+    c.set_members(vec![A], 3);
+    c.set_members(vec![A, B], 4);
+    let (_, events) = c.handle(B, &SessionMessage::Merge(vec![state]));
+    assert_eq!(events, vec![SessionEvent::Created(x.clone())]);
+}
+
+/// Seed 306 of the kill -9 simulation: a restarted member got B's change before it had the
+/// session and asked B for its copy; its state transfer then brought the donor's copy of that
+/// version, the member's former life's change that failed (the donor had not yet seen it
+/// fork). B's copy, when it came, was taken for a duplicate: the member served the failed
+/// change over the user's acknowledged state.
+#[test]
+fn a_copy_asked_for_after_a_change_is_not_stood_in_for_by_another_of_its_version() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut dead, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let x = b.create(0).unwrap();
+    let created = b.end_request(&x, 0);
+    deliver(created.clone(), B, &mut dead);
+    deliver(created, B, &mut c);
+    // A's change reached C only, and A died.
+    dead.session_mut(&x).unwrap().set("y", &1u8).unwrap();
+    deliver(dead.end_request(&x, 1), A, &mut c);
+    // B, serving the session, made that version with another content.
+    b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
+    let change = b.end_request(&x, 2);
+    // A restarted: B's change comes before its transfer from C.
+    let mut a = new("a");
+    let ask = a.begin_state_transfer(C);
+    let asked = deliver(change, B, &mut a);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let chunk = deliver(vec![ask], A, &mut c);
+    deliver(chunk, C, &mut a);
+    let answer = deliver(asked, A, &mut b);
+    deliver(answer, B, &mut a);
+    assert_same_copy(&a, &b, &x);
 }
