@@ -9,10 +9,19 @@
 #    from outside, the launch time taken just before exec to the wall-clock stamp of that line.
 # Usage: bash benches/footprint.sh [SESSIONS] [SIZE]   (BIN=path/to/http_node to measure another build;
 # NODE_ARGS="..." adds flags to every node, e.g. "--max-active-sessions 200000 --send-options 6")
+# MANAGER=backup (or NODE_ARGS with "--manager backup") measures the BackupManager: it has no
+# state transfer, so the joiner is measured once the primary's re-placement has moved its share
+# of the backups to it (the peer's and the joiner's copies add up to SESSIONS again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SESSIONS=${1:-10000}
 SIZE=${2:-1024}
+MANAGER=${MANAGER:-delta}
+if [[ " ${NODE_ARGS:-} " =~ " --manager backup " ]]; then
+  MANAGER=backup
+elif [[ $MANAGER == backup ]]; then
+  NODE_ARGS="${NODE_ARGS:-} --manager backup"
+fi
 # BIN=path runs another build (an earlier commit's, to compare) instead of this checkout's.
 if [[ -z "${BIN:-}" ]]; then
   cargo build --quiet --release --example http_node
@@ -63,6 +72,11 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 rx_of() { grep -o 'cluster receiver [0-9.:]*' "$WORK/$1.out" | awk '{print $3}'; }
 
+http_of() { grep -o 'http://[0-9.:]*' "$WORK/$1.out"; }
+
+# sessions_at URL: the sessions a node holds (its own and copies), from /app/health.
+sessions_at() { curl -s "$1/app/health" | grep -o '"sessions":[0-9]*' | cut -d: -f2; }
+
 # The peer, then the measured node, which lists it.
 start peer
 PEER_PID=$PID
@@ -88,7 +102,7 @@ echo "peer idle: VmRSS $(mib "$prss") MiB, threads $pthreads"
 start loaded --member "$(rx_of peer)" --preload "$SESSIONS" --preload-size "$SIZE"
 LOADED_PID=$PID
 # Wait until the peer holds every session (health counts them).
-peer_http=$(grep -o 'http://[0-9.:]*' "$WORK/peer.out")
+peer_http=$(http_of peer)
 deadline=$((SECONDS + 60))
 until curl -s "$peer_http/app/health" | grep -Eq "\"sessions\":$SESSIONS[,}]"; do
   if ((SECONDS >= deadline)); then
@@ -107,9 +121,35 @@ sleep 1
 read -r prss phwm pthreads < <(status "$PEER_PID")
 echo "the replicas 1 s later (peer): VmRSS $(mib "$prss") MiB, VmHWM $(mib "$phwm") MiB"
 
-# A node joining later pulls every session by state transfer (chunks of 1000).
 start joiner --member "$(rx_of loaded)"
 JOINER_PID=$PID
+if [[ $MANAGER == backup ]]; then
+  # A BackupManager joiner takes no state transfer: the primary re-places its sessions, and
+  # the joiner becomes the backup of those whose placement now names it, which the peer drops.
+  joiner_http=$(http_of joiner)
+  deadline=$((SECONDS + 60))
+  while :; do
+    j=$(sessions_at "$joiner_http")
+    p=$(sessions_at "$peer_http")
+    if ((${j:-0} > 0 && ${j:-0} + ${p:-0} == SESSIONS)); then
+      break
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "re-placement not done: joiner ${j:-?}, peer ${p:-?} of $SESSIONS backups" >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+  sleep 1
+  read -r jrss jhwm jthreads < <(status "$JOINER_PID")
+  read -r lrss lhwm lthreads < <(status "$LOADED_PID")
+  read -r prss phwm pthreads < <(status "$PEER_PID")
+  echo "joiner backing up $j of $SESSIONS sessions: VmRSS $(mib "$jrss") MiB, VmHWM $(mib "$jhwm") MiB"
+  echo "the primary that re-placed them, after: VmRSS $(mib "$lrss") MiB, VmHWM $(mib "$lhwm") MiB"
+  echo "the peer, left with $p backups: VmRSS $(mib "$prss") MiB, VmHWM $(mib "$phwm") MiB"
+  exit 0
+fi
+# A DeltaManager joiner pulls every session by state transfer (chunks of 1000).
 wait_for "$WORK/joiner.err" "state transfer complete, $SESSIONS session"
 sleep 1
 read -r jrss jhwm jthreads < <(status "$JOINER_PID")

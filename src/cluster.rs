@@ -331,10 +331,18 @@ impl SimpleTcpCluster {
             warn!("Reaper thread panicked");
         }
         let everywhere = self.inner.cfg.manager.expire_sessions_on_shutdown;
+        let mut pumps = Vec::new();
         for mgr in self.inner.managers.read().values() {
+            pumps.extend(mgr.stop_transfers());
             mgr.expire_all(everywhere);
         }
         self.inner.channel.stop();
+        // A pump sending a chunk finds the channel stopped and ends.
+        for p in pumps {
+            if p.join().is_err() {
+                warn!("State transfer thread panicked");
+            }
+        }
     }
 }
 

@@ -332,3 +332,94 @@ fn fifty_thousand_sessions_stream_to_a_late_joiner() {
         "one transfer, not asked again"
     );
 }
+
+/// A state transfer does not hold the donor's receiver worker: a donor with one
+/// (`max_threads = 1`) applies another member's new session while its transfer to a joiner is
+/// under way. The joiner's listener holds the joiner's first chunk until then, so the transfer
+/// cannot end before; the joiner's mailbox fills and it stops reading, so the donor's chunk
+/// waits for its acknowledgement the while. That wait was on the donor's only receiver worker
+/// before the transfers had a thread of their own: the session came after the transfer.
+#[test]
+fn a_donor_with_one_receiver_thread_applies_changes_during_a_state_transfer() {
+    use parking_lot::{Condvar, Mutex};
+    use tribecast::SessionEvent;
+    init_logs();
+    const N: usize = 30_000;
+    let mut t = template(SendOptions::ASYNCHRONOUS);
+    t.manager.max_active_sessions = Some(2 * N);
+    let mut cfg = cluster_config("server1", &[], &t);
+    cfg.channel.receiver.max_threads = 1;
+    // The chunk held up by the joiner must not time out before the test lets it go.
+    cfg.channel.sender.timeout = Duration::from_secs(60);
+    let donor = SimpleTcpCluster::new(cfg).expect("config");
+    let d = donor.add_application("/app");
+    donor.start().expect("start");
+    let other = cluster_node("server2", &[&donor], &t);
+    let c = other.manager("/app").unwrap();
+    assert!(c.wait_ready(LIMIT));
+    for i in 0..N {
+        let mut req = d.request(None, "/app/login");
+        req.session_or_create()
+            .unwrap()
+            .set("pad", &vec![i as u8; 1024])
+            .unwrap();
+        req.finish().unwrap();
+    }
+    wait_for("the other member has them", LIMIT, || {
+        c.session_count() == N
+    });
+
+    // (entered, open): the joiner's listener holds its first chunk until the test opens.
+    let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let mut cfg = cluster_config("server3", &[&donor], &t);
+    cfg.channel.receiver.max_queued_bytes_per_connection = cfg.channel.max_frame_size as usize;
+    let late = SimpleTcpCluster::new(cfg).expect("config");
+    let j = late.add_application("/app");
+    let g = gate.clone();
+    j.add_listener(Arc::new(move |_: &str, _: &SessionEvent| {
+        let (state, cv) = &*g;
+        let mut s = state.lock();
+        if !s.1 {
+            s.0 = true;
+            cv.notify_all();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !s.1 && !cv.wait_until(&mut s, deadline).timed_out() {}
+        }
+    }));
+    late.start().expect("start");
+    let (state, cv) = &*gate;
+    {
+        let mut s = state.lock();
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !s.0 {
+            assert!(
+                !cv.wait_until(&mut s, deadline).timed_out(),
+                "the joiner's first chunk never came"
+            );
+        }
+    }
+    let mut req = c.request(None, "/app/login");
+    req.session_or_create()
+        .unwrap()
+        .set("during", &true)
+        .unwrap();
+    let id = req.session_id().unwrap().to_string();
+    req.finish().unwrap();
+    let applied = wait_until(LIMIT, || d.find(&id).is_some());
+    let (ready, held) = (j.is_ready(), j.session_count());
+    state.lock().1 = true;
+    cv.notify_all();
+    assert!(
+        applied,
+        "the donor did not apply the new session while its transfer was under way"
+    );
+    assert!(
+        !ready && held < N,
+        "the transfer was under way ({held} of {N} sessions at the joiner)"
+    );
+    assert!(j.wait_ready(Duration::from_secs(60)), "the transfer ends");
+    assert!(j.session_count() >= N);
+    wait_for("the joiner has the new session too", LIMIT, || {
+        j.find(&id).is_some()
+    });
+}

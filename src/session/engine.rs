@@ -233,9 +233,12 @@ impl Core {
         }
     }
 
-    /// Delta: whether a state transfer to `to` has chunks still to send.
-    pub fn is_donating_to(&self, to: MemberId) -> bool {
-        matches!(self, Core::Delta(c) if c.is_donating_to(to))
+    /// Delta: starts a state transfer to `to` (it asked for every session); its chunks come
+    /// from [`Self::next_chunk`]. Backup: nothing (a joiner takes its share by re-placement).
+    pub fn start_donation(&mut self, to: MemberId) {
+        if let Core::Delta(c) = self {
+            c.start_donation(to);
+        }
     }
 
     /// Delta: stops the state transfer to `to`. Backup: nothing.

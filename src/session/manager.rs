@@ -13,6 +13,7 @@
 
 use super::config::ManagerConfig;
 use super::cookie::{cookie_change, CookieChange, CookieConfig};
+use super::donor::Donations;
 use super::engine::{POut, Payload};
 use super::id::{SessionId, SessionIdError};
 use super::limits::{effective_size_limit, TooManySessions};
@@ -224,6 +225,8 @@ pub struct ClusterManager {
     size_limit: usize,
     /// `max_active_sessions`, for the statistics (the core decides).
     max_active: Option<usize>,
+    /// State transfers this node sends, and the thread that sends them.
+    donations: Donations,
     /// Its counters (read them with `stats()` for a snapshot).
     pub stats: ManagerStats,
 }
@@ -257,6 +260,7 @@ impl ClusterManager {
             cookie: cfg.cookie.clone(),
             size_limit: effective_size_limit(cfg.max_session_size, max_frame_size, context),
             max_active: cfg.max_active_sessions,
+            donations: Donations::default(),
             stats: ManagerStats::default(),
         }
     }
@@ -535,34 +539,59 @@ impl ClusterManager {
     }
 
     /// A message from another member, on a receiver worker. `Err` is the core's verdict for a
-    /// synchronized-ack sender (not applied here), or a send that failed.
-    pub(crate) fn receive(&self, from: MemberId, msg: Payload) -> Result<(), String> {
+    /// synchronized-ack sender (not applied here), or a send that failed. A joiner's ask for
+    /// every session only starts its transfer: the donor's pump thread sends the chunks.
+    pub(crate) fn receive(self: &Arc<Self>, from: MemberId, msg: Payload) -> Result<(), String> {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let ((verdict, chunk_to), sent) = self.input(|c| {
             let (ready, verdict) = c.receive_owned(from, msg, now_ms());
             ((verdict, ready.chunk_to), ready)
         });
         if let Some(to) = chunk_to {
-            self.stream_transfer(to, sent.is_ok());
-            return verdict;
+            self.start_transfer(to);
         }
         sent.map_err(|e| e.to_string())?;
         verdict
     }
 
-    /// Sends the rest of a state transfer to `to`, a chunk at a time: the core's lock is taken
-    /// for each chunk only, so requests and replication go on between them.
-    fn stream_transfer(&self, to: MemberId, mut sent: bool) {
-        loop {
-            let (more, r) = self.input(|c| {
-                let ready = c.transfer_chunk_sent(to, sent);
-                (ready.chunk_to, ready)
-            });
-            if more.is_none() {
-                return;
+    /// Gives joiner `to` a turn of the pump thread, started if none runs. Without a thread
+    /// (the system refuses one) the transfer is sent from this thread, as it once always was.
+    fn start_transfer(self: &Arc<Self>, to: MemberId) {
+        let weak = Arc::downgrade(self);
+        let spawn = move || {
+            std::thread::Builder::new()
+                .name("tribecast-donor".into())
+                .spawn(move || pump(&weak))
+        };
+        if let Err(e) = self.donations.start(to, spawn) {
+            warn!(
+                "Manager [{}]: no thread for the state transfer to [{to}] ({e}); sending it from \
+                 the receiver thread",
+                self.context
+            );
+            let mut sent = true;
+            while let Some(ok) = self.send_next_chunk(to, sent) {
+                sent = ok;
             }
-            sent = r.is_ok();
         }
+    }
+
+    /// Makes and sends the next chunk of the transfer to `to` (`sent`: whether the previous one
+    /// left). `Some(left)` when more chunks follow: whether this one left (with an
+    /// acknowledgement, so the joiner has read it). The core's lock is taken for the chunk
+    /// only, so requests and replication go on between chunks.
+    fn send_next_chunk(&self, to: MemberId, sent: bool) -> Option<bool> {
+        let (more, r) = self.input(|c| {
+            let ready = c.transfer_chunk_sent(to, sent);
+            (ready.chunk_to.is_some(), ready)
+        });
+        more.then_some(r.is_ok())
+    }
+
+    /// The cluster stops: state transfers end after the chunk being sent. Returns the pump
+    /// thread, to join once the channel is stopped.
+    pub(crate) fn stop_transfers(&self) -> Option<std::thread::JoinHandle<()>> {
+        self.donations.stop()
     }
 
     /// A member appeared: a manager that has not yet asked anyone for the sessions asks it.
@@ -622,6 +651,19 @@ impl ClusterManager {
     /// On shutdown with `expire_sessions_on_shutdown`: ends every session everywhere.
     pub(crate) fn expire_all(&self, everywhere: bool) {
         let ((), _) = self.input(|c| ((), c.expire_all(everywhere)));
+    }
+}
+
+/// The pump thread of a manager's state transfers: a chunk to each joiner in turn, until no
+/// transfer is left (or the manager is gone).
+fn pump(mgr: &Weak<ClusterManager>) {
+    while let Some(mgr) = mgr.upgrade() {
+        let Some((to, sent)) = mgr.donations.next() else {
+            return;
+        };
+        if let Some(left) = mgr.send_next_chunk(to, sent) {
+            mgr.donations.again(to, left);
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod backup;
 pub(crate) mod config;
 pub mod cookie;
 pub(crate) mod delta;
+pub(crate) mod donor;
 pub(crate) mod engine;
 pub mod id;
 pub(crate) mod limits;

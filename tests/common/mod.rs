@@ -731,6 +731,20 @@ pub fn cluster_node(
     peers: &[&tribecast::SimpleTcpCluster],
     template: &tribecast::ClusterConfig,
 ) -> tribecast::SimpleTcpCluster {
+    let c =
+        tribecast::SimpleTcpCluster::new(cluster_config(route, peers, template)).expect("config");
+    c.add_application("/app");
+    c.start().expect("start");
+    c
+}
+
+/// The config `cluster_node` starts a node with: `template` on a loopback channel (port 0)
+/// that lists `peers` as static members, with jvmRoute `route`.
+pub fn cluster_config(
+    route: &str,
+    peers: &[&tribecast::SimpleTcpCluster],
+    template: &tribecast::ClusterConfig,
+) -> tribecast::ClusterConfig {
     let mut cfg = template.clone();
     cfg.channel = ChannelConfig::loopback(route);
     cfg.channel.static_members = peers
@@ -738,10 +752,7 @@ pub fn cluster_node(
         .map(|p| StaticMember::new(p.channel().local_member().expect("running").addr))
         .collect();
     cfg.jvm_route = route.into();
-    let c = tribecast::SimpleTcpCluster::new(cfg).expect("config");
-    c.add_application("/app");
-    c.start().expect("start");
-    c
+    cfg
 }
 
 /// `n` cluster nodes "server1".."serverN", each listing the ones before it, all seeing each other.

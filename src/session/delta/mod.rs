@@ -583,15 +583,7 @@ impl DeltaCore {
                 (outs, Vec::new())
             }
             SessionMessage::GetAllSessions => {
-                // Asked again: the transfer starts over (the joiner lost what came).
-                if !self.donations.contains_key(&from) && self.donations.len() >= MAX_DONATIONS {
-                    self.donations.pop_first();
-                }
-                let start = Donation {
-                    after: None,
-                    index: 0,
-                };
-                self.donations.insert(from, start);
+                self.start_donation(from);
                 (self.next_chunk(from).into_iter().collect(), Vec::new())
             }
             SessionMessage::NoContextManager => self.end_state_transfer(),
@@ -653,6 +645,20 @@ impl DeltaCore {
             _ => SessionMessage::NotHere { id: cur.clone() },
         });
         answer
+    }
+
+    /// Starts a state transfer to `from`, which asked for every session (`GetAllSessions`);
+    /// its chunks come from [`Self::next_chunk`]. Asked again, the transfer starts over (the
+    /// joiner lost what came).
+    pub fn start_donation(&mut self, from: MemberId) {
+        if !self.donations.contains_key(&from) && self.donations.len() >= MAX_DONATIONS {
+            self.donations.pop_first();
+        }
+        let start = Donation {
+            after: None,
+            index: 0,
+        };
+        self.donations.insert(from, start);
     }
 
     /// Whether a state transfer to `to` has chunks still to send.

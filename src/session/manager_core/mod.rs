@@ -48,8 +48,9 @@ pub(crate) struct Ready {
     pub became_ready: bool,
     /// Counters for the manager's statistics.
     pub counts: Counts,
-    /// `outs` hold a chunk of a state transfer to this member and more follow: once it is
-    /// sent, the shell says so ([`ManagerCore::transfer_chunk_sent`]) for the next one.
+    /// A state transfer to this member starts (`outs` hold no chunk), or `outs` hold a chunk
+    /// of one and more follow: once it is sent, the shell says so
+    /// ([`ManagerCore::transfer_chunk_sent`]) for the next one.
     pub chunk_to: Option<MemberId>,
 }
 
@@ -628,6 +629,10 @@ impl ManagerCore {
         mut msg: Payload,
         now_ms: u64,
     ) -> (Ready, Result<(), String>) {
+        if let (Payload::Delta(SessionMessage::GetAllSessions), Core::Delta(_)) = (&msg, &self.core)
+        {
+            return (self.start_transfer(from), Ok(()));
+        }
         let was_ready = self.core.is_ready();
         let donor = match &self.transfer.deadline {
             Some((_, Some(m))) => Some(m.id),
@@ -649,10 +654,6 @@ impl ManagerCore {
         let ended = self.core.ended_here(msg);
         ready.counts.resyncs = u64::from(resync.is_some());
         match msg {
-            Payload::Delta(SessionMessage::GetAllSessions) => {
-                ready.counts.state_transfers = 1;
-                Self::stream(&mut ready, self.core.is_donating_to(from).then_some(from));
-            }
             Payload::Delta(SessionMessage::Merge(states)) if !states.is_empty() => {
                 ready.counts.reconciled = states.len() as u64;
                 info!(
@@ -690,9 +691,22 @@ impl ManagerCore {
         (ready, verdict)
     }
 
-    /// A chunk of the state transfer to `to` left (`sent`), or could not: the next chunk, if
-    /// any, or the transfer's end (the joiner asks again when no chunk comes). One chunk at a
-    /// time, each sent with an acknowledgement, so the donor holds a chunk or two, not the store.
+    /// `from` asked for every session: a state transfer to it starts. No chunk is made here:
+    /// the `Ready` names the joiner (`chunk_to`) and the shell asks for each chunk in turn
+    /// ([`Self::transfer_chunk_sent`], the first with `sent` true), on a thread of its own, so
+    /// the receiver thread that got the ask is not held for the transfer.
+    fn start_transfer(&mut self, from: MemberId) -> Ready {
+        self.core.start_donation(from);
+        let mut ready = Ready::background(Vec::new());
+        ready.counts.state_transfers = 1;
+        ready.chunk_to = Some(from);
+        ready
+    }
+
+    /// A chunk of the state transfer to `to` left (`sent`), or could not (or the transfer
+    /// starts: `sent` true): the next chunk, if any, or the transfer's end (the joiner asks
+    /// again when no chunk comes). One chunk at a time, each sent with an acknowledgement, so
+    /// the donor holds a chunk or two, not the store.
     pub fn transfer_chunk_sent(&mut self, to: MemberId, sent: bool) -> Ready {
         if !sent {
             self.core.cancel_donation(to);

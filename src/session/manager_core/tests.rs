@@ -43,6 +43,19 @@ fn cluster_with(cfg: &ManagerConfig, n: u8) -> Vec<ManagerCore> {
         .collect()
 }
 
+/// What `ready` sends, then every chunk of the state transfer it starts, as the shell
+/// streams them (the next once one is sent).
+fn with_chunks(node: &mut ManagerCore, ready: Ready) -> Vec<POut> {
+    let mut outs = ready.outs;
+    let mut more = ready.chunk_to;
+    while let Some(to) = more {
+        let next = node.transfer_chunk_sent(to, true);
+        outs.extend(next.outs);
+        more = next.chunk_to;
+    }
+    outs
+}
+
 /// Delivers `outs` of member `from` and everything they cause; returns the verdicts given.
 fn deliver(
     nodes: &mut [ManagerCore],
@@ -58,9 +71,10 @@ fn deliver(
             Dest::Member(id) => vec![id.0[0]],
         };
         for d in dests {
-            let (ready, _) = nodes[usize::from(d - 1)].receive(m(src), &out.msg, T0);
-            verdicts.extend(ready.verdicts.into_iter().map(|(t, s)| (d, t, s)));
-            queue.extend(ready.outs.into_iter().map(|o| (d, o)));
+            let node = &mut nodes[usize::from(d - 1)];
+            let (mut ready, _) = node.receive(m(src), &out.msg, T0);
+            verdicts.extend(ready.verdicts.drain(..).map(|(t, s)| (d, t, s)));
+            queue.extend(with_chunks(node, ready).into_iter().map(|o| (d, o)));
         }
     }
     verdicts
@@ -279,13 +293,14 @@ fn a_joiner_does_not_serve_a_copy_older_than_its_donors_latest_change() {
     let id = copy.id().clone();
     let _ = donor.end_request(copy, true, T0);
     let (mut joiner, ask) = joiner_asking_member_one();
-    let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
+    let (asked, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
+    let snapshot = with_chunks(&mut donor, asked);
     // The donor changes the session before it lists the joiner: not sent to it.
     let mut c = donor.core().session(&id).cloned().expect("held");
     c.set("n", &2u8).expect("set");
     let _ = donor.end_request(c, true, T0 + 1);
     let mut asks = Vec::new();
-    for o in snapshot.outs {
+    for o in snapshot {
         asks.extend(joiner.receive(m(1), &o.msg, T0 + 2).0.outs);
     }
     assert!(joiner.is_ready());
@@ -352,8 +367,9 @@ fn a_joiner_stops_waiting_for_a_digest_of_a_member_gone_or_silent() {
     for gone in [true, false] {
         let (mut joiner, ask) = joiner_asking_member_one();
         let _ = joiner.members_changed(&mems([1]), T0);
-        let (snapshot, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
-        for o in snapshot.outs {
+        let (asked, _) = donor.receive(m(2), &ask.outs[0].msg, T0);
+        let snapshot = with_chunks(&mut donor, asked);
+        for o in snapshot {
             let _ = joiner.receive(m(1), &o.msg, T0 + 1);
         }
         let (Begin::Wait { token, deadline_ms }, _) = joiner.begin_request(&id, T0 + 2) else {
@@ -413,8 +429,9 @@ fn a_stop_that_leaves_the_sessions_to_the_others_ends_none_of_theirs() {
 }
 
 /// The donor of a state transfer makes one chunk per input, each sent with an acknowledgement:
-/// the next comes only once the shell says the previous one was sent, and a chunk that could
-/// not be sent ends the transfer.
+/// none when asked (the receiver thread that got the ask is not held for the transfer), the
+/// next only once the shell says the previous one was sent, and a chunk that could not be sent
+/// ends the transfer.
 #[test]
 fn a_state_transfer_is_streamed_a_chunk_at_a_time() {
     let cfg = ManagerConfig {
@@ -427,7 +444,14 @@ fn a_state_transfer_is_streamed_a_chunk_at_a_time() {
         let (copy, _) = donor.create(T0).expect("id");
         let _ = donor.end_request(copy, true, T0);
     }
-    let (mut ready, _) = donor.receive(m(2), &Payload::Delta(SessionMessage::GetAllSessions), T0);
+    let (ready, _) = donor.receive(m(2), &Payload::Delta(SessionMessage::GetAllSessions), T0);
+    assert!(
+        ready.outs.is_empty(),
+        "no chunk made on the receiver thread"
+    );
+    assert_eq!(ready.chunk_to, Some(m(2)));
+    assert_eq!(ready.counts.state_transfers, 1);
+    let mut ready = donor.transfer_chunk_sent(m(2), true);
     let mut chunks = 0;
     while let Some(to) = ready.chunk_to {
         assert_eq!(ready.outs.len(), 1, "one chunk at a time");
@@ -441,6 +465,8 @@ fn a_state_transfer_is_streamed_a_chunk_at_a_time() {
     // A chunk that cannot be sent ends the transfer.
     let (ready, _) = donor.receive(m(2), &Payload::Delta(SessionMessage::GetAllSessions), T0);
     assert_eq!(ready.chunk_to, Some(m(2)));
+    let first = donor.transfer_chunk_sent(m(2), true);
+    assert_eq!((first.outs.len(), first.chunk_to), (1, Some(m(2))));
     let stop = donor.transfer_chunk_sent(m(2), false);
     assert!(stop.outs.is_empty() && stop.chunk_to.is_none());
     assert!(donor.transfer_chunk_sent(m(2), true).outs.is_empty());
@@ -491,7 +517,9 @@ fn a_joiner_asks_again_when_no_chunk_of_its_state_transfer_comes() {
         ),
         "asked again"
     );
-    let (answer, _) = nodes[0].receive(m(2), &again.outs[0].msg, T0 + TRANSFER_REASK_MS);
+    let (asked, _) = nodes[0].receive(m(2), &again.outs[0].msg, T0 + TRANSFER_REASK_MS);
+    assert_eq!(asked.chunk_to, Some(m(2)), "a transfer starts");
+    let answer = nodes[0].transfer_chunk_sent(m(2), true);
     for o in answer.outs {
         let _ = joiner.receive(m(1), &o.msg, T0 + TRANSFER_REASK_MS + 1);
     }
@@ -609,7 +637,11 @@ fn deliver_renumbered(nodes: &mut [ManagerCore], from: usize, outs: Vec<POut>) {
         for d in dests {
             let from = m(u8::try_from(src + 2).expect("small"));
             let (ready, _) = nodes[d].receive(from, &out.msg, T0);
-            queue.extend(ready.outs.into_iter().map(|o| (d, o)));
+            queue.extend(
+                with_chunks(&mut nodes[d], ready)
+                    .into_iter()
+                    .map(|o| (d, o)),
+            );
         }
     }
 }
@@ -839,8 +871,9 @@ fn a_backup_manager_counts_its_backup_copies() {
 fn deliver_to(nodes: &mut [ManagerCore], from: u8, to: u8, outs: Vec<POut>) -> Vec<POut> {
     outs.into_iter()
         .flat_map(|o| {
-            let (ready, _) = nodes[usize::from(to - 1)].receive(m(from), &o.msg, T0 + 10);
-            ready.outs
+            let node = &mut nodes[usize::from(to - 1)];
+            let (ready, _) = node.receive(m(from), &o.msg, T0 + 10);
+            with_chunks(node, ready)
         })
         .collect()
 }
