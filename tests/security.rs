@@ -266,10 +266,11 @@ fn rx_counts(ch: &GroupChannel) -> (u64, u64, u64) {
 fn captured_frames_replayed_are_refused() {
     init_logs();
     let a = node("a", key(KEY), &[]);
-    let b = node("b", key(KEY), &[addr(&a)]);
-    let inbox = collecting(&a);
+    // Listening before b starts: b's join may be reported as soon as b exists.
     let events = Arc::new(Events::default());
     a.add_membership_listener(events.clone());
+    let b = node("b", key(KEY), &[addr(&a)]);
+    let inbox = collecting(&a);
     wait_for("a and b see each other", LIMIT, || {
         a.members().len() == 1 && b.members().len() == 1
     });
@@ -320,6 +321,9 @@ fn captured_frames_replayed_are_refused() {
     wait_for("b's message", LIMIT, || inbox.len() == 4);
     // The hand-driven lane joined once (it holds the key); the replays made nobody join again.
     let joins = |who: &str| events.0.lock().iter().filter(|e| *e == who).count();
+    // The membership service reports a join on its own thread, possibly after the lane's
+    // messages were delivered.
+    wait_for("a reports the lane's join", LIMIT, || joins("+lane") >= 1);
     assert_eq!(
         (joins("+b"), joins("+lane")),
         (1, 1),

@@ -1,0 +1,98 @@
+//! A clean stop (`SimpleTcpCluster::stop`) without `expire_sessions_on_shutdown` leaves every
+//! session to the other members, over real sockets on 127.0.0.1.
+//!
+//! Run: `cargo test --release --test clean_stop`.
+
+mod common;
+
+use common::*;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tribecast::{
+    ChannelConfig, ClusterConfig, SessionEvent, SessionListener, SimpleTcpCluster, StaticMember,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn addr(node: &SimpleTcpCluster) -> SocketAddr {
+    node.channel().local_member().expect("running").addr
+}
+
+/// Starts "server3", listing `peers`, once node 1's stop ends its first session locally, and
+/// holds that stop until server3's manager is ready: a member joining (or asking for the
+/// digests) while node 1 stops.
+struct JoinDuringStop {
+    peers: Vec<SocketAddr>,
+    joined: Mutex<Option<SimpleTcpCluster>>,
+}
+
+impl SessionListener for JoinDuringStop {
+    fn event(&self, _context: &str, event: &SessionEvent) {
+        let SessionEvent::Destroyed(_) = event else {
+            return;
+        };
+        let mut joined = self.joined.lock();
+        if joined.is_some() {
+            return;
+        }
+        let mut cfg = ClusterConfig::default();
+        cfg.channel = ChannelConfig::loopback("server3");
+        cfg.channel.static_members = self.peers.iter().map(|&a| StaticMember::new(a)).collect();
+        cfg.jvm_route = "server3".into();
+        let node = SimpleTcpCluster::new(cfg).expect("config");
+        let app = node.add_application("/app");
+        node.start().expect("start");
+        assert!(app.wait_ready(LIMIT), "server3 got the sessions");
+        *joined = Some(node);
+    }
+}
+
+/// Node 1 stops while server3 joins: whatever node 1 tells server3 (its state transfer, its
+/// digest) during the stop must not end the sessions node 2 and server3 keep. `stop` ends node
+/// 1's sessions locally (recording their ends) while its channel still runs, and node 1 answers
+/// server3's digest request with those ends: server3 ends the session (the reference scenario
+/// of tests/delta_manager.rs loses its session on node 3 that way under load). Fails on every
+/// run until that is fixed (6 of 6); passes when the channel stops before the local ends.
+#[test]
+#[ignore = "open: a clean stop ends its sessions locally while its channel still answers digests"]
+fn a_member_joining_during_a_clean_stop_keeps_the_sessions() {
+    init_logs();
+    let nodes = cluster_nodes(2, &ClusterConfig::default());
+    let app = |i: usize| nodes[i].manager("/app").expect("app");
+    let mut req = app(0).request(None, "/app/login");
+    req.session_or_create()
+        .expect("session")
+        .set("user", &"ann")
+        .expect("set");
+    let id = req.session_id().expect("id").to_string();
+    req.finish().expect("finish");
+    wait_for("node 2 has the login", LIMIT, || app(1).find(&id).is_some());
+    let join = Arc::new(JoinDuringStop {
+        peers: vec![addr(&nodes[0]), addr(&nodes[1])],
+        joined: Mutex::new(None),
+    });
+    app(0).add_listener(join.clone());
+    nodes[0].stop();
+    let third = join
+        .joined
+        .lock()
+        .take()
+        .expect("server3 joined during the stop");
+    let third_app = third.manager("/app").expect("app");
+    wait_for("server3 sees node 2", LIMIT, || {
+        third.channel().members().len() == 1
+    });
+    // A request waits for the digests server3 asked for: the session as they left it.
+    for (name, mgr) in [("node 2", app(1)), ("server3", third_app)] {
+        let mut req = mgr.request(Some(&id), "/app/profile");
+        let user = req
+            .session()
+            .unwrap_or_else(|| panic!("{name} lost the session at node 1's clean stop"))
+            .get::<String>("user")
+            .expect("get");
+        assert_eq!(user.as_deref(), Some("ann"), "{name}");
+        req.finish().expect("finish");
+    }
+}
