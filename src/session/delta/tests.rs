@@ -1034,7 +1034,10 @@ fn a_dead_members_change_of_id_taken_before_its_death_was_seen_is_undone_at_the_
     );
     b.session_mut(&x).unwrap().set("y", &3u8).unwrap();
     assert!(deliver(b.end_request(&x, 4), B, &mut c).is_empty());
-    assert!(c.session(&n).is_none(), "C holds B's copy under X, not under N");
+    assert!(
+        c.session(&n).is_none(),
+        "C holds B's copy under X, not under N"
+    );
     assert_same_copy(&c, &b, &x);
     // C sees A leave; B, serving X, does not follow the change of id named in C's digest.
     let from_c = c.set_members(vec![B], 5);

@@ -777,9 +777,40 @@ impl ManagerCore {
         let here = |m: &MemberId| c.members().binary_search(m).is_ok();
         self.resyncing.retain(|_, b| here(&b.of));
         self.catch_up.retain(|m, _| here(m));
+        self.donor_left(members, now_ms, &mut ready);
         // A fetch waiting only for members that left has ended.
         self.settle_waits(&mut ready);
         ready
+    }
+
+    /// A joiner whose donor left before the transfer ended asks the first member that stays
+    /// (or, with none, starts with what arrived): asking the gone donor again until the
+    /// transfer's deadline kept it out of service for `state_transfer_timeout` (a member
+    /// joining while another stops cleanly: tests/clean_stop.rs).
+    fn donor_left(&mut self, members: &[Member], now_ms: u64, ready: &mut Ready) {
+        let donor = match &self.transfer.deadline {
+            Some((_, Some(d))) if !self.core.is_ready() => d.clone(),
+            _ => return,
+        };
+        if members.iter().any(|m| m.id == donor.id) {
+            return;
+        }
+        let Some(next) = members.first() else {
+            // No one left to ask: the deadline path, now.
+            self.transfer.deadline = Some((now_ms, None));
+            self.check_transfer_deadline(now_ms, ready);
+            return;
+        };
+        info!(
+            "Manager [{}]: state transfer donor [{donor}] left; asking [{next}] for all sessions",
+            self.context
+        );
+        self.transfer.deadline = Some((
+            now_ms.saturating_add(self.state_transfer_timeout_ms),
+            Some(next.clone()),
+        ));
+        self.transfer.reask_at = Some(now_ms.saturating_add(self.transfer_reask_ms));
+        ready.outs.extend(self.core.begin_state_transfer(next.id));
     }
 
     /// The cluster started. With members to expect (static or multicast membership), a

@@ -978,3 +978,35 @@ fn a_change_to_a_session_ended_here_is_not_acknowledged() {
     let (_, verdict) = nodes[0].receive(m(2), &change.outs[0].msg, T0 + 1);
     assert!(verdict.is_err(), "on the member that ended it too");
 }
+
+/// A joiner whose donor leaves before any chunk came asks the member that stays at once
+/// (before, it asked the gone donor again every `TRANSFER_REASK_MS` until the transfer's
+/// deadline), and becomes ready with its answer; with no member left it starts at once with
+/// what arrived.
+#[test]
+fn a_joiner_whose_donor_leaves_asks_a_member_that_stays() {
+    let mut nodes = cluster(ManagerKind::Delta, 3);
+    let (copy, _) = nodes[2].create(T0).expect("id");
+    let _ = nodes[2].end_request(copy, true, T0);
+    let (mut joiner, _) = joiner_asking_member_one();
+    let stays = mems([3]);
+    let asked = joiner.members_changed(&stays, T0 + 1);
+    let to_three: Vec<&POut> = asked
+        .outs
+        .iter()
+        .filter(|o| matches!(o.msg, Payload::Delta(SessionMessage::GetAllSessions)))
+        .collect();
+    assert_eq!(to_three.len(), 1, "{:?}", asked.outs);
+    assert_eq!(to_three[0].dest, Dest::Member(m(3)));
+    let (start, _) = nodes[2].receive(m(2), &to_three[0].msg, T0 + 2);
+    assert_eq!(start.chunk_to, Some(m(2)), "a transfer starts");
+    for o in nodes[2].transfer_chunk_sent(m(2), true).outs {
+        let _ = joiner.receive(m(3), &o.msg, T0 + 3);
+    }
+    assert!(joiner.is_ready());
+    assert_eq!(joiner.core().len(), 1);
+    // Alone: ready at once.
+    let (mut alone, _) = joiner_asking_member_one();
+    assert!(alone.members_changed(&[], T0 + 1).became_ready);
+    assert!(alone.is_ready());
+}
