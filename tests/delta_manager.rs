@@ -64,8 +64,10 @@ fn reference_scenario_log_in_on_one_read_on_another_survive_a_stop() {
         Some(ann.clone())
     );
     drop(req);
-    // Stop node 1; node 3 still has it.
+    // Stop node 1; node 3 still has it. A request waits, as http_node's 503 does, until node
+    // 3's manager is ready: under load its state transfer can still be running here.
     nodes[0].stop();
+    assert!(app(2).wait_ready(LIMIT), "node 3 ready");
     let mut req = app(2).request(Some(&id), "/app/profile");
     assert_eq!(
         req.session()
