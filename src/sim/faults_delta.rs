@@ -790,9 +790,10 @@ fn control_without_faults_loses_nothing() {
 }
 
 /// The scenario of the module doc, 500 seeds (3 members, every fourth seed 4), kills at any
-/// moment (requests in flight included).
+/// moment (requests in flight included). With route rebinding, 2 of 500 seeds still fail
+/// (74, 237: docs/RELIABILITY.md, "What holds now"); that variant is a survey
+/// (`TRIBECAST_FAULTS_REBIND=1`, `kill_and_restart_loop_survey`).
 #[test]
-#[ignore = "fails: MEASURING after the merge of delta-origin and delta-seeds3"]
 fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     let mut total = Figures::default();
     for_each_seed(500, |seed| {
