@@ -996,3 +996,90 @@ fn wait_buffers_given_back(rx: &tribecast::transport::receiver::ReceiverStats, d
         rx.read_buffer_bytes.get()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A clean stop with asynchronous messages still queued
+// ---------------------------------------------------------------------------------------------
+
+/// A member stops while its asynchronous lane to a receiver whose listener blocks still holds
+/// frames (the receiver's socket buffers are full). The listener proceeds as the stop begins:
+/// the stop writes what was queued before it closes the connections, so every message arrives,
+/// in order. (Before, the stop gave a stalled lane one last 1 ms try, then dropped the rest.)
+#[test]
+fn a_clean_stop_sends_the_asynchronous_messages_still_queued() {
+    init_logs();
+    const FRAME: u32 = 64 * 1024;
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let mut cfg = ChannelConfig::loopback("receiver");
+    cfg.max_frame_size = FRAME;
+    cfg.receiver.max_queued_bytes_per_connection = FRAME as usize;
+    let r = GroupChannel::new(cfg).expect("config");
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (g, gt) = (gate.clone(), got.clone());
+    r.add_channel_listener(Arc::new(move |m: &ChannelMessage<'_>| {
+        g.pass();
+        // A slow application: the receiver reads its socket only as fast as this.
+        std::thread::sleep(Duration::from_millis(2));
+        let n = m
+            .payload
+            .get(..4)
+            .map_or(u32::MAX, |h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
+        gt.lock().push(n);
+        Ok(())
+    }));
+    r.start().expect("start");
+    let mut cfg = ChannelConfig::loopback("stopping");
+    cfg.max_frame_size = FRAME;
+    cfg.dispatch.max_queue_size = 1 << 20;
+    // Room for everything sent below: nothing is dropped for a full queue.
+    cfg.sender.max_queued_bytes_per_member = 64 << 20;
+    cfg.sender.timeout = Duration::from_secs(2);
+    let s = GroupChannel::new(cfg).expect("config");
+    s.start().expect("start");
+    let dest = [local(&r)];
+    let queued = || {
+        s.stats()
+            .member(&dest[0].id)
+            .map_or(0, |m| m.async_queued_bytes)
+    };
+    // Stream until the lane holds frames the receiver's socket has no room for.
+    let deadline = Instant::now() + LIMIT;
+    let mut n = 0u32;
+    while s
+        .with_sender_stats(|x| x.stalls.load(SeqCst))
+        .expect("running")
+        == 0
+        || queued() < 8 << 20
+    {
+        assert!(
+            Instant::now() < deadline && n < 20_000,
+            "the lane never stalled after {n} messages"
+        );
+        match s.send(&dest, numbered(n, 60_000), SendOptions::ASYNCHRONOUS) {
+            Ok(()) => n += 1,
+            Err(ChannelError::QueueFull { .. }) => {}
+            Err(e) => panic!("asynchronous send: {e}"),
+        }
+    }
+    let waiting = queued();
+    let stopper = std::thread::spawn(move || {
+        let t = Instant::now();
+        s.stop();
+        let took = t.elapsed();
+        let dropped = s.stats().member(&dest[0].id).map_or(0, |m| m.async_dropped);
+        (took, dropped)
+    });
+    gate.open();
+    let (took, dropped) = stopper.join().expect("stop");
+    eprintln!("{n} messages sent, {waiting} B queued at the stop, stop took {took:?}");
+    assert_eq!(dropped, 0, "dropped for a full queue");
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    wait_for(
+        "every message queued before the stop arrives",
+        LIMIT,
+        || got.lock().len() as u64 >= u64::from(n),
+    );
+    let seen = got.lock().clone();
+    assert_eq!(seen, (0..n).collect::<Vec<u32>>(), "all, once, in order");
+}

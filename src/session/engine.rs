@@ -113,14 +113,11 @@ impl Core {
     }
 
     /// On a stop that leaves the sessions to the other members: ends every session here
-    /// only. A DeltaManager remembers no end ([`DeltaCore::drop_copies`]).
+    /// only, with no end remembered ([`DeltaCore::drop_copies`], [`BackupCore::drop_copies`]).
     pub fn drop_copies(&mut self) -> Vec<SessionEvent> {
         match self {
             Core::Delta(c) => c.drop_copies(),
-            Core::Backup(c) => {
-                let ids: Vec<SessionId> = c.ids().cloned().collect();
-                ids.iter().flat_map(|id| c.invalidate(id).1).collect()
-            }
+            Core::Backup(c) => c.drop_copies(),
         }
     }
 

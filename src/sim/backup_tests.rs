@@ -2622,3 +2622,73 @@ fn an_end_made_while_a_heal_is_noticed_beats_the_other_sides_older_copy() {
         "the end at version 3 beats the copy at version 1"
     );
 }
+
+/// A clean stop without `expire_sessions_on_shutdown` ends the stopping member's sessions
+/// there only: the members that stay keep every session. While it still receives (for up to
+/// 30 ms before it goes), the users of the sessions it served reach other members (a balancer
+/// moves them): each fetches the session, takes it over from its backup's copy and places a
+/// copy on the stopping member, which is still listed. Before the fix that member had buried
+/// each session it served as ended, so it answered that copy with the end, and the new primary
+/// ended the session.
+#[test]
+fn a_clean_stop_ends_no_session_on_the_members_that_stay() {
+    let (mut moved, mut kept, mut asked) = (0u64, 0u64, 0u64);
+    for_each_seed(64, |seed| {
+        let n = 4 + (seed % 2) as usize;
+        let mut c = Cluster::new(seed, jitter(), &cfg(1), n);
+        let mix = Mix {
+            sessions: 200,
+            ..Mix::default()
+        };
+        let gap = (Duration::ZERO, us(200));
+        let until = c.sim.now() + ms(40);
+        c.run_workload(until, gap, &mix);
+        c.calm(ms(5), gap, &mix);
+        c.settle();
+        let victim = NodeId(c.w.below(n as u64) as usize);
+        let j = &c.sim.node(victim).journal;
+        let before = j.received("copy") + j.received("get-copy") + j.received("fetch");
+        c.sim.call(victim, |node, ctx| node.stop_cleanly(ctx));
+        // Moves made while the member leaves are checked at the end, not one by one.
+        c.epoch += 1;
+        let others: Vec<NodeId> = c.up().into_iter().filter(|x| *x != victim).collect();
+        let theirs: Vec<usize> = c
+            .live
+            .iter()
+            .copied()
+            .filter(|s| c.sessions[*s].server == victim && !c.busy(*s))
+            .collect();
+        for s in theirs {
+            let t = others[c.w.below(others.len() as u64) as usize];
+            // A read leaves the version where the stop found it (a change would beat an end).
+            let ops = if c.w.below(2) == 0 {
+                vec![Op::Read]
+            } else {
+                c.change_ops()
+            };
+            c.switch(s, t, ops);
+            moved += 1;
+        }
+        // The moved requests are served (and their copies placed) as their fetches end.
+        let gone_at = c.sim.now() + c.w.duration_between(Duration::ZERO, ms(30));
+        while c.sim.now() < gone_at {
+            let t = (c.sim.now() + us(200)).min(gone_at);
+            c.sim.run_until(t, |_| false);
+            c.progress_moves();
+        }
+        let j = &c.sim.node(victim).journal;
+        asked += j.received("copy") + j.received("get-copy") + j.received("fetch") - before;
+        c.crash(&[victim]);
+        c.forget(&[victim]);
+        c.settle();
+        let h = c.assert_settled();
+        kept += h.values().sum::<u64>();
+    });
+    eprintln!(
+        "clean stop: {moved} sessions moved off the stopping member, {asked} copies, fetches \
+         and copy requests it answered after its stop, {kept} sessions held at the end"
+    );
+    if !replaying() {
+        assert!(moved > 0 && asked > 0, "nobody asked the stopping member");
+    }
+}

@@ -14,7 +14,7 @@ use crate::metrics::{MemberCounters, MemberRegistry};
 use crate::options::SendOptions;
 use crate::wire::frame::{FLAG_ACK, FLAG_SYNC_ACK};
 use crate::wire::DataBody;
-use log::debug;
+use log::{debug, warn};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -511,7 +511,11 @@ impl PooledParallelSender {
     }
 
     /// Says goodbye on one connection to each member (best effort), then closes them all.
+    /// Frames still queued on the asynchronous lanes are written first (Tomcat's sender
+    /// finishes its queue before it disconnects), within one send timeout in all: a member that
+    /// does not read cannot hold the stop longer.
     pub fn leave(&self, members: &[Member]) {
+        self.finish_async(Instant::now() + self.cfg.timeout);
         let timeout = Duration::from_millis(500).min(self.cfg.timeout);
         for m in members {
             let mut lane = Lane::new(LEAVE_LANE);
@@ -523,6 +527,31 @@ impl PooledParallelSender {
         self.links.write().clear();
         for al in self.async_lanes.lock().drain(..) {
             al.counters.set_queued(0);
+        }
+    }
+
+    /// Writes the frames queued on every asynchronous lane until they are all written (and
+    /// acked where asked) or `deadline` passes. A lane stalled on a member that does not read
+    /// is retried in turn with the others until then, not given up after one short wait as a
+    /// running flush does; what is left at the deadline is dropped with a warning.
+    fn finish_async(&self, deadline: Instant) {
+        let mut lanes = self.async_lanes.lock();
+        while lanes.iter().any(|al| al.has_work()) {
+            for al in lanes.iter_mut().filter(|al| al.has_work()) {
+                if let Some(f) = self.flush_lane(al) {
+                    debug!(
+                        "At stop, {} asynchronous message(s) to [{}] not sent: {}",
+                        f.messages, al.member, f.faulty.reason
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        let left: usize = lanes.iter().map(|al| al.queued()).sum();
+        if left > 0 {
+            warn!("Stopping with {left} bytes of asynchronous messages not sent (a member does not read)");
         }
     }
 

@@ -126,6 +126,24 @@ impl BackupCore {
         (outs, vec![SessionEvent::Destroyed(id.clone())])
     }
 
+    /// On a stop that leaves the sessions to the other members: drops every copy held here
+    /// with no end remembered (a local tombstone only, so a late copy does not come back
+    /// here). A member that asks this node before its channel stops (`GetCopy`, `Copy`,
+    /// `Fetch`, a digest) is not told that these sessions ended; its backups fail them over
+    /// when this node leaves. Ends that really happened earlier are still named.
+    pub fn drop_copies(&mut self) -> Vec<SessionEvent> {
+        let ids: Vec<SessionId> = self.entries.keys().cloned().collect();
+        self.entries.clear();
+        self.fetching.clear();
+        self.answered.clear();
+        ids.into_iter()
+            .map(|id| {
+                self.bury(&id, Tomb::Local);
+                SessionEvent::Destroyed(id)
+            })
+            .collect()
+    }
+
     /// Gives a session served here a new id, on its holders too, and re-places it: the new
     /// id has its own placement.
     pub fn change_id(

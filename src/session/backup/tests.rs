@@ -1103,3 +1103,67 @@ fn a_claim_on_a_renamed_id_is_answered_with_its_end() {
     assert!(renamer.session(&old).is_none());
     assert!(renamer.is_primary(&new));
 }
+
+/// A primary that stops and leaves its sessions to the others (`drop_copies`) answers the
+/// members that ask before its channel stops as one that does not hold them: its backup asking
+/// for a copy, and a member placing a copy on it, are not told the session ended; the backup
+/// fails the session over when the primary leaves. An earlier real end is still named.
+#[test]
+fn a_stop_that_leaves_the_sessions_to_the_others_tells_nobody_they_ended() {
+    let all = [1u8, 2, 3];
+    let mut nodes: Vec<BackupCore> = all.iter().map(|n| node(*n, &all, 1)).collect();
+    let id = nodes[0].create(0).unwrap();
+    nodes[0].session_mut(&id).unwrap().set("n", &1u8).unwrap();
+    let outs = nodes[0].end_request(&id, 0);
+    run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+    let gone = nodes[0].create(0).unwrap();
+    let outs = nodes[0].end_request(&gone, 0);
+    run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+    let (outs, _) = nodes[0].invalidate(&gone);
+    run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+    let b = nodes[0].backups_of(&id).unwrap()[0];
+    let bi = nodes.iter().position(|n| n.local == b).unwrap();
+    let state = nodes[0].session(&id).unwrap().state().clone();
+
+    assert_eq!(
+        nodes[0].drop_copies(),
+        vec![SessionEvent::Destroyed(id.clone())]
+    );
+    assert!(nodes[0].session(&id).is_none());
+    // Asked in the window: by the backup (a gap), and by a member placing a copy.
+    let ask = BackupMessage::GetCopy { id: id.clone() };
+    let place = BackupMessage::Copy {
+        state: state.clone(),
+        backups: vec![m(1)],
+        epoch: 9,
+        ack: true,
+    };
+    for msg in [ask, place] {
+        let (outs, _) = nodes[0].handle(b, &msg);
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(&o.msg, BackupMessage::Expired { id: e, .. } if *e == id)),
+            "told {b:?} the session ended: {outs:?}"
+        );
+        run(&mut nodes, outs.into_iter().map(|o| (m(1), o)).collect());
+    }
+    assert!(nodes[bi].session(&id).is_some(), "the backup dropped it");
+    // Still named: the end that really happened.
+    let (outs, _) = nodes[0].handle(b, &BackupMessage::GetCopy { id: gone.clone() });
+    assert!(outs
+        .iter()
+        .any(|o| matches!(&o.msg, BackupMessage::Expired { id: e, .. } if *e == gone)));
+    // The primary leaves: its backup serves the session.
+    let rest: Vec<MemberId> = [2u8, 3].iter().map(|x| m(*x)).collect();
+    let mut queue = Vec::new();
+    for n in nodes.iter_mut().skip(1) {
+        let me = n.local;
+        let outs = n.set_members(rest.clone());
+        queue.extend(outs.into_iter().map(|o| (me, o)));
+    }
+    let mut rest_nodes: Vec<BackupCore> = nodes.drain(1..).collect();
+    run(&mut rest_nodes, queue);
+    let served = rest_nodes.iter().filter(|n| n.is_primary(&id)).count();
+    assert_eq!(served, 1, "one member serves the session after the stop");
+}
