@@ -1293,24 +1293,42 @@ fn assert_same_copy_as(a: &DeltaCore, id: &SessionId, b: &DeltaCore) {
 /// Seed 78 of the kill -9 simulation: A changed X's id to N and changed it, reaching C only,
 /// and died; the user went on under X at B, whose changes C took under N (forked, then B's
 /// copy), and acknowledged; a request under X at C then found no session. C had not yet seen
-/// A leave. B's copy under X, which C's fork waits for, shows the change of id never reached
-/// B (so it was never acknowledged): C undoes it at once.
+/// A leave. B's change under X on the change of id's version, and B's copy under X (the one a
+/// fork under N waits for), each show the change of id never reached B (so it was never
+/// acknowledged): C undoes it at once, at whichever comes first (here the change: since the
+/// merge with the rule of seed 99, a `State` undoes it only where no such change came first;
+/// the kill -9 simulation, 0 of 500 seeds failing at any moment, covers both paths).
 #[test]
 fn the_copy_a_fork_under_a_new_id_waits_for_undoes_the_change_of_id_before_its_maker_leaves() {
     let ([_, mut b, mut c], x, n, failed) = renamed_by_a();
     c.set_members(vec![A, B], 0);
     deliver(failed, A, &mut c);
     b.session_mut(&x).unwrap().set("y", &2u8).unwrap();
-    let asked = deliver(b.end_request(&x, 2), B, &mut c);
-    let not_here = deliver(asked, C, &mut b);
-    assert!(deliver(not_here, B, &mut c).is_empty());
+    let mut events = Vec::new();
+    let mut asked = Vec::new();
+    for o in b.end_request(&x, 2) {
+        let (outs, ev) = c.handle(B, &o.msg);
+        asked.extend(outs);
+        events.extend(ev);
+    }
+    let answers = deliver(asked, C, &mut b);
+    for o in answers {
+        let (outs, ev) = c.handle(B, &o.msg);
+        assert!(outs.is_empty(), "{outs:?}");
+        events.extend(ev);
+    }
     let state = b.session(&x).unwrap().state().clone();
-    let (_, events) = c.handle(B, &SessionMessage::State(state));
+    let (_, ev) = c.handle(B, &SessionMessage::State(state));
+    events.extend(ev);
     let undone = SessionEvent::IdChanged {
         old: n.clone(),
         new: x.clone(),
     };
-    assert!(events.contains(&undone), "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| **e == undone).count(),
+        1,
+        "{events:?}"
+    );
     assert!(c.session(&n).is_none(), "C undid the change of id");
     assert_same_copy(&c, &b, &x);
     // B's next change applies under X, and a request under X finds it.
