@@ -67,13 +67,7 @@ fn a_member_joining_during_a_clean_stop_keeps_the_sessions() {
     init_logs();
     let nodes = cluster_nodes(2, &ClusterConfig::default());
     let app = |i: usize| nodes[i].manager("/app").expect("app");
-    let mut req = app(0).request(None, "/app/login");
-    req.session_or_create()
-        .expect("session")
-        .set("user", &"ann")
-        .expect("set");
-    let id = req.session_id().expect("id").to_string();
-    req.finish().expect("finish");
+    let id = login_on(&app(0), "ann");
     wait_for("node 2 has the login", LIMIT, || app(1).find(&id).is_some());
     let join = Arc::new(JoinDuringStop {
         peers: vec![addr(&nodes[0]), addr(&nodes[1])],

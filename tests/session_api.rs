@@ -41,13 +41,7 @@ fn logout_by_session_invalidate_ends_it_everywhere(kind: ManagerKind) {
     init_logs();
     let nodes = cluster_of(kind);
     let app = |i: usize| nodes[i].manager("/app").expect("app");
-    let mut req = app(0).request(None, "/app/login");
-    req.session_or_create()
-        .expect("session")
-        .set("user", &"ann")
-        .expect("set");
-    let id = req.session_id().expect("id").to_string();
-    req.finish().expect("login replicated");
+    let id = login_on(&app(0), "ann");
     wait_for("node 2 serves the login", LIMIT, || served(&nodes, 1, &id));
     // Log out on node 2 the Servlet way: the request's session, then the end of the request.
     let mut req = app(1).request(Some(&id), "/app/logout");

@@ -68,14 +68,7 @@ fn app(nodes: &[SimpleTcpCluster], i: usize) -> Arc<ClusterManager> {
 
 /// A login on node `i`: a new session holding `user`; returns its id.
 fn login(nodes: &[SimpleTcpCluster], i: usize, user: &str) -> String {
-    let mut req = app(nodes, i).request(None, "/app/login");
-    req.session_or_create()
-        .expect("session")
-        .set("user", &user)
-        .expect("set");
-    let id = req.session_id().expect("id").to_string();
-    req.finish().expect("login replicated");
-    id
+    login_on(&app(nodes, i), user)
 }
 
 /// The `user` a request for `id` on node `i` reads, or `None` when it finds no session (or

@@ -772,3 +772,16 @@ pub fn cluster_nodes(
     }
     nodes
 }
+
+/// A login on `app` (a node's "/app" manager): a new session holding `user`, replicated;
+/// returns its id.
+pub fn login_on(app: &Arc<tribecast::ClusterManager>, user: &str) -> String {
+    let mut req = app.request(None, "/app/login");
+    req.session_or_create()
+        .expect("session")
+        .set("user", &user)
+        .expect("set");
+    let id = req.session_id().expect("id").to_string();
+    req.finish().expect("login replicated");
+    id
+}
