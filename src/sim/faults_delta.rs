@@ -802,6 +802,24 @@ fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     eprintln!("DeltaManager kill -9 and restart loop: {total:?}");
 }
 
+/// The same with route rebinding (`WhenRouteGone`): the reproducer of the two seeds that still
+/// fail, each replaying with `TRIBECAST_SIM_SEED=<seed>`.
+#[test]
+#[ignore = "fails: 2 of 500 seeds, 74 (not converged: a session left on one member only) and 237 (a value going back), not diagnosed; docs/RELIABILITY.md, What holds now"]
+fn kill_and_restart_loop_with_route_rebinding_loses_no_acknowledged_change_or_session() {
+    let mut total = Figures::default();
+    for_each_seed(500, |seed| {
+        run(
+            seed,
+            members(seed),
+            false,
+            RebindRoute::WhenRouteGone,
+            &mut total,
+        )
+    });
+    eprintln!("DeltaManager kill -9 and restart loop, route rebinding: {total:?}");
+}
+
 /// The same with kills only at a moment when no user waits for an answer.
 #[test]
 fn kill_and_restart_loop_between_requests_loses_no_acknowledged_change_or_session() {
