@@ -648,7 +648,8 @@ impl ClusterManager {
         }
     }
 
-    /// On shutdown with `expire_sessions_on_shutdown`: ends every session everywhere.
+    /// On shutdown: with `everywhere` (`expire_sessions_on_shutdown`) ends every session on
+    /// every member; without, drops this node's copies and leaves the sessions to the others.
     pub(crate) fn expire_all(&self, everywhere: bool) {
         let ((), _) = self.input(|c| ((), c.expire_all(everywhere)));
     }

@@ -954,9 +954,9 @@ impl ManagerCore {
         self.begin_catch_up(late.map(|m| m.id), now_ms, ready);
     }
 
-    /// On shutdown: ends every session here (and, with `everywhere`, on every member). Ended
-    /// here only, a DeltaManager's sessions are dropped with no end remembered, so nothing it
-    /// answers before its channel stops ends them on the members that keep them.
+    /// On shutdown: with `everywhere`, ends every session on every member. Without, the copies
+    /// here (of either manager) are dropped with no end remembered, so nothing this node answers
+    /// before its channel stops ends them on the members that keep them.
     pub fn expire_all(&mut self, everywhere: bool) -> Ready {
         let mut ready = Ready {
             options: self.options,
