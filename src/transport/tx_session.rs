@@ -127,6 +127,16 @@ impl<T> TxSession<T> {
         &self.frames
     }
 
+    /// The owners' handles of the frames held, in order.
+    pub fn tokens_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.frames.iter_mut().map(|f| &mut f.token)
+    }
+
+    /// Frames at the front written on the current connection.
+    pub fn written(&self) -> usize {
+        self.handed
+    }
+
     /// Whether no frame is held.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
