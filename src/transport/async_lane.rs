@@ -7,8 +7,9 @@
 //! up. Memory is bounded: once `max_queued_bytes_per_member` are waiting, further messages to the
 //! member are dropped and counted. Only an I/O error (the member closed or reset the connection,
 //! so it reads nothing more from it) makes the lane reconnect, on the same lane id, and resend
-//! the frames not fully written; the receiver drops any it already had. Frames fully written to
-//! a connection that then breaks may be lost: asynchronous sends ask for no ack.
+//! the frames its `TxSession` still holds (not fully written, written by the write that failed,
+//! or waiting for an ack or behind one); the receiver drops any it already had. Frames released
+//! before a connection breaks may be lost: asynchronous sends ask for no ack.
 
 use super::lane::{Identity, Lane, Reply};
 use super::tx_session::AckMatch;
