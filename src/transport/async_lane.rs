@@ -217,15 +217,9 @@ impl AsyncLane {
     /// buffer the frames that are done: written, and acked if they asked for it.
     fn settle(&mut self, report: &mut FlushReport) {
         let tx = &mut self.lane.tx;
-        while tx
-            .frames()
-            .get(tx.written())
-            .is_some_and(|f| f.token.end <= self.written)
-        {
-            if tx.next_write().is_none() {
-                break; // the connection broke: those frames go again on the next one
-            }
-        }
+        let written = self.written;
+        // Not if the connection broke: those frames go again on the next one.
+        tx.mark_written(|p| p.end <= written);
         let mut done = 0;
         while tx
             .frames()

@@ -153,6 +153,7 @@ impl<T> TxSession<T> {
     }
 
     /// Holds a new frame numbered `seq` (above every number held), after those held.
+    #[inline]
     pub fn push(&mut self, seq: u64, ack: bool, token: T) {
         debug_assert!(self.frames.back().is_none_or(|f| f.seq < seq));
         self.frames.push_back(TxFrame {
@@ -250,6 +251,7 @@ impl<T> TxSession<T> {
     /// an ack waits for earlier acks, and the frames after it wait behind it). A frame already
     /// acked on an earlier connection is returned too (the owner may skip its bytes) but not
     /// counted as written again.
+    #[inline]
     pub fn next_write(&mut self) -> Option<&mut TxFrame<T>> {
         if self.phase != TxPhase::Ready || self.failed > 0 {
             return None;
@@ -269,15 +271,37 @@ impl<T> TxSession<T> {
         Some(f)
     }
 
+    /// For an owner that writes its whole buffer itself (no window): counts as written on the
+    /// ready connection the next frames, in order, as long as `written` says their bytes went
+    /// out. Frames already acked are passed over, as by [`TxSession::next_write`].
+    #[inline]
+    pub fn mark_written(&mut self, mut written: impl FnMut(&T) -> bool) {
+        if self.phase != TxPhase::Ready || self.failed > 0 {
+            return;
+        }
+        for f in self.frames.range_mut(self.handed..) {
+            if !written(&f.token) {
+                break;
+            }
+            self.handed += 1;
+            if !f.acked {
+                f.writes += 1;
+                self.unacked += usize::from(f.ack);
+            }
+        }
+    }
+
     /// An ack (or fail-ack) for `seq` came on the current connection. Acks come in order but a
     /// frame's ack may overtake an earlier one's (an acknowledged frame behind one waiting for
     /// its synchronized ack).
+    #[inline]
     pub fn on_ack(&mut self, seq: u64) -> AckMatch {
-        let pos = self
-            .frames
-            .iter()
-            .take(self.handed)
-            .position(|f| f.seq == seq && f.ack && !f.acked);
+        let waits = |f: &TxFrame<T>| f.seq == seq && f.ack && !f.acked;
+        // Nearly always the first frame (a synchronous lane holds one): no search.
+        let pos = match self.frames.front() {
+            Some(f) if self.handed > 0 && waits(f) => Some(0),
+            _ => self.frames.iter().take(self.handed).position(waits),
+        };
         match pos {
             Some(i) => {
                 self.frames[i].acked = true;
@@ -290,6 +314,7 @@ impl<T> TxSession<T> {
 
     /// The sequence number of the first frame written on this connection that waits for its
     /// ack: the owner reads replies while there is one.
+    #[inline]
     pub fn awaited(&self) -> Option<u64> {
         if self.unacked == 0 {
             return None;
@@ -300,6 +325,7 @@ impl<T> TxSession<T> {
 
     /// Releases the first frame held if it is done: acked if it asked for an ack (on this
     /// connection or an earlier one), else written on this connection.
+    #[inline]
     pub fn pop_done(&mut self) -> Option<TxFrame<T>> {
         let f = self.frames.front()?;
         let done = if f.ack { f.acked } else { self.handed > 0 };

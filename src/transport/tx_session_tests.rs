@@ -230,3 +230,20 @@ fn own_numbering_rises_and_helpers() {
     s.disconnected();
     assert_eq!(s.pop_failed().map(|f| f.seq), Some(1));
 }
+
+#[test]
+fn mark_written_counts_what_the_owner_wrote() {
+    let mut s = ready(2, 1, &[1, 2, 3], true);
+    s.mark_written(|&t| t <= 20);
+    assert_eq!((s.written(), s.unacked(), s.awaited()), (2, 2, Some(1)));
+    assert_eq!(s.on_ack(2), AckMatch::Frame(1));
+    s.disconnected();
+    // Not without a ready connection.
+    s.mark_written(|_| true);
+    assert_eq!(s.written(), 0);
+    accept(&mut s);
+    s.mark_written(|_| true);
+    assert_eq!(s.unacked(), 2, "2 was acked: not waited for again");
+    let writes: Vec<u32> = s.frames().iter().map(|f| f.writes).collect();
+    assert_eq!(writes, vec![2, 1, 1]);
+}
