@@ -159,7 +159,7 @@ fn send_sync(lane: &mut Lane, id: &Identity, payload: &[u8]) -> Result<(), SendF
     lane.wbuf.clear();
     let seq = lane.stamp(
         id,
-        None,
+        id.number(),
         FLAG_ACK | FLAG_SYNC_ACK,
         &body,
         &crc32fast::Hasher::new(),

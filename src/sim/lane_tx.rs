@@ -1,27 +1,27 @@
-//! The sending side of a simulated member: the protocol the real sender follows, as a sans-I/O
-//! state machine.
+//! The sending side of a simulated member: production's [`TxSession`] per lane, driven over the
+//! simulated network.
 //!
-//! Per destination the sender has one or more lanes (connections), each opened with a handshake
-//! and numbering its data frames 1, 2, 3, … across reconnects. When a connection breaks, the
-//! lane reconnects (same incarnation, same lane) and resends the frames not yet acknowledged;
-//! a frame gets at most `max_tries` connections, then it is reported failed. Asynchronous frames
-//! are never acknowledged: those handed to a broken connection may be lost, those not yet
-//! written are sent on the next one.
+//! Per destination the sender has one or more lanes (connections). What a lane writes, resends,
+//! settles or fails is decided by its `TxSession`, the state machine the real lanes use: a
+//! handshake first, data frames numbered 1, 2, 3, … across reconnects, frames not yet
+//! acknowledged written again on a new connection, at most `max_tries` connections per frame.
+//! Asynchronous frames are never acknowledged: those released on a connection that then broke
+//! may be lost. This module only does the simulated I/O (connect, write, read, close) and keeps
+//! the journal.
 //!
-//! Besides the protocol state, `TxJournal` records what the application was told about each
-//! message, for the tests' checks. It survives a crash (it is the observer's notebook, not the
-//! node's memory).
+//! `TxJournal` records what the application was told about each message, for the tests'
+//! checks. It survives a crash (it is the observer's notebook, not the node's memory).
 
 use super::net::{CloseReason, ConnId, NodeId};
 use super::Ctx;
 use crate::error::SendFailure;
 use crate::member::Member;
 use crate::options::SendOptions;
-use crate::wire::frame::{self, FrameKind, FLAG_ACK, FLAG_SYNC_ACK};
-use crate::wire::{
-    decode_body, encode_body, parse_frame, Envelope, Handshake, HandshakeAccept, Reason,
-};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::transport::sender::frame_flags;
+use crate::transport::tx_session::{AckMatch, TxPhase, TxSession};
+use crate::wire::frame::{self, FrameKind, FLAG_ACK};
+use crate::wire::{decode_body, encode_body, parse_frame, Envelope, Reason};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 /// Sender settings.
@@ -104,33 +104,22 @@ impl TxJournal {
     }
 }
 
-/// A data frame waiting on a lane.
+/// A data frame's handle in its lane's session.
 struct Pending {
     rec: usize,
-    seq: u64,
     flags: u16,
     /// The encoded envelope, shared by every destination of the message.
     body: Rc<[u8]>,
 }
 
-impl Pending {
-    fn wants_ack(&self) -> bool {
-        self.flags & FLAG_ACK != 0
-    }
-}
-
 struct Lane {
     dest: NodeId,
-    next_seq: u64,
     conn: Option<ConnId>,
-    /// The handshake was accepted on `conn`.
-    ready: bool,
     /// Reply bytes not yet forming a whole frame.
     rx: Vec<u8>,
-    unsent: VecDeque<Pending>,
-    unacked: VecDeque<Pending>,
-    /// Asynchronous frames written on `conn` (they become `MaybeLost` if it breaks). Only the
-    /// observer needs this: a real sender forgets asynchronous frames once written.
+    tx: TxSession<Pending>,
+    /// Asynchronous frames released after being written on `conn` (they become `MaybeLost`
+    /// if it breaks). Only the observer needs this: a real sender forgets them.
     written_async: Vec<usize>,
 }
 
@@ -142,17 +131,6 @@ pub struct TxSide {
     lanes: BTreeMap<(NodeId, u32), Lane>,
     conns: BTreeMap<ConnId, (NodeId, u32)>,
     pub journal: TxJournal,
-}
-
-/// Header flags for send options (the real sender's mapping).
-fn frame_flags(opts: SendOptions) -> u16 {
-    if opts.wants_sync_ack() {
-        FLAG_ACK | FLAG_SYNC_ACK
-    } else if opts.wants_ack() {
-        FLAG_ACK
-    } else {
-        0
-    }
 }
 
 impl TxSide {
@@ -214,24 +192,22 @@ impl TxSide {
         let flags = frame_flags(opts);
         let lane_no = (msg_id % u64::from(self.cfg.lanes.max(1))) as u32;
         for &dest in dests {
+            let (max_tries, window) = (self.cfg.max_tries, self.cfg.window);
             let lane = self.lanes.entry((dest, lane_no)).or_insert_with(|| Lane {
                 dest,
-                next_seq: 0,
                 conn: None,
-                ready: false,
                 rx: Vec::new(),
-                unsent: VecDeque::new(),
-                unacked: VecDeque::new(),
+                tx: TxSession::new(lane_no, max_tries, window),
                 written_async: Vec::new(),
             });
-            lane.next_seq += 1;
+            let seq = lane.tx.next_seq();
             let rec = self.journal.sent.len();
             self.journal.sent.push(SentMsg {
                 msg_id,
                 incarnation: self.incarnation,
                 dest,
                 lane: lane_no,
-                seq: lane.next_seq,
+                seq,
                 opts,
                 payload: payload.clone(),
                 outcome: Outcome::Queued,
@@ -239,55 +215,54 @@ impl TxSide {
                 writes: 0,
             });
             self.journal.index.insert((msg_id, dest), rec);
-            lane.unsent.push_back(Pending {
+            let pending = Pending {
                 rec,
-                seq: lane.next_seq,
                 flags,
                 body: body.clone(),
-            });
+            };
+            lane.tx.push(seq, flags & FLAG_ACK != 0, pending);
             self.pump((dest, lane_no), ctx);
         }
         msg_id
     }
 
-    /// Connects the lane if it has work and no connection, or writes what the window allows.
+    /// Connects the lane if its session wants a connection, or writes what the session allows.
     fn pump(&mut self, key: (NodeId, u32), ctx: &mut Ctx<'_>) {
         let Some(lane) = self.lanes.get_mut(&key) else {
             return;
         };
         match lane.conn {
-            None if !lane.unsent.is_empty() => {
+            None if lane.tx.wants_connection() => {
                 let conn = ctx.connect(lane.dest);
                 lane.conn = Some(conn);
-                lane.ready = false;
+                lane.tx.connecting();
                 lane.rx.clear();
                 self.conns.insert(conn, key);
                 self.journal.connects += 1;
             }
-            Some(conn) if lane.ready => {
+            Some(conn) if lane.tx.phase() == TxPhase::Ready => {
                 let mut out = Vec::new();
-                while let Some(f) = lane.unsent.front() {
-                    if f.wants_ack() && lane.unacked.len() >= self.cfg.window {
-                        break;
+                while let Some(f) = lane.tx.next_write() {
+                    if f.acked {
+                        continue; // acked on an earlier connection: its bytes are not needed
                     }
-                    let Some(f) = lane.unsent.pop_front() else {
-                        break;
-                    };
-                    frame::encode_frame(&mut out, FrameKind::Data, f.flags, f.seq, &f.body);
-                    let m = &mut self.journal.sent[f.rec];
+                    let p = &f.token;
+                    frame::encode_frame(&mut out, FrameKind::Data, p.flags, f.seq, &p.body);
+                    let m = &mut self.journal.sent[p.rec];
                     if m.writes > 0 {
                         self.journal.resends += 1;
                     }
                     m.writes += 1;
-                    if f.wants_ack() {
-                        m.outcome = Outcome::InFlight;
-                        lane.unacked.push_back(f);
+                    m.outcome = if f.ack {
+                        Outcome::InFlight
                     } else {
-                        m.outcome = Outcome::Written;
-                        lane.written_async.push(f.rec);
-                    }
+                        Outcome::Written
+                    };
                 }
-                ctx.send(conn, out);
+                release(lane);
+                if !out.is_empty() {
+                    ctx.send(conn, out);
+                }
             }
             _ => {}
         }
@@ -295,18 +270,13 @@ impl TxSide {
 
     /// A connection of ours opened: shake hands.
     pub fn on_connected(&mut self, conn: ConnId, ctx: &mut Ctx<'_>) {
-        let Some(&(_, lane)) = self.conns.get(&conn) else {
+        let Some(lane) = self.conns.get(&conn).and_then(|k| self.lanes.get(k)) else {
             return;
         };
-        let hs = Handshake {
-            cluster: self.cfg.cluster.clone(),
-            protocol_version: frame::PROTOCOL_VERSION,
-            member: self.member.clone(),
-            incarnation: self.incarnation,
-            lane,
-        };
         let mut out = Vec::new();
-        frame::encode_frame(&mut out, FrameKind::Handshake, 0, 0, &encode_body(&hs));
+        let (cluster, member) = (&self.cfg.cluster, &self.member);
+        lane.tx
+            .write_hello(cluster, member, self.incarnation, &mut out);
         ctx.send(conn, out);
     }
 
@@ -327,44 +297,34 @@ impl TxSide {
                 Err(e) => break Err(SendFailure::Protocol(e.to_string())),
             };
             used += n;
-            let seq = f.header.seq;
-            match (lane.ready, f.header.kind) {
-                (false, FrameKind::HandshakeAccept) => {
-                    if let Err(e) = decode_body::<HandshakeAccept>(f.body) {
-                        break Err(SendFailure::Protocol(format!(
-                            "undecodable handshake answer: {e}"
-                        )));
-                    }
-                    lane.ready = true;
-                }
-                (false, FrameKind::HandshakeRefuse) => {
-                    let reason = decode_body::<Reason>(f.body)
-                        .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason);
-                    break Err(SendFailure::Refused(reason));
-                }
-                (true, kind @ (FrameKind::Ack | FrameKind::FailAck)) => {
-                    let Some(pos) = lane.unacked.iter().position(|p| p.seq == seq) else {
-                        self.journal.stray_acks += 1;
-                        continue;
-                    };
-                    let Some(p) = lane.unacked.remove(pos) else {
-                        continue;
-                    };
-                    let outcome = if kind == FrameKind::Ack {
-                        Outcome::Acked
-                    } else {
-                        let reason = decode_body::<Reason>(f.body)
-                            .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason);
-                        Outcome::Failed(SendFailure::Remote(reason))
-                    };
-                    self.journal.settle(p.rec, outcome);
-                }
-                (_, kind) => {
-                    break Err(SendFailure::Protocol(format!("unexpected {kind:?} frame")))
+            let (kind, seq) = (f.header.kind, f.header.seq);
+            if lane.tx.phase() != TxPhase::Ready {
+                match lane
+                    .tx
+                    .on_handshake_answer(kind, f.header.flags, f.body, false)
+                {
+                    Ok(_) => continue,
+                    Err(e) => break Err(e),
                 }
             }
+            if !matches!(kind, FrameKind::Ack | FrameKind::FailAck) {
+                break Err(SendFailure::Protocol(format!("unexpected {kind:?} frame")));
+            }
+            let AckMatch::Frame(i) = lane.tx.on_ack(seq) else {
+                self.journal.stray_acks += 1;
+                continue;
+            };
+            let outcome = if kind == FrameKind::Ack {
+                Outcome::Acked
+            } else {
+                let reason = decode_body::<Reason>(f.body)
+                    .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason);
+                Outcome::Failed(SendFailure::Remote(reason))
+            };
+            self.journal.settle(lane.tx.frames()[i].token.rec, outcome);
         };
         lane.rx.drain(..used);
+        release(lane);
         match verdict {
             Ok(()) => self.pump(key, ctx),
             Err(SendFailure::Refused(reason)) => {
@@ -373,10 +333,13 @@ impl TxSide {
                 ctx.close(conn);
                 self.conns.remove(&conn);
                 lane.conn = None;
-                lane.ready = false;
+                lane.tx.disconnected();
                 let failure = SendFailure::Refused(reason);
-                for p in lane.unacked.drain(..).chain(lane.unsent.drain(..)) {
-                    self.journal.settle(p.rec, Outcome::Failed(failure.clone()));
+                for f in lane.tx.drain() {
+                    if !f.acked {
+                        self.journal
+                            .settle(f.token.rec, Outcome::Failed(failure.clone()));
+                    }
                 }
             }
             Err(failure) => {
@@ -395,9 +358,8 @@ impl TxSide {
         self.broken(conn, failure, ctx);
     }
 
-    /// The lane's connection is gone: charge a try to the frames it held (every queued frame if
-    /// it broke before the handshake completed), fail those out of tries, resend the rest on a
-    /// new connection.
+    /// The lane's connection is gone: its session charges the frames it held a try; those out
+    /// of tries fail, the rest go again on a new connection.
     fn broken(&mut self, conn: ConnId, failure: SendFailure, ctx: &mut Ctx<'_>) {
         let Some(key) = self.conns.remove(&conn) else {
             return;
@@ -406,28 +368,31 @@ impl TxSide {
             return;
         };
         lane.conn = None;
-        let was_ready = std::mem::replace(&mut lane.ready, false);
         lane.rx.clear();
         for rec in lane.written_async.drain(..) {
             self.journal.sent[rec].outcome = Outcome::MaybeLost;
         }
-        let mut charged: Vec<Pending> = lane.unacked.drain(..).collect();
-        if !was_ready {
-            charged.extend(lane.unsent.drain(..));
+        lane.tx.disconnected();
+        while let Some(f) = lane.tx.pop_failed() {
+            self.journal.sent[f.token.rec].tries = f.tries;
+            self.journal
+                .settle(f.token.rec, Outcome::Failed(failure.clone()));
         }
-        let mut requeue = VecDeque::with_capacity(charged.len() + lane.unsent.len());
-        for p in charged {
-            let m = &mut self.journal.sent[p.rec];
-            m.tries += 1;
-            if m.tries >= self.cfg.max_tries {
-                self.journal.settle(p.rec, Outcome::Failed(failure.clone()));
-            } else {
-                m.outcome = Outcome::Queued;
-                requeue.push_back(p);
-            }
+        for f in lane.tx.frames().iter().filter(|f| !f.acked) {
+            let m = &mut self.journal.sent[f.token.rec];
+            m.tries = f.tries;
+            m.outcome = Outcome::Queued;
         }
-        requeue.extend(lane.unsent.drain(..));
-        lane.unsent = requeue;
         self.pump(key, ctx);
+    }
+}
+
+/// Drops the frames the lane's session released; asynchronous ones are remembered as written
+/// on the current connection, for the journal.
+fn release(lane: &mut Lane) {
+    while let Some(f) = lane.tx.pop_done() {
+        if !f.ack {
+            lane.written_async.push(f.token.rec);
+        }
     }
 }

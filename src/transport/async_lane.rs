@@ -7,27 +7,25 @@
 //! up. Memory is bounded: once `max_queued_bytes_per_member` are waiting, further messages to the
 //! member are dropped and counted. Only an I/O error (the member closed or reset the connection,
 //! so it reads nothing more from it) makes the lane reconnect, on the same lane id, and resend
-//! the frames not fully written; the receiver drops any it already had. Frames fully written to
-//! a connection that then breaks may be lost: asynchronous sends ask for no ack.
+//! the frames its `TxSession` still holds (not fully written, written by the write that failed,
+//! or waiting for an ack or behind one); the receiver drops any it already had. Frames released
+//! before a connection breaks may be lost: asynchronous sends ask for no ack.
 
 use super::lane::{Identity, Lane, Reply};
+use super::tx_session::AckMatch;
 use crate::error::{FaultyMember, SendFailure};
 use crate::member::Member;
 use crate::metrics::MemberCounters;
 use crate::wire::DataBody;
 use log::{debug, info, warn};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a flush waits on a member that is already stalled.
 const STALLED_WAIT: Duration = Duration::from_millis(1);
 
+/// A frame's place in the lane's buffer (the lane's session holds its number and ack state).
 struct Pending {
-    seq: u64,
-    /// Asked for an ack: kept in the buffer (to resend after a reconnect) until acked.
-    ack: bool,
-    acked: bool,
     /// Payload bytes, for the member's counters once settled.
     payload: u32,
     /// Offset in the lane's buffer just past this frame.
@@ -54,8 +52,9 @@ pub struct FlushReport {
 
 pub struct AsyncLane {
     pub member: Member,
-    lane: Lane,
-    frames: VecDeque<Pending>,
+    /// Its session holds the frames, in queue order; a frame asking for an ack stays (to be
+    /// resent after a reconnect) until acked.
+    lane: Lane<Pending>,
     /// Bytes at the front of the buffer already written to the current connection.
     written: usize,
     stalled: bool,
@@ -68,8 +67,9 @@ impl AsyncLane {
     pub fn new(member: Member, lane_id: u32, counters: Arc<MemberCounters>) -> AsyncLane {
         AsyncLane {
             member,
-            lane: Lane::new(lane_id),
-            frames: VecDeque::new(),
+            // Retries are bounded per flush (see `flush`), not per frame; no window: every
+            // frame is written, then the acks asked for are read.
+            lane: Lane::with_session(lane_id, u32::MAX, usize::MAX),
             written: 0,
             stalled: false,
             dropped: 0,
@@ -88,7 +88,7 @@ impl AsyncLane {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.frames.is_empty() || self.dropped > 0
+        !self.lane.tx.is_empty() || self.dropped > 0
     }
 
     /// Appends a frame; returns false (and counts it) when too much is already waiting.
@@ -101,20 +101,18 @@ impl AsyncLane {
         limit: usize,
     ) -> bool {
         // Unwritten frames and written ones waiting for their ack count alike.
-        if self.lane.wbuf.len() + body.len() > limit && !self.frames.is_empty() {
+        if self.lane.wbuf.len() + body.len() > limit && !self.lane.tx.is_empty() {
             self.dropped += 1;
             self.counters.dropped();
             return false;
         }
-        let seq = self.lane.stamp(id, None, flags, body, crc);
+        let seq = self.lane.stamp(id, id.number(), flags, body, crc);
         let ack = flags & crate::wire::frame::FLAG_ACK != 0;
-        self.frames.push_back(Pending {
-            seq,
-            ack,
-            acked: false,
+        let pending = Pending {
             payload: body.payload.len() as u32,
             end: self.lane.wbuf.len(),
-        });
+        };
+        self.lane.tx.push(seq, ack, pending);
         self.counters.set_queued(self.lane.wbuf.len());
         true
     }
@@ -151,7 +149,7 @@ impl AsyncLane {
                     warn!(
                         "Asynchronous sends to [{}] stalled: {} message(s), {} bytes waiting for it",
                         self.member,
-                        self.frames.len(),
+                        self.lane.tx.frames().len(),
                         self.unwritten()
                     );
                     self.stalled = true;
@@ -160,8 +158,7 @@ impl AsyncLane {
             }
             Err(Some(reason)) => {
                 // Give up on everything waiting: the member cannot be reached.
-                let n = self.frames.len() as u64;
-                self.frames.clear();
+                let n = self.lane.tx.drain().count() as u64;
                 self.lane.clear_wbuf();
                 self.written = 0;
                 self.lane.disconnect();
@@ -188,31 +185,22 @@ impl AsyncLane {
         if !self.lane.is_connected() {
             report.connects += 1;
             // Everything still in the buffer (unwritten, or written and not yet acked) goes
-            // again on the new connection: the old one is gone at the receiver too, which drops
-            // the frames it already had and acks them again.
+            // again on the new connection (the session starts it over): the old one is gone at
+            // the receiver too, which drops the frames it already had and acks them again.
             self.written = 0;
-            for f in &mut self.frames {
-                f.acked = false;
-            }
             self.lane.connect(&self.member, id, deadline, timeout)?;
         }
         let result = self.lane.write_from(&mut self.written, deadline, timeout);
         self.settle(report);
         result?;
-        // Acks come in frame order on a connection; anything else is a stale answer.
-        while let Some(want) = self
-            .frames
-            .iter()
-            .find(|f| f.ack && !f.acked)
-            .map(|f| f.seq)
-        {
+        while self.lane.tx.awaited().is_some() {
             let reply = self.lane.read_reply(deadline, timeout)?;
             let (seq, failure) = match reply {
                 Reply::Ack(s) => (s, None),
                 Reply::FailAck(s, reason) => (s, Some(reason)),
             };
-            if seq != want {
-                continue;
+            if self.lane.tx.on_ack(seq) == AckMatch::Stale {
+                continue; // an answer to a frame of an earlier connection
             }
             if let Some(reason) = failure {
                 warn!(
@@ -220,32 +208,36 @@ impl AsyncLane {
                     self.member
                 );
             }
-            if let Some(f) = self.frames.iter_mut().find(|f| f.seq == want) {
-                f.acked = true;
-            }
             self.settle(report);
         }
         Ok(())
     }
 
-    /// Drops from the front of the buffer the frames that are done: written, and acked if they
-    /// asked for it.
+    /// Tells the session which frames are now fully written, then drops from the front of the
+    /// buffer the frames that are done: written, and acked if they asked for it.
     fn settle(&mut self, report: &mut FlushReport) {
+        let tx = &mut self.lane.tx;
+        let written = self.written;
+        // Not if the connection broke: those frames go again on the next one.
+        tx.mark_written(|p| p.end <= written);
         let mut done = 0;
-        while let Some(f) = self.frames.front() {
-            if f.end > self.written || (f.ack && !f.acked) {
+        while tx
+            .frames()
+            .front()
+            .is_some_and(|f| f.token.end <= self.written)
+        {
+            let Some(f) = tx.pop_done() else {
                 break;
-            }
-            done = f.end;
+            };
+            done = f.token.end;
             report.sent += 1;
-            report.bytes += u64::from(f.payload);
-            self.frames.pop_front();
+            report.bytes += u64::from(f.token.payload);
         }
         if done > 0 {
             self.lane.drain_front(done);
             self.written -= done;
-            for f in &mut self.frames {
-                f.end -= done;
+            for p in self.lane.tx.tokens_mut() {
+                p.end -= done;
             }
         }
     }

@@ -3,14 +3,13 @@
 //! thread at a time (taken from the member's pool), so blocking I/O with deadlines is simplest
 //! and costs no extra thread wake-up per message.
 
-use crate::crypto::{self, ClusterKey, Opener, Sealer, HANDSHAKE_NONCE_LEN, TAG_LEN};
+use super::tx_session::{time_left, TxSession};
+use crate::crypto::{self, ClusterKey, Opener, Sealer, TAG_LEN};
 use crate::error::SendFailure;
 use crate::member::Member;
 use crate::wire::frame::{self, FrameHeader, FrameKind, FLAG_SEALED};
 use crate::wire::sealed;
-use crate::wire::{
-    decode_body, encode_body, parse_frame, DataBody, Handshake, HandshakeAccept, Reason,
-};
+use crate::wire::{decode_body, encode_body, parse_frame, DataBody, Handshake, Reason};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +37,13 @@ pub struct Identity {
     pub peer_seen: Option<PeerSeen>,
 }
 
+impl Identity {
+    /// A new sequence number for a frame of any lane of this node.
+    pub fn number(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
 /// See [`Identity::peer_seen`].
 pub type PeerSeen = Arc<dyn Fn(&Member, u64) + Send + Sync>;
 
@@ -47,8 +53,12 @@ pub enum Reply {
     FailAck(u64, String),
 }
 
-pub struct Lane {
+/// The socket side of a lane; its protocol state (frames held, their numbers, acks, tries, the
+/// handshake's answers) is `tx`, a [`TxSession`] whose frames carry a `T` of the owner's.
+pub struct Lane<T = ()> {
     pub lane: u32,
+    /// What is sent, resent, settled or failed, decided without I/O.
+    pub tx: TxSession<T>,
     stream: Option<TcpStream>,
     /// Socket timeouts last set, so that back-to-back sends do not pay two `setsockopt` calls.
     read_timeout: Option<Duration>,
@@ -65,9 +75,7 @@ pub struct Lane {
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
+    time_left(deadline, Instant::now())
 }
 
 /// How far a socket timeout may be from the time left before it is set again: a read may
@@ -87,10 +95,18 @@ fn is_wait(e: &io::Error) -> bool {
     )
 }
 
-impl Lane {
-    pub fn new(lane: u32) -> Lane {
+impl<T> Lane<T> {
+    /// A lane for control frames only (probe, ping, leave): one try, one frame at a time.
+    pub fn new(lane: u32) -> Lane<T> {
+        Lane::with_session(lane, 1, 1)
+    }
+
+    /// A lane whose data frames get `max_tries` connections each, with at most `window`
+    /// frames written and waiting for their ack.
+    pub fn with_session(lane: u32, max_tries: u32, window: usize) -> Lane<T> {
         Lane {
             lane,
+            tx: TxSession::new(lane, max_tries, window),
             stream: None,
             read_timeout: None,
             write_timeout: None,
@@ -107,6 +123,8 @@ impl Lane {
     }
 
     pub fn disconnect(&mut self) {
+        // Charges the frames the connection held a try (the session ignores a second call).
+        self.tx.disconnected();
         self.stream = None;
         // Sealed bytes belong to that connection's keys: a new connection seals again.
         self.keys = None;
@@ -125,22 +143,8 @@ impl Lane {
         timeout: Duration,
     ) -> Result<Member, SendFailure> {
         self.disconnect();
-        let left = remaining(deadline).ok_or(SendFailure::Timeout(timeout))?;
-        let stream = TcpStream::connect_timeout(&to.addr, left)
-            .map_err(|e| SendFailure::Connect(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        self.stream = Some(stream);
-        let hs = Handshake {
-            cluster: id.cluster.clone(),
-            protocol_version: frame::PROTOCOL_VERSION,
-            member: id.local.clone(),
-            incarnation: id.incarnation,
-            lane: self.lane,
-        };
-        let result = match &id.key {
-            None => self.plain_handshake(&hs, deadline, timeout),
-            Some(key) => self.sealed_handshake(key, &hs, deadline, timeout),
-        };
+        self.tx.connecting();
+        let result = self.open(to, id, deadline, timeout);
         match result {
             Ok((member, incarnation)) => {
                 if let Some(seen) = &id.peer_seen {
@@ -155,6 +159,26 @@ impl Lane {
         }
     }
 
+    /// The TCP connection and the handshake.
+    fn open(
+        &mut self,
+        to: &Member,
+        id: &Identity,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(Member, u64), SendFailure> {
+        let left = remaining(deadline).ok_or(SendFailure::Timeout(timeout))?;
+        let stream = TcpStream::connect_timeout(&to.addr, left)
+            .map_err(|e| SendFailure::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        self.stream = Some(stream);
+        let hs = self.tx.hello(&id.cluster, &id.local, id.incarnation);
+        match &id.key {
+            None => self.plain_handshake(&hs, deadline, timeout),
+            Some(key) => self.sealed_handshake(key, &hs, deadline, timeout),
+        }
+    }
+
     fn plain_handshake(
         &mut self,
         hs: &Handshake,
@@ -166,12 +190,7 @@ impl Lane {
         frame::encode_frame(&mut hello, FrameKind::Handshake, 0, 0, &encode_body(hs));
         self.write_all(&hello, deadline, timeout)?;
         let (h, body) = self.read_frame(deadline, timeout)?;
-        if h.flags & FLAG_SEALED != 0 {
-            return Err(SendFailure::Refused(
-                "the member uses a cluster key and this node has none".into(),
-            ));
-        }
-        handshake_answer(h, &body)
+        self.tx.on_handshake_answer(h.kind, h.flags, &body, false)
     }
 
     /// The keyed handshake: our nonce, the member's nonce back, then the handshake sealed under
@@ -189,31 +208,7 @@ impl Lane {
         frame::encode_frame(&mut hello, FrameKind::Handshake, FLAG_SEALED, 0, &client);
         self.write_all(&hello, deadline, timeout)?;
         let (h, body) = self.read_frame(deadline, timeout)?;
-        let server: [u8; HANDSHAKE_NONCE_LEN] = match h.kind {
-            FrameKind::Challenge if h.flags & FLAG_SEALED != 0 => body
-                .as_slice()
-                .try_into()
-                .map_err(|_| SendFailure::Protocol(format!("challenge of {} bytes", body.len())))?,
-            FrameKind::HandshakeRefuse => {
-                // Not authenticated (the member cannot seal before we proved the key): it is
-                // only believed as far as giving up on this connection goes.
-                return Err(SendFailure::Refused(format!(
-                    "{} (unauthenticated answer)",
-                    decode_body::<Reason>(&body)
-                        .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason)
-                )));
-            }
-            FrameKind::HandshakeAccept => {
-                return Err(SendFailure::Refused(
-                    "the member runs without a cluster key and this node has one".into(),
-                ))
-            }
-            k => {
-                return Err(SendFailure::Protocol(format!(
-                    "{k:?} frame instead of a challenge"
-                )))
-            }
-        };
+        let server = self.tx.on_challenge(h.kind, h.flags, &body)?;
         let (mut sealer, _, _, opener) = key.connection_keys(&client, &server);
         let mut sealed_hs = Vec::new();
         sealed::seal_frame(
@@ -228,7 +223,7 @@ impl Lane {
         self.keys = Some((sealer, opener));
         self.write_all(&sealed_hs, deadline, timeout)?;
         let (h, body) = self.read_frame(deadline, timeout)?;
-        handshake_answer(h, &body)
+        self.tx.on_handshake_answer(h.kind, h.flags, &body, true)
     }
 
     /// Writes `wbuf` whole, within the deadline. On any failure the connection is dropped: a
@@ -352,17 +347,16 @@ impl Lane {
         Ok(())
     }
 
-    /// Appends a data frame to `wbuf` with a new sequence number, or with `seq` when resending
-    /// (the receiver then drops it if the first copy arrived).
+    /// Appends data frame `seq` (numbered by [`Identity::number`], the same number when
+    /// resent: the receiver then drops it if the first copy arrived) to `wbuf`.
     pub fn stamp(
         &mut self,
         id: &Identity,
-        seq: Option<u64>,
+        seq: u64,
         flags: u16,
         body: &DataBody<'_>,
         body_crc: &crc32fast::Hasher,
     ) -> u64 {
-        let seq = seq.unwrap_or_else(|| id.next_seq.fetch_add(1, Ordering::Relaxed) + 1);
         if id.key.is_some() {
             // Sealed at write time, for the connection it goes out on; the header's length
             // counts the tag, and the checksum is computed then.
@@ -500,7 +494,7 @@ impl Lane {
         if !self.is_connected() {
             self.connect(to, id, deadline, timeout)?;
         }
-        let seq = id.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = id.number();
         let flags = if read_test { frame::FLAG_SYNC_ACK } else { 0 };
         let ping = self.control_frame(FrameKind::Ping, flags, seq)?;
         self.write_all(&ping, deadline, timeout)?;
@@ -560,21 +554,5 @@ impl Lane {
             None => frame::encode_frame(&mut out, kind, flags, seq, &[]),
         }
         Ok(out)
-    }
-}
-
-/// The member's answer to our handshake: its record and its incarnation.
-fn handshake_answer(h: FrameHeader, body: &[u8]) -> Result<(Member, u64), SendFailure> {
-    match h.kind {
-        FrameKind::HandshakeAccept => decode_body::<HandshakeAccept>(body)
-            .map(|a| (a.member, a.incarnation))
-            .map_err(|e| SendFailure::Protocol(format!("undecodable handshake answer: {e}"))),
-        FrameKind::HandshakeRefuse => Err(SendFailure::Refused(
-            decode_body::<Reason>(body)
-                .map_or_else(|e| format!("(undecodable reason: {e})"), |r| r.reason),
-        )),
-        k => Err(SendFailure::Protocol(format!(
-            "{k:?} frame instead of a handshake answer"
-        ))),
     }
 }

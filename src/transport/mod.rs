@@ -6,3 +6,4 @@ pub mod lane;
 pub mod receiver;
 pub mod rx_session;
 pub mod sender;
+pub mod tx_session;

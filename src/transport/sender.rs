@@ -7,6 +7,7 @@
 
 use super::async_lane::AsyncLane;
 use super::lane::{Identity, Lane, Reply};
+use super::tx_session::{is_retriable, AckMatch};
 use crate::config::SenderConfig;
 use crate::error::{FaultyMember, SendFailure};
 use crate::member::{Member, MemberId};
@@ -70,12 +71,10 @@ struct MemberLink {
     slow: AtomicBool,
 }
 
-/// A send in progress to one destination.
+/// A send in progress to one destination: its frame is held by the lane's session.
 struct InFlight {
     link: Arc<MemberLink>,
     lane: Option<Lane>,
-    seq: u64,
-    retries_left: u32,
     result: Option<SendFailure>,
     /// When the frame was last written, for the round-trip time of a synchronized ack.
     written_at: Instant,
@@ -175,13 +174,18 @@ impl PooledParallelSender {
         }
         if (pool.created as usize) < self.cfg.pool_size {
             pool.created += 1;
-            // Pooled lanes are 1..=pool_size; asynchronous lanes start at ASYNC_LANES.
-            return Some(Lane::new(pool.created));
+            // Pooled lanes are 1..=pool_size; asynchronous lanes start at ASYNC_LANES. One
+            // frame at a time, tried on `max_retry_attempts` connections after the first.
+            let tries = self.cfg.max_retry_attempts.saturating_add(1);
+            return Some(Lane::with_session(pool.created, tries, 1));
         }
         None
     }
 
-    fn checkin(link: &MemberLink, lane: Lane) {
+    fn checkin(link: &MemberLink, mut lane: Lane) {
+        if !lane.tx.is_empty() {
+            lane.tx.drain(); // a send given up on (timed out, refused)
+        }
         link.pool.lock().idle.push(lane);
         link.freed.notify_one();
     }
@@ -199,7 +203,7 @@ impl PooledParallelSender {
             addr,
             domain: String::new(),
         };
-        let mut lane = Lane::new(PROBE_LANE);
+        let mut lane = Lane::<()>::new(PROBE_LANE);
         let deadline = Instant::now() + timeout;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         lane.connect(&placeholder, &self.id, deadline, timeout)
@@ -266,14 +270,12 @@ impl PooledParallelSender {
             let mut f = InFlight {
                 link,
                 lane: None,
-                seq: 0,
-                retries_left: self.cfg.max_retry_attempts,
                 result: None,
                 written_at: Instant::now(),
             };
             f.lane = self.try_checkout(&f.link);
             if f.lane.as_ref().is_some_and(Lane::is_connected) {
-                if let Err(e) = self.write_with_retry(&mut f, None, flags, body, &crc, deadline) {
+                if let Err(e) = self.write_with_retry(&mut f, flags, body, &crc, deadline) {
                     f.result = Some(e);
                 }
                 flights.push(f);
@@ -286,7 +288,7 @@ impl PooledParallelSender {
                 f.lane = self.checkout(&f.link, deadline);
             }
             if f.lane.is_some() {
-                if let Err(e) = self.write_with_retry(&mut f, None, flags, body, &crc, deadline) {
+                if let Err(e) = self.write_with_retry(&mut f, flags, body, &crc, deadline) {
                     f.result = Some(e);
                 }
             } else {
@@ -337,11 +339,11 @@ impl PooledParallelSender {
         }
     }
 
-    /// Writes the frame (resending `seq` if given), reconnecting and retrying on I/O errors.
+    /// Writes the frame (a new one, or the one the lane's session holds, under its number),
+    /// reconnecting and retrying as the session allows.
     fn write_with_retry(
         &self,
         f: &mut InFlight,
-        seq: Option<u64>,
         flags: u16,
         body: &DataBody<'_>,
         crc: &crc32fast::Hasher,
@@ -351,34 +353,53 @@ impl PooledParallelSender {
         let Some(lane) = f.lane.as_mut() else {
             return Err(SendFailure::Io("no lane".into()));
         };
-        let mut seq = seq;
+        if lane.tx.is_empty() {
+            lane.tx.push(self.id.number(), flags & FLAG_ACK != 0, ());
+        }
         loop {
             let attempt = (|| {
                 if !lane.is_connected() {
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     lane.connect(&f.link.member, &self.id, deadline, timeout)?;
                 }
+                let seq = lane
+                    .tx
+                    .next_write()
+                    .map(|fr| fr.seq)
+                    .ok_or_else(|| SendFailure::Io("no frame to write".into()))?;
                 lane.wbuf.clear();
-                let s = lane.stamp(&self.id, seq, flags, body, crc);
-                seq = Some(s);
-                f.seq = s;
+                lane.stamp(&self.id, seq, flags, body, crc);
                 lane.flush_wbuf(deadline, timeout)
             })();
             match attempt {
                 Ok(()) => {
                     f.written_at = Instant::now();
+                    // Without an ack to wait for, written is sent.
+                    let _ = lane.tx.pop_done();
                     return Ok(());
                 }
-                Err(e @ (SendFailure::Refused(_) | SendFailure::Timeout(_))) => return Err(e),
-                Err(e) if f.retries_left == 0 => return Err(e),
-                Err(e) => {
-                    f.retries_left -= 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    f.link.counters.retries(1);
-                    debug!("Retrying send to [{}] after: {e}", f.link.member);
-                }
+                Err(e) => Self::retry_or_fail(f.link.as_ref(), lane, e, &self.stats)?,
             }
         }
+    }
+
+    /// After a failed attempt: Ok if the lane's frame may go again on a new connection, else
+    /// the failure (the frame is given up on).
+    fn retry_or_fail(
+        link: &MemberLink,
+        lane: &mut Lane,
+        e: SendFailure,
+        stats: &SenderStats,
+    ) -> Result<(), SendFailure> {
+        lane.disconnect(); // already done by the failing call; charges the frame its try
+        if !is_retriable(&e) || lane.tx.has_failed() {
+            lane.tx.drain();
+            return Err(e);
+        }
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        link.counters.retries(1);
+        debug!("Retrying send to [{}] after: {e}", link.member);
+        Ok(())
     }
 
     fn await_ack(
@@ -394,31 +415,31 @@ impl PooledParallelSender {
             let Some(lane) = f.lane.as_mut() else {
                 return Err(SendFailure::Io("no lane".into()));
             };
-            match lane.read_reply(deadline, timeout) {
-                Ok(Reply::Ack(s)) if s == f.seq => {
+            let (seq, failure) = match lane.read_reply(deadline, timeout) {
+                Ok(Reply::Ack(s)) => (s, None),
+                Ok(Reply::FailAck(s, reason)) => (s, Some(reason)),
+                Err(e) => {
+                    // The connection broke before the ack: the session resends the frame under
+                    // its number on a new connection; if the first copy arrived the receiver
+                    // drops this one and answers again.
+                    Self::retry_or_fail(f.link.as_ref(), lane, e, &self.stats)?;
+                    self.write_with_retry(f, flags, body, crc, deadline)?;
+                    continue;
+                }
+            };
+            if lane.tx.on_ack(seq) == AckMatch::Stale {
+                continue; // an answer to an earlier frame on this lane: not ours
+            }
+            let _ = lane.tx.pop_done();
+            return match failure {
+                None => {
                     if flags & FLAG_SYNC_ACK != 0 {
                         f.link.counters.rtt(f.written_at.elapsed());
                     }
-                    return Ok(());
+                    Ok(())
                 }
-                Ok(Reply::FailAck(s, reason)) if s == f.seq => {
-                    return Err(SendFailure::Remote(reason))
-                }
-                Ok(_) => {} // an answer to an earlier frame on this lane: not ours
-                Err(e @ (SendFailure::Timeout(_) | SendFailure::Protocol(_))) => return Err(e),
-                Err(e) if f.retries_left == 0 => return Err(e),
-                Err(e) => {
-                    // The connection broke before the ack: resend the same sequence number on a
-                    // new connection; if the first copy arrived the receiver drops this one and
-                    // acks again.
-                    f.retries_left -= 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    f.link.counters.retries(1);
-                    debug!("Resending to [{}] after: {e}", f.link.member);
-                    let seq = f.seq;
-                    self.write_with_retry(f, Some(seq), flags, body, crc, deadline)?;
-                }
-            }
+                Some(reason) => Err(SendFailure::Remote(reason)),
+            };
         }
     }
 
@@ -518,7 +539,7 @@ impl PooledParallelSender {
         self.finish_async(Instant::now() + self.cfg.timeout);
         let timeout = Duration::from_millis(500).min(self.cfg.timeout);
         for m in members {
-            let mut lane = Lane::new(LEAVE_LANE);
+            let mut lane = Lane::<()>::new(LEAVE_LANE);
             let deadline = Instant::now() + timeout;
             if lane.connect(m, &self.id, deadline, timeout).is_ok() {
                 lane.send_leave(deadline, timeout);
