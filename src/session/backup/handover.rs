@@ -395,6 +395,7 @@ impl BackupCore {
         let c = (epoch, from);
         let Some(e) = self.entries.get(id) else {
             self.remember(id, c);
+            outs.extend(self.renamed_claim_reply(id, stamp.version, from));
             return outs;
         };
         let ec = e.claim(local);
