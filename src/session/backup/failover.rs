@@ -318,6 +318,16 @@ impl BackupCore {
         self.renamed_end_reply(id, to)
     }
 
+    /// Whether `id` was renamed here and the session it became is not served here: the change
+    /// of id came from another member's `ChangeId` (when this node renamed it as primary, its
+    /// own `ChangeId` went to the holders it knew).
+    pub(super) fn renamed_by_another(&self, id: &SessionId) -> bool {
+        matches!(self.ended.get(id), Some(Tomb::Renamed { .. }))
+            && self
+                .renamed_here(id)
+                .is_none_or(|(_, e)| !matches!(e.role, Role::Primary { .. }))
+    }
+
     /// The id `id` was renamed to here and its entry, when the chain of changes of id from
     /// `id` ends at a session held here.
     fn renamed_here<'a>(&'a self, id: &'a SessionId) -> Option<(&'a SessionId, &'a Entry)> {

@@ -341,8 +341,23 @@ impl BackupCore {
     /// (or a change of id) reached it that this primary no longer counts, e.g. sent to a member
     /// that had restarted unnoticed, whose new life took it after the restart was noticed and
     /// the session re-placed. Nothing else would reach that copy, not even the session's end.
+    ///
+    /// The same for an id renamed here by another member's `ChangeId` (this node follows the
+    /// renamer, which took the session over by a fetch this node answered): the acker took a
+    /// copy this node placed under its own claim before it answered, and the renamer's
+    /// `ChangeId` missed it (the renamer had not listed it back yet after its restart). The
+    /// kill -9 loop simulation with rebinding and the lanes failing sends at a reset, seeds 476
+    /// and 477 between requests: the old id lived on beside the new one, or after its end.
     pub(super) fn on_copy_ack(&mut self, from: MemberId, id: &SessionId, epoch: u64) -> Vec<Out> {
         let mut outs = Vec::new();
+        if !self.entries.contains_key(id) && self.renamed_by_another(id) {
+            let drop = BackupMessage::Drop {
+                id: id.clone(),
+                epoch,
+            };
+            outs.push(Self::to(from, drop));
+            return outs;
+        }
         let e = self.entries.get_mut(id).filter(|e| e.epoch == epoch);
         if let Some(Role::Primary { backups, handover }) = e.map(|e| &mut e.role) {
             handover.unacked.retain(|m| *m != from);

@@ -1243,3 +1243,68 @@ fn a_failover_of_a_session_its_primary_renamed_since_ends_the_old_id() {
     );
     assert!(third.session(&old).is_none(), "the old id lives on: {on:?}");
 }
+
+/// A backup fails a session over when it notices its primary restart (gone and back) and
+/// places it on the primary's new life; before that copy's ack comes back, it answers a third
+/// member's fetch, and that member takes the session over and changes its id, telling only the
+/// members it lists (not yet the restarted one). The ack of the copy under the old id reaches
+/// the backup after it renamed its own copy as the fetcher said: it tells the acker to drop it
+/// (the kill -9 loop simulation with rebinding and the lanes failing sends at a reset, seeds 476
+/// and 477 between requests: the old id lived on on the restarted member).
+#[test]
+fn a_copy_acknowledged_after_another_member_renamed_the_session_is_dropped() {
+    let old = loop {
+        let id = SessionId::generate("n0").unwrap();
+        if placement(&id, m(2), &[m(0), m(1)], 1) == [m(0)] {
+            break id;
+        }
+    };
+    let mut b = node(2, &[0, 1, 2], 1);
+    b.entries.insert(
+        old.clone(),
+        Entry::backup(Session::from_state(state_at(&old, 3)), m(0), vec![m(2)], 1),
+    );
+    // Member 0 restarted: the backup takes over and places the session on its new life.
+    let mut outs = b.set_members(vec![m(1)]);
+    outs.extend(b.set_members(vec![m(0), m(1)]));
+    assert!(b.is_primary(&old));
+    let mut restarted = node(0, &[0, 1, 2], 1);
+    let mut acks = Vec::new();
+    for o in outs.iter().filter(|o| o.dest == Dest::Member(m(0))) {
+        acks.extend(restarted.handle(m(2), &o.msg).0);
+    }
+    assert!(restarted.session(&old).is_some(), "{outs:?}");
+    // Member 1, which lists only member 2 yet, fetches the session and renames it.
+    let mut f = node(1, &[0, 1, 2], 1);
+    f.set_members(vec![m(2)]);
+    let mut to_b = f.fetch(&old);
+    let mut turns = 0;
+    while !to_b.is_empty() && turns < 10 {
+        let mut to_f = Vec::new();
+        for o in std::mem::take(&mut to_b) {
+            to_f.extend(b.handle(m(1), &o.msg).0);
+        }
+        for o in to_f.into_iter().filter(|o| o.dest != Dest::Member(m(0))) {
+            to_b.extend(f.handle(m(2), &o.msg).0);
+        }
+        turns += 1;
+    }
+    assert!(f.is_primary(&old));
+    to_b.extend(f.end_request(&old, 5));
+    let new = SessionId::generate("n1").unwrap();
+    let (_, renames) = f.change_id_to(&old, new.clone()).unwrap();
+    to_b.extend(renames);
+    for o in to_b {
+        b.handle(m(1), &o.msg);
+    }
+    assert!(b.session(&old).is_none() && b.session(&new).is_some());
+    // The restarted member's ack of the old id's copy arrives now.
+    for a in acks {
+        for d in b.handle(m(0), &a.msg).0 {
+            if d.dest == Dest::Member(m(0)) {
+                restarted.handle(m(2), &d.msg);
+            }
+        }
+    }
+    assert!(restarted.session(&old).is_none(), "the old id lives on");
+}
