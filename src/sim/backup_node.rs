@@ -52,6 +52,12 @@ use std::time::Duration;
 
 /// Set (to anything) to print every message each node applies.
 pub const TRACE_ENV: &str = "TRIBECAST_BACKUP_TRACE";
+/// Set (to anything) to run the lanes as the DeltaManager simulation's do: a connection's
+/// reset fails the synchronized-ack sends written on it that its destination had not acked
+/// (as production's sender fails them), and a member's new life connecting makes the others
+/// forget their connections to the old one. Off by default: some seeds of the kill -9 loop
+/// still fail with it (docs/RELIABILITY.md).
+pub const RESET_FAILS_ENV: &str = "TRIBECAST_BACKUP_RESET_FAILS";
 /// Timer token of the reaper; a fetch's deadline uses `TICK`.
 const REAPER: u64 = 1;
 const TICK: u64 = 2;
@@ -376,6 +382,14 @@ pub fn kind(msg: &BackupMessage) -> &'static str {
 }
 
 /// The sessions a message is about.
+/// A session id as traces print it: its first 6 characters (as the kill -9 loop's user traces
+/// print it) and its route (the member that made it).
+fn short_id(id: &SessionId) -> String {
+    let s = id.as_str();
+    let route = id.route().map(|r| format!(".{r}")).unwrap_or_default();
+    format!("{}{route}", &s[..s.len().min(6)])
+}
+
 fn ids_of(msg: &BackupMessage) -> Vec<SessionId> {
     match msg {
         BackupMessage::Copy { state, .. }
@@ -438,6 +452,8 @@ pub struct BackupNode {
     /// The view and member list the core was last given (`set_members`).
     known: (BTreeSet<NodeId>, Vec<MemberId>),
     trace: bool,
+    /// [`RESET_FAILS_ENV`] is set.
+    reset_fails: bool,
     pub journal: Journal,
     /// The member's failure detector, when its view comes from one ([`BackupNode::detected`])
     /// rather than from the test.
@@ -486,6 +502,7 @@ impl BackupNode {
             moves: HashMap::new(),
             known: (BTreeSet::new(), Vec::new()),
             trace: std::env::var_os(TRACE_ENV).is_some(),
+            reset_fails: std::env::var_os(RESET_FAILS_ENV).is_some(),
             journal: Journal::default(),
             detector: None,
         }
@@ -512,6 +529,17 @@ impl BackupNode {
                 self.perform(ready, false, ctx);
             }
             self.view_changed(ctx);
+        }
+    }
+
+    /// A connection from `from` was accepted; with [`RESET_FAILS_ENV`], a new life of `from`
+    /// makes this node forget its connections to the old one (`Frames::accept_from`).
+    fn accept(&mut self, conn: ConnId, from: NodeId) {
+        if self.reset_fails {
+            let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
+            self.frames.accept_from(conn, from, life);
+        } else {
+            self.frames.accept(conn, from);
         }
     }
 
@@ -968,10 +996,7 @@ impl BackupNode {
         for out in outs {
             let k = kind(&out.msg);
             if self.trace {
-                let ids: Vec<String> = ids_of(&out.msg)
-                    .iter()
-                    .map(|i| i.as_str()[..6].to_string())
-                    .collect();
+                let ids: Vec<String> = ids_of(&out.msg).iter().map(short_id).collect();
                 eprintln!(
                     "{:?} {} -> {:?}: {k} {ids:?} (request {request})",
                     ctx.now(),
@@ -1007,7 +1032,7 @@ impl BackupNode {
             let body = encode_body(&Wire::Msg { req, msg: out.msg });
             for t in targets {
                 *self.journal.sent.entry(k).or_default() += 1;
-                self.journal.bytes += self.frames.send_on(self.id, t, lane, &body, ctx);
+                self.journal.bytes += self.frames.send_tracked(self.id, t, lane, req, &body, ctx);
             }
         }
         for r in &made {
@@ -1038,11 +1063,13 @@ impl BackupNode {
             Wire::Ack { req } => {
                 *self.journal.received.entry("ack").or_default() += 1;
                 let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
+                self.frames.acked(from, req);
                 self.acks.acked(req, from, life);
                 self.settle(req, ctx.now());
             }
             Wire::Refused { req } => {
                 *self.journal.received.entry("refused").or_default() += 1;
+                self.frames.acked(from, req);
                 if self.acks.refuse(req) {
                     self.world.borrow_mut().oracle.failed += 1;
                 }
@@ -1071,7 +1098,7 @@ impl BackupNode {
                 _ => String::new(),
             };
             let ids = ids_of(&msg);
-            let short: Vec<&str> = ids.iter().map(|i| &i.as_str()[..6]).collect();
+            let short: Vec<String> = ids.iter().map(short_id).collect();
             eprintln!("{:?} {} <- {from}: {k} {short:?}{v}", ctx.now(), self.id);
         }
         let fetched = match &msg {
@@ -1181,7 +1208,9 @@ impl Node for BackupNode {
     fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
         match &mut self.detector {
             Some(d) => d.on_accept(conn, from),
-            None => self.frames.accept(conn, from),
+            None => {
+                self.accept(conn, from);
+            }
         }
     }
 
@@ -1189,7 +1218,7 @@ impl Node for BackupNode {
         match self.detector.as_mut().map(|d| d.on_bytes(conn, bytes, ctx)) {
             Some(Routed::Taken(events)) => self.view_events(events, ctx),
             Some(Routed::Accepted { from, bytes }) => {
-                self.frames.accept(conn, from);
+                self.accept(conn, from);
                 self.frames_bytes(conn, &bytes, ctx);
             }
             Some(Routed::Pass) | None => self.frames_bytes(conn, bytes, ctx),
@@ -1197,6 +1226,7 @@ impl Node for BackupNode {
     }
 
     fn on_closed(&mut self, conn: ConnId, why: CloseReason, ctx: &mut Ctx<'_>) {
+        let reset_fails = self.reset_fails;
         if let Some(events) = self
             .detector
             .as_mut()
@@ -1205,7 +1235,17 @@ impl Node for BackupNode {
             self.view_events(events, ctx);
             return;
         }
-        self.frames.closed(conn);
+        // The synchronized-ack sends written on it that its destination had not acked failed
+        // with it, as production's sender fails them (a BackupManager send has one destination
+        // in nearly every case: it fails at once, as a refusal does).
+        let Some((to, reqs)) = self.frames.closed(conn).filter(|_| reset_fails) else {
+            return;
+        };
+        for req in reqs {
+            if self.acks.fail_at_once_to(req, to) {
+                self.world.borrow_mut().oracle.failed += 1;
+            }
+        }
     }
 
     fn on_datagram(&mut self, from: NodeId, bytes: &[u8], ctx: &mut Ctx<'_>) {

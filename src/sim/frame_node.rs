@@ -338,6 +338,17 @@ impl<C> Acks<C> {
         waited
     }
 
+    /// The send `req` to `to` failed (its connection broke before `to` acked): like a refusal
+    /// by `to` that settles the send at once, as the BackupManager's refusals do. Returns
+    /// whether it was still waited for from `to`.
+    pub fn fail_at_once_to(&mut self, req: u64, to: NodeId) -> bool {
+        let waited = self
+            .waiting
+            .get(&req)
+            .is_some_and(|w| w.pending.contains(&to));
+        waited && self.refuse(req)
+    }
+
     /// Whether the send `req` failed (refused, or a member left before acking).
     pub fn has_failed(&self, req: u64) -> bool {
         self.failed.contains(&req)

@@ -117,7 +117,8 @@ impl BackupCore {
                 let base = e.base;
                 outs.push(Self::to(from, BackupMessage::Reconcile { state, base }));
             }
-            let mine = backups.iter().chain(handover.retire.iter());
+            let listed = |m: &&MemberId| self.members.binary_search(m).is_ok();
+            let mine = backups.iter().chain(handover.retire.iter().filter(listed));
             for b in mine.filter(|b| **b != from && !chosen.contains(b)) {
                 let drop = BackupMessage::Drop {
                     id: id.clone(),
@@ -271,6 +272,7 @@ impl BackupCore {
                 {
                     ends.push((id.clone(), ended));
                 }
+                outs.extend(self.renamed_claim_reply(id, stamp.version, from));
             }
             let yields = self.entries.get(id).is_some_and(|e| {
                 matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
