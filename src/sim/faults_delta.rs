@@ -807,10 +807,9 @@ fn kill_and_restart_loop_loses_no_acknowledged_change_or_session() {
     kill_loop(false, RebindRoute::Never);
 }
 
-/// The same with route rebinding (`WhenRouteGone`): the reproducer of the two seeds that still
-/// fail, each replaying with `TRIBECAST_SIM_SEED=<seed>`.
+/// The same with route rebinding (`WhenRouteGone`; seeds 74 and 237 failed before the fixes
+/// of docs/RELIABILITY.md, "What holds now"; a seed replays with `TRIBECAST_SIM_SEED=<seed>`).
 #[test]
-#[ignore = "fails: 2 of 500 seeds, 74 (not converged: a session left on one member only) and 237 (a value going back), not diagnosed; docs/RELIABILITY.md, What holds now"]
 fn kill_and_restart_loop_with_route_rebinding_loses_no_acknowledged_change_or_session() {
     kill_loop(false, RebindRoute::WhenRouteGone);
 }

@@ -240,21 +240,29 @@ impl DeltaCore {
         outs: &mut Vec<Out>,
     ) -> (Vec<SessionId>, Vec<SessionEvent>) {
         let mut want = Vec::new();
-        // After a leave each session is asked for once, however many of its ids are named.
+        // After a leave each session is asked for (or told of) once, however many of its ids
+        // are named.
         let mut asked = BTreeSet::new();
         let mut events = Vec::new();
         for e in entries {
             match e {
                 // After a leave, a session served here under `old` since the death: a change
-                // of id this node never had is the dead member's failed one (the sender undoes
-                // it at this node's next change). `new` leads to `old` here, so the sender's
-                // copy under `new` (in this digest) is compared with this one rather than
-                // taken as another session.
+                // of id this node never had is the dead member's failed one. `new` leads to
+                // `old` here, so the sender's copy under `new` (in this digest) is compared
+                // with this one rather than taken as another session. The sender hears this
+                // copy's version under `old` at once, which makes it undo the change of id too
+                // (`undo_a_dead_members_change_of_id`): left to this node's next change, the
+                // undo never reached it when the user went on elsewhere (seed 74 of the kill
+                // -9 simulation with route rebinding: the restarted renamer took the new id
+                // from the sender's state transfer, and the session stayed under two ids).
                 DigestEntry::Renamed(old, new, _)
                     if how == Reading::AfterLeave
                         && self.store.get(old).is_some_and(|s| s.served.here) =>
                 {
                     self.store.undo_rename(old, new);
+                    if asked.insert(old.clone()) {
+                        outs.extend(self.version_to(from, old));
+                    }
                 }
                 DigestEntry::Renamed(old, new, at) => {
                     events.extend(self.rename_as_told(how, old, new, *at));
@@ -271,7 +279,11 @@ impl DeltaCore {
                                 });
                             }
                         }
-                        Verdict::TellVersion => outs.extend(self.version_to(from, &cur)),
+                        Verdict::TellVersion => {
+                            if asked.insert(cur.clone()) {
+                                outs.extend(self.version_to(from, &cur));
+                            }
+                        }
                         Verdict::Keep => {
                             if let (Reading::Merge, Some(s)) = (how, self.store.get_mut(&cur)) {
                                 s.access(theirs.last_accessed_ms);

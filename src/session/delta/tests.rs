@@ -819,13 +819,15 @@ fn a_dead_members_failed_change_of_id_is_undone_where_it_arrived() {
             to_c.extend(deliver(asked, C, &mut b));
             (from_c, to_c)
         } else {
-            let answer = deliver(from_c, C, &mut b);
-            assert!(answer.is_empty(), "{answer:?}");
+            // B undoes the change of id and tells C its version of X at once (seed 74).
+            let told = deliver(from_c, C, &mut b);
+            assert!(told_version_of(&told, &x, C), "{told:?}");
             assert!(
                 b.session(&n).is_none(),
                 "B does not follow the change of id"
             );
             let mut to_c = from_b;
+            to_c.extend(told);
             to_c.extend(change);
             (Vec::new(), to_c)
         };
@@ -857,6 +859,12 @@ fn a_dead_members_failed_change_of_id_is_undone_where_it_arrived() {
 }
 
 const D: MemberId = MemberId([4; 16]);
+
+/// `outs` is one ACCESSED of `id` to `to`: a member that undid a change of id on reading a
+/// digest after a death tells the digest's sender its version of the old id.
+fn told_version_of(outs: &[Out], id: &SessionId, to: MemberId) -> bool {
+    matches!(outs, [Out { dest: Dest::Member(m), msg: SessionMessage::Accessed { id: told, .. } }] if *m == to && told == id)
+}
 
 /// The CREATED of session `id` as `holder` has it (before any change).
 fn created_again(id: &SessionId, holder: &DeltaCore) -> Vec<Out> {
@@ -1069,11 +1077,13 @@ fn an_undone_change_of_id_never_held_here_is_named_in_the_digest() {
     c.session_mut(&x).unwrap().set("y", &2u8).unwrap();
     let change = c.end_request(&x, 2);
     let stale = b.set_members(vec![C], 3);
-    assert!(deliver(stale.clone(), B, &mut c).is_empty());
+    let told = deliver(stale.clone(), B, &mut c);
+    assert!(told_version_of(&told, &x, B), "{told:?}");
     assert!(
         c.session(&x).is_some(),
         "C does not follow the change of id"
     );
+    deliver(told, C, &mut b);
     deliver(change, C, &mut b);
     // A restarts as D: its transfer from C, then B's digest (B's as it was at the death).
     let mut d = DeltaCore::new(DeltaConfig::default(), "a");
@@ -1398,4 +1408,73 @@ fn a_copy_asked_for_after_a_change_is_not_stood_in_for_by_another_of_its_version
     let answer = deliver(asked, A, &mut b);
     deliver(answer, B, &mut a);
     assert_same_copy(&a, &b, &x);
+}
+
+/// Seed 74 of the kill -9 simulation with route rebinding: C served X last in its view; A
+/// then changed X's id to N (the user's request failed), reaching B only, and died. Reading
+/// B's digest after the death, C undid the change of id (its copy of X served since, in its
+/// view) and told no one: the undo was to reach B with C's next change, which never came
+/// (the user went on at the restarted A, whose state transfer from B brought N). The session
+/// stayed under X on C and under N on A and B. C now tells B its version of X at once, and B
+/// undoes the change of id and takes C's copy.
+#[test]
+fn a_change_of_id_undone_on_reading_a_digest_after_a_death_is_undone_on_its_sender() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    b.set_members(vec![A, C], 0);
+    c.set_members(vec![A, B], 0);
+    let x = a.create(0).unwrap();
+    let created = a.end_request(&x, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    c.session_mut(&x).unwrap().set("y", &1u8).unwrap();
+    let change = c.end_request(&x, 1);
+    deliver(change.clone(), C, &mut a);
+    deliver(change, C, &mut b);
+    let (n, renamed, _) = a.change_id(&x).unwrap();
+    deliver(renamed, A, &mut b);
+    assert!(b.session(&n).is_some());
+    // A died; B and C notice and send each other their digests.
+    let from_b = b.set_members(vec![C], 2);
+    let from_c = c.set_members(vec![B], 2);
+    exchange(from_c, from_b, &mut b, &mut c);
+    for (name, core) in [("B", &b), ("C", &c)] {
+        assert!(core.session(&n).is_none(), "{name} holds N");
+    }
+    assert!(c.session(&x).is_some());
+    assert_same_copy(&b, &c, &x);
+}
+
+/// Seed 366 of the kill -9 simulation with route rebinding (issue 13): the restarted A held X
+/// at version 1 from its state transfer; C's digest named version 2 (B's change, never
+/// acknowledged: B died), so A asked C for it. Before the answer came, the user logged out at
+/// A, which ended X at version 1; C's answer then brought the session back on A, above the
+/// end by a change never acknowledged. The end made here after the question should win over
+/// the answer. Not fixed: in the simulation the logout waits for the copy asked for (the
+/// manager holds requests for a session it asked for), so the seed passes, but the core alone
+/// takes the copy.
+#[test]
+#[ignore = "issue 13, seed 366: a copy asked for before a local end brings the session back (live_beats_end); not fixed, docs/RELIABILITY.md"]
+fn a_copy_asked_for_before_a_local_end_does_not_bring_the_session_back() {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    a.set_members(vec![B, C], 0);
+    c.set_members(vec![A, B], 0);
+    let x = b.create(0).unwrap();
+    let created = b.end_request(&x, 0);
+    deliver(created.clone(), B, &mut a);
+    deliver(created, B, &mut c);
+    b.session_mut(&x).unwrap().set("y", &1u8).unwrap();
+    deliver(b.end_request(&x, 1), B, &mut c);
+    // A asks C for the newer copy its digest shows; the user logs out at A meanwhile.
+    let answer = c.handle(A, &SessionMessage::GetSessions(vec![x.clone()])).0;
+    let (ended, events) = a.invalidate(&x);
+    assert_eq!(events, vec![SessionEvent::Destroyed(x.clone())]);
+    deliver(ended, A, &mut c);
+    let mut back = Vec::new();
+    for o in answer {
+        back.extend(a.handle(C, &o.msg).1);
+    }
+    assert!(back.is_empty(), "{back:?}");
+    assert!(a.session(&x).is_none(), "the logout answered here stays");
 }

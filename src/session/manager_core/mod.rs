@@ -25,6 +25,7 @@ use super::replica::SessionMessage;
 use crate::member::{Member, MemberId};
 use crate::options::SendOptions;
 use log::{error, info, warn};
+use resync::Resyncing;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -153,11 +154,10 @@ pub(crate) struct ManagerCore {
     transfer: Transfer,
     waits: BTreeMap<Token, Wait>,
     next_token: Token,
-    /// Sessions this member knows its copy of is behind (it asked a member for the session
-    /// after a gap, a fork, or a digest), until the copy arrives, that member leaves, or the
+    /// Sessions this member knows its copy of is behind (it asked members for the session
+    /// after a gap, a fork, or a digest), until every member asked has answered, left, or the
     /// deadline: a request for one waits for the copy rather than be served the stale one.
-    /// Bounded by `MAX_RESYNCING`.
-    resyncing: BTreeMap<SessionId, Behind>,
+    resyncing: Resyncing,
     /// DeltaManager joiner: the members it asked for their digest once its state transfer was
     /// done (`GetDigest`), until each has answered whole, left, or the deadline. Until then a
     /// request waits: a change made after the donor's snapshot, before that member listed this
@@ -169,19 +169,6 @@ pub(crate) struct ManagerCore {
     routes: BTreeSet<String>,
     /// `max_active_sessions`, and its refusals' log.
     bound: ActiveBound,
-}
-
-/// Sessions remembered as behind at most (a member that sends many gaps cannot grow it).
-const MAX_RESYNCING: usize = 10_000;
-
-/// A session whose copy here is known to be behind another member's.
-#[derive(Clone, Copy)]
-struct Behind {
-    until: u64,
-    /// The member asked for its copy.
-    of: MemberId,
-    /// Asked in a `GetSessions` after a digest (answered by `Merge` chunks, the last empty).
-    by_digest: bool,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -233,7 +220,7 @@ impl ManagerCore {
             },
             waits: BTreeMap::new(),
             next_token: 0,
-            resyncing: BTreeMap::new(),
+            resyncing: Resyncing::default(),
             catch_up: BTreeMap::new(),
             rebind: cfg.rebind_route,
             routes: BTreeSet::new(),
@@ -339,7 +326,7 @@ impl ManagerCore {
     /// Until when a request for `id` must wait here: its copy is known to be behind, or this
     /// joiner has not yet heard every member's digest.
     fn behind_until(&self, id: &SessionId, now_ms: u64) -> Option<u64> {
-        let copy = self.resyncing.get(id).map(|b| b.until);
+        let copy = self.resyncing.until(id);
         let digests = self.catch_up.values().copied().max();
         copy.into_iter()
             .chain(digests)
@@ -350,7 +337,7 @@ impl ManagerCore {
     /// Whether a request for `id` still waits: for a fetch's answer, for the copy this
     /// member asked for (after a gap, a fork or a digest), or for the members' digests.
     fn still_waiting(&self, id: &SessionId) -> bool {
-        self.resyncing.contains_key(id)
+        self.resyncing.contains(id)
             || !self.catch_up.is_empty()
             || (self.core.served(id).is_none() && self.core.is_fetching(id))
     }
@@ -359,28 +346,8 @@ impl ManagerCore {
     /// the digests a joiner waits for.
     fn note_resync(&mut self, from: MemberId, msg: &Payload, outs: &[POut], now_ms: u64) {
         if let Payload::Delta(m) = msg {
+            self.resyncing.answered(from, m);
             match m {
-                SessionMessage::State(st) | SessionMessage::Created(st) => {
-                    self.resyncing.remove(&st.id);
-                }
-                SessionMessage::Expired { id, .. } | SessionMessage::ChangeId { old: id, .. } => {
-                    self.resyncing.remove(id);
-                }
-                // The member asked has no copy: the one held here is the best there is.
-                SessionMessage::NotHere { id }
-                    if self.resyncing.get(id).is_some_and(|b| b.of == from) =>
-                {
-                    self.resyncing.remove(id);
-                }
-                SessionMessage::Merge(states) if states.is_empty() => {
-                    // The last chunk of an answer to `GetSessions`: what it lacked, it lacks.
-                    self.resyncing.retain(|_, b| !(b.by_digest && b.of == from));
-                }
-                SessionMessage::Merge(states) => {
-                    for st in states {
-                        self.resyncing.remove(&st.id);
-                    }
-                }
                 // The last chunk of an answer to `GetDigest` (what it made this member ask
                 // for is in `outs`, noted below).
                 SessionMessage::Digest(entries) if entries.is_empty() => {
@@ -407,19 +374,7 @@ impl ManagerCore {
                 SessionMessage::GetSessions(ids) => (ids.as_slice(), true),
                 _ => continue,
             };
-            for id in ids {
-                if self.resyncing.len() >= MAX_RESYNCING {
-                    self.resyncing.retain(|_, b| now_ms < b.until);
-                }
-                if self.resyncing.len() < MAX_RESYNCING {
-                    let b = Behind {
-                        until,
-                        of: *of,
-                        by_digest,
-                    };
-                    self.resyncing.insert(id.clone(), b);
-                }
-            }
+            self.resyncing.asked(*of, ids, by_digest, now_ms, until);
         }
     }
 
@@ -775,7 +730,7 @@ impl ManagerCore {
             return ready;
         };
         let here = |m: &MemberId| c.members().binary_search(m).is_ok();
-        self.resyncing.retain(|_, b| here(&b.of));
+        self.resyncing.keep_members(here);
         self.catch_up.retain(|m, _| here(m));
         self.donor_left(members, now_ms, &mut ready);
         // A fetch waiting only for members that left has ended.
@@ -839,7 +794,7 @@ impl ManagerCore {
     /// state transfer past its deadline is given up, and idle sessions expire when due.
     pub fn tick(&mut self, now_ms: u64) -> Ready {
         let mut ready = Ready::background(Vec::new());
-        self.resyncing.retain(|_, b| now_ms < b.until);
+        self.resyncing.expire(now_ms);
         let late_digests: Vec<MemberId> = self
             .catch_up
             .iter()
@@ -864,7 +819,7 @@ impl ManagerCore {
             let Some(w) = self.waits.remove(&token) else {
                 continue;
             };
-            if self.resyncing.remove(&w.id).is_some() {
+            if self.resyncing.give_up(&w.id) {
                 log::warn!(
                     "Manager [{}]: the copy of session {} asked for after a gap did not arrive within {} ms; serving the copy held here",
                     self.context,
@@ -1013,5 +968,6 @@ impl ManagerCore {
     }
 }
 
+mod resync;
 #[cfg(test)]
 mod tests;

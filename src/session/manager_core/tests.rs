@@ -1010,3 +1010,77 @@ fn a_joiner_whose_donor_leaves_asks_a_member_that_stays() {
     assert!(alone.members_changed(&[], T0 + 1).became_ready);
     assert!(alone.is_ready());
 }
+
+/// Member 3 asks member 2 for its digest (`GetDigest`).
+fn get_digest_of_two() -> Vec<POut> {
+    vec![POut {
+        dest: Dest::Member(m(2)),
+        msg: Payload::Delta(SessionMessage::GetDigest),
+    }]
+}
+
+/// Seed 237 of the kill -9 loop with route rebinding: a restarted member asked one member
+/// for a session twice (each of its digests showed a newer copy) and another once (a gap),
+/// and the first answer, a copy older than the one the second question was asked for, ended
+/// the wait. The member served that copy to a request, whose change was then replaced by the
+/// newer copy of the second answer (a value went back). The wait now ends once every member
+/// asked has answered its last question, or left.
+#[test]
+fn a_copy_asked_for_again_is_waited_for_until_the_last_answer() {
+    let mut nodes = cluster(ManagerKind::Delta, 3);
+    let id = login(&mut nodes, 1);
+    let change = |nodes: &mut [ManagerCore], n: u8| {
+        let mut c = nodes[0].core().session(&id).cloned().expect("held");
+        c.set("n", &n).expect("set");
+        nodes[0].end_request(c, true, T0 + u64::from(n)).1.outs
+    };
+    // Member 1's change 2 reaches member 2 only; its digest shows member 3 the newer copy.
+    let two = change(&mut nodes, 2);
+    deliver_to(&mut nodes, 1, 2, two);
+    let digest = deliver_to(&mut nodes, 3, 2, get_digest_of_two());
+    let ask = deliver_to(&mut nodes, 2, 3, digest);
+    assert!(
+        matches!(
+            &ask[..],
+            [POut {
+                msg: Payload::Delta(SessionMessage::GetSessions(_)),
+                ..
+            }]
+        ),
+        "{ask:?}"
+    );
+    // Member 2's answer (change 2) is on its way while member 1 makes change 3, which reaches
+    // member 2 and, with a gap, member 3: member 3 asks member 1, which then dies.
+    let first = deliver_to(&mut nodes, 3, 2, ask);
+    let three = change(&mut nodes, 3);
+    deliver_to(&mut nodes, 1, 2, three.clone());
+    let gap = deliver_to(&mut nodes, 1, 3, three);
+    assert!(
+        matches!(
+            &gap[..],
+            [POut {
+                msg: Payload::Delta(SessionMessage::GetSession { .. }),
+                ..
+            }]
+        ),
+        "{gap:?}"
+    );
+    // Member 2's next digest shows change 3: member 3 asks again.
+    let digest = deliver_to(&mut nodes, 3, 2, get_digest_of_two());
+    let ask = deliver_to(&mut nodes, 2, 3, digest);
+    let second = deliver_to(&mut nodes, 3, 2, ask);
+    deliver_to(&mut nodes, 2, 3, first);
+    let _ = nodes[2].members_changed(&mems([2]), T0 + 11);
+    let (Begin::Wait { token, .. }, _) = nodes[2].begin_request(&id, T0 + 12) else {
+        panic!("served change 2 while member 2's answer with change 3 was still to come");
+    };
+    let mut verdicts = Vec::new();
+    for o in second {
+        verdicts.extend(nodes[2].receive(m(2), &o.msg, T0 + 13).0.verdicts);
+    }
+    let [(t, Some(s))] = verdicts.as_slice() else {
+        panic!("one verdict with the session: {}", verdicts.len());
+    };
+    assert_eq!(*t, token);
+    assert_eq!(s.get::<u8>("n").unwrap(), Some(3), "member 2's latest copy");
+}
