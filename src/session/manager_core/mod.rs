@@ -266,6 +266,12 @@ impl ManagerCore {
         self.core.is_ready()
     }
 
+    /// Whether this joiner still holds requests for the members' digests (its catch-up).
+    #[cfg(test)]
+    pub fn catching_up(&self) -> bool {
+        !self.catch_up.is_empty()
+    }
+
     /// The earliest time `tick` has something to do, if any.
     pub fn next_deadline(&self) -> Option<u64> {
         let fetch = self.waits.values().map(|w| w.deadline_ms).min();
