@@ -25,7 +25,8 @@ const CHUNK: usize = 4;
 struct Figures {
     clean: u64,
     kills: u64,
-    /// Left before the joiner had any chunk, in the middle, after the last.
+    /// Left before the joiner had any chunk, in the middle, right after its last (the joiner
+    /// ready, asking the members for their digests).
     before_first: u64,
     mid: u64,
     after_last: u64,
@@ -121,21 +122,34 @@ fn donor_leaves(seeds: u64) {
         let joined_at = c.sim.now();
         let k = c.w.between(0, total);
         let clean = c.w.chance(0.5);
-        if !work_until(&mut c, joined_at + BOUND, &mix, |s| {
-            s.node(j).journal.received("all-sessions") >= k
-        }) {
+        // `k` chunks in (a re-ask restarts the count: the donor starts over), or all of them:
+        // the donor leaves in the step the joiner's transfer completes.
+        let got = if k < total {
+            work_until(&mut c, joined_at + BOUND, &mix, |s| {
+                s.node(j).journal.received("all-sessions") >= k || s.node(j).mgr.is_ready()
+            })
+        } else {
+            work_until(&mut c, joined_at + BOUND, &mix, |s| {
+                s.node(j).mgr.is_ready()
+            })
+        };
+        if !got {
             c.sim.fail(format_args!("the joiner never had {k} chunks"));
         }
         let had = chunks_of(j, &c);
+        match (had, c.sim.node(j).mgr.is_ready()) {
+            (_, true) => f.after_last += 1,
+            (0, false) => f.before_first += 1,
+            _ => f.mid += 1,
+        }
         if replaying() {
             let how = if clean { "stops cleanly" } else { "is killed" };
             let now = c.sim.now();
-            eprintln!("{now:?}: donor {donor} {how} after {had} of {total} chunks (joiner {j})");
-        }
-        match had {
-            0 => f.before_first += 1,
-            h if h >= total => f.after_last += 1,
-            _ => f.mid += 1,
+            let ready = c.sim.node(j).mgr.is_ready();
+            eprintln!(
+                "{now:?}: donor {donor} {how}; joiner {j} had {had} chunks (a whole transfer: \
+                 {total}), ready: {ready}"
+            );
         }
         if clean {
             f.clean += 1;
@@ -170,7 +184,8 @@ fn donor_leaves(seeds: u64) {
             let m = &c.sim.node(j).mgr;
             c.sim.fail(format_args!(
                 "joiner {j} not serving {BOUND:?} after its join (ready: {}, waiting for digests: \
-                 {}); donor {donor} {} after {had} of {total} chunks; {} asks for every session",
+                 {}); donor {donor} {} when it had {had} chunks (a whole transfer: {total}); {} \
+                 asks for every session",
                 m.is_ready(),
                 m.catching_up(),
                 if clean {
