@@ -631,6 +631,17 @@ impl DeltaNode {
         self.perform(ready, false, ctx);
     }
 
+    /// Starts this member again after [`Self::stop_cleanly`], on the same manager, as
+    /// `SimpleTcpCluster::start` after `stop` does (the test first forgets it and admits it
+    /// again, as the members see it leave and come back).
+    pub fn start_again(&mut self, ctx: &mut Ctx<'_>) {
+        self.world.borrow_mut().leaving.remove(&self.id);
+        if let Some(p) = self.pump.as_mut() {
+            p.stopped = false;
+        }
+        self.on_start(ctx);
+    }
+
     /// A new session, then `ops` on it, in one request.
     pub fn create(&mut self, ctx: &mut Ctx<'_>, ops: &[Op]) -> Served {
         let (copy, ready) = match self.mgr.create(now_ms(ctx)) {

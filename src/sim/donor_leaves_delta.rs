@@ -244,3 +244,74 @@ fn donor_leaves(seeds: u64) {
         assert!(f.before_first > 0 && f.mid > 0 && f.after_last > 0, "{f:?}");
     }
 }
+
+/// A member stopped cleanly and started again on the same manager (`SimpleTcpCluster::start`
+/// after `stop`: tests/clean_stop.rs) joins again: its stop dropped its copies, so it takes
+/// the others' sessions by state transfer again, and is not ready until it has every one
+/// (checked after every step). It then holds exactly what the others hold.
+#[test]
+fn a_member_started_again_after_a_clean_stop_is_ready_only_with_every_session() {
+    let cfg = DeltaSimConfig {
+        core: DeltaConfig {
+            send_all_sessions_size: CHUNK,
+            ..DeltaConfig::default()
+        },
+        shell_ticks: Some(ms(20)),
+        ..DeltaSimConfig::default()
+    };
+    let mut restarts = 0;
+    for_each_seed(64, |seed| {
+        let faults = Faults {
+            latency: (Duration::from_micros(20), ms(2)),
+            max_chunk: 256,
+            ..Faults::default()
+        };
+        let mut c = Cluster::new(seed, faults, &cfg, 2);
+        for n in 0..c.w.between(10, 40) {
+            c.create_on(NodeId(n as usize % 2), &[Op::Set("a")]);
+        }
+        c.settle(ms(200));
+        // A member that joined (its state transfer done) is the one that stops and starts
+        // again, as server2 of the real-socket test.
+        let n = c.join();
+        c.settle(ms(300));
+        if !c.sim.node(n).mgr.is_ready() {
+            c.sim
+                .fail("the joiner never finished its first state transfer");
+        }
+        c.sim.call(n, |node, ctx| node.stop_cleanly(ctx));
+        let t = c.sim.now() + c.w.duration_between(Duration::ZERO, ms(5));
+        c.sim.run_until(t, |_| false);
+        c.forget(n);
+        c.settle(ms(50));
+        c.admit(n);
+        c.sim.call(n, |node, ctx| node.start_again(ctx));
+        c.announce(n);
+        let started = c.sim.now();
+        let live: Vec<SessionId> = c.live().iter().map(|&s| c.sessions[s].id.clone()).collect();
+        let mut early = None;
+        let done = c.sim.run_until(started + BOUND, |s| {
+            let node = s.node(n);
+            let missing = live.iter().filter(|id| node.copy(id).is_none()).count();
+            if node.mgr.is_ready() && missing > 0 && early.is_none() {
+                early = Some((s.now() - started, missing));
+            }
+            node.mgr.is_ready() && missing == 0
+        });
+        if let Some((after, missing)) = early {
+            c.sim.fail(format_args!(
+                "{n}, started again, was ready {after:?} after its start lacking {missing} of {} \
+                 sessions",
+                live.len()
+            ));
+        }
+        if !done {
+            c.sim
+                .fail(format_args!("{n} not ready {BOUND:?} after its start"));
+        }
+        c.settle(ms(200));
+        c.assert_converged();
+        restarts += 1;
+    });
+    eprintln!("started again: {restarts} members");
+}
