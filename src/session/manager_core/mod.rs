@@ -963,7 +963,17 @@ impl ManagerCore {
     /// On shutdown: ends every session here (and, with `everywhere`, on every member). Ended
     /// here only, a DeltaManager's sessions are dropped with no end remembered, so nothing it
     /// answers before its channel stops ends them on the members that keep them.
+    ///
+    /// A start after this stop joins again (the copies go now): its first member is asked
+    /// for every session and the manager is not ready until they came, as on a first start.
     pub fn expire_all(&mut self, everywhere: bool) -> Ready {
+        self.transfer = Transfer {
+            pending: true,
+            deadline: None,
+            reask_at: None,
+        };
+        self.catch_up.clear();
+        self.resyncing.clear();
         let mut ready = Ready {
             options: self.options,
             ..Ready::default()
