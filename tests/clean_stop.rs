@@ -97,3 +97,49 @@ fn a_member_joining_during_a_clean_stop_keeps_the_sessions() {
         req.finish().expect("finish");
     }
 }
+
+/// A node stopped cleanly and started again (the same `SimpleTcpCluster`) joins as a new
+/// member: its stop dropped its copies, so it must take the others' sessions by state transfer
+/// again before its manager says it is ready, as on its first start.
+#[test]
+fn a_node_started_again_after_a_clean_stop_takes_the_sessions_again() {
+    init_logs();
+    let nodes = cluster_nodes(2, &ClusterConfig::default());
+    let app = |i: usize| nodes[i].manager("/app").expect("app");
+    // Node 2 lists node 1 as a static member, so it finds node 1 again after its restart.
+    let ids: Vec<String> = ["ann", "bob", "cid"]
+        .iter()
+        .map(|u| login_on(&app(0), u))
+        .collect();
+    wait_for("node 2 has the logins", LIMIT, || {
+        ids.iter().all(|id| app(1).find(id).is_some())
+    });
+    nodes[1].stop();
+    assert!(
+        ids.iter().all(|id| app(1).find(id).is_none()),
+        "a clean stop drops the node's copies"
+    );
+    wait_for("node 1 sees node 2 leave", LIMIT, || {
+        nodes[0].channel().members().is_empty()
+    });
+    nodes[1].start().expect("start again");
+    assert!(app(1).wait_ready(LIMIT), "node 2 ready again");
+    // Ready means the transfer is done: no wait here.
+    let missing: Vec<&String> = ids.iter().filter(|id| app(1).find(id).is_none()).collect();
+    assert!(
+        missing.is_empty(),
+        "node 2, ready after its restart, lacks {} of {} sessions",
+        missing.len(),
+        ids.len()
+    );
+    for (id, user) in ids.iter().zip(["ann", "bob", "cid"]) {
+        let mut req = app(1).request(Some(id), "/app/profile");
+        let got = req
+            .session()
+            .expect("the session")
+            .get::<String>("user")
+            .expect("get");
+        assert_eq!(got.as_deref(), Some(user));
+        req.finish().expect("finish");
+    }
+}

@@ -34,6 +34,7 @@ use super::lane_node::{node_of, sim_member, sim_members};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::rng::SimIds;
 use super::{Ctx, Node, Sim, SimRng};
+use crate::member::MemberId;
 use crate::options::SendOptions;
 use crate::session::config::{ManagerConfig, ManagerKind, RebindRoute};
 use crate::session::engine::{Core, Payload};
@@ -58,6 +59,8 @@ pub const EPOCH_MS: u64 = 1_700_000_000_000;
 const REAPER: u64 = 1;
 /// Timer token of the shell's ticks at the core's next deadline.
 const TICK: u64 = 2;
+/// Timer token of the donor's pump when chunks are paced ([`DeltaNode::pace_transfers`]).
+const PUMP: u64 = 3;
 const HELD_BASE: u64 = 1 << 32;
 
 /// The core's clock: virtual time as ms since the epoch.
@@ -388,6 +391,17 @@ pub struct DeltaNode {
     /// Request numbers of the tracked sends made since the test last emptied it (a request's
     /// ticket: the user's answer waits for them).
     pub ticket: Vec<u64>,
+    /// The donor's pump: state-transfer chunks leave one per `gap` (the round trip of
+    /// production's acknowledged chunk), to these joiners; `None`: all at once.
+    pump: Option<Pump>,
+}
+
+/// A paced donor's transfers under way, and whether its clean stop ended them.
+struct Pump {
+    gap: Duration,
+    to: BTreeSet<MemberId>,
+    armed: bool,
+    stopped: bool,
 }
 
 /// The message's kind, for counters.
@@ -473,6 +487,52 @@ impl DeltaNode {
             trace: std::env::var_os(TRACE_ENV).is_some(),
             journal: Journal::default(),
             ticket: Vec::new(),
+            pump: None,
+        }
+    }
+
+    /// Sends state-transfer chunks as production's pump thread does, one at a time, the next
+    /// `gap` after the previous one (which stands for its acknowledgement), so a transfer
+    /// takes time and a donor can leave in the middle of one; a clean stop ends the transfers
+    /// after the chunk sent (`stop_transfers`). Not kept across a restart.
+    pub fn pace_transfers(&mut self, gap: Duration) {
+        self.pump = Some(Pump {
+            gap,
+            to: BTreeSet::new(),
+            armed: false,
+            stopped: false,
+        });
+    }
+
+    /// The next chunk to `to` leaves in a `gap`, unless a clean stop ended the transfers.
+    fn pump_later(&mut self, to: MemberId, ctx: &mut Ctx<'_>) {
+        let Some(p) = self.pump.as_mut().filter(|p| !p.stopped) else {
+            return;
+        };
+        p.to.insert(to);
+        if !p.armed {
+            p.armed = true;
+            ctx.set_timer(p.gap, PUMP);
+        }
+    }
+
+    /// The pump's turn: one chunk to each joiner whose transfer goes on.
+    fn pump_chunks(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(p) = self.pump.as_mut() else {
+            return;
+        };
+        p.armed = false;
+        let due = std::mem::take(&mut p.to);
+        if p.stopped {
+            return;
+        }
+        for to in due {
+            let ready = self.mgr.transfer_chunk_sent(to, true);
+            let more = ready.chunk_to;
+            self.perform(ready, false, ctx);
+            if let Some(to) = more {
+                self.pump_later(to, ctx);
+            }
         }
     }
 
@@ -563,8 +623,23 @@ impl DeltaNode {
     /// received are still handled meanwhile).
     pub fn stop_cleanly(&mut self, ctx: &mut Ctx<'_>) {
         self.world.borrow_mut().leaving.insert(self.id);
+        if let Some(p) = self.pump.as_mut() {
+            p.stopped = true;
+            p.to.clear();
+        }
         let ready = self.mgr.expire_all(false);
         self.perform(ready, false, ctx);
+    }
+
+    /// Starts this member again after [`Self::stop_cleanly`], on the same manager, as
+    /// `SimpleTcpCluster::start` after `stop` does (the test first forgets it and admits it
+    /// again, as the members see it leave and come back).
+    pub fn start_again(&mut self, ctx: &mut Ctx<'_>) {
+        self.world.borrow_mut().leaving.remove(&self.id);
+        if let Some(p) = self.pump.as_mut() {
+            p.stopped = false;
+        }
+        self.on_start(ctx);
     }
 
     /// A new session, then `ops` on it, in one request.
@@ -710,6 +785,9 @@ impl DeltaNode {
     fn note_events(&mut self, events: Vec<SessionEvent>) {
         let life = self.journal.life;
         for e in &events {
+            if self.trace && !matches!(e, SessionEvent::Attribute { .. }) {
+                eprintln!("  {} event: {e:?}", self.id);
+            }
             // A change of id undone: the id it gave leads back to the one a request renamed.
             if let SessionEvent::IdChanged { old, new } = e {
                 let mut w = self.world.borrow_mut();
@@ -926,6 +1004,10 @@ impl DeltaNode {
         // A state transfer streams as the shell streams it: the next chunk once one is sent.
         let mut chunk_to = ready.chunk_to;
         self.perform(ready, false, ctx);
+        if let Some(to) = chunk_to.filter(|_| self.pump.is_some()) {
+            self.pump_later(to, ctx);
+            chunk_to = None;
+        }
         while let Some(to) = chunk_to {
             let ready = self.mgr.transfer_chunk_sent(to, true);
             chunk_to = ready.chunk_to;
@@ -1049,6 +1131,8 @@ impl Node for DeltaNode {
             if let Some(period) = self.cfg.reaper {
                 ctx.set_timer(period, REAPER);
             }
+        } else if token == PUMP {
+            self.pump_chunks(ctx);
         } else if token == TICK {
             // A timer made obsolete by an earlier one still ticks: `tick` only acts on what
             // is due.

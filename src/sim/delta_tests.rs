@@ -74,6 +74,10 @@ mod lanes;
 #[path = "faults_delta.rs"]
 mod faults;
 
+/// A joiner's state-transfer donor stops cleanly or is killed in the middle of the transfer.
+#[path = "donor_leaves_delta.rs"]
+mod donor_leaves;
+
 fn replaying() -> bool {
     std::env::var(SEED_ENV).is_ok()
 }

@@ -253,6 +253,12 @@ impl ManagerCore {
         self.core.is_ready()
     }
 
+    /// Whether this joiner still holds requests for the members' digests (its catch-up).
+    #[cfg(test)]
+    pub fn catching_up(&self) -> bool {
+        !self.catch_up.is_empty()
+    }
+
     /// The earliest time `tick` has something to do, if any.
     pub fn next_deadline(&self) -> Option<u64> {
         let fetch = self.waits.values().map(|w| w.deadline_ms).min();
@@ -912,7 +918,17 @@ impl ManagerCore {
     /// On shutdown: with `everywhere`, ends every session on every member. Without, the copies
     /// here (of either manager) are dropped with no end remembered, so nothing this node answers
     /// before its channel stops ends them on the members that keep them.
+    ///
+    /// A start after this stop joins again (the copies go now): its first member is asked
+    /// for every session and the manager is not ready until they came, as on a first start.
     pub fn expire_all(&mut self, everywhere: bool) -> Ready {
+        self.transfer = Transfer {
+            pending: true,
+            deadline: None,
+            reask_at: None,
+        };
+        self.catch_up.clear();
+        self.resyncing = Resyncing::default();
         let mut ready = Ready {
             options: self.options,
             ..Ready::default()

@@ -1084,3 +1084,43 @@ fn a_copy_asked_for_again_is_waited_for_until_the_last_answer() {
     assert_eq!(*t, token);
     assert_eq!(s.get::<u8>("n").unwrap(), Some(3), "member 2's latest copy");
 }
+
+/// A DeltaManager stopped and started again (`SimpleTcpCluster::start` after `stop`) joins
+/// again: its stop dropped its copies, so the first member it sees is asked for every session
+/// and it is not ready until they came (before, its first transfer done, it was ready at once
+/// with none: tests/clean_stop.rs and the simulation's `a_member_started_again_…`).
+#[test]
+fn a_manager_started_again_after_its_stop_asks_for_every_session_again() {
+    let mut nodes = cluster(ManagerKind::Delta, 1);
+    let (copy, _) = nodes[0].create(T0).expect("id");
+    let _ = nodes[0].end_request(copy, true, T0);
+    let (mut joiner, ask) = joiner_asking_member_one();
+    let (start, _) = nodes[0].receive(m(2), &ask.outs[0].msg, T0 + 1);
+    assert_eq!(start.chunk_to, Some(m(2)));
+    for o in nodes[0].transfer_chunk_sent(m(2), true).outs {
+        let _ = joiner.receive(m(1), &o.msg, T0 + 2);
+    }
+    assert!(joiner.is_ready());
+    assert_eq!(joiner.core().len(), 1);
+    let _ = joiner.expire_all(false);
+    assert_eq!(joiner.core().len(), 0, "the stop drops the copies");
+    // Started again (static members: a settle time), it sees member 1 once more.
+    joiner.started(m(2), Some(Duration::from_secs(1)), T0 + 10);
+    assert!(!joiner.is_ready(), "not ready before the transfer");
+    let donor = &mems([1])[0];
+    let again = joiner.member_added(donor, T0 + 11);
+    let asks: Vec<&POut> = again
+        .outs
+        .iter()
+        .filter(|o| matches!(o.msg, Payload::Delta(SessionMessage::GetAllSessions)))
+        .collect();
+    assert_eq!(asks.len(), 1, "asks member 1 again: {:?}", again.outs);
+    assert_eq!(asks[0].dest, Dest::Member(m(1)));
+    let (start, _) = nodes[0].receive(m(2), &asks[0].msg, T0 + 12);
+    assert_eq!(start.chunk_to, Some(m(2)));
+    for o in nodes[0].transfer_chunk_sent(m(2), true).outs {
+        let _ = joiner.receive(m(1), &o.msg, T0 + 13);
+    }
+    assert!(joiner.is_ready());
+    assert_eq!(joiner.core().len(), 1, "the session again");
+}
