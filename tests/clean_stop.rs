@@ -179,11 +179,15 @@ fn stop_after_asynchronous_changes(kind: ManagerKind, attempt: u32) {
     );
 }
 
+/// Failed on every run (20 of 20, 146 to 300 of 300 sessions behind) while the goodbye went on
+/// a connection of its own.
 #[test]
 fn last_asynchronous_changes_survive_a_clean_stop_backup() {
     last_asynchronous_changes_survive_a_clean_stop(ManagerKind::Backup);
 }
 
+/// The DeltaManager applies a change that comes after its sender left (it passed before the
+/// fix too); kept so it goes on doing so.
 #[test]
 fn last_asynchronous_changes_survive_a_clean_stop_delta() {
     last_asynchronous_changes_survive_a_clean_stop(ManagerKind::Delta);
