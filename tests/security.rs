@@ -558,3 +558,49 @@ fn key_loading_errors_are_typed_and_silent() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A keyed member's clean stop says goodbye, sealed, on its asynchronous connection after its
+/// last messages: the other member gets every message before it hears the member left, and
+/// hears it at once (not after a failed ping).
+#[test]
+fn keyed_goodbye_comes_after_the_last_asynchronous_messages() {
+    const MESSAGES: usize = 2_000;
+    init_logs();
+    let a = node("a", key(KEY), &[]);
+    let b = node("b", key(KEY), &[addr(&a)]);
+    wait_for("a and b see each other", LIMIT, || {
+        a.members().len() == 1 && b.members().len() == 1
+    });
+    let events = Arc::new(Events::default());
+    b.add_membership_listener(events.clone());
+    // (messages received, of which after b heard that a left)
+    let seen = Arc::new(Mutex::new((0usize, 0usize)));
+    let (s, ev) = (seen.clone(), events.clone());
+    b.add_channel_listener(Arc::new(move |_: &tribecast::ChannelMessage<'_>| {
+        let mut s = s.lock();
+        s.0 += 1;
+        if ev.has("-a") {
+            s.1 += 1;
+        }
+        // A listener that takes its time, so b is still at work when the goodbye comes.
+        let until = Instant::now() + Duration::from_micros(20);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }));
+    for i in 0..MESSAGES {
+        a.send_to_all(vec![(i % 251) as u8; 4096], SendOptions::ASYNCHRONOUS)
+            .expect("queued");
+    }
+    let stopped = Instant::now();
+    a.stop();
+    wait_for("b hears that a left", LIMIT, || events.has("-a"));
+    let heard_after = stopped.elapsed();
+    wait_for("b got every message", LIMIT, || seen.lock().0 == MESSAGES);
+    assert_eq!(seen.lock().1, 0, "messages handled after a's goodbye");
+    assert!(
+        heard_after < Duration::from_millis(900),
+        "b heard of a's stop after {heard_after:?}: by a failed ping, not the goodbye"
+    );
+}

@@ -246,6 +246,18 @@ impl AsyncLane {
         self.lane.disconnect();
     }
 
+    /// Says goodbye on this lane's connection, behind the frames already written on it, if
+    /// everything queued went out on it (see `TxSession::may_say_goodbye`); then closes.
+    /// Returns false, with nothing written, when the caller must say it on a connection of its
+    /// own (no connection, or frames still held for a member that does not read), or when the
+    /// write failed.
+    pub fn say_goodbye(&mut self, deadline: Instant, timeout: Duration) -> bool {
+        if !self.lane.tx.may_say_goodbye() || !self.lane.is_connected() {
+            return false;
+        }
+        self.lane.send_leave(deadline, timeout)
+    }
+
     pub fn faulty(&self, reason: SendFailure) -> FaultyMember {
         FaultyMember {
             id: self.member.id,

@@ -529,15 +529,18 @@ impl<T> Lane<T> {
         }
     }
 
-    /// Best-effort: tells the member we leave, then closes.
-    pub fn send_leave(&mut self, deadline: Instant, timeout: Duration) {
+    /// Best-effort: tells the member we leave, then closes. Returns whether the goodbye was
+    /// written.
+    pub fn send_leave(&mut self, deadline: Instant, timeout: Duration) -> bool {
         if self.stream.is_none() {
-            return;
+            return false;
         }
-        if let Ok(bye) = self.control_frame(FrameKind::Leave, 0, 0) {
-            let _ = self.write_all(&bye, deadline, timeout);
-        }
+        let sent = match self.control_frame(FrameKind::Leave, 0, 0) {
+            Ok(bye) => self.write_all(&bye, deadline, timeout).is_ok(),
+            Err(_) => false,
+        };
         self.disconnect();
+        sent
     }
 
     /// A frame with an empty body, sealed on a keyed connection.

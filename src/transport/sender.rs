@@ -531,22 +531,34 @@ impl PooledParallelSender {
         })
     }
 
-    /// Says goodbye on one connection to each member (best effort), then closes them all.
-    /// Frames still queued on the asynchronous lanes are written first (Tomcat's sender
-    /// finishes its queue before it disconnects), within one send timeout in all: a member that
-    /// does not read cannot hold the stop longer.
+    /// Says goodbye to each member (best effort), then closes every connection. Frames still
+    /// queued on the asynchronous lanes are written first (Tomcat's sender finishes its queue
+    /// before it disconnects), within one send timeout in all: a member that does not read
+    /// cannot hold the stop longer. The goodbye goes on the member's asynchronous lane, after
+    /// its last frames, where that lane is connected and empty: the receiver handles a
+    /// connection's frames in order, whereas a goodbye on a connection of its own could be
+    /// handled first (the member would then take over from us, and refuse our last changes).
+    /// Otherwise it goes on a connection of its own.
     pub fn leave(&self, members: &[Member]) {
         self.finish_async(Instant::now() + self.cfg.timeout);
         let timeout = Duration::from_millis(500).min(self.cfg.timeout);
+        let mut lanes = self.async_lanes.lock();
         for m in members {
-            let mut lane = Lane::<()>::new(LEAVE_LANE);
             let deadline = Instant::now() + timeout;
+            let on_async_lane = lanes
+                .iter_mut()
+                .find(|al| al.member.id == m.id && al.member.addr == m.addr)
+                .is_some_and(|al| al.say_goodbye(deadline, timeout));
+            if on_async_lane {
+                continue;
+            }
+            let mut lane = Lane::<()>::new(LEAVE_LANE);
             if lane.connect(m, &self.id, deadline, timeout).is_ok() {
                 lane.send_leave(deadline, timeout);
             }
         }
         self.links.write().clear();
-        for al in self.async_lanes.lock().drain(..) {
+        for al in lanes.drain(..) {
             al.counters.set_queued(0);
         }
     }

@@ -147,6 +147,14 @@ impl<T> TxSession<T> {
         self.unacked
     }
 
+    /// Whether a goodbye written now on this connection comes after every frame the lane took:
+    /// the connection is ready and holds nothing (each frame was written, and acked where
+    /// asked). The receiver handles one connection's frames in order, so a goodbye sent here
+    /// cannot overtake them as one on another connection can.
+    pub fn may_say_goodbye(&self) -> bool {
+        self.phase == TxPhase::Ready && self.frames.is_empty()
+    }
+
     /// Whether frames wait and no connection is open or opening: the owner should connect.
     pub fn wants_connection(&self) -> bool {
         self.phase == TxPhase::Closed && self.frames.len() > self.failed

@@ -247,3 +247,23 @@ fn mark_written_counts_what_the_owner_wrote() {
     let writes: Vec<u32> = s.frames().iter().map(|f| f.writes).collect();
     assert_eq!(writes, vec![2, 1, 1]);
 }
+
+#[test]
+fn a_goodbye_follows_only_once_every_frame_is_released_on_a_ready_connection() {
+    let mut s: TxSession<u64> = TxSession::new(3, 2, 4);
+    assert!(!s.may_say_goodbye(), "no connection");
+    s.push(1, false, 0);
+    s.push(2, true, 0);
+    s.connecting();
+    assert!(!s.may_say_goodbye(), "handshake not answered");
+    accept(&mut s);
+    assert!(!s.may_say_goodbye(), "frames not written");
+    assert_eq!(write_all(&mut s), vec![1, 2]);
+    assert_eq!(s.pop_done().map(|f| f.seq), Some(1));
+    assert!(!s.may_say_goodbye(), "frame 2 waits for its ack");
+    assert_eq!(s.on_ack(2), AckMatch::Frame(0));
+    assert_eq!(s.pop_done().map(|f| f.seq), Some(2));
+    assert!(s.may_say_goodbye());
+    s.disconnected();
+    assert!(!s.may_say_goodbye(), "the connection is gone");
+}
