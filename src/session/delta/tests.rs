@@ -11,6 +11,12 @@ fn deliver(outs: Vec<Out>, from: MemberId, to: &mut DeltaCore) -> Vec<Out> {
         .collect()
 }
 
+/// Three members' cores, routes "a", "b" and "c", with the default settings.
+fn three() -> (DeltaCore, DeltaCore, DeltaCore) {
+    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
+    (new("a"), new("b"), new("c"))
+}
+
 /// `a` and `b` hold the same copy of `id` (or neither holds one).
 fn assert_same_copy(a: &DeltaCore, b: &DeltaCore, id: &SessionId) {
     assert_eq!(
@@ -24,8 +30,7 @@ fn assert_same_copy(a: &DeltaCore, b: &DeltaCore, id: &SessionId) {
 /// X, N and the messages of that change of id and change, none delivered yet (A dies with them
 /// reaching some members only).
 fn renamed_by_a() -> ([DeltaCore; 3], SessionId, SessionId, Vec<Out>) {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let (mut a, mut b, mut c) = three();
     let x = a.create(0).unwrap();
     let created = a.end_request(&x, 0);
     deliver(created.clone(), A, &mut b);
@@ -419,8 +424,7 @@ const C: MemberId = MemberId([3; 16]);
 /// the end, and nothing at C goes back.
 #[test]
 fn the_members_that_stay_after_a_death_catch_up_on_its_last_changes() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let (mut a, mut b, mut c) = three();
     a.set_members(vec![B, C], 0);
     b.set_members(vec![A, C], 0);
     c.set_members(vec![A, B], 0);
@@ -724,8 +728,7 @@ fn a_digest_asked_while_joining_is_sent_once_ready() {
 /// member serving the session has the copy that replaces it.
 #[test]
 fn a_forked_copy_is_not_offered_to_reconcile_with() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let (mut a, mut b, mut c) = three();
     let id = a.create(0).unwrap();
     let created = a.end_request(&id, 0);
     deliver(created.clone(), A, &mut b);
@@ -1352,8 +1355,7 @@ fn the_copy_a_fork_under_a_new_id_waits_for_undoes_the_change_of_id_before_its_m
 /// only, came to C as the answer to a digest and brought the session back there.
 #[test]
 fn a_copy_above_an_end_by_changes_refused_here_does_not_bring_the_session_back() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let (mut a, mut b, mut c) = three();
     let x = a.create(0).unwrap();
     let created = a.end_request(&x, 0);
     deliver(created.clone(), A, &mut b);
@@ -1419,8 +1421,7 @@ fn a_copy_asked_for_after_a_change_is_not_stood_in_for_by_another_of_its_version
 /// undoes the change of id and takes C's copy.
 #[test]
 fn a_change_of_id_undone_on_reading_a_digest_after_a_death_is_undone_on_its_sender() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let (mut a, mut b, mut c) = three();
     b.set_members(vec![A, C], 0);
     c.set_members(vec![A, B], 0);
     let x = a.create(0).unwrap();
@@ -1456,8 +1457,7 @@ fn a_change_of_id_undone_on_reading_a_digest_after_a_death_is_undone_on_its_send
 #[test]
 #[ignore = "issue 13, seed 366: a copy asked for before a local end brings the session back (live_beats_end); not fixed, docs/RELIABILITY.md"]
 fn a_copy_asked_for_before_a_local_end_does_not_bring_the_session_back() {
-    let new = |r| DeltaCore::new(DeltaConfig::default(), r);
-    let (mut a, mut b, mut c) = (new("a"), new("b"), new("c"));
+    let (mut a, mut b, mut c) = three();
     a.set_members(vec![B, C], 0);
     c.set_members(vec![A, B], 0);
     let x = b.create(0).unwrap();
