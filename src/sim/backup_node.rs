@@ -1099,7 +1099,11 @@ impl BackupNode {
             };
             let ids = ids_of(&msg);
             let short: Vec<String> = ids.iter().map(short_id).collect();
-            eprintln!("{:?} {} <- {from}: {k} {short:?}{v}", ctx.now(), self.id);
+            let e = msg
+                .claim()
+                .map(|c| format!(" e{}", c.1))
+                .unwrap_or_default();
+            eprintln!("{:?} {} <- {from}: {k} {short:?}{v}{e}", ctx.now(), self.id);
         }
         let fetched = match &msg {
             BackupMessage::Fetched { id, .. } => Some(id.clone()),

@@ -772,7 +772,16 @@ impl Cluster {
                 .filter(|id| node.core().session(id).is_some())
                 .count();
             if listed != known {
-                errors.push(format!("{n} holds {} sessions no user has", listed - known));
+                let extra: Vec<String> = node
+                    .core()
+                    .ids()
+                    .filter(|id| !owned.contains(*id))
+                    .map(|id| id.to_string())
+                    .collect();
+                errors.push(format!(
+                    "{n} holds {} sessions no user has: {extra:?}",
+                    listed - known
+                ));
             }
         }
         if !errors.is_empty() {

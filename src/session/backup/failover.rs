@@ -212,7 +212,8 @@ impl BackupCore {
     /// arrived). If it has not changed the session since, it takes the newer copy and
     /// announces it under a new claim; otherwise its own changes stand, and a holder of a
     /// newer copy it lists as a backup is told to drop its copy and take this one (it refuses
-    /// an older copy of this claim). `None`: not such a case.
+    /// an older copy of this claim), acknowledging it: the hand-over waits for that ack, since
+    /// the holder did not acknowledge the older copy it only followed. `None`: not such a case.
     fn newer_than_takeover(
         &mut self,
         from: MemberId,
@@ -247,7 +248,7 @@ impl BackupCore {
                 state: e.session.state().clone(),
                 backups: backups.clone(),
                 epoch: e.epoch,
-                ack: false,
+                ack: true,
             };
             outs.push(Self::to(from, copy));
         }

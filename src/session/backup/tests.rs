@@ -1364,3 +1364,64 @@ fn a_holder_to_retire_that_restarts_during_the_hand_over_is_told_to_drop_when_ba
         "no Drop for the restarted member: {after:?}"
     );
 }
+
+/// A holder of a newer copy of a lower claim (the other side of a healed partition, or a dead
+/// primary's) gets the higher claim's older copy during its hand-over: it follows the claim but
+/// keeps its own copy and hands it on (`Orphan`); the claimant, which changed the session since,
+/// answers with `Drop` and its copy. The holder must not acknowledge the copy it did not take:
+/// that ack reached the claimant after the `Drop` had emptied the holder, with the copy still
+/// on its way, and finished the hand-over (the other holders told to drop) with the session on
+/// the primary alone (detected restart and partition, seed 22, with the lanes failing sends at
+/// a reset: `acked-is-on-every-acker`).
+#[test]
+fn a_copy_followed_but_not_taken_is_not_acknowledged_before_the_claimants_own() {
+    let id = SessionId::generate("n3").unwrap();
+    let state = |v: u64| state_at(&id, v);
+    let mut first = node(1, &[1, 2, 3], 1);
+    let v3 = Session::from_state(state(3));
+    first
+        .entries
+        .insert(id.clone(), Entry::backup(v3, m(3), vec![m(1), m(2)], 4));
+    let mut holder = node(2, &[1, 2, 3], 1);
+    let v6 = Session::from_state(state(6));
+    holder
+        .entries
+        .insert(id.clone(), Entry::backup(v6, m(3), vec![m(1), m(2)], 4));
+    let failover = first.set_members(vec![m(1), m(2)]);
+    assert!(first.is_primary(&id));
+    for v in [4u64, 5] {
+        let s = first.session_mut(&id).unwrap();
+        s.set("x", &(v as u8)).unwrap();
+        first.end_request(&id, 10 + v);
+    }
+    let mine = first.session(&id).unwrap().state().clone();
+    let copy = failover
+        .iter()
+        .find(|o| matches!(o.msg, BackupMessage::Copy { ack: true, .. }))
+        .expect("the failover copies the session to its backup");
+    let (replies, _) = holder.handle(m(1), &copy.msg);
+    let mut to_holder = Vec::new();
+    for o in replies {
+        to_holder.extend(first.handle(m(2), &o.msg).0);
+    }
+    // The Drop arrives; the copy after it is still on its way.
+    let (drop, rest): (Vec<Out>, Vec<Out>) = to_holder
+        .into_iter()
+        .partition(|o| matches!(o.msg, BackupMessage::Drop { .. }));
+    assert_eq!(drop.len(), 1, "{rest:?}");
+    holder.handle(m(1), &drop[0].msg);
+    assert!(holder.session(&id).is_none());
+    assert!(
+        first.awaits_copy(&id, m(2)),
+        "the hand-over counts a copy its backup does not hold"
+    );
+    let mut acks = Vec::new();
+    for o in rest {
+        acks.extend(holder.handle(m(1), &o.msg).0);
+    }
+    assert_eq!(holder.session(&id).map(|s| s.state()), Some(&mine));
+    for o in acks {
+        first.handle(m(2), &o.msg);
+    }
+    assert!(!first.awaits_copy(&id, m(2)));
+}
