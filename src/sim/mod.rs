@@ -19,6 +19,7 @@
 //! seeded tests with that seed only.
 
 pub mod backup_node;
+pub mod backup_world;
 pub mod delta_node;
 pub mod detected;
 pub mod frame_node;
