@@ -741,6 +741,16 @@ fn a_late_joiner_gets_every_session_by_state_transfer_and_keeps_changes_made_dur
     late_join(16, true);
 }
 
+/// Up to 2 ms of latency and 256-byte chunks: a state transfer takes long enough for faults
+/// to land in the middle of it.
+fn transfer_faults() -> Faults {
+    Faults {
+        latency: (Duration::from_micros(20), ms(2)),
+        max_chunk: 256,
+        ..Faults::default()
+    }
+}
+
 /// The same without the quiet moment: a message sent just before the joiner entered its
 /// sender's view and still on its way to the donor when the donor takes its snapshot (a
 /// CHANGE-ID, an EXPIRED or a DELTA) misses the snapshot and is not sent to the joiner. The
@@ -761,11 +771,7 @@ fn late_join(seeds: u64, quiet_before_join: bool) {
         ..DeltaSimConfig::default()
     };
     for_each_seed(seeds, |seed| {
-        let faults = Faults {
-            latency: (Duration::from_micros(20), ms(2)),
-            max_chunk: 256,
-            ..Faults::default()
-        };
+        let faults = transfer_faults();
         let mut c = Cluster::new(seed, faults, &cfg, 3);
         let mix = Mix {
             max_live: 40,
@@ -817,11 +823,7 @@ fn a_clean_stop_during_a_joiners_catch_up_ends_no_session_on_the_members_that_st
     };
     let (mut answered, mut kept) = (0, 0);
     for_each_seed(64, |seed| {
-        let faults = Faults {
-            latency: (Duration::from_micros(20), ms(2)),
-            max_chunk: 256,
-            ..Faults::default()
-        };
+        let faults = transfer_faults();
         let mut c = Cluster::new(seed, faults, &cfg, 3);
         let mix = Mix {
             max_live: 20,

@@ -92,11 +92,7 @@ fn donor_leaves(seeds: u64) {
     };
     let mut f = Figures::default();
     for_each_seed(seeds, |seed| {
-        let faults = Faults {
-            latency: (Duration::from_micros(20), ms(2)),
-            max_chunk: 256,
-            ..Faults::default()
-        };
+        let faults = super::transfer_faults();
         let mut c = Cluster::new(seed, faults, &cfg, 3);
         for n in c.up() {
             c.sim.call(n, |node, _| node.pace_transfers(ms(2)));
@@ -261,11 +257,7 @@ fn a_member_started_again_after_a_clean_stop_is_ready_only_with_every_session() 
     };
     let mut restarts = 0;
     for_each_seed(64, |seed| {
-        let faults = Faults {
-            latency: (Duration::from_micros(20), ms(2)),
-            max_chunk: 256,
-            ..Faults::default()
-        };
+        let faults = super::transfer_faults();
         let mut c = Cluster::new(seed, faults, &cfg, 2);
         for n in 0..c.w.between(10, 40) {
             c.create_on(NodeId(n as usize % 2), &[Op::Set("a")]);
