@@ -23,7 +23,10 @@ use std::time::Duration;
 use tribecast::membership::mcast;
 use tribecast::membership::record::{self, Kind, McastRecord};
 use tribecast::wire::frame::PROTOCOL_VERSION;
-use tribecast::{ChannelConfig, ClusterKey, GroupChannel, McastConfig, Member, MemberId};
+use tribecast::{
+    ChannelConfig, ClusterConfig, ClusterKey, GroupChannel, ManagerKind, McastConfig, Member,
+    MemberId, SendOptions, SimpleTcpCluster,
+};
 
 /// The group port chosen by the outer test for this run.
 const PORT_ENV: &str = "TRIBECAST_TEST_MCAST_PORT";
@@ -108,6 +111,15 @@ fn multicast_default_interface_on_lo_forms_a_group() {
 #[test]
 fn multicast_graceful_stop_is_one_departure() {
     run_in_netns("inner_leave_once");
+}
+
+/// A BackupManager member found by multicast stops cleanly right after many asynchronous
+/// changes: the member that stays holds every session as it was last changed. The multicast
+/// leave must not reach it (and make it take the sessions over, refusing the late changes as
+/// stale) before those changes.
+#[test]
+fn multicast_clean_stop_keeps_the_last_asynchronous_changes() {
+    run_in_netns("inner_stop_flush");
 }
 
 /// With a cluster key: members without it or with another are never seen (nor see the keyed
@@ -768,5 +780,50 @@ fn inner_keyed() {
     );
     for ch in [&a, &b2, &plain, &wrong] {
         ch.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A clean stop with multicast membership
+// ---------------------------------------------------------------------------------------------
+
+/// See `multicast_clean_stop_keeps_the_last_asynchronous_changes`.
+#[test]
+#[ignore = "runs only inside the namespace made by multicast_clean_stop_keeps_the_last_asynchronous_changes"]
+fn inner_stop_flush() {
+    if !in_private_netns("inner_stop_flush") {
+        return;
+    }
+    init_logs();
+    let group = group();
+    let node = |route: &str| {
+        let mut cfg = ClusterConfig::default();
+        cfg.manager.kind = ManagerKind::Backup;
+        cfg.manager.map_send_options = SendOptions::ASYNCHRONOUS;
+        cfg.channel_send_options = SendOptions::ASYNCHRONOUS;
+        cfg.channel = ChannelConfig::loopback(route);
+        cfg.channel.membership.ping_interval = Duration::from_millis(NO_PINGS_MS);
+        cfg.channel.membership.mcast = Some({
+            let mut mcast = McastConfig::default();
+            mcast.address = *group.ip();
+            mcast.port = group.port();
+            mcast.frequency = Duration::from_millis(FREQ_MS);
+            mcast.drop_time = Duration::from_millis(DROP_MS);
+            mcast.bind = IFACE;
+            mcast
+        });
+        cfg.jvm_route = route.into();
+        let c = SimpleTcpCluster::new(cfg).expect("config");
+        c.add_application("/app");
+        c.start().expect("start");
+        c
+    };
+    for attempt in 1..=3 {
+        let nodes = [node("server1"), node("server2")];
+        wait_for("the two find each other", LIMIT, || {
+            nodes.iter().all(|n| n.channel().members().len() == 1)
+        });
+        stop_flush::assert_none_behind(&nodes, &format!("multicast, attempt {attempt}"));
+        nodes[1].stop();
     }
 }

@@ -78,7 +78,10 @@ struct McastRx {
 /// What the membership thread hears.
 pub enum Event {
     Heard(Member, Source),
+    /// A goodbye on a connection, handled after every frame before it.
     Left(MemberId),
+    /// A multicast leave datagram: it can overtake the member's last frames.
+    LeaveDatagram(MemberId),
     /// A new incarnation of the member shook hands: it restarted.
     Restarted(MemberId),
     SendFailed(MemberId, String),
@@ -96,6 +99,12 @@ pub trait Sink: Send + Sync + 'static {
     fn probe(&self, addr: SocketAddr, timeout: Duration) -> Result<Member, SendFailure>;
     /// Pings a member on its data connection.
     fn ping(&self, m: &Member, read_test: bool, timeout: Duration) -> Result<(), SendFailure>;
+    /// Whether the member has a connection open to us whose frames may still be handled. Its
+    /// leave datagram is then not acted on: the goodbye it writes on that connection, behind
+    /// its last frames, ends it (or its silence does, after the drop time).
+    fn connected(&self, _id: &MemberId) -> bool {
+        false
+    }
 }
 
 enum Job {
@@ -266,6 +275,11 @@ impl MembershipService {
                         Event::Stop => return,
                         Event::Heard(m, source) => state.heard(&m, source, now),
                         Event::Left(id) => state.left(&id, now),
+                        Event::LeaveDatagram(id) if sink2.connected(&id) => {
+                            debug!("Leave datagram of member {id} not acted on: its connection is still open, and its goodbye there comes after its last messages");
+                            None
+                        }
+                        Event::LeaveDatagram(id) => state.left(&id, now),
                         Event::Restarted(id) => state.restarted(&id),
                         Event::SendFailed(id, why) => state.send_failed(&id, &why),
                         Event::Verified(id, alive, why) => state.verified(&id, alive, &why, now),
@@ -299,17 +313,13 @@ impl MembershipService {
         self.events.clone()
     }
 
-    /// Sends the leave datagram and joins the threads. Safe to call twice.
-    pub fn stop(&mut self) {
-        if let Some((sock, beacon, group)) = self.leave.take() {
-            match beacon.datagram(Kind::Leave, 0) {
-                Ok(bytes) => {
-                    if let Err(e) = sock.send_to(&bytes, group) {
-                        warn!("Multicast leave datagram to {group} failed: {e}");
-                    }
-                }
-                Err(e) => warn!("Cannot seal the leave datagram: {e}"),
-            }
+    /// Stops heartbeats and probing and joins the threads, without the leave datagram: a
+    /// stopping channel flushes its last messages first, and a leave heard before them would
+    /// let a member take this one's sessions over and refuse those messages as stale. Safe to
+    /// call twice.
+    pub fn stop_threads(&mut self) {
+        if self.threads.is_empty() {
+            return;
         }
         self.stop.store(true, Ordering::SeqCst);
         let _ = self
@@ -318,6 +328,22 @@ impl MembershipService {
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 warn!("A membership thread panicked");
+            }
+        }
+    }
+
+    /// Joins the threads, then sends the leave datagram (no heartbeat can follow it and bring
+    /// this member back on the others). Safe to call twice.
+    pub fn stop(&mut self) {
+        self.stop_threads();
+        if let Some((sock, beacon, group)) = self.leave.take() {
+            match beacon.datagram(Kind::Leave, 0) {
+                Ok(bytes) => {
+                    if let Err(e) = sock.send_to(&bytes, group) {
+                        warn!("Multicast leave datagram to {group} failed: {e}");
+                    }
+                }
+                Err(e) => warn!("Cannot seal the leave datagram: {e}"),
             }
         }
     }
@@ -492,7 +518,7 @@ fn mcast_rx(
         st.heartbeats_received.fetch_add(1, Ordering::Relaxed);
         let ev = match kind {
             Kind::Heartbeat => Event::Heard(rec.member, Source::Multicast),
-            Kind::Leave => Event::Left(rec.member.id),
+            Kind::Leave => Event::LeaveDatagram(rec.member.id),
         };
         notify(&events, ev, Some(&st));
     }

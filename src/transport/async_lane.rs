@@ -246,6 +246,18 @@ impl AsyncLane {
         self.lane.disconnect();
     }
 
+    /// Waits until the member has handled every frame written on this connection: a read-test
+    /// ping behind them, answered by the worker that handles the connection's frames in order.
+    /// False, with nothing written, when the lane cannot carry it (as for the goodbye), or when
+    /// no answer came in time.
+    pub fn barrier(&mut self, id: &Identity, deadline: Instant, timeout: Duration) -> bool {
+        if !self.lane.tx.may_say_goodbye() || !self.lane.is_connected() {
+            return false;
+        }
+        let member = self.member.clone();
+        self.lane.ping(&member, id, true, deadline, timeout).is_ok()
+    }
+
     /// Says goodbye on this lane's connection, behind the frames already written on it, if
     /// everything queued went out on it (see `TxSession::may_say_goodbye`); then closes.
     /// Returns false, with nothing written, when the caller must say it on a connection of its

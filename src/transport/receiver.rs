@@ -73,6 +73,9 @@ pub trait ReceiverHandler: Send + Sync + 'static {
     fn member_counters(&self, _member: &Member) -> Option<Arc<MemberCounters>> {
         None
     }
+    /// A connection of `member` opened (`open`: at its handshake) or ended (closed, and its last
+    /// work handled): while one is open, frames of `member` may still come and be handled.
+    fn peer_connection(&self, _member: &Member, _open: bool) {}
 }
 
 /// Counters of the receiver, readable while it runs.
@@ -205,6 +208,7 @@ impl NioReceiver {
             next_sweep: std::time::Instant::now() + rc.handshake_timeout,
             grown: false,
             ctl,
+            handler,
             key: cfg.cluster_key.clone(),
             refusals: RateLimit {
                 last: None,
@@ -454,6 +458,7 @@ struct EventLoop {
     /// Read buffers grew (or were handed to workers) since they were last given back.
     grown: bool,
     ctl: Arc<LoopCtl>,
+    handler: Arc<dyn ReceiverHandler>,
     key: Option<ClusterKey>,
     refusals: RateLimit,
 }
@@ -802,6 +807,7 @@ impl EventLoop {
                 debug!("Connection from {} is member [{m}]", c.shared.peer_addr);
                 mb.peer = Some(m.clone());
                 mb.key = key;
+                self.handler.peer_connection(&m, true);
                 // The goodbye connection of a leaving member must not announce it again.
                 if key.is_some_and(|k| k.lane != super::sender::LEAVE_LANE) {
                     mb.items.push_back(Item::Hello(m));
@@ -958,6 +964,9 @@ impl EventLoop {
             // max_connections until it is done, which bounds the work queue.
             mb.closed = true;
         } else {
+            if let Some(p) = mb.peer.take() {
+                self.handler.peer_connection(&p, false);
+            }
             drop(mb);
             self.free_slot(idx);
         }
@@ -1001,6 +1010,9 @@ fn worker(
                     None => {
                         mb.scheduled = false;
                         if mb.closed && ctl.release_tx.try_send(conn.token).is_ok() {
+                            if let Some(p) = mb.peer.take() {
+                                handler.peer_connection(&p, false);
+                            }
                             let _ = ctl.waker.wake();
                         }
                         break;

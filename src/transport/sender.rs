@@ -531,6 +531,30 @@ impl PooledParallelSender {
         })
     }
 
+    /// Writes the frames queued on every asynchronous lane (see `finish_async`), then waits
+    /// until each of `members` has handled them, within one send timeout in all: a read-test
+    /// ping behind them on its asynchronous lane. A stopping channel keeps its receiver
+    /// running meanwhile, so a member still working through our last messages finds us
+    /// there: neither its failure detector (a ping or a reply refused by a stopped receiver)
+    /// nor a leave heard first lets it take our sessions over and refuse those messages.
+    pub fn flush_to(&self, members: &[Member]) {
+        self.finish_async(Instant::now() + self.cfg.timeout);
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut lanes = self.async_lanes.lock();
+        for al in lanes.iter_mut().filter(|al| {
+            members
+                .iter()
+                .any(|m| al.member.id == m.id && al.member.addr == m.addr)
+        }) {
+            if !al.barrier(&self.id, deadline, self.cfg.timeout) {
+                debug!(
+                    "At stop, [{}] did not confirm it handled our last asynchronous messages",
+                    al.member
+                );
+            }
+        }
+    }
+
     /// Says goodbye to each member (best effort), then closes every connection. Frames still
     /// queued on the asynchronous lanes are written first (Tomcat's sender finishes its queue
     /// before it disconnects), within one send timeout in all: a member that does not read

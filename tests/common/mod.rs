@@ -7,6 +7,7 @@ pub mod client;
 pub mod netns;
 pub mod procs;
 pub mod raw;
+pub mod stop_flush;
 
 use parking_lot::Mutex;
 use std::sync::Arc;
