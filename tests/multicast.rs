@@ -86,6 +86,18 @@ fn group() -> SocketAddrV4 {
     SocketAddrV4::new(GROUP_ADDR, port)
 }
 
+/// The members' multicast settings: this run's group, the short heartbeat period and drop time,
+/// and `bind` as the multicast interface.
+fn test_mcast(group: &SocketAddrV4, bind: Option<Ipv4Addr>) -> McastConfig {
+    let mut mcast = McastConfig::default();
+    mcast.address = *group.ip();
+    mcast.port = group.port();
+    mcast.frequency = Duration::from_millis(FREQ_MS);
+    mcast.drop_time = Duration::from_millis(DROP_MS);
+    mcast.bind = bind;
+    mcast
+}
+
 #[test]
 fn multicast_cluster_discovers_leaves_drops_and_keeps_domains_apart() {
     run_in_netns("inner_cluster");
@@ -450,15 +462,7 @@ fn inner_hostile() {
     let group = group();
     let mut cfg = ChannelConfig::loopback("target");
     cfg.membership.ping_interval = Duration::from_millis(NO_PINGS_MS);
-    cfg.membership.mcast = Some({
-        let mut mcast = McastConfig::default();
-        mcast.address = *group.ip();
-        mcast.port = group.port();
-        mcast.frequency = Duration::from_millis(FREQ_MS);
-        mcast.drop_time = Duration::from_millis(DROP_MS);
-        mcast.bind = IFACE;
-        mcast
-    });
+    cfg.membership.mcast = Some(test_mcast(&group, IFACE));
     let ch = GroupChannel::new(cfg).expect("config");
     let events = Arc::new(Events::default());
     ch.add_membership_listener(events.clone());
@@ -575,14 +579,7 @@ fn inner_default_interface() {
     let group = group();
     let make = |name: &str| {
         let mut cfg = ChannelConfig::loopback(name);
-        cfg.membership.mcast = Some({
-            let mut mcast = McastConfig::default();
-            mcast.address = *group.ip();
-            mcast.port = group.port();
-            mcast.frequency = Duration::from_millis(FREQ_MS);
-            mcast.drop_time = Duration::from_millis(DROP_MS);
-            mcast
-        });
+        cfg.membership.mcast = Some(test_mcast(&group, None));
         let ch = GroupChannel::new(cfg).expect("config");
         ch.start().expect("start");
         ch
@@ -619,15 +616,7 @@ fn inner_leave_once() {
     let make = |name: &str| {
         let mut cfg = ChannelConfig::loopback(name);
         cfg.membership.ping_interval = Duration::from_millis(NO_PINGS_MS);
-        cfg.membership.mcast = Some({
-            let mut mcast = McastConfig::default();
-            mcast.address = *group.ip();
-            mcast.port = group.port();
-            mcast.frequency = Duration::from_millis(FREQ_MS);
-            mcast.drop_time = Duration::from_millis(DROP_MS);
-            mcast.bind = IFACE;
-            mcast
-        });
+        cfg.membership.mcast = Some(test_mcast(&group, IFACE));
         let ch = GroupChannel::new(cfg).expect("config");
         let ev = Arc::new(Events::default());
         ch.add_membership_listener(ev.clone());
@@ -663,15 +652,7 @@ fn inner_keyed() {
     }
     init_logs();
     let group = group();
-    let mc = {
-        let mut mcast = McastConfig::default();
-        mcast.address = *group.ip();
-        mcast.port = group.port();
-        mcast.frequency = Duration::from_millis(FREQ_MS);
-        mcast.drop_time = Duration::from_millis(DROP_MS);
-        mcast.bind = IFACE;
-        mcast
-    };
+    let mc = test_mcast(&group, IFACE);
     let key = ClusterKey::parse("3f1c0e6d2a9b8c7d6e5f40312233445566778899aabbccddeeff001122334455")
         .expect("key");
     let other = ClusterKey::random().expect("random key");
@@ -803,15 +784,7 @@ fn inner_stop_flush() {
         cfg.channel_send_options = SendOptions::ASYNCHRONOUS;
         cfg.channel = ChannelConfig::loopback(route);
         cfg.channel.membership.ping_interval = Duration::from_millis(NO_PINGS_MS);
-        cfg.channel.membership.mcast = Some({
-            let mut mcast = McastConfig::default();
-            mcast.address = *group.ip();
-            mcast.port = group.port();
-            mcast.frequency = Duration::from_millis(FREQ_MS);
-            mcast.drop_time = Duration::from_millis(DROP_MS);
-            mcast.bind = IFACE;
-            mcast
-        });
+        cfg.channel.membership.mcast = Some(test_mcast(&group, IFACE));
         cfg.jvm_route = route.into();
         let c = SimpleTcpCluster::new(cfg).expect("config");
         c.add_application("/app");
