@@ -798,6 +798,15 @@ impl DeltaCore {
             _ => return None,
         };
         let t = self.store.tombstone(old)?;
+        // An access under `old`, no newer than the change of id, from the member whose digest
+        // told it here: that member held the session under `new`, so its access was made
+        // before the change of id and came late (donor-leaves seed 96 with changes of id: the
+        // copy's writer had left, and a change of id that stands came undone here).
+        if let SessionMessage::Accessed { version, .. } = msg {
+            if t.told_by == Some(from) && *version <= t.version {
+                return None;
+            }
+        }
         let (new, renamed_at) = (t.renamed.clone()?, t.version);
         let copy = self.store.get(&new)?;
         let beyond =

@@ -1534,3 +1534,52 @@ fn a_copy_that_expires_here_untold_yields_to_a_newer_copy_of_a_member() {
     assert_eq!(events, vec![SessionEvent::Created(x.clone())]);
     assert_same_copy(&a, &b, &x);
 }
+
+/// Issue 12, donor-leaves seed 96 with changes of id: C took B's change of id X -> N (which
+/// stands) from B's digest after A left, A having brought C's copy of X. B's ACCESSED of X,
+/// sent before its change of id and come late, is no sign that the change of id failed: the
+/// session stays under N on C, as on B.
+#[test]
+fn a_change_of_id_told_by_a_digest_is_not_undone_by_a_late_access_of_its_teller() {
+    let (mut a, mut b, mut c) = three();
+    b.set_members(vec![A, C], 0);
+    c.set_members(vec![A, B], 0);
+    let x = a.create(0).unwrap();
+    let created = a.end_request(&x, 0);
+    deliver(created.clone(), A, &mut b);
+    deliver(created, A, &mut c);
+    // B serves X (its ACCESSED comes late to C), then changes its id; the change of id does
+    // not reach C by itself.
+    let late = b.end_request(&x, 1);
+    assert!(
+        matches!(late[0].msg, SessionMessage::Accessed { .. }),
+        "{late:?}"
+    );
+    let (n, _lost, _) = b.change_id(&x).unwrap();
+    // A leaves: C learns the change of id from B's digest.
+    let digest = b.set_members(vec![C], 2);
+    assert!(c.set_members(vec![B], 2).len() == 1);
+    let mut events = Vec::new();
+    let mut asks = Vec::new();
+    for o in digest.into_iter().chain(late) {
+        let (outs, ev) = c.handle(B, &o.msg);
+        asks.extend(outs);
+        events.extend(ev);
+    }
+    // Whatever C asks B is answered.
+    for _ in 0..5 {
+        let answers = deliver(std::mem::take(&mut asks), C, &mut b);
+        for o in answers {
+            let (outs, ev) = c.handle(B, &o.msg);
+            asks.extend(outs);
+            events.extend(ev);
+        }
+    }
+    let flips = events
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::IdChanged { .. }))
+        .count();
+    assert!(c.session(&x).is_none(), "C holds X: {events:?}");
+    assert!(c.session(&n).is_some(), "C lacks N: {events:?}");
+    assert_eq!(flips, 1, "{events:?}");
+}
