@@ -12,6 +12,7 @@ use super::id::SessionId;
 use super::model::{Checked, DeltaOp, Session, SessionState};
 use super::reconcile::{fingerprint, Stamp};
 use super::table::SessionTable;
+use crate::member::MemberId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -144,6 +145,8 @@ pub struct Tombstone {
     /// A change of id undone here ([`ReplicaStore::undo_rename`]): `renamed` leads back to
     /// the id the session had before it.
     pub undone: bool,
+    /// Renamed here as this member's digest told (it held the session under the new id).
+    pub told_by: Option<MemberId>,
 }
 
 /// Until when a copy of `s` elsewhere may still be alive: twice its max inactive interval after
@@ -389,6 +392,13 @@ impl ReplicaStore {
         }
     }
 
+    /// `old` was renamed here as `by`'s digest told.
+    pub fn note_rename_told_by(&mut self, old: &SessionId, by: MemberId) {
+        if let Some(t) = self.tombstones.get_mut(old).filter(|t| t.renamed.is_some()) {
+            t.told_by = Some(by);
+        }
+    }
+
     /// Whether `id` is the new id of a change of id undone here ([`Self::undo_rename`]): a
     /// copy sent under it is the state of the dead member that made the change of id (one
     /// that took it before the undo still answers with it: seed 427 of the kill -9
@@ -424,6 +434,7 @@ impl ReplicaStore {
             version,
             relevant_until_ms: until,
             undone: false,
+            told_by: None,
         };
         if self.tombstones.insert(id.clone(), t).is_none() {
             self.tombstone_order.push_back(id);

@@ -1173,10 +1173,22 @@ pub fn holds(sim: &Sim<DeltaNode>, world: &World, n: NodeId, change: &Change) ->
                 })
             }) || chain.last().is_some_and(|last| {
                 world.oracle.ended.contains(last) || node.core().store().is_ended(last)
-            })
+            }) || ended_under_an_earlier_id(node, &chain)
         }
         Change::Ended(id) => node.copy(id).is_none(),
     }
+}
+
+/// Whether node `n` ended the session under an id of its `chain` and holds no copy under any:
+/// a change of id after that id failed (its maker died before any member had it) or was
+/// undone, and the session ended under the id it went on with. (Whether the change of id
+/// stood elsewhere is for the convergence and lost-session checks.)
+fn ended_under_an_earlier_id(node: &DeltaNode, chain: &[SessionId]) -> bool {
+    let store = node.core().store();
+    chain.iter().all(|id| node.copy(id).is_none())
+        && chain
+            .iter()
+            .any(|id| store.tombstone(id).is_some_and(|t| t.renamed.is_none()))
 }
 
 /// Installs the DeltaManager invariants, each checked after every step:

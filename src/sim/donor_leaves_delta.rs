@@ -102,12 +102,8 @@ fn donor_leaves(seeds: u64) {
             c.create_on(NodeId(i as usize % 3), &[Op::Set("a")]);
         }
         c.settle(ms(200));
-        // No change of id: with them, seed 96 shows a DeltaCore change-of-id bug of its own (a
-        // rename learnt from a digest keeps the departed writer, and a late ACCESSED under the
-        // old id from the live renamer undoes it), left to the change-of-id work.
         let mix = Mix {
             max_live: 100,
-            change_id: 0,
             ..Mix::default()
         };
         // The joiner asks the lowest member of its view.

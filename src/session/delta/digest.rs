@@ -265,7 +265,7 @@ impl DeltaCore {
                     }
                 }
                 DigestEntry::Renamed(old, new, at) => {
-                    events.extend(self.rename_as_told(how, old, new, *at));
+                    events.extend(self.rename_as_told(how, from, old, new, *at));
                 }
                 DigestEntry::Live(id, theirs) => {
                     let cur = self.store.resolve(id).clone();
@@ -368,11 +368,12 @@ impl DeltaCore {
         }
     }
 
-    /// A change of id another member tells of (made at version `at`, 0 if unknown), applied
-    /// to the copy held here.
+    /// A change of id member `from` tells of (made at version `at`, 0 if unknown), applied to
+    /// the copy held here.
     fn rename_as_told(
         &mut self,
         how: Reading,
+        from: MemberId,
         old: &SessionId,
         new: &SessionId,
         at: u64,
@@ -425,6 +426,10 @@ impl DeltaCore {
         {
             return None;
         }
+        // The copy keeps the member that brought its version as its writer: if that member
+        // left, a late ACCESSED of `from` under `old` would look like the dead member's change
+        // of id failing (`DeltaCore::undo_a_dead_members_change_of_id`).
+        self.store.note_rename_told_by(old, from);
         Some(SessionEvent::IdChanged {
             old: old.clone(),
             new: new.clone(),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod digest;
+mod refused;
 
 /// Bytes of sessions (by [`Session::size`]) in one state-transfer chunk, at most, well under
 /// any `max_frame_size`: a session larger than this goes alone in its chunk (the session size
@@ -87,15 +88,10 @@ pub struct DeltaCore {
     /// State transfers under way from this node, by joiner: one chunk leaves per
     /// [`DeltaCore::next_chunk`], so no snapshot of the store is ever made.
     donations: std::collections::BTreeMap<MemberId, Donation>,
-    /// Sessions ended here, by the members whose changes to them were refused here since
-    /// (at most [`MAX_REFUSED`]): such a member's live copy of one is above the end only by
-    /// changes never acknowledged, and does not bring the session back (`merge`).
-    refused: std::collections::BTreeMap<SessionId, BTreeSet<MemberId>>,
+    /// Ended sessions, by the members whose live copies of them do not bring them back
+    /// here (`merge`; see [`refused`]).
+    refused: refused::Refusals,
 }
-
-/// Ended sessions whose refused changes are remembered, at most (the oldest by id are
-/// forgotten: such an end then yields to a live copy above it, as after a partition).
-const MAX_REFUSED: usize = 10_000;
 
 impl DeltaCore {
     pub fn new(cfg: DeltaConfig, route: &str) -> DeltaCore {
@@ -201,10 +197,7 @@ impl DeltaCore {
             .retain(|m, _| members.binary_search(m).is_ok());
         // A member that left may come back from a partition whose changes were acknowledged
         // without this one: its copies win over an end by version again.
-        self.refused.retain(|_, by| {
-            by.retain(|m| !gone.contains(m));
-            !by.is_empty()
-        });
+        self.refused.forget_members(&gone);
         if !self.ready {
             return Vec::new();
         }
@@ -310,15 +303,16 @@ impl DeltaCore {
                     }
                 }
                 None => {
-                    let refused_here = self.refused.get(&id).is_some_and(|by| by.contains(&from));
                     let back = match self.store.tombstone(&id) {
                         Some(t) if t.renamed.is_some() => false,
                         // The sender went on from a copy without the end, in this member's
                         // view, and its changes were refused here: its copy is above the end
                         // only by changes never acknowledged (seed 379 of the kill -9
                         // simulation: an end that reached only this member before its maker
-                        // died came undone by the sender's answer to a digest).
-                        Some(_) if refused_here => false,
+                        // died came undone by the sender's answer to a digest). Or this node
+                        // ended the session and told the sender, whose copy was made before
+                        // the end reached it (seed 366: a copy asked for before a logout).
+                        Some(_) if self.refused.refuses(&id, from) => false,
                         Some(t) => live_beats_end(theirs.version, t.version),
                         None => true,
                     };
@@ -425,18 +419,31 @@ impl DeltaCore {
 
     /// Ends a session everywhere (invalidate).
     pub fn invalidate(&mut self, id: &SessionId) -> (Vec<Out>, Vec<SessionEvent>) {
+        self.end_here(id, true)
+    }
+
+    /// Ends a session here and, if `tell`, on every member. Told, the end wins here over every
+    /// copy the members in view hold now (`refused`): each ends its own when the end arrives,
+    /// so a copy of theirs still on its way (the answer to a question asked before the end)
+    /// that brought the session back here would live on here alone, and undo a logout (seed
+    /// 366 of the kill -9 simulation with route rebinding). Not told (a copy served elsewhere
+    /// expiring here), the others keep their copies, which still win by version.
+    fn end_here(&mut self, id: &SessionId, tell: bool) -> (Vec<Out>, Vec<SessionEvent>) {
         let announced = !self.unannounced.remove(id);
         match self.store.end(id) {
-            Some(s) if announced => (
-                vec![Out {
-                    dest: Dest::All,
-                    msg: SessionMessage::Expired {
-                        id: id.clone(),
-                        version: s.version(),
-                    },
-                }],
-                vec![SessionEvent::Destroyed(id.clone())],
-            ),
+            Some(s) if announced && tell => {
+                self.refused.add(id, self.members.iter().copied());
+                (
+                    vec![Out {
+                        dest: Dest::All,
+                        msg: SessionMessage::Expired {
+                            id: id.clone(),
+                            version: s.version(),
+                        },
+                    }],
+                    vec![SessionEvent::Destroyed(id.clone())],
+                )
+            }
             Some(_) => (Vec::new(), vec![SessionEvent::Destroyed(id.clone())]),
             None => (Vec::new(), Vec::new()),
         }
@@ -541,13 +548,11 @@ impl DeltaCore {
             .cloned()
             .collect();
         for id in due {
-            let primary = self.store.get(&id).is_some_and(|s| s.served.here);
-            let (o, e) = self.invalidate(&id);
             // Only the node that served it last tells the others (Tomcat: a backup copy expires
             // locally): a replica whose access time is stale must not end a session in use.
-            if primary {
-                outs.extend(o);
-            }
+            let primary = self.store.get(&id).is_some_and(|s| s.served.here);
+            let (o, e) = self.end_here(&id, primary);
+            outs.extend(o);
             events.extend(e);
         }
         (outs, events)
@@ -793,6 +798,15 @@ impl DeltaCore {
             _ => return None,
         };
         let t = self.store.tombstone(old)?;
+        // An access under `old`, no newer than the change of id, from the member whose digest
+        // told it here: that member held the session under `new`, so its access was made
+        // before the change of id and came late (donor-leaves seed 96 with changes of id: the
+        // copy's writer had left, and a change of id that stands came undone here).
+        if let SessionMessage::Accessed { version, .. } = msg {
+            if t.told_by == Some(from) && *version <= t.version {
+                return None;
+            }
+        }
         let (new, renamed_at) = (t.renamed.clone()?, t.version);
         let copy = self.store.get(&new)?;
         let beyond =
@@ -845,10 +859,7 @@ impl DeltaCore {
     ) -> (Vec<Out>, Vec<SessionEvent>) {
         let mut events = Vec::new();
         if let Some(id) = self.ended_here(msg) {
-            if self.refused.len() >= MAX_REFUSED && !self.refused.contains_key(&id) {
-                self.refused.pop_first();
-            }
-            self.refused.entry(id).or_default().insert(from);
+            self.refused.add(&id, [from]);
         }
         let existed = |c: &DeltaCore, id: &SessionId| c.store.get(id).is_some();
         let before: Vec<(SessionId, bool)> = match msg {
