@@ -123,6 +123,7 @@ impl BackupCore {
                 let drop = BackupMessage::Drop {
                     id: id.clone(),
                     epoch: e.epoch,
+                    version: u64::MAX,
                 };
                 outs.push(Self::to(*b, drop));
             }
@@ -206,6 +207,7 @@ impl BackupCore {
                 BackupMessage::Drop {
                     id: id.clone(),
                     epoch,
+                    version: u64::MAX,
                 }
             };
             return vec![Self::to(from, msg)];
@@ -273,6 +275,7 @@ impl BackupCore {
                     ends.push((id.clone(), ended));
                 }
                 outs.extend(self.renamed_claim_reply(id, stamp.version, from));
+                outs.extend(self.ask_again(id, from));
             }
             let yields = self.entries.get(id).is_some_and(|e| {
                 matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
