@@ -52,19 +52,6 @@ impl BackupCore {
         self.fetching.contains_key(id)
     }
 
-    /// `from` says it serves `id` (a `Digest` entry) while a fetch here still awaits its answer:
-    /// asks it again. Its answer may be lost: it answered before it noticed this node restart,
-    /// on the connection to the old life, then failed the session over and listed this node
-    /// again. Without a new question the fetch waited for that answer until its deadline and
-    /// the request found no session, which the sender served all along (the kill -9 loop
-    /// simulation between requests with the older lane model, seed 36).
-    pub(super) fn ask_again(&self, id: &SessionId, from: MemberId) -> Option<Out> {
-        let f = self.fetching.get(id)?;
-        f.waiting
-            .contains(&from)
-            .then(|| Self::to(from, BackupMessage::Fetch { id: id.clone() }))
-    }
-
     /// Gives up a fetch (timeout).
     pub fn end_fetch(&mut self, id: &SessionId) -> Vec<Out> {
         // Serve the best copy answered, or the one held here: a member that never answered (it

@@ -275,7 +275,6 @@ impl BackupCore {
                     ends.push((id.clone(), ended));
                 }
                 outs.extend(self.renamed_claim_reply(id, stamp.version, from));
-                outs.extend(self.ask_again(id, from));
             }
             let yields = self.entries.get(id).is_some_and(|e| {
                 matches!(e.role, Role::Primary { .. }) && e.claim(local) < (*epoch, from)
