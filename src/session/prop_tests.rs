@@ -268,7 +268,11 @@ fn arb_backup_message() -> impl Strategy<Value = BackupMessage> {
                 last_accessed_ms,
             }
         ),
-        (arb_id(), arb_u64()).prop_map(|(id, epoch)| BackupMessage::Drop { id, epoch }),
+        (arb_id(), arb_u64(), arb_u64()).prop_map(|(id, epoch, version)| BackupMessage::Drop {
+            id,
+            epoch,
+            version
+        }),
         (arb_id(), arb_u64(), arb_u64())
             .prop_map(|(id, epoch, version)| { BackupMessage::Expired { id, epoch, version } }),
         (arb_id(), arb_id(), arb_u64(), arb_members()).prop_map(|(old, new, epoch, backups)| {

@@ -27,7 +27,7 @@ use super::*;
 use crate::member::MemberId;
 use crate::session::backup::{placement, BackupConfig, BackupCore, BackupMessage, Out};
 use crate::session::reconcile::{fingerprint, live_beats_end, reconcile};
-use crate::session::{Dest, Session, SessionId, SessionMerger, SessionState, Stamp};
+use crate::session::{Dest, Session, SessionEvent, SessionId, SessionMerger, SessionState, Stamp};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -716,7 +716,8 @@ impl Cluster {
     /// At quiescence: every session whose creation was acknowledged and whose end was not is
     /// held under exactly one of its ids, by one primary and its placement's backups, at a
     /// version no older than its last acknowledged one; a session whose end was acknowledged
-    /// is nowhere; no member holds a session no user has. Returns the holder counts.
+    /// is nowhere; no member holds a session no user has, except under the new id of a change
+    /// of id its user never got (see [`Cluster::unacked_renames`]). Returns the holder counts.
     fn assert_settled(&self) -> Holders {
         let mut holders = Holders::new();
         let w = self.world.borrow();
@@ -743,6 +744,14 @@ impl Cluster {
             // Ended by the application, unacknowledged: the end may or may not have reached
             // the copies that survive.
             let ended = chain.iter().any(|id| w.oracle.ended.contains(id));
+            // Earlier ids held only as leftovers (see `is_leftover`) do not count: the session
+            // is checked under its latest id held.
+            let held: Vec<&SessionId> = match held.split_last() {
+                Some((last, earlier)) if earlier.iter().all(|id| self.is_leftover(id)) => {
+                    vec![*last]
+                }
+                _ => held,
+            };
             match (&held[..], acked) {
                 ([], None) => {}
                 ([], Some(_)) if ended => {}
@@ -764,18 +773,20 @@ impl Cluster {
                 (ids, _) => errors.push(format!("one session is held under ids {ids:?}")),
             }
         }
+        let unacked = self.unacked_renames(&owned);
         for n in self.up() {
             let node = self.sim.node(n);
             let listed = node.core().len();
             let known = owned
                 .iter()
+                .chain(&unacked)
                 .filter(|id| node.core().session(id).is_some())
                 .count();
             if listed != known {
                 let extra: Vec<String> = node
                     .core()
                     .ids()
-                    .filter(|id| !owned.contains(*id))
+                    .filter(|id| !owned.contains(*id) && !unacked.contains(*id))
                     .map(|id| id.to_string())
                     .collect();
                 errors.push(format!(
@@ -792,6 +803,65 @@ impl Cluster {
             ));
         }
         holders
+    }
+
+    /// The new ids of changes of id made on a session a user has (`owned`: every id its user got)
+    /// that its user never got, with an end: a kill -9 of the renaming primary between its
+    /// `ChangeId`s (or a `ChangeId` written but lost at a reset) leaves the old id on one holder
+    /// and the new one on another; the request fails, its user keeps the old id and may go on
+    /// with it on the holder that kept it, and the new id, which no user has, lives on where it
+    /// went until it expires (docs/RELIABILITY.md, BackupManager: "a change of id whose request
+    /// failed"). Nothing acknowledged is lost, and neither id may be ended in its place: no
+    /// member can tell which of the two the user holds. The bound: such a session expires after
+    /// its max inactive interval, which must therefore be finite (non-zero).
+    fn unacked_renames(&self, owned: &BTreeSet<SessionId>) -> BTreeSet<SessionId> {
+        let mut unacked: BTreeSet<SessionId> = BTreeSet::new();
+        // A chain of such renames is followed a few steps (each step needs a new kill).
+        for _ in 0..4 {
+            let before = unacked.len();
+            for n in self.sim.node_ids() {
+                for (_, e) in &self.sim.node(n).journal.events {
+                    if let SessionEvent::IdChanged { old, new } = e {
+                        let from_owned = owned.contains(old) || unacked.contains(old);
+                        if from_owned && !owned.contains(new) {
+                            unacked.insert(new.clone());
+                        }
+                    }
+                }
+            }
+            if unacked.len() == before {
+                break;
+            }
+        }
+        unacked.retain(|id| {
+            self.up().iter().all(|n| {
+                self.sim
+                    .node(*n)
+                    .core()
+                    .session(id)
+                    .is_none_or(|s| s.max_inactive() > Duration::ZERO)
+            })
+        });
+        unacked
+    }
+
+    /// Whether every live copy of `id` (an id its session had before its latest one) is a
+    /// former holder's, kept until a `Drop` that was lost: a holder retired before the change
+    /// of id (its primary's `Drop` written on a connection a reset then cut, the primary killed
+    /// soon after) is no holder the renamer knows, and its `ChangeId` does not go there. No
+    /// member serves or counts on that copy (not a primary, not a listed backup in step), and it
+    /// cannot be ended without a rule that would also end the copy a user whose change of id
+    /// failed goes on with (see [`Cluster::unacked_renames`]). The bound: a backup copy expires
+    /// on its own at twice its max inactive interval, which must be finite (non-zero).
+    fn is_leftover(&self, id: &SessionId) -> bool {
+        self.up().iter().all(|n| {
+            let core = self.sim.node(*n).core();
+            core.session(id).is_none_or(|s| {
+                !core.is_primary(id)
+                    && !core.is_current_copy(id)
+                    && s.max_inactive() > Duration::ZERO
+            })
+        })
     }
 
     /// Every id any session had.

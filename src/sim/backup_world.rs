@@ -291,7 +291,8 @@ type Seen = HashMap<(NodeId, u64, SessionId), u64>;
 /// - `acked-is-on-every-acker`: when a change is acknowledged, every member that acked it (and
 ///   is still in the same life) holds it, unless it was told to drop the session meanwhile (it
 ///   then holds no copy and no primary counts on it: none lists it as a backup, or the one that
-///   does still owes it a copy). While a partition heals (`World::healing`), not for a session
+///   does still owes it a copy; "holds" counts the acked change's id and the session's later
+///   ids, not an earlier id a change of id missed). While a partition heals (`World::healing`), not for a session
 ///   a member of the other side of the split (`World::split`) serves: the acker may follow
 ///   that claimant's copy until the reconciliation.
 pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
@@ -412,11 +413,17 @@ pub fn check_backup(sim: &mut Sim<BackupNode>, world: &SharedWorld) {
                 {
                     continue;
                 }
-                let has_copy = chain.iter().any(|c| sim.node(n).core().session(c).is_some());
+                // The acked change's id and the ids the session had after it: a copy of an
+                // earlier id is a leftover of a change of id that missed the acker (its `Drop`
+                // or `ChangeId` lost with a dead primary), not this change's copy going back;
+                // the end of the run checks that no session is held under two ids.
+                let since = chain.iter().position(|c| c == id).unwrap_or(0);
+                let later = &chain[since..];
+                let has_copy = later.iter().any(|c| sim.node(n).core().session(c).is_some());
                 // A primary still handing the session over to it will send its copy.
                 let me = sim_member(n).id;
                 let counted_on = sim.node_ids().filter(|p| sim.is_up(*p)).any(|p| {
-                    chain.iter().any(|c| {
+                    later.iter().any(|c| {
                         let core = sim.node(p).core();
                         core.backups_of(c).is_some_and(|b| b.contains(&me))
                             && !core.awaits_copy(c, me)

@@ -241,6 +241,7 @@ impl BackupCore {
             BackupMessage::Drop {
                 id: id.clone(),
                 epoch: e.epoch,
+                version: u64::MAX,
             },
         )];
         if backups.contains(&from) {

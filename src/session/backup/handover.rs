@@ -124,6 +124,9 @@ impl BackupCore {
         handover.retire.clear();
         handover.retire_all = false;
         let epoch = e.epoch;
+        // The copies retired are those not newer than this primary's: a holder that handed a
+        // newer one on (`follow`) keeps it until this primary answers its `Orphan`.
+        let version = e.session.version();
         targets
             .into_iter()
             .map(|m| {
@@ -132,6 +135,7 @@ impl BackupCore {
                     BackupMessage::Drop {
                         id: id.clone(),
                         epoch,
+                        version,
                     },
                 )
             })
@@ -292,11 +296,12 @@ impl BackupCore {
                 e.claim(local),
                 e.session.version(),
                 matches!(e.role, Role::Primary { .. }),
+                e.synced,
             )
         });
         let take = match held {
             None => !self.superseded(id, c),
-            Some((ec, _, true)) => {
+            Some((ec, _, true, _)) => {
                 if c < ec {
                     // A superseded primary: tell it who serves the session now. Its
                     // copy outside this placement is then dropped (the Drop follows the
@@ -307,6 +312,7 @@ impl BackupCore {
                         let drop = BackupMessage::Drop {
                             id: id.clone(),
                             epoch: ec.0,
+                            version: u64::MAX,
                         };
                         outs.push(Self::to(from, drop));
                     }
@@ -318,9 +324,19 @@ impl BackupCore {
             // failed over on a holder's older copy). A higher claim's older copy is followed
             // without being taken, and `follow` hands this copy to the claimant, which takes it
             // or answers with `Drop` and its own copy (`newer_than_takeover`).
-            Some((ec, v, false)) => c >= ec && state.version >= v,
+            Some((ec, v, false, _)) => c >= ec && state.version >= v,
         };
-        let older_of_higher = matches!(held, Some((ec, v, false)) if c > ec && state.version < v);
+        let older_of_higher =
+            matches!(held, Some((ec, v, false, _)) if c > ec && state.version < v);
+        // The claim followed, whose copy this node still awaits (it followed a `NewPrimary`
+        // first), and older than the copy here: not taken, and handed on again, in case the
+        // `Orphan` sent when it followed was lost (the claimant then takes it, or answers with
+        // `Drop` and its copy).
+        let older_of_followed =
+            matches!(held, Some((ec, v, false, false)) if c == ec && state.version < v);
+        if older_of_followed {
+            outs.extend(self.hand_on(id, from));
+        }
         if older_of_higher {
             outs.extend(self.follow(id, from, epoch, backups, &Stamp::of(state), false));
         }
@@ -347,7 +363,12 @@ impl BackupCore {
         // asks for the ack (`newer_than_takeover`). Acknowledged, it let the claimant finish
         // its hand-over while the `Drop` had emptied this node and the copy was on its way
         // (detected restart and partition, seed 22 with the lanes failing sends at a reset).
-        if ack && (take || held.is_some_and(|h| h.0 == c)) {
+        //
+        // The same when the claimant's `NewPrimary` came first: the copy is then of the claim
+        // followed, still older than the one kept here (`older_of_followed`). Only a copy in
+        // step with the claim (a duplicate overtaken by a later change) is acknowledged
+        // without being taken.
+        if ack && (take || held.is_some_and(|h| h.0 == c && h.3)) {
             outs.push(ack_msg);
         }
         (outs, events)
@@ -371,6 +392,7 @@ impl BackupCore {
             let drop = BackupMessage::Drop {
                 id: id.clone(),
                 epoch,
+                version: u64::MAX,
             };
             outs.push(Self::to(from, drop));
             return outs;
@@ -385,6 +407,7 @@ impl BackupCore {
                 let drop = BackupMessage::Drop {
                     id: id.clone(),
                     epoch,
+                    version: u64::MAX,
                 };
                 outs.push(Self::to(from, drop));
             }
@@ -393,14 +416,38 @@ impl BackupCore {
         outs
     }
 
-    /// `Drop`: this node is no longer a holder of the session under claim `(epoch, from)`.
-    pub(super) fn on_drop(&mut self, from: MemberId, id: &SessionId, epoch: u64) {
+    /// `Drop`: this node is no longer a holder of the session under claim `(epoch, from)`, for a
+    /// copy up to `version`.
+    ///
+    /// A copy newer than `version` that awaits its claim's copy (`synced` false) is one this
+    /// node handed on to the claimant (`follow` sends it as an `Orphan`): the claimant's
+    /// hand-over ended before that `Orphan` arrived, and the copy may hold the only trace of
+    /// an acknowledged change (the dead primary's backup got it; the claimant failed over on
+    /// an older copy). It is kept and handed on again; the claimant takes it, or answers with
+    /// a `Drop` that names it. Dropped, the change was lost when this node's own fetch then
+    /// served the claimant's older copy (the kill -9 loop simulation between requests, with
+    /// the lanes failing sends at a reset, seed 292: version 21 served after 22 was
+    /// acknowledged).
+    pub(super) fn on_drop(
+        &mut self,
+        from: MemberId,
+        id: &SessionId,
+        epoch: u64,
+        version: u64,
+    ) -> Vec<Out> {
         let local = self.local;
         let c = (epoch, from);
         let drop = self
             .entries
             .get(id)
             .is_some_and(|e| matches!(e.role, Role::Backup { .. }) && e.claim(local) <= c);
+        let handed = self
+            .entries
+            .get(id)
+            .is_some_and(|e| !e.synced && e.session.version() > version);
+        if drop && handed {
+            return self.hand_on(id, from).into_iter().collect();
+        }
         if drop {
             if let Some(e) = self.entries.remove(id) {
                 let ec = e.claim(local);
@@ -410,6 +457,22 @@ impl BackupCore {
             // A copy from a lower claim still on its way is refused when it arrives.
             self.remember(id, c);
         }
+        Vec::new()
+    }
+
+    /// The copy held here, handed to the claimant `to` (`Orphan`, under the claim the copy
+    /// follows): it is newer than the claimant's.
+    fn hand_on(&self, id: &SessionId, to: MemberId) -> Option<Out> {
+        let e = self.entries.get(id)?;
+        let Role::Backup { primary, .. } = &e.role else {
+            return None;
+        };
+        let orphan = BackupMessage::Orphan {
+            state: e.session.state().clone(),
+            epoch: e.epoch,
+            primary: *primary,
+        };
+        Some(Self::to(to, orphan))
     }
 
     /// `NewPrimary`: `from` serves the session now, with backups `chosen`. A lower claim is

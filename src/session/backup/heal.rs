@@ -123,6 +123,7 @@ impl BackupCore {
                 let drop = BackupMessage::Drop {
                     id: id.clone(),
                     epoch: e.epoch,
+                    version: u64::MAX,
                 };
                 outs.push(Self::to(*b, drop));
             }
@@ -206,6 +207,7 @@ impl BackupCore {
                 BackupMessage::Drop {
                     id: id.clone(),
                     epoch,
+                    version: u64::MAX,
                 }
             };
             return vec![Self::to(from, msg)];

@@ -45,8 +45,15 @@ pub enum BackupMessage {
     },
     /// The receiver is no longer a backup of this session: sent only once the primary's
     /// current backups acknowledged their copies, so a session never has fewer copies than
-    /// before while it moves.
-    Drop { id: SessionId, epoch: u64 },
+    /// before while it moves. `version`: the newest copy the sender retires (its own, or one
+    /// it was handed and refused; `u64::MAX`: any). A holder of a newer copy that it handed
+    /// on to the sender (`Orphan`) keeps it until the sender answers: a hand-over that ended
+    /// before the `Orphan` arrived must not retire the only copy of an acknowledged change.
+    Drop {
+        id: SessionId,
+        epoch: u64,
+        version: u64,
+    },
     /// Ended (invalidated or expired). `version`: the session's version when it ended (a copy
     /// of a higher version lives on after a partition: see `reconcile::live_beats_end`).
     Expired {
@@ -125,7 +132,7 @@ impl BackupMessage {
             BackupMessage::Copy { state, epoch, .. } => Some((&state.id, *epoch)),
             BackupMessage::Delta { id, epoch, .. }
             | BackupMessage::Accessed { id, epoch, .. }
-            | BackupMessage::Drop { id, epoch }
+            | BackupMessage::Drop { id, epoch, .. }
             | BackupMessage::Expired { id, epoch, .. }
             | BackupMessage::NewPrimary { id, epoch, .. } => Some((id, *epoch)),
             BackupMessage::ChangeId { old, epoch, .. } => Some((old, *epoch)),

@@ -321,9 +321,8 @@ impl BackupCore {
                 self.on_accessed(from, id, *epoch, *version, *last_accessed_ms),
                 Vec::new(),
             ),
-            M::Drop { id, epoch } => {
-                self.on_drop(from, id, *epoch);
-                (Vec::new(), Vec::new())
+            M::Drop { id, epoch, version } => {
+                (self.on_drop(from, id, *epoch, *version), Vec::new())
             }
             M::Expired { id, epoch, version } => self.on_expired(from, id, *epoch, *version),
             M::ChangeId {

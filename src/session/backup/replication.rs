@@ -300,6 +300,14 @@ impl BackupCore {
 
     /// `GetCopy`: a backup that is behind gets a copy (listed backups only); a member asking
     /// for a session that ended here is told it ended.
+    ///
+    /// The copy asks for an ack, so a copy taken by a member this primary no longer counts as a
+    /// holder gets it a `Drop` (`on_copy_ack`): the asker may be a restarted backup's new life,
+    /// whose restart this primary noticed after it answered (it re-placed the session and
+    /// forgot the member while it was gone), with the copy still on its way, or overtaken by
+    /// the `Drop` this primary sent on the new life's connection (the kill -9 loop simulation
+    /// with lanes that fail at a reset, seeds 298 and 187: a stray copy on the restarted
+    /// member, never dropped).
     pub(super) fn on_get_copy(&self, from: MemberId, id: &SessionId) -> Vec<Out> {
         let mut outs: Vec<Out> = self.ended_reply(id, from).into_iter().collect();
         if let Some(e) = self.entries.get(id) {
@@ -311,7 +319,7 @@ impl BackupCore {
                             state: e.session.state().clone(),
                             backups: backups.clone(),
                             epoch: e.epoch,
-                            ack: false,
+                            ack: true,
                         },
                     ));
                 }
