@@ -147,6 +147,8 @@ pub(super) struct Figures {
     pub waited: u64,
     pub lost_sessions: u64,
     pub lost_changes: u64,
+    /// What the members' lanes did (with the lane protocol on).
+    pub lanes: crate::sim::frame_lanes::LaneStats,
 }
 
 /// The fault in progress.
@@ -179,7 +181,11 @@ impl Run {
 
     /// A run whose members rebind routes as `rebind` says.
     fn rebinding(seed: u64, members: usize, users: usize, quiet: bool, rebind: RebindRoute) -> Run {
-        let settings = BackupSimConfig { rebind, ..cfg(1) };
+        let settings = BackupSimConfig {
+            rebind,
+            retry_lanes: fault_users::lanes_from_env(false),
+            ..cfg(1)
+        };
         let mut c = Cluster::new(seed, latency(), &settings, members);
         let kills = 3 + c.w.below(3) as u32;
         let next_kill = ms(10) + c.w.duration_between(Duration::ZERO, ms(20));
@@ -798,6 +804,9 @@ fn run(seed: u64, members: usize, quiet: bool, rebind: RebindRoute, total: &mut 
     r.drive(ms(20));
     r.quiesce();
     r.assert_converged();
+    for n in r.c.sim.node_ids().collect::<Vec<_>>() {
+        r.f.lanes.add(&r.c.sim.node(n).lane_stats());
+    }
     if !r.errors.is_empty() {
         r.c.sim.fail(format_args!(
             "{} problems, e.g.:\n  {}",
@@ -828,6 +837,7 @@ impl Figures {
         self.waited += f.waited;
         self.lost_sessions += f.lost_sessions;
         self.lost_changes += f.lost_changes;
+        self.lanes.add(&f.lanes);
     }
 }
 

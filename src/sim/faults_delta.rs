@@ -154,6 +154,8 @@ pub(super) struct Figures {
     pub failed_by_reset: u64,
     pub lost_sessions: u64,
     pub lost_changes: u64,
+    /// What the members' lanes did (with the lane protocol on).
+    pub lanes: crate::sim::frame_lanes::LaneStats,
 }
 
 /// The fault in progress.
@@ -191,6 +193,7 @@ impl Run {
             rebind,
             // Production's 2 s re-ask of a lost state transfer, compressed as the faults are.
             shell_ticks: Some(ms(20)),
+            retry_lanes: fault_users::lanes_from_env(false),
             ..DeltaSimConfig::default()
         };
         let mut c = Cluster::new(seed, latency(), &settings, members);
@@ -709,6 +712,9 @@ fn run(seed: u64, members: usize, quiet: bool, rebind: RebindRoute, total: &mut 
     r.drive(ms(20));
     r.quiesce();
     r.assert_converged();
+    for n in r.c.sim.node_ids().collect::<Vec<_>>() {
+        r.f.lanes.add(&r.c.sim.node(n).lane_stats());
+    }
     r.f.failed_by_reset =
         r.c.sim
             .node_ids()
@@ -745,6 +751,7 @@ impl Figures {
         self.failed_by_reset += f.failed_by_reset;
         self.lost_sessions += f.lost_sessions;
         self.lost_changes += f.lost_changes;
+        self.lanes.add(&f.lanes);
     }
 }
 

@@ -18,6 +18,7 @@ pub(in crate::sim) fn trace(seed: u64) -> Trace {
         two_lanes: false,
         rebind: Default::default(),
         shell_ticks: None,
+        retry_lanes: None,
     };
     let mut c = Cluster::new(seed, jitter(), &cfg, 4);
     let mix = Mix {
