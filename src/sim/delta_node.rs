@@ -557,6 +557,12 @@ impl DeltaNode {
             .map(|w| format!("{:?}: acks from {:?}", w.change, w.pending))
     }
 
+    /// The tracked sends still waiting for acks, as [`DeltaNode::pending_of`] shows them.
+    pub fn waiting_sends(&self) -> Vec<String> {
+        let reqs = self.acks.waiting.keys();
+        reqs.filter_map(|r| self.pending_of(*r)).collect()
+    }
+
     /// Whether a send of `ticket` failed (a member refused it).
     pub fn failed(&self, ticket: &[u64]) -> bool {
         ticket.iter().any(|r| self.acks.has_failed(*r))

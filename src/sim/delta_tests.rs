@@ -742,6 +742,46 @@ fn with_resets_and_lanes_resent_frames_are_delivered_once() {
     }
 }
 
+/// With production's lane protocol, a member cut off by a firewall (connects get no answer,
+/// the views still list it) does not make sends wait forever: a send not acked within the
+/// lane's timeout fails (its request is answered), as production's `sender.timeout` fails it.
+#[test]
+fn with_lanes_a_send_to_a_member_that_never_answers_fails_at_its_deadline() {
+    let mut lanes = crate::sim::frame_lanes::LaneStats::default();
+    let mut failed = 0;
+    let cfg = DeltaSimConfig {
+        retry_lanes: Some(crate::sim::frame_lanes::LaneModel {
+            timeout: ms(30),
+            ..Default::default()
+        }),
+        ..DeltaSimConfig::default()
+    };
+    for_each_seed(8, |seed| {
+        let faults = Faults {
+            partitioned_connects_hang: true,
+            ..jitter()
+        };
+        let mut c = Cluster::new(seed, faults, &cfg, 3);
+        c.run_workload(ms(50), (Duration::ZERO, ms(2)), &Mix::default());
+        c.sim.fault(Fault::Partition(NodeId(0), NodeId(1)));
+        c.run_workload(ms(150), (Duration::ZERO, ms(2)), &Mix::default());
+        c.sim.fault(Fault::HealAll);
+        c.settle(ms(300));
+        for n in c.sim.node_ids().collect::<Vec<_>>() {
+            let node = c.sim.node(n);
+            lanes.add(&node.lane_stats());
+            failed += node.journal.failed_by_reset;
+            let waits = node.waiting_sends();
+            assert!(waits.is_empty(), "{n} still waits: {waits:?}");
+        }
+    });
+    eprintln!("hung member with lanes: {lanes:?}, {failed} sends failed");
+    assert_eq!(lanes.redelivered, 0, "{lanes:?}");
+    if !replaying() {
+        assert!(lanes.timeouts > 0 && failed > 0, "{lanes:?}");
+    }
+}
+
 /// A DELTA lost on a reset, with no later change to that session: the next ACCESSED (sent at
 /// the latest after half the max inactive interval) carries the session's version, shows the
 /// replica it is behind, and the replica asks for the session.

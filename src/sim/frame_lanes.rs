@@ -34,6 +34,8 @@ pub const MANAGER_LANES: u32 = 1 << 20;
 /// Timer tokens of the lanes' deadlines: `TIMER_BASE + 2 × destination + lane` (below the
 /// membership detector's tokens, above a manager node's own).
 pub const TIMER_BASE: u64 = 1 << 48;
+/// Timer token of the deadlines of the answers awaited for tracked sends.
+const ANSWERS_TIMER: u64 = TIMER_BASE + (1 << 31);
 /// Largest frame a node accepts.
 const MAX_FRAME: u32 = 16 << 20;
 /// Set (to anything) to print what each lane does: connects, frames written, broken
@@ -140,6 +142,11 @@ pub struct RetryLanes {
     out: RxOutput,
     /// Tracked sends given up on, not taken yet: (destination, request).
     failed: Vec<(NodeId, u64)>,
+    /// Tracked sends whose answer (the manager's ack or refusal) has not come, with their
+    /// deadline: production's synchronized-ack send waits for that answer within its timeout.
+    answers: BTreeMap<(NodeId, u64), Duration>,
+    /// The deadline the answers' timer is set for.
+    answers_timer: Option<Duration>,
     pub stats: LaneStats,
     /// [`TRACE_ENV`] is set.
     trace: bool,
@@ -169,6 +176,8 @@ impl RetryLanes {
             delivered: BTreeSet::new(),
             out: RxOutput::default(),
             failed: Vec::new(),
+            answers: BTreeMap::new(),
+            answers_timer: None,
             stats: LaneStats::default(),
             trace: std::env::var_os(TRACE_ENV).is_some(),
         }
@@ -203,15 +212,54 @@ impl RetryLanes {
             timer: None,
         });
         let seq = l.tx.next_seq();
+        let deadline = ctx.now() + self.model.timeout;
         let token = Token {
             body: body.into(),
             req,
-            deadline: ctx.now() + self.model.timeout,
+            deadline,
         };
         l.tx.push(seq, ack, token);
+        if req > 0 {
+            self.answers.insert((to, req), deadline);
+            self.arm_answers(ctx);
+        }
         self.arm(key, ctx);
         self.pump(key, ctx);
         (body.len() + frame::HEADER_LEN) as u64
+    }
+
+    /// `from` answered the tracked send `req` (acked or refused it): no deadline for it now.
+    pub fn answered(&mut self, from: NodeId, req: u64) {
+        self.answers.remove(&(from, req));
+    }
+
+    /// Sets the answers' timer at the earliest deadline of an answer awaited, if none is set.
+    fn arm_answers(&mut self, ctx: &mut Ctx<'_>) {
+        if self.answers_timer.is_some() {
+            return;
+        }
+        if let Some(&at) = self.answers.values().min() {
+            self.answers_timer = Some(at);
+            ctx.set_timer(at.saturating_sub(ctx.now()), ANSWERS_TIMER);
+        }
+    }
+
+    /// The answers' deadline: the tracked sends whose answer did not come in time fail.
+    fn answers_due(&mut self, ctx: &mut Ctx<'_>) {
+        self.answers_timer = None;
+        let now = ctx.now();
+        let late: Vec<(NodeId, u64)> = self
+            .answers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            self.answers.remove(&k);
+            self.stats.timeouts += 1;
+            self.failed.push(k);
+        }
+        self.arm_answers(ctx);
     }
 
     /// Sets the lane's timer at the earliest deadline of a frame it holds, if none is set.
@@ -297,14 +345,14 @@ impl RetryLanes {
         if l.tx.phase() == TxPhase::Closed {
             for f in l.tx.give_up(|t| t.deadline <= now) {
                 self.stats.timeouts += 1;
-                if f.token.req > 0 {
+                if f.token.req > 0 && self.answers.remove(&(key.0, f.token.req)).is_some() {
                     self.failed.push((key.0, f.token.req));
                 }
             }
         }
         while let Some(f) = l.tx.pop_failed() {
             self.stats.out_of_tries += 1;
-            if f.token.req > 0 {
+            if f.token.req > 0 && self.answers.remove(&(key.0, f.token.req)).is_some() {
                 self.failed.push((key.0, f.token.req));
             }
         }
@@ -398,7 +446,11 @@ impl RetryLanes {
     /// closed, as a sender whose ack did not come in time closes it). `false`: not a lane's
     /// timer.
     pub fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) -> bool {
-        if !(TIMER_BASE..TIMER_BASE + (1 << 32)).contains(&token) {
+        if token == ANSWERS_TIMER {
+            self.answers_due(ctx);
+            return true;
+        }
+        if !(TIMER_BASE..TIMER_BASE + (1 << 31)).contains(&token) {
             return false;
         }
         let n = token - TIMER_BASE;

@@ -167,7 +167,11 @@ impl Frames {
 
     /// `from` acked `req`: no reset of a connection to it fails that send any more.
     pub fn acked(&mut self, from: NodeId, req: u64) {
-        // With lanes, a frame is held only until its transport ack: nothing to forget.
+        if let Some(r) = &mut self.retry {
+            // A frame is held only until its transport ack; the answer's deadline goes.
+            r.answered(from, req);
+            return;
+        }
         for (to, reqs) in self.unacked.values_mut() {
             if *to == from {
                 reqs.remove(&req);
