@@ -190,7 +190,6 @@ impl RetryLanes {
 
     /// Holds `body` for `to` on `lane` (asking for a transport ack if `ack`), and writes what
     /// the lane allows. Returns the frame's length.
-    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
         to: NodeId,
