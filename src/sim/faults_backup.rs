@@ -182,9 +182,9 @@ impl Run {
 
     /// A run whose members rebind routes as `rebind` says.
     fn rebinding(seed: u64, members: usize, users: usize, quiet: bool, rebind: RebindRoute) -> Run {
-        // The lane protocol is on by default for kills between requests only: with kills at
-        // any moment it fails seeds not diagnosed yet (`kill_and_restart_loop_with_lanes_*`).
-        let lanes = fault_users::lanes_from_env(quiet);
+        // The lane protocol is on by default for kills between requests without rebinding
+        // only: otherwise it fails seeds not diagnosed yet (`kill_and_restart_loop_with_lanes_*`).
+        let lanes = fault_users::lanes_from_env(quiet && matches!(rebind, RebindRoute::Never));
         Run::with_lanes(seed, members, users, quiet, rebind, lanes)
     }
 
@@ -816,7 +816,7 @@ impl Run {
 
 /// One seed: faults while users work, then the users go on for `ms(20)` and the cluster settles.
 fn run(seed: u64, members: usize, quiet: bool, rebind: RebindRoute, total: &mut Figures) {
-    let lanes = fault_users::lanes_from_env(quiet);
+    let lanes = fault_users::lanes_from_env(quiet && matches!(rebind, RebindRoute::Never));
     run_with(seed, members, quiet, rebind, lanes, total);
 }
 
@@ -1021,5 +1021,22 @@ fn kill_and_restart_loop_with_lanes_at_any_moment_reproducer() {
             lanes,
             &mut total,
         );
+    }
+}
+
+/// Kills between requests with route rebinding over production's lanes: these seeds of the 500
+/// fail (a session held by a member its placement no longer names, at the end).
+#[test]
+#[ignore = "open: with the lane protocol and rebinding, kills between requests fail 3 of 500 seeds (9, 115, 462: an extra copy held at the end)"]
+fn kill_and_restart_loop_between_requests_with_rebinding_and_lanes_reproducer() {
+    let list = match std::env::var(crate::sim::SEED_ENV) {
+        Ok(_) => crate::sim::seeds(0),
+        Err(_) => vec![9, 115, 462],
+    };
+    let mut total = Figures::default();
+    for seed in list {
+        let lanes = Some(fault_users::kill_loop_lanes());
+        let rebind = RebindRoute::WhenRouteGone;
+        run_with(seed, members(seed), true, rebind, lanes, &mut total);
     }
 }
