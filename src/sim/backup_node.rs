@@ -30,6 +30,7 @@
 pub use super::backup_world::{check_backup, Acked, Change, SharedWorld, World};
 use super::delta_node::{now_ms, Op, Served, Val};
 use super::detected::{Detector, Routed, ViewEvent};
+use super::frame_lanes::{LaneModel, LaneStats};
 use super::frame_node::{count, edit, next_val, view_of, Acks, Frames, Lane, Wire};
 use super::lane_node::{node_of, sim_member, sim_members};
 use super::membership_node::MembershipSimConfig;
@@ -71,6 +72,11 @@ pub struct BackupSimConfig {
     pub two_lanes: bool,
     /// Route rebinding (`ManagerConfig::rebind_route`), done after each request's begin.
     pub rebind: RebindRoute,
+    /// Production's lane protocol under the messages (handshake, transport acks, duplicate
+    /// filter, retries on a new connection, deadlines; see `frame_lanes`); `None`: one plain
+    /// FIFO connection per destination. With it, the sends a lane gives up on fail (as
+    /// production's sender fails them) whether or not [`RESET_FAILS_ENV`] is set.
+    pub retry_lanes: Option<LaneModel>,
 }
 
 impl Default for BackupSimConfig {
@@ -81,6 +87,7 @@ impl Default for BackupSimConfig {
             rpc_timeout: Duration::from_millis(50),
             two_lanes: false,
             rebind: RebindRoute::Never,
+            retry_lanes: None,
         }
     }
 }
@@ -252,6 +259,9 @@ impl BackupNode {
         mgr.set_id_source(SimIds::from_run(rng));
         let mut frames = Frames::default();
         frames.two_lanes = cfg.two_lanes;
+        if let Some(model) = &cfg.retry_lanes {
+            frames.retry_lanes(model.clone(), id);
+        }
         BackupNode {
             id,
             cfg,
@@ -298,22 +308,42 @@ impl BackupNode {
 
     /// A connection from `from` was accepted; with [`RESET_FAILS_ENV`], a new life of `from`
     /// makes this node forget its connections to the old one (`Frames::accept_from`).
-    fn accept(&mut self, conn: ConnId, from: NodeId) {
-        if self.reset_fails {
+    fn accept(&mut self, conn: ConnId, from: NodeId, ctx: &mut Ctx<'_>) {
+        if self.reset_fails || self.frames.has_retry_lanes() {
             let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
-            self.frames.accept_from(conn, from, life);
+            self.frames.accept_from(conn, from, life, ctx);
+            let failed = self.frames.take_failed();
+            self.fail_sends(failed);
         } else {
             self.frames.accept(conn, from);
         }
     }
 
     fn frames_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
-        let Some((from, wires)) = self.frames.read(self.id, conn, bytes) else {
-            return;
-        };
-        for wire in wires {
-            self.receive(from, wire, ctx);
+        // On a connection this node opened: replies of its lanes, taken by `frames`.
+        if let Some((from, wires)) = self.frames.read(self.id, conn, bytes, ctx) {
+            for wire in wires {
+                self.receive(from, wire, ctx);
+            }
         }
+        let failed = self.frames.take_failed();
+        self.fail_sends(failed);
+    }
+
+    /// Sends that failed for their destination (their connection broke before the ack, or
+    /// their lane gave up on them): like a refusal, settled at once (a BackupManager send has
+    /// one destination in nearly every case).
+    fn fail_sends(&mut self, failed: Vec<(NodeId, u64)>) {
+        for (to, req) in failed {
+            if self.acks.fail_at_once_to(req, to) {
+                self.world.borrow_mut().oracle.failed += 1;
+            }
+        }
+    }
+
+    /// What this node's lanes did (with [`BackupSimConfig::retry_lanes`]).
+    pub fn lane_stats(&self) -> LaneStats {
+        self.frames.lane_stats()
     }
 
     pub fn member(&self) -> MemberId {
@@ -623,7 +653,9 @@ impl BackupNode {
     pub fn view_changed(&mut self, ctx: &mut Ctx<'_>) {
         let view = self.view();
         self.world.borrow_mut().oracle.failed += self.acks.fail_outside(&view);
-        self.frames.keep_only(&view);
+        self.frames.keep_only(&view, ctx);
+        let failed = self.frames.take_failed();
+        self.fail_sends(failed);
         self.known = (view, self.members());
         let ready = self
             .mgr
@@ -954,6 +986,7 @@ impl Node for BackupNode {
             self.world.borrow_mut().views.insert(self.id, me);
         }
         self.journal.life += 1;
+        self.frames.started(self.journal.life);
         self.world
             .borrow_mut()
             .lives
@@ -973,11 +1006,11 @@ impl Node for BackupNode {
         }
     }
 
-    fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
+    fn on_accept(&mut self, conn: ConnId, from: NodeId, ctx: &mut Ctx<'_>) {
         match &mut self.detector {
             Some(d) => d.on_accept(conn, from),
             None => {
-                self.accept(conn, from);
+                self.accept(conn, from, ctx);
             }
         }
     }
@@ -986,7 +1019,7 @@ impl Node for BackupNode {
         match self.detector.as_mut().map(|d| d.on_bytes(conn, bytes, ctx)) {
             Some(Routed::Taken(events)) => self.view_events(events, ctx),
             Some(Routed::Accepted { from, bytes }) => {
-                self.accept(conn, from);
+                self.accept(conn, from, ctx);
                 self.frames_bytes(conn, &bytes, ctx);
             }
             Some(Routed::Pass) | None => self.frames_bytes(conn, bytes, ctx),
@@ -1004,15 +1037,10 @@ impl Node for BackupNode {
             return;
         }
         // The synchronized-ack sends written on it that its destination had not acked failed
-        // with it, as production's sender fails them (a BackupManager send has one destination
-        // in nearly every case: it fails at once, as a refusal does).
-        let Some((to, reqs)) = self.frames.closed(conn).filter(|_| reset_fails) else {
-            return;
-        };
-        for req in reqs {
-            if self.acks.fail_at_once_to(req, to) {
-                self.world.borrow_mut().oracle.failed += 1;
-            }
+        // with it (with lanes: those its lane gave up on), as production's sender fails them.
+        let failed = self.frames.closed(conn, ctx);
+        if reset_fails || self.frames.has_retry_lanes() {
+            self.fail_sends(failed);
         }
     }
 
@@ -1029,6 +1057,10 @@ impl Node for BackupNode {
     fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
         if let Some(events) = self.detector.as_mut().and_then(|d| d.on_timer(token, ctx)) {
             self.view_events(events, ctx);
+            return;
+        }
+        if let Some(failed) = self.frames.on_timer(token, ctx) {
+            self.fail_sends(failed);
             return;
         }
         match token {

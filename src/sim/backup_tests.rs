@@ -91,6 +91,7 @@ fn cfg(backups: usize) -> BackupSimConfig {
         rpc_timeout: RPC_TIMEOUT,
         two_lanes: false,
         rebind: Default::default(),
+        retry_lanes: None,
     }
 }
 

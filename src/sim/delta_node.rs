@@ -27,6 +27,7 @@
 //! in id order, so a seed replays exactly, trace hash included. Set [`TRACE_ENV`] to print every
 //! message applied.
 
+use super::frame_lanes::{LaneModel, LaneStats};
 use super::frame_node::{
     chain, count, edit, next_val, view_of, Acks, EndedSeen, Frames, Lane, Wire,
 };
@@ -110,6 +111,10 @@ pub struct DeltaSimConfig {
     /// waits, the state transfer's re-ask), as `cluster.rs` does; the value is the re-ask
     /// delay (production's 2 s scaled to the run's compressed time). `None`: no such ticks.
     pub shell_ticks: Option<Duration>,
+    /// Production's lane protocol under the messages (handshake, transport acks, duplicate
+    /// filter, retries on a new connection, deadlines; see `frame_lanes`); `None`: one plain
+    /// FIFO connection per destination, a reset fails what it carried.
+    pub retry_lanes: Option<LaneModel>,
 }
 
 /// A change whose acknowledgement a node waits for, and what "applied" means for it.
@@ -474,6 +479,9 @@ impl DeltaNode {
         }
         let mut frames = Frames::default();
         frames.two_lanes = cfg.two_lanes;
+        if let Some(model) = &cfg.retry_lanes {
+            frames.retry_lanes(model.clone(), id);
+        }
         DeltaNode {
             id,
             cfg,
@@ -547,6 +555,12 @@ impl DeltaNode {
             .waiting
             .get(&req)
             .map(|w| format!("{:?}: acks from {:?}", w.change, w.pending))
+    }
+
+    /// The tracked sends still waiting for acks, as [`DeltaNode::pending_of`] shows them.
+    pub fn waiting_sends(&self) -> Vec<String> {
+        let reqs = self.acks.waiting.keys();
+        reqs.filter_map(|r| self.pending_of(*r)).collect()
     }
 
     /// Whether a send of `ticket` failed (a member refused it).
@@ -766,9 +780,11 @@ impl DeltaNode {
         // A member that left: the sender forgets its connections (`ChannelInner::member_gone`),
         // so the next message to it opens a new one. Sends in flight on the old ones still
         // settle (acked, or failed by their reset).
-        self.frames.keep_only(&self.view());
-        self.acks.forget_outside(&self.view());
-        self.settle_waiting(ctx.now());
+        let view = self.view();
+        self.frames.keep_only(&view, ctx);
+        self.acks.forget_outside(&view);
+        let failed = self.frames.take_failed();
+        self.fail_sends(failed, ctx);
     }
 
     fn next_val(&mut self) -> Val {
@@ -861,6 +877,20 @@ impl DeltaNode {
 
     fn send_body(&mut self, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) {
         self.frames.send(self.id, to, body, ctx);
+    }
+
+    /// Sends that failed for their destination (their connection broke before the ack, or
+    /// their lane gave up on them): like a refusal by it, settled once the others answered.
+    fn fail_sends(&mut self, failed: Vec<(NodeId, u64)>, ctx: &mut Ctx<'_>) {
+        for (to, req) in failed {
+            self.journal.failed_by_reset += u64::from(self.acks.fail_to(req, to));
+        }
+        self.settle_waiting(ctx.now());
+    }
+
+    /// What this node's lanes did (with [`DeltaSimConfig::retry_lanes`]).
+    pub fn lane_stats(&self) -> LaneStats {
+        self.frames.lane_stats()
     }
 
     /// Records the changes every member (still in the view) has acknowledged.
@@ -1077,6 +1107,7 @@ impl DeltaNode {
 impl Node for DeltaNode {
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
         self.journal.life += 1;
+        self.frames.started(self.journal.life);
         self.world
             .borrow_mut()
             .lives
@@ -1097,18 +1128,22 @@ impl Node for DeltaNode {
 
     /// A connection from `from`: its handshake names `from`'s incarnation
     /// ([`Frames::accept_from`]).
-    fn on_accept(&mut self, conn: ConnId, from: NodeId, _ctx: &mut Ctx<'_>) {
+    fn on_accept(&mut self, conn: ConnId, from: NodeId, ctx: &mut Ctx<'_>) {
         let life = self.world.borrow().lives.get(&from).copied().unwrap_or(0);
-        self.frames.accept_from(conn, from, life);
+        self.frames.accept_from(conn, from, life, ctx);
+        let failed = self.frames.take_failed();
+        self.fail_sends(failed, ctx);
     }
 
     fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut Ctx<'_>) {
-        let Some((from, wires)) = self.frames.read(self.id, conn, bytes) else {
-            return; // nothing is ever sent back on a connection this node opened
-        };
-        for wire in wires {
-            self.receive(from, wire, ctx);
+        // On a connection this node opened: replies of its lanes, taken by `frames`.
+        if let Some((from, wires)) = self.frames.read(self.id, conn, bytes, ctx) {
+            for wire in wires {
+                self.receive(from, wire, ctx);
+            }
         }
+        let failed = self.frames.take_failed();
+        self.fail_sends(failed, ctx);
     }
 
     /// A connection broke: the synchronized-ack sends written on it that its destination had
@@ -1116,17 +1151,14 @@ impl Node for DeltaNode {
     /// answered with an error once the other destinations answered). Without this, a change
     /// written to a restarted member's old life, lost with the reset, waited forever.
     fn on_closed(&mut self, conn: ConnId, _why: CloseReason, ctx: &mut Ctx<'_>) {
-        let Some((to, reqs)) = self.frames.closed(conn) else {
-            return;
-        };
-        for req in reqs {
-            self.journal.failed_by_reset += u64::from(self.acks.fail_to(req, to));
-        }
-        self.settle_waiting(ctx.now());
+        let failed = self.frames.closed(conn, ctx);
+        self.fail_sends(failed, ctx);
     }
 
     fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) {
-        if token == REAPER {
+        if let Some(failed) = self.frames.on_timer(token, ctx) {
+            self.fail_sends(failed, ctx);
+        } else if token == REAPER {
             self.reap(ctx);
             if let Some(period) = self.cfg.reaper {
                 ctx.set_timer(period, REAPER);

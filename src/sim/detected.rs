@@ -9,8 +9,9 @@
 //! - timers at or above [`TIMER_BASE`] are the detector's;
 //! - a connection the detector opened is known to it ([`MembershipNode::owns`]);
 //! - an accepted connection is classified by its first frame, as the one listening port of a
-//!   real member does: a `Handshake` opens a membership connection (a ping or a verification),
-//!   anything else is the manager's (its data frames). Until a whole frame has arrived the
+//!   real member does: a `Handshake` opens a membership connection (a ping or a verification)
+//!   unless it names a manager lane (`frame_lanes`), anything else is the manager's (its data
+//!   frames). Until a whole frame has arrived the
 //!   bytes wait here.
 //!
 //! What the detector announces (`Added`, `Disappeared`, restarts as gone-and-back) comes out
@@ -20,11 +21,12 @@
 //! `members_changed(list)` for a disappearance. The list is the only source of the manager's
 //! view: the test sets none.
 
+use super::frame_lanes::is_manager_lane;
 use super::membership_node::{EventKind, MembershipNode, MembershipSimConfig, TIMER_BASE};
 use super::net::{CloseReason, ConnId, NodeId};
 use super::{Ctx, Node, SimRng};
 use crate::wire::frame::FrameKind;
-use crate::wire::parse_frame;
+use crate::wire::{decode_body, parse_frame, Handshake};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Largest first frame waited for on an accepted connection before it is classified.
@@ -120,7 +122,12 @@ impl Detector {
             let from = *from;
             let membership = match parse_frame(buf, MAX_FIRST_FRAME) {
                 Ok(None) => return Routed::Taken(Vec::new()),
-                Ok(Some((f, _))) => f.header.kind == FrameKind::Handshake,
+                // The managers' lanes shake hands too (with `Frames::retry_lanes`): their
+                // handshake names a manager lane.
+                Ok(Some((f, _))) => {
+                    f.header.kind == FrameKind::Handshake
+                        && !decode_body::<Handshake>(f.body).is_ok_and(|h| is_manager_lane(h.lane))
+                }
                 // Nonsense: the manager's reader fails on it as it did without a detector.
                 Err(_) => false,
             };

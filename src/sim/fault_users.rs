@@ -2,6 +2,7 @@
 //! cookie jar knows after each answer, the same for both managers.
 
 use super::delta_node::Op;
+use super::frame_lanes::LaneModel;
 use crate::session::config::RebindRoute;
 use crate::session::SessionId;
 use std::collections::BTreeMap;
@@ -147,6 +148,26 @@ pub fn rebind_from_env() -> RebindRoute {
         Ok("1") => RebindRoute::WhenRouteGone,
         _ => RebindRoute::Never,
     }
+}
+
+/// Production's lane protocol in the kill loops (`Frames::retry_lanes`): production's sender
+/// settings, with the send timeout compressed as the faults are (3 s to 30 ms).
+pub fn kill_loop_lanes() -> LaneModel {
+    LaneModel {
+        timeout: std::time::Duration::from_millis(30),
+        ..LaneModel::default()
+    }
+}
+
+/// The kill loops' lanes: `TRIBECAST_SIM_LANES=1` production's lane protocol
+/// ([`kill_loop_lanes`]), `0` the plain FIFO model, unset `default_on` says which.
+pub fn lanes_from_env(default_on: bool) -> Option<LaneModel> {
+    let on = match std::env::var("TRIBECAST_SIM_LANES").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => default_on,
+    };
+    on.then(kill_loop_lanes)
 }
 
 /// 3 members, every fourth seed 4.

@@ -5,6 +5,7 @@
 //! ([`EndedSeen`]).
 
 use super::delta_node::{Op, Val};
+use super::frame_lanes::{LaneModel, LaneStats, RetryLanes};
 use super::net::{ConnId, NodeId};
 use super::Ctx;
 use crate::session::{Session, SessionEvent, SessionId};
@@ -54,6 +55,8 @@ pub struct Frames {
     /// handshake names).
     peer_lives: BTreeMap<NodeId, u64>,
     seq: u64,
+    /// Production's lane protocol ([`Frames::retry_lanes`]); `None`: the plain FIFO model.
+    retry: Option<Box<RetryLanes>>,
 }
 
 /// Which of production's two lanes to a member a message takes: the one its send options
@@ -77,7 +80,55 @@ impl Lane {
 impl Frames {
     /// A connection from `from` was accepted.
     pub fn accept(&mut self, conn: ConnId, from: NodeId) {
-        self.inbound.insert(conn, (from, Vec::new()));
+        match &mut self.retry {
+            Some(r) => r.accept(conn, from),
+            None => {
+                self.inbound.insert(conn, (from, Vec::new()));
+            }
+        }
+    }
+
+    /// Sends through production's lane protocol from now on (see `frame_lanes`): a handshake
+    /// per connection, frames held until their transport ack and written again on a new
+    /// connection (at most `model.max_tries` connections each), a duplicate filter per node
+    /// life on the receiving side, and a deadline per send. [`Frames::closed`] then returns the
+    /// tracked sends a lane gave up on, not every one not acked. Call before anything is sent.
+    pub fn retry_lanes(&mut self, model: LaneModel, me: NodeId) {
+        self.retry = Some(Box::new(RetryLanes::new(model, me)));
+    }
+
+    /// Whether production's lane protocol is on.
+    pub fn has_retry_lanes(&self) -> bool {
+        self.retry.is_some()
+    }
+
+    /// The node started its life `life` (its handshakes name it).
+    pub fn started(&mut self, life: u64) {
+        if let Some(r) = &mut self.retry {
+            r.started(life);
+        }
+    }
+
+    /// What the lanes did (zero without [`Frames::retry_lanes`]).
+    pub fn lane_stats(&self) -> LaneStats {
+        self.retry
+            .as_ref()
+            .map_or_else(LaneStats::default, |r| r.stats.clone())
+    }
+
+    /// The tracked sends the lanes gave up on since the last call (out of tries, or past
+    /// their deadline), as (destination, request); none without [`Frames::retry_lanes`].
+    pub fn take_failed(&mut self) -> Vec<(NodeId, u64)> {
+        self.retry
+            .as_mut()
+            .map_or_else(Vec::new, |r| r.take_failed())
+    }
+
+    /// A timer this node set: a lane's deadline, whose failed sends are returned; `None` if
+    /// the token is not a lane's.
+    pub fn on_timer(&mut self, token: u64, ctx: &mut Ctx<'_>) -> Option<Vec<(NodeId, u64)>> {
+        let r = self.retry.as_mut()?;
+        r.on_timer(token, ctx).then(|| r.take_failed())
     }
 
     /// A connection from `from`, in its life `life`, was accepted. A new life (it restarted)
@@ -85,31 +136,42 @@ impl Frames {
     /// detection at the handshake makes the sender forget them: what this node sends next (the
     /// answer to the new life's first message, say) goes on a new connection, not into the old
     /// one's reset.
-    pub fn accept_from(&mut self, conn: ConnId, from: NodeId, life: u64) {
+    pub fn accept_from(&mut self, conn: ConnId, from: NodeId, life: u64, ctx: &mut Ctx<'_>) {
         self.accept(conn, from);
         if self
             .peer_lives
             .insert(from, life)
             .is_some_and(|l| l != life)
         {
-            self.forget(from);
+            self.forget(from, ctx);
         }
     }
 
-    /// `conn` closed (either way). Returns the destination and the acknowledged-mode sends
-    /// written on it that its destination has not acked: they failed with the connection
-    /// (a write to, or an ack awaited on, a reset socket fails; a connect to a member that is
-    /// down is refused).
-    pub fn closed(&mut self, conn: ConnId) -> Option<(NodeId, BTreeSet<u64>)> {
+    /// `conn` closed (either way). Returns the failed acknowledged-mode sends, as
+    /// (destination, request). Plain model: those written on it that its destination has not
+    /// acked (a write to, or an ack awaited on, a reset socket fails; a connect to a member
+    /// that is down is refused). With [`Frames::retry_lanes`]: those its lane gave up on (out
+    /// of tries, or past their deadline); the others go again on a new connection.
+    pub fn closed(&mut self, conn: ConnId, ctx: &mut Ctx<'_>) -> Vec<(NodeId, u64)> {
+        if let Some(r) = &mut self.retry {
+            r.closed(conn, ctx);
+            return r.take_failed();
+        }
         self.inbound.remove(&conn);
         self.out.retain(|_, c| *c != conn);
-        self.unacked
-            .remove(&conn)
-            .filter(|(_, reqs)| !reqs.is_empty())
+        match self.unacked.remove(&conn) {
+            Some((to, reqs)) => reqs.into_iter().map(|r| (to, r)).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// `from` acked `req`: no reset of a connection to it fails that send any more.
     pub fn acked(&mut self, from: NodeId, req: u64) {
+        if let Some(r) = &mut self.retry {
+            // A frame is held only until its transport ack; the answer's deadline goes.
+            r.answered(from, req);
+            return;
+        }
         for (to, reqs) in self.unacked.values_mut() {
             if *to == from {
                 reqs.remove(&req);
@@ -128,6 +190,10 @@ impl Frames {
         body: &[u8],
         ctx: &mut Ctx<'_>,
     ) -> u64 {
+        if let Some(r) = self.retry.as_mut().filter(|_| to != me) {
+            let key = if self.two_lanes { lane } else { Lane::Async };
+            return r.send(to, key, lane == Lane::Sync, req, body, ctx);
+        }
         let len = self.send_on(me, to, lane, body, ctx);
         let key = (to, if self.two_lanes { lane } else { Lane::Async });
         if let (true, Some(conn)) = (req > 0 && len > 0, self.out.get(&key)) {
@@ -140,18 +206,37 @@ impl Frames {
     /// Forgets the connections to `to` (a restart of it was seen): the next message to it opens
     /// a new one. What is in flight on the old ones still settles (acked, or failed by their
     /// reset).
-    pub fn forget(&mut self, to: NodeId) {
+    /// With [`Frames::retry_lanes`], the lanes to `to` close their connections and write
+    /// what they hold again on new ones (sends that run out of tries fail: take them with
+    /// [`Frames::take_failed`]).
+    pub fn forget(&mut self, to: NodeId, ctx: &mut Ctx<'_>) {
         self.out.retain(|(n, _), _| *n != to);
+        if let Some(r) = &mut self.retry {
+            r.forget(to, ctx);
+        }
     }
 
-    /// Forgets the connections to destinations not in `view`.
-    pub fn keep_only(&mut self, view: &BTreeSet<NodeId>) {
+    /// Forgets the connections to destinations not in `view` (as [`Frames::forget`]).
+    pub fn keep_only(&mut self, view: &BTreeSet<NodeId>, ctx: &mut Ctx<'_>) {
         self.out.retain(|(n, _), _| view.contains(n));
+        if let Some(r) = &mut self.retry {
+            for n in r.destinations() {
+                if !view.contains(&n) {
+                    r.forget(n, ctx);
+                }
+            }
+        }
     }
 
     /// Sends `body` from `me` to `to` in a data frame, over the connection to `to` (opened if
     /// there is none). Returns the bytes written (none to `me` itself).
+    /// With [`Frames::retry_lanes`] the frame asks for a transport ack: the managers' acks
+    /// and refusals it carries are not lost to a reset (production answers a synchronized-ack
+    /// send on its connection, and a resent frame is answered again).
     pub fn send(&mut self, me: NodeId, to: NodeId, body: &[u8], ctx: &mut Ctx<'_>) -> u64 {
+        if let Some(r) = self.retry.as_mut().filter(|_| to != me) {
+            return r.send(to, Lane::Async, true, 0, body, ctx);
+        }
         self.send_on(me, to, Lane::Async, body, ctx)
     }
 
@@ -166,6 +251,10 @@ impl Frames {
     ) -> u64 {
         if to == me {
             return 0;
+        }
+        if let Some(r) = &mut self.retry {
+            let key = if self.two_lanes { lane } else { Lane::Async };
+            return r.send(to, key, lane == Lane::Sync, 0, body, ctx);
         }
         let key = (to, if self.two_lanes { lane } else { Lane::Async });
         let conn = match self.out.get(&key) {
@@ -185,7 +274,8 @@ impl Frames {
     }
 
     /// Takes `bytes` arrived on `conn` at node `me`: the sender and the whole frames' bodies,
-    /// or `None` on a connection this node opened (nothing is ever sent back on one).
+    /// or `None` on a connection this node opened (plain model: nothing is ever sent back on
+    /// one; with [`Frames::retry_lanes`], its replies are taken here).
     ///
     /// # Panics
     /// On a bad frame or an undecodable body.
@@ -194,7 +284,11 @@ impl Frames {
         me: NodeId,
         conn: ConnId,
         bytes: &[u8],
+        ctx: &mut Ctx<'_>,
     ) -> Option<(NodeId, Vec<Wire<M>>)> {
+        if let Some(r) = &mut self.retry {
+            return r.read(me, conn, bytes, ctx);
+        }
         let (from, buf) = self.inbound.get_mut(&conn)?;
         let from = *from;
         buf.extend_from_slice(bytes);

@@ -22,6 +22,7 @@ pub mod backup_node;
 pub mod backup_world;
 pub mod delta_node;
 pub mod detected;
+pub mod frame_lanes;
 pub mod frame_node;
 pub mod harness;
 pub mod lane_node;

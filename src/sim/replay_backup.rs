@@ -32,7 +32,20 @@ impl Cluster {
 /// One run of `seed`: the hash of every message delivered and every listener event, and what
 /// the run did.
 pub(in crate::sim) fn trace(seed: u64) -> Trace {
-    let mut c = Cluster::new(seed, jitter(), &cfg(1), 4);
+    trace_with(seed, None)
+}
+
+/// [`trace`] with the members sending through production's lane protocol.
+pub(in crate::sim) fn trace_over_lanes(seed: u64) -> Trace {
+    trace_with(seed, Some(crate::sim::frame_lanes::LaneModel::default()))
+}
+
+fn trace_with(seed: u64, lanes: Option<crate::sim::frame_lanes::LaneModel>) -> Trace {
+    let settings = BackupSimConfig {
+        retry_lanes: lanes,
+        ..cfg(1)
+    };
+    let mut c = Cluster::new(seed, jitter(), &settings, 4);
     let mix = Mix {
         sessions: 200,
         change_id: 2,

@@ -8,6 +8,15 @@ use crate::sim::replay_tests::{run_hash, Trace};
 /// One run of `seed`: the hash of every message delivered and every listener event, and what
 /// the run did.
 pub(in crate::sim) fn trace(seed: u64) -> Trace {
+    trace_with(seed, None)
+}
+
+/// [`trace`] with the members sending through production's lane protocol.
+pub(in crate::sim) fn trace_over_lanes(seed: u64) -> Trace {
+    trace_with(seed, Some(crate::sim::frame_lanes::LaneModel::default()))
+}
+
+fn trace_with(seed: u64, lanes: Option<crate::sim::frame_lanes::LaneModel>) -> Trace {
     let cfg = DeltaSimConfig {
         core: DeltaConfig {
             max_inactive: secs(10),
@@ -18,6 +27,7 @@ pub(in crate::sim) fn trace(seed: u64) -> Trace {
         two_lanes: false,
         rebind: Default::default(),
         shell_ticks: None,
+        retry_lanes: lanes,
     };
     let mut c = Cluster::new(seed, jitter(), &cfg, 4);
     let mix = Mix {

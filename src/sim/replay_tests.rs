@@ -50,3 +50,17 @@ fn seeds_replay_exactly() {
     replays("DeltaManager", delta_tests::replay::trace);
     replays("BackupManager", backup_tests::replay::trace);
 }
+
+/// The same over production's lane protocol (`Frames::retry_lanes`): its retries, duplicate
+/// filters and deadlines depend on nothing but the seed either.
+#[test]
+fn seeds_replay_exactly_over_lanes() {
+    replays(
+        "DeltaManager over lanes",
+        delta_tests::replay::trace_over_lanes,
+    );
+    replays(
+        "BackupManager over lanes",
+        backup_tests::replay::trace_over_lanes,
+    );
+}

@@ -388,6 +388,28 @@ impl<T> TxSession<T> {
         self.failed > 0
     }
 
+    /// Gives up on the frames not acked that `expired` picks (those whose send deadline
+    /// passed, say), in order; the others stay held. A timeout ends the connection first
+    /// (production's sender disconnects a lane whose ack did not come in time), so this is
+    /// only for a session without one: nothing is given up while a connection is open.
+    pub fn give_up(&mut self, mut expired: impl FnMut(&T) -> bool) -> Vec<TxFrame<T>> {
+        if self.phase != TxPhase::Closed {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.frames.len());
+        for f in self.frames.drain(..) {
+            if !f.acked && expired(&f.token) {
+                out.push(f);
+            } else {
+                kept.push_back(f);
+            }
+        }
+        self.frames = kept;
+        self.failed = self.frames.iter().filter(|f| self.is_failed(f)).count();
+        out
+    }
+
     /// Gives up on every frame held (a failure no new connection can help): they are removed,
     /// in order. The connection, if any, is left as it is.
     pub fn drain(&mut self) -> std::collections::vec_deque::Drain<'_, TxFrame<T>> {

@@ -267,3 +267,35 @@ fn a_goodbye_follows_only_once_every_frame_is_released_on_a_ready_connection() {
     s.disconnected();
     assert!(!s.may_say_goodbye(), "the connection is gone");
 }
+
+/// A send whose deadline passed is given up on once its connection is closed; the frames
+/// behind it stay held and go out, under their numbers, on the next connection.
+#[test]
+fn frames_given_up_leave_the_others_held_and_only_without_a_connection() {
+    let mut s = ready(5, 1, &[1, 2, 3], true);
+    assert_eq!(write_all(&mut s), [1]);
+    assert!(s.give_up(|t| *t <= 20).is_empty(), "the connection is open");
+    s.disconnected();
+    let gone: Vec<u64> = s.give_up(|t| *t <= 20).iter().map(|f| f.seq).collect();
+    assert_eq!(gone, [1, 2]);
+    assert!(!s.has_failed());
+    assert!(s.wants_connection());
+    accept(&mut s);
+    assert_eq!(write_all(&mut s), [3]);
+    assert_eq!(s.on_ack(3), AckMatch::Frame(0));
+    assert_eq!(s.pop_done().map(|f| f.seq), Some(3));
+    assert!(s.is_empty());
+}
+
+/// A frame out of tries that is also given up on leaves no failure counted behind.
+#[test]
+fn giving_up_on_a_failed_frame_clears_its_failure() {
+    let mut s = ready(1, 1, &[1, 2], true);
+    assert_eq!(write_all(&mut s), [1]);
+    s.disconnected();
+    assert!(s.has_failed());
+    assert_eq!(s.give_up(|t| *t == 10).len(), 1);
+    assert!(!s.has_failed());
+    accept(&mut s);
+    assert_eq!(write_all(&mut s), [2]);
+}
